@@ -1,0 +1,3 @@
+//! cohort: continuous dynamic device-group membership and firmware targeting.
+
+pub mod rules;

@@ -1,0 +1,4 @@
+//! The rule language: field catalogue, filter validation, compiled evaluation, field index and time flips.
+//! Pure: no IO.
+
+pub mod catalogue;
