@@ -162,23 +162,61 @@ pub const MAX_CUSTOM_KEY_LEN: usize = 128;
 pub const MAX_ENUM_VALUES: usize = 1024;
 
 const STATUS_VALUES: &[&str] = &["online", "offline", "maintenance", "decommissioned"];
-const OS_TYPE_VALUES: &[&str] = &["windows", "macos", "linux", "android", "ios", "rtos", "other"];
+const OS_TYPE_VALUES: &[&str] = &[
+    "windows", "macos", "linux", "android", "ios", "rtos", "other",
+];
 
 /// Built-in stored fields, in `FieldId` order; the computed ones follow.
 const BUILT_INS: &[(&str, BuiltInType, &str)] = &[
     ("hostname", BuiltInType::String, "The device's host name"),
     ("displayName", BuiltInType::String, "Human-friendly name"),
-    ("status", BuiltInType::Enum(STATUS_VALUES), "Connectivity and lifecycle status"),
-    ("osType", BuiltInType::Enum(OS_TYPE_VALUES), "Operating system family"),
+    (
+        "status",
+        BuiltInType::Enum(STATUS_VALUES),
+        "Connectivity and lifecycle status",
+    ),
+    (
+        "osType",
+        BuiltInType::Enum(OS_TYPE_VALUES),
+        "Operating system family",
+    ),
     ("osVersion", BuiltInType::String, "Operating system version"),
-    ("agentVersion", BuiltInType::String, "Version of the management agent"),
-    ("platform", BuiltInType::String, "Hardware platform or model"),
-    ("firmwareVersion", BuiltInType::String, "Firmware version the device reports running"),
-    ("uptimeSeconds", BuiltInType::Number, "Seconds since the last boot"),
-    ("enrolledAt", BuiltInType::Datetime, "When the device enrolled"),
-    ("lastSeenAt", BuiltInType::Datetime, "When the device last reported"),
+    (
+        "agentVersion",
+        BuiltInType::String,
+        "Version of the management agent",
+    ),
+    (
+        "platform",
+        BuiltInType::String,
+        "Hardware platform or model",
+    ),
+    (
+        "firmwareVersion",
+        BuiltInType::String,
+        "Firmware version the device reports running",
+    ),
+    (
+        "uptimeSeconds",
+        BuiltInType::Number,
+        "Seconds since the last boot",
+    ),
+    (
+        "enrolledAt",
+        BuiltInType::Datetime,
+        "When the device enrolled",
+    ),
+    (
+        "lastSeenAt",
+        BuiltInType::Datetime,
+        "When the device last reported",
+    ),
     ("tags", BuiltInType::StringArray, "Free-form labels"),
-    ("siteId", BuiltInType::String, "The site the device belongs to; site-scoped groups only hold devices of their site"),
+    (
+        "siteId",
+        BuiltInType::String,
+        "The site the device belongs to; site-scoped groups only hold devices of their site",
+    ),
 ];
 
 #[derive(Copy, Clone)]
@@ -226,7 +264,9 @@ impl Default for Catalogue {
 pub fn valid_custom_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= MAX_CUSTOM_KEY_LEN
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 impl Catalogue {
@@ -263,7 +303,12 @@ impl Catalogue {
             }
         }
         let id_of = |fixed: &[FieldDef], name: &str| {
-            FieldId(fixed.iter().position(|f| &*f.name == name).expect("built-in exists") as u32)
+            FieldId(
+                fixed
+                    .iter()
+                    .position(|f| &*f.name == name)
+                    .expect("built-in exists") as u32,
+            )
         };
         let last_seen = id_of(&fixed, "lastSeenAt");
         let enrolled = id_of(&fixed, "enrolledAt");
@@ -357,7 +402,9 @@ impl Catalogue {
             return Ok(*id);
         }
         if self.declared_custom + dynamic.names.len() >= self.max_custom_fields {
-            return Err(FieldLookupError::CustomFieldCapReached(self.max_custom_fields));
+            return Err(FieldLookupError::CustomFieldCapReached(
+                self.max_custom_fields,
+            ));
         }
         let id = FieldId((self.fixed.len() + dynamic.names.len()) as u32);
         dynamic.names.push(name.into());
@@ -369,8 +416,8 @@ impl Catalogue {
     pub fn lookup(&self, name: &str) -> Option<FieldId> {
         self.fixed_by_name
             .get(name)
-            .or_else(|| self.read_dynamic().by_name.get(name))
             .copied()
+            .or_else(|| self.read_dynamic().by_name.get(name).copied())
     }
 
     /// The field's type. Interned custom fields are strings.
@@ -409,7 +456,10 @@ impl Catalogue {
 
     /// The fields known at start-up (built-in, computed and declared), for the API's field listing.
     pub fn fixed_fields(&self) -> impl Iterator<Item = (FieldId, &FieldDef)> {
-        self.fixed.iter().enumerate().map(|(i, d)| (FieldId(i as u32), d))
+        self.fixed
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (FieldId(i as u32), d))
     }
 
     /// Looks up a field of the fixed table by name, for callers that need a built-in's id.
@@ -452,11 +502,20 @@ mod tests {
         let c = Catalogue::default();
         let status = c.resolve("status").unwrap();
         assert_eq!(
-            c.enum_values(status).iter().map(|v| &**v).collect::<Vec<_>>(),
+            c.enum_values(status)
+                .iter()
+                .map(|v| &**v)
+                .collect::<Vec<_>>(),
             STATUS_VALUES
         );
-        assert_eq!(c.field_type(c.resolve("uptimeSeconds").unwrap()), FieldType::Number);
-        assert_eq!(c.field_type(c.resolve("tags").unwrap()), FieldType::StringArray);
+        assert_eq!(
+            c.field_type(c.resolve("uptimeSeconds").unwrap()),
+            FieldType::Number
+        );
+        assert_eq!(
+            c.field_type(c.resolve("tags").unwrap()),
+            FieldType::StringArray
+        );
         let days = c.resolve("daysSinceLastSeen").unwrap();
         assert_eq!(
             c.computed(days),
@@ -499,7 +558,10 @@ mod tests {
         )
         .unwrap();
         let c = Catalogue::from_config(&config).unwrap();
-        assert_eq!(c.field_type(c.resolve("custom.rack").unwrap()), FieldType::Number);
+        assert_eq!(
+            c.field_type(c.resolve("custom.rack").unwrap()),
+            FieldType::Number
+        );
         assert_eq!(c.enum_values(c.resolve("custom.tier").unwrap()).len(), 2);
         assert!(c
             .enum_values(c.resolve("status").unwrap())

@@ -1,0 +1,331 @@
+//! Typed device attributes: the values filters evaluate against.
+//!
+//! A device document is a JSON object keyed by catalogue field names (`custom.<key>` for custom fields).
+//! Parsing is strict: a value of the wrong type for its field is an error naming the field. Two deliberate
+//! leniencies, both lossless: `null` means "absent", and an *undeclared* custom field (a string field) also
+//! accepts a JSON number or boolean, stored as its JSON text, because custom fields come from heterogeneous
+//! agents and `custom.rack equals "12"` should match a device that reported `12`.
+
+use serde_json::{Map, Value};
+
+use super::catalogue::{Catalogue, FieldId, FieldLookupError, FieldType};
+use super::time::{format_millis, parse_datetime, EpochMillis};
+
+/// Longest string attribute value, in bytes.
+pub const MAX_STRING_BYTES: usize = 4096;
+/// Most elements of an array attribute.
+pub const MAX_ARRAY_ITEMS: usize = 256;
+/// Most attributes one device document may carry.
+pub const MAX_ATTRIBUTES: usize = 512;
+
+/// One typed attribute value. Strings are boxed to keep the enum at 24 bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Str(Box<str>),
+    /// Always finite (JSON cannot carry NaN or infinities).
+    Num(f64),
+    Bool(bool),
+    /// Index into the field's allowed values.
+    Enum(u16),
+    /// UTC instant, milliseconds since the Unix epoch.
+    Time(EpochMillis),
+    StrList(Box<[Box<str>]>),
+}
+
+/// A device's attributes, sorted by field for binary-search lookup with no allocation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attributes {
+    entries: Vec<(FieldId, AttrValue)>,
+}
+
+/// An attribute that failed to parse: the field name (as given) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttributeError {
+    pub field: String,
+    pub message: String,
+}
+
+impl Attributes {
+    /// An empty attribute set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The value of `field`, if present.
+    #[inline]
+    pub fn get(&self, field: FieldId) -> Option<&AttrValue> {
+        match self.entries.binary_search_by_key(&field, |(f, _)| *f) {
+            Ok(i) => Some(&self.entries[i].1),
+            Err(_) => None,
+        }
+    }
+
+    /// Sets `field`, returning the previous value.
+    pub fn set(&mut self, field: FieldId, value: AttrValue) -> Option<AttrValue> {
+        match self.entries.binary_search_by_key(&field, |(f, _)| *f) {
+            Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
+            Err(i) => {
+                self.entries.insert(i, (field, value));
+                None
+            }
+        }
+    }
+
+    /// Removes `field`, returning the previous value.
+    pub fn remove(&mut self, field: FieldId) -> Option<AttrValue> {
+        match self.entries.binary_search_by_key(&field, |(f, _)| *f) {
+            Ok(i) => Some(self.entries.remove(i).1),
+            Err(_) => None,
+        }
+    }
+
+    /// All attributes in field order.
+    pub fn iter(&self) -> impl Iterator<Item = (FieldId, &AttrValue)> {
+        self.entries.iter().map(|(f, v)| (*f, v))
+    }
+
+    /// Number of attributes present.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no attribute is present.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Releases spare capacity; called after loading so resident memory per device stays small.
+    pub fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
+    /// Parses a device document, reporting every bad attribute at once.
+    pub fn from_json(
+        doc: &Map<String, Value>,
+        catalogue: &Catalogue,
+    ) -> Result<Self, Vec<AttributeError>> {
+        let mut errors = Vec::new();
+        if doc.len() > MAX_ATTRIBUTES {
+            errors.push(AttributeError {
+                field: String::new(),
+                message: format!("Too many attributes (maximum {MAX_ATTRIBUTES})"),
+            });
+            return Err(errors);
+        }
+        let mut attrs = Attributes::new();
+        for (name, value) in doc {
+            match parse_attribute(catalogue, name, value) {
+                Ok((_, None)) => {}
+                Ok((field, Some(v))) => {
+                    attrs.set(field, v);
+                }
+                Err(message) => errors.push(AttributeError {
+                    field: name.clone(),
+                    message,
+                }),
+            }
+        }
+        if errors.is_empty() {
+            attrs.shrink_to_fit();
+            Ok(attrs)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Renders the attributes back to a device document (datetimes as RFC 3339 UTC with milliseconds).
+    pub fn to_json(&self, catalogue: &Catalogue) -> Map<String, Value> {
+        self.iter()
+            .map(|(f, v)| {
+                (
+                    catalogue.name(f).into_string(),
+                    value_to_json(catalogue, f, v),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Resolves and parses one attribute. `Ok((field, None))` means the value was `null` (absent).
+pub fn parse_attribute(
+    catalogue: &Catalogue,
+    name: &str,
+    value: &Value,
+) -> Result<(FieldId, Option<AttrValue>), String> {
+    let field = catalogue.resolve(name).map_err(|e| match e {
+        FieldLookupError::Unknown(f) => format!("Unknown field: {f}"),
+        other => other.to_string(),
+    })?;
+    if catalogue.computed(field).is_some() {
+        return Err(format!("Field {name} is computed and cannot be set"));
+    }
+    if value.is_null() {
+        return Ok((field, None));
+    }
+    let declared = catalogue.builtin(name).is_some();
+    parse_value(catalogue, field, name, value, declared).map(|v| (field, Some(v)))
+}
+
+fn parse_value(
+    catalogue: &Catalogue,
+    field: FieldId,
+    name: &str,
+    value: &Value,
+    declared: bool,
+) -> Result<AttrValue, String> {
+    match catalogue.field_type(field) {
+        FieldType::String => match value {
+            Value::String(s) => checked_string(name, s).map(AttrValue::Str),
+            // Undeclared custom fields take scalars as their JSON text (see module docs).
+            Value::Number(n) if !declared => Ok(AttrValue::Str(n.to_string().into())),
+            Value::Bool(b) if !declared => Ok(AttrValue::Str(b.to_string().into())),
+            _ => Err(format!("Value for field {name} must be a string")),
+        },
+        FieldType::Number => value
+            .as_f64()
+            .filter(|n| n.is_finite())
+            .map(AttrValue::Num)
+            .ok_or_else(|| format!("Value for field {name} must be a number")),
+        FieldType::Boolean => value
+            .as_bool()
+            .map(AttrValue::Bool)
+            .ok_or_else(|| format!("Value for field {name} must be a boolean")),
+        FieldType::Enum(values) => {
+            let s = value
+                .as_str()
+                .ok_or_else(|| format!("Value for field {name} must be a string"))?;
+            values
+                .iter()
+                .position(|v| &**v == s)
+                .map(|i| AttrValue::Enum(i as u16))
+                .ok_or_else(|| {
+                    format!(
+                        "Value {s:?} is not one of the allowed values for field {name}: {}",
+                        values.join(", ")
+                    )
+                })
+        }
+        FieldType::Datetime => {
+            let s = value.as_str().ok_or_else(|| {
+                format!("Value for field {name} must be an RFC 3339 datetime string")
+            })?;
+            parse_datetime(s).map(AttrValue::Time).ok_or_else(|| {
+                format!("Value for field {name} must be an RFC 3339 datetime string, got {s:?}")
+            })
+        }
+        FieldType::StringArray => {
+            let items = value
+                .as_array()
+                .ok_or_else(|| format!("Value for field {name} must be an array of strings"))?;
+            if items.len() > MAX_ARRAY_ITEMS {
+                return Err(format!(
+                    "Value for field {name} has too many items (maximum {MAX_ARRAY_ITEMS})"
+                ));
+            }
+            items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) => checked_string(name, s),
+                    _ => Err(format!(
+                        "Value for field {name} must be an array of strings"
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|v| AttrValue::StrList(v.into_boxed_slice()))
+        }
+    }
+}
+
+fn checked_string(name: &str, s: &str) -> Result<Box<str>, String> {
+    if s.len() > MAX_STRING_BYTES {
+        Err(format!(
+            "Value for field {name} is too long (maximum {MAX_STRING_BYTES} bytes)"
+        ))
+    } else {
+        Ok(s.into())
+    }
+}
+
+/// Renders one attribute value as JSON.
+pub fn value_to_json(catalogue: &Catalogue, field: FieldId, value: &AttrValue) -> Value {
+    match value {
+        AttrValue::Str(s) => Value::String(s.to_string()),
+        AttrValue::Num(n) => serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
+        AttrValue::Bool(b) => Value::Bool(*b),
+        AttrValue::Enum(i) => catalogue
+            .enum_values(field)
+            .get(*i as usize)
+            .map_or(Value::Null, |s| Value::String(s.to_string())),
+        AttrValue::Time(ms) => Value::String(format_millis(*ms)),
+        AttrValue::StrList(items) => {
+            Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(doc: Value) -> Result<Attributes, Vec<AttributeError>> {
+        Attributes::from_json(doc.as_object().unwrap(), &Catalogue::default())
+    }
+
+    #[test]
+    fn a_device_document_parses_and_renders_back() {
+        let c = Catalogue::default();
+        let doc = json!({
+            "hostname": "web-01", "status": "online", "uptimeSeconds": 12.5,
+            "lastSeenAt": "2024-03-01T12:00:00+02:00", "tags": ["a", "b"], "custom.rack": 12
+        });
+        let attrs = Attributes::from_json(doc.as_object().unwrap(), &c).unwrap();
+        let back = attrs.to_json(&c);
+        assert_eq!(back["lastSeenAt"], json!("2024-03-01T10:00:00.000Z"));
+        assert_eq!(back["custom.rack"], json!("12"));
+        assert_eq!(back["status"], json!("online"));
+        assert_eq!(back["tags"], json!(["a", "b"]));
+    }
+
+    #[test]
+    fn every_bad_attribute_is_reported() {
+        let errors = parse(json!({
+            "hostname": 5, "status": "rebooting", "lastSeenAt": "yesterday", "nope": 1,
+            "daysSinceLastSeen": 3, "tags": ["a", 1]
+        }))
+        .unwrap_err();
+        let mut fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        fields.sort();
+        assert_eq!(
+            fields,
+            [
+                "daysSinceLastSeen",
+                "hostname",
+                "lastSeenAt",
+                "nope",
+                "status",
+                "tags"
+            ]
+        );
+        assert!(errors.iter().any(|e| e.message == "Unknown field: nope"));
+    }
+
+    #[test]
+    fn null_means_absent() {
+        let attrs = parse(json!({"hostname": null})).unwrap();
+        assert!(attrs.is_empty());
+    }
+
+    #[test]
+    fn set_and_remove_keep_lookup_sorted() {
+        let c = Catalogue::default();
+        let mut attrs = Attributes::new();
+        let tags = c.resolve("tags").unwrap();
+        let host = c.resolve("hostname").unwrap();
+        attrs.set(tags, AttrValue::StrList(Box::new([])));
+        attrs.set(host, AttrValue::Str("x".into()));
+        assert_eq!(attrs.get(host), Some(&AttrValue::Str("x".into())));
+        assert_eq!(attrs.remove(tags), Some(AttrValue::StrList(Box::new([]))));
+        assert_eq!(attrs.get(tags), None);
+    }
+}

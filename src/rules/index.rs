@@ -1,0 +1,582 @@
+//! The field index: which dynamic groups a change of a device's attributes can affect.
+//!
+//! One index serves one org. For each field it keeps the groups whose filter references that field. A
+//! group whose every condition on a field is an equality or membership test (`equals`, `notEquals`, `in`,
+//! `notIn` on a string, enum, number or boolean) is also indexed *by value*: such a condition can only change
+//! truth when the old or the new value is one it names, so a change `old → new` only needs the groups
+//! listed under `old` and `new`. Every other reference (ranges, text search, time, null tests) is listed
+//! under the field as a whole.
+//!
+//! Soundness: a filter's result is a function of its leaves' truth values, and a leaf on field `f` can only
+//! change truth when `f` changes (or time passes, which the worker handles with [`super::CompiledFilter::next_flip`]).
+//! So the groups returned for a set of changed fields are a superset of those whose result can change, and
+//! a group that references none of the changed fields is never returned.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use super::attrs::AttrValue;
+use super::catalogue::FieldId;
+use super::filter::{norm, CompiledFilter, Node, NumPred, Test};
+
+/// How a group is listed under one field.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldKeys {
+    /// Any change of the field may change the group's result.
+    Any,
+    /// Only a change from or to one of these values may (from equality/`in` conditions).
+    Values(Vec<ValueKey>),
+}
+
+/// A value under which a group is indexed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ValueKey {
+    Str(Box<str>),
+    /// The bits of a normalised (`-0.0` → `0.0`) finite number.
+    Num(u64),
+    Bool(bool),
+    Enum(u16),
+}
+
+impl CompiledFilter {
+    /// For each field the filter references, how the field index should list the filter.
+    pub fn index_keys(&self) -> Vec<(FieldId, FieldKeys)> {
+        let mut per_field: HashMap<FieldId, FieldKeys> = HashMap::new();
+        collect_keys(&self.root, &mut per_field);
+        let mut keys: Vec<(FieldId, FieldKeys)> = per_field.into_iter().collect();
+        keys.sort_by_key(|(f, _)| *f);
+        keys
+    }
+}
+
+fn collect_keys(node: &Node, out: &mut HashMap<FieldId, FieldKeys>) {
+    match node {
+        Node::All(children) | Node::Any(children) => {
+            children.iter().for_each(|c| collect_keys(c, out))
+        }
+        Node::Leaf(leaf) => {
+            let values: Option<Vec<ValueKey>> = match &leaf.test {
+                Test::StrEq(s) => Some(vec![ValueKey::Str(s.clone())]),
+                Test::StrIn(set) => Some(set.iter().map(|s| ValueKey::Str(s.clone())).collect()),
+                Test::EnumEq(e) => Some(vec![ValueKey::Enum(*e)]),
+                Test::EnumIn(set) => Some(set.iter().map(|e| ValueKey::Enum(*e)).collect()),
+                Test::BoolEq(b) => Some(vec![ValueKey::Bool(*b)]),
+                Test::Num(NumPred::Eq(x)) => Some(vec![ValueKey::Num(x.to_bits())]),
+                Test::Num(NumPred::In(set)) => {
+                    Some(set.iter().map(|x| ValueKey::Num(x.to_bits())).collect())
+                }
+                _ => None,
+            };
+            let entry = out
+                .entry(leaf.field)
+                .or_insert(FieldKeys::Values(Vec::new()));
+            match (entry, values) {
+                (FieldKeys::Values(existing), Some(mut values)) => {
+                    existing.append(&mut values);
+                    existing.dedup();
+                }
+                (entry, _) => *entry = FieldKeys::Any,
+            }
+        }
+    }
+}
+
+/// The key a stored value is looked up under; `None` for values that are never value-indexed.
+fn lookup_key(value: &AttrValue) -> Option<KeyRef<'_>> {
+    match value {
+        AttrValue::Str(s) => Some(KeyRef::Str(s)),
+        AttrValue::Num(x) => Some(KeyRef::Num(norm(*x).to_bits())),
+        AttrValue::Bool(b) => Some(KeyRef::Bool(*b)),
+        AttrValue::Enum(e) => Some(KeyRef::Enum(*e)),
+        AttrValue::Time(_) | AttrValue::StrList(_) => None,
+    }
+}
+
+enum KeyRef<'a> {
+    Str(&'a str),
+    Num(u64),
+    Bool(bool),
+    Enum(u16),
+}
+
+/// Groups listed under one field. Buckets hold dense slots, not group ids.
+#[derive(Default, Debug)]
+struct FieldEntry {
+    any: Vec<u32>,
+    by_str: HashMap<Box<str>, Vec<u32>>,
+    by_num: HashMap<u64, Vec<u32>>,
+    by_bool: [Vec<u32>; 2],
+    by_enum: HashMap<u16, Vec<u32>>,
+}
+
+impl FieldEntry {
+    fn bucket_mut(&mut self, key: &ValueKey) -> &mut Vec<u32> {
+        match key {
+            ValueKey::Str(s) => self.by_str.entry(s.clone()).or_default(),
+            ValueKey::Num(n) => self.by_num.entry(*n).or_default(),
+            ValueKey::Bool(b) => &mut self.by_bool[*b as usize],
+            ValueKey::Enum(e) => self.by_enum.entry(*e).or_default(),
+        }
+    }
+
+    fn bucket(&self, key: KeyRef<'_>) -> &[u32] {
+        let found = match key {
+            KeyRef::Str(s) => self.by_str.get(s),
+            KeyRef::Num(n) => self.by_num.get(&n),
+            KeyRef::Bool(b) => Some(&self.by_bool[b as usize]),
+            KeyRef::Enum(e) => self.by_enum.get(&e),
+        };
+        found.map_or(&[], Vec::as_slice)
+    }
+
+    fn all_value_buckets(&self) -> impl Iterator<Item = &u32> {
+        self.by_str
+            .values()
+            .chain(self.by_num.values())
+            .chain(self.by_bool.iter())
+            .chain(self.by_enum.values())
+            .flatten()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.any.is_empty()
+            && self.by_str.is_empty()
+            && self.by_num.is_empty()
+            && self.by_bool.iter().all(Vec::is_empty)
+            && self.by_enum.is_empty()
+    }
+}
+
+/// One changed attribute: the field and its values before and after (`None` = missing).
+#[derive(Copy, Clone, Debug)]
+pub struct FieldChange<'a> {
+    pub field: FieldId,
+    pub old: Option<&'a AttrValue>,
+    pub new: Option<&'a AttrValue>,
+}
+
+/// Reusable scratch space for [`FieldIndex::candidates`], so a query does not allocate.
+#[derive(Default, Debug)]
+pub struct Scratch {
+    stamps: Vec<u32>,
+    epoch: u32,
+}
+
+/// field → dynamic groups of one org. `G` is the caller's group id.
+#[derive(Debug)]
+pub struct FieldIndex<G> {
+    fields: HashMap<FieldId, FieldEntry>,
+    /// slot → group, `None` for free slots.
+    slots: Vec<Option<G>>,
+    free: Vec<u32>,
+    /// group → (slot, how it is registered), so it can be removed or replaced.
+    groups: HashMap<G, (u32, Vec<(FieldId, FieldKeys)>)>,
+}
+
+impl<G> Default for FieldIndex<G> {
+    fn default() -> Self {
+        Self {
+            fields: HashMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            groups: HashMap::new(),
+        }
+    }
+}
+
+impl<G: Copy + Eq + Hash> FieldIndex<G> {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of groups indexed.
+    pub fn len(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Whether no group is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
+    /// Adds a group, or replaces its registration if it is already indexed (a filter edit).
+    pub fn upsert(&mut self, group: G, filter: &CompiledFilter) {
+        self.upsert_keys(group, filter.index_keys());
+    }
+
+    /// Adds or replaces a group with explicit keys (what [`CompiledFilter::index_keys`] returns).
+    pub fn upsert_keys(&mut self, group: G, keys: Vec<(FieldId, FieldKeys)>) {
+        self.remove(group);
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(group);
+                slot
+            }
+            None => {
+                self.slots.push(Some(group));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        for (field, field_keys) in &keys {
+            let entry = self.fields.entry(*field).or_default();
+            match field_keys {
+                FieldKeys::Any => entry.any.push(slot),
+                FieldKeys::Values(values) => {
+                    for value in values {
+                        entry.bucket_mut(value).push(slot);
+                    }
+                }
+            }
+        }
+        self.groups.insert(group, (slot, keys));
+    }
+
+    /// Removes a group; a no-op for a group not indexed.
+    pub fn remove(&mut self, group: G) {
+        let Some((slot, keys)) = self.groups.remove(&group) else {
+            return;
+        };
+        for (field, field_keys) in keys {
+            let Some(entry) = self.fields.get_mut(&field) else {
+                continue;
+            };
+            match field_keys {
+                FieldKeys::Any => entry.any.retain(|s| *s != slot),
+                FieldKeys::Values(values) => {
+                    for value in &values {
+                        let bucket = entry.bucket_mut(value);
+                        bucket.retain(|s| *s != slot);
+                        if bucket.is_empty() {
+                            match value {
+                                ValueKey::Str(s) => {
+                                    entry.by_str.remove(s);
+                                }
+                                ValueKey::Num(n) => {
+                                    entry.by_num.remove(n);
+                                }
+                                ValueKey::Enum(e) => {
+                                    entry.by_enum.remove(e);
+                                }
+                                ValueKey::Bool(_) => {}
+                            }
+                        }
+                    }
+                }
+            }
+            if entry.is_empty() {
+                self.fields.remove(&field);
+            }
+        }
+        self.slots[slot as usize] = None;
+        self.free.push(slot);
+    }
+
+    /// Whether any indexed group references `field`.
+    pub fn references(&self, field: FieldId) -> bool {
+        self.fields.contains_key(&field)
+    }
+
+    /// Appends to `out` (without duplicates) every group whose result may change under `changes`.
+    pub fn candidates(&self, changes: &[FieldChange<'_>], scratch: &mut Scratch, out: &mut Vec<G>) {
+        if scratch.stamps.len() < self.slots.len() {
+            scratch.stamps.resize(self.slots.len(), 0);
+        }
+        scratch.epoch = scratch.epoch.wrapping_add(1);
+        if scratch.epoch == 0 {
+            scratch.stamps.iter_mut().for_each(|s| *s = 0);
+            scratch.epoch = 1;
+        }
+        let epoch = scratch.epoch;
+        let mut emit = |slot: u32, out: &mut Vec<G>| {
+            let stamp = &mut scratch.stamps[slot as usize];
+            if *stamp != epoch {
+                *stamp = epoch;
+                if let Some(group) = self.slots[slot as usize] {
+                    out.push(group);
+                }
+            }
+        };
+        for change in changes {
+            let Some(entry) = self.fields.get(&change.field) else {
+                continue;
+            };
+            for slot in &entry.any {
+                emit(*slot, out);
+            }
+            let old = change.old.map(lookup_key);
+            let new = change.new.map(lookup_key);
+            if matches!(old, Some(None)) || matches!(new, Some(None)) {
+                // A value of a type that is never value-indexed (a catalogue change): be conservative.
+                for slot in entry.all_value_buckets() {
+                    emit(*slot, out);
+                }
+                continue;
+            }
+            for key in [old.flatten(), new.flatten()].into_iter().flatten() {
+                for slot in entry.bucket(key) {
+                    emit(*slot, out);
+                }
+            }
+        }
+    }
+
+    /// Every indexed group, in no particular order.
+    pub fn groups(&self) -> impl Iterator<Item = G> + '_ {
+        self.groups.keys().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::catalogue::Catalogue;
+    use crate::rules::filter::compile;
+    use serde_json::json;
+
+    fn filter(c: &Catalogue, conditions: serde_json::Value) -> CompiledFilter {
+        compile(&json!({"operator": "AND", "conditions": conditions}), c).unwrap()
+    }
+
+    fn query(index: &FieldIndex<u32>, changes: &[FieldChange<'_>]) -> Vec<u32> {
+        let mut out = Vec::new();
+        index.candidates(changes, &mut Scratch::default(), &mut out);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn only_groups_referencing_a_changed_field_are_candidates() {
+        let c = Catalogue::default();
+        let mut index = FieldIndex::new();
+        index.upsert(
+            1,
+            &filter(
+                &c,
+                json!([{"field": "hostname", "operator": "contains", "value": "a"}]),
+            ),
+        );
+        index.upsert(
+            2,
+            &filter(
+                &c,
+                json!([{"field": "uptimeSeconds", "operator": "greaterThan", "value": 1}]),
+            ),
+        );
+        index.upsert(
+            3,
+            &filter(
+                &c,
+                json!([{"field": "daysSinceLastSeen", "operator": "greaterThan", "value": 1}]),
+            ),
+        );
+        let host = c.resolve("hostname").unwrap();
+        let seen = c.resolve("lastSeenAt").unwrap();
+        let v = AttrValue::Str("x".into());
+        assert_eq!(
+            query(
+                &index,
+                &[FieldChange {
+                    field: host,
+                    old: None,
+                    new: Some(&v)
+                }]
+            ),
+            [1]
+        );
+        let t = AttrValue::Time(0);
+        assert_eq!(
+            query(
+                &index,
+                &[FieldChange {
+                    field: seen,
+                    old: None,
+                    new: Some(&t)
+                }]
+            ),
+            [3]
+        );
+        let other = c.resolve("platform").unwrap();
+        assert!(query(
+            &index,
+            &[FieldChange {
+                field: other,
+                old: None,
+                new: Some(&v)
+            }]
+        )
+        .is_empty());
+        assert!(!index.references(other));
+    }
+
+    #[test]
+    fn equality_conditions_are_indexed_by_value() {
+        let c = Catalogue::default();
+        let mut index = FieldIndex::new();
+        index.upsert(
+            1,
+            &filter(
+                &c,
+                json!([{"field": "status", "operator": "equals", "value": "online"}]),
+            ),
+        );
+        index.upsert(2, &filter(&c, json!([{"field": "status", "operator": "notIn", "value": ["offline", "maintenance"]}])));
+        index.upsert(
+            3,
+            &filter(&c, json!([{"field": "status", "operator": "isNull"}])),
+        );
+        let status = c.resolve("status").unwrap();
+        let (online, offline, decom) = (AttrValue::Enum(0), AttrValue::Enum(1), AttrValue::Enum(3));
+        let change = |old, new| {
+            [FieldChange {
+                field: status,
+                old,
+                new,
+            }]
+        };
+        assert_eq!(
+            query(&index, &change(Some(&online), Some(&offline))),
+            [1, 2, 3]
+        );
+        assert_eq!(query(&index, &change(Some(&offline), Some(&decom))), [2, 3]);
+        assert_eq!(query(&index, &change(None, Some(&decom))), [3]);
+    }
+
+    #[test]
+    fn a_field_with_any_non_equality_condition_is_indexed_as_a_whole() {
+        let c = Catalogue::default();
+        let mut index = FieldIndex::new();
+        index.upsert(
+            1,
+            &filter(
+                &c,
+                json!([
+                    {"field": "uptimeSeconds", "operator": "equals", "value": 5},
+                    {"field": "uptimeSeconds", "operator": "lessThan", "value": 100}
+                ]),
+            ),
+        );
+        let keys = filter(
+            &c,
+            json!([{"field": "uptimeSeconds", "operator": "in", "value": [1, -0.0]}]),
+        )
+        .index_keys();
+        assert_eq!(
+            keys[0].1,
+            FieldKeys::Values(vec![
+                ValueKey::Num(0f64.to_bits()),
+                ValueKey::Num(1f64.to_bits())
+            ])
+        );
+        let up = c.resolve("uptimeSeconds").unwrap();
+        let (a, b) = (AttrValue::Num(7.0), AttrValue::Num(8.0));
+        assert_eq!(
+            query(
+                &index,
+                &[FieldChange {
+                    field: up,
+                    old: Some(&a),
+                    new: Some(&b)
+                }]
+            ),
+            [1]
+        );
+    }
+
+    #[test]
+    fn replacing_and_removing_groups_updates_the_index() {
+        let c = Catalogue::default();
+        let mut index = FieldIndex::new();
+        let host = c.resolve("hostname").unwrap();
+        let up = c.resolve("uptimeSeconds").unwrap();
+        index.upsert(
+            7,
+            &filter(
+                &c,
+                json!([{"field": "hostname", "operator": "equals", "value": "a"}]),
+            ),
+        );
+        index.upsert(
+            7,
+            &filter(
+                &c,
+                json!([{"field": "uptimeSeconds", "operator": "greaterThan", "value": 1}]),
+            ),
+        );
+        let a = AttrValue::Str("a".into());
+        let n = AttrValue::Num(2.0);
+        assert!(query(
+            &index,
+            &[FieldChange {
+                field: host,
+                old: None,
+                new: Some(&a)
+            }]
+        )
+        .is_empty());
+        assert_eq!(
+            query(
+                &index,
+                &[FieldChange {
+                    field: up,
+                    old: None,
+                    new: Some(&n)
+                }]
+            ),
+            [7]
+        );
+        index.remove(7);
+        assert!(index.is_empty());
+        assert!(!index.references(up));
+        index.upsert(
+            8,
+            &filter(
+                &c,
+                json!([{"field": "hostname", "operator": "equals", "value": "a"}]),
+            ),
+        );
+        assert_eq!(
+            query(
+                &index,
+                &[FieldChange {
+                    field: host,
+                    old: Some(&a),
+                    new: None
+                }]
+            ),
+            [8]
+        );
+    }
+
+    #[test]
+    fn a_group_matching_several_changed_fields_is_returned_once() {
+        let c = Catalogue::default();
+        let mut index = FieldIndex::new();
+        index.upsert(
+            1,
+            &filter(
+                &c,
+                json!([
+                    {"field": "hostname", "operator": "in", "value": ["a", "b"]},
+                    {"field": "platform", "operator": "contains", "value": "x"}
+                ]),
+            ),
+        );
+        let host = c.resolve("hostname").unwrap();
+        let platform = c.resolve("platform").unwrap();
+        let (a, b) = (AttrValue::Str("a".into()), AttrValue::Str("b".into()));
+        let changes = [
+            FieldChange {
+                field: host,
+                old: Some(&a),
+                new: Some(&b),
+            },
+            FieldChange {
+                field: platform,
+                old: None,
+                new: Some(&a),
+            },
+        ];
+        assert_eq!(query(&index, &changes), [1]);
+    }
+}
