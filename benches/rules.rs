@@ -1,1 +1,358 @@
-fn main() {}
+//! Rule-language benchmarks (results and reproduction commands in BENCHMARKS.md).
+//!
+//! - `filter_eval/*`: one compiled filter against one device, small (3 conditions) and large (120).
+//! - `event_pipeline/*`: the worker's per-event rule work — apply 1–3 attribute changes to a device, ask the
+//!   field index for candidate groups, evaluate them, diff against the device's memberships — with 10,000
+//!   dynamic groups in one org where each field is referenced by ~1% of the groups; against the baseline
+//!   that evaluates every group.
+//! - `value_index/*`: 10,000 groups that all reference one field with `equals`; value indexing against
+//!   field-only indexing.
+//!
+//! Throughput is reported in events (or evaluations) per second on one core.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use cohort::rules::catalogue::{CatalogueConfig, CustomFieldConfig, DeclaredType};
+use cohort::rules::{
+    compile, AttrValue, Attributes, Catalogue, CompiledFilter, FieldChange, FieldId, FieldIndex, FieldKeys, Scratch,
+};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde_json::{json, Value};
+
+const NOW: i64 = 1_718_452_800_000; // 2024-06-15T12:00:00Z
+const GROUPS: usize = 10_000;
+const NUMBER_FIELDS: usize = 100;
+const STRING_FIELDS: usize = 100;
+const DEVICES: usize = 2_000;
+const WORDS: &[&str] = &[
+    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima",
+    "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
+];
+
+/// SplitMix64: a tiny deterministic generator, so runs are comparable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn word(&mut self) -> &'static str {
+        WORDS[self.below(WORDS.len())]
+    }
+}
+
+fn catalogue() -> Catalogue {
+    let custom_fields = (0..NUMBER_FIELDS)
+        .map(|i| (format!("n{i}"), DeclaredType::Number))
+        .chain((0..STRING_FIELDS).map(|i| (format!("s{i}"), DeclaredType::String)))
+        .map(|(key, ty)| CustomFieldConfig {
+            key,
+            ty,
+            values: vec![],
+            description: String::new(),
+        })
+        .collect();
+    Catalogue::from_config(&CatalogueConfig {
+        custom_fields,
+        ..Default::default()
+    })
+    .expect("valid catalogue")
+}
+
+/// A random condition on `custom.n<i>` or `custom.s<i>`, drawn from the whole operator set for its type.
+fn condition(rng: &mut Rng, field: usize) -> Value {
+    if field < NUMBER_FIELDS {
+        let f = format!("custom.n{field}");
+        let x = rng.below(100);
+        match rng.below(5) {
+            0 => json!({"field": f, "operator": "greaterThan", "value": x}),
+            1 => json!({"field": f, "operator": "lessThanOrEquals", "value": x}),
+            2 => json!({"field": f, "operator": "between", "value": {"from": x, "to": x + 20}}),
+            3 => json!({"field": f, "operator": "in", "value": [x, (x + 7) % 100, (x + 31) % 100]}),
+            _ => json!({"field": f, "operator": "notEquals", "value": x}),
+        }
+    } else {
+        let f = format!("custom.s{}", field - NUMBER_FIELDS);
+        match rng.below(6) {
+            0 => json!({"field": f, "operator": "equals", "value": rng.word()}),
+            1 => json!({"field": f, "operator": "in", "value": [rng.word(), rng.word()]}),
+            2 => json!({"field": f, "operator": "startsWith", "value": &rng.word()[..2]}),
+            3 => json!({"field": f, "operator": "contains", "value": &rng.word()[1..3]}),
+            4 => json!({"field": f, "operator": "matches", "value": format!("^{}", &rng.word()[..1])}),
+            _ => json!({"field": f, "operator": "notContains", "value": &rng.word()[1..3]}),
+        }
+    }
+}
+
+/// 10,000 groups, each referencing two distinct fields out of 200: every field is referenced by ~1%.
+fn groups(rng: &mut Rng, c: &Catalogue) -> Vec<CompiledFilter> {
+    let fields = NUMBER_FIELDS + STRING_FIELDS;
+    (0..GROUPS)
+        .map(|_| {
+            let a = rng.below(fields);
+            let b = (a + 1 + rng.below(fields - 1)) % fields;
+            let op = if rng.below(2) == 0 { "AND" } else { "OR" };
+            let filter = json!({"operator": op, "conditions": [condition(rng, a), condition(rng, b)]});
+            compile(&filter, c).expect("valid filter")
+        })
+        .collect()
+}
+
+fn random_value(rng: &mut Rng, field: usize) -> AttrValue {
+    if field < NUMBER_FIELDS {
+        AttrValue::Num(rng.below(100) as f64)
+    } else {
+        AttrValue::Str(rng.word().into())
+    }
+}
+
+struct Fleet {
+    field_ids: Vec<FieldId>,
+    devices: Vec<Attributes>,
+    /// Sorted group numbers each device belongs to.
+    memberships: Vec<Vec<u32>>,
+}
+
+fn fleet(rng: &mut Rng, c: &Catalogue, filters: &[CompiledFilter]) -> Fleet {
+    let field_ids: Vec<FieldId> = (0..NUMBER_FIELDS)
+        .map(|i| format!("custom.n{i}"))
+        .chain((0..STRING_FIELDS).map(|i| format!("custom.s{i}")))
+        .map(|name| c.resolve(&name).expect("declared"))
+        .collect();
+    let devices: Vec<Attributes> = (0..DEVICES)
+        .map(|_| {
+            let mut attrs = Attributes::new();
+            for (i, id) in field_ids.iter().enumerate() {
+                attrs.set(*id, random_value(rng, i));
+            }
+            attrs
+        })
+        .collect();
+    let memberships = devices
+        .iter()
+        .map(|d| {
+            (0..filters.len() as u32)
+                .filter(|g| filters[*g as usize].evaluate(d, NOW))
+                .collect()
+        })
+        .collect();
+    Fleet {
+        field_ids,
+        devices,
+        memberships,
+    }
+}
+
+/// Applies one random event (1–3 changed fields) and returns the number of membership changes.
+#[allow(clippy::too_many_arguments)]
+fn apply_event(
+    rng: &mut Rng,
+    fleet: &mut Fleet,
+    filters: &[CompiledFilter],
+    index: Option<&FieldIndex<u32>>,
+    scratch: &mut Scratch,
+    candidates: &mut Vec<u32>,
+    olds: &mut Vec<(FieldId, Option<AttrValue>)>,
+) -> usize {
+    let d = rng.below(DEVICES);
+    let n = 1 + rng.below(3);
+    olds.clear();
+    for _ in 0..n {
+        let f = rng.below(fleet.field_ids.len());
+        let id = fleet.field_ids[f];
+        let old = fleet.devices[d].set(id, random_value(rng, f));
+        olds.push((id, old));
+    }
+    candidates.clear();
+    match index {
+        Some(index) => {
+            let attrs = &fleet.devices[d];
+            let changes: [Option<FieldChange<'_>>; 3] = std::array::from_fn(|i| {
+                olds.get(i).map(|(field, old)| FieldChange {
+                    field: *field,
+                    old: old.as_ref(),
+                    new: attrs.get(*field),
+                })
+            });
+            let changes: Vec<FieldChange<'_>> = changes.into_iter().flatten().collect();
+            index.candidates(&changes, scratch, candidates);
+        }
+        None => candidates.extend(0..filters.len() as u32),
+    }
+    let attrs = &fleet.devices[d];
+    let members = &mut fleet.memberships[d];
+    let mut changed = 0;
+    for g in candidates.iter() {
+        let now_in = filters[*g as usize].evaluate(attrs, NOW);
+        match (members.binary_search(g), now_in) {
+            (Ok(i), false) => {
+                members.remove(i);
+                changed += 1;
+            }
+            (Err(i), true) => {
+                members.insert(i, *g);
+                changed += 1;
+            }
+            _ => {}
+        }
+    }
+    changed
+}
+
+fn filter_eval(c: &mut Criterion) {
+    let cat = Catalogue::default();
+    let small = compile(
+        &json!({"operator": "AND", "conditions": [
+            {"field": "status", "operator": "equals", "value": "online"},
+            {"field": "osType", "operator": "in", "value": ["linux", "rtos"]},
+            {"field": "lastSeenAt", "operator": "withinLast", "value": {"amount": 7, "unit": "days"}}
+        ]}),
+        &cat,
+    )
+    .expect("valid");
+    // 40 OR-ed AND groups of 3 conditions each, over every type; the device matches only the last one, so
+    // evaluation visits most of the tree.
+    let mut alternatives: Vec<Value> = (0..39)
+        .map(|i| {
+            json!({"operator": "AND", "conditions": [
+                {"field": "hostname", "operator": "startsWith", "value": format!("host-{i}-")},
+                {"field": "uptimeSeconds", "operator": "between", "value": {"from": i * 10, "to": i * 10 + 5}},
+                {"field": "tags", "operator": "hasAny", "value": [format!("t{i}"), "x"]}
+            ]})
+        })
+        .collect();
+    alternatives.push(json!({"operator": "AND", "conditions": [
+        {"field": "displayName", "operator": "contains", "value": "LOBBY"},
+        {"field": "platform", "operator": "matches", "value": "^rpi-[0-9]+$"},
+        {"field": "daysSinceEnrolled", "operator": "greaterThan", "value": 30}
+    ]}));
+    let large = compile(&json!({"operator": "OR", "conditions": alternatives}), &cat).expect("valid");
+    let device = Attributes::from_json(
+        json!({
+            "hostname": "gw-17", "displayName": "Lobby gateway", "status": "online", "osType": "linux",
+            "platform": "rpi-4", "uptimeSeconds": 1234, "tags": ["lobby", "eu"],
+            "enrolledAt": "2023-01-01T00:00:00Z", "lastSeenAt": "2024-06-15T11:00:00Z"
+        })
+        .as_object()
+        .expect("object"),
+        &cat,
+    )
+    .expect("valid device");
+    assert!(small.evaluate(&device, NOW) && large.evaluate(&device, NOW));
+    let mut group = c.benchmark_group("filter_eval");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("small_3_conditions", |b| b.iter(|| black_box(&small).evaluate(black_box(&device), NOW)));
+    group.bench_function("large_120_conditions", |b| b.iter(|| black_box(&large).evaluate(black_box(&device), NOW)));
+    group.bench_function("explain_small", |b| b.iter(|| black_box(&small).explain(black_box(&device), NOW, &cat)));
+    group.bench_function("next_flip_small", |b| b.iter(|| black_box(&small).next_flip(black_box(&device), NOW)));
+    group.finish();
+}
+
+fn event_pipeline(c: &mut Criterion) {
+    let cat = catalogue();
+    let mut rng = Rng(7);
+    let filters = groups(&mut rng, &cat);
+    let mut index = FieldIndex::new();
+    for (g, f) in filters.iter().enumerate() {
+        index.upsert(g as u32, f);
+    }
+    const EVENTS: u64 = 1_000;
+    let mut group = c.benchmark_group("event_pipeline");
+    group.throughput(Throughput::Elements(EVENTS));
+    for (name, use_index) in [("10k_groups_with_index", true), ("10k_groups_evaluate_all", false)] {
+        let mut fleet = fleet(&mut Rng(11), &cat, &filters);
+        let (mut scratch, mut cands, mut olds) = (Scratch::default(), Vec::new(), Vec::new());
+        let mut rng = Rng(13);
+        let mut evaluated = 0usize;
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
+            b.iter(|| {
+                let mut changes = 0;
+                for _ in 0..EVENTS {
+                    changes += apply_event(
+                        &mut rng,
+                        &mut fleet,
+                        &filters,
+                        use_index.then_some(&index),
+                        &mut scratch,
+                        &mut cands,
+                        &mut olds,
+                    );
+                    evaluated += cands.len();
+                }
+                black_box(changes)
+            })
+        });
+        eprintln!("{name}: {evaluated} candidate evaluations");
+    }
+    group.finish();
+}
+
+fn value_index(c: &mut Criterion) {
+    let cat = catalogue();
+    let region = cat.resolve("custom.s0").expect("declared");
+    let n0 = cat.resolve("custom.n0").expect("declared");
+    // Every group references custom.s0 with equals (1,000 distinct values), plus a range on custom.n0.
+    let filters: Vec<CompiledFilter> = (0..GROUPS)
+        .map(|g| {
+            compile(
+                &json!({"operator": "AND", "conditions": [
+                    {"field": "custom.s0", "operator": "equals", "value": format!("region-{}", g % 1000)},
+                    {"field": "custom.n0", "operator": "greaterThan", "value": g % 100}
+                ]}),
+                &cat,
+            )
+            .expect("valid")
+        })
+        .collect();
+    let mut by_value = FieldIndex::new();
+    let mut by_field = FieldIndex::new();
+    for (g, f) in filters.iter().enumerate() {
+        by_value.upsert(g as u32, f);
+        let keys = f.index_keys().into_iter().map(|(field, _)| (field, FieldKeys::Any)).collect();
+        by_field.upsert_keys(g as u32, keys);
+    }
+    let values: Vec<AttrValue> = (0..1000).map(|i| AttrValue::Str(format!("region-{i}").into())).collect();
+    let mut device = Attributes::new();
+    device.set(n0, AttrValue::Num(50.0));
+    const EVENTS: u64 = 1_000;
+    let mut group = c.benchmark_group("value_index");
+    group.throughput(Throughput::Elements(EVENTS));
+    for (name, index) in [("equals_on_one_field_by_value", &by_value), ("equals_on_one_field_by_field", &by_field)] {
+        let mut rng = Rng(3);
+        let (mut scratch, mut cands) = (Scratch::default(), Vec::new());
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let mut matched = 0;
+                for _ in 0..EVENTS {
+                    let new = values[rng.below(values.len())].clone();
+                    let old = device.set(region, new);
+                    cands.clear();
+                    let change = FieldChange {
+                        field: region,
+                        old: old.as_ref(),
+                        new: device.get(region),
+                    };
+                    index.candidates(&[change], &mut scratch, &mut cands);
+                    matched += cands.iter().filter(|g| filters[**g as usize].evaluate(&device, NOW)).count();
+                }
+                black_box(matched)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(20);
+    targets = filter_eval, event_pipeline, value_index
+}
+criterion_main!(benches);

@@ -1,3 +1,13 @@
-//! cohort: continuous dynamic device-group membership and firmware targeting.
+//! cohort keeps dynamic device-group membership and per-device firmware targets correct, continuously, as
+//! device attributes change, and tells the OTA dispatcher the moment a device's target firmware changes.
+//!
+//! # Layout
+//!
+//! - [`rules`]: the rule language — field catalogue, filter validation, compiled evaluation with
+//!   explanations, the field index, and time flips. Pure: no IO, no clock.
+//! - [`cli`]: the `cohort` command line (`eval`, `fields`); `main.rs` only parses and calls it.
+//! - [`telemetry`]: logging set-up.
 
+pub mod cli;
 pub mod rules;
+pub mod telemetry;

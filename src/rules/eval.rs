@@ -172,6 +172,7 @@ fn eq_ci(s: &str, needle: &Needle) -> bool {
 
 /// Why a device does or does not match a filter.
 #[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct Explanation {
     /// The filter's result.
     pub matches: bool,
@@ -276,7 +277,7 @@ fn explain_leaf(
                     meta.field_name,
                     catalogue.name(leaf.field),
                     format_millis(*t),
-                    meta.value
+                    describe_value(&meta.value)
                 ),
             )
         }
@@ -301,7 +302,8 @@ fn explain_leaf(
             } else {
                 format!(
                     "{} is {actual}, so {op} {}{detail} is {result}",
-                    meta.field_name, meta.value
+                    meta.field_name,
+                    describe_value(&meta.value)
                 )
             };
             (actual, reason)
@@ -316,6 +318,26 @@ fn explain_leaf(
         result,
         reason,
     }
+}
+
+/// A filter value as a person would write it: `7 days`, `3 months from now`, `from 1 to 5`; other values
+/// as JSON.
+fn describe_value(value: &Value) -> String {
+    let Some(obj) = value.as_object() else {
+        return value.to_string();
+    };
+    if let (Some(amount), Some(unit)) = (obj.get("amount"), obj.get("unit").and_then(Value::as_str)) {
+        let direction = match obj.get("direction").and_then(Value::as_str) {
+            Some("fromNow") => " from now",
+            Some(_) => " ago",
+            None => "",
+        };
+        return format!("{amount} {unit}{direction}");
+    }
+    if let (Some(from), Some(to)) = (obj.get("from"), obj.get("to")) {
+        return format!("from {from} to {to}");
+    }
+    value.to_string()
 }
 
 /// `(result at now, earliest instant after now at which the result can change)`.

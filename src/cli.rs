@@ -1,0 +1,281 @@
+//! The `cohort` command line: parses arguments and dispatches to the library.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::rules::time::{format_millis, parse_datetime};
+use crate::rules::{compile, Attributes, Catalogue, CatalogueConfig, ExplainNode};
+
+/// cohort keeps dynamic device-group membership and firmware targets correct as device attributes change.
+#[derive(Debug, Parser)]
+#[command(name = "cohort", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Evaluate a filter against one device and explain the result ("why is this device (not) in this group?").
+    Eval(EvalArgs),
+    /// List the field catalogue: every field a filter may reference, with its type.
+    Fields(FieldsArgs),
+}
+
+/// Arguments of `cohort eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The filter: a JSON file, or `-` for standard input.
+    #[arg(long)]
+    pub filter: PathBuf,
+    /// The device's attributes: a JSON object keyed by field name (`custom.<key>` for custom fields), or `-`.
+    #[arg(long)]
+    pub device: PathBuf,
+    /// The instant to evaluate at (RFC 3339); defaults to the current time.
+    #[arg(long)]
+    pub now: Option<String>,
+    /// Print one JSON object (its `matches` field is the result) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// A configuration file whose `[catalogue]` section declares custom fields.
+    #[arg(long, env = "COHORT_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Arguments of `cohort fields`.
+#[derive(Debug, Args)]
+pub struct FieldsArgs {
+    /// A configuration file whose `[catalogue]` section declares custom fields.
+    #[arg(long, env = "COHORT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Exit status for input that could not be evaluated (invalid filter, device, file or option).
+pub const EXIT_INVALID: u8 = 2;
+
+/// Runs a parsed command line, printing to stdout/stderr, and returns the process exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Eval(args) => eval(&args),
+        Command::Fields(args) => fields(&args),
+    }
+}
+
+/// An input problem: where it is (`filter`, `device`, `now`, `config`), the JSON path, and what.
+#[derive(Debug, serde::Serialize)]
+struct InputError {
+    source: &'static str,
+    path: String,
+    message: String,
+}
+
+impl InputError {
+    fn new(source: &'static str, path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            source,
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+fn eval(args: &EvalArgs) -> ExitCode {
+    match evaluate(args) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            if args.json {
+                println!("{}", json!({ "errors": errors }));
+            } else {
+                for e in &errors {
+                    if e.path.is_empty() {
+                        eprintln!("error: {}: {}", e.source, e.message);
+                    } else {
+                        eprintln!("error: {} {}: {}", e.source, e.path, e.message);
+                    }
+                }
+            }
+            ExitCode::from(EXIT_INVALID)
+        }
+    }
+}
+
+fn evaluate(args: &EvalArgs) -> Result<String, Vec<InputError>> {
+    if args.filter == Path::new("-") && args.device == Path::new("-") {
+        return Err(vec![InputError::new(
+            "arguments",
+            "",
+            "only one of --filter and --device can be read from standard input",
+        )]);
+    }
+    let catalogue = load_catalogue(args.config.as_deref()).map_err(|e| vec![e])?;
+    let now = match &args.now {
+        Some(s) => parse_datetime(s).ok_or_else(|| {
+            vec![InputError::new("now", "", format!("--now must be an RFC 3339 datetime, got {s:?}"))]
+        })?,
+        None => chrono::Utc::now().timestamp_millis(),
+    };
+    // Read and check both inputs before reporting, so every error comes out at once.
+    let mut errors = Vec::new();
+    let filter = read_json(&args.filter, "filter").and_then(|v| {
+        compile(&v, &catalogue).map_err(|errs| {
+            errs.into_iter()
+                .map(|e| InputError::new("filter", e.path, e.message))
+                .collect()
+        })
+    });
+    let device = read_json(&args.device, "device").and_then(|v| match v {
+        Value::Object(map) => Attributes::from_json(&map, &catalogue).map_err(|errs| {
+            errs.into_iter()
+                .map(|e| {
+                    let path = if e.field.is_empty() { "$".to_string() } else { format!("$.{}", e.field) };
+                    InputError::new("device", path, e.message)
+                })
+                .collect()
+        }),
+        _ => Err(vec![InputError::new(
+            "device",
+            "$",
+            "The device must be a JSON object keyed by field name",
+        )]),
+    });
+    let (filter, device) = match (filter, device) {
+        (Ok(f), Ok(d)) => (f, d),
+        (f, d) => {
+            errors.extend(f.err().unwrap_or_default());
+            errors.extend(d.err().unwrap_or_default());
+            return Err(errors);
+        }
+    };
+    let explanation = filter.explain(&device, now, &catalogue);
+    debug_assert_eq!(explanation.matches, filter.evaluate(&device, now));
+    let next_flip = filter.next_flip(&device, now).map(format_millis);
+    if args.json {
+        let out = json!({
+            "matches": explanation.matches,
+            "evaluatedAt": explanation.evaluated_at,
+            "fieldsUsed": filter.field_names(),
+            "nextFlip": next_flip,
+            "explanation": explanation.root,
+        });
+        return Ok(out.to_string());
+    }
+    let mut out = format!(
+        "{} (evaluated at {})\n",
+        if explanation.matches { "MATCH" } else { "NO MATCH" },
+        explanation.evaluated_at
+    );
+    render(&explanation.root, 0, &mut out);
+    if let Some(flip) = next_flip {
+        out.push_str(&format!("the result may next change at {flip} with no attribute change\n"));
+    }
+    Ok(out.trim_end().to_string())
+}
+
+fn render(node: &ExplainNode, depth: usize, out: &mut String) {
+    let indent = "  ".repeat(depth);
+    let mark = |r: bool| if r { "✓" } else { "✗" };
+    match node {
+        ExplainNode::Group {
+            operator,
+            result,
+            conditions,
+            ..
+        } => {
+            out.push_str(&format!("{indent}{} {operator}\n", mark(*result)));
+            for c in conditions {
+                render(c, depth + 1, out);
+            }
+        }
+        ExplainNode::Condition { result, reason, .. } => {
+            out.push_str(&format!("{indent}{} {reason}\n", mark(*result)));
+        }
+    }
+}
+
+fn read_json(path: &Path, source: &'static str) -> Result<Value, Vec<InputError>> {
+    let text = if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map(|_| s)
+            .map_err(|e| vec![InputError::new(source, "", format!("cannot read standard input: {e}"))])?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| {
+            vec![InputError::new(source, "", format!("cannot read {}: {e}", path.display()))]
+        })?
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| vec![InputError::new(source, "", format!("not valid JSON: {e}"))])
+}
+
+/// The catalogue from the configuration file's `[catalogue]` section, or the built-in one.
+fn load_catalogue(config: Option<&Path>) -> Result<Catalogue, InputError> {
+    let Some(path) = config else {
+        return Ok(Catalogue::default());
+    };
+    #[derive(serde::Deserialize)]
+    struct Sections {
+        #[serde(default)]
+        catalogue: CatalogueConfig,
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| InputError::new("config", "", format!("cannot read {}: {e}", path.display())))?;
+    let sections: Sections = toml::from_str(&text)
+        .map_err(|e| InputError::new("config", "", format!("{}: {e}", path.display())))?;
+    Catalogue::from_config(&sections.catalogue)
+        .map_err(|e| InputError::new("config", "", format!("{}: {e}", path.display())))
+}
+
+fn fields(args: &FieldsArgs) -> ExitCode {
+    let catalogue = match load_catalogue(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            return ExitCode::from(EXIT_INVALID);
+        }
+    };
+    let rows: Vec<Value> = catalogue
+        .fixed_fields()
+        .map(|(_, def)| {
+            let values = match &def.ty {
+                crate::rules::catalogue::FieldType::Enum(v) => json!(v),
+                _ => Value::Null,
+            };
+            json!({
+                "name": def.name,
+                "type": def.ty.name(),
+                "computed": def.computed.is_some(),
+                "values": values,
+                "description": def.description,
+            })
+        })
+        .collect();
+    if args.json {
+        println!("{}", json!({ "fields": rows, "custom": "custom.<key> fields not declared are strings" }));
+    } else {
+        for row in &rows {
+            let mut line = format!("{:<20} {}", row["name"].as_str().unwrap_or(""), row["type"].as_str().unwrap_or(""));
+            if let Some(values) = row["values"].as_array() {
+                let names: Vec<&str> = values.iter().filter_map(Value::as_str).collect();
+                line.push_str(&format!(" ({})", names.join(", ")));
+            }
+            if row["computed"] == json!(true) {
+                line.push_str(" [computed]");
+            }
+            println!("{line:<60} {}", row["description"].as_str().unwrap_or(""));
+        }
+        println!("{:<20} string (any custom.<key> not declared in the configuration)", "custom.<key>");
+    }
+    ExitCode::SUCCESS
+}

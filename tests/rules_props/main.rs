@@ -1,0 +1,606 @@
+//! Property tests of the rule language (`cohort::rules`) against a deliberately simple reference evaluator
+//! ([`reference`]) written from DESIGN.md "Rule semantics".
+//!
+//! - The compiled evaluator (and its explanations) agree with the reference on random filters, devices and
+//!   instants; negative operators are exact complements.
+//! - The field index never misses a group whose result changes, and never returns one that references none
+//!   of the changed fields.
+//! - Time flips: the result is constant until `next_flip`, and asking again at the flip makes progress.
+//! - Validation never panics, and a compiled filter's `fields_used` is exactly the fields it mentions.
+//!
+//! Generators ([`gen`]) draw values from small overlapping pools so that every operator comes out both true
+//! and false often; `each_operator_yields_both_results` checks that they keep doing so.
+
+mod gen;
+mod reference;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use cohort::rules::{
+    compile, validate, Attributes, Catalogue, CompiledFilter, ExplainNode, FieldChange, FieldId,
+    FieldIndex, Scratch,
+};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::{json, Map, Value};
+
+use gen::{catalogue, Mutation};
+use reference::{reference_eval, stored_field, Kind, DAY, FIELDS};
+
+/// `cases` per property, unless `PROPTEST_CASES` asks for more (or fewer) for a deeper run.
+fn config(cases: u32) -> Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(cases);
+    Config {
+        cases,
+        ..Config::default()
+    }
+}
+
+fn compiled(filter: &Value, catalogue: &Catalogue) -> CompiledFilter {
+    compile(filter, catalogue)
+        .unwrap_or_else(|e| panic!("generated filter {filter} does not compile: {e:?}"))
+}
+
+fn attributes(device: &Map<String, Value>, catalogue: &Catalogue) -> Attributes {
+    Attributes::from_json(device, catalogue)
+        .unwrap_or_else(|e| panic!("generated device {device:?} does not parse: {e:?}"))
+}
+
+fn one_leaf(leaf: Value) -> Value {
+    json!({"operator": "AND", "conditions": [leaf]})
+}
+
+// -------------------------------------------------------------------------------------------------------
+// Agreement with the reference.
+
+/// The compiled filter agrees with the reference at `now`: at the root through `evaluate`, and at every node
+/// (group and leaf) through the explanation, whose paths must be the nodes' JSON paths. Checking every
+/// node, not just the root, keeps a wrong leaf from hiding behind the AND/OR above it.
+fn agrees_everywhere(
+    filter: &Value,
+    f: &CompiledFilter,
+    attrs: &Attributes,
+    device: &Map<String, Value>,
+    now: i64,
+    c: &Catalogue,
+) -> Result<(), TestCaseError> {
+    let got = f.evaluate(attrs, now);
+    prop_assert_eq!(got, reference_eval(filter, device, now), "evaluate at {} disagrees with the reference", now);
+    let explanation = f.explain(attrs, now, c);
+    prop_assert_eq!(explanation.matches, got, "explain disagrees with evaluate");
+    node_agrees(filter, &explanation.root, "$".to_string(), device, now)
+}
+
+fn node_agrees(
+    filter: &Value,
+    node: &ExplainNode,
+    path: String,
+    device: &Map<String, Value>,
+    now: i64,
+) -> Result<(), TestCaseError> {
+    let expected = reference_eval(filter, device, now);
+    match node {
+        ExplainNode::Condition { path: at, result, .. } => {
+            prop_assert_eq!(at, &path);
+            prop_assert_eq!(*result, expected, "condition {} = {} at {}", path, filter, now);
+        }
+        ExplainNode::Group {
+            path: at,
+            result,
+            conditions,
+            ..
+        } => {
+            prop_assert_eq!(at, &path);
+            prop_assert_eq!(*result, expected, "group {} at {}", path, now);
+            let children = filter["conditions"].as_array().unwrap();
+            prop_assert_eq!(children.len(), conditions.len());
+            for (i, (child, node)) in children.iter().zip(conditions).enumerate() {
+                node_agrees(child, node, format!("{path}.conditions[{i}]"), device, now)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn agreement_case() -> impl Strategy<Value = (i64, Value, Map<String, Value>)> {
+    gen::now().prop_flat_map(|now| (Just(now), gen::filter(now), gen::device(now)))
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn compiled_evaluator_agrees_with_the_reference((now, filter, device) in agreement_case()) {
+        let c = catalogue();
+        let f = compiled(&filter, c);
+        let attrs = attributes(&device, c);
+        agrees_everywhere(&filter, &f, &attrs, &device, now, c)?;
+    }
+}
+
+/// Positive operator → its negative.
+const COMPLEMENTS: &[(&str, &str)] = &[
+    ("equals", "notEquals"),
+    ("contains", "notContains"),
+    ("in", "notIn"),
+    ("isEmpty", "isNotEmpty"),
+    ("isNull", "isNotNull"),
+    ("withinLast", "notWithinLast"),
+];
+
+/// A leaf with a positive operator that has a negative, on a field where it is valid.
+fn complement_case() -> impl Strategy<Value = (i64, Value, &'static str, Map<String, Value>)> {
+    let pairs: Vec<(&'static str, Kind, &'static str, &'static str)> = FIELDS
+        .iter()
+        .flat_map(|(field, kind)| {
+            COMPLEMENTS
+                .iter()
+                .filter(|(pos, _)| gen::operators(*kind).contains(pos))
+                .map(|(pos, neg)| (*field, *kind, *pos, *neg))
+        })
+        .collect();
+    gen::now().prop_flat_map(move |now| {
+        (
+            Just(now),
+            prop::sample::select(pairs.clone()).prop_flat_map(move |(field, kind, pos, neg)| {
+                (gen::leaf_with(field, kind, pos, now), Just(neg))
+            }),
+            gen::device(now),
+        )
+            .prop_map(|(now, (leaf, neg), device)| (now, leaf, neg, device))
+    })
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn negative_operators_are_exact_complements((now, positive, negative_op, device) in complement_case()) {
+        let c = catalogue();
+        let mut negative = positive.clone();
+        negative["operator"] = json!(negative_op);
+        let pos = compiled(&one_leaf(positive.clone()), c);
+        let neg = compiled(&one_leaf(negative.clone()), c);
+        let attrs = attributes(&device, c);
+        prop_assert_eq!(neg.evaluate(&attrs, now), !pos.evaluate(&attrs, now), "{} vs {}", positive, negative);
+        prop_assert_eq!(
+            neg.explain(&attrs, now, c).matches,
+            !pos.explain(&attrs, now, c).matches
+        );
+    }
+}
+
+/// Over a large deterministic sample, every (field kind, operator) pair comes out both true and false often
+/// enough that the other properties test something; whole filters too.
+#[test]
+fn each_operator_yields_both_results() {
+    let c = catalogue();
+    let mut runner = TestRunner::deterministic();
+    let mut tally: BTreeMap<(String, String), (u32, u32)> = BTreeMap::new();
+    // Devices are the costly part to generate, so each is tried against many leaves.
+    for _ in 0..500 {
+        let now = gen::now().new_tree(&mut runner).unwrap().current();
+        let device = gen::device(now).new_tree(&mut runner).unwrap().current();
+        let attrs = attributes(&device, c);
+        let leaves = gen::leaf(now);
+        for _ in 0..40 {
+            let leaf = leaves.new_tree(&mut runner).unwrap().current();
+            let field = leaf["field"].as_str().unwrap();
+            let kind = match reference::kind_of(field) {
+                Kind::Enum(_) => "enum".to_string(),
+                Kind::DaysSince(_) => "daysSince".to_string(),
+                other => format!("{other:?}"),
+            };
+            let op = leaf["operator"].as_str().unwrap().to_string();
+            let filter = one_leaf(leaf);
+            let result = compiled(&filter, c).evaluate(&attrs, now);
+            assert_eq!(result, reference_eval(&filter, &device, now), "{filter}");
+            let entry = tally.entry((kind, op)).or_default();
+            if result {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
+            }
+        }
+    }
+    let expected: usize = FIELDS
+        .iter()
+        .map(|(_, k)| *k)
+        .map(|k| match k {
+            Kind::Enum(_) => ("enum".to_string(), k),
+            Kind::DaysSince(_) => ("daysSince".to_string(), k),
+            other => (format!("{other:?}"), other),
+        })
+        .collect::<BTreeMap<_, _>>()
+        .values()
+        .map(|k| gen::operators(*k).len())
+        .sum();
+    assert_eq!(
+        tally.len(),
+        expected,
+        "every operator of every kind is generated"
+    );
+    let mut rare = Vec::new();
+    for ((kind, op), (t, f)) in &tally {
+        let n = t + f;
+        // At least 5% of each outcome.
+        if *t * 20 < n || *f * 20 < n {
+            rare.push(format!("{kind} {op}: {t} true, {f} false"));
+        }
+    }
+    assert!(rare.is_empty(), "outcomes too lopsided:\n{}", rare.join("\n"));
+
+    let filter_case = gen::now().prop_flat_map(|now| (Just(now), gen::filter(now), gen::device(now)));
+    let (mut t, mut f) = (0, 0);
+    for _ in 0..2_000 {
+        let (now, filter, device) = filter_case.new_tree(&mut runner).unwrap().current();
+        if compiled(&filter, c).evaluate(&attributes(&device, c), now) {
+            t += 1;
+        } else {
+            f += 1;
+        }
+    }
+    assert!(
+        t >= 400 && f >= 400,
+        "whole filters: {t} true, {f} false"
+    );
+}
+
+// -------------------------------------------------------------------------------------------------------
+// The field index.
+
+#[derive(Clone, Debug)]
+struct IndexCase {
+    now: i64,
+    /// Group `i` gets filter `i`.
+    filters: Vec<Value>,
+    /// Then: re-upsert a group with another filter (`Some`) or remove it (`None`); ids beyond the initial
+    /// groups add new ones.
+    edits: Vec<(u32, Option<Value>)>,
+    device: Map<String, Value>,
+    changes: Vec<(String, Option<Value>)>,
+}
+
+fn index_case() -> impl Strategy<Value = IndexCase> {
+    gen::now().prop_flat_map(|now| {
+        (
+            prop::collection::vec(gen::filter(now), 1..=16),
+            prop::collection::vec(
+                (0u32..20, prop::option::weighted(0.7, gen::filter(now))),
+                0..=6,
+            ),
+            gen::device(now),
+            gen::changes(now),
+        )
+            .prop_map(move |(filters, edits, device, changes)| IndexCase {
+                now,
+                filters,
+                edits,
+                device,
+                changes,
+            })
+    })
+}
+
+/// What one index query saw.
+struct IndexRun {
+    live: BTreeMap<u32, CompiledFilter>,
+    before: Attributes,
+    after: Attributes,
+    changed: Vec<FieldId>,
+    candidates: Vec<u32>,
+    /// Candidates for the reverse change (after → before), with the same scratch.
+    reverse_candidates: Vec<u32>,
+}
+
+fn run_index_case(case: &IndexCase) -> IndexRun {
+    let c = catalogue();
+    let mut index = FieldIndex::new();
+    let mut live = BTreeMap::new();
+    for (g, filter) in case.filters.iter().enumerate() {
+        let f = compiled(filter, c);
+        index.upsert(g as u32, &f);
+        live.insert(g as u32, f);
+    }
+    for (g, edit) in &case.edits {
+        match edit {
+            Some(filter) => {
+                let f = compiled(filter, c);
+                index.upsert(*g, &f);
+                live.insert(*g, f);
+            }
+            None => {
+                index.remove(*g);
+                live.remove(g);
+            }
+        }
+    }
+    assert_eq!(index.len(), live.len());
+    let before = attributes(&case.device, c);
+    let mut doc = case.device.clone();
+    for (name, value) in &case.changes {
+        match value {
+            Some(v) => doc.insert(name.clone(), v.clone()),
+            None => doc.remove(name),
+        };
+    }
+    let after = attributes(&doc, c);
+    let changed: Vec<FieldId> = case
+        .changes
+        .iter()
+        .map(|(name, _)| c.resolve(name).unwrap())
+        .collect();
+    let forward: Vec<FieldChange<'_>> = changed
+        .iter()
+        .map(|f| FieldChange {
+            field: *f,
+            old: before.get(*f),
+            new: after.get(*f),
+        })
+        .collect();
+    let backward: Vec<FieldChange<'_>> = changed
+        .iter()
+        .map(|f| FieldChange {
+            field: *f,
+            old: after.get(*f),
+            new: before.get(*f),
+        })
+        .collect();
+    let mut scratch = Scratch::default();
+    let (mut candidates, mut reverse_candidates) = (Vec::new(), Vec::new());
+    index.candidates(&forward, &mut scratch, &mut candidates);
+    index.candidates(&backward, &mut scratch, &mut reverse_candidates);
+    IndexRun {
+        live,
+        before,
+        after,
+        changed,
+        candidates,
+        reverse_candidates,
+    }
+}
+
+proptest! {
+    #![proptest_config(config(256))]
+
+    #[test]
+    fn every_group_whose_result_changes_is_a_candidate(case in index_case()) {
+        let run = run_index_case(&case);
+        for candidates in [&run.candidates, &run.reverse_candidates] {
+            let unique: BTreeSet<u32> = candidates.iter().copied().collect();
+            prop_assert_eq!(unique.len(), candidates.len(), "candidates repeat a group");
+            prop_assert!(unique.iter().all(|g| run.live.contains_key(g)), "a removed group is a candidate");
+            for (g, f) in &run.live {
+                if f.evaluate(&run.before, case.now) != f.evaluate(&run.after, case.now) {
+                    prop_assert!(unique.contains(g), "group {} ({}) changed but is not a candidate", g, f.source());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn evaluating_only_candidates_gives_the_same_memberships_as_evaluating_all(case in index_case()) {
+        let run = run_index_case(&case);
+        let members = |attrs: &Attributes| -> BTreeSet<u32> {
+            run.live
+                .iter()
+                .filter(|(_, f)| f.evaluate(attrs, case.now))
+                .map(|(g, _)| *g)
+                .collect()
+        };
+        let mut incremental = members(&run.before);
+        for g in &run.candidates {
+            if run.live[g].evaluate(&run.after, case.now) {
+                incremental.insert(*g);
+            } else {
+                incremental.remove(g);
+            }
+        }
+        prop_assert_eq!(incremental, members(&run.after));
+    }
+
+    #[test]
+    fn no_candidate_is_unrelated_to_the_changed_fields(case in index_case()) {
+        let run = run_index_case(&case);
+        for g in run.candidates.iter().chain(&run.reverse_candidates) {
+            let f = &run.live[g];
+            prop_assert!(
+                f.fields_used().iter().any(|u| run.changed.contains(u)),
+                "group {} uses {:?}, none of the changed {:?}", g, f.field_names(), case.changes
+            );
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------
+// Time flips.
+
+const YEAR: i64 = 365 * DAY;
+
+fn flip_case() -> impl Strategy<Value = (i64, Value, Map<String, Value>, Vec<f64>)> {
+    gen::now().prop_flat_map(|now| {
+        (
+            Just(now),
+            gen::time_filter(now),
+            gen::device(now),
+            prop::collection::vec(0.0..1.0f64, 8),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn the_result_is_constant_until_the_next_flip((now, filter, device, fractions) in flip_case()) {
+        let c = catalogue();
+        let f = compiled(&filter, c);
+        prop_assert!(f.is_time_dependent());
+        let attrs = attributes(&device, c);
+        let at_now = f.evaluate(&attrs, now);
+        let flip = f.next_flip(&attrs, now);
+        let (end, mut instants) = match flip {
+            Some(flip) => {
+                prop_assert!(flip > now, "flip {} is not after now {}", flip, now);
+                (flip, vec![now, flip - 1, (now + 1).min(flip - 1)])
+            }
+            None => {
+                // Never changes: look up to five years ahead, including whole days and month steps.
+                let horizon = now + 5 * YEAR;
+                let mut instants: Vec<i64> = (1..=40).map(|k| now + k * DAY).collect();
+                instants.extend((1..=24).map(|m| reference::shift(now, m, "months", true)));
+                instants.push(horizon - 1);
+                (horizon, instants)
+            }
+        };
+        instants.extend(fractions.iter().map(|x| now + ((end - 1 - now) as f64 * x) as i64));
+        for t in instants {
+            prop_assert_eq!(f.evaluate(&attrs, t), at_now, "changed at {} (now {}, end {})", t, now, end);
+            agrees_everywhere(&filter, &f, &attrs, &device, t, c)?;
+        }
+        if let Some(flip) = flip {
+            agrees_everywhere(&filter, &f, &attrs, &device, flip, c)?;
+        }
+    }
+
+    #[test]
+    fn re_evaluating_at_the_flip_makes_progress((now, filter, device, fractions) in flip_case()) {
+        let c = catalogue();
+        let f = compiled(&filter, c);
+        let attrs = attributes(&device, c);
+        let mut t = now;
+        for step in 0..12 {
+            let Some(flip) = f.next_flip(&attrs, t) else { break };
+            prop_assert!(flip > t, "step {}: next flip {} is not after {}", step, flip, t);
+            let held = f.evaluate(&attrs, t);
+            prop_assert_eq!(f.evaluate(&attrs, flip - 1), held, "step {}: changed before the flip", step);
+            let x = fractions[step % fractions.len()];
+            let inside = t + ((flip - 1 - t) as f64 * x) as i64;
+            prop_assert_eq!(f.evaluate(&attrs, inside), held, "step {}: changed at {}", step, inside);
+            // The flip is a boundary of some time condition: exactly where off-by-one mistakes show.
+            agrees_everywhere(&filter, &f, &attrs, &device, flip, c)?;
+            t = flip;
+        }
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------
+// Validation.
+
+/// The stored fields a filter's leaves mention (a computed field counts as its source), by walking the JSON.
+fn mentioned_fields(filter: &Value, out: &mut BTreeSet<String>) {
+    let Some(node) = filter.as_object() else {
+        return;
+    };
+    if let Some(field) = node.get("field") {
+        out.insert(stored_field(field.as_str().unwrap()).to_string());
+    } else if let Some(Value::Array(conditions)) = node.get("conditions") {
+        for c in conditions {
+            mentioned_fields(c, out);
+        }
+    }
+}
+
+fn check_fields_used(
+    filter: &Value,
+    f: &CompiledFilter,
+    c: &Catalogue,
+) -> Result<(), TestCaseError> {
+    let mut mentioned = BTreeSet::new();
+    mentioned_fields(filter, &mut mentioned);
+    let names: BTreeSet<String> = f.field_names().iter().cloned().collect();
+    prop_assert_eq!(&names, &mentioned, "field_names of {}", filter);
+    prop_assert_eq!(names.len(), f.field_names().len(), "field_names repeat");
+    let ids: BTreeSet<FieldId> = mentioned.iter().map(|n| c.resolve(n).unwrap()).collect();
+    prop_assert_eq!(f.fields_used().to_vec(), ids.into_iter().collect::<Vec<_>>());
+    Ok(())
+}
+
+fn mutation_case() -> impl Strategy<Value = (i64, Value, Vec<Mutation>, Map<String, Value>)> {
+    gen::now().prop_flat_map(|now| {
+        (
+            Just(now),
+            gen::filter(now),
+            prop::collection::vec(gen::mutation(now), 1..=3),
+            gen::device(now),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn validation_never_panics_on_arbitrary_json(value in gen::arbitrary_json()) {
+        // A fresh catalogue: arbitrary custom names are interned, and must not crowd the shared one.
+        let c = gen::new_catalogue();
+        let errors = validate(&value, &c);
+        match compile(&value, &c) {
+            Ok(f) => {
+                prop_assert!(errors.is_empty());
+                check_fields_used(&value, &f, &c)?;
+            }
+            Err(e) => {
+                prop_assert!(!e.is_empty(), "compile failed with no error");
+                prop_assert_eq!(e, errors);
+            }
+        }
+    }
+
+    #[test]
+    fn validation_never_panics_on_mutated_filters((now, filter, mutations, device) in mutation_case()) {
+        let c = gen::new_catalogue();
+        let mut mutant = filter;
+        for m in &mutations {
+            gen::apply(&mut mutant, m);
+        }
+        match compile(&mutant, &c) {
+            Ok(f) => {
+                // A mutant that is still valid means what the reference says it means.
+                check_fields_used(&mutant, &f, &c)?;
+                let attrs = attributes(&device, &c);
+                agrees_everywhere(&mutant, &f, &attrs, &device, now, &c)?;
+                let _ = f.next_flip(&attrs, now);
+            }
+            Err(errors) => {
+                prop_assert!(!errors.is_empty());
+                for e in errors {
+                    prop_assert!(e.path.starts_with('$'), "error path {:?}", e.path);
+                    prop_assert!(!e.message.is_empty());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_compiled_filter_uses_exactly_the_fields_it_mentions(filter in gen::now().prop_flat_map(gen::filter)) {
+        let c = catalogue();
+        let f = compiled(&filter, c);
+        check_fields_used(&filter, &f, c)?;
+        prop_assert_eq!(f.is_time_dependent(), is_time_dependent(&filter), "{}", filter);
+    }
+}
+
+/// Whether some leaf's truth can change with time alone: `withinLast`, `notWithinLast`, a relative
+/// `before`/`after`, or a comparison (not a null test) of a `daysSince…` field.
+fn is_time_dependent(filter: &Value) -> bool {
+    let node = filter.as_object().unwrap();
+    if let Some(field) = node.get("field").and_then(Value::as_str) {
+        let op = node["operator"].as_str().unwrap();
+        return match op {
+            "withinLast" | "notWithinLast" => true,
+            "before" | "after" => !matches!(&node["value"], Value::String(s) if s != "now"),
+            "isNull" | "isNotNull" => false,
+            _ => matches!(reference::kind_of(field), Kind::DaysSince(_)),
+        };
+    }
+    node["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(is_time_dependent)
+}
