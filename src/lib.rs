@@ -5,9 +5,11 @@
 //!
 //! - [`rules`]: the rule language — field catalogue, filter validation, compiled evaluation with
 //!   explanations, the field index, and time flips. Pure: no IO, no clock.
+//! - [`config`]: the typed configuration (defaults, then a TOML file, then `COHORT_…` variables).
 //! - [`cli`]: the `cohort` command line (`eval`, `fields`); `main.rs` only parses and calls it.
 //! - [`telemetry`]: logging set-up.
 
 pub mod cli;
+pub mod config;
 pub mod rules;
 pub mod telemetry;
