@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{json, Value};
 
+use crate::config::Config;
 use crate::rules::time::{format_millis, parse_datetime};
-use crate::rules::{compile, Attributes, Catalogue, CatalogueConfig, ExplainNode};
+use crate::rules::{compile, Attributes, Catalogue, ExplainNode};
 
 /// cohort keeps dynamic device-group membership and firmware targets correct as device attributes change.
 #[derive(Debug, Parser)]
@@ -121,7 +122,11 @@ fn evaluate(args: &EvalArgs) -> Result<String, Vec<InputError>> {
     let catalogue = load_catalogue(args.config.as_deref()).map_err(|e| vec![e])?;
     let now = match &args.now {
         Some(s) => parse_datetime(s).ok_or_else(|| {
-            vec![InputError::new("now", "", format!("--now must be an RFC 3339 datetime, got {s:?}"))]
+            vec![InputError::new(
+                "now",
+                "",
+                format!("--now must be an RFC 3339 datetime, got {s:?}"),
+            )]
         })?,
         None => chrono::Utc::now().timestamp_millis(),
     };
@@ -138,7 +143,11 @@ fn evaluate(args: &EvalArgs) -> Result<String, Vec<InputError>> {
         Value::Object(map) => Attributes::from_json(&map, &catalogue).map_err(|errs| {
             errs.into_iter()
                 .map(|e| {
-                    let path = if e.field.is_empty() { "$".to_string() } else { format!("$.{}", e.field) };
+                    let path = if e.field.is_empty() {
+                        "$".to_string()
+                    } else {
+                        format!("$.{}", e.field)
+                    };
                     InputError::new("device", path, e.message)
                 })
                 .collect()
@@ -172,12 +181,18 @@ fn evaluate(args: &EvalArgs) -> Result<String, Vec<InputError>> {
     }
     let mut out = format!(
         "{} (evaluated at {})\n",
-        if explanation.matches { "MATCH" } else { "NO MATCH" },
+        if explanation.matches {
+            "MATCH"
+        } else {
+            "NO MATCH"
+        },
         explanation.evaluated_at
     );
     render(&explanation.root, 0, &mut out);
     if let Some(flip) = next_flip {
-        out.push_str(&format!("the result may next change at {flip} with no attribute change\n"));
+        out.push_str(&format!(
+            "the result may next change at {flip} with no attribute change\n"
+        ));
     }
     Ok(out.trim_end().to_string())
 }
@@ -209,32 +224,31 @@ fn read_json(path: &Path, source: &'static str) -> Result<Value, Vec<InputError>
         std::io::stdin()
             .read_to_string(&mut s)
             .map(|_| s)
-            .map_err(|e| vec![InputError::new(source, "", format!("cannot read standard input: {e}"))])?
+            .map_err(|e| {
+                vec![InputError::new(
+                    source,
+                    "",
+                    format!("cannot read standard input: {e}"),
+                )]
+            })?
     } else {
         std::fs::read_to_string(path).map_err(|e| {
-            vec![InputError::new(source, "", format!("cannot read {}: {e}", path.display()))]
+            vec![InputError::new(
+                source,
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            )]
         })?
     };
     serde_json::from_str(&text)
         .map_err(|e| vec![InputError::new(source, "", format!("not valid JSON: {e}"))])
 }
 
-/// The catalogue from the configuration file's `[catalogue]` section, or the built-in one.
+/// The catalogue from the configuration (file, then `COHORT_…` variables), or the built-in one.
 fn load_catalogue(config: Option<&Path>) -> Result<Catalogue, InputError> {
-    let Some(path) = config else {
-        return Ok(Catalogue::default());
-    };
-    #[derive(serde::Deserialize)]
-    struct Sections {
-        #[serde(default)]
-        catalogue: CatalogueConfig,
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| InputError::new("config", "", format!("cannot read {}: {e}", path.display())))?;
-    let sections: Sections = toml::from_str(&text)
-        .map_err(|e| InputError::new("config", "", format!("{}: {e}", path.display())))?;
-    Catalogue::from_config(&sections.catalogue)
-        .map_err(|e| InputError::new("config", "", format!("{}: {e}", path.display())))
+    let config = Config::load(config).map_err(|e| InputError::new("config", "", e.to_string()))?;
+    Catalogue::from_config(&config.catalogue)
+        .map_err(|e| InputError::new("config", "", e.to_string()))
 }
 
 fn fields(args: &FieldsArgs) -> ExitCode {
@@ -262,10 +276,17 @@ fn fields(args: &FieldsArgs) -> ExitCode {
         })
         .collect();
     if args.json {
-        println!("{}", json!({ "fields": rows, "custom": "custom.<key> fields not declared are strings" }));
+        println!(
+            "{}",
+            json!({ "fields": rows, "custom": "custom.<key> fields not declared are strings" })
+        );
     } else {
         for row in &rows {
-            let mut line = format!("{:<20} {}", row["name"].as_str().unwrap_or(""), row["type"].as_str().unwrap_or(""));
+            let mut line = format!(
+                "{:<20} {}",
+                row["name"].as_str().unwrap_or(""),
+                row["type"].as_str().unwrap_or("")
+            );
             if let Some(values) = row["values"].as_array() {
                 let names: Vec<&str> = values.iter().filter_map(Value::as_str).collect();
                 line.push_str(&format!(" ({})", names.join(", ")));
@@ -275,7 +296,10 @@ fn fields(args: &FieldsArgs) -> ExitCode {
             }
             println!("{line:<60} {}", row["description"].as_str().unwrap_or(""));
         }
-        println!("{:<20} string (any custom.<key> not declared in the configuration)", "custom.<key>");
+        println!(
+            "{:<20} string (any custom.<key> not declared in the configuration)",
+            "custom.<key>"
+        );
     }
     ExitCode::SUCCESS
 }

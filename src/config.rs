@@ -390,6 +390,8 @@ impl Config {
         }
         let string = |target: &mut String| *target = value.to_owned();
         match key {
+            // The path of this file itself, read by the command line before loading.
+            "CONFIG" => {}
             "DATABASE_URL" => string(&mut self.database.url),
             "DATABASE_MAX_CONNECTIONS" => self.database.max_connections = parse(var, value)?,
             "DATABASE_CONNECT_TIMEOUT_MS" => self.database.connect_timeout_ms = parse(var, value)?,

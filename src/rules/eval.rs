@@ -326,7 +326,8 @@ fn describe_value(value: &Value) -> String {
     let Some(obj) = value.as_object() else {
         return value.to_string();
     };
-    if let (Some(amount), Some(unit)) = (obj.get("amount"), obj.get("unit").and_then(Value::as_str)) {
+    if let (Some(amount), Some(unit)) = (obj.get("amount"), obj.get("unit").and_then(Value::as_str))
+    {
         let direction = match obj.get("direction").and_then(Value::as_str) {
             Some("fromNow") => " from now",
             Some(_) => " ago",

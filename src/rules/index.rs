@@ -1,31 +1,67 @@
 //! The field index: which dynamic groups a change of a device's attributes can affect.
 //!
-//! One index serves one org. For each field it keeps the groups whose filter references that field. A
-//! group whose every condition on a field is an equality or membership test (`equals`, `notEquals`, `in`,
-//! `notIn` on a string, enum, number or boolean) is also indexed *by value*: such a condition can only change
-//! truth when the old or the new value is one it names, so a change `old → new` only needs the groups
-//! listed under `old` and `new`. Every other reference (ranges, text search, time, null tests) is listed
-//! under the field as a whole.
+//! One index serves one org. For each field it keeps the groups whose filter references that field, in one
+//! of two ways:
+//!
+//! - **by value**, when every condition of the group on that field is an equality or membership test
+//!   (`equals`, `notEquals`, `in`, `notIn` on a string, enum, number or boolean): such a condition can only
+//!   change truth when the old or the new value is one it names, so a change `old → new` reaches only the
+//!   groups listed under `old` and `new`, found by hash lookup whatever the number of groups;
+//! - **by leaf**, otherwise (ranges, text search, regexes, time, null tests): the group's conditions on that
+//!   field are kept in a contiguous array per field, and a change makes the group a candidate only if one of
+//!   those conditions has a different truth for the old and the new value. Checking a copied condition is a
+//!   sequential scan, far cheaper than evaluating the whole filter from cold memory.
 //!
 //! Soundness: a filter's result is a function of its leaves' truth values, and a leaf on field `f` can only
 //! change truth when `f` changes (or time passes, which the worker handles with [`super::CompiledFilter::next_flip`]).
-//! So the groups returned for a set of changed fields are a superset of those whose result can change, and
-//! a group that references none of the changed fields is never returned.
+//! If no leaf on any changed field changes truth, the result cannot change; so the groups returned are a
+//! superset of those whose result changes, and a group that references none of the changed fields is never
+//! returned. (Both old and new truth are taken at the same `now`: the membership being compared was computed
+//! at the last evaluation, and time-driven changes since then are the flip scheduler's job.)
 
 use std::collections::HashMap;
 use std::hash::Hash;
 
 use super::attrs::AttrValue;
 use super::catalogue::FieldId;
+use super::eval::test;
 use super::filter::{norm, CompiledFilter, Node, NumPred, Test};
+use super::time::EpochMillis;
 
 /// How a group is listed under one field.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum FieldKeys {
-    /// Any change of the field may change the group's result.
+    /// Any change of the field may change the group's result (no pre-check).
     Any,
     /// Only a change from or to one of these values may (from equality/`in` conditions).
     Values(Vec<ValueKey>),
+    /// Only a change that alters the truth of one of these conditions may.
+    Leaves(Vec<LeafTest>),
+}
+
+impl PartialEq for FieldKeys {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (FieldKeys::Any, FieldKeys::Any) => true,
+            (FieldKeys::Values(a), FieldKeys::Values(b)) => a == b,
+            (FieldKeys::Leaves(a), FieldKeys::Leaves(b)) => a.len() == b.len(),
+            _ => false,
+        }
+    }
+}
+
+/// A copy of one condition's positive test, checked against a field's old and new value.
+#[derive(Clone, Debug)]
+pub struct LeafTest {
+    test: Test,
+}
+
+impl LeafTest {
+    /// Whether the condition's truth differs between `old` and `new` at `now`.
+    #[inline]
+    fn changes(&self, old: Option<&AttrValue>, new: Option<&AttrValue>, now: EpochMillis) -> bool {
+        test(&self.test, old, now) != test(&self.test, new, now)
+    }
 }
 
 /// A value under which a group is indexed.
@@ -43,6 +79,14 @@ impl CompiledFilter {
     pub fn index_keys(&self) -> Vec<(FieldId, FieldKeys)> {
         let mut per_field: HashMap<FieldId, FieldKeys> = HashMap::new();
         collect_keys(&self.root, &mut per_field);
+        // A field listed by leaf lists every condition on it: gather them in a second pass, so that
+        // conditions seen before the field stopped being value-indexable are included.
+        for tests in per_field.values_mut() {
+            if let FieldKeys::Leaves(tests) = tests {
+                tests.clear();
+            }
+        }
+        collect_leaves(&self.root, &mut per_field);
         let mut keys: Vec<(FieldId, FieldKeys)> = per_field.into_iter().collect();
         keys.sort_by_key(|(f, _)| *f);
         keys
@@ -70,12 +114,30 @@ fn collect_keys(node: &Node, out: &mut HashMap<FieldId, FieldKeys>) {
             let entry = out
                 .entry(leaf.field)
                 .or_insert(FieldKeys::Values(Vec::new()));
-            match (entry, values) {
+            match (&mut *entry, values) {
                 (FieldKeys::Values(existing), Some(mut values)) => {
                     existing.append(&mut values);
                     existing.dedup();
                 }
-                (entry, _) => *entry = FieldKeys::Any,
+                // Filled by `collect_leaves` in a second pass, so that every condition on the field is
+                // included, also those seen while it still looked value-indexable.
+                (FieldKeys::Values(_), None) => *entry = FieldKeys::Leaves(Vec::new()),
+                (FieldKeys::Leaves(_) | FieldKeys::Any, _) => {}
+            }
+        }
+    }
+}
+
+fn collect_leaves(node: &Node, out: &mut HashMap<FieldId, FieldKeys>) {
+    match node {
+        Node::All(children) | Node::Any(children) => {
+            children.iter().for_each(|c| collect_leaves(c, out))
+        }
+        Node::Leaf(leaf) => {
+            if let Some(FieldKeys::Leaves(tests)) = out.get_mut(&leaf.field) {
+                tests.push(LeafTest {
+                    test: leaf.test.clone(),
+                });
             }
         }
     }
@@ -103,6 +165,8 @@ enum KeyRef<'a> {
 #[derive(Default, Debug)]
 struct FieldEntry {
     any: Vec<u32>,
+    /// (slot, condition) pairs; a group with several conditions on the field has several entries.
+    leaves: Vec<(u32, LeafTest)>,
     by_str: HashMap<Box<str>, Vec<u32>>,
     by_num: HashMap<u64, Vec<u32>>,
     by_bool: [Vec<u32>; 2],
@@ -140,6 +204,7 @@ impl FieldEntry {
 
     fn is_empty(&self) -> bool {
         self.any.is_empty()
+            && self.leaves.is_empty()
             && self.by_str.is_empty()
             && self.by_num.is_empty()
             && self.by_bool.iter().all(Vec::is_empty)
@@ -227,6 +292,9 @@ impl<G: Copy + Eq + Hash> FieldIndex<G> {
                         entry.bucket_mut(value).push(slot);
                     }
                 }
+                FieldKeys::Leaves(tests) => {
+                    entry.leaves.extend(tests.iter().map(|t| (slot, t.clone())));
+                }
             }
         }
         self.groups.insert(group, (slot, keys));
@@ -243,6 +311,7 @@ impl<G: Copy + Eq + Hash> FieldIndex<G> {
             };
             match field_keys {
                 FieldKeys::Any => entry.any.retain(|s| *s != slot),
+                FieldKeys::Leaves(_) => entry.leaves.retain(|(s, _)| *s != slot),
                 FieldKeys::Values(values) => {
                     for value in &values {
                         let bucket = entry.bucket_mut(value);
@@ -277,8 +346,14 @@ impl<G: Copy + Eq + Hash> FieldIndex<G> {
         self.fields.contains_key(&field)
     }
 
-    /// Appends to `out` (without duplicates) every group whose result may change under `changes`.
-    pub fn candidates(&self, changes: &[FieldChange<'_>], scratch: &mut Scratch, out: &mut Vec<G>) {
+    /// Appends to `out` (without duplicates) every group whose result may change under `changes` at `now`.
+    pub fn candidates(
+        &self,
+        changes: &[FieldChange<'_>],
+        now: EpochMillis,
+        scratch: &mut Scratch,
+        out: &mut Vec<G>,
+    ) {
         if scratch.stamps.len() < self.slots.len() {
             scratch.stamps.resize(self.slots.len(), 0);
         }
@@ -303,6 +378,11 @@ impl<G: Copy + Eq + Hash> FieldIndex<G> {
             };
             for slot in &entry.any {
                 emit(*slot, out);
+            }
+            for (slot, leaf) in &entry.leaves {
+                if leaf.changes(change.old, change.new, now) {
+                    emit(*slot, out);
+                }
             }
             let old = change.old.map(lookup_key);
             let new = change.new.map(lookup_key);
@@ -340,7 +420,7 @@ mod tests {
 
     fn query(index: &FieldIndex<u32>, changes: &[FieldChange<'_>]) -> Vec<u32> {
         let mut out = Vec::new();
-        index.candidates(changes, &mut Scratch::default(), &mut out);
+        index.candidates(changes, 0, &mut Scratch::default(), &mut out);
         out.sort();
         out
     }
@@ -372,7 +452,7 @@ mod tests {
         );
         let host = c.resolve("hostname").unwrap();
         let seen = c.resolve("lastSeenAt").unwrap();
-        let v = AttrValue::Str("x".into());
+        let v = AttrValue::Str("a-host".into());
         assert_eq!(
             query(
                 &index,
@@ -384,7 +464,7 @@ mod tests {
             ),
             [1]
         );
-        let t = AttrValue::Time(0);
+        let t = AttrValue::Time(-10 * crate::rules::time::DAY_MS);
         assert_eq!(
             query(
                 &index,
@@ -403,6 +483,17 @@ mod tests {
                 field: other,
                 old: None,
                 new: Some(&v)
+            }]
+        )
+        .is_empty());
+        // A change that alters the truth of no condition is not a candidate.
+        let w = AttrValue::Str("xyz".into());
+        assert!(query(
+            &index,
+            &[FieldChange {
+                field: host,
+                old: None,
+                new: Some(&w)
             }]
         )
         .is_empty());
@@ -434,16 +525,17 @@ mod tests {
                 new,
             }]
         };
+        // isNull (group 3) does not change truth between two present values.
         assert_eq!(
             query(&index, &change(Some(&online), Some(&offline))),
-            [1, 2, 3]
+            [1, 2]
         );
-        assert_eq!(query(&index, &change(Some(&offline), Some(&decom))), [2, 3]);
+        assert_eq!(query(&index, &change(Some(&offline), Some(&decom))), [2]);
         assert_eq!(query(&index, &change(None, Some(&decom))), [3]);
     }
 
     #[test]
-    fn a_field_with_any_non_equality_condition_is_indexed_as_a_whole() {
+    fn a_field_with_any_non_equality_condition_is_checked_leaf_by_leaf() {
         let c = Catalogue::default();
         let mut index = FieldIndex::new();
         index.upsert(
@@ -469,16 +561,25 @@ mod tests {
             ])
         );
         let up = c.resolve("uptimeSeconds").unwrap();
-        let (a, b) = (AttrValue::Num(7.0), AttrValue::Num(8.0));
+        let (a, b, far) = (
+            AttrValue::Num(7.0),
+            AttrValue::Num(8.0),
+            AttrValue::Num(150.0),
+        );
+        let change = |old, new| {
+            [FieldChange {
+                field: up,
+                old,
+                new,
+            }]
+        };
+        assert!(
+            query(&index, &change(Some(&a), Some(&b))).is_empty(),
+            "no condition changes truth"
+        );
+        assert_eq!(query(&index, &change(Some(&a), Some(&far))), [1]);
         assert_eq!(
-            query(
-                &index,
-                &[FieldChange {
-                    field: up,
-                    old: Some(&a),
-                    new: Some(&b)
-                }]
-            ),
+            query(&index, &change(Some(&a), Some(&AttrValue::Num(5.0)))),
             [1]
         );
     }
@@ -578,5 +679,53 @@ mod tests {
             },
         ];
         assert_eq!(query(&index, &changes), [1]);
+    }
+}
+#[cfg(test)]
+mod leaf_check {
+    use super::*;
+    use crate::rules::catalogue::Catalogue;
+    use crate::rules::filter::compile;
+    use serde_json::json;
+
+    #[test]
+    fn a_change_that_flips_no_condition_is_not_a_candidate() {
+        let c = Catalogue::default();
+        let mut index = FieldIndex::new();
+        let f = compile(
+            &json!({"operator": "AND", "conditions": [{"field": "uptimeSeconds", "operator": "greaterThan", "value": 50}]}),
+            &c,
+        )
+        .unwrap();
+        index.upsert(1u32, &f);
+        let up = c.resolve("uptimeSeconds").unwrap();
+        let (a, b, z) = (
+            AttrValue::Num(10.0),
+            AttrValue::Num(20.0),
+            AttrValue::Num(70.0),
+        );
+        let mut out = Vec::new();
+        index.candidates(
+            &[FieldChange {
+                field: up,
+                old: Some(&a),
+                new: Some(&b),
+            }],
+            0,
+            &mut Scratch::default(),
+            &mut out,
+        );
+        assert!(out.is_empty());
+        index.candidates(
+            &[FieldChange {
+                field: up,
+                old: Some(&a),
+                new: Some(&z),
+            }],
+            0,
+            &mut Scratch::default(),
+            &mut out,
+        );
+        assert_eq!(out, [1]);
     }
 }

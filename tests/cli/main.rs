@@ -47,7 +47,10 @@ fn eval(filter: &Path, device: &Path, extra: &[&str]) -> Output {
 
 fn stdout_json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -60,8 +63,15 @@ const FILTER: &str = r#"{"operator": "AND", "conditions": [
 fn a_matching_device_exits_zero_with_matches_true_and_an_explanation() {
     let dir = Scratch::new("match");
     let filter = dir.file("f.json", FILTER);
-    let device = dir.file("d.json", r#"{"status": "online", "lastSeenAt": "2024-06-15T00:00:00Z"}"#);
-    let out = eval(&filter, &device, &["--json", "--now", "2024-06-15T12:00:00Z"]);
+    let device = dir.file(
+        "d.json",
+        r#"{"status": "online", "lastSeenAt": "2024-06-15T00:00:00Z"}"#,
+    );
+    let out = eval(
+        &filter,
+        &device,
+        &["--json", "--now", "2024-06-15T12:00:00Z"],
+    );
     assert_eq!(out.status.code(), Some(0));
     let v = stdout_json(&out);
     assert_eq!(v["matches"], json!(true));
@@ -75,7 +85,11 @@ fn a_device_that_does_not_match_still_exits_zero() {
     let dir = Scratch::new("nomatch");
     let filter = dir.file("f.json", FILTER);
     let device = dir.file("d.json", r#"{"status": "offline"}"#);
-    let out = eval(&filter, &device, &["--json", "--now", "2024-06-15T12:00:00Z"]);
+    let out = eval(
+        &filter,
+        &device,
+        &["--json", "--now", "2024-06-15T12:00:00Z"],
+    );
     assert_eq!(out.status.code(), Some(0));
     let v = stdout_json(&out);
     assert_eq!(v["matches"], json!(false));
@@ -86,8 +100,14 @@ fn a_device_that_does_not_match_still_exits_zero() {
     let text = eval(&filter, &device, &["--now", "2024-06-15T12:00:00Z"]);
     assert_eq!(text.status.code(), Some(0));
     let text = String::from_utf8(text.stdout).unwrap();
-    assert!(text.starts_with("NO MATCH (evaluated at 2024-06-15T12:00:00.000Z)"), "{text}");
-    assert!(text.contains("✗ status is \"offline\", so equals \"online\" is false"), "{text}");
+    assert!(
+        text.starts_with("NO MATCH (evaluated at 2024-06-15T12:00:00.000Z)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("✗ status is \"offline\", so equals \"online\" is false"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -99,7 +119,10 @@ fn an_invalid_filter_and_device_exit_two_with_every_error() {
             {"field": "hostnam", "operator": "equals", "value": "x"},
             {"field": "hostname", "operator": "greaterThan", "value": 1}]}"#,
     );
-    let device = dir.file("d.json", r#"{"status": "rebooting", "uptimeSeconds": "long"}"#);
+    let device = dir.file(
+        "d.json",
+        r#"{"status": "rebooting", "uptimeSeconds": "long"}"#,
+    );
     let out = eval(&filter, &device, &["--json"]);
     assert_eq!(out.status.code(), Some(2));
     let v = stdout_json(&out);
@@ -126,13 +149,20 @@ fn an_invalid_filter_and_device_exit_two_with_every_error() {
         "$.conditions[1].operator".into(),
         "Operator greaterThan not valid for field hostname".into()
     )));
-    assert!(errors.iter().any(|(s, p, _)| s == "device" && p == "$.status"));
-    assert!(errors.iter().any(|(s, p, _)| s == "device" && p == "$.uptimeSeconds"));
+    assert!(errors
+        .iter()
+        .any(|(s, p, _)| s == "device" && p == "$.status"));
+    assert!(errors
+        .iter()
+        .any(|(s, p, _)| s == "device" && p == "$.uptimeSeconds"));
     // Without --json the errors go to standard error, one per line.
     let out = eval(&filter, &device, &[]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("error: filter $.conditions[0].field: Unknown field: hostnam"), "{stderr}");
+    assert!(
+        stderr.contains("error: filter $.conditions[0].field: Unknown field: hostnam"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -146,7 +176,11 @@ fn unreadable_or_malformed_inputs_exit_two() {
     assert_eq!(v["errors"].as_array().unwrap().len(), 2);
     let missing = eval(&dir.0.join("nope.json"), &device, &[]);
     assert_eq!(missing.status.code(), Some(2));
-    let bad_now = eval(&dir.file("g.json", FILTER), &dir.file("e.json", "{}"), &["--now", "yesterday"]);
+    let bad_now = eval(
+        &dir.file("g.json", FILTER),
+        &dir.file("e.json", "{}"),
+        &["--now", "yesterday"],
+    );
     assert_eq!(bad_now.status.code(), Some(2));
 }
 
@@ -155,7 +189,15 @@ fn the_device_can_come_from_standard_input() {
     let dir = Scratch::new("stdin");
     let filter = dir.file("f.json", FILTER);
     let mut child = cohort()
-        .args(["eval", "--json", "--now", "2024-06-15T12:00:00Z", "--device", "-", "--filter"])
+        .args([
+            "eval",
+            "--json",
+            "--now",
+            "2024-06-15T12:00:00Z",
+            "--device",
+            "-",
+            "--filter",
+        ])
         .arg(&filter)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -184,13 +226,20 @@ fn declared_custom_fields_come_from_the_configuration_file() {
         r#"{"operator": "AND", "conditions": [{"field": "custom.rack", "operator": "greaterThan", "value": 10}]}"#,
     );
     let device = dir.file("d.json", r#"{"custom.rack": 12}"#);
-    let with = eval(&filter, &device, &["--json", "--config", config.to_str().unwrap()]);
+    let with = eval(
+        &filter,
+        &device,
+        &["--json", "--config", config.to_str().unwrap()],
+    );
     assert_eq!(with.status.code(), Some(0));
     assert_eq!(stdout_json(&with)["matches"], json!(true));
     // Without the declaration custom.rack is a string, and greaterThan is not valid for it.
     let without = eval(&filter, &device, &["--json"]);
     assert_eq!(without.status.code(), Some(2));
-    let fields = cohort().args(["fields", "--json", "--config", config.to_str().unwrap()]).output().unwrap();
+    let fields = cohort()
+        .args(["fields", "--json", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(fields.status.code(), Some(0));
     let v: Value = serde_json::from_slice(&fields.stdout).unwrap();
     assert!(v["fields"]
