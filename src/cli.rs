@@ -26,6 +26,18 @@ pub enum Command {
     Eval(EvalArgs),
     /// List the field catalogue: every field a filter may reference, with its type.
     Fields(FieldsArgs),
+    /// Apply the database migrations and exit.
+    Migrate(ConfigArgs),
+    /// Run the worker: consume device-attribute-changes and keep memberships current (until SIGINT/SIGTERM).
+    Worker(ConfigArgs),
+}
+
+/// Arguments of commands that only need the configuration.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The configuration file (TOML); `COHORT_…` variables override it.
+    #[arg(long, env = "COHORT_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// Arguments of `cohort eval`.
@@ -67,7 +79,46 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Eval(args) => eval(&args),
         Command::Fields(args) => fields(&args),
+        Command::Migrate(args) => run_async(migrate(args)),
+        Command::Worker(args) => run_async(worker(args)),
     }
+}
+
+fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "exiting");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    crate::store::create_database_if_missing(&config.database.url).await?;
+    let pool = crate::store::connect_lazy(&config.database)?;
+    crate::app::migrate_with_retry(&pool, &config).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+async fn worker(args: ConfigArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    tracing::info!(config = %config.redacted_summary(), "starting worker");
+    let app = crate::app::Application::build(config).await?;
+    app.run_until_stopped(crate::app::shutdown_signal()).await
 }
 
 /// An input problem: where it is (`filter`, `device`, `now`, `config`), the JSON path, and what.

@@ -5,11 +5,25 @@
 //!
 //! - [`rules`]: the rule language — field catalogue, filter validation, compiled evaluation with
 //!   explanations, the field index, and time flips. Pure: no IO, no clock.
+//! - [`event`]: the `device-attribute-changes` input contract: strict decoding and dead letters.
 //! - [`config`]: the typed configuration (defaults, then a TOML file, then `COHORT_…` variables).
-//! - [`cli`]: the `cohort` command line (`eval`, `fields`); `main.rs` only parses and calls it.
+//! - [`store`]: PostgreSQL — migrations, error classification, the control log, batch transactions.
+//! - [`kafka`]: the consumer's poller thread and rebalance handling.
+//! - [`worker`]: the pipeline — partitions, in-memory device state, batches, timers.
+//! - [`metrics`]: every metric name and the Prometheus recorder.
+//! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`app`]: `Application::build(config)` then `run_until_stopped(shutdown)`.
+//! - [`cli`]: the `cohort` command line; `main.rs` only parses and calls it.
 //! - [`telemetry`]: logging set-up.
 
+pub mod app;
 pub mod cli;
 pub mod config;
+pub mod event;
+pub mod http;
+pub mod kafka;
+pub mod metrics;
 pub mod rules;
+pub mod store;
 pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,134 @@
+//! Every metric cohort exports: names (`cohort_<subsystem>_<name>_<unit>`), descriptions, and the Prometheus
+//! recorder. Labels are few and bounded — never a device id.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Input events by outcome: `applied`, `duplicate`, `stale`, `dead_letter`.
+pub const EVENTS: &str = "cohort_worker_events_total";
+/// Dead letters by reason.
+pub const DEAD_LETTERS: &str = "cohort_worker_dead_letters_total";
+/// Membership changes by reason (`filter_match`, `filter_unmatch`, `pinned`, `unpinned`, `manual`).
+pub const MEMBERSHIP_CHANGES: &str = "cohort_worker_membership_changes_total";
+/// Dynamic-group evaluations.
+pub const GROUP_EVALUATIONS: &str = "cohort_worker_group_evaluations_total";
+/// Applied events whose changed fields no dynamic group references (no group evaluated).
+pub const EVENTS_WITHOUT_CANDIDATES: &str = "cohort_worker_events_without_candidates_total";
+/// Devices moved to this worker's partition from another.
+pub const DEVICES_REHOMED: &str = "cohort_worker_devices_rehomed_total";
+/// Control-log entries applied (per partition).
+pub const CONTROL_ENTRIES: &str = "cohort_worker_control_entries_total";
+/// Devices re-evaluated because a time-based condition came due.
+pub const TIMER_EVALUATIONS: &str = "cohort_worker_timer_evaluations_total";
+/// Batches committed.
+pub const BATCHES: &str = "cohort_worker_batches_total";
+/// Time to compute a batch (decode, evaluate), seconds.
+pub const BATCH_SECONDS: &str = "cohort_worker_batch_duration_seconds";
+/// Time to commit a batch's transaction, seconds.
+pub const COMMIT_SECONDS: &str = "cohort_worker_commit_duration_seconds";
+/// From an event's Kafka timestamp to the commit of its effects, seconds.
+pub const EVENT_LATENCY_SECONDS: &str = "cohort_worker_event_latency_seconds";
+/// Transaction attempts that failed, by kind (`transient`, `fenced`, `device_conflict`, `permanent`).
+pub const COMMIT_FAILURES: &str = "cohort_worker_commit_failures_total";
+/// Records dropped because they belong to an older assignment or a partition not owned.
+pub const RECORDS_DROPPED: &str = "cohort_worker_records_dropped_total";
+/// Consumer lag per partition, in messages (high watermark − committed next offset).
+pub const CONSUMER_LAG: &str = "cohort_worker_consumer_lag_messages";
+/// Partitions owned by this worker.
+pub const PARTITIONS_OWNED: &str = "cohort_worker_partitions_owned";
+/// Devices held in memory.
+pub const DEVICES_HELD: &str = "cohort_worker_devices_held";
+/// Rebalance callbacks by kind (`assign`, `revoke`).
+pub const REBALANCES: &str = "cohort_worker_rebalances_total";
+/// Times the poller paused fetching because the pipeline was behind.
+pub const BACKPRESSURE_PAUSES: &str = "cohort_worker_backpressure_pauses_total";
+/// Errors reported by the Kafka consumer.
+pub const CONSUMER_ERRORS: &str = "cohort_worker_consumer_errors_total";
+
+/// Every name above (the deploy/ dashboards and alerts are checked against it).
+pub const ALL: &[&str] = &[
+    EVENTS,
+    DEAD_LETTERS,
+    MEMBERSHIP_CHANGES,
+    GROUP_EVALUATIONS,
+    EVENTS_WITHOUT_CANDIDATES,
+    DEVICES_REHOMED,
+    CONTROL_ENTRIES,
+    TIMER_EVALUATIONS,
+    BATCHES,
+    BATCH_SECONDS,
+    COMMIT_SECONDS,
+    EVENT_LATENCY_SECONDS,
+    COMMIT_FAILURES,
+    RECORDS_DROPPED,
+    CONSUMER_LAG,
+    PARTITIONS_OWNED,
+    DEVICES_HELD,
+    REBALANCES,
+    BACKPRESSURE_PAUSES,
+    CONSUMER_ERRORS,
+];
+
+/// Registers descriptions with the current recorder.
+pub fn describe() {
+    describe_counter!(EVENTS, "Input events by outcome");
+    describe_counter!(
+        DEAD_LETTERS,
+        "Input events sent to the dead-letter topic, by reason"
+    );
+    describe_counter!(MEMBERSHIP_CHANGES, "Membership changes by reason");
+    describe_counter!(GROUP_EVALUATIONS, "Dynamic-group evaluations");
+    describe_counter!(
+        EVENTS_WITHOUT_CANDIDATES,
+        "Applied events that evaluated no group"
+    );
+    describe_counter!(
+        DEVICES_REHOMED,
+        "Devices moved to this worker's partition from another"
+    );
+    describe_counter!(CONTROL_ENTRIES, "Control-log entries applied per partition");
+    describe_counter!(
+        TIMER_EVALUATIONS,
+        "Devices re-evaluated when a time-based condition came due"
+    );
+    describe_counter!(BATCHES, "Batches committed");
+    describe_histogram!(BATCH_SECONDS, Unit::Seconds, "Time to compute a batch");
+    describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Time to commit a batch");
+    describe_histogram!(
+        EVENT_LATENCY_SECONDS,
+        Unit::Seconds,
+        "Kafka timestamp to commit of the event's effects"
+    );
+    describe_counter!(COMMIT_FAILURES, "Failed batch transactions by kind");
+    describe_counter!(RECORDS_DROPPED, "Records dropped as stale or not owned");
+    describe_gauge!(CONSUMER_LAG, "Consumer lag per partition in messages");
+    describe_gauge!(PARTITIONS_OWNED, "Partitions owned by this worker");
+    describe_gauge!(DEVICES_HELD, "Devices held in memory");
+    describe_counter!(REBALANCES, "Rebalance callbacks by kind");
+    describe_counter!(
+        BACKPRESSURE_PAUSES,
+        "Times fetching paused because the pipeline was behind"
+    );
+    describe_counter!(CONSUMER_ERRORS, "Errors reported by the Kafka consumer");
+}
+
+/// Installs the global Prometheus recorder (once per process) and returns its handle for `/metrics`.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests); ours still renders what it records.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}

@@ -1,0 +1,230 @@
+//! One worker batch, written in one transaction: devices, memberships, log rows, outbox messages and the
+//! partition's position. Whole columns are bound as arrays with `unnest`, so the SQL text never changes and
+//! there is no parameter-count ceiling.
+//!
+//! The position update comes first and is fenced on the partition's epoch: it fails (and the transaction
+//! rolls back) when another worker has claimed the partition, and otherwise holds the position row's lock, so a
+//! concurrent claim waits for this batch. Every device write is guarded by the device's version, so a device
+//! re-homed by another partition's worker is never written by two owners: the stale writer gets
+//! [`StoreError::DeviceConflict`] and recomputes.
+
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// A device row to write. For an update, `expected_version` guards it; the stored version becomes
+/// `expected_version + 1`.
+#[derive(Clone, Debug)]
+pub struct DeviceRow {
+    pub id: String,
+    pub org_id: String,
+    pub attributes: Value,
+    pub sequence: i64,
+    pub expected_version: i64,
+    pub is_development: bool,
+    pub firmware_lock: Option<String>,
+}
+
+/// A membership to insert.
+#[derive(Clone, Debug)]
+pub struct MembershipRow {
+    pub group_id: Uuid,
+    pub device_id: String,
+    pub is_pinned: bool,
+    pub added_by: &'static str,
+}
+
+/// A membership-log row.
+#[derive(Clone, Debug)]
+pub struct LogRow {
+    pub group_id: Uuid,
+    pub device_id: String,
+    pub action: &'static str,
+    pub reason: &'static str,
+    pub cause: Value,
+    pub group_version: i64,
+}
+
+/// A message for the transactional outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxRow {
+    pub topic: String,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: Value,
+}
+
+/// Everything one batch writes.
+#[derive(Clone, Debug, Default)]
+pub struct BatchWrite {
+    pub topic: String,
+    pub partition: i32,
+    pub epoch: i64,
+    pub next_offset: i64,
+    pub control_position: i64,
+    pub device_updates: Vec<DeviceRow>,
+    pub device_inserts: Vec<DeviceRow>,
+    pub membership_deletes: Vec<(Uuid, String)>,
+    pub membership_inserts: Vec<MembershipRow>,
+    /// (group, device, is_pinned) for memberships whose pin changes.
+    pub pin_updates: Vec<(Uuid, String, bool)>,
+    pub log: Vec<LogRow>,
+    pub outbox: Vec<OutboxRow>,
+}
+
+/// Writes the batch, or nothing.
+pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let fenced = sqlx::query(
+        "UPDATE partition_positions SET next_offset = $1, control_position = $2, updated_at = now() \
+         WHERE topic = $3 AND partition = $4 AND epoch = $5",
+    )
+    .bind(batch.next_offset)
+    .bind(batch.control_position)
+    .bind(&batch.topic)
+    .bind(batch.partition)
+    .bind(batch.epoch)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if fenced != 1 {
+        return Err(StoreError::Fenced {
+            partition: batch.partition,
+            epoch: batch.epoch,
+        });
+    }
+
+    let mut conflicts = Vec::new();
+    if !batch.device_updates.is_empty() {
+        let rows = &batch.device_updates;
+        let updated: Vec<String> = sqlx::query_scalar(
+            "UPDATE devices d SET attributes = u.attributes, sequence = u.sequence, version = d.version + 1, \
+               partition = $7, is_development = u.dev, firmware_lock = u.lock, updated_at = now() \
+             FROM unnest($1::text[], $2::jsonb[], $3::int8[], $4::int8[], $5::bool[], $6::text[]) \
+               AS u(id, attributes, sequence, expected, dev, lock) \
+             WHERE d.id = u.id AND d.version = u.expected RETURNING d.id",
+        )
+        .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.attributes.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.sequence).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.expected_version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.is_development).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.firmware_lock.clone()).collect::<Vec<_>>())
+        .bind(batch.partition)
+        .fetch_all(&mut *tx)
+        .await?;
+        if updated.len() != rows.len() {
+            missing(rows, &updated, &mut conflicts);
+        }
+    }
+    if !batch.device_inserts.is_empty() {
+        let rows = &batch.device_inserts;
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO devices (id, org_id, attributes, sequence, partition, version, is_development, firmware_lock) \
+             SELECT u.id, u.org, u.attributes, u.sequence, $7, 1, u.dev, u.lock \
+             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int8[], $5::bool[], $6::text[]) \
+               AS u(id, org, attributes, sequence, dev, lock) \
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.attributes.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.sequence).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.is_development).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.firmware_lock.clone()).collect::<Vec<_>>())
+        .bind(batch.partition)
+        .fetch_all(&mut *tx)
+        .await?;
+        if inserted.len() != rows.len() {
+            missing(rows, &inserted, &mut conflicts);
+        }
+    }
+    if !conflicts.is_empty() {
+        // Dropping the transaction rolls it back.
+        return Err(StoreError::DeviceConflict { devices: conflicts });
+    }
+
+    if !batch.membership_deletes.is_empty() {
+        let rows = &batch.membership_deletes;
+        sqlx::query(
+            "DELETE FROM device_group_memberships m USING unnest($1::uuid[], $2::text[]) AS u(g, d) \
+             WHERE m.group_id = u.g AND m.device_id = u.d",
+        )
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.membership_inserts.is_empty() {
+        let rows = &batch.membership_inserts;
+        sqlx::query(
+            "INSERT INTO device_group_memberships (group_id, device_id, is_pinned, added_by) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[], $4::text[]) \
+             ON CONFLICT (group_id, device_id) DO UPDATE SET is_pinned = EXCLUDED.is_pinned",
+        )
+        .bind(rows.iter().map(|r| r.group_id).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.device_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.is_pinned).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.added_by).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.pin_updates.is_empty() {
+        let rows = &batch.pin_updates;
+        sqlx::query(
+            "UPDATE device_group_memberships m SET is_pinned = u.p \
+             FROM unnest($1::uuid[], $2::text[], $3::bool[]) AS u(g, d, p) \
+             WHERE m.group_id = u.g AND m.device_id = u.d",
+        )
+        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.log.is_empty() {
+        let rows = &batch.log;
+        sqlx::query(
+            "INSERT INTO group_membership_log (group_id, device_id, action, reason, cause, group_version) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::int8[])",
+        )
+        .bind(rows.iter().map(|r| r.group_id).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.device_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.action).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.cause.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.group_version).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.outbox.is_empty() {
+        let rows = &batch.outbox;
+        sqlx::query(
+            "INSERT INTO outbox (topic, message_key, payload, headers) \
+             SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])",
+        )
+        .bind(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.key.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.payload.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.headers.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn missing(rows: &[DeviceRow], written: &[String], out: &mut Vec<String>) {
+    let written: std::collections::HashSet<&str> = written.iter().map(String::as_str).collect();
+    out.extend(
+        rows.iter()
+            .filter(|r| !written.contains(r.id.as_str()))
+            .map(|r| r.id.clone()),
+    );
+}

@@ -1,0 +1,143 @@
+//! The control log: every change that workers must act on, durable and totally ordered.
+//!
+//! An entry is appended in the same transaction as the change it announces (a group definition, a pin…).
+//! Appends first take a transaction-scoped advisory lock, so entries commit in id order: a reader that has
+//! seen id N has seen every id below it, and reading `WHERE id > last_seen ORDER BY id` is lossless. The
+//! transaction also sends `NOTIFY cohort_control` so workers wake at once; the notification carries no data
+//! (the log is the data), so a missed notification only delays, never loses.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// The NOTIFY channel.
+pub const CHANNEL: &str = "cohort_control";
+
+/// Advisory lock key serialising control-log appends ("cohort" in ASCII, as an i64).
+const APPEND_LOCK: i64 = 0x636f_686f_7274;
+
+/// A dynamic or static group's definition as the workers need it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GroupDefinition {
+    pub group_id: Uuid,
+    pub org_id: String,
+    pub site_id: Option<String>,
+    pub version: i64,
+    /// `None` for a static group.
+    pub filter: Option<Value>,
+}
+
+/// One control-log entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ControlEntry {
+    /// A new org: events for it are accepted from now on.
+    OrgCreated { org_id: String },
+    /// A group was created or its definition changed: re-evaluate it for every owned device of the org.
+    GroupUpserted(GroupDefinition),
+    /// A group was deleted: remove its memberships.
+    GroupDeleted { group_id: Uuid, org_id: String },
+    /// Keep `device_id` in the dynamic group even when it stops matching (adding it if absent).
+    Pinned {
+        group_id: Uuid,
+        device_id: String,
+        actor: String,
+    },
+    /// Stop keeping it; it leaves at once if it no longer matches.
+    Unpinned {
+        group_id: Uuid,
+        device_id: String,
+        actor: String,
+    },
+}
+
+impl ControlEntry {
+    /// The `kind` column value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ControlEntry::OrgCreated { .. } => "org_created",
+            ControlEntry::GroupUpserted(_) => "group_upserted",
+            ControlEntry::GroupDeleted { .. } => "group_deleted",
+            ControlEntry::Pinned { .. } => "pinned",
+            ControlEntry::Unpinned { .. } => "unpinned",
+        }
+    }
+
+    /// The org the entry belongs to.
+    pub fn org_id(&self) -> &str {
+        match self {
+            ControlEntry::OrgCreated { org_id } | ControlEntry::GroupDeleted { org_id, .. } => {
+                org_id
+            }
+            ControlEntry::GroupUpserted(def) => &def.org_id,
+            ControlEntry::Pinned { .. } | ControlEntry::Unpinned { .. } => "",
+        }
+    }
+}
+
+/// An entry as read back, with its position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Positioned {
+    pub id: i64,
+    pub entry: ControlEntry,
+}
+
+/// Appends an entry inside `tx` and announces it; returns its id.
+pub async fn append(
+    tx: &mut Transaction<'_, Postgres>,
+    org_id: &str,
+    entry: &ControlEntry,
+) -> Result<i64, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(APPEND_LOCK)
+        .execute(&mut **tx)
+        .await?;
+    let payload = serde_json::to_value(entry)
+        .map_err(|e| StoreError::Permanent(sqlx::Error::Decode(Box::new(e))))?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO control_log (org_id, kind, payload) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(org_id)
+    .bind(entry.kind())
+    .bind(payload)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
+/// Entries with `id > after`, in order, at most `limit`.
+pub async fn read_after(
+    pool: &PgPool,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Positioned>, StoreError> {
+    let rows: Vec<(i64, Value)> =
+        sqlx::query_as("SELECT id, payload FROM control_log WHERE id > $1 ORDER BY id LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+    rows.into_iter()
+        .map(|(id, payload)| {
+            serde_json::from_value(payload)
+                .map(|entry| Positioned { id, entry })
+                .map_err(|e| StoreError::Permanent(sqlx::Error::Decode(Box::new(e))))
+        })
+        .collect()
+}
+
+/// The id of the newest entry (0 for an empty log).
+pub async fn head(pool: &PgPool) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM control_log")
+            .fetch_one(pool)
+            .await?,
+    )
+}

@@ -1,0 +1,264 @@
+//! Orgs and groups: each change is written together with the control-log entry that tells workers about it,
+//! in one transaction. The REST API and tests go through these functions; nothing else writes definitions.
+
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::control::{self, ControlEntry, GroupDefinition};
+use super::StoreError;
+use crate::rules::{compile, Catalogue, ValidationError};
+
+/// Why a group change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("invalid filter")]
+    Invalid(Vec<ValidationError>),
+    #[error("a group with this name already exists")]
+    NameTaken,
+    #[error("group not found")]
+    NotFound,
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for GroupError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UniqueViolation { constraint }
+                if constraint == "device_groups_org_name_idx" =>
+            {
+                GroupError::NameTaken
+            }
+            other => GroupError::Store(other),
+        }
+    }
+}
+
+impl From<sqlx::Error> for GroupError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::from(e).into()
+    }
+}
+
+/// A group to create.
+#[derive(Clone, Debug, Default)]
+pub struct NewGroup {
+    pub org_id: String,
+    pub name: String,
+    pub site_id: Option<String>,
+    pub description: String,
+    pub tags: Vec<String>,
+    /// `Some` makes a dynamic group.
+    pub filter: Option<Value>,
+    pub parent_id: Option<Uuid>,
+}
+
+/// Creates an org (idempotent) and announces it.
+pub async fn create_org(pool: &PgPool, org_id: &str, name: &str) -> Result<bool, StoreError> {
+    let mut tx = pool.begin().await?;
+    let created =
+        sqlx::query("INSERT INTO orgs (id, name) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+            .bind(org_id)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+    if created {
+        let entry = ControlEntry::OrgCreated {
+            org_id: org_id.to_string(),
+        };
+        control::append(&mut tx, org_id, &entry).await?;
+    }
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// Creates a group; a dynamic group's filter is validated and its `filter_fields_used` derived here.
+pub async fn create_group(
+    pool: &PgPool,
+    catalogue: &Catalogue,
+    group: &NewGroup,
+) -> Result<GroupDefinition, GroupError> {
+    let fields_used = match &group.filter {
+        Some(filter) => compile(filter, catalogue)
+            .map_err(GroupError::Invalid)?
+            .field_names()
+            .to_vec(),
+        None => Vec::new(),
+    };
+    let id = Uuid::new_v4();
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO device_groups (id, org_id, site_id, name, description, tags, type, filter_conditions, \
+         filter_fields_used, parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(id)
+    .bind(&group.org_id)
+    .bind(&group.site_id)
+    .bind(&group.name)
+    .bind(&group.description)
+    .bind(&group.tags)
+    .bind(if group.filter.is_some() { "dynamic" } else { "static" })
+    .bind(&group.filter)
+    .bind(&fields_used)
+    .bind(group.parent_id)
+    .execute(&mut *tx)
+    .await?;
+    let def = GroupDefinition {
+        group_id: id,
+        org_id: group.org_id.clone(),
+        site_id: group.site_id.clone(),
+        version: 1,
+        filter: group.filter.clone(),
+    };
+    control::append(
+        &mut tx,
+        &group.org_id,
+        &ControlEntry::GroupUpserted(def.clone()),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(def)
+}
+
+/// Replaces a dynamic group's filter, bumping its version; workers then write only the membership diff.
+pub async fn update_filter(
+    pool: &PgPool,
+    catalogue: &Catalogue,
+    group_id: Uuid,
+    filter: &Value,
+) -> Result<GroupDefinition, GroupError> {
+    let compiled = compile(filter, catalogue).map_err(GroupError::Invalid)?;
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, Option<String>, i64)> = sqlx::query_as(
+        "UPDATE device_groups SET filter_conditions = $2, filter_fields_used = $3, version = version + 1, \
+         updated_at = now() WHERE id = $1 AND type = 'dynamic' AND deleted_at IS NULL \
+         RETURNING org_id, site_id, version",
+    )
+    .bind(group_id)
+    .bind(filter)
+    .bind(compiled.field_names())
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (org_id, site_id, version) = row.ok_or(GroupError::NotFound)?;
+    let def = GroupDefinition {
+        group_id,
+        org_id: org_id.clone(),
+        site_id,
+        version,
+        filter: Some(filter.clone()),
+    };
+    control::append(&mut tx, &org_id, &ControlEntry::GroupUpserted(def.clone())).await?;
+    tx.commit().await?;
+    Ok(def)
+}
+
+/// Deletes a group (soft delete); workers remove its memberships, the log keeps its history.
+pub async fn delete_group(pool: &PgPool, group_id: Uuid) -> Result<(), GroupError> {
+    let mut tx = pool.begin().await?;
+    let children: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM device_groups WHERE parent_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(group_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if children > 0 {
+        return Err(GroupError::Refused(
+            "Cannot delete group with child groups".into(),
+        ));
+    }
+    let org_id: Option<String> = sqlx::query_scalar(
+        "UPDATE device_groups SET deleted_at = now(), version = version + 1 WHERE id = $1 AND deleted_at IS NULL \
+         RETURNING org_id",
+    )
+    .bind(group_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let org_id = org_id.ok_or(GroupError::NotFound)?;
+    control::append(
+        &mut tx,
+        &org_id,
+        &ControlEntry::GroupDeleted {
+            group_id,
+            org_id: org_id.clone(),
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Pins (`pin = true`) or unpins a device in a dynamic group. The owning worker applies it.
+pub async fn set_pin(
+    pool: &PgPool,
+    group_id: Uuid,
+    device_id: &str,
+    pin: bool,
+    actor: &str,
+) -> Result<i64, GroupError> {
+    let mut tx = pool.begin().await?;
+    let org_id: Option<String> = sqlx::query_scalar(
+        "SELECT org_id FROM device_groups WHERE id = $1 AND type = 'dynamic' AND deleted_at IS NULL",
+    )
+    .bind(group_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let org_id = org_id.ok_or(GroupError::NotFound)?;
+    let (group_id, device_id, actor) = (group_id, device_id.to_string(), actor.to_string());
+    let entry = if pin {
+        ControlEntry::Pinned {
+            group_id,
+            device_id,
+            actor,
+        }
+    } else {
+        ControlEntry::Unpinned {
+            group_id,
+            device_id,
+            actor,
+        }
+    };
+    let id = control::append(&mut tx, &org_id, &entry).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Every live group definition and every org, read in one snapshot together with the control-log head, so
+/// a worker can start from the definitions and follow the log from that position.
+pub async fn load_definitions(
+    pool: &PgPool,
+) -> Result<(Vec<GroupDefinition>, Vec<String>, i64), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM control_log")
+        .fetch_one(&mut *tx)
+        .await?;
+    let orgs: Vec<String> = sqlx::query_scalar("SELECT id FROM orgs ORDER BY id")
+        .fetch_all(&mut *tx)
+        .await?;
+    let rows: Vec<(Uuid, String, Option<String>, i64, Option<Value>)> = sqlx::query_as(
+        "SELECT id, org_id, site_id, version, filter_conditions FROM device_groups WHERE deleted_at IS NULL",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    let groups = rows
+        .into_iter()
+        .map(
+            |(group_id, org_id, site_id, version, filter)| GroupDefinition {
+                group_id,
+                org_id,
+                site_id,
+                version,
+                filter,
+            },
+        )
+        .collect();
+    Ok((groups, orgs, head))
+}

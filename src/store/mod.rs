@@ -1,0 +1,116 @@
+//! PostgreSQL: connection, migrations, error classification, and the write paths shared by the worker, the
+//! API and tests.
+//!
+//! - [`control`]: the ordered control log (append with an advisory lock, NOTIFY, read in id order).
+//! - [`groups`]: orgs and groups — definitions written together with their control-log entries.
+//! - [`partition`]: per-partition positions (claim with an epoch, fenced updates) and state loading.
+//! - [`batch`]: one worker batch in one transaction.
+
+pub mod batch;
+pub mod control;
+pub mod groups;
+pub mod partition;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::config::DatabaseConfig;
+
+/// The embedded migrations (`migrations/`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Why a database operation failed, classified for the caller: transient failures are retried with
+/// backoff and never skipped; the others are answered (conflict, not found) or reported.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database is unreachable, restarting, overloaded, or the transaction lost a serialization race.
+    #[error("database unavailable: {0}")]
+    Transient(#[source] sqlx::Error),
+    /// A unique constraint refused the write (its name is given).
+    #[error("conflict on {constraint}")]
+    UniqueViolation { constraint: String },
+    /// A referenced row does not exist.
+    #[error("reference to a missing row ({constraint})")]
+    ForeignKeyViolation { constraint: String },
+    /// A partition position update matched no row: another worker owns the partition now.
+    #[error("partition {partition} is owned by another worker (epoch {epoch} is stale)")]
+    Fenced { partition: i32, epoch: i64 },
+    /// Device rows changed under the batch (re-homed by another partition's worker).
+    #[error("{} device(s) changed under the batch", devices.len())]
+    DeviceConflict { devices: Vec<String> },
+    /// Anything else: a bug or a schema mismatch.
+    #[error("database error: {0}")]
+    Permanent(#[source] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// The one place SQLSTATE codes are mapped to typed errors.
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Transient(e),
+            sqlx::Error::Database(db) => {
+                let code = db.code().map(|c| c.to_string()).unwrap_or_default();
+                let constraint = db.constraint().unwrap_or_default().to_string();
+                match code.as_str() {
+                    "23505" => StoreError::UniqueViolation { constraint },
+                    "23503" => StoreError::ForeignKeyViolation { constraint },
+                    // serialization_failure, deadlock_detected, lock_not_available
+                    "40001" | "40P01" | "55P03" => StoreError::Transient(e),
+                    // connection exceptions, insufficient resources, operator intervention (shutdown,
+                    // crash recovery, cannot connect now), system errors
+                    c if c.starts_with("08")
+                        || c.starts_with("53")
+                        || c.starts_with("57")
+                        || c.starts_with("58") =>
+                    {
+                        StoreError::Transient(e)
+                    }
+                    _ => StoreError::Permanent(e),
+                }
+            }
+            _ => StoreError::Permanent(e),
+        }
+    }
+}
+
+/// Opens a pool. Connections are established lazily, so this succeeds while the database is down; the first
+/// query reports it (as a transient error).
+pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = config.url.parse().map_err(StoreError::Permanent)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_millis(config.connect_timeout_ms))
+        .connect_lazy_with(options))
+}
+
+/// Applies the embedded migrations (idempotent; concurrent callers serialise on sqlx's advisory lock).
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+/// Creates the database named in `url` if it does not exist (for first runs and the demo).
+pub async fn create_database_if_missing(url: &str) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateDatabase;
+    if !sqlx::Postgres::database_exists(url).await? {
+        sqlx::Postgres::create_database(url).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,818 @@
+//! The worker: a Kafka consumer-group member that owns the devices of its partitions and is the only writer
+//! of their dynamic memberships.
+//!
+//! One pipeline task serves every owned partition. It receives records from the poller thread (bounded
+//! channel), rebalance requests from the poller's callback, and control-log notifications; it buffers records
+//! per partition and flushes a partition's batch when it is full, old enough, or has control entries or timers
+//! due. A flush computes on copies of the touched devices ([`partition::compute`]) and commits everything in
+//! one fenced transaction ([`crate::store::batch`]); only then does the in-memory state move on.
+//!
+//! Failures: a transient database error is retried with capped exponential backoff, never skipped (while
+//! rebalance requests are still answered); a fenced commit means another worker owns the partition, so its
+//! state is dropped; a device conflict (another partition re-homed the device) evicts the device and
+//! recomputes the batch.
+
+pub mod partition;
+pub mod registry;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use self::partition::{compute, BatchContext, Device, Partition, Record};
+use self::registry::Registry;
+use crate::config::Config;
+use crate::event;
+use crate::kafka::{self, Polled, RebalanceRequest, Shared};
+use crate::metrics as m;
+use crate::rules::{Catalogue, EpochMillis};
+use crate::store::control::{self, ControlEntry, Positioned};
+use crate::store::{self, partition as stored, StoreError};
+
+/// Where the worker reads the time. Tests inject a manual clock to make time-based conditions flip.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now(&self) -> EpochMillis;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> EpochMillis {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Debug, Default, Clone)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    /// A clock reading `at`.
+    pub fn new(at: EpochMillis) -> Self {
+        Self(Arc::new(AtomicI64::new(at)))
+    }
+
+    /// Moves the clock to `at`.
+    pub fn set(&self, at: EpochMillis) {
+        self.0.store(at, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> EpochMillis {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Observable worker state, for readiness and tests.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// Set once group definitions are loaded and the consumer runs.
+    pub ready: std::sync::atomic::AtomicBool,
+    /// Batches committed so far.
+    pub batches: std::sync::atomic::AtomicU64,
+    /// Partitions owned right now.
+    pub partitions: std::sync::atomic::AtomicUsize,
+}
+
+/// Everything the worker needs, built once.
+pub struct Worker {
+    config: Config,
+    brokers: String,
+    pool: PgPool,
+    catalogue: Arc<Catalogue>,
+    clock: Arc<dyn Clock>,
+    status: Arc<Status>,
+    owner: String,
+}
+
+impl Worker {
+    /// Prepares a worker; nothing connects until [`Worker::run_until_stopped`].
+    pub fn build(
+        config: Config,
+        brokers: String,
+        pool: PgPool,
+        catalogue: Arc<Catalogue>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let owner = format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "cohort".into()),
+            std::process::id()
+        );
+        Self {
+            config,
+            brokers,
+            pool,
+            catalogue,
+            clock,
+            status: Arc::new(Status::default()),
+            owner,
+        }
+    }
+
+    /// The worker's observable status.
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
+    }
+
+    /// Runs until `shutdown` resolves, then finishes in-flight batches (bounded by the configured deadline),
+    /// leaves the consumer group and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (records_tx, records_rx) =
+            mpsc::channel(self.config.worker.batch_max_events.max(1) * 4);
+        let (rebalance_tx, rebalance_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let mut pipeline = Pipeline::new(&self, shared.clone());
+        // Definitions first, so the first assignment can be served.
+        pipeline.load_definitions().await?;
+        let consumer = kafka::consumer_config(&self.config.kafka, &self.brokers);
+        let poller = kafka::spawn_poller(
+            consumer,
+            self.config.kafka.input_topic.clone(),
+            records_tx,
+            rebalance_tx,
+            shared.clone(),
+        )
+        .context("failed to start the Kafka consumer")?;
+        self.status.ready.store(true, Ordering::SeqCst);
+        let result = pipeline.run(records_rx, rebalance_rx, shutdown).await;
+        self.status.ready.store(false, Ordering::SeqCst);
+        shared.stop.store(true, Ordering::SeqCst);
+        // The poller revokes through the pipeline while closing; serve those requests until it is gone.
+        let mut rebalance_rx = pipeline.take_rebalances();
+        let join = tokio::task::spawn_blocking(move || poller.join());
+        tokio::pin!(join);
+        loop {
+            tokio::select! {
+                _ = &mut join => break,
+                Some(request) = async { match rebalance_rx.as_mut() { Some(rx) => rx.recv().await, None => None } } => {
+                    pipeline.answer_during_shutdown(request);
+                }
+            }
+        }
+        result
+    }
+}
+
+struct Buffer {
+    records: Vec<Record>,
+    first_at: Option<Instant>,
+}
+
+struct Pipeline {
+    config: Config,
+    pool: PgPool,
+    registry: Registry,
+    partitions: HashMap<i32, Partition>,
+    generations: HashMap<i32, u64>,
+    buffers: HashMap<i32, Buffer>,
+    clock: Arc<dyn Clock>,
+    status: Arc<Status>,
+    shared: Arc<Shared>,
+    owner: String,
+    rebalances: Option<mpsc::UnboundedReceiver<RebalanceRequest>>,
+    control_dirty: bool,
+}
+
+impl Pipeline {
+    fn new(worker: &Worker, shared: Arc<Shared>) -> Self {
+        Self {
+            config: worker.config.clone(),
+            pool: worker.pool.clone(),
+            registry: Registry::new(worker.catalogue.clone()),
+            partitions: HashMap::new(),
+            generations: HashMap::new(),
+            buffers: HashMap::new(),
+            clock: worker.clock.clone(),
+            status: worker.status.clone(),
+            shared,
+            owner: worker.owner.clone(),
+            rebalances: None,
+            control_dirty: true,
+        }
+    }
+
+    fn take_rebalances(&mut self) -> Option<mpsc::UnboundedReceiver<RebalanceRequest>> {
+        self.rebalances.take()
+    }
+
+    /// Retries a database operation with capped exponential backoff until it succeeds or fails for a
+    /// non-transient reason.
+    async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut backoff = Duration::from_millis(self.config.worker.retry_initial_backoff_ms);
+        let max = Duration::from_millis(self.config.worker.retry_max_backoff_ms);
+        loop {
+            match op().await {
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "{what} failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(max);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn load_definitions(&mut self) -> anyhow::Result<()> {
+        let pool = self.pool.clone();
+        let (groups, orgs, head) = self
+            .retry("loading group definitions", || {
+                store::groups::load_definitions(&pool)
+            })
+            .await
+            .context("failed to load group definitions")?;
+        for org in &orgs {
+            self.registry.add_org(org);
+        }
+        for def in &groups {
+            self.registry.upsert(def);
+        }
+        self.registry.position = head;
+        tracing::info!(
+            orgs = orgs.len(),
+            groups = groups.len(),
+            control_position = head,
+            "definitions loaded"
+        );
+        Ok(())
+    }
+
+    async fn run(
+        &mut self,
+        mut records: mpsc::Receiver<Polled>,
+        rebalances: mpsc::UnboundedReceiver<RebalanceRequest>,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        self.rebalances = Some(rebalances);
+        let mut listener = self.listen().await;
+        tokio::pin!(shutdown);
+        let tick = Duration::from_millis(self.config.worker.batch_max_wait_ms.clamp(5, 100));
+        loop {
+            let mut rebalances = self.rebalances.take().expect("present while running");
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => {
+                    self.rebalances = Some(rebalances);
+                    break;
+                }
+                Some(request) = rebalances.recv() => {
+                    self.rebalances = Some(rebalances);
+                    self.rebalance(request).await;
+                }
+                Some(polled) = records.recv() => {
+                    self.rebalances = Some(rebalances);
+                    self.accept(polled);
+                    // Take what is already queued, up to a batch, without waiting.
+                    for _ in 0..self.config.worker.batch_max_events {
+                        match records.try_recv() {
+                            Ok(p) => self.accept(p),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                notified = async {
+                    match listener.as_mut() {
+                        Some(l) => l.recv().await.map(|_| ()),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.rebalances = Some(rebalances);
+                    if notified.is_err() {
+                        // The listener reconnects on its own; catch up in case a notification was missed.
+                        tracing::warn!("control-log listener interrupted");
+                    }
+                    self.control_dirty = true;
+                }
+                _ = tokio::time::sleep(tick) => {
+                    self.rebalances = Some(rebalances);
+                }
+            }
+            if listener.is_none() {
+                listener = self.listen().await;
+            }
+            if self.control_dirty {
+                if let Err(e) = self.refresh_control().await {
+                    tracing::warn!(error = %e, "cannot read the control log; will retry");
+                } else {
+                    self.control_dirty = false;
+                }
+            }
+            self.flush_ready(false).await;
+            self.report();
+        }
+        // Shutdown: finish what is buffered, bounded by the deadline.
+        let deadline = Duration::from_millis(self.config.worker.shutdown_deadline_ms);
+        if tokio::time::timeout(deadline, self.flush_ready(true))
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown deadline passed with batches unfinished; they will be re-read from the stored positions");
+        }
+        Ok(())
+    }
+
+    async fn listen(&self) -> Option<PgListener> {
+        match PgListener::connect_with(&self.pool).await {
+            Ok(mut listener) => match listener.listen(control::CHANNEL).await {
+                Ok(()) => Some(listener),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for control-log notifications");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect the control-log listener");
+                None
+            }
+        }
+    }
+
+    fn accept(&mut self, polled: Polled) {
+        match (
+            self.partitions.contains_key(&polled.partition),
+            self.generations.get(&polled.partition),
+        ) {
+            (true, Some(generation)) if *generation == polled.generation => {
+                let buffer = self
+                    .buffers
+                    .entry(polled.partition)
+                    .or_insert_with(|| Buffer {
+                        records: Vec::new(),
+                        first_at: None,
+                    });
+                buffer.first_at.get_or_insert_with(Instant::now);
+                buffer.records.push(polled.record);
+            }
+            (true, _) => {
+                // Polled under an older assignment: the current one re-reads from the stored position.
+                metrics::counter!(m::RECORDS_DROPPED, "why" => "stale_generation").increment(1);
+            }
+            (false, _) => {
+                metrics::counter!(m::RECORDS_DROPPED, "why" => "not_owned").increment(1);
+                tracing::error!(
+                    partition = polled.partition,
+                    offset = polled.record.offset,
+                    "record from a partition this worker does not own"
+                );
+            }
+        }
+    }
+
+    async fn rebalance(&mut self, request: RebalanceRequest) {
+        match request {
+            RebalanceRequest::Assign {
+                partitions,
+                generation,
+                reply,
+            } => {
+                let mut offsets = Vec::new();
+                for partition in partitions {
+                    match self.assign(partition, generation).await {
+                        Ok(next_offset) => offsets.push((partition, next_offset)),
+                        Err(e) => {
+                            tracing::error!(partition, error = %e, "cannot take the partition")
+                        }
+                    }
+                }
+                let _ = reply.send(offsets);
+            }
+            RebalanceRequest::Revoke { partitions, reply } => {
+                for partition in partitions {
+                    // Finish what is buffered if we still can; otherwise the next owner re-reads it.
+                    self.flush_partition(partition).await;
+                    self.drop_partition(partition);
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn answer_during_shutdown(&mut self, request: RebalanceRequest) {
+        match request {
+            RebalanceRequest::Assign { reply, .. } => {
+                let _ = reply.send(Vec::new());
+            }
+            RebalanceRequest::Revoke { partitions, reply } => {
+                for partition in partitions {
+                    self.drop_partition(partition);
+                }
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn drop_partition(&mut self, partition: i32) {
+        self.partitions.remove(&partition);
+        self.generations.remove(&partition);
+        self.buffers.remove(&partition);
+        if let Ok(mut c) = self.shared.committed.lock() {
+            c.remove(&partition);
+        }
+    }
+
+    /// Claims a partition, loads its devices and queues the control entries it has not applied yet.
+    async fn assign(&mut self, partition: i32, generation: u64) -> Result<i64, StoreError> {
+        let pool = self.pool.clone();
+        let topic = self.config.kafka.input_topic.clone();
+        let owner = self.owner.clone();
+        // The registry must be at least as far as the partition's stored position.
+        self.refresh_control().await?;
+        let head = self.registry.position;
+        let claim = self
+            .retry("claiming a partition", || {
+                stored::claim(&pool, &topic, partition, &owner, head)
+            })
+            .await?;
+        if claim.control_position > self.registry.position {
+            self.refresh_control().await?;
+        }
+        let (devices, memberships) = self
+            .retry("loading a partition", || {
+                stored::load_partition(&pool, partition)
+            })
+            .await?;
+        let mut by_device: HashMap<&str, Vec<&stored::StoredMembership>> = HashMap::new();
+        for m in &memberships {
+            by_device.entry(m.device_id.as_str()).or_default().push(m);
+        }
+        let mut state = Partition::new(partition, claim);
+        for row in &devices {
+            let members = by_device
+                .get(row.id.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            if let Some(device) = Device::from_stored(row, members, &mut self.registry) {
+                state.devices.insert(row.id.as_str().into(), device);
+            }
+        }
+        let catch_up = if claim.control_position < self.registry.position {
+            let from = claim.control_position;
+            self.retry("reading the control log", || {
+                control::read_after(&pool, from, i64::MAX)
+            })
+            .await?
+        } else {
+            Vec::new()
+        };
+        let upto = self.registry.position;
+        state
+            .pending_control
+            .extend(catch_up.into_iter().filter(|e| e.id <= upto));
+        let now = self.clock.now();
+        let ids: Vec<Box<str>> = state.devices.keys().cloned().collect();
+        for id in &ids {
+            state.schedule(id, &self.registry, now);
+        }
+        tracing::info!(
+            partition,
+            devices = state.devices.len(),
+            epoch = claim.epoch,
+            next_offset = claim.next_offset,
+            pending_control = state.pending_control.len(),
+            "partition claimed"
+        );
+        if let Ok(mut c) = self.shared.committed.lock() {
+            c.insert(partition, claim.next_offset);
+        }
+        self.partitions.insert(partition, state);
+        self.generations.insert(partition, generation);
+        Ok(claim.next_offset)
+    }
+
+    /// Reads new control-log entries, applies their definition changes to the registry and queues them for
+    /// every owned partition.
+    async fn refresh_control(&mut self) -> Result<(), StoreError> {
+        loop {
+            let entries = control::read_after(&self.pool, self.registry.position, 1000).await?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            for entry in entries {
+                match &entry.entry {
+                    ControlEntry::OrgCreated { org_id } => self.registry.add_org(org_id),
+                    ControlEntry::GroupUpserted(def) => {
+                        self.registry.upsert(def);
+                    }
+                    ControlEntry::GroupDeleted { group_id, .. } => {
+                        self.registry.delete(*group_id);
+                    }
+                    ControlEntry::Pinned { .. } | ControlEntry::Unpinned { .. } => {}
+                }
+                self.registry.position = entry.id;
+                for state in self.partitions.values_mut() {
+                    if entry.id > state.claim.control_position {
+                        state.pending_control.push_back(entry.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Flushes every partition whose batch is due (or all with anything to do, when `all`).
+    async fn flush_ready(&mut self, all: bool) {
+        let now = self.clock.now();
+        let max_events = self.config.worker.batch_max_events;
+        let max_wait = Duration::from_millis(self.config.worker.batch_max_wait_ms);
+        let due: Vec<i32> = self
+            .partitions
+            .iter()
+            .filter(|(id, state)| {
+                let buffer = self.buffers.get(id);
+                let full = buffer.is_some_and(|b| b.records.len() >= max_events);
+                let old = buffer
+                    .is_some_and(|b| b.first_at.is_some_and(|t| all || t.elapsed() >= max_wait));
+                full || old
+                    || !state.pending_control.is_empty()
+                    || state.next_timer().is_some_and(|t| t <= now)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for partition in due {
+            self.flush_partition(partition).await;
+        }
+    }
+
+    /// Computes and commits one batch of a partition, retrying until it commits or the partition is lost.
+    async fn flush_partition(&mut self, partition: i32) {
+        let max_events = self.config.worker.batch_max_events;
+        let records: Vec<Record> = match self.buffers.get_mut(&partition) {
+            Some(buffer) => {
+                let take = buffer.records.len().min(max_events);
+                let rest = buffer.records.split_off(take);
+                let taken = std::mem::replace(&mut buffer.records, rest);
+                buffer.first_at = if buffer.records.is_empty() {
+                    None
+                } else {
+                    Some(Instant::now())
+                };
+                taken
+            }
+            None => Vec::new(),
+        };
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        let now = self.clock.now();
+        let due = state.due_timers(now, max_events);
+        let control: Vec<Positioned> = state.pending_control.iter().cloned().collect();
+        if records.is_empty() && due.is_empty() && control.is_empty() {
+            return;
+        }
+        let catalogue = self.registry.catalogue().clone();
+        let decoded: Vec<_> = records
+            .into_iter()
+            .map(|r| {
+                let d = event::decode(
+                    r.key.as_deref(),
+                    r.payload.as_deref(),
+                    &catalogue,
+                    self.config.worker.max_event_bytes,
+                );
+                (r, d)
+            })
+            .collect();
+        let mut attempt_backoff =
+            Duration::from_millis(self.config.worker.retry_initial_backoff_ms);
+        let max_backoff = Duration::from_millis(self.config.worker.retry_max_backoff_ms);
+        loop {
+            let started = Instant::now();
+            // Devices named by the batch that this partition does not hold: read them (re-homed or new).
+            let Some(state) = self.partitions.get(&partition) else {
+                return;
+            };
+            let mut unknown: Vec<String> = decoded
+                .iter()
+                .filter_map(|(_, d)| d.as_ref().ok())
+                .filter(|e| !state.devices.contains_key(e.device_id.as_str()))
+                .map(|e| e.device_id.clone())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            unknown.sort();
+            let loaded = if unknown.is_empty() {
+                Ok((Vec::new(), Vec::new()))
+            } else {
+                stored::load_devices(&self.pool, &unknown).await
+            };
+            let result = match loaded {
+                Ok((rows, memberships)) => {
+                    let mut by_device: HashMap<&str, Vec<&stored::StoredMembership>> =
+                        HashMap::new();
+                    for mm in &memberships {
+                        by_device.entry(mm.device_id.as_str()).or_default().push(mm);
+                    }
+                    let mut foreign = HashMap::new();
+                    for row in &rows {
+                        let members = by_device
+                            .get(row.id.as_str())
+                            .map(Vec::as_slice)
+                            .unwrap_or(&[]);
+                        if let Some(device) = Device::from_stored(row, members, &mut self.registry)
+                        {
+                            foreign.insert(row.id.as_str().into(), device);
+                        }
+                    }
+                    let Some(state) = self.partitions.get(&partition) else {
+                        return;
+                    };
+                    let ctx = BatchContext {
+                        input_topic: &self.config.kafka.input_topic,
+                        dead_letter_topic: &self.config.kafka.dead_letter_topic,
+                        max_event_bytes: self.config.worker.max_event_bytes,
+                        now,
+                    };
+                    let computed = compute(
+                        &self.registry,
+                        state,
+                        &control,
+                        &decoded,
+                        &due,
+                        foreign,
+                        &ctx,
+                    );
+                    metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+                    let commit_started = Instant::now();
+                    let result = store::batch::commit(&self.pool, &computed.write).await;
+                    metrics::histogram!(m::COMMIT_SECONDS)
+                        .record(commit_started.elapsed().as_secs_f64());
+                    result.map(|()| computed)
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(computed) => {
+                    self.install(partition, computed, &decoded, control.len(), now);
+                    return;
+                }
+                Err(StoreError::Fenced { .. }) => {
+                    metrics::counter!(m::COMMIT_FAILURES, "kind" => "fenced").increment(1);
+                    tracing::warn!(partition, "partition fenced: another worker owns it now");
+                    self.drop_partition(partition);
+                    return;
+                }
+                Err(StoreError::DeviceConflict { devices }) => {
+                    metrics::counter!(m::COMMIT_FAILURES, "kind" => "device_conflict").increment(1);
+                    tracing::info!(
+                        partition,
+                        devices = devices.len(),
+                        "devices changed under the batch; reloading them"
+                    );
+                    if let Some(state) = self.partitions.get_mut(&partition) {
+                        for id in &devices {
+                            state.devices.remove(id.as_str());
+                        }
+                    }
+                }
+                Err(e) => {
+                    let kind = if e.is_transient() {
+                        "transient"
+                    } else {
+                        "permanent"
+                    };
+                    metrics::counter!(m::COMMIT_FAILURES, "kind" => kind).increment(1);
+                    tracing::warn!(partition, error = %e, backoff_ms = attempt_backoff.as_millis() as u64, "batch failed; retrying");
+                    // Keep answering rebalances while waiting: a revoke abandons the batch.
+                    if self.wait_or_revoked(partition, attempt_backoff).await {
+                        return;
+                    }
+                    attempt_backoff = (attempt_backoff * 2).min(max_backoff);
+                }
+            }
+        }
+    }
+
+    /// Sleeps for `backoff`, serving rebalance requests meanwhile. Returns true if `partition` was revoked.
+    async fn wait_or_revoked(&mut self, partition: i32, backoff: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + backoff;
+        loop {
+            let Some(mut rx) = self.rebalances.take() else {
+                tokio::time::sleep_until(deadline).await;
+                return false;
+            };
+            let request = tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => None,
+                r = rx.recv() => r,
+            };
+            self.rebalances = Some(rx);
+            match request {
+                None => return !self.partitions.contains_key(&partition),
+                Some(RebalanceRequest::Revoke { partitions, reply }) => {
+                    for p in &partitions {
+                        self.drop_partition(*p);
+                    }
+                    let _ = reply.send(());
+                    if partitions.contains(&partition) {
+                        return true;
+                    }
+                }
+                Some(assign @ RebalanceRequest::Assign { .. }) => {
+                    Box::pin(self.rebalance(assign)).await;
+                }
+            }
+        }
+    }
+
+    /// Installs a committed batch's state and records its metrics.
+    fn install(
+        &mut self,
+        partition: i32,
+        computed: partition::Computed,
+        decoded: &[(Record, Result<event::DeviceEvent, event::DecodeError>)],
+        control_applied: usize,
+        now: EpochMillis,
+    ) {
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        state.claim.next_offset = computed.write.next_offset;
+        state.claim.control_position = computed.write.control_position;
+        for _ in 0..control_applied {
+            state.pending_control.pop_front();
+        }
+        let touched: Vec<Box<str>> = computed.devices.keys().cloned().collect();
+        for (id, mut device) in computed.devices {
+            device.version = if device.stored { device.version + 1 } else { 1 };
+            device.stored = true;
+            state.devices.insert(id, device);
+        }
+        if computed.reschedule_all {
+            let ids: Vec<Box<str>> = state.devices.keys().cloned().collect();
+            for id in &ids {
+                state.schedule(id, &self.registry, now);
+            }
+        } else {
+            for id in &touched {
+                state.schedule(id, &self.registry, now);
+            }
+        }
+        if let Ok(mut c) = self.shared.committed.lock() {
+            c.insert(partition, state.claim.next_offset);
+        }
+        let stats = &computed.stats;
+        metrics::counter!(m::BATCHES).increment(1);
+        metrics::counter!(m::EVENTS, "outcome" => "applied").increment(stats.applied);
+        metrics::counter!(m::EVENTS, "outcome" => "duplicate").increment(stats.duplicates);
+        metrics::counter!(m::EVENTS, "outcome" => "stale").increment(stats.stale);
+        metrics::counter!(m::EVENTS, "outcome" => "dead_letter")
+            .increment(stats.dead_letters.len() as u64);
+        for reason in &stats.dead_letters {
+            metrics::counter!(m::DEAD_LETTERS, "reason" => reason.as_str()).increment(1);
+        }
+        for (reason, n) in &stats.changes {
+            metrics::counter!(m::MEMBERSHIP_CHANGES, "reason" => *reason).increment(*n);
+        }
+        metrics::counter!(m::GROUP_EVALUATIONS).increment(stats.groups_evaluated);
+        metrics::counter!(m::EVENTS_WITHOUT_CANDIDATES).increment(stats.no_candidates);
+        metrics::counter!(m::DEVICES_REHOMED).increment(stats.rehomed);
+        metrics::counter!(m::CONTROL_ENTRIES).increment(stats.control_entries);
+        metrics::counter!(m::TIMER_EVALUATIONS).increment(stats.timer_evaluations);
+        let wall = chrono::Utc::now().timestamp_millis();
+        for (record, _) in decoded {
+            if let Some(ts) = record.timestamp {
+                metrics::histogram!(m::EVENT_LATENCY_SECONDS)
+                    .record((wall - ts).max(0) as f64 / 1000.0);
+            }
+        }
+        self.status.batches.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn report(&self) {
+        self.status
+            .partitions
+            .store(self.partitions.len(), Ordering::SeqCst);
+        metrics::gauge!(m::PARTITIONS_OWNED).set(self.partitions.len() as f64);
+        metrics::gauge!(m::DEVICES_HELD).set(
+            self.partitions
+                .values()
+                .map(|p| p.devices.len())
+                .sum::<usize>() as f64,
+        );
+        let marks = self
+            .shared
+            .high_watermarks
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        for (partition, state) in &self.partitions {
+            if let Some(high) = marks.get(partition) {
+                metrics::gauge!(m::CONSUMER_LAG, "partition" => partition.to_string())
+                    .set((high - state.claim.next_offset).max(0) as f64);
+            }
+        }
+    }
+}

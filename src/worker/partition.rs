@@ -1,0 +1,772 @@
+//! One owned partition: its devices in memory, and the computation of a batch.
+//!
+//! A batch (control-log entries, then input records in offset order, then due timers) is computed on
+//! *copies* of the devices it touches; the partition's state takes the copies only after the batch's
+//! transaction has committed. A failed or fenced transaction therefore leaves the state as committed, and a
+//! retry recomputes from it: every input has its effect exactly once.
+//!
+//! Membership rules: a dynamic group's membership follows its filter, except that a pinned member stays when
+//! it stops matching; static groups are never touched here. A device new to this partition (first event, or
+//! re-homed from another partition) is evaluated against every dynamic group of its org; afterwards only the
+//! candidate groups from the field index are.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::registry::Registry;
+use crate::event::{self, DeadLetterReason, DecodeError, DeviceEvent};
+use crate::rules::time::format_millis;
+use crate::rules::{AttrValue, Attributes, EpochMillis, FieldChange, FieldId, Scratch};
+use crate::store::batch::{BatchWrite, DeviceRow, LogRow, MembershipRow, OutboxRow};
+use crate::store::control::{ControlEntry, Positioned};
+use crate::store::partition::{Claim, StoredDevice, StoredMembership};
+
+/// One input message, owned (so no librdkafka message outlives its consumer).
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    /// The message's Kafka timestamp (produce time), for latency metrics.
+    pub timestamp: Option<EpochMillis>,
+}
+
+/// Who added a membership.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AddedBy {
+    Manual,
+    DynamicRule,
+    Policy,
+}
+
+impl AddedBy {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddedBy::Manual => "manual",
+            AddedBy::DynamicRule => "dynamic_rule",
+            AddedBy::Policy => "policy",
+        }
+    }
+
+    fn parse(s: &str) -> AddedBy {
+        match s {
+            "manual" => AddedBy::Manual,
+            "policy" => AddedBy::Policy,
+            _ => AddedBy::DynamicRule,
+        }
+    }
+}
+
+/// One membership of a device.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub slot: u32,
+    pub pinned: bool,
+    pub added_by: AddedBy,
+}
+
+/// A device as its owning worker holds it.
+#[derive(Clone, Debug)]
+pub struct Device {
+    /// The org, interned in the registry.
+    pub org: Arc<str>,
+    pub attrs: Attributes,
+    /// The highest sequence applied; -1 for a device not yet stored.
+    pub sequence: i64,
+    /// The stored version this state corresponds to (guards the next write).
+    pub version: i64,
+    /// Whether a row exists in PostgreSQL.
+    pub stored: bool,
+    /// Sorted by slot.
+    pub memberships: Vec<Member>,
+    pub development: bool,
+    pub firmware_lock: Option<Box<str>>,
+    /// When a time-based condition of one of its org's groups can next change its memberships.
+    pub next_flip: Option<EpochMillis>,
+}
+
+impl Device {
+    fn new(org: Arc<str>) -> Self {
+        Self {
+            org,
+            attrs: Attributes::new(),
+            sequence: -1,
+            version: 0,
+            stored: false,
+            memberships: Vec::new(),
+            development: false,
+            firmware_lock: None,
+            next_flip: None,
+        }
+    }
+
+    fn member(&self, slot: u32) -> Option<&Member> {
+        self.memberships
+            .binary_search_by_key(&slot, |m| m.slot)
+            .ok()
+            .map(|i| &self.memberships[i])
+    }
+
+    fn set_member(&mut self, member: Member) {
+        match self
+            .memberships
+            .binary_search_by_key(&member.slot, |m| m.slot)
+        {
+            Ok(i) => self.memberships[i] = member,
+            Err(i) => self.memberships.insert(i, member),
+        }
+    }
+
+    fn remove_member(&mut self, slot: u32) {
+        if let Ok(i) = self.memberships.binary_search_by_key(&slot, |m| m.slot) {
+            self.memberships.remove(i);
+        }
+    }
+
+    /// Builds a device from its stored row, parsing attributes leniently: an attribute that no longer parses
+    /// (the catalogue changed) is skipped with a warning and stays in the stored JSON until the device changes.
+    pub fn from_stored(
+        row: &StoredDevice,
+        memberships: &[&StoredMembership],
+        registry: &mut Registry,
+    ) -> Option<Self> {
+        let org = registry.org(&row.org_id).map(|(name, _)| name.clone())?;
+        let mut attrs = Attributes::new();
+        if let Value::Object(map) = &row.attributes {
+            for (name, value) in map {
+                match crate::rules::attrs::parse_attribute(registry.catalogue(), name, value) {
+                    Ok((field, Some(v))) => {
+                        attrs.set(field, v);
+                    }
+                    Ok((_, None)) => {}
+                    Err(message) => {
+                        tracing::warn!(device_id = %row.id, field = %name, %message, "stored attribute skipped");
+                    }
+                }
+            }
+        }
+        attrs.shrink_to_fit();
+        let mut members: Vec<Member> = memberships
+            .iter()
+            .map(|m| Member {
+                slot: registry.slot_or_tombstone(m.group_id, &org),
+                pinned: m.is_pinned,
+                added_by: AddedBy::parse(&m.added_by),
+            })
+            .collect();
+        members.sort_by_key(|m| m.slot);
+        Some(Self {
+            org,
+            attrs,
+            sequence: row.sequence,
+            version: row.version,
+            stored: true,
+            memberships: members,
+            development: row.is_development,
+            firmware_lock: row.firmware_lock.as_deref().map(Into::into),
+            next_flip: None,
+        })
+    }
+}
+
+/// An owned partition.
+#[derive(Debug)]
+pub struct Partition {
+    pub id: i32,
+    /// Epoch and positions as committed.
+    pub claim: Claim,
+    pub devices: HashMap<Box<str>, Device>,
+    /// (instant, device): when to re-evaluate a device's time-dependent groups. Entries whose instant no
+    /// longer equals the device's `next_flip` are stale and skipped.
+    pub timers: BinaryHeap<Reverse<(EpochMillis, Box<str>)>>,
+    /// Control-log entries this partition still has to apply, in order.
+    pub pending_control: VecDeque<Positioned>,
+}
+
+impl Partition {
+    /// A partition with its claim and no devices yet.
+    pub fn new(id: i32, claim: Claim) -> Self {
+        Self {
+            id,
+            claim,
+            devices: HashMap::new(),
+            timers: BinaryHeap::new(),
+            pending_control: VecDeque::new(),
+        }
+    }
+
+    /// Recomputes a device's next time flip and schedules it.
+    pub fn schedule(&mut self, id: &str, registry: &Registry, now: EpochMillis) {
+        let Some(device) = self.devices.get_mut(id) else {
+            return;
+        };
+        let Some((_, org)) = registry.org(&device.org) else {
+            return;
+        };
+        let flip = org
+            .time_groups
+            .iter()
+            .filter_map(|slot| registry.next_flip(*slot, &device.attrs, now))
+            .min();
+        device.next_flip = flip;
+        if let Some(at) = flip {
+            self.timers.push(Reverse((at, id.into())));
+        }
+    }
+
+    /// Removes and returns the devices whose timers are due at `now`, skipping stale entries.
+    pub fn due_timers(&mut self, now: EpochMillis, limit: usize) -> Vec<Box<str>> {
+        let mut due = Vec::new();
+        while due.len() < limit {
+            match self.timers.peek() {
+                Some(Reverse((at, _))) if *at <= now => {}
+                _ => break,
+            }
+            let Some(Reverse((at, id))) = self.timers.pop() else {
+                break;
+            };
+            if self
+                .devices
+                .get(&id)
+                .is_some_and(|d| d.next_flip == Some(at))
+            {
+                due.push(id);
+            }
+        }
+        due
+    }
+
+    /// The earliest pending timer.
+    pub fn next_timer(&self) -> Option<EpochMillis> {
+        self.timers.peek().map(|Reverse((at, _))| *at)
+    }
+}
+
+/// Counters describing what a batch did (recorded as metrics once it commits).
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub stale: u64,
+    pub dead_letters: Vec<DeadLetterReason>,
+    pub rehomed: u64,
+    pub groups_evaluated: u64,
+    /// Events whose changed fields no dynamic group references.
+    pub no_candidates: u64,
+    /// Membership changes by log reason.
+    pub changes: HashMap<&'static str, u64>,
+    pub control_entries: u64,
+    pub timer_evaluations: u64,
+}
+
+/// Devices read from PostgreSQL for this batch (not held by the partition), by id.
+pub type Loaded = HashMap<String, (StoredDevice, Vec<StoredMembership>)>;
+
+/// What a computed batch will write and the state to install once it commits.
+#[derive(Debug)]
+pub struct Computed {
+    pub write: BatchWrite,
+    /// Final state of every device the batch touched.
+    pub devices: HashMap<Box<str>, Device>,
+    pub stats: Stats,
+    /// Whether time-dependent definitions changed, so every device's flips must be recomputed.
+    pub reschedule_all: bool,
+}
+
+/// Settings a batch needs.
+pub struct BatchContext<'a> {
+    pub input_topic: &'a str,
+    pub dead_letter_topic: &'a str,
+    pub max_event_bytes: usize,
+    pub now: EpochMillis,
+}
+
+struct Work<'a> {
+    registry: &'a Registry,
+    partition: &'a Partition,
+    ctx: &'a BatchContext<'a>,
+    /// (state at batch start, or None for a device not stored; current state).
+    devices: HashMap<Box<str>, (Option<Device>, Device)>,
+    log: Vec<LogRow>,
+    outbox: Vec<OutboxRow>,
+    stats: Stats,
+    scratch: Scratch,
+    candidates: Vec<u32>,
+}
+
+/// Computes a batch. `loaded` holds the stored rows of devices named by `records` that the partition does
+/// not hold (already converted with [`Device::from_stored`] by the caller into `foreign`).
+pub fn compute(
+    registry: &Registry,
+    partition: &Partition,
+    control: &[Positioned],
+    records: &[(Record, Result<DeviceEvent, DecodeError>)],
+    due: &[Box<str>],
+    foreign: HashMap<Box<str>, Device>,
+    ctx: &BatchContext<'_>,
+) -> Computed {
+    let mut work = Work {
+        registry,
+        partition,
+        ctx,
+        devices: HashMap::new(),
+        log: Vec::new(),
+        outbox: Vec::new(),
+        stats: Stats::default(),
+        scratch: Scratch::default(),
+        candidates: Vec::new(),
+    };
+    let mut reschedule_all = false;
+    for entry in control {
+        reschedule_all |= work.control(entry);
+    }
+    let mut foreign = foreign;
+    for (record, decoded) in records {
+        work.record(record, decoded, &mut foreign);
+    }
+    for id in due {
+        work.timer(id);
+    }
+    let mut write = BatchWrite {
+        topic: ctx.input_topic.to_string(),
+        partition: partition.id,
+        epoch: partition.claim.epoch,
+        // next_offset is exclusive: one past the last offset processed.
+        next_offset: records
+            .last()
+            .map_or(partition.claim.next_offset, |(r, _)| r.offset + 1),
+        control_position: control
+            .last()
+            .map_or(partition.claim.control_position, |e| e.id),
+        ..Default::default()
+    };
+    write.log = std::mem::take(&mut work.log);
+    write.outbox = std::mem::take(&mut work.outbox);
+    let mut devices = HashMap::with_capacity(work.devices.len());
+    for (id, (original, current)) in work.devices {
+        diff_memberships(registry, &id, original.as_ref(), &current, &mut write);
+        let row = DeviceRow {
+            id: id.to_string(),
+            org_id: current.org.to_string(),
+            attributes: Value::Object(current.attrs.to_json(registry.catalogue())),
+            sequence: current.sequence.max(0),
+            expected_version: current.version,
+            is_development: current.development,
+            firmware_lock: current.firmware_lock.as_deref().map(str::to_string),
+        };
+        if current.stored {
+            write.device_updates.push(row);
+        } else {
+            write.device_inserts.push(row);
+        }
+        devices.insert(id, current);
+    }
+    Computed {
+        write,
+        devices,
+        stats: work.stats,
+        reschedule_all,
+    }
+}
+
+/// The membership rows to write: the net difference between the batch's start and end states.
+fn diff_memberships(
+    registry: &Registry,
+    id: &str,
+    original: Option<&Device>,
+    current: &Device,
+    write: &mut BatchWrite,
+) {
+    let before: &[Member] = original.map_or(&[], |d| &d.memberships);
+    let after = &current.memberships;
+    let (mut i, mut j) = (0, 0);
+    while i < before.len() || j < after.len() {
+        let b = before.get(i);
+        let a = after.get(j);
+        match (b, a) {
+            (Some(b), Some(a)) if b.slot == a.slot => {
+                if b.pinned != a.pinned {
+                    write
+                        .pin_updates
+                        .push((registry.group(a.slot).id, id.to_string(), a.pinned));
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(b), a) if a.is_none_or(|a| b.slot < a.slot) => {
+                write
+                    .membership_deletes
+                    .push((registry.group(b.slot).id, id.to_string()));
+                i += 1;
+            }
+            (_, Some(a)) => {
+                write.membership_inserts.push(MembershipRow {
+                    group_id: registry.group(a.slot).id,
+                    device_id: id.to_string(),
+                    is_pinned: a.pinned,
+                    added_by: a.added_by.as_str(),
+                });
+                j += 1;
+            }
+            (_, None) => unreachable!("loop condition"),
+        }
+    }
+}
+
+impl Work<'_> {
+    /// The working copy of a device held by the partition (cloned on first touch).
+    fn held(&mut self, id: &str) -> Option<&mut Device> {
+        if !self.devices.contains_key(id) {
+            let device = self.partition.devices.get(id)?;
+            self.devices
+                .insert(id.into(), (Some(device.clone()), device.clone()));
+        }
+        self.devices.get_mut(id).map(|(_, current)| current)
+    }
+
+    /// Applies one control-log entry to this partition's devices. Returns whether time-dependent
+    /// definitions changed.
+    fn control(&mut self, entry: &Positioned) -> bool {
+        self.stats.control_entries += 1;
+        let registry = self.registry;
+        let cause = json!({"type": "control", "controlId": entry.id, "kind": entry.entry.kind()});
+        match &entry.entry {
+            ControlEntry::OrgCreated { .. } => false,
+            ControlEntry::GroupUpserted(def) => {
+                let Some(slot) = registry.slot(&def.group_id) else {
+                    return false;
+                };
+                let ids: Vec<Box<str>> = self.org_devices(&def.org_id);
+                for id in ids {
+                    self.reconcile_held(&id, slot, &cause);
+                }
+                // A changed definition (time-dependent before or after) can move any device's next flip.
+                true
+            }
+            ControlEntry::GroupDeleted { group_id, org_id } => {
+                let Some(slot) = registry.slot(group_id) else {
+                    return false;
+                };
+                for id in self.org_devices(org_id) {
+                    let has = self.current(&id).is_some_and(|d| d.member(slot).is_some());
+                    if has {
+                        let version = registry.group(slot).version;
+                        if let Some(device) = self.held(&id) {
+                            device.remove_member(slot);
+                        }
+                        self.push_log(slot, version, &id, "removed", "manual", &cause);
+                    }
+                }
+                true
+            }
+            ControlEntry::Pinned {
+                group_id,
+                device_id,
+                ..
+            } => {
+                let Some(slot) = registry.slot(group_id) else {
+                    return false;
+                };
+                let group = registry.group(slot);
+                if group.deleted || group.filter.is_none() {
+                    return false;
+                }
+                let version = group.version;
+                let Some(device) = self.held(device_id) else {
+                    return false;
+                };
+                match device.member(slot).copied() {
+                    Some(m) if m.pinned => {}
+                    Some(m) => device.set_member(Member { pinned: true, ..m }),
+                    None => {
+                        device.set_member(Member {
+                            slot,
+                            pinned: true,
+                            added_by: AddedBy::Manual,
+                        });
+                        self.push_log(slot, version, device_id, "added", "pinned", &cause);
+                    }
+                }
+                false
+            }
+            ControlEntry::Unpinned {
+                group_id,
+                device_id,
+                ..
+            } => {
+                let Some(slot) = registry.slot(group_id) else {
+                    return false;
+                };
+                let now = self.ctx.now;
+                let version = registry.group(slot).version;
+                let Some(device) = self.held(device_id) else {
+                    return false;
+                };
+                let Some(m) = device.member(slot).copied() else {
+                    return false;
+                };
+                if !m.pinned {
+                    return false;
+                }
+                if registry.matches(slot, &device.attrs, now) {
+                    device.set_member(Member { pinned: false, ..m });
+                } else {
+                    device.remove_member(slot);
+                    self.push_log(slot, version, device_id, "removed", "unpinned", &cause);
+                }
+                false
+            }
+        }
+    }
+
+    /// Ids of the org's devices, held by the partition or already in the batch.
+    fn org_devices(&self, org: &str) -> Vec<Box<str>> {
+        let mut ids: Vec<Box<str>> = self
+            .partition
+            .devices
+            .iter()
+            .filter(|(_, d)| &*d.org == org)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.extend(
+            self.devices
+                .iter()
+                .filter(|(id, (_, d))| {
+                    &*d.org == org && !self.partition.devices.contains_key(&**id)
+                })
+                .map(|(id, _)| id.clone()),
+        );
+        ids
+    }
+
+    fn current(&self, id: &str) -> Option<&Device> {
+        self.devices
+            .get(id)
+            .map(|(_, d)| d)
+            .or_else(|| self.partition.devices.get(id))
+    }
+
+    /// Re-evaluates one group for one held device, copying the device only when its membership changes.
+    fn reconcile_held(&mut self, id: &str, slot: u32, cause: &Value) {
+        self.stats.groups_evaluated += 1;
+        let Some(device) = self.current(id) else {
+            return;
+        };
+        let should = self.registry.matches(slot, &device.attrs, self.ctx.now);
+        let change = membership_change(device.member(slot), should);
+        if let Some((action, reason)) = change {
+            let version = self.registry.group(slot).version;
+            if let Some(device) = self.held(id) {
+                apply_change(device, slot, action);
+            }
+            self.push_log(slot, version, id, action, reason, cause);
+        }
+    }
+
+    fn push_log(
+        &mut self,
+        slot: u32,
+        version: i64,
+        id: &str,
+        action: &'static str,
+        reason: &'static str,
+        cause: &Value,
+    ) {
+        *self.stats.changes.entry(reason).or_default() += 1;
+        self.log.push(LogRow {
+            group_id: self.registry.group(slot).id,
+            device_id: id.to_string(),
+            action,
+            reason,
+            cause: cause.clone(),
+            group_version: version,
+        });
+    }
+
+    fn dead_letter(&mut self, record: &Record, error: &DecodeError) {
+        self.stats.dead_letters.push(error.reason);
+        let message = event::dead_letter(
+            self.ctx.dead_letter_topic,
+            self.ctx.input_topic,
+            self.partition.id,
+            record.offset,
+            record.key.as_deref(),
+            record.payload.as_deref(),
+            error,
+            self.ctx.max_event_bytes,
+        );
+        let headers: serde_json::Map<String, Value> = message
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v)))
+            .collect();
+        self.outbox.push(OutboxRow {
+            topic: message.topic,
+            key: message.key,
+            payload: message.payload,
+            headers: Value::Object(headers),
+        });
+    }
+
+    fn record(
+        &mut self,
+        record: &Record,
+        decoded: &Result<DeviceEvent, DecodeError>,
+        foreign: &mut HashMap<Box<str>, Device>,
+    ) {
+        let event = match decoded {
+            Ok(event) => event,
+            Err(error) => return self.dead_letter(record, error),
+        };
+        let registry = self.registry;
+        let Some((org, org_groups)) = registry.org(&event.org_id) else {
+            let error = DecodeError {
+                reason: DeadLetterReason::UnknownOrg,
+                detail: format!("unknown org {:?}", truncate(&event.org_id)),
+            };
+            return self.dead_letter(record, &error);
+        };
+        let id: &str = &event.device_id;
+        // Find the device: in the batch, held, read from the database for this batch, or new.
+        let mut evaluate_all = false;
+        if !self.devices.contains_key(id) && !self.partition.devices.contains_key(id) {
+            let (original, device) = match foreign.remove(id) {
+                Some(device) => {
+                    self.stats.rehomed += 1;
+                    (Some(device.clone()), device)
+                }
+                None => (None, Device::new(org.clone())),
+            };
+            // New here: its memberships were computed elsewhere (or never), so evaluate every group.
+            evaluate_all = true;
+            self.devices.insert(id.into(), (original, device));
+        }
+        let current = self.current(id).expect("inserted above");
+        if *current.org != *event.org_id {
+            let error = DecodeError {
+                reason: DeadLetterReason::OrgMismatch,
+                detail: format!(
+                    "device {:?} belongs to org {:?}, not {:?}",
+                    truncate(id),
+                    truncate(&current.org),
+                    truncate(&event.org_id)
+                ),
+            };
+            return self.dead_letter(record, &error);
+        }
+        if event.sequence <= current.sequence {
+            if event.sequence == current.sequence {
+                self.stats.duplicates += 1;
+            } else {
+                self.stats.stale += 1;
+            }
+            return;
+        }
+        self.stats.applied += 1;
+        let now = self.ctx.now;
+        let device = self.held(id).expect("present");
+        let fresh = evaluate_all || device.sequence < 0;
+        let mut olds: Vec<(FieldId, Option<AttrValue>)> =
+            Vec::with_capacity(event.set.len() + event.removed.len());
+        for (field, value) in &event.set {
+            olds.push((*field, device.attrs.set(*field, value.clone())));
+        }
+        for field in &event.removed {
+            olds.push((*field, device.attrs.remove(*field)));
+        }
+        if let Some(dev) = event.development {
+            device.development = dev;
+        }
+        if let Some(lock) = &event.firmware_lock {
+            device.firmware_lock = lock.as_deref().map(Into::into);
+        }
+        device.sequence = event.sequence;
+        let cause = json!({
+            "type": "event",
+            "eventId": event.event_id,
+            "partition": self.partition.id,
+            "offset": record.offset,
+        });
+        let mut candidates = std::mem::take(&mut self.candidates);
+        candidates.clear();
+        if fresh {
+            candidates.extend_from_slice(&org_groups.dynamic);
+        } else {
+            let device = match self.devices.get(id) {
+                Some((_, d)) => d,
+                None => return,
+            };
+            let changes: Vec<FieldChange<'_>> = olds
+                .iter()
+                .filter(|(field, old)| old.as_ref() != device.attrs.get(*field))
+                .map(|(field, old)| FieldChange {
+                    field: *field,
+                    old: old.as_ref(),
+                    new: device.attrs.get(*field),
+                })
+                .collect();
+            org_groups
+                .index
+                .candidates(&changes, now, &mut self.scratch, &mut candidates);
+            drop(changes);
+            if candidates.is_empty() {
+                self.stats.no_candidates += 1;
+            }
+        }
+        for slot in &candidates {
+            self.reconcile_held(id, *slot, &cause);
+        }
+        self.candidates = candidates;
+    }
+
+    fn timer(&mut self, id: &str) {
+        let registry = self.registry;
+        let Some(device) = self.current(id) else {
+            return;
+        };
+        let Some((_, org)) = registry.org(&device.org) else {
+            return;
+        };
+        self.stats.timer_evaluations += 1;
+        let cause = json!({"type": "timer", "at": format_millis(self.ctx.now)});
+        for slot in org.time_groups.clone() {
+            self.reconcile_held(id, slot, &cause);
+        }
+    }
+}
+
+/// The change a group's evaluation calls for: `(action, reason)`.
+fn membership_change(
+    member: Option<&Member>,
+    should: bool,
+) -> Option<(&'static str, &'static str)> {
+    match (member, should) {
+        (None, true) => Some(("added", "filter_match")),
+        (Some(m), false) if !m.pinned => Some(("removed", "filter_unmatch")),
+        _ => None,
+    }
+}
+
+fn apply_change(device: &mut Device, slot: u32, action: &str) {
+    if action == "added" {
+        device.set_member(Member {
+            slot,
+            pinned: false,
+            added_by: AddedBy::DynamicRule,
+        });
+    } else {
+        device.remove_member(slot);
+    }
+}
+
+/// A bounded prefix of untrusted text for messages.
+fn truncate(s: &str) -> &str {
+    match s.char_indices().nth(64) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}

@@ -1,0 +1,251 @@
+//! Group definitions of every org, kept current from the control log, with one field index per org.
+//!
+//! Groups get dense process-wide slots (`u32`), which is what per-device membership lists hold. A deleted
+//! group keeps its slot as a tombstone (no filter), so a partition that still has to apply the deletion —
+//! or that loads memberships of a group deleted since — can find and remove them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::rules::{
+    compile, AttrValue, Attributes, Catalogue, CompiledFilter, EpochMillis, FieldId, FieldIndex,
+    FieldKeys, ValueKey,
+};
+use crate::store::control::GroupDefinition;
+
+/// A group as the worker knows it.
+#[derive(Debug)]
+pub struct Group {
+    pub id: Uuid,
+    pub org: Arc<str>,
+    /// A site-scoped group only ever contains devices whose `siteId` equals this.
+    pub site: Option<Box<str>>,
+    pub version: i64,
+    /// `None` for static groups and tombstones: the worker never evaluates those.
+    pub filter: Option<CompiledFilter>,
+    /// Whether the group is deleted (its slot stays so pending removals can find it).
+    pub deleted: bool,
+}
+
+impl Group {
+    /// Whether the group's result can change with time alone.
+    pub fn is_time_dependent(&self) -> bool {
+        self.filter
+            .as_ref()
+            .is_some_and(CompiledFilter::is_time_dependent)
+    }
+}
+
+/// One org's dynamic groups and their field index.
+#[derive(Debug, Default)]
+pub struct Org {
+    pub index: FieldIndex<u32>,
+    /// Every live dynamic group (evaluated in full for new and re-homed devices).
+    pub dynamic: Vec<u32>,
+    /// Live dynamic groups whose result can change with time alone.
+    pub time_groups: Vec<u32>,
+}
+
+/// Every org and group, by slot.
+#[derive(Debug)]
+pub struct Registry {
+    catalogue: Arc<Catalogue>,
+    groups: Vec<Group>,
+    by_id: HashMap<Uuid, u32>,
+    orgs: HashMap<Arc<str>, Org>,
+    /// The last control-log id whose definition changes are reflected here.
+    pub position: i64,
+    site_field: FieldId,
+}
+
+impl Registry {
+    /// An empty registry at control position 0.
+    pub fn new(catalogue: Arc<Catalogue>) -> Self {
+        let site_field = catalogue
+            .builtin("siteId")
+            .expect("siteId is a built-in field");
+        Self {
+            catalogue,
+            groups: Vec::new(),
+            by_id: HashMap::new(),
+            orgs: HashMap::new(),
+            position: 0,
+            site_field,
+        }
+    }
+
+    /// The catalogue definitions are compiled against.
+    pub fn catalogue(&self) -> &Arc<Catalogue> {
+        &self.catalogue
+    }
+
+    /// Registers an org (idempotent).
+    pub fn add_org(&mut self, org: &str) {
+        if !self.orgs.contains_key(org) {
+            self.orgs.insert(org.into(), Org::default());
+        }
+    }
+
+    /// The org's interned name, if the org is known.
+    pub fn org(&self, org: &str) -> Option<(&Arc<str>, &Org)> {
+        self.orgs.get_key_value(org)
+    }
+
+    /// The group in `slot`.
+    pub fn group(&self, slot: u32) -> &Group {
+        &self.groups[slot as usize]
+    }
+
+    /// The slot of a group id, creating a tombstone for an unknown id (memberships of a group deleted
+    /// before this process loaded the definitions).
+    pub fn slot_or_tombstone(&mut self, id: Uuid, org: &Arc<str>) -> u32 {
+        if let Some(slot) = self.by_id.get(&id) {
+            return *slot;
+        }
+        self.push(Group {
+            id,
+            org: org.clone(),
+            site: None,
+            version: 0,
+            filter: None,
+            deleted: true,
+        })
+    }
+
+    /// The slot of a group id, if known.
+    pub fn slot(&self, id: &Uuid) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    fn push(&mut self, group: Group) -> u32 {
+        let slot = self.groups.len() as u32;
+        self.by_id.insert(group.id, slot);
+        self.groups.push(group);
+        slot
+    }
+
+    /// Adds or replaces a group definition. A filter that no longer compiles (the catalogue changed since it
+    /// was saved) makes the group match nothing, with a warning, rather than stopping the worker.
+    pub fn upsert(&mut self, def: &GroupDefinition) -> u32 {
+        let org: Arc<str> = match self.orgs.get_key_value(def.org_id.as_str()) {
+            Some((name, _)) => name.clone(),
+            None => {
+                self.add_org(&def.org_id);
+                self.orgs
+                    .get_key_value(def.org_id.as_str())
+                    .map(|(k, _)| k.clone())
+                    .expect("just added")
+            }
+        };
+        let filter = def
+            .filter
+            .as_ref()
+            .and_then(|f| self.compile(def.group_id, f));
+        let slot = match self.by_id.get(&def.group_id) {
+            Some(slot) => *slot,
+            None => self.push(Group {
+                id: def.group_id,
+                org: org.clone(),
+                site: None,
+                version: 0,
+                filter: None,
+                deleted: false,
+            }),
+        };
+        let group = &mut self.groups[slot as usize];
+        group.site = def.site_id.as_deref().map(Into::into);
+        group.version = def.version;
+        group.filter = filter;
+        group.deleted = false;
+        self.reindex(slot);
+        slot
+    }
+
+    /// Marks a group deleted (keeping its slot).
+    pub fn delete(&mut self, id: Uuid) -> Option<u32> {
+        let slot = *self.by_id.get(&id)?;
+        let group = &mut self.groups[slot as usize];
+        group.deleted = true;
+        group.filter = None;
+        group.version += 1;
+        self.reindex(slot);
+        Some(slot)
+    }
+
+    fn compile(&self, id: Uuid, filter: &Value) -> Option<CompiledFilter> {
+        match compile(filter, &self.catalogue) {
+            Ok(f) => Some(f),
+            Err(errors) => {
+                tracing::warn!(group_id = %id, ?errors, "stored filter does not compile; the group matches nothing");
+                None
+            }
+        }
+    }
+
+    /// Brings the org's index and lists in line with the group in `slot`.
+    fn reindex(&mut self, slot: u32) {
+        let group = &self.groups[slot as usize];
+        let org = self.orgs.entry(group.org.clone()).or_default();
+        org.index.remove(slot);
+        org.dynamic.retain(|s| *s != slot);
+        org.time_groups.retain(|s| *s != slot);
+        let Some(filter) = &group.filter else {
+            return;
+        };
+        let mut keys = filter.index_keys();
+        if let Some(site) = &group.site {
+            // A site-scoped group's result also depends on the device's site.
+            keys.push((
+                self.site_field,
+                FieldKeys::Values(vec![ValueKey::Str(site.clone())]),
+            ));
+        }
+        org.index.upsert_keys(slot, keys);
+        org.dynamic.push(slot);
+        if filter.is_time_dependent() {
+            org.time_groups.push(slot);
+        }
+    }
+
+    /// Whether a device with `attrs` belongs in the dynamic group in `slot` at `now` (false for static
+    /// groups and tombstones).
+    #[inline]
+    pub fn matches(&self, slot: u32, attrs: &Attributes, now: EpochMillis) -> bool {
+        let group = &self.groups[slot as usize];
+        let Some(filter) = &group.filter else {
+            return false;
+        };
+        if let Some(site) = &group.site {
+            match attrs.get(self.site_field) {
+                Some(AttrValue::Str(s)) if **s == **site => {}
+                _ => return false,
+            }
+        }
+        filter.evaluate(attrs, now)
+    }
+
+    /// When the result of group `slot` for `attrs` can next change with time alone.
+    pub fn next_flip(
+        &self,
+        slot: u32,
+        attrs: &Attributes,
+        now: EpochMillis,
+    ) -> Option<EpochMillis> {
+        let group = &self.groups[slot as usize];
+        let filter = group.filter.as_ref()?;
+        if let Some(site) = &group.site {
+            if !matches!(attrs.get(self.site_field), Some(AttrValue::Str(s)) if **s == **site) {
+                return None;
+            }
+        }
+        filter.next_flip(attrs, now)
+    }
+
+    /// Number of live dynamic groups across all orgs.
+    pub fn dynamic_groups(&self) -> usize {
+        self.orgs.values().map(|o| o.dynamic.len()).sum()
+    }
+}
