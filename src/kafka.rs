@@ -233,6 +233,10 @@ fn poll_loop(
     let mut last_commit = Instant::now();
     let mut committed_sent: HashMap<i32, i64> = HashMap::new();
     'poll: while !shared.stop.load(Ordering::SeqCst) {
+        // The pipeline is gone (it stopped or crashed): leave the group so its partitions move on.
+        if records.is_closed() {
+            break;
+        }
         // Hand over what we hold before polling more. While the pipeline is behind, fetching is paused but
         // polling goes on, so rebalances and heartbeats are still served (never block this thread).
         while let Some(p) = held.pop_front() {

@@ -27,11 +27,33 @@ struct Harness {
     kafka: TestKafka,
     input: String,
     dead_letters: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    worker: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    config: Config,
+    clock: Arc<dyn Clock>,
+    workers: Vec<RunningWorker>,
     status: Arc<Status>,
     catalogue: Catalogue,
     sequence: i64,
+}
+
+/// One worker process (in-process): how to stop it gracefully, or kill it.
+struct RunningWorker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    status: Arc<Status>,
+}
+
+async fn spawn_worker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<RunningWorker> {
+    let app = Application::build_with_clock(config.clone(), clock).await?;
+    let status = app.status();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    Ok(RunningWorker {
+        stop: Some(stop),
+        task,
+        status,
+    })
 }
 
 impl Harness {
@@ -65,19 +87,16 @@ impl Harness {
             .insert("heartbeat.interval.ms".into(), "500".into());
         config.worker.batch_max_wait_ms = 5;
         config.http.listen = "127.0.0.1:0".parse()?;
-        let app = Application::build_with_clock(config, clock).await?;
-        let status = app.status();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let worker = tokio::spawn(app.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
+        let worker = spawn_worker(&config, clock.clone()).await?;
+        let status = worker.status.clone();
         let harness = Self {
             db,
             kafka,
             input,
             dead_letters,
-            stop: Some(stop),
-            worker: Some(worker),
+            config,
+            clock,
+            workers: vec![worker],
             status,
             catalogue: Catalogue::default(),
             sequence: 0,
@@ -192,12 +211,109 @@ impl Harness {
         anyhow::bail!("members of {group}: expected {expected:?}, last seen {last:?}")
     }
 
+    /// Stops every worker gracefully.
     async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        for mut worker in self.workers.drain(..) {
+            if let Some(stop) = worker.stop.take() {
+                let _ = stop.send(());
+            }
+            tokio::time::timeout(LIMIT, worker.task).await???;
         }
-        if let Some(worker) = self.worker.take() {
-            tokio::time::timeout(LIMIT, worker).await???;
+        Ok(())
+    }
+
+    /// Kills the first worker with no graceful shutdown (its in-flight transaction is abandoned).
+    fn kill_first(&mut self) {
+        let worker = self.workers.remove(0);
+        worker.task.abort();
+    }
+
+    /// Starts another worker in the same consumer group; returns its index.
+    async fn add_worker(&mut self) -> anyhow::Result<usize> {
+        let worker = spawn_worker(&self.config, self.clock.clone()).await?;
+        self.workers.push(worker);
+        Ok(self.workers.len() - 1)
+    }
+
+    /// Waits until the running workers together own every partition.
+    async fn all_partitions_owned(&self, partitions: usize) -> anyhow::Result<()> {
+        let statuses: Vec<Arc<Status>> = self.workers.iter().map(|w| w.status.clone()).collect();
+        eventually(LIMIT, "the partitions are owned", || {
+            let statuses = statuses.clone();
+            async move {
+                let owned: usize = statuses
+                    .iter()
+                    .map(|s| s.partitions.load(std::sync::atomic::Ordering::SeqCst))
+                    .sum();
+                Ok((owned == partitions).then_some(()))
+            }
+        })
+        .await
+    }
+
+    /// Compares stored memberships with an oracle computed from scratch from the stored attributes, and
+    /// checks the log: per (group, device), actions alternate (no duplicate row) and the last one agrees
+    /// with the membership.
+    async fn check_oracle(&self, now: i64) -> anyhow::Result<()> {
+        let groups: Vec<(Uuid, Value)> = sqlx::query_as(
+            "SELECT id, filter_conditions FROM device_groups WHERE type = 'dynamic' AND deleted_at IS NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let devices: Vec<(String, Value)> = sqlx::query_as("SELECT id, attributes FROM devices")
+            .fetch_all(self.pool())
+            .await?;
+        let mut expected = std::collections::BTreeSet::new();
+        for (group, filter) in &groups {
+            let compiled = cohort::rules::compile(filter, &self.catalogue)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            for (device, attributes) in &devices {
+                let attrs = cohort::rules::Attributes::from_json(
+                    attributes
+                        .as_object()
+                        .expect("stored attributes are an object"),
+                    &self.catalogue,
+                )
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                if compiled.evaluate(&attrs, now) {
+                    expected.insert((*group, device.clone()));
+                }
+            }
+        }
+        let stored: std::collections::BTreeSet<(Uuid, String)> =
+            sqlx::query_as::<_, (Uuid, String)>(
+                "SELECT group_id, device_id FROM device_group_memberships WHERE NOT is_pinned",
+            )
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .collect();
+        let missing: Vec<_> = expected.difference(&stored).collect();
+        let extra: Vec<_> = stored.difference(&expected).collect();
+        anyhow::ensure!(
+            missing.is_empty() && extra.is_empty(),
+            "memberships differ from the oracle: missing {missing:?}, extra {extra:?}"
+        );
+        let log: Vec<(Uuid, String, String)> = sqlx::query_as(
+            "SELECT group_id, device_id, action FROM group_membership_log ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut last: std::collections::HashMap<(Uuid, String), String> =
+            std::collections::HashMap::new();
+        for (group, device, action) in log {
+            let previous = last.insert((group, device.clone()), action.clone());
+            anyhow::ensure!(
+                previous.as_deref() != Some(action.as_str()),
+                "duplicate log row: {action} twice for {device} in {group}"
+            );
+        }
+        for ((group, device), action) in &last {
+            let member = stored.contains(&(*group, device.clone()));
+            anyhow::ensure!(
+                (action == "added") == member,
+                "log and membership disagree for {device} in {group}"
+            );
         }
         Ok(())
     }
@@ -225,8 +341,11 @@ async fn an_attribute_change_makes_a_device_join_and_leave_a_dynamic_group() -> 
     h.send("dev-1", json!({"status": "offline"})).await?;
     h.send("dev-2", json!({"status": "online"})).await?;
     h.wait_members(online, &[("dev-2", false)]).await?;
+    // The devices may be on different partitions: order is defined per device only.
+    let mut log = h.log(online).await?;
+    log.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
-        h.log(online).await?,
+        log,
         vec![
             ("dev-1".into(), "added".into(), "filter_match".into()),
             ("dev-1".into(), "removed".into(), "filter_unmatch".into()),
@@ -384,5 +503,230 @@ async fn a_within_last_condition_flips_with_no_event() -> anyhow::Result<()> {
     .fetch_one(h.pool())
     .await?;
     assert_eq!(cause["type"], "timer");
+    h.stop().await
+}
+
+/// Attributes drawn from small pools, so devices move in and out of groups often.
+fn random_attributes(rng: &mut u64) -> Value {
+    let mut next = |n: u64| {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng % n
+    };
+    let statuses = ["online", "offline", "maintenance"];
+    let os = ["linux", "rtos", "android"];
+    json!({
+        "status": statuses[next(3) as usize],
+        "osType": os[next(3) as usize],
+        "uptimeSeconds": next(1000),
+        "tags": if next(2) == 0 { json!(["prod"]) } else { json!(["dev", "eu"]) },
+    })
+}
+
+async fn standard_groups(h: &Harness) -> anyhow::Result<Vec<Uuid>> {
+    Ok(vec![
+        h.group(
+            "online-linux",
+            json!({"operator": "AND", "conditions": [
+            {"field": "status", "operator": "equals", "value": "online"},
+            {"field": "osType", "operator": "equals", "value": "linux"}]}),
+        )
+        .await?,
+        h.group(
+            "long-uptime",
+            json!({"operator": "AND", "conditions": [
+            {"field": "uptimeSeconds", "operator": "greaterThan", "value": 500}]}),
+        )
+        .await?,
+        h.group(
+            "prod-or-rtos",
+            json!({"operator": "OR", "conditions": [
+            {"field": "tags", "operator": "contains", "value": "PROD"},
+            {"field": "osType", "operator": "in", "value": ["rtos"]}]}),
+        )
+        .await?,
+    ])
+}
+
+/// Sends `count` random events over `devices` devices; returns the last sequence per device.
+async fn stream(
+    h: &mut Harness,
+    devices: usize,
+    count: usize,
+    rng: &mut u64,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut last = std::collections::BTreeMap::new();
+    for i in 0..count {
+        let device = format!("dev-{}", i % devices);
+        let seq = h.send(&device, random_attributes(rng)).await?;
+        last.insert(device, seq);
+    }
+    Ok(last.into_iter().collect())
+}
+
+async fn all_applied(h: &Harness, last: &[(String, i64)]) -> anyhow::Result<()> {
+    for (device, seq) in last {
+        h.applied(device, *seq).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_change_moves_members_with_only_the_diff_logged() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let group = h
+        .group("big", json!({"operator": "AND", "conditions": [{"field": "uptimeSeconds", "operator": "greaterThan", "value": 10}]}))
+        .await?;
+    let mut last = 0;
+    for i in 0..30 {
+        last = h
+            .send(&format!("dev-{i:02}"), json!({"uptimeSeconds": i}))
+            .await?;
+    }
+    h.applied("dev-29", last).await?;
+    let before = h.members(group).await?.len();
+    assert_eq!(before, 19); // 11..=29
+    let log_before = h.log(group).await?.len();
+    groups::update_filter(
+        h.pool(),
+        &h.catalogue,
+        group,
+        &json!({"operator": "AND", "conditions": [{"field": "uptimeSeconds", "operator": "greaterThan", "value": 20}]}),
+    )
+    .await?;
+    let expected: Vec<(String, bool)> = (21..30).map(|i| (format!("dev-{i:02}"), false)).collect();
+    let expected: Vec<(&str, bool)> = expected.iter().map(|(d, p)| (d.as_str(), *p)).collect();
+    h.wait_members(group, &expected).await?;
+    let log = h.log(group).await?;
+    let new_rows = &log[log_before..];
+    assert_eq!(
+        new_rows.len(),
+        10,
+        "only the 10 devices that left are logged: {new_rows:?}"
+    );
+    assert!(new_rows
+        .iter()
+        .all(|(_, action, reason)| action == "removed" && reason == "filter_unmatch"));
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_and_restarted_ends_in_the_oracle_state() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    standard_groups(&h).await?;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+    stream(&mut h, 40, 300, &mut rng).await?;
+    // Kill while it is still working through the stream, then start a fresh worker in the same group.
+    h.kill_first();
+    let last = stream(&mut h, 40, 300, &mut rng).await?;
+    h.add_worker().await?;
+    h.all_partitions_owned(2).await?;
+    all_applied(&h, &last).await?;
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_with_a_rebalance_mid_stream_reach_the_same_result() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    standard_groups(&h).await?;
+    let mut rng = 0xDEAD_BEEF_1234_5678u64;
+    stream(&mut h, 50, 300, &mut rng).await?;
+    h.add_worker().await?;
+    let last = stream(&mut h, 50, 300, &mut rng).await?;
+    h.all_partitions_owned(2).await?;
+    all_applied(&h, &last).await?;
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
+    // Each partition's position was written under the epoch of its current owner only (older epochs were
+    // fenced); both partitions have been claimed more than once.
+    let epochs: Vec<i64> =
+        sqlx::query_scalar("SELECT epoch FROM partition_positions ORDER BY partition")
+            .fetch_all(h.pool())
+            .await?;
+    assert!(
+        epochs.iter().any(|e| *e >= 2),
+        "a rebalance happened: {epochs:?}"
+    );
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_going_away_mid_run_loses_nothing() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    standard_groups(&h).await?;
+    let mut rng = 0x1234_5678_9ABC_DEF0u64;
+    stream(&mut h, 30, 100, &mut rng).await?;
+    // Refuse new connections to this test's database and cut the existing ones, for a while.
+    let admin = sqlx::PgPool::connect(h.db.admin_url()).await?;
+    let name = h.db.name().to_string();
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+    ))
+    .execute(&admin)
+    .await?;
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(&name)
+        .execute(&admin)
+        .await?;
+    let last = stream(&mut h, 30, 100, &mut rng).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await; // the outage lasts a while (not a synchronisation)
+    sqlx::query(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS true"))
+        .execute(&admin)
+        .await?;
+    all_applied(&h, &last).await?;
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_arriving_on_another_partition_is_rehomed() -> anyhow::Result<()> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mut h = Harness::start().await?;
+    let online = h
+        .group("online", json!({"operator": "AND", "conditions": [{"field": "status", "operator": "equals", "value": "online"}]}))
+        .await?;
+    let first = h.send("dev-1", json!({"status": "online"})).await?;
+    h.applied("dev-1", first).await?;
+    let home: i32 = sqlx::query_scalar("SELECT partition FROM devices WHERE id = 'dev-1'")
+        .fetch_one(h.pool())
+        .await?;
+    let before = metric("cohort_worker_devices_rehomed_total");
+    // A producer with another partitioner: the next event lands on the other partition.
+    let producer: FutureProducer = h.kafka.producer_config().create()?;
+    h.sequence += 1;
+    let event =
+        json!({"eventId": "moved", "orgId": ORG, "deviceId": "dev-1", "sequence": h.sequence,
+                       "attributes": {"status": "offline"}})
+        .to_string();
+    producer
+        .send(
+            FutureRecord::to(&h.input)
+                .key("dev-1")
+                .payload(&event)
+                .partition(1 - home),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    h.applied("dev-1", h.sequence).await?;
+    let now_home: i32 = sqlx::query_scalar("SELECT partition FROM devices WHERE id = 'dev-1'")
+        .fetch_one(h.pool())
+        .await?;
+    assert_eq!(now_home, 1 - home);
+    h.wait_members(online, &[]).await?;
+    assert!(metric("cohort_worker_devices_rehomed_total") >= before + 1.0);
+    // The old home no longer holds it: a later event on the old partition is applied by re-homing back,
+    // never by two owners at once (each write is guarded by the device's version).
+    let back = h.send("dev-1", json!({"status": "online"})).await?;
+    h.applied("dev-1", back).await?;
+    h.wait_members(online, &[("dev-1", false)]).await?;
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
     h.stop().await
 }
