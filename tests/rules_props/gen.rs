@@ -124,7 +124,9 @@ const UNDECLARED_NEEDLES: &[&str] = &["r", "R1", "12", "-0", ".5", "TRUE", "", "
 const UNDECLARED_REGEXES: &[&str] = &["^r", "\\d$", "^-?0", "(?i)true", "^$", "\\."];
 
 const TAGS: &[&str] = &["prod", "PROD", "edge", "Edge", "beta", "ärger", "ÄRGER", ""];
-const TAG_NEEDLES: &[&str] = &["prod", "Prod", "EDGE", "beta", "ÄRGER", "ärger", "", "none", "pro"];
+const TAG_NEEDLES: &[&str] = &[
+    "prod", "Prod", "EDGE", "beta", "ÄRGER", "ärger", "", "none", "pro",
+];
 
 /// Filter numbers for stored numbers (`-0.0` included on purpose).
 const NUMBERS: &[f64] = &[-1.0, -0.0, 0.0, 0.5, 1.0, 2.5, 3.0, 7.0, 10.0, 100.0];
@@ -136,7 +138,8 @@ const HOT_DAY_COUNTS: &[i64] = &[0, 1, 7];
 /// UTC offsets (seconds) used when writing datetimes.
 const OFFSETS: &[i32] = &[0, 0, 7_200, -18_000, 19_800, 50_400, -43_200, -34_200];
 
-/// Instants `now` is drawn near: month ends (leap and not), a year end, a month start, and ordinary days.
+/// Instants `now` is drawn near: month ends (leap and not), a year end, month starts (after a short month,
+/// so that calendar-month spans clamp a month later), and ordinary days.
 const ANCHORS: &[&str] = &[
     "2024-01-31T12:00:00Z",
     "2024-02-29T23:59:59.999Z",
@@ -146,6 +149,8 @@ const ANCHORS: &[&str] = &[
     "2024-05-01T00:00:00Z",
     "2024-06-15T08:30:00.250Z",
     "2024-10-31T22:00:00+02:00",
+    "2024-03-01T00:00:00Z",
+    "2023-03-01T06:00:00Z",
 ];
 
 fn ms(s: &str) -> i64 {
@@ -326,7 +331,16 @@ pub fn device(now: i64) -> BoxedStrategy<Map<String, Value>> {
 
 /// New values for 1–3 distinct stored fields: `None` removes the field; `Some(null)` also empties it.
 pub fn changes(now: i64) -> BoxedStrategy<Vec<(String, Option<Value>)>> {
-    subsequence(stored_fields(), 1..=3)
+    changes_among(stored_fields(), now)
+}
+
+/// New values for 1–3 distinct fields among `fields` (stored ones).
+pub fn changes_among(
+    fields: Vec<(&'static str, Kind)>,
+    now: i64,
+) -> BoxedStrategy<Vec<(String, Option<Value>)>> {
+    let most = fields.len().min(3);
+    subsequence(fields, 1..=most)
         .prop_flat_map(move |fields| {
             fields
                 .into_iter()
@@ -463,7 +477,8 @@ pub fn value_for(kind: Kind, op: &str, now: i64) -> Option<BoxedStrategy<Value>>
         (Kind::Str, "matches") => strings(REGEXES),
         (Kind::Str, _) => strings(NEEDLES),
         (Kind::Undeclared, "equals" | "in") => {
-            let one = prop_oneof![1 => strings(UNDECLARED_HOT), 1 => strings(UNDECLARED_EXACT)].boxed();
+            let one =
+                prop_oneof![1 => strings(UNDECLARED_HOT), 1 => strings(UNDECLARED_EXACT)].boxed();
             if positive == "in" {
                 list_of(one, 3)
             } else {
@@ -510,7 +525,12 @@ pub fn value_for(kind: Kind, op: &str, now: i64) -> Option<BoxedStrategy<Value>>
 }
 
 /// The leaf `field op value`. A unary operator sometimes carries an explicit `"value": null`.
-pub fn leaf_with(field: &'static str, kind: Kind, op: &'static str, now: i64) -> BoxedStrategy<Value> {
+pub fn leaf_with(
+    field: &'static str,
+    kind: Kind,
+    op: &'static str,
+    now: i64,
+) -> BoxedStrategy<Value> {
     match value_for(kind, op, now) {
         Some(value) => value
             .prop_map(move |v| json!({"field": field, "operator": op, "value": v}))
@@ -529,7 +549,12 @@ pub fn leaf_with(field: &'static str, kind: Kind, op: &'static str, now: i64) ->
 
 /// A leaf on any field with any operator valid for it.
 pub fn leaf(now: i64) -> BoxedStrategy<Value> {
-    select(FIELDS)
+    leaf_among(FIELDS.to_vec(), now)
+}
+
+/// A leaf on one of `fields` with any operator valid for it.
+pub fn leaf_among(fields: Vec<(&'static str, Kind)>, now: i64) -> BoxedStrategy<Value> {
+    select(fields)
         .prop_flat_map(move |(field, kind)| {
             select(operators(kind)).prop_flat_map(move |op| leaf_with(field, kind, op, now))
         })
@@ -541,12 +566,10 @@ pub fn leaf(now: i64) -> BoxedStrategy<Value> {
 pub fn time_leaf(now: i64) -> BoxedStrategy<Value> {
     let dated = select(vec!["enrolledAt", "lastSeenAt", "custom.installedAt"]);
     prop_oneof![
-        (dated.clone(), select(vec!["withinLast", "notWithinLast"])).prop_flat_map(
-            move |(field, op)| leaf_with(field, Kind::Time, op, now)
-        ),
-        (dated, select(vec!["before", "after"]), relative_time()).prop_map(|(field, op, v)| {
-            json!({"field": field, "operator": op, "value": v})
-        }),
+        (dated.clone(), select(vec!["withinLast", "notWithinLast"]))
+            .prop_flat_map(move |(field, op)| leaf_with(field, Kind::Time, op, now)),
+        (dated, select(vec!["before", "after"]), relative_time())
+            .prop_map(|(field, op, v)| { json!({"field": field, "operator": op, "value": v}) }),
         (
             select(vec!["daysSinceLastSeen", "daysSinceEnrolled"]),
             select(&operators(Kind::DaysSince("lastSeenAt"))[..9]),
@@ -573,22 +596,39 @@ pub fn filter_of(leaf: BoxedStrategy<Value>) -> BoxedStrategy<Value> {
     group(tree)
 }
 
+/// A smaller filter, at most three levels deep: in a big random tree, some condition that never changes
+/// usually decides the result, and time would rarely matter.
+fn small_filter_of(leaf: BoxedStrategy<Value>) -> BoxedStrategy<Value> {
+    let tree = leaf.prop_recursive(2, 8, 3, group).boxed();
+    group(tree)
+}
+
 /// A random valid filter over every field and operator.
 pub fn filter(now: i64) -> BoxedStrategy<Value> {
     filter_of(leaf(now))
 }
 
-/// A random valid filter that depends on time: mostly time leaves, and at least one in the root group.
+/// A random valid filter that depends on time: mostly time leaves, and at least one in the root group;
+/// a third are just one or two time conditions, whose flips are the easiest to get wrong at boundaries.
 pub fn time_filter(now: i64) -> BoxedStrategy<Value> {
-    let mixed = prop_oneof![3 => time_leaf(now), 1 => leaf(now)].boxed();
-    (filter_of(mixed), time_leaf(now), any::<prop::sample::Index>())
+    let mixed = prop_oneof![5 => time_leaf(now), 1 => leaf(now)].boxed();
+    let nested = (
+        small_filter_of(mixed),
+        time_leaf(now),
+        any::<prop::sample::Index>(),
+    )
         .prop_map(|(mut filter, extra, at)| {
             let conditions = filter["conditions"].as_array_mut().unwrap();
             let i = at.index(conditions.len() + 1);
             conditions.insert(i, extra);
             filter
-        })
-        .boxed()
+        });
+    prop_oneof![
+        1 => (select(vec!["AND", "OR"]), vec(time_leaf(now), 1..=2))
+            .prop_map(|(op, conditions)| json!({"operator": op, "conditions": conditions})),
+        2 => nested,
+    ]
+    .boxed()
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -8,8 +8,12 @@
 //! - Time flips: the result is constant until `next_flip`, and asking again at the flip makes progress.
 //! - Validation never panics, and a compiled filter's `fields_used` is exactly the fields it mentions.
 //!
+//! - Regressions: minimal cases of what the properties found, as plain tests (calendar-month spans that
+//!   clamp at a month end change truth more than once, which `next_flip` does not expect).
+//!
 //! Generators ([`gen`]) draw values from small overlapping pools so that every operator comes out both true
-//! and false often; `each_operator_yields_both_results` checks that they keep doing so.
+//! and false often; `each_operator_yields_both_results` and `index_and_flip_cases_are_not_vacuous` check that
+//! they keep doing so. `PROPTEST_CASES=5000 cargo test --test rules_props` runs a deeper search.
 
 mod gen;
 mod reference;
@@ -22,13 +26,15 @@ use cohort::rules::{
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
 use serde_json::{json, Map, Value};
 
 use gen::{catalogue, Mutation};
 use reference::{reference_eval, stored_field, Kind, DAY, FIELDS};
 
-/// `cases` per property, unless `PROPTEST_CASES` asks for more (or fewer) for a deeper run.
+/// `cases` per property, unless `PROPTEST_CASES` asks for more (or fewer) for a deeper run. Failing inputs
+/// are saved beside this suite (proptest's default would put them in `tests/proptest-regressions/main.txt`,
+/// a file every `tests/*/main.rs` suite would share).
 fn config(cases: u32) -> Config {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
@@ -36,6 +42,9 @@ fn config(cases: u32) -> Config {
         .unwrap_or(cases);
     Config {
         cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "tests/rules_props/proptest-regressions.txt",
+        ))),
         ..Config::default()
     }
 }
@@ -69,7 +78,12 @@ fn agrees_everywhere(
     c: &Catalogue,
 ) -> Result<(), TestCaseError> {
     let got = f.evaluate(attrs, now);
-    prop_assert_eq!(got, reference_eval(filter, device, now), "evaluate at {} disagrees with the reference", now);
+    prop_assert_eq!(
+        got,
+        reference_eval(filter, device, now),
+        "evaluate at {} disagrees with the reference",
+        now
+    );
     let explanation = f.explain(attrs, now, c);
     prop_assert_eq!(explanation.matches, got, "explain disagrees with evaluate");
     node_agrees(filter, &explanation.root, "$".to_string(), device, now)
@@ -84,9 +98,18 @@ fn node_agrees(
 ) -> Result<(), TestCaseError> {
     let expected = reference_eval(filter, device, now);
     match node {
-        ExplainNode::Condition { path: at, result, .. } => {
+        ExplainNode::Condition {
+            path: at, result, ..
+        } => {
             prop_assert_eq!(at, &path);
-            prop_assert_eq!(*result, expected, "condition {} = {} at {}", path, filter, now);
+            prop_assert_eq!(
+                *result,
+                expected,
+                "condition {} = {} at {}",
+                path,
+                filter,
+                now
+            );
         }
         ExplainNode::Group {
             path: at,
@@ -174,6 +197,15 @@ proptest! {
     }
 }
 
+/// A field kind for tallies: enums and day counts as one kind each, whatever their values or source.
+fn kind_label(kind: Kind) -> String {
+    match kind {
+        Kind::Enum(_) => "enum".to_string(),
+        Kind::DaysSince(_) => "daysSince".to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
 /// Over a large deterministic sample, every (field kind, operator) pair comes out both true and false often
 /// enough that the other properties test something; whole filters too.
 #[test]
@@ -189,12 +221,7 @@ fn each_operator_yields_both_results() {
         let leaves = gen::leaf(now);
         for _ in 0..40 {
             let leaf = leaves.new_tree(&mut runner).unwrap().current();
-            let field = leaf["field"].as_str().unwrap();
-            let kind = match reference::kind_of(field) {
-                Kind::Enum(_) => "enum".to_string(),
-                Kind::DaysSince(_) => "daysSince".to_string(),
-                other => format!("{other:?}"),
-            };
+            let kind = kind_label(reference::kind_of(leaf["field"].as_str().unwrap()));
             let op = leaf["operator"].as_str().unwrap().to_string();
             let filter = one_leaf(leaf);
             let result = compiled(&filter, c).evaluate(&attrs, now);
@@ -207,34 +234,35 @@ fn each_operator_yields_both_results() {
             }
         }
     }
-    let expected: usize = FIELDS
+    let expected: BTreeSet<(String, String)> = FIELDS
         .iter()
-        .map(|(_, k)| *k)
-        .map(|k| match k {
-            Kind::Enum(_) => ("enum".to_string(), k),
-            Kind::DaysSince(_) => ("daysSince".to_string(), k),
-            other => (format!("{other:?}"), other),
+        .flat_map(|(_, kind)| {
+            gen::operators(*kind)
+                .iter()
+                .map(|op| (kind_label(*kind), op.to_string()))
         })
-        .collect::<BTreeMap<_, _>>()
-        .values()
-        .map(|k| gen::operators(*k).len())
-        .sum();
+        .collect();
     assert_eq!(
-        tally.len(),
+        tally.keys().cloned().collect::<BTreeSet<_>>(),
         expected,
         "every operator of every kind is generated"
     );
     let mut rare = Vec::new();
     for ((kind, op), (t, f)) in &tally {
         let n = t + f;
-        // At least 5% of each outcome.
-        if *t * 20 < n || *f * 20 < n {
+        // Generators aim at 8% or more of each outcome; 3% of at least 80 samples leaves room for chance.
+        if n < 80 || *t * 33 < n || *f * 33 < n {
             rare.push(format!("{kind} {op}: {t} true, {f} false"));
         }
     }
-    assert!(rare.is_empty(), "outcomes too lopsided:\n{}", rare.join("\n"));
+    assert!(
+        rare.is_empty(),
+        "outcomes too lopsided:\n{}",
+        rare.join("\n")
+    );
 
-    let filter_case = gen::now().prop_flat_map(|now| (Just(now), gen::filter(now), gen::device(now)));
+    let filter_case =
+        gen::now().prop_flat_map(|now| (Just(now), gen::filter(now), gen::device(now)));
     let (mut t, mut f) = (0, 0);
     for _ in 0..2_000 {
         let (now, filter, device) = filter_case.new_tree(&mut runner).unwrap().current();
@@ -244,10 +272,7 @@ fn each_operator_yields_both_results() {
             f += 1;
         }
     }
-    assert!(
-        t >= 400 && f >= 400,
-        "whole filters: {t} true, {f} false"
-    );
+    assert!(t >= 400 && f >= 400, "whole filters: {t} true, {f} false");
 }
 
 // -------------------------------------------------------------------------------------------------------
@@ -265,25 +290,39 @@ struct IndexCase {
     changes: Vec<(String, Option<Value>)>,
 }
 
+/// Filters and changes concentrate on a few "focus" fields (so that changes often matter), with some
+/// leaves and changes on any field.
 fn index_case() -> impl Strategy<Value = IndexCase> {
-    gen::now().prop_flat_map(|now| {
-        (
-            prop::collection::vec(gen::filter(now), 1..=16),
-            prop::collection::vec(
-                (0u32..20, prop::option::weighted(0.7, gen::filter(now))),
-                0..=6,
-            ),
-            gen::device(now),
-            gen::changes(now),
-        )
-            .prop_map(move |(filters, edits, device, changes)| IndexCase {
-                now,
-                filters,
-                edits,
-                device,
-                changes,
-            })
-    })
+    (
+        gen::now(),
+        prop::sample::subsequence(FIELDS.to_vec(), 2..=4),
+    )
+        .prop_flat_map(|(now, focus)| {
+            let mut stored: Vec<(&'static str, Kind)> = focus
+                .iter()
+                .map(|(name, kind)| match kind {
+                    Kind::DaysSince(source) => (*source, Kind::Time),
+                    _ => (*name, *kind),
+                })
+                .collect();
+            stored.sort_by_key(|(name, _)| *name);
+            stored.dedup_by_key(|(name, _)| *name);
+            let leaves = prop_oneof![4 => gen::leaf_among(focus, now), 1 => gen::leaf(now)].boxed();
+            let filter = gen::filter_of(leaves);
+            (
+                prop::collection::vec(filter.clone(), 1..=12),
+                prop::collection::vec((0u32..20, prop::option::weighted(0.7, filter)), 0..=6),
+                gen::device(now),
+                prop_oneof![4 => gen::changes_among(stored, now), 1 => gen::changes(now)],
+            )
+                .prop_map(move |(filters, edits, device, changes)| IndexCase {
+                    now,
+                    filters,
+                    edits,
+                    device,
+                    changes,
+                })
+        })
 }
 
 /// What one index query saw.
@@ -352,8 +391,8 @@ fn run_index_case(case: &IndexCase) -> IndexRun {
         .collect();
     let mut scratch = Scratch::default();
     let (mut candidates, mut reverse_candidates) = (Vec::new(), Vec::new());
-    index.candidates(&forward, &mut scratch, &mut candidates);
-    index.candidates(&backward, &mut scratch, &mut reverse_candidates);
+    index.candidates(&forward, case.now, &mut scratch, &mut candidates);
+    index.candidates(&backward, case.now, &mut scratch, &mut reverse_candidates);
     IndexRun {
         live,
         before,
@@ -416,6 +455,49 @@ proptest! {
     }
 }
 
+/// The index and flip generators are not vacuous: changes often change some group's result, and time
+/// filters often have a next flip (and sometimes none).
+#[test]
+fn index_and_flip_cases_are_not_vacuous() {
+    let c = catalogue();
+    let mut runner = TestRunner::deterministic();
+    let (mut changed, mut pruned, total) = (0, 0, 150);
+    for _ in 0..total {
+        let case = index_case().new_tree(&mut runner).unwrap().current();
+        let run = run_index_case(&case);
+        if run
+            .live
+            .values()
+            .any(|f| f.evaluate(&run.before, case.now) != f.evaluate(&run.after, case.now))
+        {
+            changed += 1;
+        }
+        if run.candidates.len() < run.live.len() {
+            pruned += 1;
+        }
+    }
+    eprintln!("index cases: {changed}/{total} change a membership, {pruned}/{total} prune");
+    assert!(
+        changed * 3 >= total,
+        "only {changed} of {total} index cases change a membership"
+    );
+    let (mut some, mut none, total) = (0, 0, 500);
+    for _ in 0..total {
+        let (now, filter, device, _) = flip_case().new_tree(&mut runner).unwrap().current();
+        match compiled(&filter, c).next_flip(&attributes(&device, c), now) {
+            Some(_) => some += 1,
+            None => none += 1,
+        }
+    }
+    eprintln!("flip cases: {some} with a flip, {none} without");
+    // A time condition that already went its final way (a `withinLast` that is false, a relative `before`
+    // that is true, …) never flips again, so flips come in only a third of the cases or so.
+    assert!(
+        some * 4 >= total && none * 20 >= total,
+        "{some} flips, {none} without"
+    );
+}
+
 // -------------------------------------------------------------------------------------------------------
 // Time flips.
 
@@ -448,22 +530,24 @@ proptest! {
                 prop_assert!(flip > now, "flip {} is not after now {}", flip, now);
                 (flip, vec![now, flip - 1, (now + 1).min(flip - 1)])
             }
-            None => {
-                // Never changes: look up to five years ahead, including whole days and month steps.
-                let horizon = now + 5 * YEAR;
-                let mut instants: Vec<i64> = (1..=40).map(|k| now + k * DAY).collect();
-                instants.extend((1..=24).map(|m| reference::shift(now, m, "months", true)));
-                instants.push(horizon - 1);
-                (horizon, instants)
-            }
+            None => (now + 5 * YEAR, vec![now + 5 * YEAR - 1]),
         };
         instants.extend(fractions.iter().map(|x| now + ((end - 1 - now) as f64 * x) as i64));
-        for t in instants {
-            prop_assert_eq!(f.evaluate(&attrs, t), at_now, "changed at {} (now {}, end {})", t, now, end);
-            agrees_everywhere(&filter, &f, &attrs, &device, t, c)?;
+        // The reference agrees at these instants, node by node (the costlier check) …
+        for t in &instants {
+            agrees_everywhere(&filter, &f, &attrs, &device, *t, c)?;
         }
         if let Some(flip) = flip {
             agrees_everywhere(&filter, &f, &attrs, &device, flip, c)?;
+        }
+        // … and the result is constant at many more: whole days and calendar months ahead, and UTC
+        // midnights (and the millisecond before), where calendar-month spans jump.
+        instants.extend((1..=40).map(|k| now + k * DAY));
+        instants.extend((1..=24).map(|m| reference::shift(now, m, "months", true)));
+        let first_midnight = (now.div_euclid(DAY) + 1) * DAY;
+        instants.extend((0..70).flat_map(|k| [first_midnight + k * DAY - 1, first_midnight + k * DAY]));
+        for t in instants.into_iter().filter(|t| *t < end) {
+            prop_assert_eq!(f.evaluate(&attrs, t), at_now, "changed at {} (now {}, end {})", t, now, end);
         }
     }
 
@@ -516,7 +600,10 @@ fn check_fields_used(
     prop_assert_eq!(&names, &mentioned, "field_names of {}", filter);
     prop_assert_eq!(names.len(), f.field_names().len(), "field_names repeat");
     let ids: BTreeSet<FieldId> = mentioned.iter().map(|n| c.resolve(n).unwrap()).collect();
-    prop_assert_eq!(f.fields_used().to_vec(), ids.into_iter().collect::<Vec<_>>());
+    prop_assert_eq!(
+        f.fields_used().to_vec(),
+        ids.into_iter().collect::<Vec<_>>()
+    );
     Ok(())
 }
 
@@ -603,4 +690,110 @@ fn is_time_dependent(filter: &Value) -> bool {
         .unwrap()
         .iter()
         .any(is_time_dependent)
+}
+
+// -------------------------------------------------------------------------------------------------------
+// Regressions found by the properties above (minimal cases).
+//
+// Calendar-month spans clamp the day to the end of the month and keep the time of day, so `t - 1 month` is
+// not monotone in `t`: at 2024-03-29T23:00Z it is 2024-02-29T23:00Z, at 2024-03-30T00:00Z it is back to
+// 2024-02-29T00:00Z. A month-span condition can therefore change truth several times around a month end,
+// while `next_flip` searches for one boundary by bisection, as if the change happened once.
+
+/// The first instant in `[from, to)` at which `f`'s result differs from its result at `from`, found by
+/// probing every minute (and the millisecond after it), then every millisecond of the minute before the
+/// first differing probe. Enough for the hand-written cases below, whose changes last longer than a minute.
+fn first_change(f: &CompiledFilter, attrs: &Attributes, from: i64, to: i64) -> Option<i64> {
+    let start = f.evaluate(attrs, from);
+    let probe = (from..to)
+        .step_by(60_000)
+        .flat_map(|t| [t, t + 1])
+        .find(|t| f.evaluate(attrs, *t) != start)?;
+    ((probe - 60_000).max(from)..=probe).find(|t| f.evaluate(attrs, *t) != start)
+}
+
+fn single(field: &str, op: &str, value: Value) -> CompiledFilter {
+    compiled(
+        &one_leaf(json!({"field": field, "operator": op, "value": value})),
+        catalogue(),
+    )
+}
+
+fn device_with(field: &str, value: &str) -> Attributes {
+    let doc = json!({ field: value });
+    attributes(doc.as_object().unwrap(), catalogue())
+}
+
+#[test]
+fn next_flip_is_not_later_than_a_month_span_clamped_at_the_month_end_changes() {
+    // lastSeenAt withinLast 1 month, last seen 2024-02-29T12:00Z, now 2024-03-01T00:00Z: true now; false
+    // from 2024-03-29T12:00:00.001Z (1 month before is 2024-02-29T12:00:00.001Z); true again from
+    // 2024-03-30T00:00Z (1 month before is clamped to 2024-02-29T00:00Z); false again from
+    // 2024-03-30T12:00:00.001Z; and so on until 2024-04-01T00:00Z.
+    let f = single(
+        "lastSeenAt",
+        "withinLast",
+        json!({"amount": 1, "unit": "months"}),
+    );
+    let attrs = device_with("lastSeenAt", "2024-02-29T12:00:00Z");
+    let now = reference::datetime("2024-03-01T00:00:00Z");
+    let first = reference::datetime("2024-03-29T12:00:00.001Z");
+    assert!(f.evaluate(&attrs, now));
+    assert!(!f.evaluate(&attrs, first));
+    assert!(f.evaluate(&attrs, first - 1));
+    assert_eq!(first_change(&f, &attrs, now, now + 40 * DAY), Some(first));
+    let flip = f.next_flip(&attrs, now);
+    assert!(
+        flip.is_some_and(|flip| flip <= first),
+        "next_flip at {} is {:?}, but the result already changes at {}",
+        cohort::rules::time::format_millis(now),
+        flip.map(cohort::rules::time::format_millis),
+        cohort::rules::time::format_millis(first),
+    );
+}
+
+#[test]
+fn next_flip_is_not_none_while_a_month_span_clamped_at_the_month_end_will_change_again() {
+    // Same condition and device, now 2024-03-30T12:00:00.001Z: false now, true again from
+    // 2024-03-31T00:00Z.
+    let f = single(
+        "lastSeenAt",
+        "withinLast",
+        json!({"amount": 1, "unit": "months"}),
+    );
+    let attrs = device_with("lastSeenAt", "2024-02-29T12:00:00Z");
+    let now = reference::datetime("2024-03-30T12:00:00.001Z");
+    let again = reference::datetime("2024-03-31T00:00:00Z");
+    assert!(!f.evaluate(&attrs, now));
+    assert!(f.evaluate(&attrs, again));
+    let flip = f.next_flip(&attrs, now);
+    assert!(
+        flip.is_some_and(|flip| flip <= again),
+        "next_flip is {:?}, but the result changes at {}",
+        flip.map(cohort::rules::time::format_millis),
+        cohort::rules::time::format_millis(again),
+    );
+}
+
+#[test]
+fn next_flip_is_not_later_than_a_from_now_month_span_clamped_at_the_month_end_changes() {
+    // installedAt after {1 month fromNow}, installed 2024-02-29T06:00Z, now 2024-01-01T00:00Z: true now;
+    // false from 2024-01-29T06:00Z (1 month later is 2024-02-29T06:00Z); true again from 2024-01-30T00:00Z
+    // (1 month later is clamped to 2024-02-29T00:00Z); false again from 2024-01-30T06:00Z; …
+    let f = single(
+        "custom.installedAt",
+        "after",
+        json!({"amount": 1, "unit": "months", "direction": "fromNow"}),
+    );
+    let attrs = device_with("custom.installedAt", "2024-02-29T06:00:00Z");
+    let now = reference::datetime("2024-01-01T00:00:00Z");
+    let first = reference::datetime("2024-01-29T06:00:00Z");
+    assert_eq!(first_change(&f, &attrs, now, now + 40 * DAY), Some(first));
+    let flip = f.next_flip(&attrs, now);
+    assert!(
+        flip.is_some_and(|flip| flip <= first),
+        "next_flip is {:?}, but the result already changes at {}",
+        flip.map(cohort::rules::time::format_millis),
+        cohort::rules::time::format_millis(first),
+    );
 }

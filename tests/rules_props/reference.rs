@@ -6,6 +6,9 @@
 //! the sentence in the design it encodes. It assumes the filter is valid (the generators only make valid
 //! ones) and panics on anything else.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use chrono::{DateTime, Months, TimeZone, Utc};
 use serde_json::{Map, Value};
 
@@ -99,12 +102,8 @@ pub fn reference_eval(filter: &Value, device: &Map<String, Value>, now_ms: i64) 
     }
     let conditions = node["conditions"].as_array().expect("conditions");
     match node["operator"].as_str() {
-        Some("AND") => conditions
-            .iter()
-            .all(|c| reference_eval(c, device, now_ms)),
-        Some("OR") => conditions
-            .iter()
-            .any(|c| reference_eval(c, device, now_ms)),
+        Some("AND") => conditions.iter().all(|c| reference_eval(c, device, now_ms)),
+        Some("OR") => conditions.iter().any(|c| reference_eval(c, device, now_ms)),
         other => panic!("bad group operator {other:?}"),
     }
 }
@@ -215,7 +214,7 @@ fn positive(op: &str, value: &Value, actual: Option<Actual>, now: i64) -> bool {
         ("in", Actual::Str(s)) => strings(value).contains(&s.as_str()),
         ("in", Actual::Num(x)) => value.as_array().unwrap().iter().any(|v| num(v) == *x),
         // Case-insensitive.
-        ("contains", Actual::Str(s)) => s.contains(value.as_str().unwrap()),
+        ("contains", Actual::Str(s)) => lower(s).contains(&lower(value.as_str().unwrap())),
         ("startsWith", Actual::Str(s)) => lower(s).starts_with(&lower(value.as_str().unwrap())),
         ("endsWith", Actual::Str(s)) => lower(s).ends_with(&lower(value.as_str().unwrap())),
         // On an array, some element equals the value ignoring case.
@@ -224,15 +223,13 @@ fn positive(op: &str, value: &Value, actual: Option<Actual>, now: i64) -> bool {
             items.iter().any(|item| lower(item) == want)
         }
         // Unanchored.
-        ("matches", Actual::Str(s)) => regex::Regex::new(value.as_str().unwrap())
-            .expect("valid regex")
-            .is_match(s),
-        ("hasAny", Actual::List(items)) => strings(value)
-            .iter()
-            .any(|w| items.iter().any(|i| i == w)),
-        ("hasAll", Actual::List(items)) => strings(value)
-            .iter()
-            .all(|w| items.iter().any(|i| i == w)),
+        ("matches", Actual::Str(s)) => regex(value.as_str().unwrap()).is_match(s),
+        ("hasAny", Actual::List(items)) => {
+            strings(value).iter().any(|w| items.iter().any(|i| i == w))
+        }
+        ("hasAll", Actual::List(items)) => {
+            strings(value).iter().all(|w| items.iter().any(|i| i == w))
+        }
         ("greaterThan", Actual::Num(x)) => *x > num(value),
         ("greaterThanOrEquals", Actual::Num(x)) => *x >= num(value),
         ("lessThan", Actual::Num(x)) => *x < num(value),
@@ -253,6 +250,20 @@ fn positive(op: &str, value: &Value, actual: Option<Actual>, now: i64) -> bool {
         }
         (op, actual) => panic!("the reference has no rule for {op} on {actual:?}"),
     }
+}
+
+/// The compiled regex for a pattern, cached per thread: compiling Unicode classes is slow in debug builds.
+fn regex(pattern: &str) -> regex::Regex {
+    thread_local! {
+        static CACHE: RefCell<HashMap<String, regex::Regex>> = RefCell::new(HashMap::new());
+    }
+    CACHE.with(|cache| {
+        cache
+            .borrow_mut()
+            .entry(pattern.to_string())
+            .or_insert_with(|| regex::Regex::new(pattern).expect("valid regex"))
+            .clone()
+    })
 }
 
 /// The instant a `before`/`after` value names at `now`: an RFC 3339 datetime, `"now"`, or
