@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::attrs::{value_to_json, AttrValue, Attributes};
 use super::catalogue::Catalogue;
 use super::filter::{norm, CompiledFilter, Leaf, Needle, Node, NumPred, Test, TimeRef};
-use super::time::{first_true_after, format_millis, EpochMillis, DAY_MS, MAX_MILLIS};
+use super::time::{first_true_after, format_millis, EpochMillis, Unit, DAY_MS, MAX_MILLIS};
 
 impl CompiledFilter {
     /// Whether a device with these attributes matches at `now`.
@@ -379,25 +379,80 @@ fn leaf_flip(leaf: &Leaf, attrs: &Attributes, now: EpochMillis) -> Option<EpochM
         return None;
     };
     let v = *v;
-    // Each relative comparison is monotone in time: the reference instant `r(t)` never decreases, so a
-    // predicate "r(t) > v" (or ">=") goes false → true exactly once. It flips only if it is false now.
-    let flip_when = |r: &dyn Fn(EpochMillis) -> EpochMillis, strict: bool| {
+    // Each relative comparison is "r(t) > v" (or ">=") for a reference instant r(t) that moves with time.
+    let flip_when = |r: &dyn Fn(EpochMillis) -> EpochMillis, strict: bool, calendar: bool| {
         let p = |t: EpochMillis| if strict { r(t) > v } else { r(t) >= v };
-        if p(now) {
+        if calendar {
+            calendar_flip(now, &p)
+        } else if p(now) {
+            // Fixed-length spans: r never decreases, so the predicate goes false → true once and stays.
             None
         } else {
             first_true_after(now, MAX_MILLIS, p)
         }
     };
+    let months = |at: &TimeRef| matches!(at, TimeRef::Ago(s) | TimeRef::FromNow(s) if s.unit == Unit::Months);
     match &leaf.test {
         // withinLast: v >= before(now) is true until before(t) > v.
-        Test::WithinLast(span) => flip_when(&|t| span.before(t), true),
+        Test::WithinLast(span) => flip_when(&|t| span.before(t), true, span.unit == Unit::Months),
         // before: v < r(t) becomes true when r(t) > v.
-        Test::Before(at) if !matches!(at, TimeRef::At(_)) => flip_when(&|t| at.resolve(t), true),
+        Test::Before(at) if !matches!(at, TimeRef::At(_)) => {
+            flip_when(&|t| at.resolve(t), true, months(at))
+        }
         // after: v > r(t) becomes false when r(t) >= v.
-        Test::After(at) if !matches!(at, TimeRef::At(_)) => flip_when(&|t| at.resolve(t), false),
+        Test::After(at) if !matches!(at, TimeRef::At(_)) => {
+            flip_when(&|t| at.resolve(t), false, months(at))
+        }
         Test::DaysSince(pred) => days_flip(pred, v, now),
         _ => None,
+    }
+}
+
+/// The earliest instant after `now` at which `p` differs from `p(now)`, for `p(t) = r(t) > v` (or `>=`) where
+/// `r` shifts `t` by calendar months.
+///
+/// A calendar-month shift clamps the day to the month's end and keeps the time of day, so it is *not*
+/// monotone: one month before 2024-03-29T23:00Z is 02-29T23:00, but one month before 03-30T00:00Z is
+/// 02-29T00:00. It is, however, strictly increasing within each UTC day, and never decreases from one day's
+/// start to the next (nor from one day's last instant to the next's). So:
+/// - if `p(now)` holds, `p` stays true for the rest of the day and can only fail at the next midnight; if it
+///   holds there, it holds for ever after;
+/// - otherwise `p` first holds either later today (found by bisection within the day) or on the first later
+///   day whose last instant satisfies it (found by bisection over days), at the first instant of that day
+///   that does.
+fn calendar_flip(now: EpochMillis, p: &dyn Fn(EpochMillis) -> bool) -> Option<EpochMillis> {
+    let next_midnight = now.div_euclid(DAY_MS).checked_add(1)?.checked_mul(DAY_MS)?;
+    if next_midnight > MAX_MILLIS {
+        return None;
+    }
+    if p(now) {
+        return (!p(next_midnight)).then_some(next_midnight);
+    }
+    // Later today.
+    if let Some(t) = first_true_after(now, next_midnight - 1, p) {
+        return Some(t);
+    }
+    // A later day: the first whose last instant satisfies p (day maxima never decrease).
+    let last_day = MAX_MILLIS.div_euclid(DAY_MS);
+    let first_day = next_midnight.div_euclid(DAY_MS);
+    let day_end = |day: i64| (day * DAY_MS + DAY_MS - 1).min(MAX_MILLIS);
+    if !p(day_end(last_day)) {
+        return None;
+    }
+    let (mut lo, mut hi) = (first_day, last_day);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if p(day_end(mid)) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    let start = lo * DAY_MS;
+    if p(start) {
+        Some(start)
+    } else {
+        first_true_after(start, day_end(lo), p)
     }
 }
 

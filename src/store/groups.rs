@@ -227,6 +227,9 @@ pub async fn set_pin(
     Ok(id)
 }
 
+/// (id, org_id, site_id, version, filter_conditions) as selected by [`load_definitions`].
+type DefinitionRow = (Uuid, String, Option<String>, i64, Option<Value>);
+
 /// Every live group definition and every org, read in one snapshot together with the control-log head, so
 /// a worker can start from the definitions and follow the log from that position.
 pub async fn load_definitions(
@@ -242,7 +245,7 @@ pub async fn load_definitions(
     let orgs: Vec<String> = sqlx::query_scalar("SELECT id FROM orgs ORDER BY id")
         .fetch_all(&mut *tx)
         .await?;
-    let rows: Vec<(Uuid, String, Option<String>, i64, Option<Value>)> = sqlx::query_as(
+    let rows: Vec<DefinitionRow> = sqlx::query_as(
         "SELECT id, org_id, site_id, version, filter_conditions FROM device_groups WHERE deleted_at IS NULL",
     )
     .fetch_all(&mut *tx)
