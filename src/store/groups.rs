@@ -242,6 +242,7 @@ pub async fn load_definitions(
     let orgs: Vec<String> = sqlx::query_scalar("SELECT id FROM orgs ORDER BY id")
         .fetch_all(&mut *tx)
         .await?;
+    #[allow(clippy::type_complexity)] // one row of the query, read once below
     let rows: Vec<(Uuid, String, Option<String>, i64, Option<Value>)> = sqlx::query_as(
         "SELECT id, org_id, site_id, version, filter_conditions FROM device_groups WHERE deleted_at IS NULL",
     )

@@ -2,7 +2,7 @@
 //! pins hold, bad input is dead-lettered, time-based conditions flip with no event.
 
 #[path = "../support/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)] // dead_code is allowed inside support itself
 mod support;
 
 use std::sync::Arc;
