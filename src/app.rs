@@ -1,6 +1,7 @@
-//! The application: wires configuration, storage, the worker and the HTTP endpoints together
-//! (`Application::build(config)` then `run_until_stopped(shutdown)`; `main` passes a future that resolves
-//! on SIGINT/SIGTERM, tests pass their own).
+//! The application: wires configuration, storage, the worker, the embedded outbox relay and the HTTP
+//! endpoints together (`Application::build(config)` then `run_until_stopped(shutdown)`; `main` passes a
+//! future that resolves on SIGINT/SIGTERM, tests pass their own). [`run_relay`] runs the relay role alone
+//! (`cohort relay`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,6 +11,7 @@ use anyhow::Context as _;
 use sqlx::PgPool;
 
 use crate::config::Config;
+use crate::relay::{Relay, RelayStatus};
 use crate::rules::Catalogue;
 use crate::store;
 use crate::worker::{Clock, Status, SystemClock, Worker};
@@ -17,6 +19,8 @@ use crate::worker::{Clock, Status, SystemClock, Worker};
 /// A built application, ready to run.
 pub struct Application {
     worker: Worker,
+    /// The outbox relay, unless `worker.embedded_relay` is off (relays then run as `cohort relay`).
+    relay: Option<Relay>,
     status: Arc<Status>,
     pool: PgPool,
     listen: SocketAddr,
@@ -42,10 +46,19 @@ impl Application {
         let pool = store::connect_lazy(&config.database).context("invalid database URL")?;
         migrate_with_retry(&pool, &config).await?;
         let listen = config.http.listen;
+        let relay = if config.worker.embedded_relay {
+            Some(
+                Relay::build(&config, brokers.clone(), pool.clone())
+                    .context("failed to prepare the outbox relay")?,
+            )
+        } else {
+            None
+        };
         let worker = Worker::build(config, brokers, pool.clone(), catalogue, clock);
         let status = worker.status();
         Ok(Self {
             worker,
+            relay,
             status,
             pool,
             listen,
@@ -57,7 +70,16 @@ impl Application {
         self.status.clone()
     }
 
-    /// Serves the HTTP endpoints and runs the worker until `shutdown` resolves.
+    /// The embedded relay's status, when it runs in this process.
+    pub fn relay_status(&self) -> Option<Arc<RelayStatus>> {
+        self.relay.as_ref().map(Relay::status)
+    }
+
+    /// Serves the HTTP endpoints and runs the worker (and the embedded relay) until `shutdown` resolves.
+    ///
+    /// The relay is stopped only after the worker has finished its in-flight batches, so it can still
+    /// publish what those batches wrote to the outbox. Each has `worker.shutdown_deadline_ms`, so shutdown
+    /// takes at most twice that.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -71,11 +93,59 @@ impl Application {
         .await
         .with_context(|| format!("failed to listen on {}", self.listen))?;
         tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-        let result = self.worker.run_until_stopped(shutdown).await;
+        let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = async {
+            let result = self.worker.run_until_stopped(shutdown).await;
+            let _ = stop_relay.send(());
+            result
+        };
+        let relay = async {
+            match self.relay {
+                Some(relay) => {
+                    relay
+                        .run_until_stopped(async {
+                            let _ = relay_stopped.await;
+                        })
+                        .await
+                }
+                None => Ok(()),
+            }
+        };
+        let (result, relay_result) = tokio::join!(worker, relay);
         let _ = stop_http.send(());
         let _ = http.await;
-        result
+        result.and(relay_result)
     }
+}
+
+/// Runs the relay role alone until `shutdown` resolves (`cohort relay`): applies migrations (waiting for the
+/// database), serves `/metrics`, `/healthz` and `/readyz`, and publishes the outbox.
+pub async fn run_relay(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let brokers = config
+        .kafka
+        .brokers()
+        .context("kafka.brokers is not configured (set COHORT_KAFKA_BROKERS or [kafka] brokers)")?
+        .to_string();
+    let pool = store::connect_lazy(&config.database).context("invalid database URL")?;
+    migrate_with_retry(&pool, &config).await?;
+    let relay = Relay::build(&config, brokers, pool.clone())
+        .context("failed to prepare the outbox relay")?;
+    let metrics = crate::metrics::install();
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = crate::http::router(metrics, None, pool);
+    let (addr, http) = crate::http::serve(config.http.listen, router, async {
+        let _ = http_stopped.await;
+    })
+    .await
+    .with_context(|| format!("failed to listen on {}", config.http.listen))?;
+    tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+    let result = relay.run_until_stopped(shutdown).await;
+    let _ = stop_http.send(());
+    let _ = http.await;
+    result
 }
 
 /// Applies migrations, waiting (with backoff) while the database is unreachable.

@@ -29,7 +29,11 @@ pub enum Command {
     /// Apply the database migrations and exit.
     Migrate(ConfigArgs),
     /// Run the worker: consume device-attribute-changes and keep memberships current (until SIGINT/SIGTERM).
+    /// It also runs the outbox relay unless `worker.embedded_relay` is false.
     Worker(ConfigArgs),
+    /// Run the outbox relay alone: publish committed outbox rows (dead letters, rollout-target events) to
+    /// Kafka (until SIGINT/SIGTERM). Several may run; one at a time publishes.
+    Relay(ConfigArgs),
 }
 
 /// Arguments of commands that only need the configuration.
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Fields(args) => fields(&args),
         Command::Migrate(args) => run_async(migrate(args)),
         Command::Worker(args) => run_async(worker(args)),
+        Command::Relay(args) => run_async(relay(args)),
     }
 }
 
@@ -119,6 +124,12 @@ async fn worker(args: ConfigArgs) -> anyhow::Result<()> {
     tracing::info!(config = %config.redacted_summary(), "starting worker");
     let app = crate::app::Application::build(config).await?;
     app.run_until_stopped(crate::app::shutdown_signal()).await
+}
+
+async fn relay(args: ConfigArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    tracing::info!(config = %config.redacted_summary(), "starting relay");
+    crate::app::run_relay(config, crate::app::shutdown_signal()).await
 }
 
 /// An input problem: where it is (`filter`, `device`, `now`, `config`), the JSON path, and what.

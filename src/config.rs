@@ -253,6 +253,10 @@ pub struct WorkerConfig {
     pub retry_max_backoff_ms: u64,
     /// Largest input payload accepted; larger ones are dead-lettered as oversize, protecting memory.
     pub max_event_bytes: usize,
+    /// Whether the worker process also runs the outbox relay ([`crate::relay`]), so a single process is a
+    /// complete deployment. Turn it off when relays run as separate `cohort relay` processes; leaving it on
+    /// in every worker is also safe (one relay at a time holds the publishing lease).
+    pub embedded_relay: bool,
 }
 
 impl Default for WorkerConfig {
@@ -264,6 +268,7 @@ impl Default for WorkerConfig {
             retry_initial_backoff_ms: 100,
             retry_max_backoff_ms: 10_000,
             max_event_bytes: 65_536,
+            embedded_relay: true,
         }
     }
 }
@@ -276,6 +281,9 @@ pub struct RelayConfig {
     pub batch_size: usize,
     /// How often the outbox is polled when no notification arrives (a safety net, not the main path).
     pub poll_interval_ms: u64,
+    /// How long published rows are kept before the relay deletes them, in hours: long enough to
+    /// investigate what was sent, short enough that the table does not grow forever.
+    pub retention_hours: u64,
 }
 
 impl Default for RelayConfig {
@@ -283,6 +291,7 @@ impl Default for RelayConfig {
         Self {
             batch_size: 500,
             poll_interval_ms: 100,
+            retention_hours: 24,
         }
     }
 }
@@ -408,8 +417,10 @@ impl Config {
             }
             "WORKER_RETRY_MAX_BACKOFF_MS" => self.worker.retry_max_backoff_ms = parse(var, value)?,
             "WORKER_MAX_EVENT_BYTES" => self.worker.max_event_bytes = parse(var, value)?,
+            "WORKER_EMBEDDED_RELAY" => self.worker.embedded_relay = parse(var, value)?,
             "RELAY_BATCH_SIZE" => self.relay.batch_size = parse(var, value)?,
             "RELAY_POLL_INTERVAL_MS" => self.relay.poll_interval_ms = parse(var, value)?,
+            "RELAY_RETENTION_HOURS" => self.relay.retention_hours = parse(var, value)?,
             "HTTP_LISTEN" => self.http.listen = parse(var, value)?,
             _ => {
                 return Err(ConfigError::UnknownEnvVar {
@@ -510,6 +521,7 @@ impl Config {
 
         positive("relay.batch_size", self.relay.batch_size as u64)?;
         positive("relay.poll_interval_ms", self.relay.poll_interval_ms)?;
+        positive("relay.retention_hours", self.relay.retention_hours)?;
 
         Catalogue::from_config(&self.catalogue).map_err(ConfigError::Catalogue)?;
         Ok(())
@@ -555,17 +567,18 @@ impl Config {
             format!("kafka.properties: {properties}"),
             format!(
                 "worker: batch_max_events={} batch_max_wait_ms={} shutdown_deadline_ms={} \
-                 retry_initial_backoff_ms={} retry_max_backoff_ms={} max_event_bytes={}",
+                 retry_initial_backoff_ms={} retry_max_backoff_ms={} max_event_bytes={} embedded_relay={}",
                 worker.batch_max_events,
                 worker.batch_max_wait_ms,
                 worker.shutdown_deadline_ms,
                 worker.retry_initial_backoff_ms,
                 worker.retry_max_backoff_ms,
-                worker.max_event_bytes
+                worker.max_event_bytes,
+                worker.embedded_relay
             ),
             format!(
-                "relay: batch_size={} poll_interval_ms={}",
-                relay.batch_size, relay.poll_interval_ms
+                "relay: batch_size={} poll_interval_ms={} retention_hours={}",
+                relay.batch_size, relay.poll_interval_ms, relay.retention_hours
             ),
             format!("http: listen={}", http.listen),
             format!(
@@ -601,6 +614,9 @@ impl EnvValue for u64 {
 }
 impl EnvValue for usize {
     const EXPECTED: &'static str = "an unsigned integer";
+}
+impl EnvValue for bool {
+    const EXPECTED: &'static str = "true or false";
 }
 impl EnvValue for SocketAddr {
     const EXPECTED: &'static str = "a socket address such as 127.0.0.1:8080";
@@ -839,8 +855,10 @@ mod tests {
         assert_eq!(config.worker.retry_initial_backoff_ms, 100);
         assert_eq!(config.worker.retry_max_backoff_ms, 10_000);
         assert_eq!(config.worker.max_event_bytes, 65_536);
+        assert!(config.worker.embedded_relay);
         assert_eq!(config.relay.batch_size, 500);
         assert_eq!(config.relay.poll_interval_ms, 100);
+        assert_eq!(config.relay.retention_hours, 24);
         assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.catalogue, CatalogueConfig::default());
     }
@@ -1086,6 +1104,7 @@ mod tests {
             ),
             ("COHORT_RELAY_BATCH_SIZE", "relay.batch_size"),
             ("COHORT_RELAY_POLL_INTERVAL_MS", "relay.poll_interval_ms"),
+            ("COHORT_RELAY_RETENTION_HOURS", "relay.retention_hours"),
             (
                 "COHORT_DATABASE_CONNECT_TIMEOUT_MS",
                 "database.connect_timeout_ms",
@@ -1097,6 +1116,59 @@ mod tests {
         }
         // A zero wait is legitimate: process whatever has arrived without lingering.
         assert!(load_env(&[("COHORT_WORKER_BATCH_MAX_WAIT_MS", "0")]).is_ok());
+    }
+
+    #[test]
+    fn relay_retention_and_the_embedded_relay_come_from_the_file_and_the_environment() {
+        let config =
+            load_file("[relay]\nretention_hours = 72\n[worker]\nembedded_relay = false\n").unwrap();
+        assert_eq!(config.relay.retention_hours, 72);
+        assert!(!config.worker.embedded_relay);
+
+        let config = load_env(&[
+            ("COHORT_RELAY_RETENTION_HOURS", "1"),
+            ("COHORT_WORKER_EMBEDDED_RELAY", "false"),
+        ])
+        .unwrap();
+        assert_eq!(config.relay.retention_hours, 1);
+        assert!(!config.worker.embedded_relay);
+        assert!(
+            load_env(&[("COHORT_WORKER_EMBEDDED_RELAY", "true")])
+                .unwrap()
+                .worker
+                .embedded_relay
+        );
+
+        let summary = config.redacted_summary();
+        assert!(summary.contains("retention_hours=1"), "{summary}");
+        assert!(summary.contains("embedded_relay=false"), "{summary}");
+    }
+
+    #[test]
+    fn relay_retention_is_at_least_an_hour_and_the_embedded_relay_is_a_boolean() {
+        let result = load_env(&[("COHORT_RELAY_RETENTION_HOURS", "0")]);
+        let message = result.as_ref().unwrap_err().to_string();
+        assert!(message.contains("at least 1"), "{message}");
+        assert_eq!(invalid_key(result), "relay.retention_hours");
+        assert_eq!(
+            invalid_key(load_file("[relay]\nretention_hours = 0\n")),
+            "relay.retention_hours"
+        );
+        for (var, value) in [
+            ("COHORT_RELAY_RETENTION_HOURS", "-1"),
+            ("COHORT_RELAY_RETENTION_HOURS", "1.5"),
+            ("COHORT_WORKER_EMBEDDED_RELAY", "yes"),
+            ("COHORT_WORKER_EMBEDDED_RELAY", "1"),
+        ] {
+            let err = load_env(&[(var, value)]).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::InvalidEnvValue { .. }),
+                "{var}={value}: {err:?}"
+            );
+            assert!(err.to_string().contains(var), "{err}");
+        }
+        let err = load_env(&[("COHORT_WORKER_EMBEDDED_RELAY", "yes")]).unwrap_err();
+        assert!(err.to_string().contains("true or false"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`store`]: PostgreSQL — migrations, error classification, the control log, batch transactions.
 //! - [`kafka`]: the consumer's poller thread and rebalance handling.
 //! - [`worker`]: the pipeline — partitions, in-memory device state, batches, timers.
+//! - [`relay`]: publishes the transactional outbox to Kafka (idempotent producer, leader lease, at-least-once
+//!   with stable ids, per-key order).
 //! - [`metrics`]: every metric name and the Prometheus recorder.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`]: `Application::build(config)` then `run_until_stopped(shutdown)`.
@@ -23,6 +25,7 @@ pub mod event;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod relay;
 pub mod rules;
 pub mod store;
 pub mod telemetry;

@@ -44,6 +44,20 @@ pub const REBALANCES: &str = "cohort_worker_rebalances_total";
 pub const BACKPRESSURE_PAUSES: &str = "cohort_worker_backpressure_pauses_total";
 /// Errors reported by the Kafka consumer.
 pub const CONSUMER_ERRORS: &str = "cohort_worker_consumer_errors_total";
+/// Outbox messages the relay delivered to Kafka, by `topic` (the configured output and dead-letter topics).
+/// A message re-sent after a relay crash is counted again.
+pub const RELAY_MESSAGES_RELAYED: &str = "cohort_relay_messages_relayed_total";
+/// Outbox rows not yet published (as seen by this process; every relay, leader or standby, reports it).
+pub const RELAY_OUTBOX_BACKLOG: &str = "cohort_relay_outbox_backlog_messages";
+/// Age of the oldest unpublished outbox row, seconds (0 when there is none): the alerting signal for a
+/// stuck relay.
+pub const RELAY_OUTBOX_OLDEST_AGE: &str = "cohort_relay_outbox_oldest_age_seconds";
+/// Outbox messages whose delivery failed (they are retried, never skipped), by `topic`.
+pub const RELAY_PUBLISH_FAILURES: &str = "cohort_relay_publish_failures_total";
+/// 1 while this process holds the relay's publishing lease, else 0 (exactly one relay should report 1).
+pub const RELAY_LEADER: &str = "cohort_relay_leader";
+/// Published outbox rows deleted after the retention period.
+pub const RELAY_ROWS_EXPIRED: &str = "cohort_relay_outbox_rows_expired_total";
 
 /// Every name above (the deploy/ dashboards and alerts are checked against it).
 pub const ALL: &[&str] = &[
@@ -67,6 +81,12 @@ pub const ALL: &[&str] = &[
     REBALANCES,
     BACKPRESSURE_PAUSES,
     CONSUMER_ERRORS,
+    RELAY_MESSAGES_RELAYED,
+    RELAY_OUTBOX_BACKLOG,
+    RELAY_OUTBOX_OLDEST_AGE,
+    RELAY_PUBLISH_FAILURES,
+    RELAY_LEADER,
+    RELAY_ROWS_EXPIRED,
 ];
 
 /// Registers descriptions with the current recorder.
@@ -110,6 +130,28 @@ pub fn describe() {
         "Times fetching paused because the pipeline was behind"
     );
     describe_counter!(CONSUMER_ERRORS, "Errors reported by the Kafka consumer");
+    describe_counter!(
+        RELAY_MESSAGES_RELAYED,
+        "Outbox messages delivered to Kafka by the relay, by topic"
+    );
+    describe_gauge!(RELAY_OUTBOX_BACKLOG, "Outbox rows not yet published");
+    describe_gauge!(
+        RELAY_OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest unpublished outbox row"
+    );
+    describe_counter!(
+        RELAY_PUBLISH_FAILURES,
+        "Outbox messages whose delivery failed and will be retried, by topic"
+    );
+    describe_gauge!(
+        RELAY_LEADER,
+        "1 while this process holds the relay's publishing lease"
+    );
+    describe_counter!(
+        RELAY_ROWS_EXPIRED,
+        "Published outbox rows deleted after the retention period"
+    );
 }
 
 /// Installs the global Prometheus recorder (once per process) and returns its handle for `/metrics`.

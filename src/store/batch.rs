@@ -215,6 +215,11 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         .bind(rows.iter().map(|r| r.headers.clone()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
+        // Wakes the relay (`crate::relay`) at commit; the notification carries nothing and a missed one
+        // only delays publishing until the relay's next poll.
+        sqlx::query("SELECT pg_notify('cohort_outbox', '')")
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await?;
     Ok(())
