@@ -5,6 +5,7 @@
 //!
 //! - [`rules`]: the rule language — field catalogue, filter validation, compiled evaluation with
 //!   explanations, the field index, and time flips. Pure: no IO, no clock.
+//! - [`firmware`]: versions, the resolution precedence, rollout-target events. Pure.
 //! - [`event`]: the `device-attribute-changes` input contract: strict decoding and dead letters.
 //! - [`config`]: the typed configuration (defaults, then a TOML file, then `COHORT_…` variables).
 //! - [`store`]: PostgreSQL — migrations, error classification, the control log, batch transactions.
@@ -22,6 +23,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod firmware;
 pub mod http;
 pub mod kafka;
 pub mod metrics;

@@ -1,0 +1,404 @@
+//! Firmware targeting: versions, the resolution precedence, and rollout-target events. Pure: no IO.
+//!
+//! **Resolution** — what a device should run, by precedence:
+//! 1. a development device never receives automatic updates (no target, reason `development`);
+//! 2. a device locked to a version keeps it (reason `locked`);
+//! 3. otherwise the highest version released to any group the device belongs to (reason `group`, with the
+//!    deciding group; on equal versions the group with the smallest id decides, so the answer is stable);
+//! 4. otherwise the org's default release (reason `default`);
+//! 5. otherwise none (reason `none`).
+//!
+//! **Events** — a rollout-target event is emitted exactly when the resolved *version* changes (including to or
+//! from none). A change of reason or deciding group with the same version (say, a device leaves one group
+//! releasing 2.0 but is still in another releasing 2.0, or gets locked to the version it was already
+//! targeted) is stored but is not an event: the dispatcher has nothing to do.
+//!
+//! **Versions** — an org uses one kind: integers (compared numerically, as in the seed product) or semantic
+//! versions (compared by semver precedence: build metadata ignored, pre-releases before their release).
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// The kind of versions an org uses.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionKind {
+    Integer,
+    Semver,
+}
+
+impl VersionKind {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionKind::Integer => "integer",
+            VersionKind::Semver => "semver",
+        }
+    }
+}
+
+/// A parsed firmware version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Version {
+    Integer(u64),
+    Semver(semver::Version),
+}
+
+/// Why a version string was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VersionError {
+    #[error("version must not be empty")]
+    Empty,
+    #[error("version {0:?} is neither a whole number nor a semantic version (MAJOR.MINOR.PATCH)")]
+    Unrecognised(String),
+    #[error("version {version:?} is {found}, but this org's releases use {expected} versions")]
+    MixedKinds { version: String, found: &'static str, expected: &'static str },
+}
+
+/// Longest version string accepted.
+pub const MAX_VERSION_LEN: usize = 128;
+
+impl Version {
+    /// Parses a version of either kind: a whole number (`42`) or a semantic version (`2.4.1`, `v2.4.1-rc.1`).
+    pub fn parse(s: &str) -> Result<Version, VersionError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(VersionError::Empty);
+        }
+        if s.len() > MAX_VERSION_LEN {
+            return Err(VersionError::Unrecognised(s.chars().take(32).collect()));
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return s
+                .parse::<u64>()
+                .map(Version::Integer)
+                .map_err(|_| VersionError::Unrecognised(s.to_string()));
+        }
+        let bare = s.strip_prefix('v').unwrap_or(s);
+        semver::Version::parse(bare)
+            .map(Version::Semver)
+            .map_err(|_| VersionError::Unrecognised(s.to_string()))
+    }
+
+    /// Parses and requires `kind` (an org never mixes kinds).
+    pub fn parse_as(s: &str, kind: VersionKind) -> Result<Version, VersionError> {
+        let v = Version::parse(s)?;
+        if v.kind() != kind {
+            return Err(VersionError::MixedKinds {
+                version: s.to_string(),
+                found: v.kind().as_str(),
+                expected: kind.as_str(),
+            });
+        }
+        Ok(v)
+    }
+
+    /// The version's kind.
+    pub fn kind(&self) -> VersionKind {
+        match self {
+            Version::Integer(_) => VersionKind::Integer,
+            Version::Semver(_) => VersionKind::Semver,
+        }
+    }
+}
+
+impl Ord for Version {
+    /// Integers numerically; semantic versions by semver precedence (build metadata ignored). Kinds never mix
+    /// within an org; across kinds, integers order first (only for a total order).
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Version::Integer(a), Version::Integer(b)) => a.cmp(b),
+            (Version::Semver(a), Version::Semver(b)) => a.cmp_precedence(b),
+            (Version::Integer(_), Version::Semver(_)) => Ordering::Less,
+            (Version::Semver(_), Version::Integer(_)) => Ordering::Greater,
+        }
+    }
+}
+
+impl PartialOrd for Version {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Version::Integer(n) => write!(f, "{n}"),
+            Version::Semver(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// Why a device has its target.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    Development,
+    Locked,
+    Group,
+    Default,
+    None,
+}
+
+impl Reason {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Development => "development",
+            Reason::Locked => "locked",
+            Reason::Group => "group",
+            Reason::Default => "default",
+            Reason::None => "none",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Reason> {
+        Some(match s {
+            "development" => Reason::Development,
+            "locked" => Reason::Locked,
+            "group" => Reason::Group,
+            "default" => Reason::Default,
+            "none" => Reason::None,
+            _ => return None,
+        })
+    }
+}
+
+/// A device's resolved firmware target.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Target {
+    /// The version to run, as released (or locked); `None` for no target.
+    pub version: Option<String>,
+    pub reason: Reason,
+    /// The group whose release decided, for reason `group`.
+    pub group: Option<Uuid>,
+}
+
+impl Target {
+    /// No target.
+    pub fn none() -> Self {
+        Self {
+            version: None,
+            reason: Reason::None,
+            group: None,
+        }
+    }
+
+    /// Whether moving from `self` to `next` is a rollout event: the version changed.
+    pub fn is_rollout_change(&self, next: &Target) -> bool {
+        self.version != next.version
+    }
+
+    /// The JSON form used in events and the API.
+    pub fn to_json(&self) -> Value {
+        json!({"version": self.version, "reason": self.reason.as_str(), "groupId": self.group})
+    }
+}
+
+/// A release to a group, as resolution needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRelease {
+    pub group: Uuid,
+    pub version: Version,
+    /// As written by the operator (what the event carries).
+    pub label: String,
+}
+
+/// What resolution needs to know about a device.
+#[derive(Clone, Debug, Default)]
+pub struct DeviceFacts<'a> {
+    pub development: bool,
+    pub lock: Option<&'a str>,
+}
+
+/// Resolves a device's target from its facts, the releases of the groups it belongs to, and the org's
+/// default release (`(version, label)`).
+pub fn resolve<'r>(
+    facts: &DeviceFacts<'_>,
+    releases: impl IntoIterator<Item = &'r GroupRelease>,
+    default: Option<&'r GroupRelease>,
+) -> Target {
+    if facts.development {
+        return Target {
+            version: None,
+            reason: Reason::Development,
+            group: None,
+        };
+    }
+    if let Some(lock) = facts.lock {
+        return Target {
+            version: Some(lock.to_string()),
+            reason: Reason::Locked,
+            group: None,
+        };
+    }
+    let best = releases
+        .into_iter()
+        .max_by(|a, b| a.version.cmp(&b.version).then_with(|| b.group.cmp(&a.group)));
+    if let Some(best) = best {
+        return Target {
+            version: Some(best.label.clone()),
+            reason: Reason::Group,
+            group: Some(best.group),
+        };
+    }
+    match default {
+        Some(d) => Target {
+            version: Some(d.label.clone()),
+            reason: Reason::Default,
+            group: None,
+        },
+        None => Target::none(),
+    }
+}
+
+/// The namespace of rollout-event ids (UUIDv5 of the device id and its per-device sequence).
+const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x6b1c_9c0e_2f3a_4d5e_9a1b_7c2d_3e4f_5a6b);
+
+/// The deterministic id of a device's `sequence`-th rollout event: a re-sent event has the same id.
+pub fn event_id(device_id: &str, sequence: i64) -> Uuid {
+    let mut name = Vec::with_capacity(device_id.len() + 21);
+    name.extend_from_slice(device_id.as_bytes());
+    name.push(0);
+    name.extend_from_slice(sequence.to_string().as_bytes());
+    Uuid::new_v5(&EVENT_NAMESPACE, &name)
+}
+
+/// The CloudEvents `type` of rollout-target events.
+pub const EVENT_TYPE: &str = "io.cohort.rollout-target.changed";
+
+/// A rollout-target event as a CloudEvents 1.0 JSON document.
+#[allow(clippy::too_many_arguments)]
+pub fn rollout_event(
+    org_id: &str,
+    device_id: &str,
+    sequence: i64,
+    previous: &Target,
+    current: &Target,
+    cause: &Value,
+    time: &str,
+) -> Value {
+    json!({
+        "specversion": "1.0",
+        "id": event_id(device_id, sequence).to_string(),
+        "source": format!("/cohort/orgs/{org_id}"),
+        "type": EVENT_TYPE,
+        "subject": device_id,
+        "time": time,
+        "datacontenttype": "application/json",
+        "data": {
+            "orgId": org_id,
+            "deviceId": device_id,
+            "sequence": sequence,
+            "previous": previous.to_json(),
+            "target": current.to_json(),
+            "cause": cause,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    fn release(group: u128, version: &str) -> GroupRelease {
+        GroupRelease {
+            group: Uuid::from_u128(group),
+            version: v(version),
+            label: version.to_string(),
+        }
+    }
+
+    #[test]
+    fn integers_compare_numerically_and_semvers_by_precedence() {
+        assert!(v("10") > v("9"));
+        assert!(v("2.10.0") > v("2.9.9"));
+        assert!(v("2.0.0") > v("2.0.0-rc.1"));
+        assert_eq!(v("1.2.3+build.5").cmp(&v("1.2.3")), Ordering::Equal);
+        assert_eq!(v("v1.2.3"), v("1.2.3"));
+        assert_eq!(Version::parse(""), Err(VersionError::Empty));
+        assert!(Version::parse("1.2").is_err());
+        assert!(Version::parse("banana").is_err());
+        assert!(Version::parse("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn an_org_does_not_mix_kinds() {
+        assert_eq!(
+            Version::parse_as("2.0.0", VersionKind::Integer),
+            Err(VersionError::MixedKinds {
+                version: "2.0.0".into(),
+                found: "semver",
+                expected: "integer"
+            })
+        );
+        assert!(Version::parse_as("7", VersionKind::Integer).is_ok());
+    }
+
+    #[test]
+    fn precedence_is_development_lock_group_default_none() {
+        let releases = [release(1, "2"), release(2, "5")];
+        let default = release(0, "1");
+        let dev = DeviceFacts {
+            development: true,
+            lock: Some("3"),
+        };
+        assert_eq!(resolve(&dev, &releases, Some(&default)).reason, Reason::Development);
+        let locked = DeviceFacts {
+            development: false,
+            lock: Some("3"),
+        };
+        let t = resolve(&locked, &releases, Some(&default));
+        assert_eq!((t.version.as_deref(), t.reason), (Some("3"), Reason::Locked));
+        let plain = DeviceFacts::default();
+        let t = resolve(&plain, &releases, Some(&default));
+        assert_eq!((t.version.as_deref(), t.reason, t.group), (Some("5"), Reason::Group, Some(Uuid::from_u128(2))));
+        let t = resolve(&plain, &[], Some(&default));
+        assert_eq!((t.version.as_deref(), t.reason), (Some("1"), Reason::Default));
+        assert_eq!(resolve(&plain, &[], None), Target::none());
+    }
+
+    #[test]
+    fn equal_versions_are_decided_by_the_smallest_group_id() {
+        let releases = [release(9, "2.0.0"), release(3, "2.0.0+other"), release(5, "1.0.0")];
+        let t = resolve(&DeviceFacts::default(), &releases, None);
+        assert_eq!(t.group, Some(Uuid::from_u128(3)));
+    }
+
+    #[test]
+    fn only_a_version_change_is_a_rollout_event() {
+        let a = Target {
+            version: Some("2".into()),
+            reason: Reason::Group,
+            group: Some(Uuid::from_u128(1)),
+        };
+        let b = Target {
+            version: Some("2".into()),
+            reason: Reason::Locked,
+            group: None,
+        };
+        assert!(!a.is_rollout_change(&b));
+        assert!(a.is_rollout_change(&Target::none()));
+    }
+
+    #[test]
+    fn event_ids_are_deterministic_per_device_and_sequence() {
+        assert_eq!(event_id("dev-1", 3), event_id("dev-1", 3));
+        assert_ne!(event_id("dev-1", 3), event_id("dev-1", 4));
+        assert_ne!(event_id("dev-1", 3), event_id("dev-13", 0));
+        let e = rollout_event("acme", "dev-1", 3, &Target::none(), &Target::none(), &json!({}), "2024-01-01T00:00:00.000Z");
+        assert_eq!(e["specversion"], "1.0");
+        assert_eq!(e["id"], event_id("dev-1", 3).to_string());
+        assert_eq!(e["data"]["sequence"], 3);
+    }
+}
