@@ -671,7 +671,11 @@ fn snippet(s: &str) -> String {
             out.push('…');
             break;
         }
-        out.extend(c.escape_debug());
+        match c {
+            // `escape_debug` writes NUL as `\0`, which reads as octal before a digit.
+            '\0' => out.push_str("\\u{0}"),
+            c => out.extend(c.escape_debug()),
+        }
     }
     out.push('"');
     out
@@ -694,7 +698,9 @@ fn bound_detail(s: &str) -> String {
     let mut out = String::with_capacity(s.len().min(MAX_DETAIL_BYTES + 3));
     for c in s.chars() {
         let before = out.len();
-        if c.is_control() {
+        if c == '\0' {
+            out.push_str("\\u{0}");
+        } else if c.is_control() {
             out.extend(c.escape_debug());
         } else {
             out.push(c);
@@ -752,10 +758,10 @@ pub struct OutboxMessage {
 /// The body (`schemas/dead-letter.schema.json`) embeds the original value as a string when it is UTF-8,
 /// else as `payloadBase64`. The embedded form is cut to a prefix whose encoding (JSON string escapes or
 /// base64) takes at most `max_bytes` (pass `worker.max_event_bytes`), and `truncated` says whether it was
-/// cut; `payloadBytes` is the original length. The whole value is then at most about `max_bytes` plus
-/// 2 KiB, which must fit the dead-letter topic's `max.message.bytes`.
-// One argument more than clippy's default: the brief's seven plus the embedding cap, all plain values
-// the worker has at hand; a parameter struct would only move the same list.
+/// cut; `payloadBytes` is the original length. The whole value is then at most `max_bytes` plus a few KiB
+/// (the detail and the source), which must fit the dead-letter topic's `max.message.bytes`.
+// Eight plain values the worker has at hand when it dead-letters; a parameter struct would only move
+// the same list.
 #[allow(clippy::too_many_arguments)]
 pub fn dead_letter(
     dlq_topic: &str,
