@@ -56,7 +56,11 @@ pub enum VersionError {
     #[error("version {0:?} is neither a whole number nor a semantic version (MAJOR.MINOR.PATCH)")]
     Unrecognised(String),
     #[error("version {version:?} is {found}, but this org's releases use {expected} versions")]
-    MixedKinds { version: String, found: &'static str, expected: &'static str },
+    MixedKinds {
+        version: String,
+        found: &'static str,
+        expected: &'static str,
+    },
 }
 
 /// Longest version string accepted.
@@ -238,9 +242,11 @@ pub fn resolve<'r>(
             group: None,
         };
     }
-    let best = releases
-        .into_iter()
-        .max_by(|a, b| a.version.cmp(&b.version).then_with(|| b.group.cmp(&a.group)));
+    let best = releases.into_iter().max_by(|a, b| {
+        a.version
+            .cmp(&b.version)
+            .then_with(|| b.group.cmp(&a.group))
+    });
     if let Some(best) = best {
         return Target {
             version: Some(best.label.clone()),
@@ -353,24 +359,40 @@ mod tests {
             development: true,
             lock: Some("3"),
         };
-        assert_eq!(resolve(&dev, &releases, Some(&default)).reason, Reason::Development);
+        assert_eq!(
+            resolve(&dev, &releases, Some(&default)).reason,
+            Reason::Development
+        );
         let locked = DeviceFacts {
             development: false,
             lock: Some("3"),
         };
         let t = resolve(&locked, &releases, Some(&default));
-        assert_eq!((t.version.as_deref(), t.reason), (Some("3"), Reason::Locked));
+        assert_eq!(
+            (t.version.as_deref(), t.reason),
+            (Some("3"), Reason::Locked)
+        );
         let plain = DeviceFacts::default();
         let t = resolve(&plain, &releases, Some(&default));
-        assert_eq!((t.version.as_deref(), t.reason, t.group), (Some("5"), Reason::Group, Some(Uuid::from_u128(2))));
+        assert_eq!(
+            (t.version.as_deref(), t.reason, t.group),
+            (Some("5"), Reason::Group, Some(Uuid::from_u128(2)))
+        );
         let t = resolve(&plain, &[], Some(&default));
-        assert_eq!((t.version.as_deref(), t.reason), (Some("1"), Reason::Default));
+        assert_eq!(
+            (t.version.as_deref(), t.reason),
+            (Some("1"), Reason::Default)
+        );
         assert_eq!(resolve(&plain, &[], None), Target::none());
     }
 
     #[test]
     fn equal_versions_are_decided_by_the_smallest_group_id() {
-        let releases = [release(9, "2.0.0"), release(3, "2.0.0+other"), release(5, "1.0.0")];
+        let releases = [
+            release(9, "2.0.0"),
+            release(3, "2.0.0+other"),
+            release(5, "1.0.0"),
+        ];
         let t = resolve(&DeviceFacts::default(), &releases, None);
         assert_eq!(t.group, Some(Uuid::from_u128(3)));
     }
@@ -396,7 +418,15 @@ mod tests {
         assert_eq!(event_id("dev-1", 3), event_id("dev-1", 3));
         assert_ne!(event_id("dev-1", 3), event_id("dev-1", 4));
         assert_ne!(event_id("dev-1", 3), event_id("dev-13", 0));
-        let e = rollout_event("acme", "dev-1", 3, &Target::none(), &Target::none(), &json!({}), "2024-01-01T00:00:00.000Z");
+        let e = rollout_event(
+            "acme",
+            "dev-1",
+            3,
+            &Target::none(),
+            &Target::none(),
+            &json!({}),
+            "2024-01-01T00:00:00.000Z",
+        );
         assert_eq!(e["specversion"], "1.0");
         assert_eq!(e["id"], event_id("dev-1", 3).to_string());
         assert_eq!(e["data"]["sequence"], 3);
