@@ -22,10 +22,29 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use serde_json::{json, Value};
 
 const NOW: i64 = 1_718_452_800_000; // 2024-06-15T12:00:00Z
-const GROUPS: usize = 10_000;
+/// Full sizes when benchmarking (`cargo bench` passes `--bench`); small ones when `cargo test` only checks
+/// that the benchmarks run.
+fn benchmarking() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+fn groups_count() -> usize {
+    if benchmarking() {
+        10_000
+    } else {
+        500
+    }
+}
+
+fn devices_count() -> usize {
+    if benchmarking() {
+        2_000
+    } else {
+        50
+    }
+}
 const NUMBER_FIELDS: usize = 100;
 const STRING_FIELDS: usize = 100;
-const DEVICES: usize = 2_000;
 const WORDS: &[&str] = &[
     "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
     "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
@@ -98,7 +117,7 @@ fn condition(rng: &mut Rng, field: usize) -> Value {
 /// 10,000 groups, each referencing two distinct fields out of 200: every field is referenced by ~1%.
 fn groups(rng: &mut Rng, c: &Catalogue) -> Vec<CompiledFilter> {
     let fields = NUMBER_FIELDS + STRING_FIELDS;
-    (0..GROUPS)
+    (0..groups_count())
         .map(|_| {
             let a = rng.below(fields);
             let b = (a + 1 + rng.below(fields - 1)) % fields;
@@ -132,7 +151,7 @@ fn fleet(rng: &mut Rng, c: &Catalogue, filters: &[CompiledFilter]) -> Fleet {
         .chain((0..STRING_FIELDS).map(|i| format!("custom.s{i}")))
         .map(|name| c.resolve(&name).expect("declared"))
         .collect();
-    let devices: Vec<Attributes> = (0..DEVICES)
+    let devices: Vec<Attributes> = (0..devices_count())
         .map(|_| {
             let mut attrs = Attributes::new();
             for (i, id) in field_ids.iter().enumerate() {
@@ -155,9 +174,10 @@ fn fleet(rng: &mut Rng, c: &Catalogue, filters: &[CompiledFilter]) -> Fleet {
         .collect();
     let total: u32 = memberships.iter().flatten().map(|w| w.count_ones()).sum();
     eprintln!(
-        "fleet: {DEVICES} devices, {} groups, {:.0} memberships per device",
+        "fleet: {} devices, {} groups, {:.0} memberships per device",
+        devices.len(),
         filters.len(),
-        f64::from(total) / DEVICES as f64
+        f64::from(total) / devices.len() as f64
     );
     Fleet {
         field_ids,
@@ -177,7 +197,7 @@ fn apply_event(
     candidates: &mut Vec<u32>,
     olds: &mut Vec<(FieldId, Option<AttrValue>)>,
 ) -> usize {
-    let d = rng.below(DEVICES);
+    let d = rng.below(fleet.devices.len());
     let n = 1 + rng.below(3);
     olds.clear();
     for _ in 0..n {
@@ -325,7 +345,7 @@ fn value_index(c: &mut Criterion) {
     let region = cat.resolve("custom.s0").expect("declared");
     let n0 = cat.resolve("custom.n0").expect("declared");
     // Every group references custom.s0 with equals (1,000 distinct values), plus a range on custom.n0.
-    let filters: Vec<CompiledFilter> = (0..GROUPS)
+    let filters: Vec<CompiledFilter> = (0..groups_count())
         .map(|g| {
             compile(
                 &json!({"operator": "AND", "conditions": [
