@@ -20,6 +20,8 @@ pub const DEVICES_REHOMED: &str = "cohort_worker_devices_rehomed_total";
 pub const CONTROL_ENTRIES: &str = "cohort_worker_control_entries_total";
 /// Devices re-evaluated because a time-based condition came due.
 pub const TIMER_EVALUATIONS: &str = "cohort_worker_timer_evaluations_total";
+/// Rollout-target events emitted (written to the outbox with the change that caused them).
+pub const ROLLOUT_EVENTS: &str = "cohort_worker_rollout_events_total";
 /// Batches committed.
 pub const BATCHES: &str = "cohort_worker_batches_total";
 /// Time to compute a batch (decode, evaluate), seconds.
@@ -69,6 +71,7 @@ pub const ALL: &[&str] = &[
     DEVICES_REHOMED,
     CONTROL_ENTRIES,
     TIMER_EVALUATIONS,
+    ROLLOUT_EVENTS,
     BATCHES,
     BATCH_SECONDS,
     COMMIT_SECONDS,
@@ -111,6 +114,7 @@ pub fn describe() {
         TIMER_EVALUATIONS,
         "Devices re-evaluated when a time-based condition came due"
     );
+    describe_counter!(ROLLOUT_EVENTS, "Rollout-target events emitted");
     describe_counter!(BATCHES, "Batches committed");
     describe_histogram!(BATCH_SECONDS, Unit::Seconds, "Time to compute a batch");
     describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Time to commit a batch");

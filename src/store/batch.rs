@@ -25,6 +25,10 @@ pub struct DeviceRow {
     pub expected_version: i64,
     pub is_development: bool,
     pub firmware_lock: Option<String>,
+    pub target_version: Option<String>,
+    pub target_reason: &'static str,
+    pub target_group: Option<Uuid>,
+    pub target_sequence: i64,
 }
 
 /// A membership to insert.
@@ -101,9 +105,11 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         let rows = &batch.device_updates;
         let updated: Vec<String> = sqlx::query_scalar(
             "UPDATE devices d SET attributes = u.attributes, sequence = u.sequence, version = d.version + 1, \
-               partition = $7, is_development = u.dev, firmware_lock = u.lock, updated_at = now() \
-             FROM unnest($1::text[], $2::jsonb[], $3::int8[], $4::int8[], $5::bool[], $6::text[]) \
-               AS u(id, attributes, sequence, expected, dev, lock) \
+               partition = $7, is_development = u.dev, firmware_lock = u.lock, target_version = u.tv, \
+               target_reason = u.tr, target_group = u.tg, target_sequence = u.ts, updated_at = now() \
+             FROM unnest($1::text[], $2::jsonb[], $3::int8[], $4::int8[], $5::bool[], $6::text[], $8::text[], \
+                         $9::text[], $10::uuid[], $11::int8[]) \
+               AS u(id, attributes, sequence, expected, dev, lock, tv, tr, tg, ts) \
              WHERE d.id = u.id AND d.version = u.expected RETURNING d.id",
         )
         .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
@@ -113,6 +119,10 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         .bind(rows.iter().map(|r| r.is_development).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.firmware_lock.clone()).collect::<Vec<_>>())
         .bind(batch.partition)
+        .bind(rows.iter().map(|r| r.target_version.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.target_reason).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.target_group).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.target_sequence).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
         if updated.len() != rows.len() {
@@ -122,10 +132,12 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
     if !batch.device_inserts.is_empty() {
         let rows = &batch.device_inserts;
         let inserted: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO devices (id, org_id, attributes, sequence, partition, version, is_development, firmware_lock) \
-             SELECT u.id, u.org, u.attributes, u.sequence, $7, 1, u.dev, u.lock \
-             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int8[], $5::bool[], $6::text[]) \
-               AS u(id, org, attributes, sequence, dev, lock) \
+            "INSERT INTO devices (id, org_id, attributes, sequence, partition, version, is_development, \
+               firmware_lock, target_version, target_reason, target_group, target_sequence) \
+             SELECT u.id, u.org, u.attributes, u.sequence, $7, 1, u.dev, u.lock, u.tv, u.tr, u.tg, u.ts \
+             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int8[], $5::bool[], $6::text[], $8::text[], \
+                         $9::text[], $10::uuid[], $11::int8[]) \
+               AS u(id, org, attributes, sequence, dev, lock, tv, tr, tg, ts) \
              ON CONFLICT (id) DO NOTHING RETURNING id",
         )
         .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
@@ -135,6 +147,10 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         .bind(rows.iter().map(|r| r.is_development).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.firmware_lock.clone()).collect::<Vec<_>>())
         .bind(batch.partition)
+        .bind(rows.iter().map(|r| r.target_version.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.target_reason).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.target_group).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.target_sequence).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
         if inserted.len() != rows.len() {

@@ -52,6 +52,14 @@ pub enum ControlEntry {
         device_id: String,
         actor: String,
     },
+    /// The current release of a group (or, with no group, the org's default) is now `version` (`None`:
+    /// withdrawn). Workers re-resolve the devices it can affect: the group's members, or every device of
+    /// the org for the default.
+    ReleaseChanged {
+        org_id: String,
+        group_id: Option<Uuid>,
+        version: Option<String>,
+    },
 }
 
 impl ControlEntry {
@@ -63,15 +71,16 @@ impl ControlEntry {
             ControlEntry::GroupDeleted { .. } => "group_deleted",
             ControlEntry::Pinned { .. } => "pinned",
             ControlEntry::Unpinned { .. } => "unpinned",
+            ControlEntry::ReleaseChanged { .. } => "release_changed",
         }
     }
 
     /// The org the entry belongs to.
     pub fn org_id(&self) -> &str {
         match self {
-            ControlEntry::OrgCreated { org_id } | ControlEntry::GroupDeleted { org_id, .. } => {
-                org_id
-            }
+            ControlEntry::OrgCreated { org_id }
+            | ControlEntry::GroupDeleted { org_id, .. }
+            | ControlEntry::ReleaseChanged { org_id, .. } => org_id,
             ControlEntry::GroupUpserted(def) => &def.org_id,
             ControlEntry::Pinned { .. } | ControlEntry::Unpinned { .. } => "",
         }

@@ -8,6 +8,7 @@
 
 pub mod batch;
 pub mod control;
+pub mod firmware;
 pub mod groups;
 pub mod partition;
 

@@ -59,6 +59,10 @@ pub struct StoredDevice {
     pub version: i64,
     pub is_development: bool,
     pub firmware_lock: Option<String>,
+    pub target_version: Option<String>,
+    pub target_reason: String,
+    pub target_group: Option<Uuid>,
+    pub target_sequence: i64,
 }
 
 /// A membership row as stored.
@@ -70,11 +74,41 @@ pub struct StoredMembership {
     pub added_by: String,
 }
 
-type DeviceTuple = (String, String, Value, i64, i32, i64, bool, Option<String>);
+type DeviceTuple = (
+    String,
+    String,
+    Value,
+    i64,
+    i32,
+    i64,
+    bool,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<Uuid>,
+    i64,
+);
 
 fn device(row: DeviceTuple) -> StoredDevice {
-    let (id, org_id, attributes, sequence, partition, version, is_development, firmware_lock) = row;
+    let (
+        id,
+        org_id,
+        attributes,
+        sequence,
+        partition,
+        version,
+        is_development,
+        firmware_lock,
+        target_version,
+        target_reason,
+        target_group,
+        target_sequence,
+    ) = row;
     StoredDevice {
+        target_version,
+        target_reason,
+        target_group,
+        target_sequence,
         id,
         org_id,
         attributes,
@@ -87,7 +121,8 @@ fn device(row: DeviceTuple) -> StoredDevice {
 }
 
 const DEVICE_COLUMNS: &str =
-    "d.id, d.org_id, d.attributes, d.sequence, d.partition, d.version, d.is_development, d.firmware_lock";
+    "d.id, d.org_id, d.attributes, d.sequence, d.partition, d.version, d.is_development, \
+     d.firmware_lock, d.target_version, d.target_reason, d.target_group, d.target_sequence";
 
 /// Every device owned by `partition`, with its memberships in live groups.
 pub async fn load_partition(

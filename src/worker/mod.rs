@@ -242,6 +242,17 @@ impl Pipeline {
         for def in &groups {
             self.registry.upsert(def);
         }
+        // Releases are read after the definitions' snapshot; a release changed in between is applied again
+        // from the control log, which is idempotent.
+        let releases = self
+            .retry("loading firmware releases", || {
+                store::firmware::live_releases(&pool)
+            })
+            .await
+            .context("failed to load firmware releases")?;
+        for (org, group, version) in &releases {
+            self.registry.set_release(org, *group, Some(version));
+        }
         self.registry.position = head;
         tracing::info!(
             orgs = orgs.len(),
@@ -511,6 +522,14 @@ impl Pipeline {
                     ControlEntry::GroupDeleted { group_id, .. } => {
                         self.registry.delete(*group_id);
                     }
+                    ControlEntry::ReleaseChanged {
+                        org_id,
+                        group_id,
+                        version,
+                    } => {
+                        self.registry
+                            .set_release(org_id, *group_id, version.as_deref());
+                    }
                     ControlEntry::Pinned { .. } | ControlEntry::Unpinned { .. } => {}
                 }
                 self.registry.position = entry.id;
@@ -635,6 +654,7 @@ impl Pipeline {
                         dead_letter_topic: &self.config.kafka.dead_letter_topic,
                         max_event_bytes: self.config.worker.max_event_bytes,
                         now,
+                        output_topic: &self.config.kafka.output_topic,
                     };
                     let computed = compute(
                         &self.registry,
@@ -781,6 +801,7 @@ impl Pipeline {
         metrics::counter!(m::DEVICES_REHOMED).increment(stats.rehomed);
         metrics::counter!(m::CONTROL_ENTRIES).increment(stats.control_entries);
         metrics::counter!(m::TIMER_EVALUATIONS).increment(stats.timer_evaluations);
+        metrics::counter!(m::ROLLOUT_EVENTS).increment(stats.rollouts);
         let wall = chrono::Utc::now().timestamp_millis();
         for (record, _) in decoded {
             if let Some(ts) = record.timestamp {

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 
 use super::registry::Registry;
 use crate::event::{self, DeadLetterReason, DecodeError, DeviceEvent};
+use crate::firmware::{Reason, Target};
 use crate::rules::time::format_millis;
 use crate::rules::{AttrValue, Attributes, EpochMillis, FieldChange, FieldId, Scratch};
 use crate::store::batch::{BatchWrite, DeviceRow, LogRow, MembershipRow, OutboxRow};
@@ -87,6 +88,10 @@ pub struct Device {
     pub firmware_lock: Option<Box<str>>,
     /// When a time-based condition of one of its org's groups can next change its memberships.
     pub next_flip: Option<EpochMillis>,
+    /// The resolved firmware target as stored.
+    pub target: Target,
+    /// Rollout-target events emitted for this device so far (numbers them; makes their ids deterministic).
+    pub target_sequence: i64,
 }
 
 impl Device {
@@ -101,6 +106,8 @@ impl Device {
             development: false,
             firmware_lock: None,
             next_flip: None,
+            target: Target::none(),
+            target_sequence: 0,
         }
     }
 
@@ -169,6 +176,12 @@ impl Device {
             development: row.is_development,
             firmware_lock: row.firmware_lock.as_deref().map(Into::into),
             next_flip: None,
+            target: Target {
+                version: row.target_version.clone(),
+                reason: Reason::parse(&row.target_reason).unwrap_or(Reason::None),
+                group: row.target_group,
+            },
+            target_sequence: row.target_sequence,
         })
     }
 }
@@ -261,6 +274,8 @@ pub struct Stats {
     pub changes: HashMap<&'static str, u64>,
     pub control_entries: u64,
     pub timer_evaluations: u64,
+    /// Rollout-target events emitted (written to the outbox).
+    pub rollouts: u64,
 }
 
 /// Devices read from PostgreSQL for this batch (not held by the partition), by id.
@@ -283,6 +298,8 @@ pub struct BatchContext<'a> {
     pub dead_letter_topic: &'a str,
     pub max_event_bytes: usize,
     pub now: EpochMillis,
+    /// Where rollout-target events go.
+    pub output_topic: &'a str,
 }
 
 struct Work<'a> {
@@ -296,6 +313,11 @@ struct Work<'a> {
     stats: Stats,
     scratch: Scratch,
     candidates: Vec<u32>,
+    /// The last cause that touched each device in this batch (carried by its rollout-target event).
+    causes: HashMap<Box<str>, Value>,
+    /// Devices whose firmware must be re-resolved although the batch may not otherwise touch them (release
+    /// changes), with the cause.
+    resolve: Vec<(Box<str>, Value)>,
 }
 
 /// Computes a batch. `loaded` holds the stored rows of devices named by `records` that the partition does
@@ -319,6 +341,8 @@ pub fn compute(
         stats: Stats::default(),
         scratch: Scratch::default(),
         candidates: Vec::new(),
+        causes: HashMap::new(),
+        resolve: Vec::new(),
     };
     let mut reschedule_all = false;
     for entry in control {
@@ -331,6 +355,7 @@ pub fn compute(
     for id in due {
         work.timer(id);
     }
+    work.resolve_firmware();
     let mut write = BatchWrite {
         topic: ctx.input_topic.to_string(),
         partition: partition.id,
@@ -357,6 +382,10 @@ pub fn compute(
             expected_version: current.version,
             is_development: current.development,
             firmware_lock: current.firmware_lock.as_deref().map(str::to_string),
+            target_version: current.target.version.clone(),
+            target_reason: current.target.reason.as_str(),
+            target_group: current.target.group,
+            target_sequence: current.target_sequence,
         };
         if current.stored {
             write.device_updates.push(row);
@@ -436,6 +465,26 @@ impl Work<'_> {
         let cause = json!({"type": "control", "controlId": entry.id, "kind": entry.entry.kind()});
         match &entry.entry {
             ControlEntry::OrgCreated { .. } => false,
+            ControlEntry::ReleaseChanged {
+                org_id, group_id, ..
+            } => {
+                // Re-resolve the devices the release can affect: the group's members, or every device of
+                // the org for the default. The registry already holds the new release.
+                let slot = group_id.and_then(|g| registry.slot(&g));
+                if group_id.is_some() && slot.is_none() {
+                    return false;
+                }
+                for id in self.org_devices(org_id) {
+                    let affected = match slot {
+                        Some(slot) => self.current(&id).is_some_and(|d| d.member(slot).is_some()),
+                        None => true,
+                    };
+                    if affected {
+                        self.resolve.push((id, cause.clone()));
+                    }
+                }
+                false
+            }
             ControlEntry::GroupUpserted(def) => {
                 let Some(slot) = registry.slot(&def.group_id) else {
                     return false;
@@ -567,6 +616,77 @@ impl Work<'_> {
         }
     }
 
+    /// Re-resolves the firmware target of every device the batch touched or a release change affects; a
+    /// changed target is stored, and a changed *version* is a rollout-target event in the outbox.
+    fn resolve_firmware(&mut self) {
+        let registry = self.registry;
+        let mut ids: Vec<(Box<str>, Option<Value>)> =
+            self.devices.keys().map(|id| (id.clone(), None)).collect();
+        ids.extend(
+            std::mem::take(&mut self.resolve)
+                .into_iter()
+                .map(|(id, cause)| (id, Some(cause))),
+        );
+        let mut seen = std::collections::HashSet::new();
+        for (id, cause) in ids {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            let Some(device) = self.current(&id) else {
+                continue;
+            };
+            let target = registry.resolve(
+                &device.org,
+                device.development,
+                device.firmware_lock.as_deref(),
+                device.memberships.iter().map(|m| m.slot),
+            );
+            if target == device.target {
+                continue;
+            }
+            let previous = device.target.clone();
+            let cause = self
+                .causes
+                .get(&id)
+                .cloned()
+                .or(cause)
+                .unwrap_or_else(|| json!({"type": "resolution"}));
+            let now = self.ctx.now;
+            let Some(device) = self.held(&id) else {
+                continue;
+            };
+            let rollout = previous.is_rollout_change(&target);
+            device.target = target.clone();
+            if !rollout {
+                continue;
+            }
+            device.target_sequence += 1;
+            let sequence = device.target_sequence;
+            let org = device.org.clone();
+            let event = crate::firmware::rollout_event(
+                &org,
+                &id,
+                sequence,
+                &previous,
+                &target,
+                &cause,
+                &format_millis(now),
+            );
+            self.stats.rollouts += 1;
+            self.outbox.push(OutboxRow {
+                topic: self.ctx.output_topic.to_string(),
+                key: Some(id.as_bytes().to_vec()),
+                payload: event.to_string().into_bytes(),
+                headers: json!({
+                    "ce_specversion": "1.0",
+                    "ce_id": crate::firmware::event_id(&id, sequence).to_string(),
+                    "ce_type": crate::firmware::EVENT_TYPE,
+                    "content-type": "application/cloudevents+json",
+                }),
+            });
+        }
+    }
+
     fn push_log(
         &mut self,
         slot: u32,
@@ -577,6 +697,7 @@ impl Work<'_> {
         cause: &Value,
     ) {
         *self.stats.changes.entry(reason).or_default() += 1;
+        self.causes.insert(id.into(), cause.clone());
         self.log.push(LogRow {
             group_id: self.registry.group(slot).id,
             device_id: id.to_string(),
@@ -691,6 +812,7 @@ impl Work<'_> {
             "partition": self.partition.id,
             "offset": record.offset,
         });
+        self.causes.insert(id.into(), cause.clone());
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         if fresh {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::firmware::{resolve, DeviceFacts, GroupRelease, Target, Version};
 use crate::rules::{
     compile, AttrValue, Attributes, Catalogue, CompiledFilter, EpochMillis, FieldId, FieldIndex,
     FieldKeys, ValueKey,
@@ -28,6 +29,8 @@ pub struct Group {
     pub filter: Option<CompiledFilter>,
     /// Whether the group is deleted (its slot stays so pending removals can find it).
     pub deleted: bool,
+    /// The group's current firmware release.
+    pub release: Option<GroupRelease>,
 }
 
 impl Group {
@@ -47,6 +50,8 @@ pub struct Org {
     pub dynamic: Vec<u32>,
     /// Live dynamic groups whose result can change with time alone.
     pub time_groups: Vec<u32>,
+    /// The org's default firmware release.
+    pub default_release: Option<GroupRelease>,
 }
 
 /// Every org and group, by slot.
@@ -112,6 +117,7 @@ impl Registry {
             version: 0,
             filter: None,
             deleted: true,
+            release: None,
         })
     }
 
@@ -153,6 +159,7 @@ impl Registry {
                 version: 0,
                 filter: None,
                 deleted: false,
+                release: None,
             }),
         };
         let group = &mut self.groups[slot as usize];
@@ -170,6 +177,7 @@ impl Registry {
         let group = &mut self.groups[slot as usize];
         group.deleted = true;
         group.filter = None;
+        group.release = None;
         group.version += 1;
         self.reindex(slot);
         Some(slot)
@@ -242,6 +250,57 @@ impl Registry {
             }
         }
         filter.next_flip(attrs, now)
+    }
+
+    /// Records a release change: the group's (or, with no group, the org's default) current version.
+    /// Returns the group's slot when it is a group release.
+    pub fn set_release(
+        &mut self,
+        org: &str,
+        group: Option<Uuid>,
+        version: Option<&str>,
+    ) -> Option<u32> {
+        let release = |group: Uuid| {
+            version.and_then(|v| {
+                Version::parse(v).ok().map(|parsed| GroupRelease {
+                    group,
+                    version: parsed,
+                    label: v.to_string(),
+                })
+            })
+        };
+        match group {
+            Some(id) => {
+                let slot = self.slot(&id)?;
+                self.groups[slot as usize].release = release(id);
+                Some(slot)
+            }
+            None => {
+                self.add_org(org);
+                if let Some(o) = self.orgs.get_mut(org) {
+                    o.default_release = release(Uuid::nil());
+                }
+                None
+            }
+        }
+    }
+
+    /// Resolves a device's firmware target from its facts and memberships.
+    pub fn resolve(
+        &self,
+        org: &str,
+        development: bool,
+        lock: Option<&str>,
+        member_of: impl Iterator<Item = u32>,
+    ) -> Target {
+        let facts = DeviceFacts { development, lock };
+        let releases = member_of.filter_map(|slot| {
+            self.groups
+                .get(slot as usize)
+                .and_then(|g| g.release.as_ref())
+        });
+        let default = self.orgs.get(org).and_then(|o| o.default_release.as_ref());
+        resolve(&facts, releases, default)
     }
 
     /// Number of live dynamic groups across all orgs.
