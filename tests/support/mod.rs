@@ -20,6 +20,7 @@
 
 #![allow(dead_code)] // each suite uses a different part of the harness
 
+pub mod app;
 pub mod containers;
 pub mod db;
 pub mod docker;

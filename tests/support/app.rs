@@ -1,0 +1,392 @@
+//! An in-process cohort (worker and embedded relay) against the test database and broker, with helpers to
+//! drive it (groups, events) and observe it (memberships, the log, an oracle computed from scratch).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cohort::app::Application;
+use cohort::config::Config;
+use cohort::rules::Catalogue;
+use cohort::store::groups::{self, NewGroup};
+use cohort::worker::{Clock, Status, SystemClock};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{eventually, TestDatabase, TestKafka};
+
+pub const LIMIT: Duration = Duration::from_secs(60);
+pub const ORG: &str = "acme";
+
+/// A running worker and what the test needs to drive and observe it.
+pub struct Harness {
+    pub db: TestDatabase,
+    pub kafka: TestKafka,
+    pub input: String,
+    pub dead_letters: String,
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub workers: Vec<RunningWorker>,
+    pub status: Arc<Status>,
+    pub catalogue: Catalogue,
+    pub sequence: i64,
+}
+
+/// One worker process (in-process): how to stop it gracefully, or kill it.
+pub struct RunningWorker {
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub status: Arc<Status>,
+}
+
+pub async fn spawn_worker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<RunningWorker> {
+    let app = Application::build_with_clock(config.clone(), clock).await?;
+    let status = app.status();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    Ok(RunningWorker {
+        stop: Some(stop),
+        task,
+        status,
+    })
+}
+
+impl Harness {
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with_clock(Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with_clock(clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let db = TestDatabase::new().await?;
+        let kafka = TestKafka::new().await?;
+        let input = kafka.unique_topic("device-attribute-changes");
+        let dead_letters = format!("{input}.dead-letter");
+        kafka.create_topic(&input, 2).await?;
+        kafka.create_topic(&dead_letters, 1).await?;
+        cohort::store::migrate(db.pool()).await?;
+        groups::create_org(db.pool(), ORG, "Acme").await?;
+        let mut config = Config::load_from(None, Vec::<(String, String)>::new())?;
+        config.database.url = db.url().to_string();
+        config.kafka.brokers = kafka.bootstrap_servers();
+        config.kafka.input_topic = input.clone();
+        config.kafka.dead_letter_topic = dead_letters.clone();
+        config.kafka.output_topic = format!("{input}.rollout-targets");
+        config.kafka.group_id = format!("cohort-{}", super::random_suffix());
+        config
+            .kafka
+            .properties
+            .insert("session.timeout.ms".into(), "3000".into());
+        config
+            .kafka
+            .properties
+            .insert("heartbeat.interval.ms".into(), "500".into());
+        config.worker.batch_max_wait_ms = 5;
+        config.http.listen = "127.0.0.1:0".parse()?;
+        let worker = spawn_worker(&config, clock.clone()).await?;
+        let status = worker.status.clone();
+        let harness = Self {
+            db,
+            kafka,
+            input,
+            dead_letters,
+            config,
+            clock,
+            workers: vec![worker],
+            status,
+            catalogue: Catalogue::default(),
+            sequence: 0,
+        };
+        // Wait until the worker owns both partitions, so produced events are consumed by it.
+        let status = harness.status.clone();
+        eventually(LIMIT, "the worker owns its partitions", || {
+            let status = status.clone();
+            async move {
+                Ok(
+                    (status.partitions.load(std::sync::atomic::Ordering::SeqCst) == 2)
+                        .then_some(()),
+                )
+            }
+        })
+        .await?;
+        Ok(harness)
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        self.db.pool()
+    }
+
+    pub async fn group(&self, name: &str, filter: Value) -> anyhow::Result<Uuid> {
+        let group = NewGroup {
+            org_id: ORG.into(),
+            name: name.into(),
+            filter: Some(filter),
+            ..Default::default()
+        };
+        Ok(groups::create_group(self.pool(), &self.catalogue, &group)
+            .await?
+            .group_id)
+    }
+
+    /// Produces an event for `device` with the next sequence number.
+    pub async fn send(&mut self, device: &str, attributes: Value) -> anyhow::Result<i64> {
+        self.sequence += 1;
+        let sequence = self.sequence;
+        self.send_with_sequence(device, sequence, attributes)
+            .await?;
+        Ok(sequence)
+    }
+
+    pub async fn send_with_sequence(
+        &self,
+        device: &str,
+        sequence: i64,
+        attributes: Value,
+    ) -> anyhow::Result<()> {
+        let event = json!({
+            "eventId": format!("{device}-{sequence}-{}", super::random_suffix()),
+            "orgId": ORG,
+            "deviceId": device,
+            "sequence": sequence,
+            "attributes": attributes,
+        });
+        self.kafka
+            .produce(&self.input, device, event.to_string())
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until the device's applied sequence reaches `sequence`.
+    pub async fn applied(&self, device: &str, sequence: i64) -> anyhow::Result<()> {
+        let pool = self.pool().clone();
+        let device = device.to_string();
+        eventually(LIMIT, "the event is applied", || {
+            let (pool, device) = (pool.clone(), device.clone());
+            async move {
+                let seq: Option<i64> =
+                    sqlx::query_scalar("SELECT sequence FROM devices WHERE id = $1")
+                        .bind(&device)
+                        .fetch_optional(&pool)
+                        .await?;
+                Ok(seq.filter(|s| *s >= sequence).map(|_| ()))
+            }
+        })
+        .await
+    }
+
+    pub async fn members(&self, group: Uuid) -> anyhow::Result<Vec<(String, bool)>> {
+        Ok(sqlx::query_as(
+            "SELECT device_id, is_pinned FROM device_group_memberships WHERE group_id = $1 ORDER BY device_id",
+        )
+        .bind(group)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn log(&self, group: Uuid) -> anyhow::Result<Vec<(String, String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT device_id, action, reason FROM group_membership_log WHERE group_id = $1 ORDER BY id",
+        )
+        .bind(group)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn wait_members(&self, group: Uuid, expected: &[(&str, bool)]) -> anyhow::Result<()> {
+        let expected: Vec<(String, bool)> =
+            expected.iter().map(|(d, p)| (d.to_string(), *p)).collect();
+        let mut last = Vec::new();
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while tokio::time::Instant::now() < deadline {
+            last = self.members(group).await?;
+            if last == expected {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("members of {group}: expected {expected:?}, last seen {last:?}")
+    }
+
+    /// Stops every worker gracefully.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for mut worker in self.workers.drain(..) {
+            if let Some(stop) = worker.stop.take() {
+                let _ = stop.send(());
+            }
+            tokio::time::timeout(LIMIT, worker.task).await???;
+        }
+        Ok(())
+    }
+
+    /// Kills the first worker with no graceful shutdown (its in-flight transaction is abandoned).
+    pub fn kill_first(&mut self) {
+        let worker = self.workers.remove(0);
+        worker.task.abort();
+    }
+
+    /// Starts another worker in the same consumer group; returns its index.
+    pub async fn add_worker(&mut self) -> anyhow::Result<usize> {
+        let worker = spawn_worker(&self.config, self.clock.clone()).await?;
+        self.workers.push(worker);
+        Ok(self.workers.len() - 1)
+    }
+
+    /// Waits until the running workers together own every partition.
+    pub async fn all_partitions_owned(&self, partitions: usize) -> anyhow::Result<()> {
+        let statuses: Vec<Arc<Status>> = self.workers.iter().map(|w| w.status.clone()).collect();
+        eventually(LIMIT, "the partitions are owned", || {
+            let statuses = statuses.clone();
+            async move {
+                let owned: usize = statuses
+                    .iter()
+                    .map(|s| s.partitions.load(std::sync::atomic::Ordering::SeqCst))
+                    .sum();
+                Ok((owned == partitions).then_some(()))
+            }
+        })
+        .await
+    }
+
+    /// Compares stored memberships with an oracle computed from scratch from the stored attributes, and
+    /// checks the log: per (group, device), actions alternate (no duplicate row) and the last one agrees
+    /// with the membership.
+    pub async fn check_oracle(&self, now: i64) -> anyhow::Result<()> {
+        let groups: Vec<(Uuid, Value)> = sqlx::query_as(
+            "SELECT id, filter_conditions FROM device_groups WHERE type = 'dynamic' AND deleted_at IS NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let devices: Vec<(String, Value)> = sqlx::query_as("SELECT id, attributes FROM devices")
+            .fetch_all(self.pool())
+            .await?;
+        let mut expected = std::collections::BTreeSet::new();
+        for (group, filter) in &groups {
+            let compiled = cohort::rules::compile(filter, &self.catalogue)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            for (device, attributes) in &devices {
+                let attrs = cohort::rules::Attributes::from_json(
+                    attributes
+                        .as_object()
+                        .expect("stored attributes are an object"),
+                    &self.catalogue,
+                )
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                if compiled.evaluate(&attrs, now) {
+                    expected.insert((*group, device.clone()));
+                }
+            }
+        }
+        let stored: std::collections::BTreeSet<(Uuid, String)> =
+            sqlx::query_as::<_, (Uuid, String)>(
+                "SELECT group_id, device_id FROM device_group_memberships WHERE NOT is_pinned",
+            )
+            .fetch_all(self.pool())
+            .await?
+            .into_iter()
+            .collect();
+        let missing: Vec<_> = expected.difference(&stored).collect();
+        let extra: Vec<_> = stored.difference(&expected).collect();
+        anyhow::ensure!(
+            missing.is_empty() && extra.is_empty(),
+            "memberships differ from the oracle: missing {missing:?}, extra {extra:?}"
+        );
+        let log: Vec<(Uuid, String, String)> = sqlx::query_as(
+            "SELECT group_id, device_id, action FROM group_membership_log ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut last: std::collections::HashMap<(Uuid, String), String> =
+            std::collections::HashMap::new();
+        for (group, device, action) in log {
+            let previous = last.insert((group, device.clone()), action.clone());
+            anyhow::ensure!(
+                previous.as_deref() != Some(action.as_str()),
+                "duplicate log row: {action} twice for {device} in {group}"
+            );
+        }
+        for ((group, device), action) in &last {
+            let member = stored.contains(&(*group, device.clone()));
+            anyhow::ensure!(
+                (action == "added") == member,
+                "log and membership disagree for {device} in {group}"
+            );
+        }
+        Ok(())
+    }
+}
+
+pub fn metric(name_and_labels: &str) -> f64 {
+    let rendered = cohort::metrics::install().render();
+    rendered
+        .lines()
+        .filter(|l| l.starts_with(name_and_labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Attributes drawn from small pools, so devices move in and out of groups often.
+pub fn random_attributes(rng: &mut u64) -> Value {
+    let mut next = |n: u64| {
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        *rng % n
+    };
+    let statuses = ["online", "offline", "maintenance"];
+    let os = ["linux", "rtos", "android"];
+    json!({
+        "status": statuses[next(3) as usize],
+        "osType": os[next(3) as usize],
+        "uptimeSeconds": next(1000),
+        "tags": if next(2) == 0 { json!(["prod"]) } else { json!(["dev", "eu"]) },
+    })
+}
+
+pub async fn standard_groups(h: &Harness) -> anyhow::Result<Vec<Uuid>> {
+    Ok(vec![
+        h.group(
+            "online-linux",
+            json!({"operator": "AND", "conditions": [
+            {"field": "status", "operator": "equals", "value": "online"},
+            {"field": "osType", "operator": "equals", "value": "linux"}]}),
+        )
+        .await?,
+        h.group(
+            "long-uptime",
+            json!({"operator": "AND", "conditions": [
+            {"field": "uptimeSeconds", "operator": "greaterThan", "value": 500}]}),
+        )
+        .await?,
+        h.group(
+            "prod-or-rtos",
+            json!({"operator": "OR", "conditions": [
+            {"field": "tags", "operator": "contains", "value": "PROD"},
+            {"field": "osType", "operator": "in", "value": ["rtos"]}]}),
+        )
+        .await?,
+    ])
+}
+
+/// Sends `count` random events over `devices` devices; returns the last sequence per device.
+pub async fn stream(
+    h: &mut Harness,
+    devices: usize,
+    count: usize,
+    rng: &mut u64,
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut last = std::collections::BTreeMap::new();
+    for i in 0..count {
+        let device = format!("dev-{}", i % devices);
+        let seq = h.send(&device, random_attributes(rng)).await?;
+        last.insert(device, seq);
+    }
+    Ok(last.into_iter().collect())
+}
+
+pub async fn all_applied(h: &Harness, last: &[(String, i64)]) -> anyhow::Result<()> {
+    for (device, seq) in last {
+        h.applied(device, *seq).await?;
+    }
+    Ok(())
+}
