@@ -525,6 +525,9 @@ impl Work<'_> {
                     return false;
                 }
                 let version = group.version;
+                if self.current(device_id).is_some() {
+                    self.causes.insert(device_id.as_str().into(), cause.clone());
+                }
                 let Some(device) = self.held(device_id) else {
                     return false;
                 };
@@ -650,7 +653,9 @@ impl Work<'_> {
                 .get(&id)
                 .cloned()
                 .or(cause)
-                .unwrap_or_else(|| json!({"type": "resolution"}));
+                // Every path that touches a device records its cause; should one not, the instant of
+                // re-resolution is the truthful cause.
+                .unwrap_or_else(|| json!({"type": "timer", "at": format_millis(self.ctx.now)}));
             let now = self.ctx.now;
             let Some(device) = self.held(&id) else {
                 continue;

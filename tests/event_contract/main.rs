@@ -797,3 +797,35 @@ proptest! {
         prop_assert_eq!(again.as_ref(), Ok(&event));
     }
 }
+
+/// Rollout-target events as the worker builds them validate against the published schema, for every kind
+/// of cause and target.
+#[test]
+fn rollout_target_events_match_their_schema() {
+    use cohort::firmware::{rollout_event, Reason, Target};
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema = schema::Schema::load(root.join("schemas/rollout-target.schema.json"));
+    let group = uuid::Uuid::from_u128(7);
+    let targets = [
+        Target::none(),
+        Target { version: Some("2.4.1".into()), reason: Reason::Group, group: Some(group) },
+        Target { version: Some("17".into()), reason: Reason::Default, group: None },
+        Target { version: Some("3".into()), reason: Reason::Locked, group: None },
+        Target { version: None, reason: Reason::Development, group: None },
+    ];
+    let causes = [
+        json!({"type": "event", "eventId": "e-1", "partition": 3, "offset": 42}),
+        json!({"type": "control", "controlId": 9, "kind": "release_changed"}),
+        json!({"type": "timer", "at": "2024-06-15T12:00:00.000Z"}),
+    ];
+    for (i, previous) in targets.iter().enumerate() {
+        for cause in &causes {
+            let current = &targets[(i + 1) % targets.len()];
+            let event = rollout_event("acme", "gw-17", i as i64 + 1, previous, current, cause, "2024-06-15T12:00:00.000Z");
+            let errors = schema.errors(&event);
+            assert!(errors.is_empty(), "{event}: {errors:?}");
+        }
+    }
+    let bad = json!({"specversion": "0.3"});
+    assert!(!schema.errors(&bad).is_empty(), "the checker rejects a non-event");
+}

@@ -175,6 +175,26 @@ impl Schema {
                         }
                     }
                 }
+                "const" => {
+                    if instance != arg {
+                        fail(format!("must be {arg}"));
+                    }
+                }
+                "oneOf" => {
+                    let matching = arg
+                        .as_array()
+                        .expect("oneOf is an array")
+                        .iter()
+                        .filter(|sub| {
+                            let mut sub_errors = Vec::new();
+                            self.check(sub, instance, path, &mut sub_errors);
+                            sub_errors.is_empty()
+                        })
+                        .count();
+                    if matching != 1 {
+                        fail(format!("must match exactly one of the oneOf schemas, matches {matching}"));
+                    }
+                }
                 other => panic!("the checker does not implement the keyword {other:?}"),
             }
         }
