@@ -808,10 +808,26 @@ fn rollout_target_events_match_their_schema() {
     let group = uuid::Uuid::from_u128(7);
     let targets = [
         Target::none(),
-        Target { version: Some("2.4.1".into()), reason: Reason::Group, group: Some(group) },
-        Target { version: Some("17".into()), reason: Reason::Default, group: None },
-        Target { version: Some("3".into()), reason: Reason::Locked, group: None },
-        Target { version: None, reason: Reason::Development, group: None },
+        Target {
+            version: Some("2.4.1".into()),
+            reason: Reason::Group,
+            group: Some(group),
+        },
+        Target {
+            version: Some("17".into()),
+            reason: Reason::Default,
+            group: None,
+        },
+        Target {
+            version: Some("3".into()),
+            reason: Reason::Locked,
+            group: None,
+        },
+        Target {
+            version: None,
+            reason: Reason::Development,
+            group: None,
+        },
     ];
     let causes = [
         json!({"type": "event", "eventId": "e-1", "partition": 3, "offset": 42}),
@@ -821,11 +837,22 @@ fn rollout_target_events_match_their_schema() {
     for (i, previous) in targets.iter().enumerate() {
         for cause in &causes {
             let current = &targets[(i + 1) % targets.len()];
-            let event = rollout_event("acme", "gw-17", i as i64 + 1, previous, current, cause, "2024-06-15T12:00:00.000Z");
+            let event = rollout_event(
+                "acme",
+                "gw-17",
+                i as i64 + 1,
+                previous,
+                current,
+                cause,
+                "2024-06-15T12:00:00.000Z",
+            );
             let errors = schema.errors(&event);
             assert!(errors.is_empty(), "{event}: {errors:?}");
         }
     }
     let bad = json!({"specversion": "0.3"});
-    assert!(!schema.errors(&bad).is_empty(), "the checker rejects a non-event");
+    assert!(
+        !schema.errors(&bad).is_empty(),
+        "the checker rejects a non-event"
+    );
 }

@@ -192,7 +192,9 @@ impl Schema {
                         })
                         .count();
                     if matching != 1 {
-                        fail(format!("must match exactly one of the oneOf schemas, matches {matching}"));
+                        fail(format!(
+                            "must match exactly one of the oneOf schemas, matches {matching}"
+                        ));
                     }
                 }
                 other => panic!("the checker does not implement the keyword {other:?}"),

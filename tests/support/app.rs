@@ -59,6 +59,14 @@ impl Harness {
     }
 
     pub async fn start_with_clock(clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        Self::start_with(clock, |_| {}).await
+    }
+
+    /// Starts with the test configuration adjusted by `tweak` (before the worker starts).
+    pub async fn start_with(
+        clock: Arc<dyn Clock>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
         let db = TestDatabase::new().await?;
         let kafka = TestKafka::new().await?;
         let input = kafka.unique_topic("device-attribute-changes");
@@ -84,6 +92,7 @@ impl Harness {
             .insert("heartbeat.interval.ms".into(), "500".into());
         config.worker.batch_max_wait_ms = 5;
         config.http.listen = "127.0.0.1:0".parse()?;
+        tweak(&mut config);
         let worker = spawn_worker(&config, clock.clone()).await?;
         let status = worker.status.clone();
         let harness = Self {
