@@ -389,7 +389,9 @@ async fn killing_the_relay_mid_stream_loses_nothing_and_keeps_per_device_order(
     .await?;
     relay.abort();
     let _ = relay.await;
-    // More changes while no relay runs: they wait in the outbox.
+    // More changes while no relay runs: they wait in the outbox. (All 600 default events are committed
+    // first, so the group release is never coalesced with them.)
+    settled(&h, 600).await?;
     firmware::release(h.pool(), ORG, ReleaseTarget::Group(half), "2", "ops").await?;
     let all = settled(&h, 900).await?;
     let (stop, relay) = start_relay().await?;
@@ -422,5 +424,87 @@ async fn killing_the_relay_mid_stream_loses_nothing_and_keeps_per_device_order(
         let expected: Vec<i64> = (1..=sequences.len() as i64).collect();
         assert_eq!(sequences, &expected, "{device}");
     }
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withdrawing_a_release_moves_its_devices_back_as_previewed() -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let a = h.group("a", tags_filter("a")).await?;
+    let first = h
+        .send("dev-1", json!({"tags": ["a"], "firmwareVersion": "1"}))
+        .await?;
+    let second = h
+        .send("dev-2", json!({"tags": [], "firmwareVersion": "1"}))
+        .await?;
+    h.applied("dev-1", first).await?;
+    h.applied("dev-2", second).await?;
+    firmware::release(h.pool(), ORG, ReleaseTarget::Default, "1", "ops").await?;
+    settled(&h, 2).await?; // both: none → 1
+    let release = firmware::release(h.pool(), ORG, ReleaseTarget::Group(a), "3", "ops").await?;
+    settled(&h, 3).await?; // dev-1: 1 → 3
+    let impact = firmware::preview(
+        h.pool(),
+        ORG,
+        &Proposal::Withdraw {
+            target: ReleaseTarget::Group(a),
+        },
+        10,
+    )
+    .await?;
+    assert_eq!((impact.examined, impact.changed), (1, 1));
+    assert_eq!(
+        impact.transitions,
+        BTreeMap::from([("3 -> 1".to_string(), 1)])
+    );
+    firmware::withdraw(h.pool(), release.id).await?;
+    let all = settled(&h, 4).await?;
+    let last = all.last().expect("four events");
+    assert_eq!(
+        (
+            last.device.as_str(),
+            last.from.as_deref(),
+            last.to.as_deref()
+        ),
+        ("dev-1", Some("3"), Some("1"))
+    );
+    assert_eq!(
+        target_of(&h, "dev-1").await?,
+        (Some("1".into()), "default".into(), None)
+    );
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_that_mix_version_kinds_or_default_to_an_unseen_version_are_refused(
+) -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let a = h.group("a", tags_filter("a")).await?;
+    let first = h.send("dev-1", json!({"firmwareVersion": "2.4.1"})).await?;
+    h.applied("dev-1", first).await?;
+    let unseen = firmware::release(h.pool(), ORG, ReleaseTarget::Default, "2.5.0", "ops").await;
+    assert!(
+        matches!(unseen, Err(firmware::ReleaseError::NoDeviceRunsIt(_))),
+        "{unseen:?}"
+    );
+    firmware::release(h.pool(), ORG, ReleaseTarget::Default, "2.4.1", "ops").await?;
+    let mixed = firmware::release(h.pool(), ORG, ReleaseTarget::Group(a), "7", "ops").await;
+    let message = mixed.expect_err("mixing kinds is refused").to_string();
+    assert_eq!(
+        message,
+        "version \"7\" is integer, but this org's releases use semver versions"
+    );
+    let garbage = firmware::release(h.pool(), ORG, ReleaseTarget::Group(a), "banana", "ops").await;
+    assert!(matches!(garbage, Err(firmware::ReleaseError::Version(_))));
+    // A release to a group that is not the org's is refused too.
+    let other = firmware::release(
+        h.pool(),
+        ORG,
+        ReleaseTarget::Group(Uuid::new_v4()),
+        "2.6.0",
+        "ops",
+    )
+    .await;
+    assert!(matches!(other, Err(firmware::ReleaseError::GroupNotFound)));
     h.stop().await
 }
