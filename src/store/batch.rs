@@ -101,60 +101,30 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
     }
 
     let mut conflicts = Vec::new();
-    if !batch.device_updates.is_empty() {
-        let rows = &batch.device_updates;
-        let updated: Vec<String> = sqlx::query_scalar(
-            "UPDATE devices d SET attributes = u.attributes, sequence = u.sequence, version = d.version + 1, \
-               partition = $7, is_development = u.dev, firmware_lock = u.lock, target_version = u.tv, \
-               target_reason = u.tr, target_group = u.tg, target_sequence = u.ts, updated_at = now() \
-             FROM unnest($1::text[], $2::jsonb[], $3::int8[], $4::int8[], $5::bool[], $6::text[], $8::text[], \
-                         $9::text[], $10::uuid[], $11::int8[]) \
-               AS u(id, attributes, sequence, expected, dev, lock, tv, tr, tg, ts) \
-             WHERE d.id = u.id AND d.version = u.expected RETURNING d.id",
-        )
-        .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.attributes.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.sequence).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.expected_version).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.is_development).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.firmware_lock.clone()).collect::<Vec<_>>())
-        .bind(batch.partition)
-        .bind(rows.iter().map(|r| r.target_version.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.target_reason).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.target_group).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.target_sequence).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-        if updated.len() != rows.len() {
-            missing(rows, &updated, &mut conflicts);
+    // Both statements take the same columns ($1–$11, and $12 the partition), bound by `write_devices`;
+    // each uses the ones it needs.
+    let updates = "UPDATE devices d SET attributes = u.attributes, sequence = u.sequence, version = d.version + 1, \
+           partition = $12, is_development = u.dev, firmware_lock = u.lock, target_version = u.tv, \
+           target_reason = u.tr, target_group = u.tg, target_sequence = u.ts, updated_at = now() \
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int8[], $5::int8[], $6::bool[], $7::text[], \
+                     $8::text[], $9::text[], $10::uuid[], $11::int8[]) AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts) \
+         WHERE d.id = u.id AND d.version = u.expected RETURNING d.id";
+    let inserts = "INSERT INTO devices (id, org_id, attributes, sequence, partition, version, is_development, \
+           firmware_lock, target_version, target_reason, target_group, target_sequence) \
+         SELECT u.id, u.org, u.attributes, u.sequence, $12, 1, u.dev, u.lock, u.tv, u.tr, u.tg, u.ts \
+         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int8[], $5::int8[], $6::bool[], $7::text[], \
+                     $8::text[], $9::text[], $10::uuid[], $11::int8[]) AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts) \
+         ON CONFLICT (id) DO NOTHING RETURNING id";
+    for (sql, rows) in [
+        (updates, &batch.device_updates),
+        (inserts, &batch.device_inserts),
+    ] {
+        if rows.is_empty() {
+            continue;
         }
-    }
-    if !batch.device_inserts.is_empty() {
-        let rows = &batch.device_inserts;
-        let inserted: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO devices (id, org_id, attributes, sequence, partition, version, is_development, \
-               firmware_lock, target_version, target_reason, target_group, target_sequence) \
-             SELECT u.id, u.org, u.attributes, u.sequence, $7, 1, u.dev, u.lock, u.tv, u.tr, u.tg, u.ts \
-             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int8[], $5::bool[], $6::text[], $8::text[], \
-                         $9::text[], $10::uuid[], $11::int8[]) \
-               AS u(id, org, attributes, sequence, dev, lock, tv, tr, tg, ts) \
-             ON CONFLICT (id) DO NOTHING RETURNING id",
-        )
-        .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.attributes.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.sequence).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.is_development).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.firmware_lock.clone()).collect::<Vec<_>>())
-        .bind(batch.partition)
-        .bind(rows.iter().map(|r| r.target_version.clone()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.target_reason).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.target_group).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.target_sequence).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
-        if inserted.len() != rows.len() {
-            missing(rows, &inserted, &mut conflicts);
+        let written = write_devices(&mut tx, sql, rows, batch.partition).await?;
+        if written.len() != rows.len() {
+            missing(rows, &written, &mut conflicts);
         }
     }
     if !conflicts.is_empty() {
@@ -239,6 +209,42 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Runs one of the device statements over `rows`, returning the ids it wrote.
+async fn write_devices(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    sql: &str,
+    rows: &[DeviceRow],
+    partition: i32,
+) -> Result<Vec<String>, StoreError> {
+    Ok(sqlx::query_scalar(sql)
+        .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.attributes.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.sequence).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.expected_version).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.is_development).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.firmware_lock.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            rows.iter()
+                .map(|r| r.target_version.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.target_reason).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.target_group).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.target_sequence).collect::<Vec<_>>())
+        .bind(partition)
+        .fetch_all(&mut **tx)
+        .await?)
 }
 
 fn missing(rows: &[DeviceRow], written: &[String], out: &mut Vec<String>) {

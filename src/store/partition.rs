@@ -124,28 +124,12 @@ const DEVICE_COLUMNS: &str =
     "d.id, d.org_id, d.attributes, d.sequence, d.partition, d.version, d.is_development, \
      d.firmware_lock, d.target_version, d.target_reason, d.target_group, d.target_sequence";
 
-/// Every device owned by `partition`, with its memberships in live groups.
+/// Every device owned by `partition`, with its memberships.
 pub async fn load_partition(
     pool: &PgPool,
     partition: i32,
 ) -> Result<(Vec<StoredDevice>, Vec<StoredMembership>), StoreError> {
-    let devices: Vec<DeviceTuple> = sqlx::query_as(&format!(
-        "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.partition = $1"
-    ))
-    .bind(partition)
-    .fetch_all(pool)
-    .await?;
-    let memberships: Vec<(Uuid, String, bool, String)> = sqlx::query_as(
-        "SELECT m.group_id, m.device_id, m.is_pinned, m.added_by FROM device_group_memberships m \
-         JOIN devices d ON d.id = m.device_id WHERE d.partition = $1",
-    )
-    .bind(partition)
-    .fetch_all(pool)
-    .await?;
-    Ok((
-        devices.into_iter().map(device).collect(),
-        memberships.into_iter().map(membership).collect(),
-    ))
+    load(pool, "d.partition = $1", partition).await
 }
 
 /// The named devices (those a batch needs but the worker does not hold), with their memberships.
@@ -153,18 +137,31 @@ pub async fn load_devices(
     pool: &PgPool,
     ids: &[String],
 ) -> Result<(Vec<StoredDevice>, Vec<StoredMembership>), StoreError> {
-    let devices: Vec<DeviceTuple> = sqlx::query_as(&format!(
-        "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.id = ANY($1)"
-    ))
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
-    let memberships: Vec<(Uuid, String, bool, String)> = sqlx::query_as(
-        "SELECT group_id, device_id, is_pinned, added_by FROM device_group_memberships WHERE device_id = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
+    load(pool, "d.id = ANY($1)", ids).await
+}
+
+/// Devices matching `condition` (over `devices d`, with `$1` bound to `arg`) and their memberships.
+async fn load<A>(
+    pool: &PgPool,
+    condition: &str,
+    arg: A,
+) -> Result<(Vec<StoredDevice>, Vec<StoredMembership>), StoreError>
+where
+    A: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Clone,
+{
+    let devices_sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE {condition}");
+    let members_sql = format!(
+        "SELECT m.group_id, m.device_id, m.is_pinned, m.added_by FROM device_group_memberships m \
+         JOIN devices d ON d.id = m.device_id WHERE {condition}"
+    );
+    let devices: Vec<DeviceTuple> = sqlx::query_as(&devices_sql)
+        .bind(arg.clone())
+        .fetch_all(pool)
+        .await?;
+    let memberships: Vec<(Uuid, String, bool, String)> = sqlx::query_as(&members_sql)
+        .bind(arg)
+        .fetch_all(pool)
+        .await?;
     Ok((
         devices.into_iter().map(device).collect(),
         memberships.into_iter().map(membership).collect(),
