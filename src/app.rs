@@ -1,7 +1,7 @@
 //! The application: wires configuration, storage, the worker, the embedded outbox relay and the HTTP
 //! endpoints together (`Application::build(config)` then `run_until_stopped(shutdown)`; `main` passes a
 //! future that resolves on SIGINT/SIGTERM, tests pass their own). [`run_relay`] runs the relay role alone
-//! (`cohort relay`).
+//! (`cohort relay`), [`run_api`] the REST API alone (`cohort api`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,9 +21,13 @@ pub struct Application {
     worker: Worker,
     /// The outbox relay, unless `worker.embedded_relay` is off (relays then run as `cohort relay`).
     relay: Option<Relay>,
+    /// The REST API, unless `worker.embedded_api` is off (it then runs as `cohort api`).
+    api: Option<crate::api::ApiState>,
     status: Arc<Status>,
     pool: PgPool,
     listen: SocketAddr,
+    /// The address the HTTP listener bound, once it has (port 0 picks one).
+    address: tokio::sync::watch::Sender<Option<SocketAddr>>,
 }
 
 impl Application {
@@ -54,20 +58,35 @@ impl Application {
         } else {
             None
         };
+        let api = if config.worker.embedded_api {
+            Some(
+                crate::api::ApiState::new(&config, pool.clone(), catalogue.clone())
+                    .context("failed to prepare the REST API")?,
+            )
+        } else {
+            None
+        };
         let worker = Worker::build(config, brokers, pool.clone(), catalogue, clock);
         let status = worker.status();
         Ok(Self {
             worker,
             relay,
+            api,
             status,
             pool,
             listen,
+            address: tokio::sync::watch::channel(None).0,
         })
     }
 
     /// The worker's status (readiness, batches committed, partitions owned).
     pub fn status(&self) -> Arc<Status> {
         self.status.clone()
+    }
+
+    /// The HTTP listener's address, once bound.
+    pub fn http_address(&self) -> tokio::sync::watch::Receiver<Option<SocketAddr>> {
+        self.address.subscribe()
     }
 
     /// The embedded relay's status, when it runs in this process.
@@ -86,13 +105,18 @@ impl Application {
     ) -> anyhow::Result<()> {
         let metrics = crate::metrics::install();
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let router = crate::http::router(metrics, Some(self.status.clone()), self.pool.clone());
+        let mut router =
+            crate::http::router(metrics, Some(self.status.clone()), self.pool.clone());
+        if let Some(api) = self.api {
+            router = router.merge(crate::api::router(api));
+        }
         let (addr, http) = crate::http::serve(self.listen, router, async {
             let _ = http_stopped.await;
         })
         .await
         .with_context(|| format!("failed to listen on {}", self.listen))?;
-        tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
+        let _ = self.address.send(Some(addr));
+        tracing::info!(%addr, "serving the API, /metrics, /healthz and /readyz");
         let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
         let worker = async {
             let result = self.worker.run_until_stopped(shutdown).await;
@@ -146,6 +170,32 @@ pub async fn run_relay(
     let _ = stop_http.send(());
     let _ = http.await;
     result
+}
+
+/// Runs the REST API alone until `shutdown` resolves (`cohort api`): applies migrations (waiting for the
+/// database) and serves `/api/v1/…` with `/metrics`, `/healthz` and `/readyz`. `bound` learns the address
+/// (port 0 picks one).
+pub async fn run_api(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    bound: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let catalogue =
+        Arc::new(Catalogue::from_config(&config.catalogue).context("invalid [catalogue]")?);
+    let pool = store::connect_lazy(&config.database).context("invalid database URL")?;
+    migrate_with_retry(&pool, &config).await?;
+    let state = crate::api::ApiState::new(&config, pool.clone(), catalogue)
+        .context("failed to prepare the REST API")?;
+    let metrics = crate::metrics::install();
+    let router = crate::http::router(metrics, None, pool).merge(crate::api::router(state));
+    let (addr, http) = crate::http::serve(config.http.listen, router, shutdown)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.http.listen))?;
+    tracing::info!(%addr, "serving the API, /metrics, /healthz and /readyz");
+    if let Some(bound) = bound {
+        let _ = bound.send(addr);
+    }
+    http.await.context("the http server task failed")
 }
 
 /// Applies migrations, waiting (with backoff) while the database is unreachable.

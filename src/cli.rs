@@ -29,11 +29,50 @@ pub enum Command {
     /// Apply the database migrations and exit.
     Migrate(ConfigArgs),
     /// Run the worker: consume device-attribute-changes and keep memberships current (until SIGINT/SIGTERM).
-    /// It also runs the outbox relay unless `worker.embedded_relay` is false.
+    /// It also runs the outbox relay unless `worker.embedded_relay` is false, and the REST API unless
+    /// `worker.embedded_api` is false.
     Worker(ConfigArgs),
+    /// Run the REST API alone (until SIGINT/SIGTERM).
+    Api(ConfigArgs),
+    /// Create, list and revoke the REST API's keys.
+    #[command(subcommand)]
+    ApiKey(ApiKeyCommand),
+    /// Print the REST API's OpenAPI document (the one served at /api/v1/openapi.json).
+    Openapi,
     /// Run the outbox relay alone: publish committed outbox rows (dead letters, rollout-target events) to
     /// Kafka (until SIGINT/SIGTERM). Several may run; one at a time publishes.
     Relay(ConfigArgs),
+}
+
+/// `cohort api-key …`.
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyCommand {
+    /// Create a key and print it (once: only its digest is stored).
+    Create {
+        /// The org the key may act on (created if it does not exist yet).
+        #[arg(long, conflicts_with = "system", required_unless_present = "system")]
+        org: Option<String>,
+        /// A system key, allowed on every org (for operators and provisioning).
+        #[arg(long)]
+        system: bool,
+        /// A label for the key (who or what uses it).
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// Revoke a key by id or prefix; requests with it are refused at once.
+    Revoke {
+        /// The key's id or its prefix (the 12 hex characters after `cohort_`).
+        key: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+    /// List keys (never the keys themselves).
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
 }
 
 /// Arguments of commands that only need the configuration.
@@ -86,6 +125,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Migrate(args) => run_async(migrate(args)),
         Command::Worker(args) => run_async(worker(args)),
         Command::Relay(args) => run_async(relay(args)),
+        Command::Api(args) => run_async(api(args)),
+        Command::ApiKey(command) => run_async(api_key(command)),
+        Command::Openapi => {
+            use std::io::Write as _;
+            match std::io::stdout().write_all(crate::api::openapi::json().as_bytes()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(_) => ExitCode::FAILURE,
+            }
+        }
     }
 }
 
@@ -124,6 +172,62 @@ async fn worker(args: ConfigArgs) -> anyhow::Result<()> {
     tracing::info!(config = %config.redacted_summary(), "starting worker");
     let app = crate::app::Application::build(config).await?;
     app.run_until_stopped(crate::app::shutdown_signal()).await
+}
+
+async fn api(args: ConfigArgs) -> anyhow::Result<()> {
+    let config = Config::load(args.config.as_deref())?;
+    tracing::info!(config = %config.redacted_summary(), "starting api");
+    crate::app::run_api(config, crate::app::shutdown_signal(), None).await
+}
+
+async fn api_key(command: ApiKeyCommand) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let args = match &command {
+        ApiKeyCommand::Create { config, .. }
+        | ApiKeyCommand::Revoke { config, .. }
+        | ApiKeyCommand::List { config } => config,
+    };
+    let config = Config::load(args.config.as_deref())?;
+    let pool = crate::store::connect_lazy(&config.database)?;
+    crate::app::migrate_with_retry(&pool, &config).await?;
+    match command {
+        ApiKeyCommand::Create { org, name, .. } => {
+            if let Some(org) = &org {
+                crate::store::groups::create_org(&pool, org, org)
+                    .await
+                    .context("failed to create the org")?;
+            }
+            let (info, key) = crate::store::api_keys::create(&pool, org.as_deref(), &name).await?;
+            eprintln!(
+                "created key {} (prefix {}) for {}; it is shown once, store it now:",
+                info.id,
+                info.prefix,
+                org.as_deref().map_or("every org (system key)".to_string(), |o| format!("org {o}"))
+            );
+            println!("{key}");
+        }
+        ApiKeyCommand::Revoke { key, .. } => {
+            if crate::store::api_keys::revoke(&pool, &key).await? {
+                println!("revoked {key}");
+            } else {
+                anyhow::bail!("no live key has id or prefix {key:?}");
+            }
+        }
+        ApiKeyCommand::List { .. } => {
+            for k in crate::store::api_keys::list(&pool).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    k.id,
+                    k.prefix,
+                    k.org_id.as_deref().unwrap_or("(system)"),
+                    k.name,
+                    k.created_at.to_rfc3339(),
+                    k.revoked_at.map_or("live".to_string(), |t| format!("revoked {}", t.to_rfc3339()))
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn relay(args: ConfigArgs) -> anyhow::Result<()> {

@@ -129,6 +129,8 @@ pub struct Config {
     pub relay: RelayConfig,
     /// The HTTP listener (API, metrics, health).
     pub http: HttpConfig,
+    /// The REST API: rate limits and request limits.
+    pub api: ApiConfig,
     /// Custom fields and extra enum values for the filter language.
     pub catalogue: CatalogueConfig,
 }
@@ -257,6 +259,9 @@ pub struct WorkerConfig {
     /// complete deployment. Turn it off when relays run as separate `cohort relay` processes; leaving it on
     /// in every worker is also safe (one relay at a time holds the publishing lease).
     pub embedded_relay: bool,
+    /// Whether the worker process also serves the REST API ([`crate::api`]) on `http.listen`. Turn it off
+    /// when the API runs as separate `cohort api` processes.
+    pub embedded_api: bool,
 }
 
 impl Default for WorkerConfig {
@@ -269,6 +274,7 @@ impl Default for WorkerConfig {
             retry_max_backoff_ms: 10_000,
             max_event_bytes: 65_536,
             embedded_relay: true,
+            embedded_api: true,
         }
     }
 }
@@ -303,6 +309,28 @@ pub struct HttpConfig {
     /// Address serving /metrics, /healthz, /readyz and the REST API. Loopback by default: exposing the
     /// API is a deliberate choice.
     pub listen: SocketAddr,
+}
+
+/// `[api]`: limits of the REST API.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Requests per second each API key may make on average (a token bucket per key and process).
+    pub rate_limit_per_second: u32,
+    /// Requests a key may make in a burst above the average rate.
+    pub rate_limit_burst: u32,
+    /// Largest request body accepted, in bytes; larger ones are refused with 413 before being read.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_second: 50,
+            rate_limit_burst: 100,
+            max_body_bytes: 1 << 20,
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -418,6 +446,10 @@ impl Config {
             "WORKER_RETRY_MAX_BACKOFF_MS" => self.worker.retry_max_backoff_ms = parse(var, value)?,
             "WORKER_MAX_EVENT_BYTES" => self.worker.max_event_bytes = parse(var, value)?,
             "WORKER_EMBEDDED_RELAY" => self.worker.embedded_relay = parse(var, value)?,
+            "WORKER_EMBEDDED_API" => self.worker.embedded_api = parse(var, value)?,
+            "API_RATE_LIMIT_PER_SECOND" => self.api.rate_limit_per_second = parse(var, value)?,
+            "API_RATE_LIMIT_BURST" => self.api.rate_limit_burst = parse(var, value)?,
+            "API_MAX_BODY_BYTES" => self.api.max_body_bytes = parse(var, value)?,
             "RELAY_BATCH_SIZE" => self.relay.batch_size = parse(var, value)?,
             "RELAY_POLL_INTERVAL_MS" => self.relay.poll_interval_ms = parse(var, value)?,
             "RELAY_RETENTION_HOURS" => self.relay.retention_hours = parse(var, value)?,
@@ -522,6 +554,20 @@ impl Config {
         positive("relay.batch_size", self.relay.batch_size as u64)?;
         positive("relay.poll_interval_ms", self.relay.poll_interval_ms)?;
         positive("relay.retention_hours", self.relay.retention_hours)?;
+        positive(
+            "api.rate_limit_per_second",
+            u64::from(self.api.rate_limit_per_second),
+        )?;
+        positive("api.rate_limit_burst", u64::from(self.api.rate_limit_burst))?;
+        if self.api.max_body_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "api.max_body_bytes",
+                format!(
+                    "must be at least 1024, got {}",
+                    self.api.max_body_bytes
+                ),
+            ));
+        }
 
         Catalogue::from_config(&self.catalogue).map_err(ConfigError::Catalogue)?;
         Ok(())
@@ -535,6 +581,7 @@ impl Config {
             worker,
             relay,
             http,
+            api,
             catalogue,
         } = self;
         let properties = if kafka.properties.is_empty() {
@@ -567,20 +614,25 @@ impl Config {
             format!("kafka.properties: {properties}"),
             format!(
                 "worker: batch_max_events={} batch_max_wait_ms={} shutdown_deadline_ms={} \
-                 retry_initial_backoff_ms={} retry_max_backoff_ms={} max_event_bytes={} embedded_relay={}",
+                 retry_initial_backoff_ms={} retry_max_backoff_ms={} max_event_bytes={} embedded_relay={} embedded_api={}",
                 worker.batch_max_events,
                 worker.batch_max_wait_ms,
                 worker.shutdown_deadline_ms,
                 worker.retry_initial_backoff_ms,
                 worker.retry_max_backoff_ms,
                 worker.max_event_bytes,
-                worker.embedded_relay
+                worker.embedded_relay,
+                worker.embedded_api
             ),
             format!(
                 "relay: batch_size={} poll_interval_ms={} retention_hours={}",
                 relay.batch_size, relay.poll_interval_ms, relay.retention_hours
             ),
             format!("http: listen={}", http.listen),
+            format!(
+                "api: rate_limit_per_second={} rate_limit_burst={} max_body_bytes={}",
+                api.rate_limit_per_second, api.rate_limit_burst, api.max_body_bytes
+            ),
             format!(
                 "catalogue: custom_fields={} extra_enum_values_for=[{}] max_custom_fields={}",
                 catalogue.custom_fields.len(),

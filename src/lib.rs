@@ -19,6 +19,7 @@
 //! - [`cli`]: the `cohort` command line; `main.rs` only parses and calls it.
 //! - [`telemetry`]: logging set-up.
 
+pub mod api;
 pub mod app;
 pub mod cli;
 pub mod config;

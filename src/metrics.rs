@@ -60,6 +60,15 @@ pub const RELAY_PUBLISH_FAILURES: &str = "cohort_relay_publish_failures_total";
 pub const RELAY_LEADER: &str = "cohort_relay_leader";
 /// Published outbox rows deleted after the retention period.
 pub const RELAY_ROWS_EXPIRED: &str = "cohort_relay_outbox_rows_expired_total";
+/// REST API requests by `route` (the matched path template, never a raw path) and `status` class
+/// (`2xx`, `4xx`, `5xx`).
+pub const API_REQUESTS: &str = "cohort_api_requests_total";
+/// REST API request duration by `route`, seconds.
+pub const API_REQUEST_SECONDS: &str = "cohort_api_request_duration_seconds";
+/// Requests refused by the per-key rate limit.
+pub const API_RATE_LIMITED: &str = "cohort_api_rate_limited_total";
+/// Requests refused for a missing, malformed, unknown or revoked API key.
+pub const API_UNAUTHORIZED: &str = "cohort_api_unauthorized_total";
 
 /// Every name above (the deploy/ dashboards and alerts are checked against it).
 pub const ALL: &[&str] = &[
@@ -90,6 +99,10 @@ pub const ALL: &[&str] = &[
     RELAY_PUBLISH_FAILURES,
     RELAY_LEADER,
     RELAY_ROWS_EXPIRED,
+    API_REQUESTS,
+    API_REQUEST_SECONDS,
+    API_RATE_LIMITED,
+    API_UNAUTHORIZED,
 ];
 
 /// Registers descriptions with the current recorder.
@@ -155,6 +168,17 @@ pub fn describe() {
     describe_counter!(
         RELAY_ROWS_EXPIRED,
         "Published outbox rows deleted after the retention period"
+    );
+    describe_counter!(API_REQUESTS, "REST API requests by route and status class");
+    describe_histogram!(
+        API_REQUEST_SECONDS,
+        Unit::Seconds,
+        "REST API request duration by route"
+    );
+    describe_counter!(API_RATE_LIMITED, "REST API requests refused by the rate limit");
+    describe_counter!(
+        API_UNAUTHORIZED,
+        "REST API requests refused for a missing or invalid API key"
     );
 }
 

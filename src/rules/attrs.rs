@@ -133,6 +133,28 @@ impl Attributes {
         }
     }
 
+    /// Parses a stored device document leniently: an attribute that no longer parses (the catalogue changed
+    /// since it was stored) is skipped and reported to `skipped(field, message)`, the rest are kept. The
+    /// worker and the API's previews both read stored devices this way, so they agree.
+    pub fn from_stored_json(
+        doc: &Map<String, Value>,
+        catalogue: &Catalogue,
+        mut skipped: impl FnMut(&str, &str),
+    ) -> Self {
+        let mut attrs = Attributes::new();
+        for (name, value) in doc {
+            match parse_attribute(catalogue, name, value) {
+                Ok((field, Some(v))) => {
+                    attrs.set(field, v);
+                }
+                Ok((_, None)) => {}
+                Err(message) => skipped(name, &message),
+            }
+        }
+        attrs.shrink_to_fit();
+        attrs
+    }
+
     /// Renders the attributes back to a device document (datetimes as RFC 3339 UTC with milliseconds).
     pub fn to_json(&self, catalogue: &Catalogue) -> Map<String, Value> {
         self.iter()

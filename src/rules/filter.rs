@@ -360,6 +360,22 @@ impl CompiledFilter {
         &self.field_names
     }
 
+    /// The stored attributes evaluation reads: the fields used, with each computed field replaced by its
+    /// source (`daysSinceLastSeen` reads `lastSeenAt`). A reader that loads only these loses nothing.
+    pub fn stored_field_names(&self, catalogue: &Catalogue) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .fields_used()
+            .iter()
+            .map(|&id| match catalogue.computed(id) {
+                Some(super::catalogue::Computed::DaysSince(source)) => catalogue.name(source).into(),
+                None => catalogue.name(id).into(),
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Whether the result can change with no attribute change.
     pub fn is_time_dependent(&self) -> bool {
         self.time_dependent

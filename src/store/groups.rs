@@ -18,8 +18,12 @@ pub enum GroupError {
     NameTaken,
     #[error("group not found")]
     NotFound,
+    /// The change conflicts with the current state (409): e.g. deleting a group with children.
     #[error("{0}")]
     Refused(String),
+    /// The request itself is wrong (400): a parent in another org, a cycle, a filter on a static group…
+    #[error("{0}")]
+    BadRequest(String),
     #[error(transparent)]
     Store(StoreError),
 }
@@ -92,6 +96,9 @@ pub async fn create_group(
     };
     let id = Uuid::new_v4();
     let mut tx = pool.begin().await?;
+    if let Some(parent) = group.parent_id {
+        check_parent(&mut tx, &group.org_id, id, parent).await?;
+    }
     sqlx::query(
         "INSERT INTO device_groups (id, org_id, site_id, name, description, tags, type, filter_conditions, \
          filter_fields_used, parent_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -125,6 +132,133 @@ pub async fn create_group(
     Ok(def)
 }
 
+/// Checks that `parent` can be the parent of `group`: a live group of the same org, not the group itself,
+/// and not one of its descendants (that would make a cycle).
+async fn check_parent(
+    tx: &mut sqlx::PgConnection,
+    org_id: &str,
+    group: Uuid,
+    parent: Uuid,
+) -> Result<(), GroupError> {
+    if parent == group {
+        return Err(GroupError::BadRequest(
+            "A group cannot be its own parent".into(),
+        ));
+    }
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1::int8 FROM device_groups WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL",
+    )
+    .bind(parent)
+    .bind(org_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if found.is_none() {
+        return Err(GroupError::BadRequest(format!(
+            "Parent group {parent} not found"
+        )));
+    }
+    // Walk up from the proposed parent; meeting the group means the parent is its descendant. The depth
+    // bound only guards against a cycle already in the data.
+    let cycle: bool = sqlx::query_scalar(
+        "WITH RECURSIVE up(id, depth) AS ( \
+           SELECT parent_id, 1 FROM device_groups WHERE id = $1 \
+           UNION ALL \
+           SELECT g.parent_id, up.depth + 1 FROM device_groups g JOIN up ON g.id = up.id \
+           WHERE up.depth < 1000 \
+         ) SELECT EXISTS (SELECT 1 FROM up WHERE id = $2)",
+    )
+    .bind(parent)
+    .bind(group)
+    .fetch_one(&mut *tx)
+    .await?;
+    if cycle {
+        return Err(GroupError::BadRequest(
+            "The parent would make a cycle: it is a descendant of this group".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A change to a group: `None` leaves a field as it is; `Some(None)` clears an optional one.
+#[derive(Clone, Debug, Default)]
+pub struct GroupPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub tags: Option<Vec<String>>,
+    pub site_id: Option<Option<String>>,
+    pub parent_id: Option<Option<Uuid>>,
+    /// Only for dynamic groups.
+    pub filter: Option<Value>,
+}
+
+/// Updates a group. A new filter or site (the definition workers evaluate) bumps the group's version and is
+/// announced in the control log, so workers write only the membership diff; other fields are descriptive.
+pub async fn update_group(
+    pool: &PgPool,
+    catalogue: &Catalogue,
+    group_id: Uuid,
+    patch: &GroupPatch,
+) -> Result<GroupDefinition, GroupError> {
+    let compiled = match &patch.filter {
+        Some(filter) => Some(compile(filter, catalogue).map_err(GroupError::Invalid)?),
+        None => None,
+    };
+    let mut tx = pool.begin().await?;
+    let row: Option<(String, Option<String>, i64, String, Option<Value>)> = sqlx::query_as(
+        "SELECT org_id, site_id, version, type, filter_conditions FROM device_groups \
+         WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+    )
+    .bind(group_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (org_id, site_id, version, kind, filter) = row.ok_or(GroupError::NotFound)?;
+    if patch.filter.is_some() && kind == "static" {
+        return Err(GroupError::BadRequest(
+            "A static group has no filter (create a dynamic group instead)".into(),
+        ));
+    }
+    if let Some(Some(parent)) = patch.parent_id {
+        check_parent(&mut tx, &org_id, group_id, parent).await?;
+    }
+    let new_site = patch.site_id.clone().unwrap_or_else(|| site_id.clone());
+    let definition_changed =
+        new_site != site_id || patch.filter.as_ref().is_some_and(|f| Some(f) != filter.as_ref());
+    let new_version = if definition_changed { version + 1 } else { version };
+    let fields_used: Option<Vec<String>> = compiled.as_ref().map(|c| c.field_names().to_vec());
+    sqlx::query(
+        "UPDATE device_groups SET \
+           name = COALESCE($2, name), description = COALESCE($3, description), tags = COALESCE($4, tags), \
+           site_id = $5, parent_id = CASE WHEN $6 THEN $7 ELSE parent_id END, \
+           filter_conditions = COALESCE($8, filter_conditions), \
+           filter_fields_used = COALESCE($9, filter_fields_used), version = $10, updated_at = now() \
+         WHERE id = $1",
+    )
+    .bind(group_id)
+    .bind(&patch.name)
+    .bind(&patch.description)
+    .bind(&patch.tags)
+    .bind(&new_site)
+    .bind(patch.parent_id.is_some())
+    .bind(patch.parent_id.flatten())
+    .bind(&patch.filter)
+    .bind(&fields_used)
+    .bind(new_version)
+    .execute(&mut *tx)
+    .await?;
+    let def = GroupDefinition {
+        group_id,
+        org_id: org_id.clone(),
+        site_id: new_site,
+        version: new_version,
+        filter: patch.filter.clone().or(filter),
+    };
+    if definition_changed {
+        control::append(&mut tx, &org_id, &ControlEntry::GroupUpserted(def.clone())).await?;
+    }
+    tx.commit().await?;
+    Ok(def)
+}
+
 /// Replaces a dynamic group's filter, bumping its version; workers then write only the membership diff.
 pub async fn update_filter(
     pool: &PgPool,
@@ -132,29 +266,11 @@ pub async fn update_filter(
     group_id: Uuid,
     filter: &Value,
 ) -> Result<GroupDefinition, GroupError> {
-    let compiled = compile(filter, catalogue).map_err(GroupError::Invalid)?;
-    let mut tx = pool.begin().await?;
-    let row: Option<(String, Option<String>, i64)> = sqlx::query_as(
-        "UPDATE device_groups SET filter_conditions = $2, filter_fields_used = $3, version = version + 1, \
-         updated_at = now() WHERE id = $1 AND type = 'dynamic' AND deleted_at IS NULL \
-         RETURNING org_id, site_id, version",
-    )
-    .bind(group_id)
-    .bind(filter)
-    .bind(compiled.field_names())
-    .fetch_optional(&mut *tx)
-    .await?;
-    let (org_id, site_id, version) = row.ok_or(GroupError::NotFound)?;
-    let def = GroupDefinition {
-        group_id,
-        org_id: org_id.clone(),
-        site_id,
-        version,
+    let patch = GroupPatch {
         filter: Some(filter.clone()),
+        ..GroupPatch::default()
     };
-    control::append(&mut tx, &org_id, &ControlEntry::GroupUpserted(def.clone())).await?;
-    tx.commit().await?;
-    Ok(def)
+    update_group(pool, catalogue, group_id, &patch).await
 }
 
 /// Deletes a group (soft delete); workers remove its memberships, the log keeps its history.

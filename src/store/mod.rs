@@ -5,11 +5,17 @@
 //! - [`groups`]: orgs and groups — definitions written together with their control-log entries.
 //! - [`partition`]: per-partition positions (claim with an epoch, fenced updates) and state loading.
 //! - [`batch`]: one worker batch in one transaction.
+//! - [`firmware`]: releases and the impact preview.
+//! - [`api_keys`]: the REST API's keys (hashed, compared in constant time).
+//! - [`api`]: the REST API's queries (group listings, members, the membership log, previews).
 
+pub mod api;
+pub mod api_keys;
 pub mod batch;
 pub mod control;
 pub mod firmware;
 pub mod groups;
+pub mod members;
 pub mod partition;
 
 use std::time::Duration;

@@ -37,11 +37,14 @@ pub struct RunningWorker {
     pub stop: Option<tokio::sync::oneshot::Sender<()>>,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub status: Arc<Status>,
+    /// Where its HTTP listener (API, metrics) bound, once it has.
+    pub address: tokio::sync::watch::Receiver<Option<std::net::SocketAddr>>,
 }
 
 pub async fn spawn_worker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<RunningWorker> {
     let app = Application::build_with_clock(config.clone(), clock).await?;
     let status = app.status();
+    let address = app.http_address();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async {
         let _ = stopped.await;
@@ -50,6 +53,7 @@ pub async fn spawn_worker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Res
         stop: Some(stop),
         task,
         status,
+        address,
     })
 }
 
@@ -120,6 +124,20 @@ impl Harness {
         })
         .await?;
         Ok(harness)
+    }
+
+    /// The first worker's HTTP address (its API), waiting for it to bind.
+    pub async fn http_address(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let mut address = self.workers[0].address.clone();
+        let bound = super::within(LIMIT, "the http listener binds", async {
+            address
+                .wait_for(Option::is_some)
+                .await
+                .map(|a| a.expect("waited for Some"))
+                .map_err(anyhow::Error::from)
+        })
+        .await?;
+        Ok(bound)
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -24,6 +24,7 @@ pub mod app;
 pub mod containers;
 pub mod db;
 pub mod docker;
+pub mod http;
 pub mod kafka;
 
 use std::future::Future;
@@ -34,6 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 
 pub use db::TestDatabase;
+#[allow(unused_imports)] // not every suite reads messages
 pub use kafka::{ConsumedMessage, TestKafka};
 
 /// The default bound for a single infrastructure operation (connect, create, produce, read).

@@ -1,0 +1,156 @@
+//! The REST API (`/api/v1/…`): groups (static and dynamic), static membership, pins, previews, the
+//! membership log, devices, firmware releases, locks and development devices.
+//!
+//! - [`error`]: the one error shape (`{"error", "message", "details"}`) and the extractors that map every
+//!   rejection into it, so bad input never yields a 500 or a stack trace.
+//! - [`auth`]: API keys (`Authorization: Bearer`), org scoping, the per-key rate limit.
+//! - [`groups`], [`members`], [`devices`], [`releases`], [`orgs`]: the handlers.
+//! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
+//!
+//! Every change workers must act on is written by the storage layer together with its control-log entry,
+//! in one transaction; the API never talks to workers directly. Device registrations (imports) go through
+//! the input topic instead, keyed like any device event, so the owning worker creates the device.
+//!
+//! `/api/v1/groups` and `/api/v1/device-groups` are two names for the same resources.
+
+pub mod auth;
+pub mod devices;
+pub mod error;
+pub mod groups;
+pub mod members;
+pub mod openapi;
+pub mod orgs;
+pub mod releases;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{from_fn, from_fn_with_state, Next};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use rdkafka::producer::FutureProducer;
+use sqlx::PgPool;
+
+use crate::config::Config;
+use crate::rules::Catalogue;
+
+pub use error::ApiError;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct ApiState {
+    pub pool: PgPool,
+    pub catalogue: Arc<Catalogue>,
+    pub limiter: Arc<auth::RateLimiter>,
+    /// Publishes device registrations to the input topic (`None` when no brokers are configured: imports
+    /// then answer 503).
+    pub producer: Option<FutureProducer>,
+    pub input_topic: String,
+    pub max_body_bytes: usize,
+}
+
+impl ApiState {
+    /// Builds the state from the configuration. The producer is created lazily by librdkafka (no broker
+    /// connection is needed to start).
+    pub fn new(config: &Config, pool: PgPool, catalogue: Arc<Catalogue>) -> anyhow::Result<Self> {
+        let producer = match config.kafka.brokers() {
+            Some(brokers) => Some(registration_producer(config, brokers)?),
+            None => None,
+        };
+        Ok(Self {
+            pool,
+            catalogue,
+            limiter: Arc::new(auth::RateLimiter::new(
+                config.api.rate_limit_per_second,
+                config.api.rate_limit_burst,
+            )),
+            producer,
+            input_topic: config.kafka.input_topic.clone(),
+            max_body_bytes: config.api.max_body_bytes,
+        })
+    }
+}
+
+/// The producer for registrations: idempotent, acks from all replicas, and Kafka's murmur2 partitioner so a
+/// registration lands on the partition that owns the device, like every other event of it.
+fn registration_producer(config: &Config, brokers: &str) -> anyhow::Result<FutureProducer> {
+    let mut client = rdkafka::ClientConfig::new();
+    for (name, value) in &config.kafka.properties {
+        client.set(name, value);
+    }
+    client
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("message.timeout.ms", "10000");
+    Ok(client.create()?)
+}
+
+/// The API's routes, with authentication, rate limiting, body limits and request metrics.
+pub fn router(state: ApiState) -> Router {
+    let groups = groups::routes().merge(members::routes());
+    let authenticated = Router::new()
+        .nest("/api/v1/groups", groups.clone())
+        .nest("/api/v1/device-groups", groups)
+        .nest("/api/v1/devices", devices::routes())
+        .nest("/api/v1/releases", releases::routes())
+        .nest("/api/v1/orgs", orgs::routes())
+        .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
+    authenticated
+        .route("/api/v1/openapi.json", get(openapi::serve))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(from_fn(record_metrics))
+        .with_state(state)
+}
+
+/// Counts requests by route template and status class, and times them.
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let class = match response.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    metrics::counter!(crate::metrics::API_REQUESTS, "route" => route.clone(), "status" => class)
+        .increment(1);
+    metrics::histogram!(crate::metrics::API_REQUEST_SECONDS, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Pagination: `limit` within `1..=max` (default `default`), `offset >= 0`.
+pub(crate) fn page(
+    limit: Option<i64>,
+    offset: Option<i64>,
+    default: i64,
+    max: i64,
+) -> Result<(i64, i64), ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be from 1 to {max}, got {limit}"
+        )));
+    }
+    let offset = offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad_request(format!(
+            "offset must be 0 or more, got {offset}"
+        )));
+    }
+    Ok((limit, offset))
+}
+
+/// How long a registration may wait for the broker before the import answers 503.
+pub(crate) const PRODUCE_TIMEOUT: Duration = Duration::from_secs(10);

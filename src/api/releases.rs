@@ -1,0 +1,231 @@
+//! Firmware releases: list, create (to a group or as the org default) and withdraw, each with `dry_run`
+//! returning the impact preview (whose resolved firmware would change, computed with the workers'
+//! resolution code) instead of writing.
+
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::Router;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::auth::Caller;
+use super::error::{ErrorBody, Json, Path, Query};
+use super::{ApiError, ApiState};
+use crate::store::api as queries;
+use crate::store::firmware::{self, Impact, Proposal, ReleaseTarget};
+
+pub fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/", get(list).post(create))
+        .route("/{id}", delete(withdraw))
+}
+
+/// Devices listed in an impact preview.
+const IMPACT_SAMPLE: usize = 20;
+
+/// A release.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseView {
+    pub id: Uuid,
+    pub org_id: String,
+    pub version: String,
+    /// `null` for the org's default release.
+    pub group_id: Option<Uuid>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub withdrawn_at: Option<DateTime<Utc>>,
+}
+
+impl From<queries::ReleaseRow> for ReleaseView {
+    fn from(r: queries::ReleaseRow) -> Self {
+        Self {
+            id: r.id,
+            org_id: r.org_id,
+            version: r.version,
+            group_id: r.group_id,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            withdrawn_at: r.withdrawn_at,
+        }
+    }
+}
+
+/// Releases of an org.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReleaseList {
+    pub releases: Vec<ReleaseView>,
+}
+
+/// Listing filters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Required with a system key.
+    pub org_id: Option<String>,
+    /// Include withdrawn releases (history); default false.
+    #[serde(default)]
+    pub include_withdrawn: bool,
+}
+
+/// List an org's releases, newest first.
+#[utoipa::path(get, path = "/api/v1/releases", tag = "releases", params(ListParams),
+    responses((status = 200, body = ReleaseList), (status = 400, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<ReleaseList>, ApiError> {
+    let org_id = caller.org_for(params.org_id.as_deref())?;
+    let rows = queries::list_releases(&state.pool, &org_id, params.include_withdrawn).await?;
+    Ok(Json(ReleaseList {
+        releases: rows.into_iter().map(ReleaseView::from).collect(),
+    }))
+}
+
+/// A release to create: to a group (`groupId`) or as the org default (`default: true`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateRelease {
+    /// Required with a system key (or taken from the group).
+    #[serde(alias = "org_id")]
+    pub org_id: Option<String>,
+    #[serde(alias = "group_id")]
+    pub group_id: Option<Uuid>,
+    #[serde(default)]
+    pub default: bool,
+    /// An integer or a semantic version; an org's releases all use one kind.
+    pub version: String,
+    /// Answer with the impact instead of releasing.
+    #[serde(default, alias = "dry_run")]
+    pub dry_run: bool,
+}
+
+/// The answer to a release or withdrawal.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseOutcome {
+    pub dry_run: bool,
+    /// The release created or withdrawn (absent for a dry run).
+    pub release: Option<ReleaseView>,
+    /// Whose resolved firmware changes (computed before writing; each change is one rollout-target event).
+    #[schema(value_type = Object)]
+    pub impact: Impact,
+}
+
+/// Release firmware to a group or as the org default (`dry_run`: only the impact).
+#[utoipa::path(post, path = "/api/v1/releases", tag = "releases", request_body = CreateRelease,
+    responses((status = 201, body = ReleaseOutcome), (status = 200, body = ReleaseOutcome),
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn create(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<CreateRelease>,
+) -> Result<(StatusCode, Json<ReleaseOutcome>), ApiError> {
+    let (org_id, target) = match (body.group_id, body.default) {
+        (Some(group), false) => {
+            let group = super::groups::visible_group(&state, &caller, group).await?;
+            if body.org_id.as_deref().is_some_and(|o| o != group.org_id) {
+                return Err(ApiError::not_found("Group not found"));
+            }
+            (group.org_id, ReleaseTarget::Group(group.id))
+        }
+        (None, true) => (
+            caller.org_for(body.org_id.as_deref())?,
+            ReleaseTarget::Default,
+        ),
+        _ => {
+            return Err(ApiError::bad_request(
+                "Name exactly one target: groupId, or default: true",
+            ))
+        }
+    };
+    let proposal = Proposal::Release {
+        target,
+        version: body.version.trim().to_string(),
+    };
+    let impact = firmware::preview(&state.pool, &org_id, &proposal, IMPACT_SAMPLE).await?;
+    if body.dry_run {
+        return Ok((
+            StatusCode::OK,
+            Json(ReleaseOutcome {
+                dry_run: true,
+                release: None,
+                impact,
+            }),
+        ));
+    }
+    let release = firmware::release(
+        &state.pool,
+        &org_id,
+        target,
+        body.version.trim(),
+        &caller.actor(),
+    )
+    .await?;
+    let row = queries::get_release(&state.pool, release.id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Release not found"))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(ReleaseOutcome {
+            dry_run: false,
+            release: Some(row.into()),
+            impact,
+        }),
+    ))
+}
+
+/// `?dryRun=`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WithdrawParams {
+    #[serde(default, alias = "dry_run")]
+    pub dry_run: bool,
+}
+
+/// Withdraw a live release (`dryRun=true`: only the impact).
+#[utoipa::path(delete, path = "/api/v1/releases/{id}", tag = "releases", params(("id" = Uuid, Path), WithdrawParams),
+    responses((status = 200, body = ReleaseOutcome), (status = 404, body = ErrorBody)))]
+pub async fn withdraw(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<Uuid>,
+    Query(params): Query<WithdrawParams>,
+) -> Result<Json<ReleaseOutcome>, ApiError> {
+    let row = match queries::get_release(&state.pool, id).await? {
+        Some(r) if caller.sees(&r.org_id) && r.withdrawn_at.is_none() => r,
+        _ => return Err(ApiError::not_found("Release not found")),
+    };
+    let target = row
+        .group_id
+        .map_or(ReleaseTarget::Default, ReleaseTarget::Group);
+    let impact = firmware::preview(
+        &state.pool,
+        &row.org_id,
+        &Proposal::Withdraw { target },
+        IMPACT_SAMPLE,
+    )
+    .await?;
+    if params.dry_run {
+        return Ok(Json(ReleaseOutcome {
+            dry_run: true,
+            release: Some(row.into()),
+            impact,
+        }));
+    }
+    firmware::withdraw(&state.pool, id).await?;
+    let row = queries::get_release(&state.pool, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Release not found"))?;
+    Ok(Json(ReleaseOutcome {
+        dry_run: false,
+        release: Some(row.into()),
+        impact,
+    }))
+}
