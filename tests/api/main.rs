@@ -936,3 +936,54 @@ async fn orgs_are_created_by_system_keys() -> anyhow::Result<()> {
     expect_error(&missing, StatusCode::NOT_FOUND, "not_found");
     api.stop().await
 }
+
+fn cohort(db_url: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(args)
+        .env("COHORT_DATABASE_URL", db_url)
+        .env_remove("COHORT_CONFIG")
+        .output()?)
+}
+
+#[tokio::test]
+async fn a_key_created_by_the_command_line_works_until_revoked() -> anyhow::Result<()> {
+    let api = Api::start().await?;
+    let url = api.db.url().to_string();
+    let created = support::blocking(support::OPERATION_TIMEOUT, "the command runs", {
+        let url = url.clone();
+        move || cohort(&url, &["api-key", "create", "--org", "newco", "--name", "ci"])
+    })
+    .await?;
+    assert!(created.status.success(), "{created:?}");
+    let key = String::from_utf8(created.stdout)?.trim().to_string();
+    assert!(key.starts_with("cohort_"), "{key}");
+    let client = api.acme.with_key(Some(&key));
+    let orgs = client.get("/api/v1/orgs").await?;
+    assert_eq!(orgs.body["orgs"][0]["id"], "newco", "the org was created with the key");
+    let listed = support::blocking(support::OPERATION_TIMEOUT, "the command runs", {
+        let url = url.clone();
+        move || cohort(&url, &["api-key", "list"])
+    })
+    .await?;
+    let listing = String::from_utf8(listed.stdout)?;
+    assert!(listing.contains("newco"), "{listing}");
+    assert!(!listing.contains(&key[20..]), "the listing never shows a key");
+    let prefix = key[7..19].to_string();
+    let revoked = support::blocking(support::OPERATION_TIMEOUT, "the command runs", {
+        let url = url.clone();
+        move || cohort(&url, &["api-key", "revoke", &prefix])
+    })
+    .await?;
+    assert!(revoked.status.success(), "{revoked:?}");
+    expect_error(&client.get("/api/v1/orgs").await?, StatusCode::UNAUTHORIZED, "unauthorized");
+    let again = support::blocking(support::OPERATION_TIMEOUT, "the command runs", move || {
+        cohort(&url, &["api-key", "revoke", "000000000000"])
+    })
+    .await?;
+    assert!(!again.status.success(), "revoking an unknown key fails");
+    let missing_scope = std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
+        .args(["api-key", "create"])
+        .output()?;
+    assert!(!missing_scope.status.success());
+    api.stop().await
+}
