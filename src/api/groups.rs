@@ -470,6 +470,9 @@ async fn run_preview(
     limit: usize,
 ) -> Result<Preview, ApiError> {
     let compiled = compile(filter, &state.catalogue).map_err(GroupError::Invalid)?;
+    let Ok(_slot) = state.preview_slots.try_acquire() else {
+        return Err(ApiError::rate_limited(1));
+    };
     let fields = compiled.stored_field_names(&state.catalogue);
     let now = chrono::Utc::now().timestamp_millis();
     let catalogue = state.catalogue.clone();

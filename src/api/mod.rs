@@ -49,7 +49,13 @@ pub struct ApiState {
     pub producer: Option<FutureProducer>,
     pub input_topic: String,
     pub max_body_bytes: usize,
+    /// Previews scan an org's devices (seconds for a million): at most this many run at once per process,
+    /// so previews cannot starve the worker sharing the process or the database.
+    pub preview_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Concurrent previews per process.
+pub const PREVIEW_SLOTS: usize = 2;
 
 impl ApiState {
     /// Builds the state from the configuration. The producer is created lazily by librdkafka (no broker
@@ -69,6 +75,7 @@ impl ApiState {
             producer,
             input_topic: config.kafka.input_topic.clone(),
             max_body_bytes: config.api.max_body_bytes,
+            preview_slots: Arc::new(tokio::sync::Semaphore::new(PREVIEW_SLOTS)),
         })
     }
 }
