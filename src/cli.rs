@@ -39,6 +39,9 @@ pub enum Command {
     ApiKey(ApiKeyCommand),
     /// Print the REST API's OpenAPI document (the one served at /api/v1/openapi.json).
     Openapi,
+    /// Recompute every dynamic membership and firmware target from PostgreSQL with the workers' evaluator
+    /// and report drift (exit 0: none, 3: drift found). Read-only and safe while workers run.
+    Reconcile(ReconcileArgs),
     /// Run the outbox relay alone: publish committed outbox rows (dead letters, rollout-target events) to
     /// Kafka (until SIGINT/SIGTERM). Several may run; one at a time publishes.
     Relay(ConfigArgs),
@@ -74,6 +77,29 @@ pub enum ApiKeyCommand {
         config: ConfigArgs,
     },
 }
+
+/// Arguments of `cohort reconcile`.
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Only this org (default: every org).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Most drift examples to print.
+    #[arg(long, default_value_t = 20)]
+    pub examples: usize,
+    /// Milliseconds to wait before re-checking devices that seem to have drifted (a worker may have been
+    /// changing them).
+    #[arg(long, default_value_t = 2000)]
+    pub settle_ms: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// Exit status of `cohort reconcile` when it found drift.
+pub const EXIT_DRIFT: u8 = 3;
 
 /// Arguments of commands that only need the configuration.
 #[derive(Debug, Args)]
@@ -127,6 +153,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Relay(args) => run_async(relay(args)),
         Command::Api(args) => run_async(api(args)),
         Command::ApiKey(command) => run_async(api_key(command)),
+        Command::Reconcile(args) => reconcile(args),
         Command::Openapi => {
             use std::io::Write as _;
             match std::io::stdout().write_all(crate::api::openapi::json().as_bytes()) {
@@ -172,6 +199,35 @@ async fn worker(args: ConfigArgs) -> anyhow::Result<()> {
     tracing::info!(config = %config.redacted_summary(), "starting worker");
     let app = crate::app::Application::build(config).await?;
     app.run_until_stopped(crate::app::shutdown_signal()).await
+}
+
+fn reconcile(args: ReconcileArgs) -> ExitCode {
+    let drift = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let found = drift.clone();
+    let status = run_async(async move {
+        let config = Config::load(args.config.config.as_deref())?;
+        let catalogue = Catalogue::from_config(&config.catalogue)?;
+        let pool = crate::store::connect_lazy(&config.database)?;
+        crate::app::migrate_with_retry(&pool, &config).await?;
+        let options = crate::reconcile::Options {
+            org: args.org,
+            examples: args.examples,
+            settle: std::time::Duration::from_millis(args.settle_ms),
+        };
+        let report = crate::reconcile::check(&pool, &catalogue, &options).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", crate::reconcile::render(&report));
+        }
+        found.store(report.has_drift(), std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    });
+    if status == ExitCode::SUCCESS && drift.load(std::sync::atomic::Ordering::SeqCst) {
+        ExitCode::from(EXIT_DRIFT)
+    } else {
+        status
+    }
 }
 
 async fn api(args: ConfigArgs) -> anyhow::Result<()> {

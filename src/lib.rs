@@ -14,6 +14,9 @@
 //! - [`relay`]: publishes the transactional outbox to Kafka (idempotent producer, leader lease, at-least-once
 //!   with stable ids, per-key order).
 //! - [`metrics`]: every metric name and the Prometheus recorder.
+//! - [`reconcile`]: `cohort reconcile` — recomputes memberships and targets from PostgreSQL and reports
+//!   drift.
+//! - [`api`]: the REST API (groups, members, pins, previews, the log, devices, releases, keys, OpenAPI).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`]: `Application::build(config)` then `run_until_stopped(shutdown)`.
 //! - [`cli`]: the `cohort` command line; `main.rs` only parses and calls it.
@@ -28,6 +31,7 @@ pub mod firmware;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod reconcile;
 pub mod relay;
 pub mod rules;
 pub mod store;

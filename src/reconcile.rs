@@ -1,0 +1,381 @@
+//! `cohort reconcile`: recomputes every dynamic membership and firmware target of an org (or of all orgs)
+//! from PostgreSQL with the workers' own evaluator and resolution, and reports any drift with examples.
+//!
+//! Safe while workers run: it only reads, in two passes. The first scans everything; devices that seem to
+//! have drifted are read again after `settle` and checked again, and only drift that persists is reported —
+//! a device a worker was just changing is not a false alarm.
+//!
+//! Static memberships are the operators' to make and are not judged; memberships in deleted groups, dynamic
+//! memberships the filter no longer supports (unless pinned), missing dynamic memberships, and resolved
+//! firmware targets that differ from what the releases, locks and development flags say are.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures_util::TryStreamExt as _;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::firmware::{resolve, DeviceFacts, GroupRelease, Reason, Target, Version};
+use crate::rules::{compile, AttrValue, Attributes, Catalogue, CompiledFilter, EpochMillis};
+use crate::store::StoreError;
+
+/// What to check.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// One org, or every org.
+    pub org: Option<String>,
+    /// Most drift examples in the report.
+    pub examples: usize,
+    /// How long to wait before re-checking devices that seem to have drifted.
+    pub settle: Duration,
+}
+
+/// One difference between what is stored and what the rules say.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drift {
+    pub org_id: String,
+    pub device_id: String,
+    /// `missing_membership`, `extra_membership` or `wrong_target`.
+    pub kind: &'static str,
+    pub group_id: Option<Uuid>,
+    /// What the rules say (a membership: `true`/`false`; a target: `{version, reason, groupId}`).
+    pub expected: Value,
+    /// What is stored.
+    pub stored: Value,
+}
+
+/// The outcome.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub orgs: usize,
+    pub devices_checked: u64,
+    pub dynamic_groups: usize,
+    pub evaluations: u64,
+    pub missing_memberships: u64,
+    pub extra_memberships: u64,
+    pub wrong_targets: u64,
+    /// Devices with persistent drift, by org.
+    pub drifted: Vec<(String, Vec<String>)>,
+    pub examples: Vec<Drift>,
+    pub evaluated_at: String,
+}
+
+impl Report {
+    /// Whether anything drifted.
+    pub fn has_drift(&self) -> bool {
+        self.missing_memberships + self.extra_memberships + self.wrong_targets > 0
+    }
+}
+
+/// An org's definitions as the check needs them.
+struct OrgRules {
+    /// Live dynamic groups: (id, site, compiled filter).
+    dynamic: Vec<(Uuid, Option<String>, CompiledFilter)>,
+    /// Every live group id.
+    live: HashSet<Uuid>,
+    releases: HashMap<Uuid, GroupRelease>,
+    default: Option<GroupRelease>,
+}
+
+async fn org_rules(
+    pool: &PgPool,
+    catalogue: &Catalogue,
+    org: &str,
+) -> Result<OrgRules, StoreError> {
+    let groups: Vec<(Uuid, Option<String>, Option<Value>)> = sqlx::query_as(
+        "SELECT id, site_id, filter_conditions FROM device_groups WHERE org_id = $1 AND deleted_at IS NULL",
+    )
+    .bind(org)
+    .fetch_all(pool)
+    .await?;
+    let mut rules = OrgRules {
+        dynamic: Vec::new(),
+        live: HashSet::new(),
+        releases: HashMap::new(),
+        default: None,
+    };
+    for (id, site, filter) in groups {
+        rules.live.insert(id);
+        if let Some(filter) = filter {
+            // A stored filter that no longer compiles (the catalogue changed) matches nothing, for the
+            // workers as here.
+            if let Ok(compiled) = compile(&filter, catalogue) {
+                rules.dynamic.push((id, site, compiled));
+            }
+        }
+    }
+    let releases: Vec<(Option<Uuid>, String)> = sqlx::query_as(
+        "SELECT r.group_id, r.version FROM firmware_releases r LEFT JOIN device_groups g ON g.id = r.group_id \
+         WHERE r.org_id = $1 AND r.withdrawn_at IS NULL AND (r.group_id IS NULL OR g.deleted_at IS NULL)",
+    )
+    .bind(org)
+    .fetch_all(pool)
+    .await?;
+    for (group, label) in releases {
+        let Ok(version) = Version::parse(&label) else {
+            continue;
+        };
+        let release = GroupRelease {
+            group: group.unwrap_or(Uuid::nil()),
+            version,
+            label,
+        };
+        match group {
+            Some(g) => {
+                rules.releases.insert(g, release);
+            }
+            None => rules.default = Some(release),
+        }
+    }
+    Ok(rules)
+}
+
+/// A stored device with its memberships.
+#[derive(sqlx::FromRow)]
+struct DeviceRow {
+    id: String,
+    attributes: Value,
+    is_development: bool,
+    firmware_lock: Option<String>,
+    target_version: Option<String>,
+    target_reason: String,
+    target_group: Option<Uuid>,
+    groups: Vec<Uuid>,
+    pinned: Vec<bool>,
+}
+
+const DEVICE_QUERY: &str = "SELECT d.id, d.attributes, d.is_development, d.firmware_lock, d.target_version, \
+     d.target_reason, d.target_group, \
+     ARRAY(SELECT m.group_id FROM device_group_memberships m WHERE m.device_id = d.id ORDER BY m.group_id) AS groups, \
+     ARRAY(SELECT m.is_pinned FROM device_group_memberships m WHERE m.device_id = d.id ORDER BY m.group_id) AS pinned \
+     FROM devices d";
+
+/// Checks one device; returns its drift.
+fn check_device(
+    org: &str,
+    row: &DeviceRow,
+    rules: &OrgRules,
+    catalogue: &Catalogue,
+    site_field: Option<crate::rules::FieldId>,
+    now: EpochMillis,
+    evaluations: &mut u64,
+) -> Vec<Drift> {
+    let mut drift = Vec::new();
+    let doc = row.attributes.as_object().cloned().unwrap_or_default();
+    let attrs = Attributes::from_stored_json(&doc, catalogue, |_, _| {});
+    let site = site_field.and_then(|f| match attrs.get(f) {
+        Some(AttrValue::Str(s)) => Some(&**s),
+        _ => None,
+    });
+    let membership: HashMap<Uuid, bool> = row
+        .groups
+        .iter()
+        .copied()
+        .zip(row.pinned.iter().copied())
+        .collect();
+    let mut push = |kind, group: Option<Uuid>, expected: Value, stored: Value| {
+        drift.push(Drift {
+            org_id: org.to_string(),
+            device_id: row.id.clone(),
+            kind,
+            group_id: group,
+            expected,
+            stored,
+        })
+    };
+    for (group, group_site, filter) in &rules.dynamic {
+        *evaluations += 1;
+        let should = group_site.as_deref().is_none_or(|s| Some(s) == site)
+            && filter.evaluate(&attrs, now);
+        match (membership.get(group), should) {
+            (None, true) => push(
+                "missing_membership",
+                Some(*group),
+                json!(true),
+                json!(false),
+            ),
+            (Some(false), false) => push(
+                "extra_membership",
+                Some(*group),
+                json!(false),
+                json!(true),
+            ),
+            _ => {}
+        }
+    }
+    for group in membership.keys() {
+        if !rules.live.contains(group) {
+            push(
+                "extra_membership",
+                Some(*group),
+                json!(false),
+                json!(true),
+            );
+        }
+    }
+    let facts = DeviceFacts {
+        development: row.is_development,
+        lock: row.firmware_lock.as_deref(),
+    };
+    let expected = resolve(
+        &facts,
+        membership
+            .keys()
+            .filter(|g| rules.live.contains(g))
+            .filter_map(|g| rules.releases.get(g)),
+        rules.default.as_ref(),
+    );
+    let stored = Target {
+        version: row.target_version.clone(),
+        reason: Reason::parse(&row.target_reason).unwrap_or(Reason::None),
+        group: row.target_group,
+    };
+    if expected != stored {
+        push(
+            "wrong_target",
+            stored.group.or(expected.group),
+            expected.to_json(),
+            stored.to_json(),
+        );
+    }
+    drift
+}
+
+/// Runs the check.
+pub async fn check(
+    pool: &PgPool,
+    catalogue: &Catalogue,
+    options: &Options,
+) -> Result<Report, StoreError> {
+    let orgs: Vec<String> = match &options.org {
+        Some(org) => sqlx::query_scalar("SELECT id FROM orgs WHERE id = $1")
+            .bind(org)
+            .fetch_all(pool)
+            .await?,
+        None => {
+            sqlx::query_scalar("SELECT id FROM orgs ORDER BY id")
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    let site_field = catalogue.lookup("siteId");
+    let mut report = Report {
+        orgs: orgs.len(),
+        ..Report::default()
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut suspects: Vec<(String, Vec<String>)> = Vec::new();
+    for org in &orgs {
+        let rules = org_rules(pool, catalogue, org).await?;
+        report.dynamic_groups += rules.dynamic.len();
+        let mut conn = pool.acquire().await?;
+        let query = format!("{DEVICE_QUERY} WHERE d.org_id = $1 ORDER BY d.id");
+        let mut rows = sqlx::query_as::<_, DeviceRow>(&query)
+            .bind(org)
+        .fetch(&mut *conn);
+        let mut drifted = Vec::new();
+        while let Some(row) = rows.try_next().await? {
+            report.devices_checked += 1;
+            let found = check_device(
+                org,
+                &row,
+                &rules,
+                catalogue,
+                site_field,
+                now,
+                &mut report.evaluations,
+            );
+            if !found.is_empty() {
+                drifted.push(row.id);
+            }
+        }
+        if !drifted.is_empty() {
+            suspects.push((org.clone(), drifted));
+        }
+    }
+    // Second pass: only drift that survives a pause is real.
+    if !suspects.is_empty() {
+        tokio::time::sleep(options.settle).await;
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    for (org, ids) in suspects {
+        let rules = org_rules(pool, catalogue, &org).await?;
+        let rows: Vec<DeviceRow> = sqlx::query_as(&format!(
+            "{DEVICE_QUERY} WHERE d.org_id = $1 AND d.id = ANY($2) ORDER BY d.id"
+        ))
+        .bind(&org)
+        .bind(&ids)
+        .fetch_all(pool)
+        .await?;
+        let mut persistent = Vec::new();
+        let mut evaluations = 0;
+        for row in &rows {
+            let found = check_device(
+                &org,
+                row,
+                &rules,
+                catalogue,
+                site_field,
+                now,
+                &mut evaluations,
+            );
+            if found.is_empty() {
+                continue;
+            }
+            persistent.push(row.id.clone());
+            for d in found {
+                match d.kind {
+                    "missing_membership" => report.missing_memberships += 1,
+                    "extra_membership" => report.extra_memberships += 1,
+                    _ => report.wrong_targets += 1,
+                }
+                if report.examples.len() < options.examples {
+                    report.examples.push(d);
+                }
+            }
+        }
+        if !persistent.is_empty() {
+            report.drifted.push((org, persistent));
+        }
+    }
+    report.evaluated_at = crate::rules::time::format_millis(now);
+    Ok(report)
+}
+
+/// A human summary.
+pub fn render(report: &Report) -> String {
+    let mut out = format!(
+        "checked {} devices in {} org(s) against {} dynamic groups ({} evaluations) at {}\n",
+        report.devices_checked,
+        report.orgs,
+        report.dynamic_groups,
+        report.evaluations,
+        report.evaluated_at
+    );
+    if !report.has_drift() {
+        out.push_str("no drift: every dynamic membership and firmware target is what the rules say\n");
+        return out;
+    }
+    let devices: usize = report.drifted.iter().map(|(_, d)| d.len()).sum();
+    out.push_str(&format!(
+        "DRIFT in {devices} device(s): {} missing membership(s), {} extra membership(s), {} wrong target(s)\n",
+        report.missing_memberships, report.extra_memberships, report.wrong_targets
+    ));
+    for d in &report.examples {
+        out.push_str(&format!(
+            "  {} {} {} group={} expected={} stored={}\n",
+            d.org_id,
+            d.device_id,
+            d.kind,
+            d.group_id.map_or("-".to_string(), |g| g.to_string()),
+            d.expected,
+            d.stored
+        ));
+    }
+    out
+}
