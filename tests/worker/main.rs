@@ -709,3 +709,43 @@ async fn devices_are_found_by_their_cellular_identifiers_within_their_org() -> a
     assert_eq!(found, vec![None, d("dev-1"), None, d("dev-1")]);
     h.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_scoped_static_group_only_receives_devices_of_its_site() -> anyhow::Result<()> {
+    use cohort::store::members;
+    let mut h = Harness::start().await?;
+    let berlin = groups::create_group(
+        h.pool(),
+        &h.catalogue,
+        &groups::NewGroup {
+            org_id: ORG.into(),
+            name: "berlin-lab".into(),
+            site_id: Some("berlin".into()),
+            ..Default::default()
+        },
+    )
+    .await?
+    .group_id;
+    for (device, site) in [("dev-1", json!("berlin")), ("dev-2", json!("paris"))] {
+        let seq = h.send(device, json!({ "siteId": site })).await?;
+        h.applied(device, seq).await?;
+    }
+    let seq = h.send("dev-3", json!({"hostname": "no-site"})).await?;
+    h.applied("dev-3", seq).await?;
+    let change = members::add_static(
+        h.pool(),
+        ORG,
+        berlin,
+        &ids(&["dev-1", "dev-2", "dev-3"]),
+        "ops",
+    )
+    .await?;
+    assert_eq!(change.changed, ids(&["dev-1"]));
+    assert_eq!(change.wrong_site, ids(&["dev-2", "dev-3"]));
+    assert!(change.skipped.is_empty() && change.not_found.is_empty());
+    h.control_applied().await?;
+    assert_eq!(h.members(berlin).await?, vec![("dev-1".into(), false)]);
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
+    h.stop().await
+}
