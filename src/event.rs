@@ -11,6 +11,13 @@
 //! `removed` (field names), `development`, `firmwareLock` (`null` clears the lock) and `occurredAt`
 //! (informational) are optional. The Kafka key, when present, must equal `deviceId`.
 //!
+//! `"register": true` makes the event a **registration** (a device import): the worker creates the device,
+//! with no attributes, if it exists nowhere yet, and otherwise does nothing at all (no re-homing, no
+//! sequence change). A registration carries nothing but the envelope — `attributes`, `removed`,
+//! `development` and `firmwareLock` are refused with it — and its `sequence` is not recorded: a registered
+//! device's sequence stays below 0, so its first real event (any sequence ≥ 0) is applied.
+//! [`registration_event`] builds one.
+//!
 //! # Decoding
 //! [`decode`] is strict and total: it never panics, and every failure carries a [`DeadLetterReason`],
 //! because a message that fails to decode fails the same way every time and must go to the dead-letter
@@ -60,7 +67,7 @@ const MAX_ATTRIBUTE_ERROR_BYTES: usize = 256;
 
 /// Every top-level key the event may carry; any other is refused. The schema's `properties` must list
 /// exactly these (the `event_contract` suite checks it).
-pub const EVENT_KEYS: [&str; 9] = [
+pub const EVENT_KEYS: [&str; 10] = [
     "eventId",
     "orgId",
     "deviceId",
@@ -70,7 +77,11 @@ pub const EVENT_KEYS: [&str; 9] = [
     "development",
     "firmwareLock",
     "occurredAt",
+    "register",
 ];
+/// The keys a registration (`"register": true`) must not carry: it only creates a device that does not
+/// exist, so a change sent with it could silently not happen.
+pub const NOT_WITH_REGISTER: [&str; 4] = ["attributes", "removed", "development", "firmwareLock"];
 /// The keys an event must carry.
 pub const REQUIRED_KEYS: [&str; 4] = ["eventId", "orgId", "deviceId", "sequence"];
 
@@ -111,6 +122,9 @@ pub struct DeviceEvent {
     /// When the change happened at the source, in UTC milliseconds; informational only (ordering uses
     /// `sequence`).
     pub occurred_at: Option<EpochMillis>,
+    /// A registration: create the device (no attributes) if it exists nowhere, else do nothing. `set`,
+    /// `removed`, `development` and `firmware_lock` are then empty.
+    pub register: bool,
 }
 
 impl DeviceEvent {
@@ -149,6 +163,7 @@ impl DeviceEvent {
             development: self.development,
             firmware_lock: self.firmware_lock.clone(),
             occurred_at: self.occurred_at.map(format_millis),
+            register: self.register,
         }
     }
 }
@@ -182,10 +197,16 @@ pub struct DeviceEventJson {
     /// `occurredAt`: an RFC 3339 datetime; omitted when `None`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub occurred_at: Option<String>,
+    /// `register`: `true` for a registration (then leave the attributes, removals, development flag and
+    /// lock empty); omitted when `false`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub register: bool,
 }
 
 impl DeviceEventJson {
-    /// An event that changes nothing but registers (or touches) the device.
+    /// An event with no changes yet (set the fields to add them). Sent as is, it touches the device: it
+    /// creates it if needed, or re-homes it, and advances its sequence; see [`registration_event`] for an
+    /// import that never does more than create.
     pub fn new(
         event_id: impl Into<String>,
         org_id: impl Into<String>,
@@ -200,6 +221,14 @@ impl DeviceEventJson {
             ..Self::default()
         }
     }
+}
+
+/// A registration (device import) of `device_id` in `org_id`, as a message value to produce with the key
+/// `device_id`: a fresh UUID as its event id and sequence 0 (a registration's sequence is not recorded).
+pub fn registration_event(org_id: &str, device_id: &str) -> Vec<u8> {
+    let mut event = DeviceEventJson::new(uuid::Uuid::new_v4().to_string(), org_id, device_id, 0);
+    event.register = true;
+    encode(&event)
 }
 
 /// Encodes an event as a message value (compact JSON).
@@ -377,6 +406,29 @@ pub fn decode(
             }
         },
     };
+    let register = match obj.remove("register") {
+        None => false,
+        Some(Value::Bool(b)) => b,
+        Some(other) => {
+            return Err(invalid(format!(
+                "register must be a boolean, got {}",
+                describe(&other)
+            )))
+        }
+    };
+    if register {
+        let extra: Vec<&str> = NOT_WITH_REGISTER
+            .into_iter()
+            .filter(|k| obj.contains_key(*k))
+            .collect();
+        if !extra.is_empty() {
+            return Err(invalid(format!(
+                "a registration (register: true) cannot carry {}: it only creates a device that does not \
+                 exist yet; send changes in an event of their own",
+                extra.join(", ")
+            )));
+        }
+    }
     let development = match obj.remove("development") {
         None => None,
         Some(Value::Bool(b)) => Some(b),
@@ -520,6 +572,7 @@ pub fn decode(
         development,
         firmware_lock,
         occurred_at,
+        register,
     })
 }
 
@@ -908,13 +961,67 @@ mod tests {
     }
 
     #[test]
-    fn an_event_without_attributes_registers_the_device() {
+    fn an_event_without_changes_is_valid_and_is_not_a_registration() {
         let event = decode_value(&base()).unwrap();
         assert!(event.set.is_empty() && event.removed.is_empty());
         assert_eq!(event.development, None);
         assert_eq!(event.firmware_lock, None);
         assert_eq!(event.occurred_at, None);
+        assert!(!event.register);
         assert_eq!(event.changed_fields().count(), 0);
+        assert!(
+            !decode_value(&with("register", json!(false)))
+                .unwrap()
+                .register
+        );
+    }
+
+    #[test]
+    fn a_registration_carries_nothing_but_the_envelope() {
+        let event = decode_value(&with("register", json!(true))).unwrap();
+        assert!(event.register);
+        let mut timed = with("register", json!(true));
+        timed["occurredAt"] = json!("2024-06-15T11:00:00Z");
+        assert!(decode_value(&timed).unwrap().register);
+        for (key, value) in [
+            ("attributes", json!({"hostname": "h"})),
+            ("attributes", json!({})),
+            ("removed", json!([])),
+            ("development", json!(true)),
+            ("firmwareLock", Value::Null),
+        ] {
+            let mut event = with("register", json!(true));
+            event[key] = value;
+            let err = decode_value(&event).unwrap_err();
+            assert_eq!(err.reason, InvalidEvent, "{event}");
+            assert_eq!(
+                err.detail,
+                format!(
+                    "a registration (register: true) cannot carry {key}: it only creates a device that does \
+                     not exist yet; send changes in an event of their own"
+                )
+            );
+        }
+        let err = decode_value(&with("register", json!("yes"))).unwrap_err();
+        assert_eq!(err.detail, "register must be a boolean, got \"yes\"");
+    }
+
+    #[test]
+    fn registration_events_decode_as_registrations_with_fresh_ids() {
+        let c = catalogue();
+        let payload = registration_event("acme", "gw-17");
+        let event = decode(Some(b"gw-17"), Some(&payload), &c, MAX).unwrap();
+        assert!(event.register);
+        assert_eq!(
+            (event.org_id.as_str(), event.device_id.as_str()),
+            ("acme", "gw-17")
+        );
+        assert_eq!(event.sequence, 0);
+        assert!(uuid::Uuid::parse_str(&event.event_id).is_ok());
+        let other = decode(None, Some(&registration_event("acme", "gw-17")), &c, MAX).unwrap();
+        assert_ne!(other.event_id, event.event_id);
+        let again = decode(None, Some(&encode(&event.to_json(&c))), &c, MAX).unwrap();
+        assert_eq!(again, event);
     }
 
     #[test]
@@ -955,13 +1062,23 @@ mod tests {
         json.occurred_at = Some("2024-01-01T00:00:00Z".into());
         let value: Value = serde_json::from_slice(&encode(&json)).unwrap();
         let mut keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
-        let mut expected: Vec<_> = EVENT_KEYS.iter().map(|k| k.to_string()).collect();
+        // Every key but `register`, which cannot come with changes.
+        let mut expected: Vec<_> = EVENT_KEYS
+            .iter()
+            .filter(|k| **k != "register")
+            .map(|k| k.to_string())
+            .collect();
         keys.sort();
         expected.sort();
         assert_eq!(keys, expected);
         let minimal: Value =
             serde_json::from_slice(&encode(&DeviceEventJson::new("e", "o", "d", 1))).unwrap();
         assert_eq!(minimal.as_object().unwrap().len(), REQUIRED_KEYS.len());
+        let mut registration = DeviceEventJson::new("e", "o", "d", 1);
+        registration.register = true;
+        let value: Value = serde_json::from_slice(&encode(&registration)).unwrap();
+        assert_eq!(value["register"], json!(true));
+        assert_eq!(value.as_object().unwrap().len(), REQUIRED_KEYS.len() + 1);
     }
 
     #[test]

@@ -21,7 +21,8 @@ use super::{ApiError, ApiState, PRODUCE_TIMEOUT};
 use crate::firmware::Version;
 use crate::rules::{compile, AttrValue, Attributes};
 use crate::store::api as queries;
-use crate::store::members::{self, LockChange};
+use crate::store::control::LockChange;
+use crate::store::members;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()

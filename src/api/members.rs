@@ -142,6 +142,9 @@ pub struct BatchResult {
     pub not_found: Vec<String>,
     /// Identifiers no device of the org reports.
     pub identifiers_not_found: Vec<DeviceIdentifier>,
+    /// Devices refused because they are not in the group's site (site-scoped groups only hold devices of
+    /// their site).
+    pub wrong_site: Vec<String>,
     /// `{"added": n, "skipped": n, "notFound": n}`.
     #[schema(value_type = Object)]
     pub counts: Value,
@@ -226,12 +229,14 @@ fn batch_result(change: StaticChange, unknown: Vec<DeviceIdentifier>) -> BatchRe
         "added": change.changed.len(),
         "skipped": change.skipped.len(),
         "notFound": change.not_found.len() + unknown.len(),
+        "wrongSite": change.wrong_site.len(),
     });
     BatchResult {
         added: change.changed,
         skipped: change.skipped,
         not_found: change.not_found,
         identifiers_not_found: unknown,
+        wrong_site: change.wrong_site,
         counts,
     }
 }
@@ -296,6 +301,11 @@ pub async fn add_one(
     .await?;
     if !change.not_found.is_empty() {
         return Err(ApiError::not_found("Device not found"));
+    }
+    if !change.wrong_site.is_empty() {
+        return Err(ApiError::bad_request(
+            "The device is not in the group's site",
+        ));
     }
     let status = if change.changed.is_empty() {
         StatusCode::OK

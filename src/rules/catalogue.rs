@@ -217,6 +217,38 @@ const BUILT_INS: &[(&str, BuiltInType, &str)] = &[
         BuiltInType::String,
         "The site the device belongs to; site-scoped groups only hold devices of their site",
     ),
+    // Cellular identifiers as devices report them (formats are checked where the API looks devices up by
+    // them, `crate::store::members::IdentifierKind`, not here: a report is stored as sent).
+    (
+        "imei",
+        BuiltInType::String,
+        "IMEI of the cellular modem (up to 15 decimal digits)",
+    ),
+    (
+        "iccid",
+        BuiltInType::String,
+        "ICCID of the SIM card (up to 20 decimal digits)",
+    ),
+    (
+        "esn",
+        BuiltInType::String,
+        "ESN of a CDMA device (11 decimal digits)",
+    ),
+    (
+        "mdn",
+        BuiltInType::String,
+        "Mobile directory number (10 decimal digits)",
+    ),
+    (
+        "meid",
+        BuiltInType::String,
+        "MEID of a CDMA device (14 hexadecimal characters)",
+    ),
+    (
+        "msisdn",
+        BuiltInType::String,
+        "MSISDN of the subscription (11 decimal digits)",
+    ),
 ];
 
 #[derive(Copy, Clone)]
@@ -521,6 +553,11 @@ mod tests {
             c.computed(days),
             Some(Computed::DaysSince(c.resolve("lastSeenAt").unwrap()))
         );
+        for identifier in ["imei", "iccid", "esn", "mdn", "meid", "msisdn"] {
+            let field = c.builtin(identifier).unwrap();
+            assert_eq!(c.field_type(field), FieldType::String, "{identifier}");
+            assert_eq!(c.computed(field), None);
+        }
     }
 
     #[test]

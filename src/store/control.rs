@@ -60,6 +60,55 @@ pub enum ControlEntry {
         group_id: Option<Uuid>,
         version: Option<String>,
     },
+    /// The API added devices to (or removed them from) a static group, and has already written the
+    /// membership and log rows in the entry's transaction. The owning workers only mirror the change in
+    /// memory (firmware resolution uses every membership) and re-resolve those devices' firmware; applying
+    /// it again (after a restart) changes nothing.
+    StaticMembers {
+        group_id: Uuid,
+        org_id: String,
+        /// Devices that became members, in the API call's order.
+        added: Vec<String>,
+        /// Devices that stopped being members.
+        removed: Vec<String>,
+    },
+    /// The API changed a device's development flag and/or firmware lock. The owning worker applies it in
+    /// its ordered pipeline (so it and the `development`/`firmwareLock` of input events are applied in one
+    /// order, the last one winning), writes the device and re-resolves its firmware.
+    DeviceSettings {
+        org_id: String,
+        device_id: String,
+        /// `None` leaves the flag unchanged.
+        development: Option<bool>,
+        firmware_lock: LockChange,
+        /// Who asked (for the audit trail; the rollout event's cause names the entry).
+        actor: String,
+    },
+}
+
+/// A change of a device's firmware lock. Serialised adjacently tagged:
+/// `{"op": "unchanged"}`, `{"op": "set", "version": "2.4.1"}`, `{"op": "clear"}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", content = "version", rename_all = "snake_case")]
+pub enum LockChange {
+    /// Leave the lock as it is.
+    #[default]
+    Unchanged,
+    /// Lock the device to this version.
+    Set(String),
+    /// Remove the lock.
+    Clear,
+}
+
+impl LockChange {
+    /// The same change in the input event's form: `None` unchanged, `Some(None)` clear, `Some(Some(v))` set.
+    pub fn as_event(&self) -> Option<Option<&str>> {
+        match self {
+            LockChange::Unchanged => None,
+            LockChange::Set(v) => Some(Some(v)),
+            LockChange::Clear => Some(None),
+        }
+    }
 }
 
 impl ControlEntry {
@@ -72,6 +121,8 @@ impl ControlEntry {
             ControlEntry::Pinned { .. } => "pinned",
             ControlEntry::Unpinned { .. } => "unpinned",
             ControlEntry::ReleaseChanged { .. } => "release_changed",
+            ControlEntry::StaticMembers { .. } => "static_members",
+            ControlEntry::DeviceSettings { .. } => "device_settings",
         }
     }
 
@@ -80,7 +131,9 @@ impl ControlEntry {
         match self {
             ControlEntry::OrgCreated { org_id }
             | ControlEntry::GroupDeleted { org_id, .. }
-            | ControlEntry::ReleaseChanged { org_id, .. } => org_id,
+            | ControlEntry::ReleaseChanged { org_id, .. }
+            | ControlEntry::StaticMembers { org_id, .. }
+            | ControlEntry::DeviceSettings { org_id, .. } => org_id,
             ControlEntry::GroupUpserted(def) => &def.org_id,
             ControlEntry::Pinned { .. } | ControlEntry::Unpinned { .. } => "",
         }
@@ -149,4 +202,54 @@ pub async fn head(pool: &PgPool) -> Result<i64, StoreError> {
             .fetch_one(pool)
             .await?,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn api_entries_serialise_with_their_kind_and_a_tagged_lock() {
+        let group_id = Uuid::nil();
+        let entry = ControlEntry::StaticMembers {
+            group_id,
+            org_id: "acme".into(),
+            added: vec!["a".into(), "b".into()],
+            removed: vec![],
+        };
+        assert_eq!(entry.kind(), "static_members");
+        assert_eq!(entry.org_id(), "acme");
+        assert_eq!(
+            serde_json::to_value(&entry).unwrap(),
+            json!({"kind": "static_members", "group_id": group_id, "org_id": "acme",
+                   "added": ["a", "b"], "removed": []})
+        );
+        for (lock, wire, event) in [
+            (LockChange::Unchanged, json!({"op": "unchanged"}), None),
+            (
+                LockChange::Set("2.4.1".into()),
+                json!({"op": "set", "version": "2.4.1"}),
+                Some(Some("2.4.1")),
+            ),
+            (LockChange::Clear, json!({"op": "clear"}), Some(None)),
+        ] {
+            let entry = ControlEntry::DeviceSettings {
+                org_id: "acme".into(),
+                device_id: "gw-17".into(),
+                development: Some(true),
+                firmware_lock: lock.clone(),
+                actor: "ops".into(),
+            };
+            assert_eq!(entry.kind(), "device_settings");
+            let value = serde_json::to_value(&entry).unwrap();
+            assert_eq!(value["firmware_lock"], wire);
+            assert_eq!(value["kind"], "device_settings");
+            assert_eq!(
+                serde_json::from_value::<ControlEntry>(value).unwrap(),
+                entry
+            );
+            assert_eq!(lock.as_event(), event);
+        }
+    }
 }

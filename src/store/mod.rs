@@ -3,6 +3,9 @@
 //!
 //! - [`control`]: the ordered control log (append with an advisory lock, NOTIFY, read in id order).
 //! - [`groups`]: orgs and groups — definitions written together with their control-log entries.
+//! - [`members`]: what the API changes about devices: static-group membership (rows, log and control
+//!   entry in one transaction), device settings (through the control log), lookups by cellular identifier.
+//! - [`firmware`]: firmware releases (with their control-log entries) and the impact preview.
 //! - [`partition`]: per-partition positions (claim with an epoch, fenced updates) and state loading.
 //! - [`batch`]: one worker batch in one transaction.
 //! - [`firmware`]: releases and the impact preview.

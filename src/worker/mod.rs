@@ -457,6 +457,11 @@ impl Pipeline {
                 stored::load_partition(&pool, partition)
             })
             .await?;
+        // The API writes static memberships itself, so what was just loaded can include the effects of
+        // entries appended after the registry's position. Read up to the log's head now, and queue every
+        // entry up to it: they are all applied in the partition's first batch, whose end state then matches
+        // what was loaded (applying an entry whose effect is already loaded changes nothing).
+        self.refresh_control().await?;
         let mut by_device: HashMap<&str, Vec<&stored::StoredMembership>> = HashMap::new();
         for m in &memberships {
             by_device.entry(m.device_id.as_str()).or_default().push(m);
@@ -530,7 +535,11 @@ impl Pipeline {
                         self.registry
                             .set_release(org_id, *group_id, version.as_deref());
                     }
-                    ControlEntry::Pinned { .. } | ControlEntry::Unpinned { .. } => {}
+                    // Per-device entries: only the partitions holding the devices act on them.
+                    ControlEntry::Pinned { .. }
+                    | ControlEntry::Unpinned { .. }
+                    | ControlEntry::StaticMembers { .. }
+                    | ControlEntry::DeviceSettings { .. } => {}
                 }
                 self.registry.position = entry.id;
                 for state in self.partitions.values_mut() {
@@ -765,9 +774,7 @@ impl Pipeline {
             state.pending_control.pop_front();
         }
         let touched: Vec<Box<str>> = computed.devices.keys().cloned().collect();
-        for (id, mut device) in computed.devices {
-            device.version = if device.stored { device.version + 1 } else { 1 };
-            device.stored = true;
+        for (id, device) in computed.devices {
             state.devices.insert(id, device);
         }
         if computed.reschedule_all {

@@ -6,9 +6,12 @@
 //! retry recomputes from it: every input has its effect exactly once.
 //!
 //! Membership rules: a dynamic group's membership follows its filter, except that a pinned member stays when
-//! it stops matching; static groups are never touched here. A device new to this partition (first event, or
-//! re-homed from another partition) is evaluated against every dynamic group of its org; afterwards only the
-//! candidate groups from the field index are.
+//! it stops matching. Static groups' memberships are written by the API (`crate::store::members`), never
+//! here: a `static_members` control entry is mirrored in memory — in the batch's starting copy as well as
+//! the working one, so the batch's membership diff writes nothing for it — because firmware resolution uses
+//! every membership. A device new to this partition (first event, registration, or re-homed from another
+//! partition) is evaluated against every dynamic group of its org; afterwards only the candidate groups from
+//! the field index are.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -76,7 +79,8 @@ pub struct Device {
     /// The org, interned in the registry.
     pub org: Arc<str>,
     pub attrs: Attributes,
-    /// The highest sequence applied; -1 for a device not yet stored.
+    /// The highest sequence applied; -1 for a device not yet stored, or only registered (so that its first
+    /// real event, whatever its sequence, applies).
     pub sequence: i64,
     /// The stored version this state corresponds to (guards the next write).
     pub version: i64,
@@ -285,7 +289,7 @@ pub type Loaded = HashMap<String, (StoredDevice, Vec<StoredMembership>)>;
 #[derive(Debug)]
 pub struct Computed {
     pub write: BatchWrite,
-    /// Final state of every device the batch touched.
+    /// Final state of every device the batch touched, as it is once the batch commits (versions included).
     pub devices: HashMap<Box<str>, Device>,
     pub stats: Stats,
     /// Whether time-dependent definitions changed, so every device's flips must be recomputed.
@@ -369,16 +373,29 @@ pub fn compute(
             .map_or(partition.claim.control_position, |e| e.id),
         ..Default::default()
     };
-    write.log = std::mem::take(&mut work.log);
+    let log = std::mem::take(&mut work.log);
     write.outbox = std::mem::take(&mut work.outbox);
+    let logged: std::collections::HashSet<&str> =
+        log.iter().map(|r| r.device_id.as_str()).collect();
     let mut devices = HashMap::with_capacity(work.devices.len());
-    for (id, (original, current)) in work.devices {
+    for (id, (original, mut current)) in work.devices {
+        // A held device the batch leaves as stored (a replayed or mirrored control entry that changed no
+        // stored column) is not written. Anything else is, also to take the version guard: no two owners
+        // ever write a device's memberships or log.
+        let untouched = original.as_ref().is_some_and(|o| stored_equal(o, &current))
+            && partition.devices.contains_key(&id)
+            && !logged.contains(&*id);
+        if untouched {
+            devices.insert(id, current);
+            continue;
+        }
         diff_memberships(registry, &id, original.as_ref(), &current, &mut write);
         let row = DeviceRow {
             id: id.to_string(),
             org_id: current.org.to_string(),
             attributes: Value::Object(current.attrs.to_json(registry.catalogue())),
-            sequence: current.sequence.max(0),
+            // -1 for a device that only was registered: its first real event, whatever its sequence, applies.
+            sequence: current.sequence,
             expected_version: current.version,
             is_development: current.development,
             firmware_lock: current.firmware_lock.as_deref().map(str::to_string),
@@ -392,14 +409,36 @@ pub fn compute(
         } else {
             write.device_inserts.push(row);
         }
+        // What the row will be once the batch commits.
+        current.version = if current.stored {
+            current.version + 1
+        } else {
+            1
+        };
+        current.stored = true;
         devices.insert(id, current);
     }
+    drop(logged);
+    write.log = log;
     Computed {
         write,
         devices,
         stats: work.stats,
         reschedule_all,
     }
+}
+
+/// Whether two states of a device store the same row and memberships (the in-memory extras — timers,
+/// the version itself — aside).
+fn stored_equal(a: &Device, b: &Device) -> bool {
+    a.attrs == b.attrs
+        && a.sequence == b.sequence
+        && a.development == b.development
+        && a.firmware_lock == b.firmware_lock
+        && a.memberships == b.memberships
+        && a.target == b.target
+        && a.target_sequence == b.target_sequence
+        && a.org == b.org
 }
 
 /// The membership rows to write: the net difference between the batch's start and end states.
@@ -489,6 +528,11 @@ impl Work<'_> {
                 let Some(slot) = registry.slot(&def.group_id) else {
                     return false;
                 };
+                if def.filter.is_none() {
+                    // A static group: its members are the API's to change (`static_members`), and evaluating
+                    // it (it matches nothing) would remove them all.
+                    return false;
+                }
                 let ids: Vec<Box<str>> = self.org_devices(&def.org_id);
                 for id in ids {
                     self.reconcile_held(&id, slot, &cause);
@@ -545,6 +589,49 @@ impl Work<'_> {
                 }
                 false
             }
+            ControlEntry::StaticMembers {
+                group_id,
+                added,
+                removed,
+                ..
+            } => {
+                // Applied even when the registry has the group deleted since: the rows exist until the
+                // deletion's entry (later in the log) removes them, and memory must hold them until then.
+                let Some(slot) = registry.slot(group_id) else {
+                    return false;
+                };
+                self.static_members(slot, added, removed, &cause);
+                false
+            }
+            ControlEntry::DeviceSettings {
+                org_id,
+                device_id,
+                development,
+                firmware_lock,
+                ..
+            } => {
+                let Some(device) = self.current(device_id) else {
+                    return false;
+                };
+                let lock = firmware_lock.as_event();
+                let unchanged = &*device.org != org_id.as_str()
+                    || (development.is_none_or(|d| d == device.development)
+                        && lock.is_none_or(|l| l == device.firmware_lock.as_deref()));
+                if unchanged {
+                    return false;
+                }
+                self.causes.insert(device_id.as_str().into(), cause.clone());
+                let Some(device) = self.held(device_id) else {
+                    return false;
+                };
+                if let Some(development) = development {
+                    device.development = *development;
+                }
+                if let Some(lock) = lock {
+                    device.firmware_lock = lock.map(Into::into);
+                }
+                false
+            }
             ControlEntry::Unpinned {
                 group_id,
                 device_id,
@@ -572,6 +659,41 @@ impl Work<'_> {
                 }
                 false
             }
+        }
+    }
+
+    /// Mirrors a `static_members` entry: the API has written the rows and the log, so the change goes into
+    /// both the batch's starting copy and the working copy of each device this partition holds (the diff
+    /// then writes nothing for it), and the device's firmware is re-resolved with the entry as the cause.
+    /// Devices already in the stated state are not touched, so applying the entry again changes nothing.
+    fn static_members(&mut self, slot: u32, added: &[String], removed: &[String], cause: &Value) {
+        let changes = added
+            .iter()
+            .map(|id| (id, true))
+            .chain(removed.iter().map(|id| (id, false)));
+        for (id, member) in changes {
+            let Some(device) = self.current(id) else {
+                continue;
+            };
+            if device.member(slot).is_some() == member {
+                continue;
+            }
+            self.held(id);
+            let Some((original, current)) = self.devices.get_mut(id.as_str()) else {
+                continue;
+            };
+            for device in original.iter_mut().chain(std::iter::once(current)) {
+                if member {
+                    device.set_member(Member {
+                        slot,
+                        pinned: false,
+                        added_by: AddedBy::Manual,
+                    });
+                } else {
+                    device.remove_member(slot);
+                }
+            }
+            self.causes.insert(id.as_str().into(), cause.clone());
         }
     }
 
@@ -757,6 +879,9 @@ impl Work<'_> {
             return self.dead_letter(record, &error);
         };
         let id: &str = &event.device_id;
+        if event.register {
+            return self.register(record, event, org, &org_groups.dynamic, foreign);
+        }
         // Find the device: in the batch, held, read from the database for this batch, or new.
         let mut evaluate_all = false;
         if !self.devices.contains_key(id) && !self.partition.devices.contains_key(id) {
@@ -773,16 +898,8 @@ impl Work<'_> {
         }
         let current = self.current(id).expect("inserted above");
         if *current.org != *event.org_id {
-            let error = DecodeError {
-                reason: DeadLetterReason::OrgMismatch,
-                detail: format!(
-                    "device {:?} belongs to org {:?}, not {:?}",
-                    truncate(id),
-                    truncate(&current.org),
-                    truncate(&event.org_id)
-                ),
-            };
-            return self.dead_letter(record, &error);
+            let owner = current.org.clone();
+            return self.org_mismatch(record, event, &owner);
         }
         if event.sequence <= current.sequence {
             if event.sequence == current.sequence {
@@ -848,6 +965,59 @@ impl Work<'_> {
             self.reconcile_held(id, *slot, &cause);
         }
         self.candidates = candidates;
+    }
+
+    /// A registration: creates the device — no attributes, sequence -1 so that its first real event applies
+    /// — if it exists nowhere (not in the batch, not held, not stored on another partition), evaluating
+    /// every dynamic group of its org as for any new device. An existing device is left exactly as it is (not
+    /// re-homed, sequence unchanged) and the registration counted as a duplicate; one of another org is an
+    /// org mismatch, as for any event.
+    fn register(
+        &mut self,
+        record: &Record,
+        event: &DeviceEvent,
+        org: &Arc<str>,
+        dynamic: &[u32],
+        foreign: &HashMap<Box<str>, Device>,
+    ) {
+        let id = event.device_id.as_str();
+        let existing = self
+            .current(id)
+            .or_else(|| foreign.get(id))
+            .map(|d| d.org.clone());
+        if let Some(owner) = existing {
+            if *owner != *event.org_id {
+                return self.org_mismatch(record, event, &owner);
+            }
+            self.stats.duplicates += 1;
+            return;
+        }
+        self.stats.applied += 1;
+        self.devices
+            .insert(id.into(), (None, Device::new(org.clone())));
+        let cause = json!({
+            "type": "event",
+            "eventId": event.event_id,
+            "partition": self.partition.id,
+            "offset": record.offset,
+        });
+        self.causes.insert(id.into(), cause.clone());
+        for slot in dynamic {
+            self.reconcile_held(id, *slot, &cause);
+        }
+    }
+
+    fn org_mismatch(&mut self, record: &Record, event: &DeviceEvent, owner: &str) {
+        let error = DecodeError {
+            reason: DeadLetterReason::OrgMismatch,
+            detail: format!(
+                "device {:?} belongs to org {:?}, not {:?}",
+                truncate(&event.device_id),
+                truncate(owner),
+                truncate(&event.org_id)
+            ),
+        };
+        self.dead_letter(record, &error);
     }
 
     fn timer(&mut self, id: &str) {

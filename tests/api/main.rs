@@ -6,7 +6,6 @@ mod support;
 
 mod e2e;
 
-use std::net::SocketAddr;
 
 use cohort::config::Config;
 use cohort::store::{api_keys, groups};
@@ -656,7 +655,7 @@ async fn static_membership_adds_and_removes_by_id_and_by_cellular_identifier() -
         batch.body["identifiersNotFound"],
         json!([{"kind": "imei", "identifier": "111111111111111"}])
     );
-    assert_eq!(batch.body["counts"], json!({"added": 2, "skipped": 1, "notFound": 3}));
+    assert_eq!(batch.body["counts"], json!({"added": 2, "skipped": 1, "notFound": 3, "wrongSite": 0}));
     let invalid = c
         .post(
             &format!("{base}/batch"),

@@ -1,6 +1,7 @@
 //! An in-process cohort (worker and embedded relay) against the test database and broker, with helpers to
 //! drive it (groups, events) and observe it (memberships, the log, an oracle computed from scratch).
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,6 +157,66 @@ impl Harness {
             .group_id)
     }
 
+    /// Creates a static group (members are added and removed through `cohort::store::members`).
+    pub async fn static_group(&self, name: &str) -> anyhow::Result<Uuid> {
+        let group = NewGroup {
+            org_id: ORG.into(),
+            name: name.into(),
+            filter: None,
+            ..Default::default()
+        };
+        Ok(groups::create_group(self.pool(), &self.catalogue, &group)
+            .await?
+            .group_id)
+    }
+
+    /// Produces `payload` as the value of a message keyed by `device`; returns its (partition, offset).
+    pub async fn produce(
+        &self,
+        device: &str,
+        payload: impl AsRef<[u8]>,
+    ) -> anyhow::Result<(i32, i64)> {
+        self.kafka.produce(&self.input, device, payload).await
+    }
+
+    /// Waits until the worker has committed the input message at (`partition`, `offset`).
+    pub async fn processed(&self, (partition, offset): (i32, i64)) -> anyhow::Result<()> {
+        let pool = self.pool().clone();
+        let topic = self.input.clone();
+        eventually(LIMIT, "the message is processed", || {
+            let (pool, topic) = (pool.clone(), topic.clone());
+            async move {
+                let next: Option<i64> = sqlx::query_scalar(
+                    "SELECT next_offset FROM partition_positions WHERE topic = $1 AND partition = $2",
+                )
+                .bind(&topic)
+                .bind(partition)
+                .fetch_optional(&pool)
+                .await?;
+                Ok(next.filter(|n| *n > offset).map(|_| ()))
+            }
+        })
+        .await
+    }
+
+    /// Waits until every partition has applied every control-log entry appended so far.
+    pub async fn control_applied(&self) -> anyhow::Result<()> {
+        let pool = self.pool().clone();
+        eventually(LIMIT, "every control entry is applied", || {
+            let pool = pool.clone();
+            async move {
+                let behind: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM partition_positions \
+                     WHERE control_position < (SELECT COALESCE(max(id), 0) FROM control_log)",
+                )
+                .fetch_one(&pool)
+                .await?;
+                Ok((behind == 0).then_some(()))
+            }
+        })
+        .await
+    }
+
     /// Produces an event for `device` with the next sequence number.
     pub async fn send(&mut self, device: &str, attributes: Value) -> anyhow::Result<i64> {
         self.sequence += 1;
@@ -237,6 +298,12 @@ impl Harness {
 
     /// Stops every worker gracefully.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop_workers().await
+    }
+
+    /// Stops every worker gracefully, keeping the database and topics (start another with
+    /// [`Harness::add_worker`]).
+    pub async fn stop_workers(&mut self) -> anyhow::Result<()> {
         for mut worker in self.workers.drain(..) {
             if let Some(stop) = worker.stop.take() {
                 let _ = stop.send(());
@@ -277,7 +344,9 @@ impl Harness {
 
     /// Compares stored memberships with an oracle computed from scratch from the stored attributes, and
     /// checks the log: per (group, device), actions alternate (no duplicate row) and the last one agrees
-    /// with the membership.
+    /// with the membership. Static groups' memberships (the API's) must be manual and unpinned, and every
+    /// device's stored firmware target must be what resolution gives from the stored memberships (static
+    /// ones included) and releases — which the workers can only achieve if their memory holds them too.
     pub async fn check_oracle(&self, now: i64) -> anyhow::Result<()> {
         let groups: Vec<(Uuid, Value)> = sqlx::query_as(
             "SELECT id, filter_conditions FROM device_groups WHERE type = 'dynamic' AND deleted_at IS NULL",
@@ -287,7 +356,7 @@ impl Harness {
         let devices: Vec<(String, Value)> = sqlx::query_as("SELECT id, attributes FROM devices")
             .fetch_all(self.pool())
             .await?;
-        let mut expected = std::collections::BTreeSet::new();
+        let mut expected = BTreeSet::new();
         for (group, filter) in &groups {
             let compiled = cohort::rules::compile(filter, &self.catalogue)
                 .map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -304,14 +373,26 @@ impl Harness {
                 }
             }
         }
-        let stored: std::collections::BTreeSet<(Uuid, String)> =
-            sqlx::query_as::<_, (Uuid, String)>(
-                "SELECT group_id, device_id FROM device_group_memberships WHERE NOT is_pinned",
-            )
-            .fetch_all(self.pool())
-            .await?
-            .into_iter()
+        // (group, device, pinned, added_by, the group is a live static group)
+        let rows: Vec<(Uuid, String, bool, String, bool)> = sqlx::query_as(
+            "SELECT m.group_id, m.device_id, m.is_pinned, m.added_by, \
+               (g.type = 'static' AND g.deleted_at IS NULL) \
+             FROM device_group_memberships m JOIN device_groups g ON g.id = m.group_id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let all: BTreeSet<(Uuid, String)> = rows.iter().map(|(g, d, ..)| (*g, d.clone())).collect();
+        let stored: BTreeSet<(Uuid, String)> = rows
+            .iter()
+            .filter(|(_, _, pinned, _, is_static)| !pinned && !is_static)
+            .map(|(g, d, ..)| (*g, d.clone()))
             .collect();
+        for (group, device, pinned, added_by, is_static) in &rows {
+            anyhow::ensure!(
+                !is_static || (!pinned && added_by == "manual"),
+                "static membership of {device} in {group} is pinned={pinned}, added by {added_by}"
+            );
+        }
         let missing: Vec<_> = expected.difference(&stored).collect();
         let extra: Vec<_> = stored.difference(&expected).collect();
         anyhow::ensure!(
@@ -323,8 +404,7 @@ impl Harness {
         )
         .fetch_all(self.pool())
         .await?;
-        let mut last: std::collections::HashMap<(Uuid, String), String> =
-            std::collections::HashMap::new();
+        let mut last: HashMap<(Uuid, String), String> = HashMap::new();
         for (group, device, action) in log {
             let previous = last.insert((group, device.clone()), action.clone());
             anyhow::ensure!(
@@ -333,10 +413,66 @@ impl Harness {
             );
         }
         for ((group, device), action) in &last {
-            let member = stored.contains(&(*group, device.clone()));
+            let member = all.contains(&(*group, device.clone()));
             anyhow::ensure!(
                 (action == "added") == member,
                 "log and membership disagree for {device} in {group}"
+            );
+        }
+        for (group, device) in &all {
+            anyhow::ensure!(
+                last.get(&(*group, device.clone())).map(String::as_str) == Some("added"),
+                "membership of {device} in {group} has no log row adding it"
+            );
+        }
+        self.check_targets(&all).await
+    }
+
+    /// Every device's stored target equals the resolution from stored memberships and live releases.
+    async fn check_targets(&self, memberships: &BTreeSet<(Uuid, String)>) -> anyhow::Result<()> {
+        use cohort::firmware::{resolve, DeviceFacts, GroupRelease, Version};
+        let releases: Vec<(String, Option<Uuid>, String)> =
+            cohort::store::firmware::live_releases(self.pool()).await?;
+        let mut by_group = HashMap::new();
+        let mut defaults = HashMap::new();
+        for (org, group, version) in releases {
+            let release = GroupRelease {
+                group: group.unwrap_or(Uuid::nil()),
+                version: Version::parse(&version)?,
+                label: version,
+            };
+            match group {
+                Some(g) => by_group.insert(g, release),
+                None => defaults.insert(org, release),
+            };
+        }
+        let mut groups_of: HashMap<&str, Vec<Uuid>> = HashMap::new();
+        for (group, device) in memberships {
+            groups_of.entry(device.as_str()).or_default().push(*group);
+        }
+        type Row = (String, String, bool, Option<String>, Option<String>, String);
+        let devices: Vec<Row> = sqlx::query_as(
+            "SELECT id, org_id, is_development, firmware_lock, target_version, target_reason FROM devices",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        for (id, org, development, lock, version, reason) in devices {
+            let facts = DeviceFacts {
+                development,
+                lock: lock.as_deref(),
+            };
+            let groups = groups_of.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+            let target = resolve(
+                &facts,
+                groups.iter().filter_map(|g| by_group.get(g)),
+                defaults.get(&org),
+            );
+            anyhow::ensure!(
+                (target.version.as_deref(), target.reason.as_str())
+                    == (version.as_deref(), reason.as_str()),
+                "device {id} targets {version:?} ({reason}), resolution gives {:?} ({})",
+                target.version,
+                target.reason.as_str()
             );
         }
         Ok(())
