@@ -105,8 +105,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let metrics = crate::metrics::install();
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut router =
-            crate::http::router(metrics, Some(self.status.clone()), self.pool.clone());
+        let mut router = crate::http::router(metrics, Some(self.status.clone()), self.pool.clone());
         if let Some(api) = self.api {
             router = router.merge(crate::api::router(api));
         }

@@ -258,7 +258,8 @@ async fn api_key(command: ApiKeyCommand) -> anyhow::Result<()> {
                 "created key {} (prefix {}) for {}; it is shown once, store it now:",
                 info.id,
                 info.prefix,
-                org.as_deref().map_or("every org (system key)".to_string(), |o| format!("org {o}"))
+                org.as_deref()
+                    .map_or("every org (system key)".to_string(), |o| format!("org {o}"))
             );
             println!("{key}");
         }
@@ -278,7 +279,10 @@ async fn api_key(command: ApiKeyCommand) -> anyhow::Result<()> {
                     k.org_id.as_deref().unwrap_or("(system)"),
                     k.name,
                     k.created_at.to_rfc3339(),
-                    k.revoked_at.map_or("live".to_string(), |t| format!("revoked {}", t.to_rfc3339()))
+                    k.revoked_at.map_or("live".to_string(), |t| format!(
+                        "revoked {}",
+                        t.to_rfc3339()
+                    ))
                 );
             }
         }

@@ -562,10 +562,7 @@ impl Config {
         if self.api.max_body_bytes < 1024 {
             return Err(ConfigError::invalid(
                 "api.max_body_bytes",
-                format!(
-                    "must be at least 1024, got {}",
-                    self.api.max_body_bytes
-                ),
+                format!("must be at least 1024, got {}", self.api.max_body_bytes),
             ));
         }
 

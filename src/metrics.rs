@@ -175,7 +175,10 @@ pub fn describe() {
         Unit::Seconds,
         "REST API request duration by route"
     );
-    describe_counter!(API_RATE_LIMITED, "REST API requests refused by the rate limit");
+    describe_counter!(
+        API_RATE_LIMITED,
+        "REST API requests refused by the rate limit"
+    );
     describe_counter!(
         API_UNAUTHORIZED,
         "REST API requests refused for a missing or invalid API key"

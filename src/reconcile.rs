@@ -190,8 +190,8 @@ fn check_device(
     };
     for (group, group_site, filter) in &rules.dynamic {
         *evaluations += 1;
-        let should = group_site.as_deref().is_none_or(|s| Some(s) == site)
-            && filter.evaluate(&attrs, now);
+        let should =
+            group_site.as_deref().is_none_or(|s| Some(s) == site) && filter.evaluate(&attrs, now);
         match (membership.get(group), should) {
             (None, true) => push(
                 "missing_membership",
@@ -199,23 +199,15 @@ fn check_device(
                 json!(true),
                 json!(false),
             ),
-            (Some(false), false) => push(
-                "extra_membership",
-                Some(*group),
-                json!(false),
-                json!(true),
-            ),
+            (Some(false), false) => {
+                push("extra_membership", Some(*group), json!(false), json!(true))
+            }
             _ => {}
         }
     }
     for group in membership.keys() {
         if !rules.live.contains(group) {
-            push(
-                "extra_membership",
-                Some(*group),
-                json!(false),
-                json!(true),
-            );
+            push("extra_membership", Some(*group), json!(false), json!(true));
         }
     }
     let facts = DeviceFacts {
@@ -253,10 +245,12 @@ pub async fn check(
     options: &Options,
 ) -> Result<Report, StoreError> {
     let orgs: Vec<String> = match &options.org {
-        Some(org) => sqlx::query_scalar("SELECT id FROM orgs WHERE id = $1")
-            .bind(org)
-            .fetch_all(pool)
-            .await?,
+        Some(org) => {
+            sqlx::query_scalar("SELECT id FROM orgs WHERE id = $1")
+                .bind(org)
+                .fetch_all(pool)
+                .await?
+        }
         None => {
             sqlx::query_scalar("SELECT id FROM orgs ORDER BY id")
                 .fetch_all(pool)
@@ -277,7 +271,7 @@ pub async fn check(
         let query = format!("{DEVICE_QUERY} WHERE d.org_id = $1 ORDER BY d.id");
         let mut rows = sqlx::query_as::<_, DeviceRow>(&query)
             .bind(org)
-        .fetch(&mut *conn);
+            .fetch(&mut *conn);
         let mut drifted = Vec::new();
         while let Some(row) = rows.try_next().await? {
             report.devices_checked += 1;
@@ -358,7 +352,9 @@ pub fn render(report: &Report) -> String {
         report.evaluated_at
     );
     if !report.has_drift() {
-        out.push_str("no drift: every dynamic membership and firmware target is what the rules say\n");
+        out.push_str(
+            "no drift: every dynamic membership and firmware target is what the rules say\n",
+        );
         return out;
     }
     let devices: usize = report.drifted.iter().map(|(_, d)| d.len()).sum();

@@ -38,9 +38,7 @@ impl Caller {
             (Some(own), Some(org)) if org == own => Ok(own.clone()),
             (Some(_), Some(_)) => Err(ApiError::not_found("Org not found")),
             (None, Some(org)) => Ok(org.to_string()),
-            (None, None) => Err(ApiError::bad_request(
-                "orgId is required with a system key",
-            )),
+            (None, None) => Err(ApiError::bad_request("orgId is required with a system key")),
         }
     }
 
@@ -153,8 +151,13 @@ mod tests {
         }
         assert_eq!(limiter.check_at(key, t0), Err(1));
         // Half a second refills one token at 2/s.
-        assert_eq!(limiter.check_at(key, t0 + Duration::from_millis(500)), Ok(()));
-        assert!(limiter.check_at(key, t0 + Duration::from_millis(500)).is_err());
+        assert_eq!(
+            limiter.check_at(key, t0 + Duration::from_millis(500)),
+            Ok(())
+        );
+        assert!(limiter
+            .check_at(key, t0 + Duration::from_millis(500))
+            .is_err());
     }
 
     #[test]

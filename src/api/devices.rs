@@ -234,12 +234,10 @@ pub async fn view(
     let doc = device.attributes.as_object().cloned().unwrap_or_default();
     let attrs = Attributes::from_stored_json(&doc, catalogue, |_, _| {});
     let now = chrono::Utc::now().timestamp_millis();
-    let site = catalogue
-        .lookup("siteId")
-        .and_then(|f| match attrs.get(f) {
-            Some(AttrValue::Str(s)) => Some(s.to_string()),
-            _ => None,
-        });
+    let site = catalogue.lookup("siteId").and_then(|f| match attrs.get(f) {
+        Some(AttrValue::Str(s)) => Some(s.to_string()),
+        _ => None,
+    });
     let mut dynamic_groups = Vec::with_capacity(groups.len());
     for (group_id, name, group_site, filter) in groups {
         // A stored filter always compiled when saved; one that no longer does (the catalogue changed) is

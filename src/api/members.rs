@@ -25,7 +25,10 @@ pub fn routes() -> Router<ApiState> {
         .route("/{id}/members", get(list).post(add_one))
         .route("/{id}/members/batch", post(add_batch))
         .route("/{id}/members/batch-remove", post(remove_batch))
-        .route("/{id}/members/{device_id}", axum::routing::delete(remove_one))
+        .route(
+            "/{id}/members/{device_id}",
+            axum::routing::delete(remove_one),
+        )
         .route("/{id}/members/{device_id}/pin", post(pin).delete(unpin))
 }
 

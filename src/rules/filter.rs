@@ -367,7 +367,9 @@ impl CompiledFilter {
             .fields_used()
             .iter()
             .map(|&id| match catalogue.computed(id) {
-                Some(super::catalogue::Computed::DaysSince(source)) => catalogue.name(source).into(),
+                Some(super::catalogue::Computed::DaysSince(source)) => {
+                    catalogue.name(source).into()
+                }
                 None => catalogue.name(id).into(),
             })
             .collect();

@@ -124,7 +124,10 @@ fn key_attributes_sql() -> String {
         .iter()
         .map(|f| format!("'{f}', d.attributes -> '{f}'"))
         .collect();
-    format!("jsonb_strip_nulls(jsonb_build_object({}))", pairs.join(", "))
+    format!(
+        "jsonb_strip_nulls(jsonb_build_object({}))",
+        pairs.join(", ")
+    )
 }
 
 /// A member as listed.

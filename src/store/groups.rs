@@ -204,7 +204,9 @@ pub async fn update_group(
         None => None,
     };
     let mut tx = pool.begin().await?;
-    let row: Option<(String, Option<String>, i64, String, Option<Value>)> = sqlx::query_as(
+    /// (org, site, version, type, filter).
+    type Current = (String, Option<String>, i64, String, Option<Value>);
+    let row: Option<Current> = sqlx::query_as(
         "SELECT org_id, site_id, version, type, filter_conditions FROM device_groups \
          WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
     )
@@ -221,9 +223,16 @@ pub async fn update_group(
         check_parent(&mut tx, &org_id, group_id, parent).await?;
     }
     let new_site = patch.site_id.clone().unwrap_or_else(|| site_id.clone());
-    let definition_changed =
-        new_site != site_id || patch.filter.as_ref().is_some_and(|f| Some(f) != filter.as_ref());
-    let new_version = if definition_changed { version + 1 } else { version };
+    let definition_changed = new_site != site_id
+        || patch
+            .filter
+            .as_ref()
+            .is_some_and(|f| Some(f) != filter.as_ref());
+    let new_version = if definition_changed {
+        version + 1
+    } else {
+        version
+    };
     let fields_used: Option<Vec<String>> = compiled.as_ref().map(|c| c.field_names().to_vec());
     sqlx::query(
         "UPDATE device_groups SET \

@@ -21,7 +21,11 @@ fn ids(values: &Value, key: &str) -> BTreeSet<String> {
         .collect()
 }
 
-async fn wait_member_set(h: &Harness, group: Uuid, expected: &BTreeSet<String>) -> anyhow::Result<()> {
+async fn wait_member_set(
+    h: &Harness,
+    group: Uuid,
+    expected: &BTreeSet<String>,
+) -> anyhow::Result<()> {
     let expected: Vec<(&str, bool)> = expected.iter().map(|d| (d.as_str(), false)).collect();
     h.wait_members(group, &expected).await
 }
@@ -57,9 +61,16 @@ async fn a_group_created_over_http_fills_as_previewed_and_releases_yield_the_pre
     for i in 0..24 {
         let device = format!("dev-{i:02}");
         let os = if i % 3 == 0 { "linux" } else { "windows" };
-        let tags = if i % 2 == 0 { json!(["edge"]) } else { json!(["core"]) };
+        let tags = if i % 2 == 0 {
+            json!(["edge"])
+        } else {
+            json!(["core"])
+        };
         let seq = h
-            .send(&device, json!({"osType": os, "tags": tags, "firmwareVersion": "1.0.0"}))
+            .send(
+                &device,
+                json!({"osType": os, "tags": tags, "firmwareVersion": "1.0.0"}),
+            )
             .await?;
         last.push((device, seq));
     }
@@ -71,7 +82,10 @@ async fn a_group_created_over_http_fills_as_previewed_and_releases_yield_the_pre
     let filter = json!({"operator": "AND", "conditions": [
         {"field": "osType", "operator": "equals", "value": "linux"}]});
     let preview = c
-        .post("/api/v1/groups/preview?limit=100", json!({"filterConditions": filter}))
+        .post(
+            "/api/v1/groups/preview?limit=100",
+            json!({"filterConditions": filter}),
+        )
         .await?;
     assert_eq!(preview.status, StatusCode::OK, "{preview:?}");
     let previewed = ids(&preview.body["sample"], "deviceId");
@@ -79,15 +93,22 @@ async fn a_group_created_over_http_fills_as_previewed_and_releases_yield_the_pre
     assert_eq!(previewed.len(), 8);
 
     let created = c
-        .post("/api/v1/groups", json!({"name": "linux", "filterConditions": filter}))
+        .post(
+            "/api/v1/groups",
+            json!({"name": "linux", "filterConditions": filter}),
+        )
         .await?;
     assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
     let group: Uuid = created.body["id"].as_str().unwrap().parse()?;
     wait_member_set(&h, group, &previewed).await?;
-    let log = c.get(&format!("/api/v1/groups/{group}/membership-log?limit=500")).await?;
+    let log = c
+        .get(&format!("/api/v1/groups/{group}/membership-log?limit=500"))
+        .await?;
     let entries = log.body["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 8);
-    assert!(entries.iter().all(|e| e["reason"] == "filter_match" && e["action"] == "added"));
+    assert!(entries
+        .iter()
+        .all(|e| e["reason"] == "filter_match" && e["action"] == "added"));
     assert_eq!(ids(&log.body["entries"], "deviceId"), previewed);
     let members = c.get(&format!("/api/v1/groups/{group}/members")).await?;
     assert_eq!(members.body["total"], 8);
@@ -97,23 +118,34 @@ async fn a_group_created_over_http_fills_as_previewed_and_releases_yield_the_pre
         {"field": "osType", "operator": "equals", "value": "linux"},
         {"field": "tags", "operator": "hasAny", "value": ["edge"]}]});
     let preview = c
-        .post("/api/v1/groups/preview?limit=100", json!({"filterConditions": narrower}))
+        .post(
+            "/api/v1/groups/preview?limit=100",
+            json!({"filterConditions": narrower}),
+        )
         .await?;
     let expected = ids(&preview.body["sample"], "deviceId");
     assert_eq!(expected.len(), 4);
     let patched = c
-        .patch(&format!("/api/v1/groups/{group}"), json!({"filterConditions": narrower}))
+        .patch(
+            &format!("/api/v1/groups/{group}"),
+            json!({"filterConditions": narrower}),
+        )
         .await?;
     assert_eq!(patched.status, StatusCode::OK, "{patched:?}");
     wait_member_set(&h, group, &expected).await?;
     let log = h.log(group).await?;
     let after_edit = &log[8..];
     assert_eq!(after_edit.len(), 4, "only the diff is logged: {log:?}");
-    assert!(after_edit.iter().all(|(d, a, r)| a == "removed" && r == "filter_unmatch" && !expected.contains(d)));
+    assert!(after_edit
+        .iter()
+        .all(|(d, a, r)| a == "removed" && r == "filter_unmatch" && !expected.contains(d)));
 
     // Release to the group: the dry run's impact is what the real release then emits.
     let dry = c
-        .post("/api/v1/releases", json!({"groupId": group, "version": "2.0.0", "dry_run": true}))
+        .post(
+            "/api/v1/releases",
+            json!({"groupId": group, "version": "2.0.0", "dry_run": true}),
+        )
         .await?;
     assert_eq!(dry.status, StatusCode::OK, "{dry:?}");
     assert_eq!(dry.body["impact"]["changed"], 4);
@@ -121,7 +153,10 @@ async fn a_group_created_over_http_fills_as_previewed_and_releases_yield_the_pre
     assert_eq!(impacted, expected);
     let before = rollouts(&h).await?.len();
     let real = c
-        .post("/api/v1/releases", json!({"groupId": group, "version": "2.0.0"}))
+        .post(
+            "/api/v1/releases",
+            json!({"groupId": group, "version": "2.0.0"}),
+        )
         .await?;
     assert_eq!(real.status, StatusCode::CREATED, "{real:?}");
     let pool = h.pool().clone();
@@ -159,7 +194,10 @@ async fn imported_devices_join_static_groups_and_follow_their_releases() -> anyh
     let (_, key) = api_keys::create(h.pool(), Some(ORG), "e2e").await?;
     let c = Client::new(addr, Some(&key));
     let imported = c
-        .post("/api/v1/devices/import", json!({"deviceIds": ["new-1", "new-2", "new-1"]}))
+        .post(
+            "/api/v1/devices/import",
+            json!({"deviceIds": ["new-1", "new-2", "new-1"]}),
+        )
         .await?;
     assert_eq!(imported.status, StatusCode::ACCEPTED, "{imported:?}");
     assert_eq!(imported.body["registered"], json!(["new-1", "new-2"]));
@@ -183,27 +221,39 @@ async fn imported_devices_join_static_groups_and_follow_their_releases() -> anyh
     let group = c.post("/api/v1/groups", json!({"name": "pilot"})).await?;
     let group: Uuid = group.body["id"].as_str().unwrap().parse()?;
     let added = c
-        .post(&format!("/api/v1/groups/{group}/members/batch"), json!({"device_ids": ["new-1"]}))
+        .post(
+            &format!("/api/v1/groups/{group}/members/batch"),
+            json!({"device_ids": ["new-1"]}),
+        )
         .await?;
     assert_eq!(added.body["added"], json!(["new-1"]), "{added:?}");
     let released = c
-        .post("/api/v1/releases", json!({"groupId": group, "version": "5.0.0"}))
+        .post(
+            "/api/v1/releases",
+            json!({"groupId": group, "version": "5.0.0"}),
+        )
         .await?;
     assert_eq!(released.status, StatusCode::CREATED, "{released:?}");
     assert_eq!(released.body["impact"]["changed"], 1);
-    eventually(LIMIT, "the worker resolves the static member's firmware", || {
-        let pool = pool.clone();
-        async move {
-            let v: Option<String> =
-                sqlx::query_scalar("SELECT target_version FROM devices WHERE id = 'new-1'")
-                    .fetch_one(&pool)
-                    .await?;
-            Ok((v.as_deref() == Some("5.0.0")).then_some(()))
-        }
-    })
+    eventually(
+        LIMIT,
+        "the worker resolves the static member's firmware",
+        || {
+            let pool = pool.clone();
+            async move {
+                let v: Option<String> =
+                    sqlx::query_scalar("SELECT target_version FROM devices WHERE id = 'new-1'")
+                        .fetch_one(&pool)
+                        .await?;
+                Ok((v.as_deref() == Some("5.0.0")).then_some(()))
+            }
+        },
+    )
     .await?;
     // Removing it from the group re-resolves it to no target.
-    let removed = c.delete(&format!("/api/v1/groups/{group}/members/new-1")).await?;
+    let removed = c
+        .delete(&format!("/api/v1/groups/{group}/members/new-1"))
+        .await?;
     assert_eq!(removed.status, StatusCode::NO_CONTENT);
     eventually(LIMIT, "the worker re-resolves after removal", || {
         let pool = pool.clone();

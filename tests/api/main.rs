@@ -6,7 +6,6 @@ mod support;
 
 mod e2e;
 
-
 use cohort::config::Config;
 use cohort::store::{api_keys, groups};
 use hyper::{Method, StatusCode};
@@ -81,12 +80,14 @@ impl Api {
 /// Stores devices directly (as a worker would have), `(id, org, attributes)`.
 async fn devices(pool: &PgPool, rows: &[(&str, &str, Value)]) -> anyhow::Result<()> {
     for (id, org, attributes) in rows {
-        sqlx::query("INSERT INTO devices (id, org_id, attributes, partition) VALUES ($1, $2, $3, 0)")
-            .bind(id)
-            .bind(org)
-            .bind(attributes)
-            .execute(pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO devices (id, org_id, attributes, partition) VALUES ($1, $2, $3, 0)",
+        )
+        .bind(id)
+        .bind(org)
+        .bind(attributes)
+        .execute(pool)
+        .await?;
     }
     Ok(())
 }
@@ -104,7 +105,9 @@ fn expect_error(answer: &Answer, status: StatusCode, code: &str) {
     expect(answer, status);
     assert_eq!(answer.error(), code, "{answer:?}");
     assert!(
-        answer.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        answer.body["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
         "{answer:?}"
     );
     assert!(answer.body["details"].is_array(), "{answer:?}");
@@ -170,7 +173,9 @@ async fn groups_are_created_listed_read_updated_and_deleted() -> anyhow::Result<
     let stat = create_group(c, json!({"name": "Hand picked", "tags": ["prod"]})).await?;
 
     // Names are unique per org (another org may reuse one).
-    let dup = c.post("/api/v1/groups", json!({"name": "Linux boxes"})).await?;
+    let dup = c
+        .post("/api/v1/groups", json!({"name": "Linux boxes"}))
+        .await?;
     expect_error(&dup, StatusCode::CONFLICT, "conflict");
     create_group(&api.other, json!({"name": "Linux boxes"})).await?;
 
@@ -190,7 +195,14 @@ async fn groups_are_created_listed_read_updated_and_deleted() -> anyhow::Result<
     assert_eq!(searched.body["groups"][0]["id"], json!(stat));
     let wildcard = c.get("/api/v1/groups?search=%25").await?;
     assert_eq!(wildcard.body["total"], 0, "search text is literal");
-    for bad in ["limit=0", "limit=1001", "offset=-1", "type=weird", "limit=abc", "bogus=1"] {
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "offset=-1",
+        "type=weird",
+        "limit=abc",
+        "bogus=1",
+    ] {
         let answer = c.get(&format!("/api/v1/groups?{bad}")).await?;
         expect_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
     }
@@ -301,7 +313,9 @@ async fn an_invalid_filter_is_refused_with_every_error_and_its_path() -> anyhow:
         messages.contains(&"Group must have at least one condition"),
         "{messages:?}"
     );
-    assert!(details.iter().all(|d| d["path"].as_str().is_some_and(|p| p.starts_with('$'))));
+    assert!(details
+        .iter()
+        .all(|d| d["path"].as_str().is_some_and(|p| p.starts_with('$'))));
     // Nothing was stored.
     let groups: i64 = sqlx::query_scalar("SELECT count(*) FROM device_groups")
         .fetch_one(api.pool())
@@ -321,7 +335,10 @@ async fn an_invalid_filter_is_refused_with_every_error_and_its_path() -> anyhow:
         )
         .await?;
     expect_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
-    let answer = api.acme.post("/api/v1/groups", json!({"name": "   "})).await?;
+    let answer = api
+        .acme
+        .post("/api/v1/groups", json!({"name": "   "}))
+        .await?;
     expect_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
     api.stop().await
 }
@@ -337,7 +354,10 @@ async fn the_hierarchy_refuses_cycles_foreign_parents_and_deleting_parents() -> 
     assert_eq!(children.body["total"], 1);
 
     let cycle = c
-        .patch(&format!("/api/v1/groups/{root}"), json!({"parentId": grandchild}))
+        .patch(
+            &format!("/api/v1/groups/{root}"),
+            json!({"parentId": grandchild}),
+        )
         .await?;
     expect_error(&cycle, StatusCode::BAD_REQUEST, "bad_request");
     let own = c
@@ -352,10 +372,16 @@ async fn the_hierarchy_refuses_cycles_foreign_parents_and_deleting_parents() -> 
 
     let refused = c.delete(&format!("/api/v1/groups/{child}")).await?;
     expect_error(&refused, StatusCode::CONFLICT, "conflict");
-    assert_eq!(refused.body["message"], "Cannot delete group with child groups");
+    assert_eq!(
+        refused.body["message"],
+        "Cannot delete group with child groups"
+    );
     // Detaching the grandchild (null clears the parent) makes the delete possible.
     let detached = c
-        .patch(&format!("/api/v1/groups/{grandchild}"), json!({"parentId": null}))
+        .patch(
+            &format!("/api/v1/groups/{grandchild}"),
+            json!({"parentId": null}),
+        )
         .await?;
     assert_eq!(detached.body["parentId"], Value::Null);
     expect(
@@ -376,7 +402,11 @@ async fn a_key_for_one_org_can_read_and_change_nothing_of_another() -> anyhow::R
         ],
     )
     .await?;
-    let theirs = create_group(&api.other, json!({"name": "theirs", "filterConditions": linux_filter()})).await?;
+    let theirs = create_group(
+        &api.other,
+        json!({"name": "theirs", "filterConditions": linux_filter()}),
+    )
+    .await?;
     let their_static = create_group(&api.other, json!({"name": "their static"})).await?;
     let before: Value = sqlx::query_scalar(
         "SELECT to_jsonb(g) - 'updated_at' FROM device_groups g WHERE id = $1::uuid",
@@ -390,32 +420,73 @@ async fn a_key_for_one_org_can_read_and_change_nothing_of_another() -> anyhow::R
     let attempts = vec![
         a.get(&g).await?,
         a.patch(&g, json!({"name": "mine now"})).await?,
-        a.put(&g, json!({"name": "mine now", "filterConditions": linux_filter()})).await?,
+        a.put(
+            &g,
+            json!({"name": "mine now", "filterConditions": linux_filter()}),
+        )
+        .await?,
         a.delete(&g).await?,
         a.post(&format!("{g}/preview"), json!({})).await?,
         a.get(&format!("{g}/members")).await?,
         a.get(&format!("{g}/membership-log")).await?,
         a.post(&format!("{g}/members/b-1/pin"), json!({})).await?,
         a.delete(&format!("{g}/members/b-1/pin")).await?,
-        a.post(&format!("{s}/members"), json!({"deviceId": "a-1"})).await?,
-        a.post(&format!("{s}/members/batch"), json!({"device_ids": ["a-1"]})).await?,
-        a.post(&format!("{s}/members/batch-remove"), json!({"device_ids": ["b-1"]})).await?,
+        a.post(&format!("{s}/members"), json!({"deviceId": "a-1"}))
+            .await?,
+        a.post(
+            &format!("{s}/members/batch"),
+            json!({"device_ids": ["a-1"]}),
+        )
+        .await?,
+        a.post(
+            &format!("{s}/members/batch-remove"),
+            json!({"device_ids": ["b-1"]}),
+        )
+        .await?,
         a.delete(&format!("{s}/members/b-1")).await?,
         a.get("/api/v1/devices/b-1").await?,
-        a.put("/api/v1/devices/b-1/firmware-lock", json!({"version": "1.0.0"})).await?,
+        a.put(
+            "/api/v1/devices/b-1/firmware-lock",
+            json!({"version": "1.0.0"}),
+        )
+        .await?,
         a.delete("/api/v1/devices/b-1/firmware-lock").await?,
-        a.put("/api/v1/devices/b-1/development", json!({"enabled": true})).await?,
-        a.post("/api/v1/releases", json!({"groupId": theirs, "version": "1.0.0"})).await?,
-        a.post("/api/v1/releases", json!({"orgId": "other", "default": true, "version": "1.0.0"})).await?,
+        a.put("/api/v1/devices/b-1/development", json!({"enabled": true}))
+            .await?,
+        a.post(
+            "/api/v1/releases",
+            json!({"groupId": theirs, "version": "1.0.0"}),
+        )
+        .await?,
+        a.post(
+            "/api/v1/releases",
+            json!({"orgId": "other", "default": true, "version": "1.0.0"}),
+        )
+        .await?,
         a.get("/api/v1/releases?orgId=other").await?,
-        a.post("/api/v1/groups", json!({"orgId": "other", "name": "planted"})).await?,
-        a.post("/api/v1/groups/preview", json!({"orgId": "other", "filterConditions": linux_filter()})).await?,
+        a.post(
+            "/api/v1/groups",
+            json!({"orgId": "other", "name": "planted"}),
+        )
+        .await?,
+        a.post(
+            "/api/v1/groups/preview",
+            json!({"orgId": "other", "filterConditions": linux_filter()}),
+        )
+        .await?,
         a.get("/api/v1/groups?orgId=other").await?,
-        a.post("/api/v1/devices/import", json!({"orgId": "other", "deviceIds": ["x"]})).await?,
+        a.post(
+            "/api/v1/devices/import",
+            json!({"orgId": "other", "deviceIds": ["x"]}),
+        )
+        .await?,
     ];
     for (i, answer) in attempts.iter().enumerate() {
         expect_error(answer, StatusCode::NOT_FOUND, "not_found");
-        assert!(!answer.body.to_string().contains("b-1\""), "attempt {i} leaked: {answer:?}");
+        assert!(
+            !answer.body.to_string().contains("b-1\""),
+            "attempt {i} leaked: {answer:?}"
+        );
     }
     // Listings show only the key's org.
     let listed = a.get("/api/v1/groups").await?;
@@ -440,7 +511,10 @@ async fn a_key_for_one_org_can_read_and_change_nothing_of_another() -> anyhow::R
     )
     .fetch_one(api.pool())
     .await?;
-    assert_eq!(control, 0, "no pin, membership, release or device change was recorded");
+    assert_eq!(
+        control, 0,
+        "no pin, membership, release or device change was recorded"
+    );
     let groups_of_other: i64 =
         sqlx::query_scalar("SELECT count(*) FROM device_groups WHERE org_id = 'other'")
             .fetch_one(api.pool())
@@ -449,7 +523,10 @@ async fn a_key_for_one_org_can_read_and_change_nothing_of_another() -> anyhow::R
     // The system key sees both, and must name the org to create.
     let all = api.system.get("/api/v1/groups").await?;
     assert_eq!(all.body["total"], 2);
-    let unnamed = api.system.post("/api/v1/groups", json!({"name": "x"})).await?;
+    let unnamed = api
+        .system
+        .post("/api/v1/groups", json!({"name": "x"}))
+        .await?;
     expect_error(&unnamed, StatusCode::BAD_REQUEST, "bad_request");
     api.stop().await
 }
@@ -462,13 +539,20 @@ async fn previews_count_and_sample_the_devices_a_filter_matches() -> anyhow::Res
     for (i, id) in ids.iter().enumerate() {
         let os = if i % 3 == 0 { "linux" } else { "windows" };
         let site = if i < 15 { "north" } else { "south" };
-        rows.push((id.as_str(), "acme", json!({"osType": os, "siteId": site, "uptimeSeconds": i})));
+        rows.push((
+            id.as_str(),
+            "acme",
+            json!({"osType": os, "siteId": site, "uptimeSeconds": i}),
+        ));
     }
     rows.push(("foreign", "other", json!({"osType": "linux"})));
     devices(api.pool(), &rows).await?;
     let c = &api.acme;
     let answer = c
-        .post("/api/v1/groups/preview?limit=3", json!({"filterConditions": linux_filter()}))
+        .post(
+            "/api/v1/groups/preview?limit=3",
+            json!({"filterConditions": linux_filter()}),
+        )
         .await?;
     expect(&answer, StatusCode::OK);
     assert_eq!(answer.body["total"], 10);
@@ -487,7 +571,9 @@ async fn previews_count_and_sample_the_devices_a_filter_matches() -> anyhow::Res
                            {"field": "uptimeSeconds", "operator": "greaterThan", "value": 3}]}}),
     )
     .await?;
-    let saved = c.post(&format!("/api/v1/groups/{north}/preview"), json!({})).await?;
+    let saved = c
+        .post(&format!("/api/v1/groups/{north}/preview"), json!({}))
+        .await?;
     expect(&saved, StatusCode::OK);
     // linux in north (0..15, i % 3 == 0) with uptime > 3: 6, 9, 12.
     assert_eq!(saved.body["total"], 3);
@@ -500,17 +586,24 @@ async fn previews_count_and_sample_the_devices_a_filter_matches() -> anyhow::Res
     assert_eq!(sampled, ["d-06", "d-09", "d-12"]);
 
     for bad in ["limit=0", "limit=101"] {
-        let answer = c.post(&format!("/api/v1/groups/{north}/preview?{bad}"), json!({})).await?;
+        let answer = c
+            .post(&format!("/api/v1/groups/{north}/preview?{bad}"), json!({}))
+            .await?;
         expect_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
     }
     let invalid = c
-        .post("/api/v1/groups/preview", json!({"filterConditions": {"operator": "AND", "conditions": [
-            {"field": "hostname", "operator": "matches", "value": "(unclosed"}]}}))
+        .post(
+            "/api/v1/groups/preview",
+            json!({"filterConditions": {"operator": "AND", "conditions": [
+            {"field": "hostname", "operator": "matches", "value": "(unclosed"}]}}),
+        )
         .await?;
     expect_error(&invalid, StatusCode::BAD_REQUEST, "bad_request");
     assert!(!invalid.body["details"].as_array().unwrap().is_empty());
     let stat = create_group(c, json!({"name": "static"})).await?;
-    let answer = c.post(&format!("/api/v1/groups/{stat}/preview"), json!({})).await?;
+    let answer = c
+        .post(&format!("/api/v1/groups/{stat}/preview"), json!({}))
+        .await?;
     expect_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
     api.stop().await
 }
@@ -522,12 +615,24 @@ async fn bad_requests_get_the_error_shape_never_a_500() -> anyhow::Result<()> {
     let cases: Vec<(Option<Vec<u8>>, &str)> = vec![
         (Some(b"{not json".to_vec()), "malformed"),
         (Some(b"{\"name\": \"x\"".to_vec()), "truncated"),
-        (Some(vec![b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}']), "invalid utf-8"),
+        (
+            Some(vec![b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}']),
+            "invalid utf-8",
+        ),
         (Some(br#"{"name": 42}"#.to_vec()), "wrong type"),
-        (Some(br#"{"name": "x", "colour": "red"}"#.to_vec()), "unknown field"),
+        (
+            Some(br#"{"name": "x", "colour": "red"}"#.to_vec()),
+            "unknown field",
+        ),
         (Some(b"[]".to_vec()), "not an object"),
-        (Some(format!("{}{}", "[".repeat(3000), "]".repeat(3000)).into_bytes()), "too large"),
-        (Some(format!("{{\"name\": \"{}\"}}", "a".repeat(8000)).into_bytes()), "over the body limit"),
+        (
+            Some(format!("{}{}", "[".repeat(3000), "]".repeat(3000)).into_bytes()),
+            "too large",
+        ),
+        (
+            Some(format!("{{\"name\": \"{}\"}}", "a".repeat(8000)).into_bytes()),
+            "over the body limit",
+        ),
         (None, "no body"),
     ];
     for (body, what) in cases {
@@ -537,9 +642,13 @@ async fn bad_requests_get_the_error_shape_never_a_500() -> anyhow::Result<()> {
         assert!(answer.body["message"].is_string(), "{what}");
     }
     let huge = format!("{{\"name\": \"{}\"}}", "a".repeat(8000));
-    let answer = c.send(Method::POST, "/api/v1/groups", Some(huge.into_bytes())).await?;
+    let answer = c
+        .send(Method::POST, "/api/v1/groups", Some(huge.into_bytes()))
+        .await?;
     expect(&answer, StatusCode::PAYLOAD_TOO_LARGE);
-    let long_name = c.post("/api/v1/groups", json!({"name": "n".repeat(300)})).await?;
+    let long_name = c
+        .post("/api/v1/groups", json!({"name": "n".repeat(300)}))
+        .await?;
     expect_error(&long_name, StatusCode::BAD_REQUEST, "bad_request");
     // Path tricks and bad ids.
     for path in [
@@ -555,7 +664,11 @@ async fn bad_requests_get_the_error_shape_never_a_500() -> anyhow::Result<()> {
         .get("/api/v1/groups?search=%27%3B%20DROP%20TABLE%20device_groups%3B--")
         .await?;
     expect(&sql, StatusCode::OK);
-    expect_error(&c.get("/api/v1/nothing-here").await?, StatusCode::NOT_FOUND, "not_found");
+    expect_error(
+        &c.get("/api/v1/nothing-here").await?,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     let wrong_method = c.send(Method::PUT, "/api/v1/groups", None).await?;
     assert_eq!(wrong_method.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(wrong_method.error(), "bad_request");
@@ -614,15 +727,32 @@ async fn the_served_openapi_document_is_the_checked_in_one() -> anyhow::Result<(
 }
 
 #[tokio::test]
-async fn static_membership_adds_and_removes_by_id_and_by_cellular_identifier() -> anyhow::Result<()> {
+async fn static_membership_adds_and_removes_by_id_and_by_cellular_identifier() -> anyhow::Result<()>
+{
     let api = Api::start().await?;
     devices(
         api.pool(),
         &[
-            ("m-1", "acme", json!({"hostname": "one", "displayName": "One", "imei": "490154203237518"})),
-            ("m-2", "acme", json!({"hostname": "two", "iccid": "89014103211118510720"})),
-            ("m-3", "acme", json!({"hostname": "three", "meid": "A0000000002329"})),
-            ("b-1", "other", json!({"hostname": "theirs", "imei": "111111111111111"})),
+            (
+                "m-1",
+                "acme",
+                json!({"hostname": "one", "displayName": "One", "imei": "490154203237518"}),
+            ),
+            (
+                "m-2",
+                "acme",
+                json!({"hostname": "two", "iccid": "89014103211118510720"}),
+            ),
+            (
+                "m-3",
+                "acme",
+                json!({"hostname": "three", "meid": "A0000000002329"}),
+            ),
+            (
+                "b-1",
+                "other",
+                json!({"hostname": "theirs", "imei": "111111111111111"}),
+            ),
         ],
     )
     .await?;
@@ -655,7 +785,10 @@ async fn static_membership_adds_and_removes_by_id_and_by_cellular_identifier() -
         batch.body["identifiersNotFound"],
         json!([{"kind": "imei", "identifier": "111111111111111"}])
     );
-    assert_eq!(batch.body["counts"], json!({"added": 2, "skipped": 1, "notFound": 3, "wrongSite": 0}));
+    assert_eq!(
+        batch.body["counts"],
+        json!({"added": 2, "skipped": 1, "notFound": 3, "wrongSite": 0})
+    );
     let invalid = c
         .post(
             &format!("{base}/batch"),
@@ -668,7 +801,10 @@ async fn static_membership_adds_and_removes_by_id_and_by_cellular_identifier() -
     expect_error(&invalid, StatusCode::BAD_REQUEST, "bad_request");
     assert_eq!(invalid.body["details"].as_array().unwrap().len(), 4);
     let unknown_kind = c
-        .post(&format!("{base}/batch"), json!({"identifiers": [{"kind": "mac", "identifier": "x"}]}))
+        .post(
+            &format!("{base}/batch"),
+            json!({"identifiers": [{"kind": "mac", "identifier": "x"}]}),
+        )
         .await?;
     expect_error(&unknown_kind, StatusCode::BAD_REQUEST, "bad_request");
     let empty = c.post(&format!("{base}/batch"), json!({})).await?;
@@ -682,19 +818,34 @@ async fn static_membership_adds_and_removes_by_id_and_by_cellular_identifier() -
     assert_eq!(first["deviceId"], "m-1");
     assert_eq!(first["isPinned"], false);
     assert_eq!(first["addedBy"], "manual");
-    assert_eq!(first["attributes"], json!({"hostname": "one", "displayName": "One"}));
+    assert_eq!(
+        first["attributes"],
+        json!({"hostname": "one", "displayName": "One"})
+    );
 
     // Removal, one and a batch.
-    expect(&c.delete(&format!("{base}/m-1")).await?, StatusCode::NO_CONTENT);
-    expect_error(&c.delete(&format!("{base}/m-1")).await?, StatusCode::NOT_FOUND, "not_found");
+    expect(
+        &c.delete(&format!("{base}/m-1")).await?,
+        StatusCode::NO_CONTENT,
+    );
+    expect_error(
+        &c.delete(&format!("{base}/m-1")).await?,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     let removed = c
-        .post(&format!("{base}/batch-remove"), json!({"device_ids": ["m-2", "m-1"]}))
+        .post(
+            &format!("{base}/batch-remove"),
+            json!({"device_ids": ["m-2", "m-1"]}),
+        )
         .await?;
     assert_eq!(removed.body["added"], json!(["m-2"]));
     assert_eq!(removed.body["skipped"], json!(["m-1"]));
 
     // Every change is in the log with reason manual, the device's names and the actor.
-    let log = c.get(&format!("/api/v1/groups/{group}/membership-log")).await?;
+    let log = c
+        .get(&format!("/api/v1/groups/{group}/membership-log"))
+        .await?;
     expect(&log, StatusCode::OK);
     let entries = log.body["entries"].as_array().unwrap();
     let summary: Vec<(String, String, String)> = entries
@@ -716,70 +867,121 @@ async fn static_membership_adds_and_removes_by_id_and_by_cellular_identifier() -
     ];
     assert_eq!(summary.len(), expected.len(), "{summary:?}");
     for ((device, action, reason), (d, a)) in summary.iter().zip(expected) {
-        assert_eq!((device.as_str(), action.as_str(), reason.as_str()), (d, a, "manual"));
+        assert_eq!(
+            (device.as_str(), action.as_str(), reason.as_str()),
+            (d, a, "manual")
+        );
     }
     assert_eq!(entries[4]["hostname"], "one");
     assert_eq!(entries[4]["displayName"], "One");
-    assert!(entries[2]["cause"].to_string().contains("ops@acme"), "{:?}", entries[2]);
+    assert!(
+        entries[2]["cause"].to_string().contains("ops@acme"),
+        "{:?}",
+        entries[2]
+    );
     let filtered = c
-        .get(&format!("/api/v1/groups/{group}/membership-log?deviceId=m-2&action=added"))
+        .get(&format!(
+            "/api/v1/groups/{group}/membership-log?deviceId=m-2&action=added"
+        ))
         .await?;
     assert_eq!(filtered.body["entries"].as_array().unwrap().len(), 1);
     let paged = c
-        .get(&format!("/api/v1/groups/{group}/membership-log?limit=2&offset=4"))
+        .get(&format!(
+            "/api/v1/groups/{group}/membership-log?limit=2&offset=4"
+        ))
         .await?;
     assert_eq!(paged.body["entries"].as_array().unwrap().len(), 1);
     for bad in ["limit=0", "limit=501", "action=moved", "offset=-2"] {
-        let answer = c.get(&format!("/api/v1/groups/{group}/membership-log?{bad}")).await?;
+        let answer = c
+            .get(&format!("/api/v1/groups/{group}/membership-log?{bad}"))
+            .await?;
         expect_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
     }
 
     // Dynamic groups refuse manual membership; static ones refuse pins.
-    let dynamic = create_group(c, json!({"name": "dyn", "filterConditions": linux_filter()})).await?;
+    let dynamic = create_group(
+        c,
+        json!({"name": "dyn", "filterConditions": linux_filter()}),
+    )
+    .await?;
     let refused = c
-        .post(&format!("/api/v1/groups/{dynamic}/members"), json!({"deviceId": "m-1"}))
+        .post(
+            &format!("/api/v1/groups/{dynamic}/members"),
+            json!({"deviceId": "m-1"}),
+        )
         .await?;
     expect_error(&refused, StatusCode::BAD_REQUEST, "bad_request");
-    assert_eq!(refused.body["message"], "Cannot manually add devices to a dynamic group");
+    assert_eq!(
+        refused.body["message"],
+        "Cannot manually add devices to a dynamic group"
+    );
     let pin_static = c.post(&format!("{base}/m-3/pin"), json!({})).await?;
     expect_error(&pin_static, StatusCode::BAD_REQUEST, "bad_request");
     api.stop().await
 }
 
 #[tokio::test]
-async fn pins_locks_and_the_development_flag_are_recorded_for_the_owning_worker() -> anyhow::Result<()> {
+async fn pins_locks_and_the_development_flag_are_recorded_for_the_owning_worker(
+) -> anyhow::Result<()> {
     let api = Api::start().await?;
     devices(api.pool(), &[("p-1", "acme", json!({"osType": "linux"}))]).await?;
     let c = &api.acme;
-    let group = create_group(c, json!({"name": "dyn", "filterConditions": linux_filter()})).await?;
-    let pinned = c.post(&format!("/api/v1/groups/{group}/members/p-1/pin"), json!({})).await?;
+    let group = create_group(
+        c,
+        json!({"name": "dyn", "filterConditions": linux_filter()}),
+    )
+    .await?;
+    let pinned = c
+        .post(
+            &format!("/api/v1/groups/{group}/members/p-1/pin"),
+            json!({}),
+        )
+        .await?;
     expect(&pinned, StatusCode::ACCEPTED);
     assert!(pinned.body["controlId"].as_i64().is_some());
     expect(
-        &c.delete(&format!("/api/v1/groups/{group}/members/p-1/pin")).await?,
+        &c.delete(&format!("/api/v1/groups/{group}/members/p-1/pin"))
+            .await?,
         StatusCode::ACCEPTED,
     );
     expect_error(
-        &c.post(&format!("/api/v1/groups/{group}/members/ghost/pin"), json!({})).await?,
+        &c.post(
+            &format!("/api/v1/groups/{group}/members/ghost/pin"),
+            json!({}),
+        )
+        .await?,
         StatusCode::NOT_FOUND,
         "not_found",
     );
     expect(
-        &c.put("/api/v1/devices/p-1/firmware-lock", json!({"version": "2.1.0"})).await?,
+        &c.put(
+            "/api/v1/devices/p-1/firmware-lock",
+            json!({"version": "2.1.0"}),
+        )
+        .await?,
         StatusCode::ACCEPTED,
     );
     expect_error(
-        &c.put("/api/v1/devices/p-1/firmware-lock", json!({"version": "not a version!"})).await?,
+        &c.put(
+            "/api/v1/devices/p-1/firmware-lock",
+            json!({"version": "not a version!"}),
+        )
+        .await?,
         StatusCode::BAD_REQUEST,
         "bad_request",
     );
-    expect(&c.delete("/api/v1/devices/p-1/firmware-lock").await?, StatusCode::ACCEPTED);
     expect(
-        &c.put("/api/v1/devices/p-1/development", json!({"enabled": true})).await?,
+        &c.delete("/api/v1/devices/p-1/firmware-lock").await?,
+        StatusCode::ACCEPTED,
+    );
+    expect(
+        &c.put("/api/v1/devices/p-1/development", json!({"enabled": true}))
+            .await?,
         StatusCode::ACCEPTED,
     );
     expect_error(
-        &c.put("/api/v1/devices/p-1/development", json!({"enabled": "yes"})).await?,
+        &c.put("/api/v1/devices/p-1/development", json!({"enabled": "yes"}))
+            .await?,
         StatusCode::BAD_REQUEST,
         "bad_request",
     );
@@ -790,7 +992,13 @@ async fn pins_locks_and_the_development_flag_are_recorded_for_the_owning_worker(
     .await?;
     assert_eq!(
         kinds,
-        ["pinned", "unpinned", "device_settings", "device_settings", "device_settings"]
+        [
+            "pinned",
+            "unpinned",
+            "device_settings",
+            "device_settings",
+            "device_settings"
+        ]
     );
     api.stop().await
 }
@@ -800,11 +1008,19 @@ async fn the_device_view_explains_each_dynamic_group() -> anyhow::Result<()> {
     let api = Api::start().await?;
     devices(
         api.pool(),
-        &[("v-1", "acme", json!({"osType": "linux", "hostname": "web-1", "siteId": "north"}))],
+        &[(
+            "v-1",
+            "acme",
+            json!({"osType": "linux", "hostname": "web-1", "siteId": "north"}),
+        )],
     )
     .await?;
     let c = &api.acme;
-    let linux = create_group(c, json!({"name": "linux", "filterConditions": linux_filter()})).await?;
+    let linux = create_group(
+        c,
+        json!({"name": "linux", "filterConditions": linux_filter()}),
+    )
+    .await?;
     let south = create_group(
         c,
         json!({"name": "south linux", "siteId": "south", "filterConditions": linux_filter()}),
@@ -834,7 +1050,11 @@ async fn the_device_view_explains_each_dynamic_group() -> anyhow::Result<()> {
     assert_eq!(scoped["groupId"], json!(south));
     assert_eq!(scoped["matches"], false);
     assert!(scoped["siteMismatch"].as_str().unwrap().contains("south"));
-    expect_error(&c.get("/api/v1/devices/ghost").await?, StatusCode::NOT_FOUND, "not_found");
+    expect_error(
+        &c.get("/api/v1/devices/ghost").await?,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
     api.stop().await
 }
 
@@ -859,7 +1079,10 @@ async fn releases_are_previewed_with_dry_run_created_listed_and_withdrawn() -> a
     .execute(api.pool())
     .await?;
     let dry = c
-        .post("/api/v1/releases", json!({"groupId": group, "version": "1.1.0", "dry_run": true}))
+        .post(
+            "/api/v1/releases",
+            json!({"groupId": group, "version": "1.1.0", "dry_run": true}),
+        )
         .await?;
     expect(&dry, StatusCode::OK);
     assert_eq!(dry.body["dryRun"], true);
@@ -870,25 +1093,38 @@ async fn releases_are_previewed_with_dry_run_created_listed_and_withdrawn() -> a
         .await?;
     assert_eq!(none, 0, "a dry run writes nothing");
     let real = c
-        .post("/api/v1/releases", json!({"groupId": group, "version": "1.1.0"}))
+        .post(
+            "/api/v1/releases",
+            json!({"groupId": group, "version": "1.1.0"}),
+        )
         .await?;
     expect(&real, StatusCode::CREATED);
     assert_eq!(real.body["impact"], dry.body["impact"]);
     let release = real.body["release"]["id"].as_str().unwrap().to_string();
     let default = c
-        .post("/api/v1/releases", json!({"default": true, "version": "1.0.0"}))
+        .post(
+            "/api/v1/releases",
+            json!({"default": true, "version": "1.0.0"}),
+        )
         .await?;
     expect(&default, StatusCode::CREATED);
-    assert_eq!(default.body["impact"]["changed"], 1, "r-2 gets the default; r-1 keeps the group's");
+    assert_eq!(
+        default.body["impact"]["changed"], 1,
+        "r-2 gets the default; r-1 keeps the group's"
+    );
     let mixed = c
         .post("/api/v1/releases", json!({"default": true, "version": "7"}))
         .await?;
     expect_error(&mixed, StatusCode::BAD_REQUEST, "bad_request");
-    let neither = c.post("/api/v1/releases", json!({"version": "1.2.0"})).await?;
+    let neither = c
+        .post("/api/v1/releases", json!({"version": "1.2.0"}))
+        .await?;
     expect_error(&neither, StatusCode::BAD_REQUEST, "bad_request");
     let listed = c.get("/api/v1/releases").await?;
     assert_eq!(listed.body["releases"].as_array().unwrap().len(), 2);
-    let withdraw_dry = c.delete(&format!("/api/v1/releases/{release}?dryRun=true")).await?;
+    let withdraw_dry = c
+        .delete(&format!("/api/v1/releases/{release}?dryRun=true"))
+        .await?;
     expect(&withdraw_dry, StatusCode::OK);
     assert_eq!(withdraw_dry.body["impact"]["changed"], 1);
     assert_eq!(withdraw_dry.body["release"]["withdrawnAt"], Value::Null);
@@ -908,16 +1144,23 @@ async fn releases_are_previewed_with_dry_run_created_listed_and_withdrawn() -> a
 #[tokio::test]
 async fn orgs_are_created_by_system_keys() -> anyhow::Result<()> {
     let api = Api::start().await?;
-    let created = api.system.post("/api/v1/orgs", json!({"id": "initech", "name": "Initech"})).await?;
+    let created = api
+        .system
+        .post("/api/v1/orgs", json!({"id": "initech", "name": "Initech"}))
+        .await?;
     expect(&created, StatusCode::CREATED);
     assert_eq!(created.body["id"], "initech");
     expect_error(
-        &api.system.post("/api/v1/orgs", json!({"id": "initech"})).await?,
+        &api.system
+            .post("/api/v1/orgs", json!({"id": "initech"}))
+            .await?,
         StatusCode::CONFLICT,
         "conflict",
     );
     expect_error(
-        &api.system.post("/api/v1/orgs", json!({"id": "bad id!"})).await?,
+        &api.system
+            .post("/api/v1/orgs", json!({"id": "bad id!"}))
+            .await?,
         StatusCode::BAD_REQUEST,
         "bad_request",
     );
@@ -950,7 +1193,12 @@ async fn a_key_created_by_the_command_line_works_until_revoked() -> anyhow::Resu
     let url = api.db.url().to_string();
     let created = support::blocking(support::OPERATION_TIMEOUT, "the command runs", {
         let url = url.clone();
-        move || cohort(&url, &["api-key", "create", "--org", "newco", "--name", "ci"])
+        move || {
+            cohort(
+                &url,
+                &["api-key", "create", "--org", "newco", "--name", "ci"],
+            )
+        }
     })
     .await?;
     assert!(created.status.success(), "{created:?}");
@@ -958,7 +1206,10 @@ async fn a_key_created_by_the_command_line_works_until_revoked() -> anyhow::Resu
     assert!(key.starts_with("cohort_"), "{key}");
     let client = api.acme.with_key(Some(&key));
     let orgs = client.get("/api/v1/orgs").await?;
-    assert_eq!(orgs.body["orgs"][0]["id"], "newco", "the org was created with the key");
+    assert_eq!(
+        orgs.body["orgs"][0]["id"], "newco",
+        "the org was created with the key"
+    );
     let listed = support::blocking(support::OPERATION_TIMEOUT, "the command runs", {
         let url = url.clone();
         move || cohort(&url, &["api-key", "list"])
@@ -966,7 +1217,10 @@ async fn a_key_created_by_the_command_line_works_until_revoked() -> anyhow::Resu
     .await?;
     let listing = String::from_utf8(listed.stdout)?;
     assert!(listing.contains("newco"), "{listing}");
-    assert!(!listing.contains(&key[20..]), "the listing never shows a key");
+    assert!(
+        !listing.contains(&key[20..]),
+        "the listing never shows a key"
+    );
     let prefix = key[7..19].to_string();
     let revoked = support::blocking(support::OPERATION_TIMEOUT, "the command runs", {
         let url = url.clone();
@@ -974,7 +1228,11 @@ async fn a_key_created_by_the_command_line_works_until_revoked() -> anyhow::Resu
     })
     .await?;
     assert!(revoked.status.success(), "{revoked:?}");
-    expect_error(&client.get("/api/v1/orgs").await?, StatusCode::UNAUTHORIZED, "unauthorized");
+    expect_error(
+        &client.get("/api/v1/orgs").await?,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
     let again = support::blocking(support::OPERATION_TIMEOUT, "the command runs", move || {
         cohort(&url, &["api-key", "revoke", "000000000000"])
     })
