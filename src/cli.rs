@@ -40,7 +40,8 @@ pub enum Command {
     /// Print the REST API's OpenAPI document (the one served at /api/v1/openapi.json).
     Openapi,
     /// Recompute every dynamic membership and firmware target from PostgreSQL with the workers' evaluator
-    /// and report drift (exit 0: none, 3: drift found). Read-only and safe while workers run.
+    /// and report drift (exit 0: none, 3: drift found). Read-only and safe while workers run; `--repair`
+    /// has the owning workers rewrite what drifted through their normal path.
     Reconcile(ReconcileArgs),
     /// Run the outbox relay alone: publish committed outbox rows (dead letters, rollout-target events) to
     /// Kafka (until SIGINT/SIGTERM). Several may run; one at a time publishes.
@@ -94,6 +95,10 @@ pub struct ReconcileArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Have the owning workers rewrite the drifted devices through their normal path (log rows and
+    /// rollout events included); run again afterwards to verify.
+    #[arg(long)]
+    pub repair: bool,
     #[command(flatten)]
     pub config: ConfigArgs,
 }
@@ -219,6 +224,14 @@ fn reconcile(args: ReconcileArgs) -> ExitCode {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
             print!("{}", crate::reconcile::render(&report));
+        }
+        if args.repair && report.has_drift() {
+            let entries = crate::reconcile::repair(&pool, &report, "cohort reconcile").await?;
+            eprintln!(
+                "repair requested: {} control-log entr{} for the owning workers; run `cohort reconcile` again to verify",
+                entries.len(),
+                if entries.len() == 1 { "y" } else { "ies" }
+            );
         }
         found.store(report.has_drift(), std::sync::atomic::Ordering::SeqCst);
         Ok(())

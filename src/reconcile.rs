@@ -375,3 +375,27 @@ pub fn render(report: &Report) -> String {
     }
     out
 }
+
+/// Devices named per repair entry (bounds the control-log payload).
+const REPAIR_CHUNK: usize = 1000;
+
+/// Asks the owning workers to repair the drifted devices of `report`: one `reevaluate` control-log entry
+/// per org (and per thousand devices). Each worker re-reads the devices, evaluates them against every
+/// dynamic group and writes the difference through its normal batch, with log rows and rollout events.
+/// Returns the entries' ids.
+pub async fn repair(pool: &PgPool, report: &Report, actor: &str) -> Result<Vec<i64>, StoreError> {
+    let mut ids = Vec::new();
+    for (org, devices) in &report.drifted {
+        for chunk in devices.chunks(REPAIR_CHUNK) {
+            let entry = crate::store::control::ControlEntry::Reevaluate {
+                org_id: org.clone(),
+                device_ids: chunk.to_vec(),
+                actor: actor.to_string(),
+            };
+            let mut tx = pool.begin().await?;
+            ids.push(crate::store::control::append(&mut tx, org, &entry).await?);
+            tx.commit().await?;
+        }
+    }
+    Ok(ids)
+}

@@ -72,6 +72,14 @@ pub enum ControlEntry {
         /// Devices that stopped being members.
         removed: Vec<String>,
     },
+    /// `cohort reconcile --repair`: the owning worker re-reads these devices from PostgreSQL, evaluates every
+    /// dynamic group of the org for them, drops memberships of deleted groups, re-resolves their firmware,
+    /// and writes the difference through its normal batch (log rows and rollout events included).
+    Reevaluate {
+        org_id: String,
+        device_ids: Vec<String>,
+        actor: String,
+    },
     /// The API changed a device's development flag and/or firmware lock. The owning worker applies it in
     /// its ordered pipeline (so it and the `development`/`firmwareLock` of input events are applied in one
     /// order, the last one winning), writes the device and re-resolves its firmware.
@@ -123,6 +131,7 @@ impl ControlEntry {
             ControlEntry::ReleaseChanged { .. } => "release_changed",
             ControlEntry::StaticMembers { .. } => "static_members",
             ControlEntry::DeviceSettings { .. } => "device_settings",
+            ControlEntry::Reevaluate { .. } => "reevaluate",
         }
     }
 
@@ -133,7 +142,8 @@ impl ControlEntry {
             | ControlEntry::GroupDeleted { org_id, .. }
             | ControlEntry::ReleaseChanged { org_id, .. }
             | ControlEntry::StaticMembers { org_id, .. }
-            | ControlEntry::DeviceSettings { org_id, .. } => org_id,
+            | ControlEntry::DeviceSettings { org_id, .. }
+            | ControlEntry::Reevaluate { org_id, .. } => org_id,
             ControlEntry::GroupUpserted(def) => &def.org_id,
             ControlEntry::Pinned { .. } | ControlEntry::Unpinned { .. } => "",
         }

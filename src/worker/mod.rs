@@ -539,7 +539,8 @@ impl Pipeline {
                     ControlEntry::Pinned { .. }
                     | ControlEntry::Unpinned { .. }
                     | ControlEntry::StaticMembers { .. }
-                    | ControlEntry::DeviceSettings { .. } => {}
+                    | ControlEntry::DeviceSettings { .. }
+                    | ControlEntry::Reevaluate { .. } => {}
                 }
                 self.registry.position = entry.id;
                 for state in self.partitions.values_mut() {
@@ -623,11 +624,22 @@ impl Pipeline {
             let Some(state) = self.partitions.get(&partition) else {
                 return;
             };
+            // Devices a reconciliation asks to re-evaluate are re-read too, so the batch starts from what
+            // is stored and writes whatever differs from the rules.
+            let reread = control.iter().flat_map(|e| match &e.entry {
+                ControlEntry::Reevaluate { device_ids, .. } => device_ids
+                    .iter()
+                    .filter(|id| state.devices.contains_key(id.as_str()))
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            });
             let mut unknown: Vec<String> = decoded
                 .iter()
                 .filter_map(|(_, d)| d.as_ref().ok())
                 .filter(|e| !state.devices.contains_key(e.device_id.as_str()))
                 .map(|e| e.device_id.clone())
+                .chain(reread)
                 .collect::<HashSet<_>>()
                 .into_iter()
                 .collect();

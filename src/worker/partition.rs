@@ -349,10 +349,14 @@ pub fn compute(
         resolve: Vec::new(),
     };
     let mut reschedule_all = false;
+    let mut foreign = foreign;
     for entry in control {
+        if let ControlEntry::Reevaluate { device_ids, .. } = &entry.entry {
+            work.reevaluate(entry, device_ids, &mut foreign);
+            continue;
+        }
         reschedule_all |= work.control(entry);
     }
-    let mut foreign = foreign;
     for (record, decoded) in records {
         work.record(record, decoded, &mut foreign);
     }
@@ -504,6 +508,8 @@ impl Work<'_> {
         let cause = json!({"type": "control", "controlId": entry.id, "kind": entry.entry.kind()});
         match &entry.entry {
             ControlEntry::OrgCreated { .. } => false,
+            // Applied by `reevaluate`, which needs the re-read devices.
+            ControlEntry::Reevaluate { .. } => false,
             ControlEntry::ReleaseChanged {
                 org_id, group_id, ..
             } => {
@@ -694,6 +700,55 @@ impl Work<'_> {
                 }
             }
             self.causes.insert(id.as_str().into(), cause.clone());
+        }
+    }
+
+    /// `cohort reconcile --repair`: for each held device named, start from its stored row (re-read into
+    /// `reread`, unless the batch already changed the device), evaluate every dynamic group of its org,
+    /// drop memberships of deleted groups, and re-resolve its firmware. The batch writes what differs.
+    fn reevaluate(
+        &mut self,
+        entry: &Positioned,
+        device_ids: &[String],
+        reread: &mut HashMap<Box<str>, Device>,
+    ) {
+        self.stats.control_entries += 1;
+        let registry = self.registry;
+        let cause = json!({"type": "control", "controlId": entry.id, "kind": entry.entry.kind()});
+        for id in device_ids {
+            if !self.partition.devices.contains_key(id.as_str()) {
+                continue;
+            }
+            if !self.devices.contains_key(id.as_str()) {
+                if let Some(stored) = reread.remove(id.as_str()) {
+                    self.devices
+                        .insert(id.as_str().into(), (Some(stored.clone()), stored));
+                }
+            }
+            let Some(device) = self.current(id) else {
+                continue;
+            };
+            let Some((_, org)) = registry.org(&device.org) else {
+                continue;
+            };
+            let gone: Vec<u32> = device
+                .memberships
+                .iter()
+                .map(|m| m.slot)
+                .filter(|&slot| registry.group(slot).deleted)
+                .collect();
+            for slot in gone {
+                let version = registry.group(slot).version;
+                if let Some(device) = self.held(id) {
+                    device.remove_member(slot);
+                }
+                self.push_log(slot, version, id, "removed", "manual", &cause);
+            }
+            for slot in org.dynamic.clone() {
+                self.reconcile_held(id, slot, &cause);
+            }
+            self.causes.insert(id.as_str().into(), cause.clone());
+            self.resolve.push((id.as_str().into(), cause.clone()));
         }
     }
 

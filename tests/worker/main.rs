@@ -5,6 +5,8 @@
 #[allow(unused_imports)]
 mod support;
 
+mod reconcile;
+
 use std::sync::Arc;
 use std::time::Duration;
 
