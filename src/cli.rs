@@ -34,6 +34,10 @@ pub enum Command {
     /// Run the outbox relay alone: publish committed outbox rows (dead letters, rollout-target events) to
     /// Kafka (until SIGINT/SIGTERM). Several may run; one at a time publishes.
     Relay(ConfigArgs),
+    /// Benchmark the worker end to end: a synthetic fleet (by default 1,000,000 devices, 1,000 dynamic
+    /// groups) streamed through a Kafka-protocol broker into the worker and PostgreSQL, against the ceiling
+    /// of the same writes by a minimal writer. Without --brokers, an in-process mock cluster is used.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Arguments of commands that only need the configuration.
@@ -86,6 +90,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Migrate(args) => run_async(migrate(args)),
         Command::Worker(args) => run_async(worker(args)),
         Command::Relay(args) => run_async(relay(args)),
+        Command::Bench(args) => run_async(crate::bench::command(args)),
     }
 }
 

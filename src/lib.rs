@@ -16,10 +16,13 @@
 //! - [`metrics`]: every metric name and the Prometheus recorder.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`]: `Application::build(config)` then `run_until_stopped(shutdown)`.
+//! - [`bench`]: `cohort bench`, the end-to-end benchmark: a synthetic fleet streamed through a broker into
+//!   the worker and PostgreSQL, against the ceiling of the same writes by a minimal writer.
 //! - [`cli`]: the `cohort` command line; `main.rs` only parses and calls it.
 //! - [`telemetry`]: logging set-up.
 
 pub mod app;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod event;
