@@ -46,6 +46,10 @@ pub enum Command {
     /// Run the outbox relay alone: publish committed outbox rows (dead letters, rollout-target events) to
     /// Kafka (until SIGINT/SIGTERM). Several may run; one at a time publishes.
     Relay(ConfigArgs),
+    /// Benchmark the worker end to end: a synthetic fleet (by default 1,000,000 devices, 1,000 dynamic
+    /// groups) streamed through a Kafka-protocol broker into the worker and PostgreSQL, against the ceiling
+    /// of the same writes by a minimal writer. Without --brokers, an in-process mock cluster is used.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// `cohort api-key …`.
@@ -166,6 +170,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(_) => ExitCode::FAILURE,
             }
         }
+        Command::Bench(args) => run_async(crate::bench::command(args)),
     }
 }
 

@@ -13,6 +13,15 @@
 //! Every record carries the assignment *generation* it was polled under; the pipeline drops records of an
 //! older generation (polled before a rebalance, delivered after), since the new assignment re-reads from the
 //! stored positions.
+//!
+//! Backpressure: the poller holds what the pipeline's bounded channel cannot take yet; once it holds
+//! [`HOLD_MAX`] records it waits for room, polling at least every [`WAIT_SLICE`] so rebalances are served,
+//! and librdkafka stops fetching when its own prefetch queue is full. It never pauses partitions: that
+//! discarded the prefetched records (fetched again on resume), and librdkafka 2.12 was seen to resume
+//! *past* them, silently skipping records. Offsets are also checked for continuity: each assigned
+//! partition's next record must follow the last one polled (or be at the assigned offset); a repeated
+//! record is dropped, and a record past a gap is dropped and the partition re-fetched from the gap, so a
+//! position is never committed past a record that was not processed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,7 +82,41 @@ struct WorkerContext {
     rebalances: mpsc::UnboundedSender<RebalanceRequest>,
     generation: Arc<AtomicU64>,
     shared: Arc<Shared>,
+    /// The offset the next record of each assigned partition must have: set when the partition is
+    /// assigned, advanced by each record polled. Only the poller thread uses it (the rebalance callback
+    /// runs inside its `poll`); the mutex is never contended.
+    next_offsets: Mutex<HashMap<i32, i64>>,
 }
+
+/// How a polled record's offset relates to the partition's next expected one.
+#[derive(Debug, PartialEq, Eq)]
+enum OffsetCheck {
+    /// The expected record (or one of a partition with no expectation yet).
+    Next,
+    /// An offset already polled.
+    Repeated,
+    /// Records were skipped; the expected offset is given.
+    Gap(i64),
+}
+
+impl WorkerContext {
+    fn check_offset(&self, partition: i32, offset: i64) -> OffsetCheck {
+        let Ok(mut next) = self.next_offsets.lock() else {
+            return OffsetCheck::Next;
+        };
+        match next.get(&partition).copied() {
+            Some(expected) if offset < expected => OffsetCheck::Repeated,
+            Some(expected) if offset > expected => OffsetCheck::Gap(expected),
+            _ => {
+                next.insert(partition, offset + 1);
+                OffsetCheck::Next
+            }
+        }
+    }
+}
+
+/// Bound on a seek (it waits for librdkafka's fetcher).
+const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ClientContext for WorkerContext {
     /// librdkafka's periodic statistics carry each partition's high watermark: the lag gauge's input,
@@ -135,6 +178,12 @@ impl ConsumerContext for WorkerContext {
                         tracing::error!(partition, error = %e, "cannot set the resume offset");
                     }
                 }
+                if let Ok(mut next) = self.next_offsets.lock() {
+                    if !cooperative {
+                        next.clear();
+                    }
+                    next.extend(offsets.iter().copied());
+                }
                 metrics::counter!(crate::metrics::REBALANCES, "kind" => "assign").increment(1);
                 tracing::info!(?offsets, generation, "partitions assigned");
                 let result = if cooperative {
@@ -156,6 +205,15 @@ impl ConsumerContext for WorkerContext {
                 if self.rebalances.send(request).is_ok() {
                     let _ = answer.recv();
                 }
+                if let Ok(mut next) = self.next_offsets.lock() {
+                    if cooperative {
+                        for p in &partitions {
+                            next.remove(p);
+                        }
+                    } else {
+                        next.clear();
+                    }
+                }
                 metrics::counter!(crate::metrics::REBALANCES, "kind" => "revoke").increment(1);
                 tracing::info!(?partitions, "partitions revoked");
                 let result = if cooperative {
@@ -169,6 +227,9 @@ impl ConsumerContext for WorkerContext {
             }
             other => {
                 tracing::error!(error = ?other, "rebalance error");
+                if let Ok(mut next) = self.next_offsets.lock() {
+                    next.clear();
+                }
                 let _ = consumer.unassign();
             }
         }
@@ -210,6 +271,7 @@ pub fn spawn_poller(
         rebalances,
         generation: generation.clone(),
         shared: shared.clone(),
+        next_offsets: Mutex::new(HashMap::new()),
     };
     let consumer: BaseConsumer<WorkerContext> = config.create_with_context(context)?;
     consumer.subscribe(&[&topic])?;
@@ -218,6 +280,29 @@ pub fn spawn_poller(
         .spawn(move || poll_loop(consumer, topic, records, shared, generation))
         .map_err(|e| KafkaError::Subscription(format!("cannot start the poller thread: {e}")))?;
     Ok(handle)
+}
+
+/// Records the poller holds (polled, not yet taken by the pipeline) before it waits for the pipeline.
+const HOLD_MAX: usize = 1_000;
+/// Longest the poller goes without polling the consumer.
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// Hands held records to the pipeline until its channel is full. Fails when the pipeline is gone.
+fn hand_over(
+    held: &mut std::collections::VecDeque<Polled>,
+    records: &mpsc::Sender<Polled>,
+) -> Result<(), ()> {
+    while let Some(p) = held.pop_front() {
+        match records.try_send(p) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(p)) => {
+                held.push_front(p);
+                return Ok(());
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(()),
+        }
+    }
+    Ok(())
 }
 
 fn poll_loop(
@@ -229,39 +314,49 @@ fn poll_loop(
 ) {
     // Records polled but not yet accepted by the pipeline, in order.
     let mut held: std::collections::VecDeque<Polled> = std::collections::VecDeque::new();
-    let mut paused = false;
+    let mut waiting = false;
     let mut last_commit = Instant::now();
     let mut committed_sent: HashMap<i32, i64> = HashMap::new();
+    // Partitions being re-fetched from an earlier offset after a gap, and from where.
+    let mut seeking: HashMap<i32, i64> = HashMap::new();
     'poll: while !shared.stop.load(Ordering::SeqCst) {
         // The pipeline is gone (it stopped or crashed): leave the group so its partitions move on.
         if records.is_closed() {
             break;
         }
-        // Hand over what we hold before polling more. While the pipeline is behind, fetching is paused but
-        // polling goes on, so rebalances and heartbeats are still served (never block this thread).
-        while let Some(p) = held.pop_front() {
-            match records.try_send(p) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(p)) => {
-                    held.push_front(p);
-                    break;
+        // Hand over what we hold before polling more.
+        if hand_over(&mut held, &records).is_err() {
+            break;
+        }
+        // The pipeline is behind: wait for room instead of polling more, never longer than WAIT_SLICE
+        // between polls, so rebalances are still served. Fetching is never paused (librdkafka stops
+        // fetching on its own once its prefetch queue is full: `queued.min.messages`,
+        // `queued.max.messages.kbytes`). Pausing was both slow (it discards the prefetched records, which
+        // are fetched again on resume) and unsafe: librdkafka 2.12 was seen to resume *after* the
+        // discarded records, skipping them.
+        if held.len() >= HOLD_MAX {
+            if !waiting {
+                waiting = true;
+                metrics::counter!(crate::metrics::BACKPRESSURE_PAUSES).increment(1);
+            }
+            let until = Instant::now() + WAIT_SLICE;
+            while held.len() >= HOLD_MAX
+                && Instant::now() < until
+                && !shared.stop.load(Ordering::SeqCst)
+            {
+                std::thread::sleep(Duration::from_millis(1));
+                if hand_over(&mut held, &records).is_err() {
+                    break 'poll;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => break 'poll,
             }
+        } else {
+            waiting = false;
         }
-        if held.is_empty() && paused {
-            if let Ok(assignment) = consumer.assignment() {
-                let _ = consumer.resume(&assignment);
-            }
-            paused = false;
-        } else if !held.is_empty() && !paused {
-            if let Ok(assignment) = consumer.assignment() {
-                let _ = consumer.pause(&assignment);
-            }
-            paused = true;
-            metrics::counter!(crate::metrics::BACKPRESSURE_PAUSES).increment(1);
-        }
-        let wait = Duration::from_millis(if held.is_empty() { 100 } else { 10 });
+        let wait = if held.is_empty() {
+            WAIT_SLICE
+        } else {
+            Duration::from_millis(10)
+        };
         match consumer.poll(wait) {
             None => {}
             Some(Err(e)) => {
@@ -269,6 +364,46 @@ fn poll_loop(
                 tracing::warn!(error = %e, "consumer error");
             }
             Some(Ok(message)) => {
+                let (partition, offset) = (message.partition(), message.offset());
+                match consumer.context().check_offset(partition, offset) {
+                    OffsetCheck::Next => {
+                        seeking.remove(&partition);
+                    }
+                    OffsetCheck::Repeated => {
+                        // Already handed over (or held): a re-delivery after a seek or a resume.
+                        metrics::counter!(crate::metrics::RECORDS_DROPPED, "why" => "offset_repeated").increment(1);
+                        continue;
+                    }
+                    OffsetCheck::Gap(expected) => {
+                        // librdkafka skipped records (seen after pausing and resuming, which the poller
+                        // no longer does): never hand over a record past a gap, so no position is ever
+                        // committed past records not processed; fetch again from the first one missing.
+                        metrics::counter!(crate::metrics::RECORDS_DROPPED, "why" => "offset_gap")
+                            .increment(1);
+                        if seeking.get(&partition) != Some(&expected) {
+                            tracing::warn!(
+                                partition,
+                                expected,
+                                offset,
+                                "records skipped by the consumer; seeking back"
+                            );
+                            match consumer.seek(
+                                &topic,
+                                partition,
+                                Offset::Offset(expected),
+                                SEEK_TIMEOUT,
+                            ) {
+                                Ok(()) => {
+                                    seeking.insert(partition, expected);
+                                }
+                                Err(e) => {
+                                    tracing::warn!(partition, error = %e, "seek failed; will retry")
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                }
                 let polled = Polled {
                     partition: message.partition(),
                     generation: generation.load(Ordering::SeqCst),
@@ -326,5 +461,91 @@ fn advisory_commit(
     }
     if tpl.count() > 0 && consumer.commit(&tpl, CommitMode::Async).is_ok() {
         sent.extend(committed);
+    }
+}
+
+/// Kafka's murmur2 hash, exactly as the Java client's `Utils.murmur2` computes it (and librdkafka's
+/// `murmur2` partitioners): the hash behind Kafka's default partitioner.
+pub fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    // Java works on signed ints with wrapping arithmetic and `>>>`; u32 with wrapping ops is the same bits.
+    let mut h = SEED ^ data.len() as u32;
+    let mut words = data.chunks_exact(4);
+    for word in &mut words {
+        let mut k = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = words.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h ^= u32::from(tail[0]);
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The partition Kafka's default partitioner gives a keyed message: `toPositive(murmur2(key)) % partitions`
+/// (librdkafka's `murmur2_random` partitioner for keyed messages). This is where a device lives.
+pub fn default_partition(key: &[u8], partitions: i32) -> i32 {
+    assert!(partitions > 0, "a topic has at least one partition");
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn murmur2_matches_the_java_client() {
+        // Kafka's own UtilsTest.testMurmur2 cases, and librdkafka's rdmurmur2.c unit-test keys.
+        let cases: [(&[u8], i32); 13] = [
+            (b"21", -973_932_308),
+            (b"foobar", -790_332_482),
+            (b"a-little-bit-long-string", -985_981_536),
+            (b"a-little-bit-longer-string", -1_486_304_829),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
+            (b"abc", 479_470_107),
+            (b"string-f-24-chars-length", 124_730_809),
+            (b"string-fo-25-chars-length", 1_269_511_650),
+            (b"kafka", 0xd067_cf64_u32 as i32),
+            (b"1", -1_993_445_489),
+            (b"12", 126_087_238),
+            (b"123", -267_702_483),
+            (b"12345", -1_188_365_604),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(
+                murmur2(key),
+                expected,
+                "murmur2({:?})",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_partition_is_the_positive_hash_modulo_the_partition_count() {
+        // toPositive(-973932308) = 1173551340.
+        assert_eq!(default_partition(b"21", 1), 0);
+        assert_eq!(default_partition(b"21", 7), 1_173_551_340 % 7);
+        assert_eq!(default_partition(b"abc", 10), 479_470_107 % 10);
+        assert_eq!(default_partition(b"", 3), (murmur2(b"") & 0x7fff_ffff) % 3);
     }
 }

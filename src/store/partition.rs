@@ -124,12 +124,42 @@ const DEVICE_COLUMNS: &str =
     "d.id, d.org_id, d.attributes, d.sequence, d.partition, d.version, d.is_development, \
      d.firmware_lock, d.target_version, d.target_reason, d.target_group, d.target_sequence";
 
-/// Every device owned by `partition`, with its memberships.
-pub async fn load_partition(
+/// Calls `each` with every device owned by `partition`, as the rows arrive: a partition is loaded without
+/// ever holding all its stored rows at once (a `Vec` of them cost about 3 KB per device at the peak).
+/// Pair it with [`for_each_membership`]. On an error, `each` may have seen some of the rows.
+pub async fn for_each_device(
     pool: &PgPool,
     partition: i32,
-) -> Result<(Vec<StoredDevice>, Vec<StoredMembership>), StoreError> {
-    load(pool, "d.partition = $1", partition).await
+    mut each: impl FnMut(StoredDevice),
+) -> Result<(), StoreError> {
+    use futures_util::TryStreamExt as _;
+    let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.partition = $1");
+    let mut rows = sqlx::query_as::<_, DeviceTuple>(&sql)
+        .bind(partition)
+        .fetch(pool);
+    while let Some(row) = rows.try_next().await? {
+        each(device(row));
+    }
+    Ok(())
+}
+
+/// Calls `each` with every membership of a device owned by `partition`, as the rows arrive.
+pub async fn for_each_membership(
+    pool: &PgPool,
+    partition: i32,
+    mut each: impl FnMut(StoredMembership),
+) -> Result<(), StoreError> {
+    use futures_util::TryStreamExt as _;
+    let mut rows = sqlx::query_as::<_, (Uuid, String, bool, String)>(
+        "SELECT m.group_id, m.device_id, m.is_pinned, m.added_by FROM device_group_memberships m \
+         JOIN devices d ON d.id = m.device_id WHERE d.partition = $1",
+    )
+    .bind(partition)
+    .fetch(pool);
+    while let Some(row) = rows.try_next().await? {
+        each(membership(row));
+    }
+    Ok(())
 }
 
 /// The named devices (those a batch needs but the worker does not hold), with their memberships.

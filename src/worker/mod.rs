@@ -12,6 +12,7 @@
 //! state is dropped; a device conflict (another partition re-homed the device) evicts the device and
 //! recomputes the batch.
 
+pub mod latency;
 pub mod partition;
 pub mod registry;
 
@@ -83,6 +84,14 @@ pub struct Status {
     pub batches: std::sync::atomic::AtomicU64,
     /// Partitions owned right now.
     pub partitions: std::sync::atomic::AtomicUsize,
+    /// Input records whose batch has committed (applied, skipped and dead-lettered alike): what a
+    /// throughput measurement counts.
+    pub records_committed: std::sync::atomic::AtomicU64,
+    /// Devices moved to one of this worker's partitions from another one.
+    pub devices_rehomed: std::sync::atomic::AtomicU64,
+    /// Produce-to-commit latency of committed records (Kafka message timestamp to just after the commit),
+    /// readable in-process; `cohort_worker_event_latency_seconds` records the same for dashboards.
+    pub latency: latency::LatencyHistogram,
 }
 
 /// Everything the worker needs, built once.
@@ -452,30 +461,13 @@ impl Pipeline {
         if claim.control_position > self.registry.position {
             self.refresh_control().await?;
         }
-        let (devices, memberships) = self
-            .retry("loading a partition", || {
-                stored::load_partition(&pool, partition)
-            })
-            .await?;
+        let mut state = Partition::new(partition, claim);
+        self.load_devices(&mut state).await?;
         // The API writes static memberships itself, so what was just loaded can include the effects of
         // entries appended after the registry's position. Read up to the log's head now, and queue every
         // entry up to it: they are all applied in the partition's first batch, whose end state then matches
         // what was loaded (applying an entry whose effect is already loaded changes nothing).
         self.refresh_control().await?;
-        let mut by_device: HashMap<&str, Vec<&stored::StoredMembership>> = HashMap::new();
-        for m in &memberships {
-            by_device.entry(m.device_id.as_str()).or_default().push(m);
-        }
-        let mut state = Partition::new(partition, claim);
-        for row in &devices {
-            let members = by_device
-                .get(row.id.as_str())
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
-            if let Some(device) = Device::from_stored(row, members, &mut self.registry) {
-                state.devices.insert(row.id.as_str().into(), device);
-            }
-        }
         let catch_up = if claim.control_position < self.registry.position {
             let from = claim.control_position;
             self.retry("reading the control log", || {
@@ -508,6 +500,47 @@ impl Pipeline {
         self.partitions.insert(partition, state);
         self.generations.insert(partition, generation);
         Ok(claim.next_offset)
+    }
+
+    /// Loads a partition's devices and their memberships into `state`, streaming the rows so that the stored
+    /// rows are never all held at once. A transient failure starts over, with backoff.
+    async fn load_devices(&mut self, state: &mut Partition) -> Result<(), StoreError> {
+        let pool = self.pool.clone();
+        let mut backoff = Duration::from_millis(self.config.worker.retry_initial_backoff_ms);
+        let max = Duration::from_millis(self.config.worker.retry_max_backoff_ms);
+        loop {
+            state.devices.clear();
+            let registry = &mut self.registry;
+            let devices = &mut state.devices;
+            let mut result = stored::for_each_device(&pool, state.id, |row| {
+                if let Some(device) = Device::from_stored(&row, &[], registry) {
+                    devices.insert(row.id.into_boxed_str(), device);
+                }
+            })
+            .await;
+            if result.is_ok() {
+                result = stored::for_each_membership(&pool, state.id, |m| {
+                    if let Some(device) = devices.get_mut(m.device_id.as_str()) {
+                        device.push_stored_membership(&m, registry);
+                    }
+                })
+                .await;
+            }
+            match result {
+                Ok(()) => {
+                    for device in devices.values_mut() {
+                        device.loaded();
+                    }
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(partition = state.id, error = %e, backoff_ms = backoff.as_millis() as u64, "loading a partition failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(max);
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Reads new control-log entries, applies their definition changes to the registry and queues them for
@@ -822,12 +855,20 @@ impl Pipeline {
         metrics::counter!(m::TIMER_EVALUATIONS).increment(stats.timer_evaluations);
         metrics::counter!(m::ROLLOUT_EVENTS).increment(stats.rollouts);
         let wall = chrono::Utc::now().timestamp_millis();
+        let latency = metrics::histogram!(m::EVENT_LATENCY_SECONDS);
         for (record, _) in decoded {
             if let Some(ts) = record.timestamp {
-                metrics::histogram!(m::EVENT_LATENCY_SECONDS)
-                    .record((wall - ts).max(0) as f64 / 1000.0);
+                let ms = (wall - ts).max(0);
+                latency.record(ms as f64 / 1000.0);
+                self.status.latency.record(ms as u64);
             }
         }
+        self.status
+            .devices_rehomed
+            .fetch_add(stats.rehomed, Ordering::Relaxed);
+        self.status
+            .records_committed
+            .fetch_add(decoded.len() as u64, Ordering::SeqCst);
         self.status.batches.fetch_add(1, Ordering::SeqCst);
     }
 

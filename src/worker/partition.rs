@@ -190,6 +190,23 @@ impl Device {
     }
 }
 
+impl Device {
+    /// Adds a stored membership while a partition is loaded row by row; [`Device::loaded`] then sorts them.
+    pub fn push_stored_membership(&mut self, m: &StoredMembership, registry: &mut Registry) {
+        self.memberships.push(Member {
+            slot: registry.slot_or_tombstone(m.group_id, &self.org),
+            pinned: m.is_pinned,
+            added_by: AddedBy::parse(&m.added_by),
+        });
+    }
+
+    /// Finishes loading: sorts the memberships by slot and releases spare capacity.
+    pub fn loaded(&mut self) {
+        self.memberships.sort_by_key(|m| m.slot);
+        self.memberships.shrink_to_fit();
+    }
+}
+
 /// An owned partition.
 #[derive(Debug)]
 pub struct Partition {

@@ -1,0 +1,206 @@
+//! The Kafka-protocol broker the benchmark streams through, and its producer.
+//!
+//! With no brokers given, the benchmark starts librdkafka's in-process mock cluster (the same one the
+//! integration tests use; see `tests/support/kafka.rs` and `../shared/KAFKA-TESTING.md`). The cluster is
+//! hosted by a client created with `test.mock.num.brokers`, because only such a cluster exposes the raw
+//! handle needed to remove the mock's 3-second initial rebalance delay. It runs on librdkafka threads
+//! inside the benchmark's process, so its CPU and memory (it keeps every message) count against the run,
+//! as a broker on the same 2-core machine would.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
+use rdkafka::ClientContext;
+
+use super::fleet::{Fleet, Rng};
+use crate::worker::{Clock, ManualClock};
+
+/// Where the benchmark's events go.
+pub enum Broker {
+    /// Bootstrap servers the user gave.
+    External(String),
+    /// The in-process mock cluster, alive as long as this client.
+    Mock(BaseProducer),
+}
+
+impl Broker {
+    /// Connects to `brokers`, or starts a one-broker mock cluster when there are none.
+    pub fn start(brokers: Option<&str>) -> anyhow::Result<Self> {
+        if let Some(brokers) = brokers.map(str::trim).filter(|b| !b.is_empty()) {
+            return Ok(Broker::External(brokers.to_string()));
+        }
+        let host: BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", "1")
+            .set_log_level(RDKafkaLogLevel::Warning)
+            .create()
+            .context("failed to create the client hosting the mock cluster")?;
+        // SAFETY: the handle is valid while `host` lives; `rd_kafka_handle_mock_cluster` only reads it.
+        let raw =
+            unsafe { rdkafka::bindings::rd_kafka_handle_mock_cluster(host.client().native_ptr()) };
+        anyhow::ensure!(!raw.is_null(), "the client did not create a mock cluster");
+        // SAFETY: `raw` is the live cluster owned by `host`.
+        unsafe { rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(raw, 0) };
+        Ok(Broker::Mock(host))
+    }
+
+    /// The bootstrap servers.
+    pub fn bootstrap(&self) -> String {
+        match self {
+            Broker::External(brokers) => brokers.clone(),
+            Broker::Mock(host) => host
+                .client()
+                .mock_cluster()
+                .map(|c| c.bootstrap_servers())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// What the report calls it.
+    pub fn describe(&self) -> String {
+        match self {
+            Broker::External(brokers) => format!("Kafka at {brokers}"),
+            Broker::Mock(_) => "librdkafka's in-process mock cluster (1 broker)".into(),
+        }
+    }
+
+    /// Creates a topic with `partitions` partitions.
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> anyhow::Result<()> {
+        match self {
+            Broker::Mock(host) => host
+                .client()
+                .mock_cluster()
+                .context("the mock cluster is gone")?
+                .create_topic(name, partitions, 1)
+                .with_context(|| format!("failed to create topic {name} on the mock cluster")),
+            Broker::External(brokers) => {
+                let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    .create()
+                    .context("failed to create an admin client")?;
+                // Without an explicit request timeout an unanswered admin call waits about 60 s.
+                let options = AdminOptions::new()
+                    .request_timeout(Some(Duration::from_secs(30)))
+                    .operation_timeout(Some(Duration::from_secs(30)));
+                let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
+                for result in admin
+                    .create_topics(&[topic], &options)
+                    .await
+                    .context("the create-topics request failed")?
+                {
+                    result.map_err(|(topic, code)| {
+                        anyhow::anyhow!("failed to create topic {topic}: {code}")
+                    })?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Delivery outcomes, counted by the producer's delivery callback.
+#[derive(Debug, Default)]
+pub struct Deliveries {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// The producer's context: counts deliveries.
+pub struct Counting(Arc<Deliveries>);
+
+impl ClientContext for Counting {}
+
+impl ProducerContext for Counting {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.0.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((error, _)) => {
+                if self.0.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    tracing::error!(%error, "an event could not be delivered");
+                }
+            }
+        }
+    }
+}
+
+/// The benchmark's producer: Kafka's default partitioner for keyed messages (`murmur2_random`), so each
+/// event lands on the partition that owns its device.
+pub fn producer(bootstrap: &str) -> anyhow::Result<(BaseProducer<Counting>, Arc<Deliveries>)> {
+    let deliveries = Arc::new(Deliveries::default());
+    let producer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .set("batch.num.messages", "10000")
+        .set_log_level(RDKafkaLogLevel::Warning)
+        .create_with_context(Counting(deliveries.clone()))
+        .context("failed to create the producer")?;
+    Ok((producer, deliveries))
+}
+
+/// The generator's state carried from one phase to the next.
+pub struct Stream {
+    pub rng: Rng,
+    /// The next event's sequence (sequences only grow, so every event is newer than its device's state).
+    pub next_sequence: i64,
+    /// The last sequence sent to each device (0: none), for the final check.
+    pub last_sequence: Vec<i64>,
+}
+
+/// Produces `count` events as fast as the producer takes them, or paced at `rate` events per second,
+/// and waits for every delivery. Blocks the calling thread. Returns the time spent producing.
+pub fn produce(
+    producer: &BaseProducer<Counting>,
+    topic: &str,
+    fleet: &Fleet,
+    stream: &mut Stream,
+    clock: &ManualClock,
+    count: usize,
+    rate: Option<f64>,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    for n in 0..count {
+        if let Some(rate) = rate {
+            // Keep to the rate: never ahead of it, catching up in small bursts when behind.
+            while n as f64 > rate * started.elapsed().as_secs_f64() {
+                producer.poll(Duration::from_millis(1));
+            }
+        }
+        let sequence = stream.next_sequence;
+        stream.next_sequence += 1;
+        let event = fleet.event(&mut stream.rng, sequence, clock.now());
+        stream.last_sequence[event.device] = sequence;
+        let mut record = BaseRecord::to(topic)
+            .key(event.key.as_slice())
+            .payload(event.payload.as_slice());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e).context("failed to produce an event"),
+            }
+        }
+        if n % 1000 == 0 {
+            producer.poll(Duration::ZERO);
+        }
+    }
+    producer
+        .flush(Duration::from_secs(300))
+        .context("events were not delivered within 5 minutes")?;
+    Ok(started.elapsed())
+}

@@ -1,0 +1,463 @@
+//! The synthetic fleet: devices, dynamic groups and attribute-change events, all derived from one seed so a
+//! run can be reproduced. Pure: no IO.
+//!
+//! Devices carry ten attributes of every type the catalogue has (strings, enums, a number, datetimes, a
+//! string array), drawn from skewed pools the way a real fleet looks (most devices online, most on Linux, a
+//! few dozen OS and firmware versions, fifty sites). Groups use all 24 operators: group *k* of an org starts
+//! with a condition on operator `k mod 24` and adds one or two more, sometimes with a nested group; most
+//! groups AND their conditions. Events are heartbeats (`lastSeenAt`, `uptimeSeconds`) that also change the status a quarter of the
+//! time and, more rarely, the OS or firmware version, the tags or the site.
+
+use serde_json::{json, Map, Value};
+
+use crate::event::{encode, DeviceEventJson};
+use crate::rules::time::format_millis;
+use crate::rules::{EpochMillis, Operator};
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+
+const STATUSES: &[(&str, u32)] = &[
+    ("online", 60),
+    ("offline", 30),
+    ("maintenance", 8),
+    ("decommissioned", 2),
+];
+const OS_TYPES: &[(&str, u32)] = &[
+    ("linux", 50),
+    ("rtos", 20),
+    ("android", 15),
+    ("windows", 10),
+    ("other", 5),
+];
+const OS_VERSIONS: &[&str] = &[
+    "1.0", "1.2", "2.0", "2.1", "3.0", "3.4", "4.0", "4.2", "5.0", "5.1",
+];
+const TAGS: &[&str] = &[
+    "prod", "staging", "dev", "eu", "us", "apac", "canary", "beta", "edge", "gateway", "sensor",
+    "camera",
+];
+const SITES: u64 = 50;
+const MAX_UPTIME: u64 = 10_000_000;
+
+/// A small, fast, seedable generator (SplitMix64): reproducible runs without a dependency.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator for `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// True with probability `p`.
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+
+    /// One element of a non-empty slice.
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+
+    fn weighted(&mut self, items: &[(&'static str, u32)]) -> &'static str {
+        let total: u32 = items.iter().map(|(_, w)| w).sum();
+        let mut x = self.below(u64::from(total)) as u32;
+        for (item, weight) in items {
+            if x < *weight {
+                return item;
+            }
+            x -= weight;
+        }
+        items[items.len() - 1].0
+    }
+}
+
+/// The fleet's shape and the instant its attributes are relative to.
+#[derive(Clone, Debug)]
+pub struct Fleet {
+    pub devices: usize,
+    pub orgs: usize,
+    pub seed: u64,
+    /// The instant the fleet is generated at: datetimes are spread before it.
+    pub t0: EpochMillis,
+    /// Digits in device ids, so that ids sort like their numbers.
+    width: usize,
+}
+
+/// One group to create.
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    /// Index of the org.
+    pub org: usize,
+    pub name: String,
+    pub site: Option<String>,
+    pub filter: Value,
+}
+
+/// One event to produce.
+#[derive(Clone, Debug)]
+pub struct SyntheticEvent {
+    /// Index of the device.
+    pub device: usize,
+    /// The Kafka key (the device id).
+    pub key: Vec<u8>,
+    /// The encoded `device-attribute-changes` value.
+    pub payload: Vec<u8>,
+}
+
+impl Fleet {
+    /// A fleet of `devices` devices spread round-robin over `orgs` orgs.
+    pub fn new(devices: usize, orgs: usize, seed: u64, t0: EpochMillis) -> Self {
+        let width = devices.saturating_sub(1).to_string().len().max(7);
+        Self {
+            devices,
+            orgs: orgs.max(1),
+            seed,
+            t0,
+            width,
+        }
+    }
+
+    /// The id of device `i`; ids sort in index order.
+    pub fn device_id(&self, i: usize) -> String {
+        format!("dev-{i:0w$}", w = self.width)
+    }
+
+    /// The org index of device `i`.
+    pub fn org_of(&self, i: usize) -> usize {
+        i % self.orgs
+    }
+
+    /// The id of org `o`.
+    pub fn org_id(o: usize) -> String {
+        format!("bench-org-{o:02}")
+    }
+
+    fn device_rng(&self, i: usize) -> Rng {
+        Rng::new(self.seed ^ (i as u64).wrapping_mul(0xd6e8_feb8_6659_fd93))
+    }
+
+    /// Device `i`'s attributes when the fleet is created, as a device document.
+    pub fn attributes(&self, i: usize) -> Map<String, Value> {
+        let mut rng = self.device_rng(i);
+        let mut doc = Map::new();
+        doc.insert(
+            "hostname".into(),
+            json!(format!("host-{i:0w$}", w = self.width)),
+        );
+        let status = rng.weighted(STATUSES);
+        doc.insert("status".into(), json!(status));
+        doc.insert("osType".into(), json!(rng.weighted(OS_TYPES)));
+        doc.insert("osVersion".into(), json!(rng.pick(OS_VERSIONS)));
+        doc.insert("firmwareVersion".into(), json!(firmware(&mut rng)));
+        doc.insert("uptimeSeconds".into(), json!(rng.below(MAX_UPTIME)));
+        // Online devices report every few minutes; the others were last seen up to a month ago.
+        let last_seen = if status == "online" {
+            self.t0 - rng.below(15 * 60_000) as i64
+        } else {
+            self.t0 - rng.below(30 * DAY_MS as u64) as i64
+        };
+        doc.insert("lastSeenAt".into(), json!(format_millis(last_seen)));
+        let enrolled = self.t0 - 30 * DAY_MS - rng.below(970 * DAY_MS as u64) as i64;
+        doc.insert("enrolledAt".into(), json!(format_millis(enrolled)));
+        doc.insert("tags".into(), json!(tags(&mut rng)));
+        if rng.chance(0.8) {
+            doc.insert("siteId".into(), json!(site(&mut rng)));
+        }
+        doc
+    }
+
+    /// `count` dynamic groups spread round-robin over the orgs, together using every operator.
+    ///
+    /// As operators write them, most groups AND a condition that picks a slice of the fleet (an OS, a few
+    /// sites, a firmware line, a tag) with the conditions that make the group; a few OR broad conditions.
+    pub fn groups(&self, count: usize) -> Vec<GroupSpec> {
+        let mut rng = Rng::new(self.seed ^ 0x6772_6f75_7073);
+        (0..count)
+            .map(|g| {
+                let org = g % self.orgs;
+                let k = g / self.orgs;
+                let first = condition(Operator::ALL[k % Operator::ALL.len()], &mut rng, self.t0);
+                let mut conditions = vec![first];
+                let operator = if rng.chance(0.03) {
+                    conditions.push(condition(*rng.pick(&Operator::ALL), &mut rng, self.t0));
+                    "OR"
+                } else {
+                    conditions.push(slice(&mut rng));
+                    if rng.chance(0.5) {
+                        conditions.push(condition(*rng.pick(&Operator::ALL), &mut rng, self.t0));
+                    }
+                    "AND"
+                };
+                if rng.chance(0.1) {
+                    let a = condition(*rng.pick(&Operator::ALL), &mut rng, self.t0);
+                    let b = condition(*rng.pick(&Operator::ALL), &mut rng, self.t0);
+                    conditions.push(json!({"operator": "OR", "conditions": [a, b]}));
+                }
+                let site = rng.chance(0.05).then(|| site(&mut rng));
+                GroupSpec {
+                    org,
+                    name: format!("bench-group-{g:05}"),
+                    site,
+                    filter: json!({"operator": operator, "conditions": conditions}),
+                }
+            })
+            .collect()
+    }
+
+    /// An attribute change for a random device, with sequence `sequence` (callers hand out increasing
+    /// sequences, so every event is newer than anything its device has seen) and `now` as the heartbeat.
+    pub fn event(&self, rng: &mut Rng, sequence: i64, now: EpochMillis) -> SyntheticEvent {
+        let device = rng.below(self.devices as u64) as usize;
+        let id = self.device_id(device);
+        let mut attributes = Map::new();
+        attributes.insert("lastSeenAt".into(), json!(format_millis(now)));
+        attributes.insert("uptimeSeconds".into(), json!(rng.below(MAX_UPTIME)));
+        if rng.chance(0.25) {
+            attributes.insert("status".into(), json!(rng.weighted(STATUSES)));
+        }
+        if rng.chance(0.05) {
+            attributes.insert("osVersion".into(), json!(rng.pick(OS_VERSIONS)));
+        }
+        if rng.chance(0.05) {
+            attributes.insert("firmwareVersion".into(), json!(firmware(rng)));
+        }
+        if rng.chance(0.1) {
+            attributes.insert("tags".into(), json!(tags(rng)));
+        }
+        let mut removed = Vec::new();
+        if rng.chance(0.03) {
+            attributes.insert("siteId".into(), json!(site(rng)));
+        } else if rng.chance(0.01) {
+            removed.push("siteId".to_string());
+        }
+        let event = DeviceEventJson {
+            attributes,
+            removed,
+            ..DeviceEventJson::new(
+                format!("bench-{sequence}"),
+                Self::org_id(self.org_of(device)),
+                id.clone(),
+                sequence,
+            )
+        };
+        SyntheticEvent {
+            device,
+            key: id.into_bytes(),
+            payload: encode(&event),
+        }
+    }
+}
+
+fn firmware(rng: &mut Rng) -> String {
+    format!("fw-{}.{}.{}", rng.below(5), rng.below(6), rng.below(2))
+}
+
+fn tags(rng: &mut Rng) -> Vec<&'static str> {
+    let n = rng.below(4);
+    let mut tags: Vec<&'static str> = Vec::new();
+    for _ in 0..n {
+        let tag = *rng.pick(TAGS);
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    tags
+}
+
+fn site(rng: &mut Rng) -> String {
+    format!("site-{:02}", rng.below(SITES))
+}
+
+/// A condition selecting a slice of the fleet (5–20% of it).
+fn slice(rng: &mut Rng) -> Value {
+    match rng.below(5) {
+        0 => {
+            json!({"field": "osType", "operator": "equals", "value": rng.pick(&["rtos", "android", "windows"])})
+        }
+        1 => {
+            json!({"field": "siteId", "operator": "in", "value": (0..5).map(|_| site(rng)).collect::<Vec<_>>()})
+        }
+        2 => {
+            json!({"field": "osVersion", "operator": "in", "value": [rng.pick(OS_VERSIONS), rng.pick(OS_VERSIONS)]})
+        }
+        3 => {
+            json!({"field": "firmwareVersion", "operator": "startsWith", "value": format!("fw-{}.", rng.below(5))})
+        }
+        _ => json!({"field": "tags", "operator": "contains", "value": rng.pick(TAGS)}),
+    }
+}
+
+fn instant(t0: EpochMillis, days_ago: i64) -> String {
+    format_millis(t0 - days_ago * DAY_MS)
+}
+
+/// One condition using `op`, on a field and with a value that suit it.
+fn condition(op: Operator, rng: &mut Rng, t0: EpochMillis) -> Value {
+    use Operator::*;
+    let name = op.name();
+    let leaf =
+        |field: &str, value: Value| json!({"field": field, "operator": name, "value": value});
+    let unary = |field: &str| json!({"field": field, "operator": name});
+    let digit = rng.below(10);
+    match op {
+        Equals | NotEquals => match rng.below(4) {
+            0 => leaf("status", json!(rng.weighted(STATUSES))),
+            1 => leaf("osType", json!(rng.weighted(OS_TYPES))),
+            2 => leaf("osVersion", json!(rng.pick(OS_VERSIONS))),
+            _ => leaf("siteId", json!(site(rng))),
+        },
+        GreaterThan | GreaterThanOrEquals | LessThan | LessThanOrEquals => match rng.below(3) {
+            0 => leaf("uptimeSeconds", json!(rng.below(MAX_UPTIME))),
+            1 => leaf("daysSinceLastSeen", json!(1 + rng.below(20))),
+            _ => leaf("daysSinceEnrolled", json!(30 + rng.below(970))),
+        },
+        Contains | NotContains => match rng.below(2) {
+            0 => leaf("hostname", json!(format!("{}{}", digit, rng.below(10)))),
+            _ => leaf("tags", json!(rng.pick(TAGS).to_uppercase())),
+        },
+        StartsWith => match rng.below(2) {
+            0 => leaf("osVersion", json!(format!("{}.", 1 + rng.below(5)))),
+            _ => leaf("firmwareVersion", json!(format!("FW-{}.", rng.below(5)))),
+        },
+        EndsWith => match rng.below(2) {
+            0 => leaf("hostname", json!(digit.to_string())),
+            _ => leaf("firmwareVersion", json!(format!(".{}", rng.below(2)))),
+        },
+        Matches => match rng.below(2) {
+            0 => leaf("hostname", json!(format!("[02468]{digit}$"))),
+            _ => leaf(
+                "firmwareVersion",
+                json!(format!("^fw-[0-{}]\\.[0-2]\\.", rng.below(5))),
+            ),
+        },
+        In | NotIn => match rng.below(3) {
+            0 => leaf(
+                "osType",
+                json!([rng.weighted(OS_TYPES), rng.weighted(OS_TYPES)]),
+            ),
+            1 => leaf("status", json!([rng.weighted(STATUSES), "maintenance"])),
+            _ => leaf(
+                "siteId",
+                json!((0..5).map(|_| site(rng)).collect::<Vec<_>>()),
+            ),
+        },
+        HasAny | HasAll => leaf("tags", json!([rng.pick(TAGS), rng.pick(TAGS)])),
+        IsEmpty | IsNotEmpty => match rng.below(2) {
+            0 => unary("tags"),
+            _ => unary("siteId"),
+        },
+        IsNull | IsNotNull => match rng.below(3) {
+            0 => unary("siteId"),
+            1 => unary("tags"),
+            _ => unary("displayName"),
+        },
+        Before | After => match rng.below(3) {
+            0 => leaf("enrolledAt", json!(instant(t0, 30 + rng.below(970) as i64))),
+            1 => leaf(
+                "lastSeenAt",
+                json!({"amount": 1 + rng.below(14), "unit": "days"}),
+            ),
+            _ => leaf(
+                "lastSeenAt",
+                json!({"amount": 1 + rng.below(48), "unit": "hours"}),
+            ),
+        },
+        Between => match rng.below(2) {
+            0 => {
+                let from = rng.below(MAX_UPTIME);
+                leaf(
+                    "uptimeSeconds",
+                    json!({"from": from, "to": from + rng.below(MAX_UPTIME / 4)}),
+                )
+            }
+            _ => {
+                let from = 30 + rng.below(970) as i64;
+                let to = from - rng.below(300) as i64;
+                leaf(
+                    "enrolledAt",
+                    json!({"from": instant(t0, from), "to": instant(t0, to.max(30))}),
+                )
+            }
+        },
+        WithinLast | NotWithinLast => match rng.below(2) {
+            0 => leaf(
+                "lastSeenAt",
+                json!({"amount": 1 + rng.below(24), "unit": "hours"}),
+            ),
+            _ => leaf(
+                "lastSeenAt",
+                json!({"amount": 1 + rng.below(14), "unit": "days"}),
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{compile, Attributes, Catalogue};
+    use std::collections::BTreeSet;
+
+    const T0: EpochMillis = 1_780_000_000_000;
+
+    #[test]
+    fn groups_compile_and_use_every_operator() {
+        let catalogue = Catalogue::default();
+        let fleet = Fleet::new(1000, 3, 7, T0);
+        let groups = fleet.groups(100);
+        let mut used = BTreeSet::new();
+        fn operators(node: &Value, used: &mut BTreeSet<String>) {
+            if let Some(children) = node["conditions"].as_array() {
+                for c in children {
+                    operators(c, used);
+                }
+            } else {
+                used.insert(node["operator"].as_str().unwrap().to_string());
+            }
+        }
+        for g in &groups {
+            compile(&g.filter, &catalogue)
+                .unwrap_or_else(|e| panic!("{} does not compile: {e:?}", g.filter));
+            operators(&g.filter, &mut used);
+        }
+        assert_eq!(used.len(), Operator::ALL.len(), "{used:?}");
+        assert!(groups.iter().all(|g| g.org < 3));
+    }
+
+    #[test]
+    fn devices_and_events_are_valid_and_reproducible() {
+        let catalogue = Catalogue::default();
+        let fleet = Fleet::new(1000, 3, 7, T0);
+        for i in [0, 1, 999] {
+            let doc = fleet.attributes(i);
+            assert_eq!(doc, fleet.attributes(i));
+            Attributes::from_json(&doc, &catalogue).expect("valid attributes");
+        }
+        assert_eq!(fleet.device_id(42), "dev-0000042");
+        let (mut a, mut b) = (Rng::new(1), Rng::new(1));
+        for seq in 1..200 {
+            let e = fleet.event(&mut a, seq, T0);
+            assert_eq!(e.payload, fleet.event(&mut b, seq, T0).payload);
+            let decoded = crate::event::decode(Some(&e.key), Some(&e.payload), &catalogue, 65_536)
+                .expect("valid event");
+            assert_eq!(decoded.sequence, seq);
+            assert_eq!(decoded.org_id, Fleet::org_id(fleet.org_of(e.device)));
+        }
+    }
+}

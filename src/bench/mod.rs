@@ -1,0 +1,812 @@
+//! `cohort bench`: the worker end to end — a synthetic fleet streamed through a Kafka-protocol broker into
+//! the worker and PostgreSQL — measured against the ceiling of the same PostgreSQL writes done by a minimal
+//! writer, in the same run.
+//!
+//! Phases, in one process:
+//! 1. **seed** ([`seed`]): orgs and dynamic groups through the store (so the control log is right), then
+//!    devices and their initial memberships bulk-loaded, each device on its Kafka partition, and the
+//!    partitions' positions at the control-log head: the worker starts in steady state.
+//! 2. **load**: the worker (the same [`Application`] `cohort worker` runs, embedded relay included) joins
+//!    the consumer group and loads its partitions; resident memory is read before and after
+//!    (`/proc/self/status`), giving bytes per device held.
+//! 3. **throughput**: `--events` events are produced as fast as the broker takes them; the sustained rate
+//!    is the committed rate between 10% and 90% of them (the worker's [`Status`] counters).
+//! 4. **latency**: events are produced at half the sustained rate for `--latency-seconds`; the latency of
+//!    each is from its Kafka timestamp (set when produced) to just after its batch commits.
+//! 5. **ceiling** ([`ceiling`]): the worker stopped, a minimal writer commits precomputed batches of the
+//!    same shape, with one connection and with one per partition.
+//! 6. **check** ([`verify`]): every event committed, every membership equal to an oracle, the log
+//!    consistent.
+//!
+//! Time: the worker runs on a [`ManualClock`] the benchmark sets. It reads the seeding instant while the
+//! partitions load (the seeded memberships were evaluated then), then follows the wall clock, and is frozen
+//! before the worker stops, so the oracle evaluates at the instant the worker's timers last fired.
+//!
+//! Without `--brokers`, the broker is librdkafka's in-process mock cluster ([`broker`]).
+
+pub mod broker;
+pub mod ceiling;
+pub mod fleet;
+pub mod seed;
+pub mod verify;
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::Serialize;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use self::broker::{Broker, Stream};
+use self::ceiling::{CeilingReport, CeilingSettings};
+use self::fleet::{Fleet, Rng};
+use self::seed::SeedReport;
+use self::verify::{Correctness, Expectations};
+use crate::app::Application;
+use crate::config::Config;
+use crate::rules::Catalogue;
+use crate::worker::{Clock, ManualClock, Status};
+
+/// The issue's goals.
+const GOAL_CEILING_SHARE: f64 = 0.70;
+const GOAL_P99_MS: u64 = 250;
+const GOAL_BYTES_PER_DEVICE: f64 = 1024.0;
+
+/// What to run. The defaults are issue 3's sizes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchOptions {
+    /// Devices in the synthetic fleet.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub devices: usize,
+    /// Orgs the devices and groups are spread over.
+    #[arg(long, default_value_t = 10)]
+    pub orgs: usize,
+    /// Dynamic groups (spread over the orgs; together they use every operator).
+    #[arg(long, default_value_t = 1_000)]
+    pub groups: usize,
+    /// Events produced as fast as possible to measure the sustained rate.
+    #[arg(long, default_value_t = 500_000)]
+    pub events: usize,
+    /// How long events are produced at half the sustained rate to measure latency.
+    #[arg(long, default_value_t = 60)]
+    pub latency_seconds: u64,
+    /// Events the minimal writer commits per ceiling run (there are two runs).
+    #[arg(long, default_value_t = 100_000)]
+    pub ceiling_events: usize,
+    /// Partitions of the input topic (the worker owns them all; the second ceiling run uses one
+    /// connection per partition).
+    #[arg(long, default_value_t = 2)]
+    pub partitions: i32,
+    /// The database (created if missing). It must be empty, or hold only an earlier run's data and be
+    /// given `--reset`.
+    #[arg(
+        long,
+        env = "COHORT_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/cohort_bench"
+    )]
+    pub database_url: String,
+    /// Kafka bootstrap servers; without them, librdkafka's in-process mock cluster is used. A fresh topic
+    /// is created either way.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Empty a database holding an earlier benchmark's data first (refused if it holds anything else).
+    #[arg(long)]
+    pub reset: bool,
+    /// Seed of the synthetic fleet and events.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self {
+            devices: 1_000_000,
+            orgs: 10,
+            groups: 1_000,
+            events: 500_000,
+            latency_seconds: 60,
+            ceiling_events: 100_000,
+            partitions: 2,
+            database_url: "postgres://postgres@127.0.0.1:5432/cohort_bench".into(),
+            brokers: None,
+            reset: false,
+            seed: 1,
+        }
+    }
+}
+
+/// Arguments of `cohort bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub options: BenchOptions,
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Everything measured, and the check.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub broker: String,
+    pub partitions: i32,
+    pub cpus: usize,
+    /// `/proc/loadavg`'s one-minute figure when the run started and ended (the machine is shared).
+    pub load_average_start: f64,
+    pub load_average_end: f64,
+    pub seed: SeedReport,
+    pub load: LoadReport,
+    pub throughput: ThroughputReport,
+    pub latency: LatencyReport,
+    /// The process's peak resident memory by the end of the worker phases (`VmHWM`), broker included.
+    pub peak_rss_bytes: u64,
+    pub ceiling: CeilingReport,
+    /// Sustained rate ÷ the one-connection ceiling.
+    pub share_of_one_connection: f64,
+    /// Sustained rate ÷ the one-connection-per-partition ceiling.
+    pub share_of_many_connections: f64,
+    pub goals: Goals,
+    pub correctness: Correctness,
+    pub seconds: f64,
+}
+
+/// Loading the partitions.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReport {
+    pub seconds: f64,
+    pub devices: usize,
+    /// Resident memory just before the worker started, and once it held every device.
+    pub rss_before_bytes: u64,
+    pub rss_after_bytes: u64,
+    pub bytes_per_device: f64,
+}
+
+/// The sustained rate.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThroughputReport {
+    pub events: usize,
+    /// Time to produce them all.
+    pub produce_seconds: f64,
+    /// Events committed between 10% and 90% of the phase, and how long that took.
+    pub window_events: u64,
+    pub window_seconds: f64,
+    pub events_per_second: f64,
+    /// All events ÷ the time from the first produce to the last commit.
+    pub overall_events_per_second: f64,
+    pub batches: u64,
+}
+
+/// Latency at half the sustained rate.
+#[derive(Clone, Debug, Serialize)]
+pub struct LatencyReport {
+    pub target_rate: f64,
+    pub achieved_rate: f64,
+    pub events: usize,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+/// The issue's goals, met or not.
+#[derive(Clone, Debug, Serialize)]
+pub struct Goals {
+    /// Sustained rate ≥ 70% of the minimal writer's best ceiling.
+    pub throughput: bool,
+    /// p99 < 250 ms at half the sustained rate.
+    pub latency: bool,
+    /// Less than 1 KiB resident per device.
+    pub memory: bool,
+}
+
+/// `cohort bench`: runs and prints the report; fails if the check fails.
+pub async fn command(args: BenchArgs) -> anyhow::Result<()> {
+    let report = run(&args.options).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", render(&report));
+    }
+    anyhow::ensure!(
+        report.correctness.ok(),
+        "the correctness check failed: {:?}",
+        report.correctness
+    );
+    Ok(())
+}
+
+/// Runs every phase and returns the report (whether or not the check passed).
+pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
+    anyhow::ensure!(
+        options.devices > 0 && options.orgs > 0 && options.groups > 0,
+        "--devices, --orgs and --groups must be positive"
+    );
+    anyhow::ensure!(
+        options.events >= 10 && options.partitions > 0,
+        "--events must be at least 10 and --partitions positive"
+    );
+    let started = Instant::now();
+    let load_average_start = load_average();
+    crate::store::create_database_if_missing(&options.database_url)
+        .await
+        .context("failed to create the database")?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&options.database_url)
+        .await
+        .context("failed to connect to the database")?;
+    crate::store::migrate(&pool).await?;
+    prepare(&pool, options.reset).await?;
+
+    let catalogue = Arc::new(Catalogue::default());
+    let t0 = chrono::Utc::now().timestamp_millis();
+    let fleet = Fleet::new(options.devices, options.orgs, options.seed, t0);
+    let broker = Broker::start(options.brokers.as_deref())?;
+    let topic = format!("cohort-bench-{:x}-{}", t0, std::process::id());
+    broker.create_topic(&topic, options.partitions).await?;
+    tracing::info!(broker = %broker.describe(), %topic, "seeding the fleet");
+    let seed = seed::seed(
+        &pool,
+        &options.database_url,
+        &fleet,
+        &catalogue,
+        options.groups,
+        options.partitions,
+        &topic,
+    )
+    .await?;
+    tracing::info!(
+        seconds = seed.seconds,
+        memberships = seed.memberships,
+        "fleet seeded"
+    );
+
+    // The worker, as `cohort worker` runs it.
+    let mut config = Config::load_from(None, Vec::<(String, String)>::new())?;
+    config.database.url = options.database_url.clone();
+    config.kafka.brokers = broker.bootstrap();
+    config.kafka.input_topic = topic.clone();
+    config.kafka.dead_letter_topic = format!("{topic}.dead-letter");
+    config.kafka.output_topic = format!("{topic}.rollout-targets");
+    config.kafka.group_id = format!("{topic}-workers");
+    config.http.listen = "127.0.0.1:0".parse()?;
+    if options.brokers.is_none() {
+        // The mock broker answers a fetch with no data only after `fetch.wait.max.ms` (500 ms by default)
+        // and is not woken by new data the way a real broker's long poll is; without this, every quiet
+        // moment adds up to half a second of latency that a real cluster would not.
+        config
+            .kafka
+            .properties
+            .insert("fetch.wait.max.ms".into(), "10".into());
+    }
+    let clock = ManualClock::new(t0);
+    let app = Application::build_with_clock(config.clone(), Arc::new(clock.clone()))
+        .await
+        .context("failed to build the worker")?;
+    let status = app.status();
+    let rss_before = proc_status("VmRSS:");
+    let load_started = Instant::now();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut worker = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    while status.partitions.load(Ordering::SeqCst) < options.partitions as usize {
+        anyhow::ensure!(!worker.is_finished(), "the worker stopped while loading");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the worker did not load its partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let load_seconds = load_started.elapsed().as_secs_f64();
+    let rss_after = proc_status("VmRSS:");
+    let load = LoadReport {
+        seconds: load_seconds,
+        devices: options.devices,
+        rss_before_bytes: rss_before,
+        rss_after_bytes: rss_after,
+        bytes_per_device: rss_after.saturating_sub(rss_before) as f64 / options.devices as f64,
+    };
+    tracing::info!(
+        seconds = load.seconds,
+        bytes_per_device = load.bytes_per_device as u64,
+        "worker loaded its partitions"
+    );
+
+    // From here the worker's clock follows the wall clock.
+    let ticker = {
+        let clock = clock.clone();
+        let from = Instant::now();
+        tokio::spawn(async move {
+            loop {
+                clock.set(t0 + from.elapsed().as_millis() as i64);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let (producer, deliveries) = broker::producer(&broker.bootstrap())?;
+    let producer = Arc::new(producer);
+    let mut stream = Stream {
+        rng: Rng::new(options.seed ^ 0x6576_656e_7473),
+        next_sequence: 1,
+        last_sequence: vec![0; options.devices],
+    };
+
+    // Throughput: everything at once, as fast as the producer takes it.
+    let base = status.records_committed.load(Ordering::SeqCst);
+    let batches_before = status.batches.load(Ordering::SeqCst);
+    let phase_started = Instant::now();
+    let producing = spawn_producer(
+        producer.clone(),
+        topic.clone(),
+        fleet.clone(),
+        stream,
+        clock.clone(),
+        options.events,
+        None,
+    );
+    let samples = wait_committed(
+        &status,
+        base,
+        options.events as u64,
+        &mut worker,
+        phase_started,
+    )
+    .await?;
+    let (produce_time, returned) = producing.await.context("the producer thread stopped")??;
+    stream = returned;
+    let overall = phase_started.elapsed().as_secs_f64();
+    let n = options.events as u64;
+    let (lo, hi) = (crossing(&samples, n / 10), crossing(&samples, n * 9 / 10));
+    let (window_events, window_seconds) = (n * 9 / 10 - n / 10, (hi - lo).max(1e-6));
+    let throughput = ThroughputReport {
+        events: options.events,
+        produce_seconds: produce_time.as_secs_f64(),
+        window_events,
+        window_seconds,
+        events_per_second: window_events as f64 / window_seconds,
+        overall_events_per_second: n as f64 / overall,
+        batches: status.batches.load(Ordering::SeqCst) - batches_before,
+    };
+    tracing::info!(
+        events_per_second = throughput.events_per_second as u64,
+        "throughput measured"
+    );
+
+    // Latency: half the sustained rate.
+    let rate = (throughput.events_per_second / 2.0).max(1.0);
+    let latency_events = ((rate * options.latency_seconds as f64) as usize).max(100);
+    let base = status.records_committed.load(Ordering::SeqCst);
+    let before = status.latency.snapshot();
+    let phase_started = Instant::now();
+    let producing = spawn_producer(
+        producer.clone(),
+        topic.clone(),
+        fleet.clone(),
+        stream,
+        clock.clone(),
+        latency_events,
+        Some(rate),
+    );
+    wait_committed(
+        &status,
+        base,
+        latency_events as u64,
+        &mut worker,
+        phase_started,
+    )
+    .await?;
+    let (produce_time, returned) = producing.await.context("the producer thread stopped")??;
+    stream = returned;
+    let period = status.latency.snapshot().since(&before);
+    let latency = LatencyReport {
+        target_rate: rate,
+        achieved_rate: latency_events as f64 / produce_time.as_secs_f64(),
+        events: latency_events,
+        p50_ms: period.quantile(0.50).unwrap_or(0),
+        p99_ms: period.quantile(0.99).unwrap_or(0),
+        max_ms: period.max().unwrap_or(0),
+    };
+    tracing::info!(
+        p50_ms = latency.p50_ms,
+        p99_ms = latency.p99_ms,
+        "latency measured"
+    );
+    anyhow::ensure!(
+        deliveries.failed.load(Ordering::SeqCst) == 0,
+        "some events were not delivered"
+    );
+
+    // Freeze the clock, let the worker fire the timers due by then, and stop it.
+    ticker.abort();
+    let _ = ticker.await;
+    let frozen = clock.now();
+    wait_quiet(&status, &mut worker).await?;
+    let records_committed = status.records_committed.load(Ordering::SeqCst);
+    let rehomed = status.devices_rehomed.load(Ordering::SeqCst);
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(120), worker)
+        .await
+        .context("the worker did not stop within 2 minutes")?
+        .context("the worker panicked")?
+        .context("the worker failed")?;
+    let peak_rss_bytes = proc_status("VmHWM:");
+    drop(producer);
+
+    // The ceiling, then the check.
+    let mut registry = seed::load_registry(&pool, catalogue.clone()).await?;
+    let ceiling = ceiling::measure(
+        &pool,
+        &mut registry,
+        &catalogue,
+        &fleet,
+        &mut stream,
+        &CeilingSettings {
+            url: &options.database_url,
+            input_topic: &topic,
+            dead_letter_topic: &config.kafka.dead_letter_topic,
+            output_topic: &config.kafka.output_topic,
+            partitions: options.partitions,
+            batch_max_events: config.worker.batch_max_events,
+            max_event_bytes: config.worker.max_event_bytes,
+            now: frozen,
+            events: options.ceiling_events.max(1),
+        },
+    )
+    .await?;
+    tracing::info!("checking the database against an oracle");
+    let correctness = verify::verify(
+        &pool,
+        &registry,
+        &catalogue,
+        &fleet,
+        &Expectations {
+            input_topic: &topic,
+            partitions: options.partitions,
+            events_produced: (options.events + latency_events) as u64,
+            records_committed,
+            rehomed,
+            last_sequence: &stream.last_sequence,
+            at: frozen,
+        },
+    )
+    .await?;
+    let broker_name = broker.describe();
+    drop(broker);
+
+    let best = ceiling.one_connection.max(ceiling.many_connections);
+    let goals = Goals {
+        throughput: throughput.events_per_second >= GOAL_CEILING_SHARE * best,
+        latency: latency.p99_ms < GOAL_P99_MS,
+        memory: load.bytes_per_device < GOAL_BYTES_PER_DEVICE,
+    };
+    Ok(BenchReport {
+        broker: broker_name,
+        partitions: options.partitions,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        load_average_start,
+        load_average_end: load_average(),
+        share_of_one_connection: throughput.events_per_second / ceiling.one_connection,
+        share_of_many_connections: throughput.events_per_second / ceiling.many_connections,
+        seed,
+        load,
+        throughput,
+        latency,
+        peak_rss_bytes,
+        ceiling,
+        goals,
+        correctness,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Refuses a database holding anything but an earlier benchmark's data; empties that with `reset`.
+async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
+    let (orgs, foreign): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE id NOT LIKE 'bench-org-%') FROM orgs",
+    )
+    .fetch_one(pool)
+    .await
+    .context("failed to inspect the database")?;
+    let devices: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM devices)")
+        .fetch_one(pool)
+        .await?;
+    if orgs == 0 && !devices {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        foreign == 0,
+        "the database holds orgs that are not the benchmark's; use a database of its own"
+    );
+    anyhow::ensure!(
+        reset,
+        "the database holds an earlier benchmark's data; pass --reset to empty it"
+    );
+    tracing::info!("emptying the database (--reset)");
+    sqlx::raw_sql(
+        "TRUNCATE group_membership_log, device_group_memberships, firmware_releases, devices, \
+         device_groups, control_log, partition_positions, outbox, orgs RESTART IDENTITY",
+    )
+    .execute(pool)
+    .await
+    .context("failed to empty the database")?;
+    Ok(())
+}
+
+type Produced = anyhow::Result<(Duration, Stream)>;
+
+/// Produces on a thread of its own (librdkafka calls block); resolves with the time spent and the stream.
+fn spawn_producer(
+    producer: Arc<rdkafka::producer::BaseProducer<broker::Counting>>,
+    topic: String,
+    fleet: Fleet,
+    mut stream: Stream,
+    clock: ManualClock,
+    count: usize,
+    rate: Option<f64>,
+) -> tokio::sync::oneshot::Receiver<Produced> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("bench-producer".into())
+        .spawn(move || {
+            let result =
+                broker::produce(&producer, &topic, &fleet, &mut stream, &clock, count, rate)
+                    .map(|elapsed| (elapsed, stream));
+            let _ = tx.send(result);
+        })
+        .expect("failed to spawn the producer thread");
+    rx
+}
+
+/// Waits until `count` more records than `base` are committed, sampling (seconds since `from`, committed
+/// in this phase). Fails if the worker stops, or if nothing commits for two minutes.
+async fn wait_committed(
+    status: &Status,
+    base: u64,
+    count: u64,
+    worker: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
+    from: Instant,
+) -> anyhow::Result<Vec<(f64, u64)>> {
+    let mut samples = vec![(0.0, 0)];
+    let mut progress = Instant::now();
+    loop {
+        let done = status.records_committed.load(Ordering::SeqCst) - base;
+        if done > samples.last().map_or(0, |s| s.1) {
+            progress = Instant::now();
+        }
+        samples.push((from.elapsed().as_secs_f64(), done));
+        if done >= count {
+            return Ok(samples);
+        }
+        anyhow::ensure!(!worker.is_finished(), "the worker stopped");
+        anyhow::ensure!(
+            progress.elapsed() < Duration::from_secs(120),
+            "no event committed for two minutes ({done} of {count})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the worker has committed nothing for a second: with the clock frozen, every timer due by
+/// then has fired (the worker checks timers every few milliseconds).
+async fn wait_quiet(
+    status: &Status,
+    worker: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let mut last = status.batches.load(Ordering::SeqCst);
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_secs(1) {
+        anyhow::ensure!(!worker.is_finished(), "the worker stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = status.batches.load(Ordering::SeqCst);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+    Ok(())
+}
+
+/// When the committed count first reached `target`, interpolated between samples.
+fn crossing(samples: &[(f64, u64)], target: u64) -> f64 {
+    for pair in samples.windows(2) {
+        let ((t0, c0), (t1, c1)) = (pair[0], pair[1]);
+        if c1 >= target {
+            if c1 == c0 {
+                return t1;
+            }
+            let f = (target.saturating_sub(c0)) as f64 / (c1 - c0) as f64;
+            return t0 + f.clamp(0.0, 1.0) * (t1 - t0);
+        }
+    }
+    samples.last().map_or(0.0, |s| s.0)
+}
+
+/// A `/proc/self/status` figure (given in kB) in bytes; 0 where there is no such file.
+fn proc_status(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
+                l[key.len()..]
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn thousands(n: f64) -> String {
+    let n = n.round() as i64;
+    let digits = n.abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn mark(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+/// The report as text.
+pub fn render(r: &BenchReport) -> String {
+    let mut s = String::new();
+    let c = &r.correctness;
+    let _ = writeln!(
+        s,
+        "cohort bench: {} devices, {} orgs, {} dynamic groups ({} time-dependent, {} site-scoped), {} partitions",
+        thousands(r.seed.devices as f64),
+        r.seed.orgs,
+        thousands(r.seed.groups as f64),
+        r.seed.time_dependent_groups,
+        r.seed.site_scoped_groups,
+        r.partitions
+    );
+    let _ = writeln!(
+        s,
+        "broker: {}; {} CPUs; load average {:.1} at the start, {:.1} at the end; {:.0} s in all",
+        r.broker, r.cpus, r.load_average_start, r.load_average_end, r.seconds
+    );
+    let _ = writeln!(
+        s,
+        "seeded in {:.1} s: {} memberships ({:.1} per device)",
+        r.seed.seconds,
+        thousands(r.seed.memberships as f64),
+        r.seed.memberships as f64 / r.seed.devices as f64
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| measure | value | goal |");
+    let _ = writeln!(s, "|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| sustained throughput (10–90% of {} events) | {} events/s | |",
+        thousands(r.throughput.events as f64),
+        thousands(r.throughput.events_per_second)
+    );
+    let _ = writeln!(
+        s,
+        "| ceiling, minimal writer, 1 connection | {} events/s | |",
+        thousands(r.ceiling.one_connection)
+    );
+    let _ = writeln!(
+        s,
+        "| ceiling, minimal writer, {} connections | {} events/s | |",
+        r.ceiling.connections,
+        thousands(r.ceiling.many_connections)
+    );
+    let _ = writeln!(
+        s,
+        "| worker ÷ ceiling | {:.0}% of 1 connection, {:.0}% of {} | ≥ 70% of the best: {} |",
+        r.share_of_one_connection * 100.0,
+        r.share_of_many_connections * 100.0,
+        r.ceiling.connections,
+        mark(r.goals.throughput)
+    );
+    let _ = writeln!(
+        s,
+        "| latency, produce → commit, at {} events/s (half) | p50 {} ms, p99 {} ms, max {} ms | p99 < 250 ms: {} |",
+        thousands(r.latency.achieved_rate),
+        r.latency.p50_ms,
+        r.latency.p99_ms,
+        r.latency.max_ms,
+        mark(r.goals.latency)
+    );
+    let _ = writeln!(
+        s,
+        "| resident memory per device held | {} B | < 1,024 B: {} |",
+        thousands(r.load.bytes_per_device),
+        mark(r.goals.memory)
+    );
+    let _ = writeln!(
+        s,
+        "| peak RSS (VmHWM, in-process broker included) | {} MiB | |",
+        thousands(r.peak_rss_bytes as f64 / 1_048_576.0)
+    );
+    let _ = writeln!(
+        s,
+        "| partition load | {} devices in {:.1} s | |",
+        thousands(r.load.devices as f64),
+        r.load.seconds
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "writes per event: {:.2} device rows, {:.2} membership inserts/deletes, {:.2} log rows; {} batches per ceiling run",
+        r.ceiling.device_rows_per_event,
+        r.ceiling.membership_writes_per_event,
+        r.ceiling.log_rows_per_event,
+        r.ceiling.batches
+    );
+    let _ = writeln!(
+        s,
+        "throughput phase: produced in {:.1} s; {:.0} events/s overall; {} batches",
+        r.throughput.produce_seconds, r.throughput.overall_events_per_second, r.throughput.batches
+    );
+    let _ = writeln!(
+        s,
+        "check ({}): {} of {} events committed, stored offsets add up to {}; {} devices checked: {} wrong sequences, {} misplaced, {} re-homed; memberships {} stored, {} expected ({} missing, {} extra); log {} rows, {} repeats, {} disagreements",
+        if c.ok() { "passed" } else { "FAILED" },
+        thousands(c.records_committed as f64),
+        thousands(c.events_produced as f64),
+        thousands(c.stored_offsets as f64),
+        thousands(c.devices_checked as f64),
+        c.wrong_sequence,
+        c.misplaced,
+        c.rehomed,
+        thousands(c.memberships_stored as f64),
+        thousands(c.memberships_expected as f64),
+        c.memberships_missing,
+        c.memberships_extra,
+        thousands(c.log_rows as f64),
+        c.log_repeats,
+        c.log_disagreements
+    );
+    s.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crossings_interpolate_between_samples() {
+        let samples = [(0.0, 0), (1.0, 100), (2.0, 300)];
+        assert_eq!(crossing(&samples, 0), 1.0 * 0.0);
+        assert_eq!(crossing(&samples, 50), 0.5);
+        assert_eq!(crossing(&samples, 200), 1.5);
+        assert_eq!(crossing(&samples, 300), 2.0);
+    }
+
+    #[test]
+    fn thousands_are_separated() {
+        assert_eq!(thousands(1_000_000.0), "1,000,000");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(-12_345.0), "-12,345");
+    }
+}
