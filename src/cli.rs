@@ -32,6 +32,10 @@ pub enum Command {
     /// It also runs the outbox relay unless `worker.embedded_relay` is false, and the REST API unless
     /// `worker.embedded_api` is false.
     Worker(ConfigArgs),
+    /// Run cohort's whole main job on this machine with no configuration: an embedded Kafka-protocol broker
+    /// (unless COHORT_KAFKA_BROKERS is set), PostgreSQL (DATABASE_URL, else the local server), a synthetic
+    /// fleet, the worker, the relay and the API, a stream of attribute changes, and a summary.
+    Demo(crate::demo::DemoArgs),
     /// Run the REST API alone (until SIGINT/SIGTERM).
     Api(ConfigArgs),
     /// Create, list and revoke the REST API's keys.
@@ -160,6 +164,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Migrate(args) => run_async(migrate(args)),
         Command::Worker(args) => run_async(worker(args)),
         Command::Relay(args) => run_async(relay(args)),
+        Command::Demo(args) => run_async(crate::demo::command(args)),
         Command::Api(args) => run_async(api(args)),
         Command::ApiKey(command) => run_async(api_key(command)),
         Command::Reconcile(args) => reconcile(args),

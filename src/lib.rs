@@ -13,6 +13,8 @@
 //! - [`worker`]: the pipeline — partitions, in-memory device state, batches, timers.
 //! - [`relay`]: publishes the transactional outbox to Kafka (idempotent producer, leader lease, at-least-once
 //!   with stable ids, per-key order).
+//! - [`demo`]: `cohort demo` — the whole main job on a fresh machine (embedded broker, synthetic fleet,
+//!   worker, relay and API) with live progress and a summary.
 //! - [`metrics`]: every metric name and the Prometheus recorder.
 //! - [`reconcile`]: `cohort reconcile` — recomputes memberships and targets from PostgreSQL and reports
 //!   drift.
@@ -29,6 +31,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod event;
 pub mod firmware;
 pub mod http;

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    cohort::telemetry::init_logging();
-    cohort::cli::run(cohort::cli::Cli::parse())
+    let cli = cohort::cli::Cli::parse();
+    let interactive = matches!(cli.command, cohort::cli::Command::Demo(_));
+    cohort::telemetry::init_logging(if interactive { "warn" } else { "info" });
+    cohort::cli::run(cli)
 }

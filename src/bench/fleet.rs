@@ -265,7 +265,7 @@ impl Fleet {
 }
 
 fn firmware(rng: &mut Rng) -> String {
-    format!("fw-{}.{}.{}", rng.below(5), rng.below(6), rng.below(2))
+    format!("{}.{}.{}", 1 + rng.below(5), rng.below(6), rng.below(2))
 }
 
 fn tags(rng: &mut Rng) -> Vec<&'static str> {
@@ -297,7 +297,7 @@ fn slice(rng: &mut Rng) -> Value {
             json!({"field": "osVersion", "operator": "in", "value": [rng.pick(OS_VERSIONS), rng.pick(OS_VERSIONS)]})
         }
         3 => {
-            json!({"field": "firmwareVersion", "operator": "startsWith", "value": format!("fw-{}.", rng.below(5))})
+            json!({"field": "firmwareVersion", "operator": "startsWith", "value": format!("{}.", 1 + rng.below(5))})
         }
         _ => json!({"field": "tags", "operator": "contains", "value": rng.pick(TAGS)}),
     }
@@ -333,7 +333,7 @@ fn condition(op: Operator, rng: &mut Rng, t0: EpochMillis) -> Value {
         },
         StartsWith => match rng.below(2) {
             0 => leaf("osVersion", json!(format!("{}.", 1 + rng.below(5)))),
-            _ => leaf("firmwareVersion", json!(format!("FW-{}.", rng.below(5)))),
+            _ => leaf("firmwareVersion", json!(format!("{}.", 1 + rng.below(5)))),
         },
         EndsWith => match rng.below(2) {
             0 => leaf("hostname", json!(digit.to_string())),
@@ -343,7 +343,7 @@ fn condition(op: Operator, rng: &mut Rng, t0: EpochMillis) -> Value {
             0 => leaf("hostname", json!(format!("[02468]{digit}$"))),
             _ => leaf(
                 "firmwareVersion",
-                json!(format!("^fw-[0-{}]\\.[0-2]\\.", rng.below(5))),
+                json!(format!("^[1-{}]\\.[0-2]\\.", 1 + rng.below(5))),
             ),
         },
         In | NotIn => match rng.below(3) {

@@ -504,7 +504,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
 }
 
 /// Refuses a database holding anything but an earlier benchmark's data; empties that with `reset`.
-async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
+pub(crate) async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
     let (orgs, foreign): (i64, i64) = sqlx::query_as(
         "SELECT count(*), count(*) FILTER (WHERE id NOT LIKE 'bench-org-%') FROM orgs",
     )
@@ -528,7 +528,8 @@ async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
     tracing::info!("emptying the database (--reset)");
     sqlx::raw_sql(
         "TRUNCATE group_membership_log, device_group_memberships, firmware_releases, devices, \
-         device_groups, control_log, partition_positions, outbox, orgs RESTART IDENTITY",
+         device_groups, control_log, partition_positions, outbox, api_keys, device_identifiers, orgs \
+         RESTART IDENTITY",
     )
     .execute(pool)
     .await

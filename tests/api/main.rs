@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod demo;
 mod e2e;
 
 use cohort::config::Config;
