@@ -38,6 +38,8 @@ pub const RECORDS_DROPPED: &str = "cohort_worker_records_dropped_total";
 pub const CONSUMER_LAG: &str = "cohort_worker_consumer_lag_messages";
 /// Partitions owned by this worker.
 pub const PARTITIONS_OWNED: &str = "cohort_worker_partitions_owned";
+/// 1 while the worker's pipeline runs with its definitions loaded (what `/readyz` reports), else 0.
+pub const READY: &str = "cohort_worker_ready";
 /// Devices held in memory.
 pub const DEVICES_HELD: &str = "cohort_worker_devices_held";
 /// Rebalance callbacks by kind (`assign`, `revoke`).
@@ -89,6 +91,7 @@ pub const ALL: &[&str] = &[
     RECORDS_DROPPED,
     CONSUMER_LAG,
     PARTITIONS_OWNED,
+    READY,
     DEVICES_HELD,
     REBALANCES,
     BACKPRESSURE_PAUSES,
@@ -140,6 +143,7 @@ pub fn describe() {
     describe_counter!(RECORDS_DROPPED, "Records dropped as stale or not owned");
     describe_gauge!(CONSUMER_LAG, "Consumer lag per partition in messages");
     describe_gauge!(PARTITIONS_OWNED, "Partitions owned by this worker");
+    describe_gauge!(READY, "1 while the worker pipeline runs, else 0");
     describe_gauge!(DEVICES_HELD, "Devices held in memory");
     describe_counter!(REBALANCES, "Rebalance callbacks by kind");
     describe_counter!(

@@ -155,8 +155,10 @@ impl Worker {
         )
         .context("failed to start the Kafka consumer")?;
         self.status.ready.store(true, Ordering::SeqCst);
+        metrics::gauge!(m::READY).set(1.0);
         let result = pipeline.run(records_rx, rebalance_rx, shutdown).await;
         self.status.ready.store(false, Ordering::SeqCst);
+        metrics::gauge!(m::READY).set(0.0);
         shared.stop.store(true, Ordering::SeqCst);
         // The poller revokes through the pipeline while closing; serve those requests until it is gone.
         let mut rebalance_rx = pipeline.take_rebalances();
@@ -437,6 +439,8 @@ impl Pipeline {
     }
 
     fn drop_partition(&mut self, partition: i32) {
+        // Its lag is the new owner's to report now; a stale value here would raise false alarms.
+        metrics::gauge!(m::CONSUMER_LAG, "partition" => partition.to_string()).set(0.0);
         self.partitions.remove(&partition);
         self.generations.remove(&partition);
         self.buffers.remove(&partition);
