@@ -155,9 +155,8 @@ pub async fn measure(
                     "a ceiling batch did not apply every event"
                 );
                 state.claim.next_offset = computed.write.next_offset;
-                for (id, mut device) in computed.devices {
-                    device.version = if device.stored { device.version + 1 } else { 1 };
-                    device.stored = true;
+                // The batch's copies already carry the versions their rows have after the commit.
+                for (id, device) in computed.devices {
                     state.devices.insert(id, device);
                 }
                 let w = &computed.write;
