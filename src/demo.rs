@@ -222,7 +222,16 @@ pub async fn command(args: DemoArgs) -> anyhow::Result<()> {
         let (events, rate) = (args.events, (args.rate > 0.0).then_some(args.rate));
         std::thread::spawn(move || {
             let mut stream = stream;
-            broker::produce(&producer, &input, &fleet, &mut stream, &clock, events, rate)
+            broker::produce(
+                &producer,
+                &input,
+                &fleet,
+                &mut stream,
+                &clock,
+                events,
+                rate,
+                None,
+            )
         })
     };
     let total = (args.events + poison) as u64;

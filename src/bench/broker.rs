@@ -159,8 +159,24 @@ pub struct Stream {
     pub last_sequence: Vec<i64>,
 }
 
+/// How far production may run ahead of the worker's commits.
+///
+/// librdkafka's mock cluster keeps at most 100,000 messages or 5 MB per partition (`rdkafka_mock.c`,
+/// hard-coded) and deletes older segments, so a backlog larger than that would lose events before the
+/// worker reads them (the worker then stops at the gap rather than skip it). A few batches of backlog per
+/// partition keep the worker saturated all the same.
+pub struct Ahead {
+    pub status: Arc<crate::worker::Status>,
+    /// `records_committed` when the phase started.
+    pub base: u64,
+    /// Events produced but not yet committed, at most.
+    pub max: u64,
+}
+
 /// Produces `count` events as fast as the producer takes them, or paced at `rate` events per second,
-/// and waits for every delivery. Blocks the calling thread. Returns the time spent producing.
+/// never more than `ahead.max` beyond what the worker has committed, and waits for every delivery. Blocks
+/// the calling thread. Returns the time spent producing.
+#[allow(clippy::too_many_arguments)]
 pub fn produce(
     producer: &BaseProducer<Counting>,
     topic: &str,
@@ -169,9 +185,23 @@ pub fn produce(
     clock: &ManualClock,
     count: usize,
     rate: Option<f64>,
+    ahead: Option<&Ahead>,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     for n in 0..count {
+        if let Some(ahead) = ahead {
+            loop {
+                let committed = ahead
+                    .status
+                    .records_committed
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    .saturating_sub(ahead.base);
+                if (n as u64).saturating_sub(committed) < ahead.max {
+                    break;
+                }
+                producer.poll(Duration::from_millis(1));
+            }
+        }
         if let Some(rate) = rate {
             // Keep to the rate: never ahead of it, catching up in small bursts when behind.
             while n as f64 > rate * started.elapsed().as_secs_f64() {

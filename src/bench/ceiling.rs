@@ -118,7 +118,9 @@ pub async fn measure(
             let device = Device::from_stored(row, members, registry)
                 .context("a ceiling device's org is unknown")?;
             let p = default_partition(row.id.as_bytes(), settings.partitions) as usize;
-            states[p].devices.insert(row.id.as_str().into(), device);
+            states[p]
+                .devices
+                .insert(row.id.as_str().into(), Box::new(device));
         }
     }
     // Compute every batch in order, installing each batch's state as the worker does after a commit.

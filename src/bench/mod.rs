@@ -335,6 +335,11 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         last_sequence: vec![0; options.devices],
     };
 
+    // With the mock cluster, production stays a bounded backlog ahead of the commits (see `broker::Ahead`).
+    let backlog = options
+        .brokers
+        .is_none()
+        .then_some(MOCK_BACKLOG_PER_PARTITION * options.partitions as u64);
     // Throughput: everything at once, as fast as the producer takes it.
     let base = status.records_committed.load(Ordering::SeqCst);
     let batches_before = status.batches.load(Ordering::SeqCst);
@@ -347,6 +352,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         clock.clone(),
         options.events,
         None,
+        ahead(&status, base, backlog),
     );
     let samples = wait_committed(
         &status,
@@ -390,6 +396,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         clock.clone(),
         latency_events,
         Some(rate),
+        ahead(&status, base, backlog),
     );
     wait_committed(
         &status,
@@ -539,6 +546,18 @@ pub(crate) async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
 
 type Produced = anyhow::Result<(Duration, Stream)>;
 
+/// Events per partition the producer may run ahead of the worker on the mock cluster: a few batches (so
+/// the worker never waits for input) and well within the mock's 5 MB per partition.
+const MOCK_BACKLOG_PER_PARTITION: u64 = 8_000;
+
+fn ahead(status: &Arc<Status>, base: u64, max: Option<u64>) -> Option<broker::Ahead> {
+    max.map(|max| broker::Ahead {
+        status: status.clone(),
+        base,
+        max,
+    })
+}
+
 /// Produces on a thread of its own (librdkafka calls block); resolves with the time spent and the stream.
 fn spawn_producer(
     producer: Arc<rdkafka::producer::BaseProducer<broker::Counting>>,
@@ -548,14 +567,23 @@ fn spawn_producer(
     clock: ManualClock,
     count: usize,
     rate: Option<f64>,
+    ahead: Option<broker::Ahead>,
 ) -> tokio::sync::oneshot::Receiver<Produced> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("bench-producer".into())
         .spawn(move || {
-            let result =
-                broker::produce(&producer, &topic, &fleet, &mut stream, &clock, count, rate)
-                    .map(|elapsed| (elapsed, stream));
+            let result = broker::produce(
+                &producer,
+                &topic,
+                &fleet,
+                &mut stream,
+                &clock,
+                count,
+                rate,
+                ahead.as_ref(),
+            )
+            .map(|elapsed| (elapsed, stream));
             let _ = tx.send(result);
         })
         .expect("failed to spawn the producer thread");

@@ -5,7 +5,9 @@
 //! channel), rebalance requests from the poller's callback, and control-log notifications; it buffers records
 //! per partition and flushes a partition's batch when it is full, old enough, or has control entries or timers
 //! due. A flush computes on copies of the touched devices ([`partition::compute`]) and commits everything in
-//! one fenced transaction ([`crate::store::batch`]); only then does the in-memory state move on.
+//! one fenced transaction ([`crate::store::batch`]) on a task of its own, so the other partitions' batches
+//! are computed and committed meanwhile; a partition has at most one batch in flight, and only once it commits
+//! does the partition's in-memory state move on.
 //!
 //! Failures: a transient database error is retried with capped exponential backoff, never skipped (while
 //! rebalance requests are still answered); a fenced commit means another worker owns the partition, so its
@@ -18,7 +20,7 @@ pub mod registry;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -194,10 +196,82 @@ struct Pipeline {
     owner: String,
     rebalances: Option<mpsc::UnboundedReceiver<RebalanceRequest>>,
     control_dirty: bool,
+    /// The batch each partition is committing, if any (at most one per partition).
+    in_flight: HashMap<i32, InFlight>,
+    /// Numbers batches, so that a completion is matched to the batch that sent it.
+    next_batch: u64,
+    /// Commit tasks announce (partition, batch) here when they end.
+    completions_tx: mpsc::UnboundedSender<(i32, u64)>,
+    completions: Option<mpsc::UnboundedReceiver<(i32, u64)>>,
+}
+
+/// What a batch is computed from; kept while it commits, to recompute it after a device conflict.
+struct BatchInputs {
+    decoded: Vec<(Record, Result<event::DeviceEvent, event::DecodeError>)>,
+    due: Vec<Box<str>>,
+    control: Vec<Positioned>,
+    now: EpochMillis,
+}
+
+/// A batch whose commit runs on its own task; its state is installed once the commit succeeds.
+struct InFlight {
+    id: u64,
+    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+    /// Set while the task waits to retry a failed commit (nothing of the batch is written then).
+    retrying: Arc<AtomicBool>,
+    computed: partition::Computed,
+    inputs: BatchInputs,
+}
+
+/// How a commit task retries.
+struct CommitRetry {
+    partition: i32,
+    id: u64,
+    initial: Duration,
+    max: Duration,
+    retrying: Arc<AtomicBool>,
+    done: mpsc::UnboundedSender<(i32, u64)>,
+}
+
+/// Commits a batch, retrying every failure with capped exponential backoff except the two that need the
+/// pipeline: fenced (the partition is lost) and a device conflict (the batch must be recomputed).
+async fn commit_with_retry(
+    pool: PgPool,
+    write: store::batch::BatchWrite,
+    retry: CommitRetry,
+) -> Result<(), StoreError> {
+    let mut backoff = retry.initial;
+    let result = loop {
+        let started = Instant::now();
+        let result = store::batch::commit(&pool, &write).await;
+        metrics::histogram!(m::COMMIT_SECONDS).record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => break Ok(()),
+            Err(e @ (StoreError::Fenced { .. } | StoreError::DeviceConflict { .. })) => {
+                break Err(e)
+            }
+            Err(e) => {
+                let kind = if e.is_transient() {
+                    "transient"
+                } else {
+                    "permanent"
+                };
+                metrics::counter!(m::COMMIT_FAILURES, "kind" => kind).increment(1);
+                tracing::warn!(partition = retry.partition, error = %e, backoff_ms = backoff.as_millis() as u64, "batch failed; retrying");
+                retry.retrying.store(true, Ordering::SeqCst);
+                tokio::time::sleep(backoff).await;
+                retry.retrying.store(false, Ordering::SeqCst);
+                backoff = (backoff * 2).min(retry.max);
+            }
+        }
+    };
+    let _ = retry.done.send((retry.partition, retry.id));
+    result
 }
 
 impl Pipeline {
     fn new(worker: &Worker, shared: Arc<Shared>) -> Self {
+        let (completions_tx, completions) = mpsc::unbounded_channel();
         Self {
             config: worker.config.clone(),
             pool: worker.pool.clone(),
@@ -211,6 +285,10 @@ impl Pipeline {
             owner: worker.owner.clone(),
             rebalances: None,
             control_dirty: true,
+            in_flight: HashMap::new(),
+            next_batch: 0,
+            completions_tx,
+            completions: Some(completions),
         }
     }
 
@@ -284,6 +362,7 @@ impl Pipeline {
         let mut listener = self.listen().await;
         tokio::pin!(shutdown);
         let tick = Duration::from_millis(self.config.worker.batch_max_wait_ms.clamp(5, 100));
+        let mut completions = self.completions.take().expect("present until run");
         loop {
             let mut rebalances = self.rebalances.take().expect("present while running");
             tokio::select! {
@@ -295,6 +374,12 @@ impl Pipeline {
                 Some(request) = rebalances.recv() => {
                     self.rebalances = Some(rebalances);
                     self.rebalance(request).await;
+                }
+                Some((partition, id)) = completions.recv() => {
+                    self.rebalances = Some(rebalances);
+                    if self.in_flight.get(&partition).is_some_and(|f| f.id == id) {
+                        self.finish(partition).await;
+                    }
                 }
                 Some(polled) = records.recv() => {
                     self.rebalances = Some(rebalances);
@@ -339,10 +424,7 @@ impl Pipeline {
         }
         // Shutdown: finish what is buffered, bounded by the deadline.
         let deadline = Duration::from_millis(self.config.worker.shutdown_deadline_ms);
-        if tokio::time::timeout(deadline, self.flush_ready(true))
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(deadline, self.drain()).await.is_err() {
             tracing::warn!("shutdown deadline passed with batches unfinished; they will be re-read from the stored positions");
         }
         Ok(())
@@ -415,11 +497,37 @@ impl Pipeline {
             }
             RebalanceRequest::Revoke { partitions, reply } => {
                 for partition in partitions {
-                    // Finish what is buffered if we still can; otherwise the next owner re-reads it.
+                    // Finish the batch in flight and what is buffered if we still can; otherwise the next
+                    // owner re-reads it.
+                    self.finish_unless_retrying(partition).await;
                     self.flush_partition(partition).await;
+                    self.finish_unless_retrying(partition).await;
                     self.drop_partition(partition);
                 }
                 let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Finishes a partition's batch in flight, unless its commit is failing (the database is away):
+    /// then the batch is abandoned (`drop_partition` aborts it) rather than holding up a rebalance.
+    async fn finish_unless_retrying(&mut self, partition: i32) {
+        let failing = self
+            .in_flight
+            .get(&partition)
+            .is_some_and(|f| f.retrying.load(Ordering::SeqCst));
+        if !failing {
+            self.finish(partition).await;
+        }
+    }
+
+    /// At shutdown: finishes the batches in flight and flushes everything buffered, until nothing is left.
+    async fn drain(&mut self) {
+        loop {
+            self.finish_all().await;
+            self.flush_ready(true).await;
+            if self.in_flight.is_empty() {
+                return;
             }
         }
     }
@@ -441,6 +549,11 @@ impl Pipeline {
     fn drop_partition(&mut self, partition: i32) {
         // Its lag is the new owner's to report now; a stale value here would raise false alarms.
         metrics::gauge!(m::CONSUMER_LAG, "partition" => partition.to_string()).set(0.0);
+        if let Some(flight) = self.in_flight.remove(&partition) {
+            // Abandoned: if its transaction still commits, it does so under this worker's epoch, before the
+            // next owner's claim (which waits for the position row's lock) reads the positions.
+            flight.task.abort();
+        }
         self.partitions.remove(&partition);
         self.generations.remove(&partition);
         self.buffers.remove(&partition);
@@ -518,7 +631,7 @@ impl Pipeline {
             let devices = &mut state.devices;
             let mut result = stored::for_each_device(&pool, state.id, |row| {
                 if let Some(device) = Device::from_stored(&row, &[], registry) {
-                    devices.insert(row.id.into_boxed_str(), device);
+                    devices.insert(row.id.into_boxed_str(), Box::new(device));
                 }
             })
             .await;
@@ -613,8 +726,13 @@ impl Pipeline {
         }
     }
 
-    /// Computes and commits one batch of a partition, retrying until it commits or the partition is lost.
+    /// Computes the next batch of a partition and starts its commit, unless the partition already has a batch
+    /// in flight (batches of one partition commit in order, one at a time; other partitions' batches are
+    /// computed and committed meanwhile).
     async fn flush_partition(&mut self, partition: i32) {
+        if self.in_flight.contains_key(&partition) {
+            return;
+        }
         let max_events = self.config.worker.batch_max_events;
         let records: Vec<Record> = match self.buffers.get_mut(&partition) {
             Some(buffer) => {
@@ -652,18 +770,31 @@ impl Pipeline {
                 (r, d)
             })
             .collect();
+        self.start_batch(
+            partition,
+            BatchInputs {
+                decoded,
+                due,
+                control,
+                now,
+            },
+        )
+        .await;
+    }
+
+    /// Computes a batch and spawns its commit. Reads the devices the batch names that the partition does not
+    /// hold first (re-homed or new ones, and those a reconciliation asks to re-read), retrying with backoff.
+    async fn start_batch(&mut self, partition: i32, inputs: BatchInputs) {
         let mut attempt_backoff =
             Duration::from_millis(self.config.worker.retry_initial_backoff_ms);
         let max_backoff = Duration::from_millis(self.config.worker.retry_max_backoff_ms);
-        loop {
-            let started = Instant::now();
-            // Devices named by the batch that this partition does not hold: read them (re-homed or new).
+        let foreign = loop {
             let Some(state) = self.partitions.get(&partition) else {
                 return;
             };
             // Devices a reconciliation asks to re-evaluate are re-read too, so the batch starts from what
             // is stored and writes whatever differs from the rules.
-            let reread = control.iter().flat_map(|e| match &e.entry {
+            let reread = inputs.control.iter().flat_map(|e| match &e.entry {
                 ControlEntry::Reevaluate { device_ids, .. } => device_ids
                     .iter()
                     .filter(|id| state.devices.contains_key(id.as_str()))
@@ -671,7 +802,8 @@ impl Pipeline {
                     .collect(),
                 _ => Vec::new(),
             });
-            let mut unknown: Vec<String> = decoded
+            let mut unknown: Vec<String> = inputs
+                .decoded
                 .iter()
                 .filter_map(|(_, d)| d.as_ref().ok())
                 .filter(|e| !state.devices.contains_key(e.device_id.as_str()))
@@ -681,12 +813,10 @@ impl Pipeline {
                 .into_iter()
                 .collect();
             unknown.sort();
-            let loaded = if unknown.is_empty() {
-                Ok((Vec::new(), Vec::new()))
-            } else {
-                stored::load_devices(&self.pool, &unknown).await
-            };
-            let result = match loaded {
+            if unknown.is_empty() {
+                break HashMap::new();
+            }
+            match stored::load_devices(&self.pool, &unknown).await {
                 Ok((rows, memberships)) => {
                     let mut by_device: HashMap<&str, Vec<&stored::StoredMembership>> =
                         HashMap::new();
@@ -704,37 +834,98 @@ impl Pipeline {
                             foreign.insert(row.id.as_str().into(), device);
                         }
                     }
-                    let Some(state) = self.partitions.get(&partition) else {
-                        return;
-                    };
-                    let ctx = BatchContext {
-                        input_topic: &self.config.kafka.input_topic,
-                        dead_letter_topic: &self.config.kafka.dead_letter_topic,
-                        max_event_bytes: self.config.worker.max_event_bytes,
-                        now,
-                        output_topic: &self.config.kafka.output_topic,
-                    };
-                    let computed = compute(
-                        &self.registry,
-                        state,
-                        &control,
-                        &decoded,
-                        &due,
-                        foreign,
-                        &ctx,
-                    );
-                    metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
-                    let commit_started = Instant::now();
-                    let result = store::batch::commit(&self.pool, &computed.write).await;
-                    metrics::histogram!(m::COMMIT_SECONDS)
-                        .record(commit_started.elapsed().as_secs_f64());
-                    result.map(|()| computed)
+                    break foreign;
                 }
-                Err(e) => Err(e),
+                Err(e) => {
+                    let kind = if e.is_transient() {
+                        "transient"
+                    } else {
+                        "permanent"
+                    };
+                    metrics::counter!(m::COMMIT_FAILURES, "kind" => kind).increment(1);
+                    tracing::warn!(partition, error = %e, backoff_ms = attempt_backoff.as_millis() as u64, "reading a batch's devices failed; retrying");
+                    // Keep answering rebalances while waiting: a revoke abandons the batch.
+                    if self.wait_or_revoked(partition, attempt_backoff).await {
+                        return;
+                    }
+                    attempt_backoff = (attempt_backoff * 2).min(max_backoff);
+                }
+            }
+        };
+        let Some(state) = self.partitions.get(&partition) else {
+            return;
+        };
+        let started = Instant::now();
+        let ctx = BatchContext {
+            input_topic: &self.config.kafka.input_topic,
+            dead_letter_topic: &self.config.kafka.dead_letter_topic,
+            max_event_bytes: self.config.worker.max_event_bytes,
+            now: inputs.now,
+            output_topic: &self.config.kafka.output_topic,
+        };
+        let mut computed = compute(
+            &self.registry,
+            state,
+            &inputs.control,
+            &inputs.decoded,
+            &inputs.due,
+            foreign,
+            &ctx,
+        );
+        metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        let write = std::mem::take(&mut computed.write);
+        computed.write.next_offset = write.next_offset;
+        computed.write.control_position = write.control_position;
+        self.next_batch += 1;
+        let id = self.next_batch;
+        let retrying = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(commit_with_retry(
+            self.pool.clone(),
+            write,
+            CommitRetry {
+                partition,
+                id,
+                initial: Duration::from_millis(self.config.worker.retry_initial_backoff_ms),
+                max: max_backoff,
+                retrying: retrying.clone(),
+                done: self.completions_tx.clone(),
+            },
+        ));
+        self.in_flight.insert(
+            partition,
+            InFlight {
+                id,
+                task,
+                retrying,
+                computed,
+                inputs,
+            },
+        );
+    }
+
+    /// Waits for a partition's batch in flight, if any, and acts on the outcome: installs it, drops the
+    /// partition (fenced), or recomputes it (device conflict).
+    async fn finish(&mut self, partition: i32) {
+        // A recomputed batch is in flight again: wait for it too.
+        while let Some(flight) = self.in_flight.remove(&partition) {
+            let result = match flight.task.await {
+                Ok(result) => result,
+                Err(e) => {
+                    tracing::error!(partition, error = %e, "a batch commit task failed; dropping the partition");
+                    self.drop_partition(partition);
+                    return;
+                }
             };
             match result {
-                Ok(computed) => {
-                    self.install(partition, computed, &decoded, control.len(), now);
+                Ok(()) => {
+                    let control_applied = flight.inputs.control.len();
+                    self.install(
+                        partition,
+                        flight.computed,
+                        &flight.inputs.decoded,
+                        control_applied,
+                        flight.inputs.now,
+                    );
                     return;
                 }
                 Err(StoreError::Fenced { .. }) => {
@@ -755,22 +946,23 @@ impl Pipeline {
                             state.devices.remove(id.as_str());
                         }
                     }
+                    self.start_batch(partition, flight.inputs).await;
                 }
                 Err(e) => {
-                    let kind = if e.is_transient() {
-                        "transient"
-                    } else {
-                        "permanent"
-                    };
-                    metrics::counter!(m::COMMIT_FAILURES, "kind" => kind).increment(1);
-                    tracing::warn!(partition, error = %e, backoff_ms = attempt_backoff.as_millis() as u64, "batch failed; retrying");
-                    // Keep answering rebalances while waiting: a revoke abandons the batch.
-                    if self.wait_or_revoked(partition, attempt_backoff).await {
-                        return;
-                    }
-                    attempt_backoff = (attempt_backoff * 2).min(max_backoff);
+                    // `commit_with_retry` retries everything else; not reached.
+                    tracing::error!(partition, error = %e, "batch commit gave up; dropping the partition");
+                    self.drop_partition(partition);
+                    return;
                 }
             }
+        }
+    }
+
+    /// Finishes every batch in flight.
+    async fn finish_all(&mut self) {
+        let partitions: Vec<i32> = self.in_flight.keys().copied().collect();
+        for partition in partitions {
+            self.finish(partition).await;
         }
     }
 

@@ -213,7 +213,9 @@ pub struct Partition {
     pub id: i32,
     /// Epoch and positions as committed.
     pub claim: Claim,
-    pub devices: HashMap<Box<str>, Device>,
+    /// Boxed: a map's spare buckets then cost a pointer each, not a whole device (a table of half a million
+    /// inline devices is often half empty after doubling).
+    pub devices: HashMap<Box<str>, Box<Device>>,
     /// (instant, device): when to re-evaluate a device's time-dependent groups. Entries whose instant no
     /// longer equals the device's `next_flip` are stale and skipped.
     pub timers: BinaryHeap<Reverse<(EpochMillis, Box<str>)>>,
@@ -307,7 +309,7 @@ pub type Loaded = HashMap<String, (StoredDevice, Vec<StoredMembership>)>;
 pub struct Computed {
     pub write: BatchWrite,
     /// Final state of every device the batch touched, as it is once the batch commits (versions included).
-    pub devices: HashMap<Box<str>, Device>,
+    pub devices: HashMap<Box<str>, Box<Device>>,
     pub stats: Stats,
     /// Whether time-dependent definitions changed, so every device's flips must be recomputed.
     pub reschedule_all: bool,
@@ -407,7 +409,7 @@ pub fn compute(
             && partition.devices.contains_key(&id)
             && !logged.contains(&*id);
         if untouched {
-            devices.insert(id, current);
+            devices.insert(id, Box::new(current));
             continue;
         }
         diff_memberships(registry, &id, original.as_ref(), &current, &mut write);
@@ -437,7 +439,7 @@ pub fn compute(
             1
         };
         current.stored = true;
-        devices.insert(id, current);
+        devices.insert(id, Box::new(current));
     }
     drop(logged);
     write.log = log;
@@ -510,7 +512,7 @@ impl Work<'_> {
     /// The working copy of a device held by the partition (cloned on first touch).
     fn held(&mut self, id: &str) -> Option<&mut Device> {
         if !self.devices.contains_key(id) {
-            let device = self.partition.devices.get(id)?;
+            let device: &Device = self.partition.devices.get(id)?;
             self.devices
                 .insert(id.into(), (Some(device.clone()), device.clone()));
         }
@@ -793,7 +795,7 @@ impl Work<'_> {
         self.devices
             .get(id)
             .map(|(_, d)| d)
-            .or_else(|| self.partition.devices.get(id))
+            .or_else(|| self.partition.devices.get(id).map(|d| &**d))
     }
 
     /// Re-evaluates one group for one held device, copying the device only when its membership changes.
