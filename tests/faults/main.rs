@@ -487,6 +487,19 @@ async fn group_request_errors_lose_nothing_and_leave_kafkas_offsets_right() -> a
     load.burst(100).await?;
     let figures = settle_and_check(&h, &load).await?;
     advisory_offsets_match(&h).await?;
+
+    // The last commit of a stream fails (a permanent error, not retried by the client): Kafka's copy
+    // of the positions must still catch up, though no later batch changes them.
+    faults += push_broker_errors(
+        &h,
+        3,
+        RDKafkaApiKey::OffsetCommit,
+        &[RD_KAFKA_RESP_ERR_OFFSET_METADATA_TOO_LARGE],
+    )?;
+    load.burst(20).await?;
+    all_processed(&h, &load).await?;
+    errors_served(&h, 3, RDKafkaApiKey::OffsetCommit).await?;
+    advisory_offsets_match(&h).await?;
     report("group request errors", faults, started, &figures);
     h.stop().await
 }
