@@ -46,22 +46,22 @@ use support::app::{metric, Harness};
 use support::eventually;
 use support::faults::{
     advisory_offsets_match, all_processed, cut_off, errors_served, kill_worker, load_average,
-    own_server, partitions_owned, push_broker_errors, reconnect, settle_and_check,
-    share_server, start_on_mock, stop_worker, Edits, Figures, Layout, Load, Outage,
-    ServerControl, PATIENCE,
+    own_server, partitions_owned, push_broker_errors, reconnect, settle_and_check, share_server,
+    start_on_mock, stop_worker, Edits, Figures, Layout, Load, Outage, ServerControl, PATIENCE,
 };
 
 /// Prints a scenario's figures.
 fn report(name: &str, faults: usize, started: Instant, figures: &Figures) {
     eprintln!(
         "faults: {name}: {faults} faults injected; {} events, {} poison; {} rollout events ({} copies \
-         on the topic), {} dead letters, {} log rows; {} claims (max epoch {}), {} position writes; \
-         {:.1} s; load average {}",
+         on the topic), {} dead letters, {} failed relay deliveries, {} log rows; {} claims (max epoch \
+         {}), {} position writes; {:.1} s; load average {}",
         figures.events,
         figures.poison,
         figures.rollouts,
         figures.rollout_copies,
         figures.dead_letters,
+        figures.relay_failures,
         figures.log_rows,
         figures.positions.claims,
         figures.positions.max_epoch,
@@ -168,7 +168,11 @@ async fn postgresql_restarted_mid_stream_and_down_during_a_rebalance_loses_nothi
     eventually(PATIENCE, "the survivor's partitions are revoked", || {
         let survivor = survivor.clone();
         async move {
-            Ok((survivor.partitions.load(std::sync::atomic::Ordering::SeqCst) == 0).then_some(()))
+            Ok((survivor
+                .partitions
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0)
+                .then_some(()))
         }
     })
     .await?;
@@ -214,12 +218,19 @@ async fn the_input_and_output_leaders_brokers_down_and_back_lose_nothing() -> an
         let produce = load.burst(200);
         let flow = async {
             let pool = h.pool().clone();
-            eventually(PATIENCE, "partition 1 advances while partition 0's leader is down", || {
-                let pool = pool.clone();
-                async move { Ok((position_of(&pool, 1).await? > before).then_some(())) }
-            })
+            eventually(
+                PATIENCE,
+                "partition 1 advances while partition 0's leader is down",
+                || {
+                    let pool = pool.clone();
+                    async move { Ok((position_of(&pool, 1).await? > before).then_some(())) }
+                },
+            )
             .await?;
-            h.kafka.mock_cluster().expect("a mock cluster").broker_up(1)?;
+            h.kafka
+                .mock_cluster()
+                .expect("a mock cluster")
+                .broker_up(1)?;
             anyhow::Ok(())
         };
         let (produced, flowed) = tokio::join!(produce, flow);
@@ -315,8 +326,8 @@ async fn the_group_coordinators_broker_down_and_back_loses_nothing() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn produce_errors_retriable_or_not_lose_no_rollout_event_or_dead_letter(
-) -> anyhow::Result<()> {
+async fn produce_errors_retriable_or_not_lose_no_rollout_event_or_dead_letter() -> anyhow::Result<()>
+{
     use RDKafkaRespErr::*;
     let _server = share_server().await;
     let started = Instant::now();
@@ -357,6 +368,10 @@ async fn produce_errors_retriable_or_not_lose_no_rollout_event_or_dead_letter(
     edits.several(&h, 2).await?;
     load.burst(100).await?;
     let figures = settle_and_check(&h, &load).await?;
+    assert!(
+        figures.relay_failures > 0,
+        "the non-retriable errors failed deliveries, retried by later rounds"
+    );
     report("produce errors", faults, started, &figures);
     h.stop().await
 }

@@ -127,7 +127,10 @@ pub async fn start_on_mock(
 /// The raw mock cluster handle of the harness's broker, for the `rd_kafka_mock_*` calls `MockCluster`
 /// does not wrap.
 pub fn raw_mock(h: &Harness) -> anyhow::Result<*mut rdkafka::bindings::rd_kafka_mock_cluster_t> {
-    let mock = h.kafka.mock_kafka().context("the harness runs on a mock cluster")?;
+    let mock = h
+        .kafka
+        .mock_kafka()
+        .context("the harness runs on a mock cluster")?;
     Ok(mock.raw())
 }
 
@@ -171,7 +174,12 @@ pub fn pending_broker_errors(
     let mut count = 0usize;
     // SAFETY: as in `push_broker_errors`; `count` outlives the call.
     let result = unsafe {
-        rdkafka::bindings::rd_kafka_mock_broker_error_stack_cnt(raw, broker, i16::from(api), &mut count)
+        rdkafka::bindings::rd_kafka_mock_broker_error_stack_cnt(
+            raw,
+            broker,
+            i16::from(api),
+            &mut count,
+        )
     };
     anyhow::ensure!(
         result == RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR,
@@ -303,10 +311,10 @@ impl Load {
         for (key, payload) in &messages {
             let record = FutureRecord::to(&self.topic).key(key).payload(payload);
             // `send` waits for room in the queue (never full at these volumes) and then for delivery.
-            deliveries.push(
-                self.producer
-                    .send(record, rdkafka::util::Timeout::After(Duration::from_secs(30))),
-            );
+            deliveries.push(self.producer.send(
+                record,
+                rdkafka::util::Timeout::After(Duration::from_secs(30)),
+            ));
         }
         let results = within(
             Duration::from_secs(120),
@@ -315,7 +323,9 @@ impl Load {
         )
         .await?;
         for result in results {
-            let delivery = result.map_err(|(e, _)| e).context("an event was not delivered")?;
+            let delivery = result
+                .map_err(|(e, _)| e)
+                .context("an event was not delivered")?;
             let end = self.ends.entry(delivery.partition).or_insert(-1);
             *end = (*end).max(delivery.offset);
         }
@@ -616,7 +626,10 @@ fn server_ready() -> bool {
 
 async fn wait_ready() -> anyhow::Result<()> {
     eventually(PATIENCE, "postgresql accepts connections", || async {
-        let ready = blocking(Duration::from_secs(20), "run pg_isready", || Ok(server_ready())).await?;
+        let ready = blocking(Duration::from_secs(20), "run pg_isready", || {
+            Ok(server_ready())
+        })
+        .await?;
         Ok(ready.then_some(()))
     })
     .await
@@ -626,9 +639,11 @@ async fn wait_ready() -> anyhow::Result<()> {
 pub async fn cut_off(h: &Harness) -> anyhow::Result<()> {
     let mut admin = db::connect(h.db.admin_url()).await?;
     let name = h.db.name();
-    sqlx::raw_sql(&format!("ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"))
-        .execute(&mut admin)
-        .await?;
+    sqlx::raw_sql(&format!(
+        "ALTER DATABASE \"{name}\" ALLOW_CONNECTIONS false"
+    ))
+    .execute(&mut admin)
+    .await?;
     sqlx::query(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -684,7 +699,8 @@ pub async fn install_position_audit(pool: &PgPool) -> anyhow::Result<()> {
 /// What the position audit saw.
 #[derive(Debug, Default)]
 pub struct PositionAudit {
-    /// Claims (an epoch bump: a worker took a partition).
+    /// Claims after a partition's first (an epoch bump: a worker took the partition again; the first claim
+    /// inserts the row, which the update trigger does not see).
     pub claims: usize,
     /// Batch commits (a position write).
     pub writes: usize,
@@ -759,6 +775,8 @@ pub struct Figures {
     pub rollout_copies: usize,
     pub dead_letters: usize,
     pub log_rows: i64,
+    /// Relay deliveries to this harness's output and dead-letter topics that failed (and were retried).
+    pub relay_failures: u64,
     pub positions: PositionAudit,
 }
 
@@ -783,6 +801,14 @@ pub async fn settle_and_check(h: &Harness, load: &Load) -> anyhow::Result<Figure
         .fetch_one(h.pool())
         .await?;
     figures.positions = check_positions(h).await?;
+    figures.relay_failures = [&h.config.kafka.output_topic, &h.dead_letters]
+        .iter()
+        .map(|t| {
+            super::app::metric(&format!(
+                "cohort_relay_publish_failures_total{{topic=\"{t}\"}}"
+            ))
+        })
+        .sum::<f64>() as u64;
     Ok(figures)
 }
 
@@ -846,9 +872,9 @@ pub async fn check_published(h: &Harness) -> anyhow::Result<Figures> {
         let mut by_device: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for message in &messages {
             let id = outbox_id(message).context("a relayed message without its outbox id")?;
-            let (key, payload) = expected
-                .get(&id)
-                .with_context(|| format!("{topic}: message with outbox id {id} is in no outbox row"))?;
+            let (key, payload) = expected.get(&id).with_context(|| {
+                format!("{topic}: message with outbox id {id} is in no outbox row")
+            })?;
             anyhow::ensure!(
                 message.key.as_ref() == key.as_ref() && message.payload.as_ref() == Some(payload),
                 "{topic}: outbox row {id} was published with another key or payload"
@@ -881,7 +907,10 @@ fn outbox_id(message: &super::ConsumedMessage) -> Option<i64> {
 
 /// Each device's de-duplicated rollout events are numbered 1..=n in order, and the last names the stored
 /// target (and n is the stored target sequence).
-async fn check_rollouts(h: &Harness, by_device: &BTreeMap<String, Vec<Value>>) -> anyhow::Result<()> {
+async fn check_rollouts(
+    h: &Harness,
+    by_device: &BTreeMap<String, Vec<Value>>,
+) -> anyhow::Result<()> {
     let stored: Vec<(String, Option<String>, i64)> =
         sqlx::query_as("SELECT id, target_version, target_sequence FROM devices")
             .fetch_all(h.pool())
@@ -950,25 +979,29 @@ pub async fn advisory_offsets_match(h: &Harness) -> anyhow::Result<()> {
                 (config.clone(), topic.clone(), wanted.clone(), seen.clone());
             async move {
                 let partitions: Vec<i32> = wanted.keys().copied().collect();
-                let committed = blocking(Duration::from_secs(20), "fetch committed offsets", move || {
-                    let consumer: BaseConsumer = config.create()?;
-                    let mut tpl = TopicPartitionList::new();
-                    for partition in &partitions {
-                        tpl.add_partition(&topic, *partition);
-                    }
-                    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-                    Ok(committed
-                        .elements()
-                        .iter()
-                        .map(|e| {
-                            let offset = match e.offset() {
-                                Offset::Offset(o) => o,
-                                _ => -1,
-                            };
-                            (e.partition(), offset)
-                        })
-                        .collect::<BTreeMap<i32, i64>>())
-                })
+                let committed = blocking(
+                    Duration::from_secs(20),
+                    "fetch committed offsets",
+                    move || {
+                        let consumer: BaseConsumer = config.create()?;
+                        let mut tpl = TopicPartitionList::new();
+                        for partition in &partitions {
+                            tpl.add_partition(&topic, *partition);
+                        }
+                        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
+                        Ok(committed
+                            .elements()
+                            .iter()
+                            .map(|e| {
+                                let offset = match e.offset() {
+                                    Offset::Offset(o) => o,
+                                    _ => -1,
+                                };
+                                (e.partition(), offset)
+                            })
+                            .collect::<BTreeMap<i32, i64>>())
+                    },
+                )
                 .await?;
                 let done = committed == wanted;
                 if let Ok(mut s) = seen.lock() {
