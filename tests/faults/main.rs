@@ -170,7 +170,7 @@ async fn postgresql_restarted_mid_stream_and_down_during_a_rebalance_loses_nothi
     // 2. During a rebalance: a second worker joins, everything settles, the database goes away, and
     // the first worker leaves; the survivor is assigned both partitions while the database is down.
     h.add_worker().await?;
-    partitions_owned(&h, 2).await?;
+    settled(&h, 2).await?;
     all_processed(&h, &load).await?;
     match &control {
         Some(server) => server.run("stop").await?,
@@ -302,7 +302,7 @@ async fn the_group_coordinators_broker_down_and_back_loses_nothing() -> anyhow::
     let mut edits = Edits::new(&h).await?;
     edits.next(&h).await?;
     h.add_worker().await?;
-    partitions_owned(&h, 2).await?;
+    settled(&h, 2).await?;
     let mut load = Load::new(&h, 40, 0x5EED_0004)?;
     load.burst(200).await?;
     under_way(&h).await?;
@@ -449,7 +449,7 @@ async fn group_request_errors_lose_nothing_and_leave_kafkas_offsets_right() -> a
     let mut edits = Edits::new(&h).await?;
     edits.next(&h).await?;
     h.add_worker().await?;
-    partitions_owned(&h, 2).await?;
+    settled(&h, 2).await?;
     let mut load = Load::new(&h, 40, 0x5EED_0007)?;
     load.burst(150).await?;
     under_way(&h).await?;
