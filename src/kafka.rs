@@ -115,6 +115,13 @@ impl WorkerContext {
     }
 }
 
+/// How often every advisory offset is committed again, changed or not. The outcome of an asynchronous
+/// commit is never reported to the consumer (rust-rdkafka 0.39 submits it with no reply queue, so its
+/// commit callback is not invoked), so a commit that failed — coordinator down or moving, a rejoin under
+/// way — would otherwise leave Kafka's copy behind until the partition's position next changes: forever,
+/// at the end of a stream, and Kafka-side lag dashboards would show lag that is not there.
+const ADVISORY_REFRESH: Duration = Duration::from_secs(10);
+
 /// Bound on a seek (it waits for librdkafka's fetcher).
 const SEEK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -316,6 +323,7 @@ fn poll_loop(
     let mut held: std::collections::VecDeque<Polled> = std::collections::VecDeque::new();
     let mut waiting = false;
     let mut last_commit = Instant::now();
+    let mut last_refresh = Instant::now();
     let mut committed_sent: HashMap<i32, i64> = HashMap::new();
     // Partitions being re-fetched from an earlier offset after a gap, and from where.
     let mut seeking: HashMap<i32, i64> = HashMap::new();
@@ -423,6 +431,10 @@ fn poll_loop(
         shared.running.store(true, Ordering::SeqCst);
         if last_commit.elapsed() >= Duration::from_secs(1) {
             last_commit = Instant::now();
+            if last_refresh.elapsed() >= ADVISORY_REFRESH {
+                last_refresh = Instant::now();
+                committed_sent.clear();
+            }
             advisory_commit(&consumer, &topic, &shared, &mut committed_sent);
         }
     }
@@ -442,6 +454,7 @@ fn poll_loop(
 }
 
 /// Commits the offsets PostgreSQL already holds, so Kafka-side lag dashboards are right. Never read back.
+/// Only changed ones, except every [`ADVISORY_REFRESH`], when `sent` is cleared and all go again.
 fn advisory_commit(
     consumer: &BaseConsumer<WorkerContext>,
     topic: &str,

@@ -486,12 +486,24 @@ impl Pipeline {
             } => {
                 let mut offsets = Vec::new();
                 for partition in partitions {
-                    match self.assign(partition, generation).await {
-                        Ok(next_offset) => offsets.push((partition, next_offset)),
-                        Err(e) => {
-                            tracing::error!(partition, error = %e, "cannot take the partition")
+                    // A partition left out of the answer is not assigned by the callback, yet the group
+                    // counts it as ours: no worker would consume it until the next rebalance. So a failure
+                    // to take it (the database down, restarting or refusing connections) is retried until
+                    // it succeeds, like a batch.
+                    let mut backoff =
+                        Duration::from_millis(self.config.worker.retry_initial_backoff_ms);
+                    let max = Duration::from_millis(self.config.worker.retry_max_backoff_ms);
+                    let next_offset = loop {
+                        match self.assign(partition, generation).await {
+                            Ok(next_offset) => break next_offset,
+                            Err(e) => {
+                                tracing::warn!(partition, error = %e, backoff_ms = backoff.as_millis() as u64, "cannot take the partition; retrying");
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(max);
+                            }
                         }
-                    }
+                    };
+                    offsets.push((partition, next_offset));
                 }
                 let _ = reply.send(offsets);
             }

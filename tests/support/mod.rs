@@ -24,6 +24,7 @@ pub mod app;
 pub mod containers;
 pub mod db;
 pub mod docker;
+pub mod faults;
 pub mod http;
 pub mod kafka;
 
