@@ -134,6 +134,22 @@ impl From<StoreError> for ApiError {
                 ApiError::unavailable("The database is unavailable; retry later")
             }
             StoreError::UniqueViolation { .. } => ApiError::conflict("The resource already exists"),
+            // SQLSTATE class 22 (data exception): PostgreSQL refused a value the request carried, such as a
+            // string holding U+0000 (which neither text nor jsonb can store). The client's to fix, and the
+            // statement (and its transaction) did nothing.
+            StoreError::Permanent(sqlx::Error::Database(db))
+                if db.code().is_some_and(|c| c.starts_with("22")) =>
+            {
+                // 22021: a text value with a NUL byte; 22P05: a jsonb value with \u0000.
+                let hint = match db.code().as_deref() {
+                    Some("22021" | "22P05") => " (strings must not contain U+0000)",
+                    _ => "",
+                };
+                ApiError::bad_request(format!(
+                    "The request holds a value that cannot be stored{hint}: {}",
+                    db.message()
+                ))
+            }
             other => ApiError::internal(&other),
         }
     }

@@ -19,7 +19,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
-// mod api;
+mod api;
 mod events;
 mod raw;
 mod snapshot;
