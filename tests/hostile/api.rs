@@ -41,6 +41,9 @@ enum Want {
     Refused(u16, &'static str, String),
     /// This status, and these values at these JSON pointers of the answer.
     Accepted(u16, Vec<(&'static str, Value)>),
+    /// Refused by the HTTP layer (hyper) before any route runs: this 4xx, with no body (the API's error
+    /// shape cannot be given to a request that could not be parsed).
+    Protocol(u16),
 }
 
 #[derive(Clone, Debug)]
@@ -477,7 +480,7 @@ fn filter_limits(k: &Known) -> Vec<Case> {
 /// the right count by the linear-time one (dev-1 is 4000 × "a" then "!", dev-2 4000 × "a", dev-3 "xyz").
 fn catastrophic_regexes() -> Vec<Case> {
     let words: Vec<String> = (0..150).map(|i| format!("w{i:03}")).collect();
-    let alternation = format!("^({})$", words[..200.min(words.len())].join("|"));
+    let alternation = format!("^({})$", words.join("|"));
     let long_alternation = (0..260)
         .map(|i| format!("w{i:03}"))
         .collect::<Vec<_>>()
@@ -933,22 +936,25 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
     let uuid_error = "UUID";
     let mut cases: Vec<Case> = [
         // -- path tricks
-        (format!("/api/v1/groups/not-a-uuid"), bad(uuid_error)),
-        (format!("/api/v1/groups/.."), bad(uuid_error)),
-        (format!("/api/v1/groups/%2e%2e"), bad(uuid_error)),
+        ("/api/v1/groups/not-a-uuid".to_string(), bad(uuid_error)),
+        ("/api/v1/groups/..".to_string(), bad(uuid_error)),
+        ("/api/v1/groups/%2e%2e".to_string(), bad(uuid_error)),
         (
-            format!("/api/v1/groups/%2e%2e/%2e%2e/orgs"),
+            "/api/v1/groups/%2e%2e/%2e%2e/orgs".to_string(),
             not_found("No such route"),
         ),
-        (format!("/api/v1/../v1/groups"), not_found("No such route")),
-        (format!("/api/v1//groups"), not_found("No such route")),
+        (
+            "/api/v1/../v1/groups".to_string(),
+            not_found("No such route"),
+        ),
+        ("/api/v1//groups".to_string(), not_found("No such route")),
         (format!("/api/v1/groups/{g}%00"), bad(uuid_error)),
         (format!("/api/v1/groups/{g}%2fmembers"), bad(uuid_error)),
         (
             format!("/api/v1/groups/{}", "f".repeat(10_000)),
             bad(uuid_error),
         ),
-        (format!("/api/v1/groups/'%20OR%201=1--"), bad(uuid_error)),
+        ("/api/v1/groups/'%20OR%201=1--".to_string(), bad(uuid_error)),
         (
             format!("/api/v1/groups/{nil}"),
             not_found("Group not found"),
@@ -965,80 +971,80 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
             format!("/api/v1/groups/{}/membership-log", k.other_group),
             not_found("Group not found"),
         ),
-        (format!("/api/v1/devices/%00"), bad("U+0000")),
-        (format!("/api/v1/devices/dev-1%00"), bad("U+0000")),
+        ("/api/v1/devices/%00".to_string(), bad("U+0000")),
+        ("/api/v1/devices/dev-1%00".to_string(), bad("U+0000")),
         (
-            format!("/api/v1/devices/..%2f..%2fetc%2fpasswd"),
+            "/api/v1/devices/..%2f..%2fetc%2fpasswd".to_string(),
             not_found("Device not found"),
         ),
         (
-            format!("/api/v1/devices/a%2Fb"),
+            "/api/v1/devices/a%2Fb".to_string(),
             not_found("Device not found"),
         ),
         (
-            format!("/api/v1/devices/%F0%9F%92%A9"),
+            "/api/v1/devices/%F0%9F%92%A9".to_string(),
             not_found("Device not found"),
         ),
-        (format!("/api/v1/devices/%ff"), bad("UTF-8")),
+        ("/api/v1/devices/%ff".to_string(), bad("UTF-8")),
         (
             format!("/api/v1/devices/{}", "d".repeat(8_000)),
             not_found("Device not found"),
         ),
         (
-            format!("/api/v1/devices/'%20OR%20'1'='1"),
+            "/api/v1/devices/'%20OR%20'1'='1".to_string(),
             not_found("Device not found"),
         ),
         (
-            format!("/api/v1/devices/oth-1"),
+            "/api/v1/devices/oth-1".to_string(),
             not_found("Device not found"),
         ),
         // -- query parameters
         (
-            format!("/api/v1/groups?limit=0"),
+            "/api/v1/groups?limit=0".to_string(),
             bad("limit must be from 1 to 1000, got 0"),
         ),
         (
-            format!("/api/v1/groups?limit=1001"),
+            "/api/v1/groups?limit=1001".to_string(),
             bad("limit must be from 1 to 1000, got 1001"),
         ),
         (
-            format!("/api/v1/groups?limit=-1"),
+            "/api/v1/groups?limit=-1".to_string(),
             bad("limit must be from 1 to 1000, got -1"),
         ),
-        (format!("/api/v1/groups?limit=abc"), bad("limit")),
-        (format!("/api/v1/groups?limit=1e3"), bad("limit")),
+        ("/api/v1/groups?limit=abc".to_string(), bad("limit")),
+        ("/api/v1/groups?limit=1e3".to_string(), bad("limit")),
         (
-            format!("/api/v1/groups?limit=99999999999999999999"),
+            "/api/v1/groups?limit=99999999999999999999".to_string(),
             bad("limit"),
         ),
         (
-            format!("/api/v1/groups?offset=-1"),
+            "/api/v1/groups?offset=-1".to_string(),
             bad("offset must be 0 or more, got -1"),
         ),
         (
-            format!("/api/v1/groups?offset=9223372036854775808"),
+            "/api/v1/groups?offset=9223372036854775808".to_string(),
             bad("offset"),
         ),
         (
-            format!("/api/v1/groups?limit=1&limit=2"),
+            "/api/v1/groups?limit=1&limit=2".to_string(),
             bad("duplicate field `limit`"),
         ),
         (
-            format!("/api/v1/groups?colour=red"),
+            "/api/v1/groups?colour=red".to_string(),
             bad("unknown field `colour`"),
         ),
         (
-            format!("/api/v1/groups?type=%27%20OR%20%271%27=%271"),
+            "/api/v1/groups?type=%27%20OR%20%271%27=%271".to_string(),
             bad("type must be static or dynamic"),
         ),
-        (format!("/api/v1/groups?parentId=nope"), bad("parentId")),
+        ("/api/v1/groups?parentId=nope".to_string(), bad("parentId")),
         (
-            format!("/api/v1/groups?orgId=other"),
+            "/api/v1/groups?orgId=other".to_string(),
             not_found("Org not found"),
         ),
-        (format!("/api/v1/groups?search=%00"), bad("U+0000")),
-        (format!("/api/v1/groups?tags=a,%00"), bad("U+0000")),
-        (format!("/api/v1/groups?siteId=%00"), bad("U+0000")),
+        ("/api/v1/groups?search=%00".to_string(), bad("U+0000")),
+        ("/api/v1/groups?tags=a,%00".to_string(), bad("U+0000")),
+        ("/api/v1/groups?siteId=%00".to_string(), bad("U+0000")),
         (
             format!("/api/v1/groups/{g}/members?limit=1001"),
             bad("limit must be from 1 to 1000"),
@@ -1064,11 +1070,11 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
             bad("U+0000"),
         ),
         (
-            format!("/api/v1/releases?includeWithdrawn=maybe"),
+            "/api/v1/releases?includeWithdrawn=maybe".to_string(),
             bad("includeWithdrawn"),
         ),
         (
-            format!("/api/v1/releases?orgId=other"),
+            "/api/v1/releases?orgId=other".to_string(),
             not_found("Org not found"),
         ),
     ]
@@ -1196,6 +1202,31 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
             Key::Acme,
             Request::new("BREW", "/api/v1/groups"),
             refused(405, "bad_request", "Method not allowed"),
+        ),
+        // -- requests the HTTP layer cannot parse
+        case(
+            "a raw non-ASCII byte in the path",
+            Key::Acme,
+            Request::new("GET", b"/api/v1/devices/\xff".to_vec()),
+            Want::Protocol(400),
+        ),
+        case(
+            "a raw NUL byte in the path",
+            Key::Acme,
+            Request::new("GET", b"/api/v1/devices/\x00".to_vec()),
+            Want::Protocol(400),
+        ),
+        case(
+            "a path of 70 KB",
+            Key::Acme,
+            get(format!("/api/v1/devices/{}", "d".repeat(70_000))),
+            Want::Protocol(414),
+        ),
+        case(
+            "a header of 500 KB",
+            Key::Acme,
+            get("/api/v1/groups").header("x-padding", &"p".repeat(500_000)),
+            Want::Protocol(431),
         ),
         // -- keys
         case(
@@ -1371,6 +1402,13 @@ fn check(case: &Case, reply: &Reply) -> Result<(), String> {
                     problems.join("; "),
                     reply.describe()
                 ))
+            }
+        }
+        Want::Protocol(status) => {
+            if reply.status == *status {
+                Ok(())
+            } else {
+                Err(format!("answered {}, expected {status}", reply.describe()))
             }
         }
         Want::Accepted(status, checks) => {
