@@ -163,7 +163,20 @@ impl From<GroupError> for ApiError {
                     .iter()
                     .map(|e| json!({"path": e.path, "message": e.message}))
                     .collect();
-                ApiError::bad_request("Invalid filter").with_details(details)
+                // The first problem in the message itself (path and what is wrong, e.g. the limit it
+                // exceeds), so a client that shows only the message still says what to fix.
+                let message = match errors.as_slice() {
+                    [] => "Invalid filter".to_string(),
+                    [only] => format!("Invalid filter: {}: {}", only.path, only.message),
+                    [first, rest @ ..] => format!(
+                        "Invalid filter: {}: {} (and {} more problem{}, see details)",
+                        first.path,
+                        first.message,
+                        rest.len(),
+                        if rest.len() == 1 { "" } else { "s" }
+                    ),
+                };
+                ApiError::bad_request(message).with_details(details)
             }
             GroupError::NameTaken => {
                 ApiError::conflict("A group with this name already exists in the org")

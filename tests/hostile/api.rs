@@ -454,13 +454,13 @@ fn filter_limits(k: &Known) -> Vec<Case> {
                 "/api/v1/groups",
                 json!({"name": format!("past {limit}"), "filterConditions": past}),
             ),
-            bad(text.clone()),
+            bad(format!("Invalid filter: {text}")),
         ));
         cases.push(case(
             format!("{limit}: one past, previewed"),
             Key::Acme,
             post("/api/v1/groups/preview", json!({"filterConditions": past})),
-            bad(text.clone()),
+            bad(format!("Invalid filter: {text}")),
         ));
         cases.push(case(
             format!("{limit}: one past, as an update"),
@@ -470,7 +470,7 @@ fn filter_limits(k: &Known) -> Vec<Case> {
                 format!("/api/v1/groups/{}", k.dynamic),
                 json!({"filterConditions": past}).to_string(),
             ),
-            bad(text),
+            bad(format!("Invalid filter: {text}")),
         ));
     }
     cases
