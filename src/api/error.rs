@@ -134,6 +134,22 @@ impl From<StoreError> for ApiError {
                 ApiError::unavailable("The database is unavailable; retry later")
             }
             StoreError::UniqueViolation { .. } => ApiError::conflict("The resource already exists"),
+            // SQLSTATE class 22 (data exception): PostgreSQL refused a value the request carried, such as a
+            // string holding U+0000 (which neither text nor jsonb can store). The client's to fix, and the
+            // statement (and its transaction) did nothing.
+            StoreError::Permanent(sqlx::Error::Database(db))
+                if db.code().is_some_and(|c| c.starts_with("22")) =>
+            {
+                // 22021: a text value with a NUL byte; 22P05: a jsonb value with \u0000.
+                let hint = match db.code().as_deref() {
+                    Some("22021" | "22P05") => " (strings must not contain U+0000)",
+                    _ => "",
+                };
+                ApiError::bad_request(format!(
+                    "The request holds a value that cannot be stored{hint}: {}",
+                    db.message()
+                ))
+            }
             other => ApiError::internal(&other),
         }
     }
@@ -147,7 +163,20 @@ impl From<GroupError> for ApiError {
                     .iter()
                     .map(|e| json!({"path": e.path, "message": e.message}))
                     .collect();
-                ApiError::bad_request("Invalid filter").with_details(details)
+                // The first problem in the message itself (path and what is wrong, e.g. the limit it
+                // exceeds), so a client that shows only the message still says what to fix.
+                let message = match errors.as_slice() {
+                    [] => "Invalid filter".to_string(),
+                    [only] => format!("Invalid filter: {}: {}", only.path, only.message),
+                    [first, rest @ ..] => format!(
+                        "Invalid filter: {}: {} (and {} more problem{}, see details)",
+                        first.path,
+                        first.message,
+                        rest.len(),
+                        if rest.len() == 1 { "" } else { "s" }
+                    ),
+                };
+                ApiError::bad_request(message).with_details(details)
             }
             GroupError::NameTaken => {
                 ApiError::conflict("A group with this name already exists in the org")

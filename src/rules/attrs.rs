@@ -263,6 +263,12 @@ fn checked_string(name: &str, s: &str) -> Result<Box<str>, String> {
         Err(format!(
             "Value for field {name} is too long (maximum {MAX_STRING_BYTES} bytes)"
         ))
+    } else if s.contains('\0') {
+        // Device documents are stored as jsonb, which cannot hold U+0000: accepting one here would make
+        // every write of the device fail, and the worker retry its batch forever.
+        Err(format!(
+            "Value for field {name} contains U+0000 (NUL), which cannot be stored"
+        ))
     } else {
         Ok(s.into())
     }
@@ -330,6 +336,18 @@ mod tests {
             ]
         );
         assert!(errors.iter().any(|e| e.message == "Unknown field: nope"));
+    }
+
+    #[test]
+    fn a_nul_character_is_refused_in_strings_and_list_items() {
+        let errors = parse(json!({
+            "hostname": "a\u{0}b", "tags": ["ok", "\u{0}"], "custom.note": "\u{0}", "displayName": "fine"
+        }))
+        .unwrap_err();
+        let mut fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        fields.sort();
+        assert_eq!(fields, ["custom.note", "hostname", "tags"]);
+        assert!(errors.iter().all(|e| e.message.contains("U+0000")));
     }
 
     #[test]

@@ -959,6 +959,18 @@ impl Work<'_> {
         // Find the device: in the batch, held, read from the database for this batch, or new.
         let mut evaluate_all = false;
         if !self.devices.contains_key(id) && !self.partition.devices.contains_key(id) {
+            // A device stored under another partition is taken over (re-homed) only by an event that applies
+            // to it: one of another org, or not newer than the stored device, is refused or skipped without
+            // moving the device (else a misrouted or replayed event would steal it from its owner).
+            if let Some(stored) = foreign.get(id) {
+                if *stored.org != *event.org_id {
+                    let owner = stored.org.clone();
+                    return self.org_mismatch(record, event, &owner);
+                }
+                if event.sequence <= stored.sequence {
+                    return self.skip(event.sequence, stored.sequence);
+                }
+            }
             let (original, device) = match foreign.remove(id) {
                 Some(device) => {
                     self.stats.rehomed += 1;
@@ -976,12 +988,8 @@ impl Work<'_> {
             return self.org_mismatch(record, event, &owner);
         }
         if event.sequence <= current.sequence {
-            if event.sequence == current.sequence {
-                self.stats.duplicates += 1;
-            } else {
-                self.stats.stale += 1;
-            }
-            return;
+            let current = current.sequence;
+            return self.skip(event.sequence, current);
         }
         self.stats.applied += 1;
         let now = self.ctx.now;
@@ -1078,6 +1086,15 @@ impl Work<'_> {
         self.causes.insert(id.into(), cause.clone());
         for slot in dynamic {
             self.reconcile_held(id, *slot, &cause);
+        }
+    }
+
+    /// Counts an event whose `sequence` is not above the device's `current` one: a duplicate or stale.
+    fn skip(&mut self, sequence: i64, current: i64) {
+        if sequence == current {
+            self.stats.duplicates += 1;
+        } else {
+            self.stats.stale += 1;
         }
     }
 

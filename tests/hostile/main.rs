@@ -1,0 +1,25 @@
+//! Hostile input: a corpus of bad events produced to the input topic, and a corpus of bad requests sent to
+//! the REST API. Every case has a name and the outcome the contract promises for it; each test then checks
+//! that the service keeps serving and that nothing already stored changed.
+//!
+//! - [`events`]: malformed, truncated, non-UTF-8, wrong-typed, oversize and deeply nested events; key and
+//!   header tricks; unknown and mismatched orgs; absurd sequences and timestamps. Each refused case must
+//!   produce exactly one dead letter with the expected reason (headers, body, metric); each case the
+//!   contract accepts is applied to a device of its own; stale and duplicate events change nothing.
+//! - [`api`]: the same kinds of bad input on every route family, plus bodies over `api.max_body_bytes`,
+//!   path tricks, SQL-like strings, out-of-range query parameters, catastrophic-looking regexes, and filters
+//!   at and one past every limit of `cohort::rules::filter`. Every refused case must answer a 4xx (never a
+//!   5xx, never a hang) in the API's error shape with a clear message.
+//! - [`raw`]: a raw HTTP/1.1 client, so requests can carry what a well-behaved client library would refuse
+//!   to send (bad content types, broken bodies, odd paths).
+//! - [`snapshot`]: the stored tables, to prove a corpus changed nothing it may not.
+//!
+//! See `docs/hostile-input.md` for the categories and counts.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod api;
+mod events;
+mod raw;
+mod snapshot;
