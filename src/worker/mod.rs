@@ -363,7 +363,14 @@ impl Pipeline {
         tokio::pin!(shutdown);
         let tick = Duration::from_millis(self.config.worker.batch_max_wait_ms.clamp(5, 100));
         let mut completions = self.completions.take().expect("present until run");
+        // After the control log could not be read or listened to (the database is away), neither is tried
+        // again before this instant: capped exponential backoff instead of a reconnect on every tick.
+        let initial_backoff = Duration::from_millis(self.config.worker.retry_initial_backoff_ms);
+        let max_backoff = Duration::from_millis(self.config.worker.retry_max_backoff_ms);
+        let mut control_backoff = initial_backoff;
+        let mut control_quiet_until: Option<Instant> = None;
         loop {
+            let control_quiet = control_quiet_until.is_some_and(|t| Instant::now() < t);
             let mut rebalances = self.rebalances.take().expect("present while running");
             tokio::select! {
                 biased;
@@ -394,14 +401,17 @@ impl Pipeline {
                 }
                 notified = async {
                     match listener.as_mut() {
-                        Some(l) => l.recv().await.map(|_| ()),
-                        None => std::future::pending().await,
+                        Some(l) if !control_quiet => l.recv().await.map(|_| ()),
+                        _ => std::future::pending().await,
                     }
                 } => {
                     self.rebalances = Some(rebalances);
-                    if notified.is_err() {
-                        // The listener reconnects on its own; catch up in case a notification was missed.
-                        tracing::warn!("control-log listener interrupted");
+                    if let Err(e) = notified {
+                        // The listener reconnects on its own, at its next use (after the backoff); catch up
+                        // then in case a notification was missed.
+                        tracing::warn!(error = %e, backoff_ms = control_backoff.as_millis() as u64, "control-log listener interrupted");
+                        control_quiet_until = Some(Instant::now() + control_backoff);
+                        control_backoff = (control_backoff * 2).min(max_backoff);
                     }
                     self.control_dirty = true;
                 }
@@ -409,14 +419,25 @@ impl Pipeline {
                     self.rebalances = Some(rebalances);
                 }
             }
-            if listener.is_none() {
-                listener = self.listen().await;
-            }
-            if self.control_dirty {
-                if let Err(e) = self.refresh_control().await {
-                    tracing::warn!(error = %e, "cannot read the control log; will retry");
+            if !control_quiet_until.is_some_and(|t| Instant::now() < t) {
+                if listener.is_none() {
+                    listener = self.listen().await;
+                }
+                let mut failed = listener.is_none();
+                if self.control_dirty {
+                    if let Err(e) = self.refresh_control().await {
+                        tracing::warn!(error = %e, backoff_ms = control_backoff.as_millis() as u64, "cannot read the control log; will retry");
+                        failed = true;
+                    } else {
+                        self.control_dirty = false;
+                    }
+                }
+                if failed {
+                    control_quiet_until = Some(Instant::now() + control_backoff);
+                    control_backoff = (control_backoff * 2).min(max_backoff);
                 } else {
-                    self.control_dirty = false;
+                    control_quiet_until = None;
+                    control_backoff = initial_backoff;
                 }
             }
             self.flush_ready(false).await;
