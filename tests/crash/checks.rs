@@ -73,7 +73,10 @@ pub async fn outstanding(
 
 /// Attributes in the form the worker stores them (numbers as floats, enums and datetimes normalised), so
 /// the fold and the stored row compare equal when they mean the same.
-fn canonical(attributes: &Map<String, Value>, catalogue: &Catalogue) -> anyhow::Result<Map<String, Value>> {
+fn canonical(
+    attributes: &Map<String, Value>,
+    catalogue: &Catalogue,
+) -> anyhow::Result<Map<String, Value>> {
     Ok(Attributes::from_json(attributes, catalogue)
         .map_err(|e| anyhow::anyhow!("attributes do not parse: {e:?}"))?
         .to_json(catalogue))
@@ -81,7 +84,11 @@ fn canonical(attributes: &Map<String, Value>, catalogue: &Catalogue) -> anyhow::
 
 /// (a, part 1) Every device's stored attributes, sequence, development flag and lock equal the fold of the
 /// events sent (and the API settings made); no device exists that was never sent.
-pub async fn check_devices(pool: &PgPool, model: &Model, catalogue: &Catalogue) -> anyhow::Result<usize> {
+pub async fn check_devices(
+    pool: &PgPool,
+    model: &Model,
+    catalogue: &Catalogue,
+) -> anyhow::Result<usize> {
     type Row = (String, Value, i64, bool, Option<String>);
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, attributes, sequence, is_development, firmware_lock FROM devices WHERE org_id = $1",
@@ -96,7 +103,10 @@ pub async fn check_devices(pool: &PgPool, model: &Model, catalogue: &Catalogue) 
         let id = Model::device_id(index);
         let Some((_, attributes, sequence, development, lock)) = stored.remove(&id) else {
             if device.applied > 0 {
-                differences.push(format!("{id}: not stored, expected sequence {}", device.applied));
+                differences.push(format!(
+                    "{id}: not stored, expected sequence {}",
+                    device.applied
+                ));
             }
             continue;
         };
@@ -122,12 +132,21 @@ pub async fn check_devices(pool: &PgPool, model: &Model, catalogue: &Catalogue) 
             ));
         }
     }
-    differences.extend(stored.keys().map(|id| format!("{id}: stored but never sent")));
+    differences.extend(
+        stored
+            .keys()
+            .map(|id| format!("{id}: stored but never sent")),
+    );
     anyhow::ensure!(
         differences.is_empty(),
         "{} device(s) differ from the fold of the events sent, e.g.:\n{}",
         differences.len(),
-        differences.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        differences
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     Ok(checked)
 }
@@ -227,6 +246,25 @@ pub async fn check_memberships(
     Ok(stored.len())
 }
 
+/// The live releases (those of live groups, and the default) are the ones the model released and did not
+/// withdraw, so the targets the oracle resolves from them rest on what the test did.
+pub async fn check_releases(pool: &PgPool, model: &Model) -> anyhow::Result<usize> {
+    let live: BTreeSet<Uuid> = sqlx::query_scalar(
+        "SELECT r.id FROM firmware_releases r LEFT JOIN device_groups g ON g.id = r.group_id \
+         WHERE r.withdrawn_at IS NULL AND (r.group_id IS NULL OR g.deleted_at IS NULL)",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let expected: BTreeSet<Uuid> = model.releases.values().copied().collect();
+    anyhow::ensure!(
+        live == expected,
+        "live releases {live:?} differ from the model's {expected:?}"
+    );
+    Ok(live.len())
+}
+
 /// (b) No two membership-log rows with the same group, device, action and cause; returns the row count.
 pub async fn check_log(pool: &PgPool) -> anyhow::Result<i64> {
     let duplicates: Vec<(Uuid, String, String, Value, i64)> = sqlx::query_as(
@@ -239,9 +277,11 @@ pub async fn check_log(pool: &PgPool) -> anyhow::Result<i64> {
         duplicates.is_empty(),
         "duplicate membership-log rows (group, device, action, cause, copies): {duplicates:?}"
     );
-    Ok(sqlx::query_scalar("SELECT count(*) FROM group_membership_log")
-        .fetch_one(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM group_membership_log")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// One rollout-target event, as written to the outbox or read from the topic.
@@ -305,7 +345,10 @@ pub async fn check_rollouts(
             "outbox row of {} has key {key:?}",
             event.device
         );
-        recorded.entry(event.device.clone()).or_default().push(event);
+        recorded
+            .entry(event.device.clone())
+            .or_default()
+            .push(event);
     }
     let targets: Vec<(String, Option<String>, i64)> =
         sqlx::query_as("SELECT id, target_version, target_sequence FROM devices")
@@ -350,7 +393,12 @@ pub async fn check_rollouts(
         problems.is_empty(),
         "{} problem(s) with the recorded rollout events, e.g.:\n{}",
         problems.len(),
-        problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+        problems
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 
     let by_id: HashMap<&str, &Rollout> = recorded
@@ -361,7 +409,10 @@ pub async fn check_rollouts(
     let mut first: HashMap<String, Rollout> = HashMap::new();
     let mut order: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     for message in messages {
-        let payload = message.payload.as_deref().context("a tombstone on the rollout topic")?;
+        let payload = message
+            .payload
+            .as_deref()
+            .context("a tombstone on the rollout topic")?;
         let event = parse_rollout(payload)?;
         anyhow::ensure!(
             message.header("ce_id") == Some(event.id.as_bytes())
@@ -395,10 +446,16 @@ pub async fn check_rollouts(
             "event {} on the topic differs from its outbox row",
             event.id
         );
-        order.entry(event.device.clone()).or_default().push(event.sequence);
+        order
+            .entry(event.device.clone())
+            .or_default()
+            .push(event.sequence);
         first.insert(event.id.clone(), event);
     }
-    let missing: Vec<&&str> = by_id.keys().filter(|id| !first.contains_key(**id)).collect();
+    let missing: Vec<&&str> = by_id
+        .keys()
+        .filter(|id| !first.contains_key(**id))
+        .collect();
     anyhow::ensure!(
         missing.is_empty(),
         "{} recorded rollout event(s) never reached the topic, e.g. {:?}",

@@ -5,7 +5,7 @@
 //! # What runs
 //! - The broker is librdkafka's mock cluster hosted in this test process ([`support::TestKafka::mock`]),
 //!   reachable from the children on loopback; the database is a fresh [`support::TestDatabase`]. The input
-//!   topic has 4 partitions, the rollout-target topic 2.
+//!   and rollout-target topics have 4 partitions each.
 //! - Three children run `env!("CARGO_BIN_EXE_cohort")`, configured only through `COHORT_*` variables:
 //!   two `cohort worker` processes in one consumer group (`worker.embedded_relay` and `worker.embedded_api`
 //!   false, a 2 s Kafka session so a killed member's partitions move on soon), and one `cohort relay`. Each
@@ -19,19 +19,22 @@
 //!   duplicates of the device's last event and 2% are stale (a sequence already sent), which must change
 //!   nothing. A fifth of the devices also carry `development` / `firmwareLock` in their events. Events are
 //!   produced in chunks of [`CHUNK`] by an idempotent producer (so each partition keeps the send order), and
-//!   the driver keeps at most [`WINDOW`] of them unprocessed, so the stream and the kills overlap.
+//!   the driver keeps at most [`WINDOW`] of them unprocessed, so the stream and the kills overlap (and the
+//!   mock broker, which keeps only 5 MiB per partition, never prunes an unread input).
 //! - Between chunks, operator actions through the store functions the REST API calls: create dynamic
 //!   groups, change their filters, delete them; pin and unpin devices; add and remove static members;
 //!   release firmware to groups and as the org default, and withdraw releases; set another fifth of the
 //!   devices' development flag and lock through the API (`device_settings`).
 //!
 //! # What is killed, and when
-//! A killer task sleeps a random 0.15–1.2 s, then SIGKILLs (`Child::start_kill`) worker 0, worker 1 or the
-//! relay (30% each), or both workers together (10%); it waits a random 0–0.6 s and
-//! starts the victims again. Kills land anywhere: mid-batch, mid-commit, mid-rebalance, during start-up and
-//! migration checks, mid-publish between the broker's acknowledgement and the outbox update. The run goes on
-//! until both the event count and the kill count are reached. A child that exits without being killed fails
-//! the test.
+//! The stream is cut into as many equal stretches of events as kills are wanted, and a killer task delivers
+//! one SIGKILL (`Child::start_kill`) at a random point of each: to worker 0 or worker 1 (30% each), to the
+//! relay (30%), or to both workers at once (10%). It then waits a random 0–0.6 s and starts the victims
+//! again. Tying kills to the stream's progress spreads them over the whole stream at any machine speed. They
+//! land anywhere: mid-batch, mid-commit, mid-rebalance (each worker kill makes the group rebalance twice:
+//! when the dead member's 2 s session expires and when its successor joins), during start-up, and in the
+//! relay between the broker's acknowledgement and the outbox update. The run goes on until both the event
+//! count and the kill count are reached. A child that exits without being killed fails the test.
 //!
 //! # What is checked, after the stream
 //! First the run must settle (bounded wait): every input partition's stored position covers its last
@@ -39,15 +42,17 @@
 //! - (a) every device's stored attributes, sequence, development flag and lock equal the fold of the events
 //!   sent (honouring sequences: an event applies only above the device's sequence) and of the API settings;
 //!   memberships equal the filters evaluated on those folded attributes, plus the pins as the model has
-//!   them, plus the static members the API reported; then every pin is released and, once settled again,
+//!   them, plus the static members the API reported; the live releases are the model's; then every pin is
+//!   released, the memberships are compared again and, once settled,
 //!   the from-scratch oracle shared with the other suites ([`support::app::check_oracle`]: memberships from
 //!   stored attributes, the log agreeing with the memberships, every stored firmware target equal to its
 //!   resolution from memberships and live releases);
 //! - (b) no two membership-log rows share group, device, action and cause;
 //! - (c) the rollout events recorded in PostgreSQL (the outbox rows written with each change, numbered by
 //!   `devices.target_sequence`) form an unbroken chain per device ending at its stored target; the
-//!   rollout-target topic read from the start and de-duplicated by event id holds exactly those events, none
-//!   missing, none extra, byte for byte, and per device in sequence order;
+//!   rollout-target topic, followed from offset 0 during the whole run by a reader without gaps
+//!   ([`topic::TopicReader`]) and de-duplicated by event id, holds exactly those events, none missing, none
+//!   extra, byte for byte, and per device in sequence order;
 //! - and no valid event was dead-lettered.
 //!
 //! # Commands
@@ -134,12 +139,11 @@ impl Sizes {
 
 fn env_u64(name: &str) -> anyhow::Result<Option<u64>> {
     match std::env::var(name) {
-        Ok(value) => Ok(Some(
-            value
-                .trim()
-                .parse()
-                .with_context(|| format!("{name}={value:?} is not a whole number"))?,
-        )),
+        Ok(value) => {
+            Ok(Some(value.trim().parse().with_context(|| {
+                format!("{name}={value:?} is not a whole number")
+            })?))
+        }
         Err(_) => Ok(None),
     }
 }
@@ -314,6 +318,7 @@ async fn drive(run: &Run, sizes: &Sizes, started: Instant) -> anyhow::Result<Str
     let now = chrono::Utc::now().timestamp_millis();
     let devices = checks::check_devices(pool, &model, &catalogue).await?;
     let memberships = checks::check_memberships(pool, &model, &catalogue, now).await?;
+    let releases = checks::check_releases(pool, &model).await?;
     let pins = model.pins.len();
     ops::unpin_all(pool, &mut model).await?;
     settle(run, &ends).await?;
@@ -336,7 +341,7 @@ async fn drive(run: &Run, sizes: &Sizes, started: Instant) -> anyhow::Result<Str
          - kills: {} in total ({}); starts: worker-0 {}, worker-1 {}, relay {}\n\
          - operator actions: {} groups created, {} filters changed, {} groups deleted, {} pins, {} unpins, \
            {} static adds, {} static removes, {} group releases, {} default releases, {} withdrawals, \
-           {} device settings; {pins} pins held at the end\n\
+           {} device settings; {pins} pins and {releases} live releases at the end\n\
          - checked: {devices} devices, {memberships} memberships, {log_rows} log rows, {} rollout events \
            for {} devices ({} messages on the topic)",
         started.elapsed(),

@@ -219,9 +219,7 @@ impl Model {
                 event["development"] = json!(development);
             }
             if rng.chance(10) {
-                let value = rng
-                    .chance(60)
-                    .then(|| rng.pick(VERSIONS).to_string());
+                let value = rng.chance(60).then(|| rng.pick(VERSIONS).to_string());
                 event["firmwareLock"] = json!(value);
                 lock = Some(value);
             }

@@ -67,7 +67,11 @@ fn pick_set<T: Clone>(rng: &mut Rng, items: impl IntoIterator<Item = T>) -> Opti
 }
 
 /// A device the worker has stored (pins and settings only apply to devices a worker holds).
-async fn stored_device(pool: &PgPool, rng: &mut Rng, model: &Model) -> anyhow::Result<Option<String>> {
+async fn stored_device(
+    pool: &PgPool,
+    rng: &mut Rng,
+    model: &Model,
+) -> anyhow::Result<Option<String>> {
     let id = Model::device_id(rng.below(model.devices.len() as u64) as usize);
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM devices WHERE id = $1")
         .bind(&id)
@@ -137,7 +141,11 @@ pub async fn random_action(
                 let change = members::add_static(pool, ORG, group, &ids, &actor)
                     .await
                     .context("failed to add static members")?;
-                model.statics.entry(group).or_default().extend(change.changed);
+                model
+                    .statics
+                    .entry(group)
+                    .or_default()
+                    .extend(change.changed);
                 model.counts.static_adds += 1;
             } else {
                 let current: Vec<String> = model.statics[&group].iter().cloned().collect();

@@ -70,7 +70,11 @@ impl Proc {
 
     /// Starts the process with `env` (plus a fresh `COHORT_HTTP_LISTEN`).
     pub fn start(&mut self, env: &BTreeMap<String, String>) -> anyhow::Result<()> {
-        anyhow::ensure!(self.child.is_none(), "{} is already running", self.role.name());
+        anyhow::ensure!(
+            self.child.is_none(),
+            "{} is already running",
+            self.role.name()
+        );
         self.starts += 1;
         let mut log = OpenOptions::new()
             .create(true)

@@ -30,7 +30,10 @@ impl TopicReader {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             // Never joins the group (it only assigns), but librdkafka wants a group id on a consumer.
-            .set("group.id", format!("crash-reader-{}", super::support::random_suffix()))
+            .set(
+                "group.id",
+                format!("crash-reader-{}", super::support::random_suffix()),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -93,27 +96,24 @@ fn read(
                 "the reader did not reach the end of {topic} ({high:?}) within {FINISH_LIMIT:?}; at {next:?}"
             );
         }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                // Copied at once: no borrowed message outlives this arm (a live one would hang the drop).
-                let owned = ConsumedMessage::from_message(&message);
-                drop(message);
-                let expected = next.get_mut(&owned.partition).with_context(|| {
-                    format!("a message from unknown partition {}", owned.partition)
-                })?;
-                anyhow::ensure!(
-                    owned.offset == *expected,
-                    "{topic}/{}: read offset {} where {} was expected — the log was pruned before it \
+        // An error is transient for a reader (the broker is in-process and never goes away here).
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(100)) {
+            // Copied at once: no borrowed message outlives this block (a live one would hang the drop).
+            let owned = ConsumedMessage::from_message(&message);
+            drop(message);
+            let expected = next
+                .get_mut(&owned.partition)
+                .with_context(|| format!("a message from unknown partition {}", owned.partition))?;
+            anyhow::ensure!(
+                owned.offset == *expected,
+                "{topic}/{}: read offset {} where {} was expected — the log was pruned before it \
                      was read (the mock broker keeps 5 MiB per partition)",
-                    owned.partition,
-                    owned.offset,
-                    expected
-                );
-                *expected += 1;
-                messages.push(owned);
-            }
-            // Transient for a reader (the broker is in-process and never goes away here).
-            Some(Err(_)) | None => {}
+                owned.partition,
+                owned.offset,
+                expected
+            );
+            *expected += 1;
+            messages.push(owned);
         }
     }
     drop(consumer);

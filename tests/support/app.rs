@@ -374,8 +374,8 @@ pub async fn check_oracle_with(
         .await?;
     let mut expected = BTreeSet::new();
     for (group, filter) in &groups {
-        let compiled = cohort::rules::compile(filter, catalogue)
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let compiled =
+            cohort::rules::compile(filter, catalogue).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         for (device, attributes) in &devices {
             let attrs = cohort::rules::Attributes::from_json(
                 attributes
@@ -415,11 +415,10 @@ pub async fn check_oracle_with(
         missing.is_empty() && extra.is_empty(),
         "memberships differ from the oracle: missing {missing:?}, extra {extra:?}"
     );
-    let log: Vec<(Uuid, String, String)> = sqlx::query_as(
-        "SELECT group_id, device_id, action FROM group_membership_log ORDER BY id",
-    )
-    .fetch_all(pool)
-    .await?;
+    let log: Vec<(Uuid, String, String)> =
+        sqlx::query_as("SELECT group_id, device_id, action FROM group_membership_log ORDER BY id")
+            .fetch_all(pool)
+            .await?;
     let mut last: HashMap<(Uuid, String), String> = HashMap::new();
     for (group, device, action) in log {
         let previous = last.insert((group, device.clone()), action.clone());
