@@ -150,6 +150,15 @@ impl Proc {
         Ok(())
     }
 
+    /// How many lines of the process's log (all its runs) contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
     /// The last `lines` lines of the process's log.
     pub fn tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -236,6 +245,15 @@ impl Cluster {
 
     pub fn total_kills(&self) -> u64 {
         self.workers.iter().map(|w| w.kills).sum::<u64>() + self.relay.kills
+    }
+
+    /// Lines containing `needle` in all the children's logs.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.workers
+            .iter()
+            .chain(std::iter::once(&self.relay))
+            .map(|p| p.count_lines(needle))
+            .sum()
     }
 
     /// The tail of every child's log, for a failure message.
