@@ -202,7 +202,7 @@ impl Cluster {
                 ("COHORT_WORKER_EMBEDDED_API", "false"),
                 // A killed member holds its partitions until its session expires: keep that short (the
                 // mock also makes each rebalance last about session.timeout.ms - 1 s).
-                ("COHORT_KAFKA_PROPERTY__SESSION_TIMEOUT_MS", "2000"),
+                ("COHORT_KAFKA_PROPERTY__SESSION_TIMEOUT_MS", "1500"),
                 ("COHORT_KAFKA_PROPERTY__HEARTBEAT_INTERVAL_MS", "300"),
             ] {
                 env.insert(key.into(), value.into());
