@@ -8,7 +8,7 @@
 //!   and rollout-target topics have 4 partitions each.
 //! - Three children run `env!("CARGO_BIN_EXE_cohort")`, configured only through `COHORT_*` variables:
 //!   two `cohort worker` processes in one consumer group (`worker.embedded_relay` and `worker.embedded_api`
-//!   false, a 1.5 s Kafka session so a killed member's partitions move on soon), and one `cohort relay`. Each
+//!   false, a 2 s Kafka session so a killed member's partitions move on soon), and one `cohort relay`. Each
 //!   listens on a port found free just before it starts and appends its stdout and stderr to
 //!   `<temp dir>/cohort-crash-<random>/<worker-0|worker-1|relay>.log`; the tails are printed when the test
 //!   fails (the directory is kept then, and removed after a pass).
@@ -32,7 +32,7 @@
 //! relay (30%), or to both workers at once (10%). It then waits a random 0–0.6 s and starts the victims
 //! again. Tying kills to the stream's progress spreads them over the whole stream at any machine speed. They
 //! land anywhere: mid-batch, mid-commit, mid-rebalance (each worker kill makes the group rebalance twice:
-//! when the dead member’s 1.5 s session expires and when its successor joins), during start-up, and in the
+//! when the dead member’s 2 s session expires and when its successor joins), during start-up, and in the
 //! relay between the broker's acknowledgement and the outbox update. The run goes on until both the event
 //! count and the kill count are reached. A child that exits without being killed fails the test.
 //!

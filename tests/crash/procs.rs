@@ -201,8 +201,11 @@ impl Cluster {
                 ("COHORT_WORKER_EMBEDDED_RELAY", "false"),
                 ("COHORT_WORKER_EMBEDDED_API", "false"),
                 // A killed member holds its partitions until its session expires: keep that short (the
-                // mock also makes each rebalance last about session.timeout.ms - 1 s).
-                ("COHORT_KAFKA_PROPERTY__SESSION_TIMEOUT_MS", "1500"),
+                // mock also makes each rebalance last about session.timeout.ms - 1 s). Not shorter: at
+                // 1.5 s, a SyncGroup that waited past its timeout (session + 3 s) on this loaded machine was
+                // retried, and the mock cluster aborted the test process on an assertion
+                // (`rdkafka_mock_cgrp.c: rd_kafka_mock_cgrp_classic_member_sync_set: !member->resp`).
+                ("COHORT_KAFKA_PROPERTY__SESSION_TIMEOUT_MS", "2000"),
                 ("COHORT_KAFKA_PROPERTY__HEARTBEAT_INTERVAL_MS", "300"),
             ] {
                 env.insert(key.into(), value.into());
