@@ -189,6 +189,9 @@ struct Pipeline {
     registry: Registry,
     partitions: HashMap<i32, Partition>,
     generations: HashMap<i32, u64>,
+    /// The assignment generation each partition had when it was last dropped: records polled under it (or
+    /// earlier) and delivered after the revoke are stale, not records of a partition never owned.
+    revoked: HashMap<i32, u64>,
     buffers: HashMap<i32, Buffer>,
     clock: Arc<dyn Clock>,
     status: Arc<Status>,
@@ -278,6 +281,7 @@ impl Pipeline {
             registry: Registry::new(worker.catalogue.clone()),
             partitions: HashMap::new(),
             generations: HashMap::new(),
+            revoked: HashMap::new(),
             buffers: HashMap::new(),
             clock: worker.clock.clone(),
             status: worker.status.clone(),
@@ -468,11 +472,11 @@ impl Pipeline {
     }
 
     fn accept(&mut self, polled: Polled) {
-        match (
-            self.partitions.contains_key(&polled.partition),
-            self.generations.get(&polled.partition),
-        ) {
-            (true, Some(generation)) if *generation == polled.generation => {
+        let owned = self.partitions.contains_key(&polled.partition);
+        let current = self.generations.get(&polled.partition).copied();
+        let revoked = self.revoked.get(&polled.partition).copied();
+        match disposition(owned, current, revoked, polled.generation) {
+            Disposition::Accept => {
                 let buffer = self
                     .buffers
                     .entry(polled.partition)
@@ -483,11 +487,12 @@ impl Pipeline {
                 buffer.first_at.get_or_insert_with(Instant::now);
                 buffer.records.push(polled.record);
             }
-            (true, _) => {
-                // Polled under an older assignment: the current one re-reads from the stored position.
+            Disposition::Stale => {
+                // Polled under an older assignment (still in the channel when the partition was revoked or
+                // re-assigned): whoever owns the partition now re-reads it from the stored position.
                 metrics::counter!(m::RECORDS_DROPPED, "why" => "stale_generation").increment(1);
             }
-            (false, _) => {
+            Disposition::NotOwned => {
                 metrics::counter!(m::RECORDS_DROPPED, "why" => "not_owned").increment(1);
                 tracing::error!(
                     partition = polled.partition,
@@ -588,7 +593,9 @@ impl Pipeline {
             flight.task.abort();
         }
         self.partitions.remove(&partition);
-        self.generations.remove(&partition);
+        if let Some(generation) = self.generations.remove(&partition) {
+            self.revoked.insert(partition, generation);
+        }
         self.buffers.remove(&partition);
         if let Ok(mut c) = self.shared.committed.lock() {
             c.remove(&partition);
@@ -1124,5 +1131,65 @@ impl Pipeline {
                     .set((high - state.claim.next_offset).max(0) as f64);
             }
         }
+    }
+}
+
+/// What to do with a polled record.
+#[derive(Debug, PartialEq, Eq)]
+enum Disposition {
+    /// Polled under the partition's current assignment: process it.
+    Accept,
+    /// Polled under an older assignment: drop it quietly (the current owner re-reads it).
+    Stale,
+    /// From a partition this worker neither owns nor owned when the record was polled: an error.
+    NotOwned,
+}
+
+/// Classifies a record polled under `generation`, given whether the worker owns the partition, the
+/// generation of its current assignment, and the one it had when last revoked. Records polled before a
+/// revoke can still be in the channel when it is handled; they are stale, not an error (under rebalances
+/// they came by the thousand, each logged as an error).
+fn disposition(
+    owned: bool,
+    current: Option<u64>,
+    revoked: Option<u64>,
+    generation: u64,
+) -> Disposition {
+    if owned {
+        if current == Some(generation) {
+            Disposition::Accept
+        } else {
+            Disposition::Stale
+        }
+    } else if revoked.is_some_and(|revoked| generation <= revoked) {
+        Disposition::Stale
+    } else {
+        Disposition::NotOwned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{disposition, Disposition};
+
+    #[test]
+    fn a_record_of_the_current_assignment_is_accepted() {
+        assert_eq!(disposition(true, Some(3), None, 3), Disposition::Accept);
+        assert_eq!(disposition(true, Some(5), Some(3), 5), Disposition::Accept);
+    }
+
+    #[test]
+    fn a_record_polled_before_its_partition_was_revoked_or_reassigned_is_stale_not_an_error() {
+        // Revoked at generation 3, not owned now: a record polled under 3 (or earlier) is stale.
+        assert_eq!(disposition(false, None, Some(3), 3), Disposition::Stale);
+        assert_eq!(disposition(false, None, Some(3), 2), Disposition::Stale);
+        // Owned again under 5: a record of 3 is stale too.
+        assert_eq!(disposition(true, Some(5), Some(3), 3), Disposition::Stale);
+    }
+
+    #[test]
+    fn a_record_of_a_partition_not_owned_when_it_was_polled_is_an_error() {
+        assert_eq!(disposition(false, None, None, 1), Disposition::NotOwned);
+        assert_eq!(disposition(false, None, Some(3), 4), Disposition::NotOwned);
     }
 }

@@ -342,141 +342,158 @@ impl Harness {
         .await
     }
 
-    /// Compares stored memberships with an oracle computed from scratch from the stored attributes, and
-    /// checks the log: per (group, device), actions alternate (no duplicate row) and the last one agrees
-    /// with the membership. Static groups' memberships (the API's) must be manual and unpinned, and every
-    /// device's stored firmware target must be what resolution gives from the stored memberships (static
-    /// ones included) and releases — which the workers can only achieve if their memory holds them too.
+    /// [`check_oracle_with`] on this harness's database and catalogue.
     pub async fn check_oracle(&self, now: i64) -> anyhow::Result<()> {
-        let groups: Vec<(Uuid, Value)> = sqlx::query_as(
-            "SELECT id, filter_conditions FROM device_groups WHERE type = 'dynamic' AND deleted_at IS NULL",
-        )
-        .fetch_all(self.pool())
+        check_oracle_with(self.pool(), &self.catalogue, now).await
+    }
+}
+
+/// Compares stored memberships with an oracle computed from scratch from the stored attributes, and
+/// checks the log: per (group, device), actions alternate (no duplicate row) and the last one agrees
+/// with the membership. Static groups' memberships (the API's) must be manual and unpinned, and every
+/// device's stored firmware target must be what resolution gives from the stored memberships (static
+/// ones included) and releases — which the workers can only achieve if their memory holds them too.
+/// Filters are compiled with the default catalogue (the one every harness uses).
+pub async fn check_oracle(pool: &PgPool, now: i64) -> anyhow::Result<()> {
+    check_oracle_with(pool, &Catalogue::default(), now).await
+}
+
+/// [`check_oracle`] with the catalogue the groups' filters were written for.
+pub async fn check_oracle_with(
+    pool: &PgPool,
+    catalogue: &Catalogue,
+    now: i64,
+) -> anyhow::Result<()> {
+    let groups: Vec<(Uuid, Value)> = sqlx::query_as(
+        "SELECT id, filter_conditions FROM device_groups WHERE type = 'dynamic' AND deleted_at IS NULL",
+    )
+    .fetch_all(pool)
+    .await?;
+    let devices: Vec<(String, Value)> = sqlx::query_as("SELECT id, attributes FROM devices")
+        .fetch_all(pool)
         .await?;
-        let devices: Vec<(String, Value)> = sqlx::query_as("SELECT id, attributes FROM devices")
-            .fetch_all(self.pool())
-            .await?;
-        let mut expected = BTreeSet::new();
-        for (group, filter) in &groups {
-            let compiled = cohort::rules::compile(filter, &self.catalogue)
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            for (device, attributes) in &devices {
-                let attrs = cohort::rules::Attributes::from_json(
-                    attributes
-                        .as_object()
-                        .expect("stored attributes are an object"),
-                    &self.catalogue,
-                )
-                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-                if compiled.evaluate(&attrs, now) {
-                    expected.insert((*group, device.clone()));
-                }
+    let mut expected = BTreeSet::new();
+    for (group, filter) in &groups {
+        let compiled =
+            cohort::rules::compile(filter, catalogue).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        for (device, attributes) in &devices {
+            let attrs = cohort::rules::Attributes::from_json(
+                attributes
+                    .as_object()
+                    .expect("stored attributes are an object"),
+                catalogue,
+            )
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            if compiled.evaluate(&attrs, now) {
+                expected.insert((*group, device.clone()));
             }
         }
-        // (group, device, pinned, added_by, the group is a live static group)
-        let rows: Vec<(Uuid, String, bool, String, bool)> = sqlx::query_as(
-            "SELECT m.group_id, m.device_id, m.is_pinned, m.added_by, \
-               (g.type = 'static' AND g.deleted_at IS NULL) \
-             FROM device_group_memberships m JOIN device_groups g ON g.id = m.group_id",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        let all: BTreeSet<(Uuid, String)> = rows.iter().map(|(g, d, ..)| (*g, d.clone())).collect();
-        let stored: BTreeSet<(Uuid, String)> = rows
-            .iter()
-            .filter(|(_, _, pinned, _, is_static)| !pinned && !is_static)
-            .map(|(g, d, ..)| (*g, d.clone()))
-            .collect();
-        for (group, device, pinned, added_by, is_static) in &rows {
-            anyhow::ensure!(
-                !is_static || (!pinned && added_by == "manual"),
-                "static membership of {device} in {group} is pinned={pinned}, added by {added_by}"
-            );
-        }
-        let missing: Vec<_> = expected.difference(&stored).collect();
-        let extra: Vec<_> = stored.difference(&expected).collect();
+    }
+    // (group, device, pinned, added_by, the group is a live static group)
+    let rows: Vec<(Uuid, String, bool, String, bool)> = sqlx::query_as(
+        "SELECT m.group_id, m.device_id, m.is_pinned, m.added_by, \
+           (g.type = 'static' AND g.deleted_at IS NULL) \
+         FROM device_group_memberships m JOIN device_groups g ON g.id = m.group_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    let all: BTreeSet<(Uuid, String)> = rows.iter().map(|(g, d, ..)| (*g, d.clone())).collect();
+    let stored: BTreeSet<(Uuid, String)> = rows
+        .iter()
+        .filter(|(_, _, pinned, _, is_static)| !pinned && !is_static)
+        .map(|(g, d, ..)| (*g, d.clone()))
+        .collect();
+    for (group, device, pinned, added_by, is_static) in &rows {
         anyhow::ensure!(
-            missing.is_empty() && extra.is_empty(),
-            "memberships differ from the oracle: missing {missing:?}, extra {extra:?}"
+            !is_static || (!pinned && added_by == "manual"),
+            "static membership of {device} in {group} is pinned={pinned}, added by {added_by}"
         );
-        let log: Vec<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT group_id, device_id, action FROM group_membership_log ORDER BY id",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        let mut last: HashMap<(Uuid, String), String> = HashMap::new();
-        for (group, device, action) in log {
-            let previous = last.insert((group, device.clone()), action.clone());
-            anyhow::ensure!(
-                previous.as_deref() != Some(action.as_str()),
-                "duplicate log row: {action} twice for {device} in {group}"
-            );
-        }
-        for ((group, device), action) in &last {
-            let member = all.contains(&(*group, device.clone()));
-            anyhow::ensure!(
-                (action == "added") == member,
-                "log and membership disagree for {device} in {group}"
-            );
-        }
-        for (group, device) in &all {
-            anyhow::ensure!(
-                last.get(&(*group, device.clone())).map(String::as_str) == Some("added"),
-                "membership of {device} in {group} has no log row adding it"
-            );
-        }
-        self.check_targets(&all).await
     }
+    let missing: Vec<_> = expected.difference(&stored).collect();
+    let extra: Vec<_> = stored.difference(&expected).collect();
+    anyhow::ensure!(
+        missing.is_empty() && extra.is_empty(),
+        "memberships differ from the oracle: missing {missing:?}, extra {extra:?}"
+    );
+    let log: Vec<(Uuid, String, String)> =
+        sqlx::query_as("SELECT group_id, device_id, action FROM group_membership_log ORDER BY id")
+            .fetch_all(pool)
+            .await?;
+    let mut last: HashMap<(Uuid, String), String> = HashMap::new();
+    for (group, device, action) in log {
+        let previous = last.insert((group, device.clone()), action.clone());
+        anyhow::ensure!(
+            previous.as_deref() != Some(action.as_str()),
+            "duplicate log row: {action} twice for {device} in {group}"
+        );
+    }
+    for ((group, device), action) in &last {
+        let member = all.contains(&(*group, device.clone()));
+        anyhow::ensure!(
+            (action == "added") == member,
+            "log and membership disagree for {device} in {group}"
+        );
+    }
+    for (group, device) in &all {
+        anyhow::ensure!(
+            last.get(&(*group, device.clone())).map(String::as_str) == Some("added"),
+            "membership of {device} in {group} has no log row adding it"
+        );
+    }
+    check_targets(pool, &all).await
+}
 
-    /// Every device's stored target equals the resolution from stored memberships and live releases.
-    async fn check_targets(&self, memberships: &BTreeSet<(Uuid, String)>) -> anyhow::Result<()> {
-        use cohort::firmware::{resolve, DeviceFacts, GroupRelease, Version};
-        let releases: Vec<(String, Option<Uuid>, String)> =
-            cohort::store::firmware::live_releases(self.pool()).await?;
-        let mut by_group = HashMap::new();
-        let mut defaults = HashMap::new();
-        for (org, group, version) in releases {
-            let release = GroupRelease {
-                group: group.unwrap_or(Uuid::nil()),
-                version: Version::parse(&version)?,
-                label: version,
-            };
-            match group {
-                Some(g) => by_group.insert(g, release),
-                None => defaults.insert(org, release),
-            };
-        }
-        let mut groups_of: HashMap<&str, Vec<Uuid>> = HashMap::new();
-        for (group, device) in memberships {
-            groups_of.entry(device.as_str()).or_default().push(*group);
-        }
-        type Row = (String, String, bool, Option<String>, Option<String>, String);
-        let devices: Vec<Row> = sqlx::query_as(
-            "SELECT id, org_id, is_development, firmware_lock, target_version, target_reason FROM devices",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        for (id, org, development, lock, version, reason) in devices {
-            let facts = DeviceFacts {
-                development,
-                lock: lock.as_deref(),
-            };
-            let groups = groups_of.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-            let target = resolve(
-                &facts,
-                groups.iter().filter_map(|g| by_group.get(g)),
-                defaults.get(&org),
-            );
-            anyhow::ensure!(
-                (target.version.as_deref(), target.reason.as_str())
-                    == (version.as_deref(), reason.as_str()),
-                "device {id} targets {version:?} ({reason}), resolution gives {:?} ({})",
-                target.version,
-                target.reason.as_str()
-            );
-        }
-        Ok(())
+/// Every device's stored target equals the resolution from stored memberships and live releases.
+async fn check_targets(
+    pool: &PgPool,
+    memberships: &BTreeSet<(Uuid, String)>,
+) -> anyhow::Result<()> {
+    use cohort::firmware::{resolve, DeviceFacts, GroupRelease, Version};
+    let releases: Vec<(String, Option<Uuid>, String)> =
+        cohort::store::firmware::live_releases(pool).await?;
+    let mut by_group = HashMap::new();
+    let mut defaults = HashMap::new();
+    for (org, group, version) in releases {
+        let release = GroupRelease {
+            group: group.unwrap_or(Uuid::nil()),
+            version: Version::parse(&version)?,
+            label: version,
+        };
+        match group {
+            Some(g) => by_group.insert(g, release),
+            None => defaults.insert(org, release),
+        };
     }
+    let mut groups_of: HashMap<&str, Vec<Uuid>> = HashMap::new();
+    for (group, device) in memberships {
+        groups_of.entry(device.as_str()).or_default().push(*group);
+    }
+    type Row = (String, String, bool, Option<String>, Option<String>, String);
+    let devices: Vec<Row> = sqlx::query_as(
+        "SELECT id, org_id, is_development, firmware_lock, target_version, target_reason FROM devices",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (id, org, development, lock, version, reason) in devices {
+        let facts = DeviceFacts {
+            development,
+            lock: lock.as_deref(),
+        };
+        let groups = groups_of.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
+        let target = resolve(
+            &facts,
+            groups.iter().filter_map(|g| by_group.get(g)),
+            defaults.get(&org),
+        );
+        anyhow::ensure!(
+            (target.version.as_deref(), target.reason.as_str())
+                == (version.as_deref(), reason.as_str()),
+            "device {id} targets {version:?} ({reason}), resolution gives {:?} ({})",
+            target.version,
+            target.reason.as_str()
+        );
+    }
+    Ok(())
 }
 
 pub fn metric(name_and_labels: &str) -> f64 {
