@@ -364,19 +364,30 @@ pub async fn check_oracle_with(
     catalogue: &Catalogue,
     now: i64,
 ) -> anyhow::Result<()> {
-    let groups: Vec<(Uuid, Value)> = sqlx::query_as(
-        "SELECT id, filter_conditions FROM device_groups WHERE type = 'dynamic' AND deleted_at IS NULL",
+    let groups: Vec<(Uuid, String, Option<String>, Value)> = sqlx::query_as(
+        "SELECT id, org_id, site_id, filter_conditions FROM device_groups \
+         WHERE type = 'dynamic' AND deleted_at IS NULL",
     )
     .fetch_all(pool)
     .await?;
-    let devices: Vec<(String, Value)> = sqlx::query_as("SELECT id, attributes FROM devices")
-        .fetch_all(pool)
-        .await?;
+    let devices: Vec<(String, String, Value)> =
+        sqlx::query_as("SELECT id, org_id, attributes FROM devices")
+            .fetch_all(pool)
+            .await?;
     let mut expected = BTreeSet::new();
-    for (group, filter) in &groups {
+    for (group, group_org, site, filter) in &groups {
         let compiled =
             cohort::rules::compile(filter, catalogue).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        for (device, attributes) in &devices {
+        for (device, device_org, attributes) in &devices {
+            // A group only ever holds devices of its org, and a site-scoped one only of its site.
+            if device_org != group_org {
+                continue;
+            }
+            if let Some(site) = site {
+                if attributes.get("siteId").and_then(Value::as_str) != Some(site.as_str()) {
+                    continue;
+                }
+            }
             let attrs = cohort::rules::Attributes::from_json(
                 attributes
                     .as_object()
@@ -409,7 +420,16 @@ pub async fn check_oracle_with(
             "static membership of {device} in {group} is pinned={pinned}, added by {added_by}"
         );
     }
-    let missing: Vec<_> = expected.difference(&stored).collect();
+    // A pinned membership stays whatever the filter says.
+    let pinned: BTreeSet<(Uuid, String)> = rows
+        .iter()
+        .filter(|(_, _, pinned, _, is_static)| *pinned && !is_static)
+        .map(|(g, d, ..)| (*g, d.clone()))
+        .collect();
+    let missing: Vec<_> = expected
+        .difference(&stored)
+        .filter(|m| !pinned.contains(*m))
+        .collect();
     let extra: Vec<_> = stored.difference(&expected).collect();
     anyhow::ensure!(
         missing.is_empty() && extra.is_empty(),
