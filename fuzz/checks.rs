@@ -161,7 +161,10 @@ fn explanation_is_consistent(filter: &Value, node: &ExplainNode, path: String) {
             } else {
                 conditions.iter().any(ExplainNode::result)
             };
-            assert_eq!(*result, expected, "group {path} does not follow its children");
+            assert_eq!(
+                *result, expected,
+                "group {path} does not follow its children"
+            );
             for (i, (child, node)) in children.iter().zip(conditions).enumerate() {
                 explanation_is_consistent(child, node, format!("{path}.conditions[{i}]"));
             }
@@ -197,7 +200,9 @@ fn mentioned_fields(filter: &Value, c: &Catalogue, out: &mut BTreeSet<String>) {
         return;
     };
     if let Some(field) = node.get("field").and_then(Value::as_str) {
-        let id = c.resolve(field).expect("a compiled filter's fields resolve");
+        let id = c
+            .resolve(field)
+            .expect("a compiled filter's fields resolve");
         let stored = match c.computed(id) {
             Some(Computed::DaysSince(source)) => source,
             None => id,
@@ -212,7 +217,9 @@ fn mentioned_fields(filter: &Value, c: &Catalogue, out: &mut BTreeSet<String>) {
 
 /// What every accepted filter looks like: the documented shape within the documented limits.
 fn accepted_shape(v: &Value, depth: usize, leaves: &mut usize) {
-    let node = v.as_object().expect("every node of an accepted filter is an object");
+    let node = v
+        .as_object()
+        .expect("every node of an accepted filter is an object");
     if node.contains_key("field") {
         *leaves += 1;
         for key in node.keys() {
@@ -230,8 +237,15 @@ fn accepted_shape(v: &Value, depth: usize, leaves: &mut usize) {
         let strings_within = |s: &Value| s.as_str().is_none_or(|s| s.len() <= limit);
         match node.get("value") {
             Some(Value::Array(items)) => {
-                assert!(items.len() <= MAX_LIST_VALUES, "accepted a list of {}", items.len());
-                assert!(items.iter().all(strings_within), "accepted a long list item");
+                assert!(
+                    items.len() <= MAX_LIST_VALUES,
+                    "accepted a list of {}",
+                    items.len()
+                );
+                assert!(
+                    items.iter().all(strings_within),
+                    "accepted a long list item"
+                );
             }
             Some(value) => assert!(strings_within(value), "accepted a long value"),
             None => {}
@@ -246,7 +260,9 @@ fn accepted_shape(v: &Value, depth: usize, leaves: &mut usize) {
         );
     }
     assert!(matches!(node["operator"].as_str(), Some("AND" | "OR")));
-    let children = node["conditions"].as_array().expect("conditions is an array");
+    let children = node["conditions"]
+        .as_array()
+        .expect("conditions is an array");
     assert!(!children.is_empty(), "accepted an empty group");
     for child in children {
         accepted_shape(child, depth + 1, leaves);
@@ -260,7 +276,10 @@ fn checked_compile(filter: &Value, c: &Catalogue) -> Option<CompiledFilter> {
     let errors = validate(filter, c);
     match compile(filter, c) {
         Ok(f) => {
-            assert!(errors.is_empty(), "validate: {errors:?}, but compile succeeded");
+            assert!(
+                errors.is_empty(),
+                "validate: {errors:?}, but compile succeeded"
+            );
             assert!(compile(filter, c).is_ok(), "compile is not deterministic");
             assert_eq!(f.source(), filter);
             let mut leaves = 0;
@@ -270,11 +289,22 @@ fn checked_compile(filter: &Value, c: &Catalogue) -> Option<CompiledFilter> {
             mentioned_fields(filter, c, &mut mentioned);
             let names: Vec<String> = mentioned.into_iter().collect();
             assert_eq!(f.field_names(), names.as_slice(), "field_names of {filter}");
-            assert_eq!(f.stored_field_names(c), names, "stored_field_names of {filter}");
-            let ids: Vec<_> = names.iter().map(|n| c.resolve(n).expect("resolves")).collect();
+            assert_eq!(
+                f.stored_field_names(c),
+                names,
+                "stored_field_names of {filter}"
+            );
+            let ids: Vec<_> = names
+                .iter()
+                .map(|n| c.resolve(n).expect("resolves"))
+                .collect();
             let mut sorted = ids.clone();
             sorted.sort();
-            assert_eq!(f.fields_used(), sorted.as_slice(), "fields_used of {filter}");
+            assert_eq!(
+                f.fields_used(),
+                sorted.as_slice(),
+                "fields_used of {filter}"
+            );
             assert_eq!(
                 f.is_time_dependent(),
                 json_is_time_dependent(filter, c),
@@ -289,7 +319,11 @@ fn checked_compile(filter: &Value, c: &Catalogue) -> Option<CompiledFilter> {
                 assert!(error.path.starts_with('$'), "error path {:?}", error.path);
                 assert!(!error.message.is_empty(), "empty message at {}", error.path);
             }
-            assert_eq!(compile(filter, c).err(), Some(e), "errors are not deterministic");
+            assert_eq!(
+                compile(filter, c).err(),
+                Some(e),
+                "errors are not deterministic"
+            );
             None
         }
     }
@@ -307,20 +341,37 @@ fn evaluation_is_consistent(
 ) {
     let result = f.evaluate(attrs, now);
     let explanation = f.explain(attrs, now, c);
-    assert_eq!(explanation.matches, result, "explain disagrees with evaluate");
+    assert_eq!(
+        explanation.matches, result,
+        "explain disagrees with evaluate"
+    );
     explanation_is_consistent(filter, &explanation.root, "$".to_string());
     match f.next_flip(attrs, now) {
         Some(flip) => {
-            assert!(f.is_time_dependent(), "a flip for a filter that ignores time");
+            assert!(
+                f.is_time_dependent(),
+                "a flip for a filter that ignores time"
+            );
             assert!(flip > now, "flip {flip} is not after now {now}");
-            assert!(flip <= MAX_MILLIS, "flip {flip} is beyond the supported range");
-            assert_eq!(f.evaluate(attrs, flip - 1), result, "changed before the flip");
+            assert!(
+                flip <= MAX_MILLIS,
+                "flip {flip} is beyond the supported range"
+            );
+            assert_eq!(
+                f.evaluate(attrs, flip - 1),
+                result,
+                "changed before the flip"
+            );
             let middle = now + (flip - 1 - now) / 2;
             assert_eq!(f.evaluate(attrs, middle), result, "changed at {middle}");
         }
         None if !f.is_time_dependent() => {
             for later in [now + 1, now + 400 * DAY, now - 400 * DAY] {
-                assert_eq!(f.evaluate(attrs, later), result, "a filter that ignores time changed");
+                assert_eq!(
+                    f.evaluate(attrs, later),
+                    result,
+                    "a filter that ignores time changed"
+                );
             }
         }
         None => {}
@@ -496,12 +547,46 @@ const ALPHABET: &[char] = &[
 ];
 
 const DEVICE_STRINGS: &[&str] = &[
-    "web-01", "WEB-01", "web-02", "db-01", "Straße-7", "STRASSE-7", "ẞtraße", "Äpfel", "äpfel",
-    "İstanbul", "istanbul", "\u{212A}elvin", "ΟΔΟΣ", "", " ",
+    "web-01",
+    "WEB-01",
+    "web-02",
+    "db-01",
+    "Straße-7",
+    "STRASSE-7",
+    "ẞtraße",
+    "Äpfel",
+    "äpfel",
+    "İstanbul",
+    "istanbul",
+    "\u{212A}elvin",
+    "ΟΔΟΣ",
+    "",
+    " ",
 ];
 const NEEDLES: &[&str] = &[
-    "web", "WEB-0", "01", "-0", "ß", "SS", "straße", "STRASSE", "ä", "ÄPFEL", "i", "İ", "i\u{307}stan",
-    "kelvin", "K", "σ", "ος", "", "zzz", "-", "-7", "EL", "BUL",
+    "web",
+    "WEB-0",
+    "01",
+    "-0",
+    "ß",
+    "SS",
+    "straße",
+    "STRASSE",
+    "ä",
+    "ÄPFEL",
+    "i",
+    "İ",
+    "i\u{307}stan",
+    "kelvin",
+    "K",
+    "σ",
+    "ος",
+    "",
+    "zzz",
+    "-",
+    "-7",
+    "EL",
+    "BUL",
 ];
 const REGEXES: &[&str] = &[
     "^web",
@@ -521,17 +606,21 @@ const REGEXES: &[&str] = &[
 ];
 /// Pieces the regex generator strings together (each a valid regex on its own).
 const REGEX_ATOMS: &[&str] = &[
-    ".", "\\d", "\\w", "\\s", "\\p{Lu}", "\\p{Ll}", "[a-z]", "[ßs]", "[^-]", "\\b", "\\B", "(?i:k)",
-    "(?i:ß)", "(?i:σ)", "-", "0", "1",
+    ".", "\\d", "\\w", "\\s", "\\p{Lu}", "\\p{Ll}", "[a-z]", "[ßs]", "[^-]", "\\b", "\\B",
+    "(?i:k)", "(?i:ß)", "(?i:σ)", "-", "0", "1",
 ];
 const REGEX_QUANTIFIERS: &[&str] = &["", "", "?", "*", "+", "{0,2}", "{2}", "*?"];
-const UNDECLARED_STRINGS: &[&str] = &["r1", "R1", "rack-12", "12", "", "Ärger", "true", "12.5", "-0"];
+const UNDECLARED_STRINGS: &[&str] = &[
+    "r1", "R1", "rack-12", "12", "", "Ärger", "true", "12.5", "-0",
+];
 const TAGS: &[&str] = &["prod", "PROD", "edge", "Edge", "beta", "ärger", "ÄRGER", ""];
 const NUMBERS: &[f64] = &[-1.0, -0.0, 0.0, 0.5, 1.0, 2.5, 3.0, 7.0, 10.0, 100.0, 1e9];
 const DAY_COUNTS: &[f64] = &[-1.0, -0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 7.0, 30.0, 31.0, 365.0];
 const UNITS: &[&str] = &["minutes", "hours", "days", "weeks", "months"];
 /// Offsets in seconds used when writing datetimes.
-const OFFSETS: &[i32] = &[0, 0, 7_200, -18_000, 19_800, 50_400, -43_200, -34_200, 86_340, -86_340];
+const OFFSETS: &[i32] = &[
+    0, 0, 7_200, -18_000, 19_800, 50_400, -43_200, -34_200, 86_340, -86_340,
+];
 /// Instants `now` is drawn near: month ends (leap and not), a year end, month starts after short months.
 const ANCHORS: &[&str] = &[
     "2024-01-31T12:00:00Z",
@@ -590,9 +679,31 @@ fn month_shift(t: i64, months: u32, forward: bool) -> i64 {
 /// hundred days, or anywhere in years 2–9998.
 fn gen_instant_near(u: &mut Unstructured<'_>, now: i64) -> Gen<i64> {
     const DELTAS: &[i64] = &[
-        0, 1, -1, 59_999, -59_999, 60_000, -60_000, 3_600_000, -3_600_000, DAY - 1, 1 - DAY, DAY,
-        -DAY, DAY + 1, -DAY - 1, 7 * DAY, -7 * DAY, 28 * DAY, -28 * DAY, 30 * DAY, -30 * DAY, 31 * DAY,
-        -31 * DAY, 365 * DAY, -365 * DAY,
+        0,
+        1,
+        -1,
+        59_999,
+        -59_999,
+        60_000,
+        -60_000,
+        3_600_000,
+        -3_600_000,
+        DAY - 1,
+        1 - DAY,
+        DAY,
+        -DAY,
+        DAY + 1,
+        -DAY - 1,
+        7 * DAY,
+        -7 * DAY,
+        28 * DAY,
+        -28 * DAY,
+        30 * DAY,
+        -30 * DAY,
+        31 * DAY,
+        -31 * DAY,
+        365 * DAY,
+        -365 * DAY,
     ];
     Ok(match weighted(u, &[3, 3, 2, 2, 3, 1])? {
         0 => now + pick(u, DELTAS)?,
@@ -1012,12 +1123,19 @@ pub fn check_eval_case(case: &EvalCase) {
         let Some(flip) = f.next_flip(&attrs, t) else {
             if !f.is_time_dependent() {
                 for later in [t + 1, t + 40 * DAY] {
-                    assert_eq!(f.evaluate(&attrs, later), held, "a filter that ignores time changed");
+                    assert_eq!(
+                        f.evaluate(&attrs, later),
+                        held,
+                        "a filter that ignores time changed"
+                    );
                 }
             }
             break;
         };
-        assert!(f.is_time_dependent(), "a flip for a filter that ignores time");
+        assert!(
+            f.is_time_dependent(),
+            "a flip for a filter that ignores time"
+        );
         assert!(flip > t, "step {step}: next flip {flip} is not after {t}");
         assert!(flip <= MAX_MILLIS, "step {step}: flip {flip} out of range");
         assert_eq!(
@@ -1026,7 +1144,8 @@ pub fn check_eval_case(case: &EvalCase) {
             "step {step}: the reference changed before the flip {flip} (from {t}): {filter}, device {device:?}"
         );
         for p in probes {
-            let inside = t + ((flip - 1 - t) as i128 * i128::from(*p) / i128::from(u16::MAX)) as i64;
+            let inside =
+                t + ((flip - 1 - t) as i128 * i128::from(*p) / i128::from(u16::MAX)) as i64;
             assert_eq!(
                 reference_eval(filter, device, inside),
                 held,
@@ -1153,25 +1272,49 @@ fn accepted_event(
 ) {
     let payload = payload.expect("a tombstone is never accepted");
     assert!(!payload.is_empty() && payload.len() <= max_bytes);
-    assert!(valid_id(&event.event_id, MAX_EVENT_ID_CHARS), "eventId {:?}", event.event_id);
-    assert!(valid_id(&event.org_id, MAX_ORG_ID_CHARS), "orgId {:?}", event.org_id);
-    assert!(valid_id(&event.device_id, MAX_DEVICE_ID_CHARS), "deviceId {:?}", event.device_id);
+    assert!(
+        valid_id(&event.event_id, MAX_EVENT_ID_CHARS),
+        "eventId {:?}",
+        event.event_id
+    );
+    assert!(
+        valid_id(&event.org_id, MAX_ORG_ID_CHARS),
+        "orgId {:?}",
+        event.org_id
+    );
+    assert!(
+        valid_id(&event.device_id, MAX_DEVICE_ID_CHARS),
+        "deviceId {:?}",
+        event.device_id
+    );
     assert!(event.sequence >= 0, "sequence {}", event.sequence);
     if let Some(key) = key {
         assert_eq!(key, event.device_id.as_bytes(), "accepted with another key");
     }
     if let Some(Some(lock)) = &event.firmware_lock {
-        assert!(valid_id(lock, MAX_FIRMWARE_LOCK_CHARS), "firmwareLock {lock:?}");
+        assert!(
+            valid_id(lock, MAX_FIRMWARE_LOCK_CHARS),
+            "firmwareLock {lock:?}"
+        );
     }
     if let Some(t) = event.occurred_at {
         assert!((MIN_MILLIS..=MAX_MILLIS).contains(&t), "occurredAt {t}");
     }
     // Canonical form: `set` strictly sorted by field, `removed` strictly sorted, no field in both, no
     // computed field in either.
-    assert!(event.set.windows(2).all(|w| w[0].0 < w[1].0), "set is not sorted and unique");
-    assert!(event.removed.windows(2).all(|w| w[0] < w[1]), "removed is not sorted and unique");
+    assert!(
+        event.set.windows(2).all(|w| w[0].0 < w[1].0),
+        "set is not sorted and unique"
+    );
+    assert!(
+        event.removed.windows(2).all(|w| w[0] < w[1]),
+        "removed is not sorted and unique"
+    );
     for (field, _) in &event.set {
-        assert!(event.removed.binary_search(field).is_err(), "a field both set and removed");
+        assert!(
+            event.removed.binary_search(field).is_err(),
+            "a field both set and removed"
+        );
     }
     for field in event.changed_fields() {
         assert!(c.computed(field).is_none(), "a computed field changes");
@@ -1194,9 +1337,21 @@ fn accepted_event(
     // Re-encoding gives an event the schema accepts and that decodes to the same event.
     let again = encode(&event.to_json(c));
     let errors = event_schema_errors(&serde_json::from_slice(&again).expect("encode gives JSON"));
-    assert!(errors.is_empty(), "re-encoded but schema-invalid: {errors:?}");
-    let decoded = decode(Some(event.device_id.as_bytes()), Some(&again), c, usize::MAX);
-    assert_eq!(decoded.as_ref(), Ok(event), "the re-encoded event decodes differently");
+    assert!(
+        errors.is_empty(),
+        "re-encoded but schema-invalid: {errors:?}"
+    );
+    let decoded = decode(
+        Some(event.device_id.as_bytes()),
+        Some(&again),
+        c,
+        usize::MAX,
+    );
+    assert_eq!(
+        decoded.as_ref(),
+        Ok(event),
+        "the re-encoded event decodes differently"
+    );
 }
 
 fn refused_event(
@@ -1210,7 +1365,12 @@ fn refused_event(
     assert!(
         matches!(
             error.reason,
-            EmptyPayload | Oversize | MalformedJson | InvalidEvent | InvalidAttributes | KeyMismatch
+            EmptyPayload
+                | Oversize
+                | MalformedJson
+                | InvalidEvent
+                | InvalidAttributes
+                | KeyMismatch
         ),
         "decode decided {:?}, a worker reason",
         error.reason
@@ -1221,7 +1381,11 @@ fn refused_event(
         "detail of {} bytes",
         error.detail.len()
     );
-    assert!(!error.detail.chars().any(char::is_control), "control character in {:?}", error.detail);
+    assert!(
+        !error.detail.chars().any(char::is_control),
+        "control character in {:?}",
+        error.detail
+    );
 
     // The reason follows the documented order of checks.
     let expected_early = match payload {
@@ -1245,7 +1409,11 @@ fn refused_event(
         let event = keyless.expect("a key mismatch decodes without the key");
         assert!(key.is_some_and(|k| k != event.device_id.as_bytes()));
     } else {
-        assert_eq!(keyless.as_ref().err(), Some(error), "the key changed a non-key failure");
+        assert_eq!(
+            keyless.as_ref().err(),
+            Some(error),
+            "the key changed a non-key failure"
+        );
     }
 
     // Every failure makes a dead letter the schema accepts, that keeps (a bounded prefix of) the value.
@@ -1262,7 +1430,10 @@ fn refused_event(
     );
     let body: Value = serde_json::from_slice(&message.payload).expect("a dead letter is JSON");
     let errors = dead_letter_schema_errors(&body);
-    assert!(errors.is_empty(), "dead letter is schema-invalid: {errors:?}");
+    assert!(
+        errors.is_empty(),
+        "dead letter is schema-invalid: {errors:?}"
+    );
     let original = payload.unwrap_or_default();
     assert_eq!(body["payloadBytes"].as_u64(), Some(original.len() as u64));
     let kept: Vec<u8> = match (&body["payload"], body.get("payloadBase64")) {
@@ -1271,11 +1442,20 @@ fn refused_event(
             .decode(b64)
             .expect("payloadBase64 is base64"),
         (Value::Null, None) => {
-            assert!(payload.is_none(), "a value went missing from its dead letter");
+            assert!(
+                payload.is_none(),
+                "a value went missing from its dead letter"
+            );
             Vec::new()
         }
         other => panic!("dead letter payload fields {other:?}"),
     };
-    assert!(original.starts_with(&kept), "the dead letter's payload is not a prefix of the value");
-    assert_eq!(body["truncated"].as_bool(), Some(kept.len() < original.len()));
+    assert!(
+        original.starts_with(&kept),
+        "the dead letter's payload is not a prefix of the value"
+    );
+    assert_eq!(
+        body["truncated"].as_bool(),
+        Some(kept.len() < original.len())
+    );
 }

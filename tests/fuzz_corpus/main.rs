@@ -86,7 +86,6 @@ fn named_seeds_keep_their_meaning() {
         assert_eq!(result.is_ok(), valid, "seed {name}: {:?}", result.err());
     }
     for (name, bytes) in corpus("event_decode") {
-        let input = checks::EventInput::parse(&bytes).expect("a seed has its two header bytes");
         let expected = if name.starts_with("valid-") {
             None
         } else if let Some(rest) = name.strip_prefix("invalid-") {
@@ -98,6 +97,8 @@ fn named_seeds_keep_their_meaning() {
         } else {
             continue;
         };
+        let input = checks::EventInput::parse(&bytes)
+            .unwrap_or_else(|| panic!("seed {name} lacks its two header bytes"));
         let result = cohort::event::decode(
             input.key.as_deref(),
             input.payload,
@@ -108,3 +109,38 @@ fn named_seeds_keep_their_meaning() {
     }
 }
 
+/// The `eval_vs_reference` corpus tests something: its cases come out both true and false often, and
+/// many have a time flip (so the flip checks run).
+#[test]
+fn eval_corpus_is_not_vacuous() {
+    use cohort::rules::{compile, Attributes};
+    let (mut matched, mut unmatched, mut flips) = (0usize, 0usize, 0usize);
+    for (name, bytes) in corpus("eval_vs_reference") {
+        let mut u = arbitrary::Unstructured::new(&bytes);
+        let Ok(case) = checks::EvalCase::generate(&mut u) else {
+            continue;
+        };
+        let c = checks::test_catalogue();
+        let f = compile(&case.filter, &c).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let attrs =
+            Attributes::from_json(&case.device, &c).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        if f.evaluate(&attrs, case.now) {
+            matched += 1;
+        } else {
+            unmatched += 1;
+        }
+        if f.next_flip(&attrs, case.now).is_some() {
+            flips += 1;
+        }
+    }
+    let total = matched + unmatched;
+    eprintln!("{total} cases: {matched} match, {unmatched} do not, {flips} have a time flip");
+    assert!(
+        matched * 5 >= total && unmatched * 5 >= total,
+        "{matched} of {total} match"
+    );
+    assert!(
+        flips * 10 >= total,
+        "only {flips} of {total} cases have a time flip"
+    );
+}
