@@ -451,6 +451,9 @@ impl Pipeline {
         let deadline = Duration::from_millis(self.config.worker.shutdown_deadline_ms);
         if tokio::time::timeout(deadline, self.drain()).await.is_err() {
             tracing::warn!("shutdown deadline passed with batches unfinished; they will be re-read from the stored positions");
+            for (_, flight) in self.in_flight.drain() {
+                flight.task.abort();
+            }
         }
         Ok(())
     }
