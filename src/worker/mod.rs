@@ -423,7 +423,7 @@ impl Pipeline {
                     self.rebalances = Some(rebalances);
                 }
             }
-            if !control_quiet_until.is_some_and(|t| Instant::now() < t) {
+            if control_quiet_until.is_none_or(|t| Instant::now() >= t) {
                 if listener.is_none() {
                     listener = self.listen().await;
                 }
