@@ -14,7 +14,7 @@
 //!   result must satisfy the contract of `src/event.rs` and `schemas/`.
 //!
 //! The crate including this file must declare, at its root, `mod reference` (the file
-//! `tests/rules_props/reference.rs`) and `mod schema` (the file `tests/event_contract/schema.rs`).
+//! `tests/rules_props/reference.rs`), `mod pools` (`tests/rules_props/pools.rs`) and `mod schema` (the file `tests/event_contract/schema.rs`).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -38,7 +38,8 @@ use cohort::rules::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::reference::{self, reference_eval, Kind, DAY, FIELDS, RING};
+use crate::pools::{DEVICE_STRINGS, NEEDLES, REGEXES};
+use crate::reference::{self, operators, reference_eval, Kind, DAY, FIELDS, RING};
 use crate::schema::Schema;
 
 // =========================================================================================================
@@ -546,64 +547,17 @@ const ALPHABET: &[char] = &[
     'ǆ', 'Ǆ', 'ﬀ', 'Ⅻ', 'ⅻ', 'ⓐ', 'Ⓐ', 'Ꭰ', 'ꭰ', '\u{1E9E}', 'ŉ', 'ΐ',
 ];
 
-const DEVICE_STRINGS: &[&str] = &[
-    "web-01",
-    "WEB-01",
-    "web-02",
-    "db-01",
-    "Straße-7",
-    "STRASSE-7",
-    "ẞtraße",
-    "Äpfel",
-    "äpfel",
-    "İstanbul",
-    "istanbul",
-    "\u{212A}elvin",
-    "ΟΔΟΣ",
-    "",
-    " ",
-];
-const NEEDLES: &[&str] = &[
-    "web",
-    "WEB-0",
-    "01",
-    "-0",
-    "ß",
-    "SS",
-    "straße",
-    "STRASSE",
-    "ä",
-    "ÄPFEL",
-    "i",
-    "İ",
-    "i\u{307}stan",
-    "kelvin",
-    "K",
-    "σ",
-    "ος",
-    "",
-    "zzz",
-    "-",
-    "-7",
-    "EL",
-    "BUL",
-];
-const REGEXES: &[&str] = &[
-    "^web",
-    "0[12]$",
-    "(?i)^straße",
-    "ß",
-    "^$",
-    "Ä|ä",
-    "\\p{Lu}",
-    ".",
-    "^[a-z]+-\\d+$",
-    "İ",
-    "(?i)kelvin",
-    "^\\s*$",
-    "(?i)σ",
-    "\\b01\\b",
-];
+/// A pattern from the shared pool or [`EXTRA_REGEXES`].
+fn pick_regex<'a>(u: &mut Unstructured<'a>) -> Gen<&'static str> {
+    let i = u.choose_index(REGEXES.len() + EXTRA_REGEXES.len())?;
+    Ok(REGEXES
+        .get(i)
+        .copied()
+        .unwrap_or_else(|| EXTRA_REGEXES[i - REGEXES.len()]))
+}
+
+/// Patterns beyond the shared pool ([`REGEXES`]).
+const EXTRA_REGEXES: &[&str] = &["(?i)σ", "\\b01\\b"];
 /// Pieces the regex generator strings together (each a valid regex on its own).
 const REGEX_ATOMS: &[&str] = &[
     ".", "\\d", "\\w", "\\s", "\\p{Lu}", "\\p{Ll}", "[a-z]", "[ßs]", "[^-]", "\\b", "\\B",
@@ -770,15 +724,17 @@ fn gen_str_value(u: &mut Unstructured<'_>, pool: &[&str]) -> Gen<String> {
         0 => pick(u, pool)?.to_string(),
         1 => gen_string(u, 8)?,
         _ => {
+            // Without U+0000: the input contract refuses it in attribute strings (PostgreSQL cannot store
+            // it), so a device carrying one is not a valid device (`check_event_decode` covers the refusal).
             let s: String = u.arbitrary()?;
-            s.chars().take(12).collect()
+            s.chars().filter(|c| *c != '\0').take(12).collect()
         }
     })
 }
 
 fn gen_regex(u: &mut Unstructured<'_>) -> Gen<String> {
     if u.ratio(1, 2)? {
-        return Ok(pick(u, REGEXES)?.to_string());
+        return Ok(pick_regex(u)?.to_string());
     }
     let mut pattern = String::new();
     if u.ratio(1, 4)? {
@@ -807,7 +763,7 @@ fn gen_regex(u: &mut Unstructured<'_>) -> Gen<String> {
     Ok(if regex::Regex::new(&pattern).is_ok() {
         pattern
     } else {
-        pick(u, REGEXES)?.to_string()
+        pick_regex(u)?.to_string()
     })
 }
 
@@ -855,61 +811,6 @@ fn gen_device(u: &mut Unstructured<'_>, now: i64) -> Gen<Map<String, Value>> {
         }
     }
     Ok(device)
-}
-
-/// Every operator valid for a field of this kind (the table in `src/rules/filter.rs`).
-fn operators(kind: Kind) -> &'static [&'static str] {
-    match kind {
-        Kind::Str | Kind::Undeclared => &[
-            "equals",
-            "notEquals",
-            "contains",
-            "notContains",
-            "startsWith",
-            "endsWith",
-            "matches",
-            "in",
-            "notIn",
-            "isEmpty",
-            "isNotEmpty",
-            "isNull",
-            "isNotNull",
-        ],
-        Kind::Enum(_) => &["equals", "notEquals", "in", "notIn", "isNull", "isNotNull"],
-        Kind::Num | Kind::DaysSince(_) => &[
-            "equals",
-            "notEquals",
-            "greaterThan",
-            "greaterThanOrEquals",
-            "lessThan",
-            "lessThanOrEquals",
-            "between",
-            "in",
-            "notIn",
-            "isNull",
-            "isNotNull",
-        ],
-        Kind::Bool => &["equals", "notEquals", "isNull", "isNotNull"],
-        Kind::Time => &[
-            "before",
-            "after",
-            "between",
-            "withinLast",
-            "notWithinLast",
-            "isNull",
-            "isNotNull",
-        ],
-        Kind::List => &[
-            "contains",
-            "notContains",
-            "hasAny",
-            "hasAll",
-            "isEmpty",
-            "isNotEmpty",
-            "isNull",
-            "isNotNull",
-        ],
-    }
 }
 
 fn gen_amount(u: &mut Unstructured<'_>, unit: &str, min: u32) -> Gen<u32> {

@@ -6,6 +6,9 @@
 #[path = "../checks.rs"]
 mod checks;
 #[allow(dead_code)]
+#[path = "../../tests/rules_props/pools.rs"]
+mod pools;
+#[allow(dead_code)]
 #[path = "../../tests/rules_props/reference.rs"]
 mod reference;
 #[allow(dead_code)]

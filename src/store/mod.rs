@@ -63,6 +63,15 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Transient(_))
     }
+
+    /// The `kind` label of a retried failure in the worker's metrics: `transient` or `permanent`.
+    pub fn retry_kind(&self) -> &'static str {
+        if self.is_transient() {
+            "transient"
+        } else {
+            "permanent"
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -254,11 +254,7 @@ async fn commit_with_retry(
                 break Err(e)
             }
             Err(e) => {
-                let kind = if e.is_transient() {
-                    "transient"
-                } else {
-                    "permanent"
-                };
+                let kind = e.retry_kind();
                 metrics::counter!(m::COMMIT_FAILURES, "kind" => kind).increment(1);
                 tracing::warn!(partition = retry.partition, error = %e, backoff_ms = backoff.as_millis() as u64, "batch failed; retrying");
                 retry.retrying.store(true, Ordering::SeqCst);
@@ -880,11 +876,7 @@ impl Pipeline {
                     break foreign;
                 }
                 Err(e) => {
-                    let kind = if e.is_transient() {
-                        "transient"
-                    } else {
-                        "permanent"
-                    };
+                    let kind = e.retry_kind();
                     metrics::counter!(m::COMMIT_FAILURES, "kind" => kind).increment(1);
                     tracing::warn!(partition, error = %e, backoff_ms = attempt_backoff.as_millis() as u64, "reading a batch's devices failed; retrying");
                     // Keep answering rebalances while waiting: a revoke abandons the batch.

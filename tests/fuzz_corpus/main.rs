@@ -5,6 +5,9 @@
 #[path = "../../fuzz/checks.rs"]
 mod checks;
 #[allow(dead_code)]
+#[path = "../rules_props/pools.rs"]
+mod pools;
+#[allow(dead_code)]
 #[path = "../rules_props/reference.rs"]
 mod reference;
 #[allow(dead_code)]

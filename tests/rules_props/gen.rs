@@ -12,6 +12,8 @@ use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 use serde_json::{json, Map, Value};
 
+use crate::pools::{DEVICE_STRINGS, NEEDLES, REGEXES};
+pub use crate::reference::operators;
 use crate::reference::{Kind, DAY, FIELDS, OS_TYPE, RING};
 
 /// The catalogue of the tests: built-ins plus `custom.cpu` (number), `custom.beta` (boolean),
@@ -55,65 +57,9 @@ pub fn stored_fields() -> Vec<(&'static str, Kind)> {
 // ---------------------------------------------------------------------------------------------------------
 // Pools.
 
-const DEVICE_STRINGS: &[&str] = &[
-    "web-01",
-    "WEB-01",
-    "web-02",
-    "db-01",
-    "Straße-7",
-    "STRASSE-7",
-    "ẞtraße",
-    "Äpfel",
-    "äpfel",
-    "İstanbul",
-    "istanbul",
-    "\u{212A}elvin",
-    "ΟΔΟΣ",
-    "",
-    " ",
-];
 /// Strings devices report most often, so that exact comparisons match often.
 const HOT_STRINGS: &[&str] = &["web-01", "WEB-01", "äpfel"];
 const EXTRA_EXACT_STRINGS: &[&str] = &["Web-01", "kelvin", "Kelvin"];
-const NEEDLES: &[&str] = &[
-    "web",
-    "WEB-0",
-    "01",
-    "-0",
-    "ß",
-    "SS",
-    "straße",
-    "STRASSE",
-    "ä",
-    "ÄPFEL",
-    "i",
-    "İ",
-    "i\u{307}stan",
-    "kelvin",
-    "K",
-    "σ",
-    "ος",
-    "",
-    "zzz",
-    "-",
-    "-7",
-    "EL",
-    "BUL",
-];
-const REGEXES: &[&str] = &[
-    "^web",
-    "0[12]$",
-    "(?i)^straße",
-    "ß",
-    "^$",
-    "Ä|ä",
-    "\\p{Lu}",
-    ".",
-    "^[a-z]+-\\d+$",
-    "İ",
-    "(?i)kelvin",
-    "^\\s*$",
-];
 
 const UNDECLARED_DEVICE_STRINGS: &[&str] = &["r1", "R1", "rack-12", "12", "", "Ärger", "true"];
 const UNDECLARED_HOT: &[&str] = &["r1", "12"];
@@ -356,61 +302,6 @@ pub fn changes_among(
 
 // ---------------------------------------------------------------------------------------------------------
 // Filters.
-
-/// Every operator valid for a field of this kind (the table in `filter.rs`).
-pub fn operators(kind: Kind) -> &'static [&'static str] {
-    match kind {
-        Kind::Str | Kind::Undeclared => &[
-            "equals",
-            "notEquals",
-            "contains",
-            "notContains",
-            "startsWith",
-            "endsWith",
-            "matches",
-            "in",
-            "notIn",
-            "isEmpty",
-            "isNotEmpty",
-            "isNull",
-            "isNotNull",
-        ],
-        Kind::Enum(_) => &["equals", "notEquals", "in", "notIn", "isNull", "isNotNull"],
-        Kind::Num | Kind::DaysSince(_) => &[
-            "equals",
-            "notEquals",
-            "greaterThan",
-            "greaterThanOrEquals",
-            "lessThan",
-            "lessThanOrEquals",
-            "between",
-            "in",
-            "notIn",
-            "isNull",
-            "isNotNull",
-        ],
-        Kind::Bool => &["equals", "notEquals", "isNull", "isNotNull"],
-        Kind::Time => &[
-            "before",
-            "after",
-            "between",
-            "withinLast",
-            "notWithinLast",
-            "isNull",
-            "isNotNull",
-        ],
-        Kind::List => &[
-            "contains",
-            "notContains",
-            "hasAny",
-            "hasAll",
-            "isEmpty",
-            "isNotEmpty",
-            "isNull",
-            "isNotNull",
-        ],
-    }
-}
 
 /// Operators that take no value.
 pub fn is_unary(op: &str) -> bool {

@@ -16,6 +16,7 @@
 //! they keep doing so. `PROPTEST_CASES=5000 cargo test --test rules_props` runs a deeper search.
 
 mod gen;
+mod pools;
 mod reference;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -313,3 +313,59 @@ pub fn shift(t: i64, amount: u32, unit: &str, forward: bool) -> i64 {
         other => panic!("bad unit {other}"),
     }
 }
+
+/// Every operator valid for a field of this kind (the table in `src/rules/filter.rs`). Shared by the
+/// property tests' generators and the fuzz checks, which both build filters the reference can judge.
+pub fn operators(kind: Kind) -> &'static [&'static str] {
+    match kind {
+        Kind::Str | Kind::Undeclared => &[
+            "equals",
+            "notEquals",
+            "contains",
+            "notContains",
+            "startsWith",
+            "endsWith",
+            "matches",
+            "in",
+            "notIn",
+            "isEmpty",
+            "isNotEmpty",
+            "isNull",
+            "isNotNull",
+        ],
+        Kind::Enum(_) => &["equals", "notEquals", "in", "notIn", "isNull", "isNotNull"],
+        Kind::Num | Kind::DaysSince(_) => &[
+            "equals",
+            "notEquals",
+            "greaterThan",
+            "greaterThanOrEquals",
+            "lessThan",
+            "lessThanOrEquals",
+            "between",
+            "in",
+            "notIn",
+            "isNull",
+            "isNotNull",
+        ],
+        Kind::Bool => &["equals", "notEquals", "isNull", "isNotNull"],
+        Kind::Time => &[
+            "before",
+            "after",
+            "between",
+            "withinLast",
+            "notWithinLast",
+            "isNull",
+            "isNotNull",
+        ],
+        Kind::List => &[
+            "contains",
+            "notContains",
+            "hasAny",
+            "hasAll",
+            "isEmpty",
+            "isNotEmpty",
+            "isNull",
+            "isNotNull",
+        ],
+    }
+}
