@@ -226,12 +226,47 @@ struct InFlight {
     inputs: BatchInputs,
 }
 
+/// Capped exponential backoff, from `worker.retry_initial_backoff_ms` doubling up to
+/// `worker.retry_max_backoff_ms`.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    next: Duration,
+    initial: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(config: &Config) -> Self {
+        let initial = Duration::from_millis(config.worker.retry_initial_backoff_ms);
+        Self {
+            next: initial,
+            initial,
+            max: Duration::from_millis(config.worker.retry_max_backoff_ms),
+        }
+    }
+
+    /// The wait before the next attempt (not advancing).
+    fn current(&self) -> Duration {
+        self.next
+    }
+
+    /// Takes the wait before the next attempt; the one after is twice as long, up to the cap.
+    fn step(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(self.max);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
 /// How a commit task retries.
 struct CommitRetry {
     partition: i32,
     id: u64,
-    initial: Duration,
-    max: Duration,
+    backoff: Backoff,
     retrying: Arc<AtomicBool>,
     done: mpsc::UnboundedSender<(i32, u64)>,
 }
@@ -243,7 +278,7 @@ async fn commit_with_retry(
     write: store::batch::BatchWrite,
     retry: CommitRetry,
 ) -> Result<(), StoreError> {
-    let mut backoff = retry.initial;
+    let mut backoff = retry.backoff;
     let result = loop {
         let started = Instant::now();
         let result = store::batch::commit(&pool, &write).await;
@@ -256,11 +291,11 @@ async fn commit_with_retry(
             Err(e) => {
                 let kind = e.retry_kind();
                 metrics::counter!(m::COMMIT_FAILURES, "kind" => kind).increment(1);
-                tracing::warn!(partition = retry.partition, error = %e, backoff_ms = backoff.as_millis() as u64, "batch failed; retrying");
+                let wait = backoff.step();
+                tracing::warn!(partition = retry.partition, error = %e, backoff_ms = wait.as_millis() as u64, "batch failed; retrying");
                 retry.retrying.store(true, Ordering::SeqCst);
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(wait).await;
                 retry.retrying.store(false, Ordering::SeqCst);
-                backoff = (backoff * 2).min(retry.max);
             }
         }
     };
@@ -303,14 +338,13 @@ impl Pipeline {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let mut backoff = Duration::from_millis(self.config.worker.retry_initial_backoff_ms);
-        let max = Duration::from_millis(self.config.worker.retry_max_backoff_ms);
+        let mut backoff = Backoff::new(&self.config);
         loop {
             match op().await {
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "{what} failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(max);
+                    let wait = backoff.step();
+                    tracing::warn!(error = %e, backoff_ms = wait.as_millis() as u64, "{what} failed; retrying");
+                    tokio::time::sleep(wait).await;
                 }
                 other => return other,
             }
@@ -365,9 +399,7 @@ impl Pipeline {
         let mut completions = self.completions.take().expect("present until run");
         // After the control log could not be read or listened to (the database is away), neither is tried
         // again before this instant: capped exponential backoff instead of a reconnect on every tick.
-        let initial_backoff = Duration::from_millis(self.config.worker.retry_initial_backoff_ms);
-        let max_backoff = Duration::from_millis(self.config.worker.retry_max_backoff_ms);
-        let mut control_backoff = initial_backoff;
+        let mut control_backoff = Backoff::new(&self.config);
         let mut control_quiet_until: Option<Instant> = None;
         loop {
             let control_quiet = control_quiet_until.is_some_and(|t| Instant::now() < t);
@@ -409,9 +441,9 @@ impl Pipeline {
                     if let Err(e) = notified {
                         // The listener reconnects on its own, at its next use (after the backoff); catch up
                         // then in case a notification was missed.
-                        tracing::warn!(error = %e, backoff_ms = control_backoff.as_millis() as u64, "control-log listener interrupted");
-                        control_quiet_until = Some(Instant::now() + control_backoff);
-                        control_backoff = (control_backoff * 2).min(max_backoff);
+                        let wait = control_backoff.step();
+                        tracing::warn!(error = %e, backoff_ms = wait.as_millis() as u64, "control-log listener interrupted");
+                        control_quiet_until = Some(Instant::now() + wait);
                     }
                     self.control_dirty = true;
                 }
@@ -426,18 +458,17 @@ impl Pipeline {
                 let mut failed = listener.is_none();
                 if self.control_dirty {
                     if let Err(e) = self.refresh_control().await {
-                        tracing::warn!(error = %e, backoff_ms = control_backoff.as_millis() as u64, "cannot read the control log; will retry");
+                        tracing::warn!(error = %e, backoff_ms = control_backoff.current().as_millis() as u64, "cannot read the control log; will retry");
                         failed = true;
                     } else {
                         self.control_dirty = false;
                     }
                 }
                 if failed {
-                    control_quiet_until = Some(Instant::now() + control_backoff);
-                    control_backoff = (control_backoff * 2).min(max_backoff);
+                    control_quiet_until = Some(Instant::now() + control_backoff.step());
                 } else {
                     control_quiet_until = None;
-                    control_backoff = initial_backoff;
+                    control_backoff.reset();
                 }
             }
             self.flush_ready(false).await;
@@ -515,16 +546,14 @@ impl Pipeline {
                     // counts it as ours: no worker would consume it until the next rebalance. So a failure
                     // to take it (the database down, restarting or refusing connections) is retried until
                     // it succeeds, like a batch.
-                    let mut backoff =
-                        Duration::from_millis(self.config.worker.retry_initial_backoff_ms);
-                    let max = Duration::from_millis(self.config.worker.retry_max_backoff_ms);
+                    let mut backoff = Backoff::new(&self.config);
                     let next_offset = loop {
                         match self.assign(partition, generation).await {
                             Ok(next_offset) => break next_offset,
                             Err(e) => {
-                                tracing::warn!(partition, error = %e, backoff_ms = backoff.as_millis() as u64, "cannot take the partition; retrying");
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(max);
+                                let wait = backoff.step();
+                                tracing::warn!(partition, error = %e, backoff_ms = wait.as_millis() as u64, "cannot take the partition; retrying");
+                                tokio::time::sleep(wait).await;
                             }
                         }
                     };
@@ -662,8 +691,7 @@ impl Pipeline {
     /// rows are never all held at once. A transient failure starts over, with backoff.
     async fn load_devices(&mut self, state: &mut Partition) -> Result<(), StoreError> {
         let pool = self.pool.clone();
-        let mut backoff = Duration::from_millis(self.config.worker.retry_initial_backoff_ms);
-        let max = Duration::from_millis(self.config.worker.retry_max_backoff_ms);
+        let mut backoff = Backoff::new(&self.config);
         loop {
             state.devices.clear();
             let registry = &mut self.registry;
@@ -690,9 +718,9 @@ impl Pipeline {
                     return Ok(());
                 }
                 Err(e) if e.is_transient() => {
-                    tracing::warn!(partition = state.id, error = %e, backoff_ms = backoff.as_millis() as u64, "loading a partition failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(max);
+                    let wait = backoff.step();
+                    tracing::warn!(partition = state.id, error = %e, backoff_ms = wait.as_millis() as u64, "loading a partition failed; retrying");
+                    tokio::time::sleep(wait).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -824,9 +852,7 @@ impl Pipeline {
     /// Computes a batch and spawns its commit. Reads the devices the batch names that the partition does not
     /// hold first (re-homed or new ones, and those a reconciliation asks to re-read), retrying with backoff.
     async fn start_batch(&mut self, partition: i32, inputs: BatchInputs) {
-        let mut attempt_backoff =
-            Duration::from_millis(self.config.worker.retry_initial_backoff_ms);
-        let max_backoff = Duration::from_millis(self.config.worker.retry_max_backoff_ms);
+        let mut backoff = Backoff::new(&self.config);
         let foreign = loop {
             let Some(state) = self.partitions.get(&partition) else {
                 return;
@@ -878,12 +904,12 @@ impl Pipeline {
                 Err(e) => {
                     let kind = e.retry_kind();
                     metrics::counter!(m::COMMIT_FAILURES, "kind" => kind).increment(1);
-                    tracing::warn!(partition, error = %e, backoff_ms = attempt_backoff.as_millis() as u64, "reading a batch's devices failed; retrying");
+                    let wait = backoff.step();
+                    tracing::warn!(partition, error = %e, backoff_ms = wait.as_millis() as u64, "reading a batch's devices failed; retrying");
                     // Keep answering rebalances while waiting: a revoke abandons the batch.
-                    if self.wait_or_revoked(partition, attempt_backoff).await {
+                    if self.wait_or_revoked(partition, wait).await {
                         return;
                     }
-                    attempt_backoff = (attempt_backoff * 2).min(max_backoff);
                 }
             }
         };
@@ -920,8 +946,7 @@ impl Pipeline {
             CommitRetry {
                 partition,
                 id,
-                initial: Duration::from_millis(self.config.worker.retry_initial_backoff_ms),
-                max: max_backoff,
+                backoff: Backoff::new(&self.config),
                 retrying: retrying.clone(),
                 done: self.completions_tx.clone(),
             },
