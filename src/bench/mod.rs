@@ -137,6 +137,9 @@ pub struct BenchReport {
     /// `/proc/loadavg`'s one-minute figure when the run started and ended (the machine is shared).
     pub load_average_start: f64,
     pub load_average_end: f64,
+    /// The PostgreSQL settings that pace its writes (checkpoints, WAL volume, commit flushes), as found:
+    /// the benchmark changes none of them.
+    pub postgres_settings: String,
     pub seed: SeedReport,
     pub load: LoadReport,
     pub throughput: ThroughputReport,
@@ -179,6 +182,37 @@ pub struct ThroughputReport {
     pub batches: u64,
 }
 
+/// The worker's latency stages, named, with their units.
+fn stage_snapshots(
+    status: &Status,
+) -> Vec<(
+    &'static str,
+    &'static str,
+    crate::worker::latency::LatencySnapshot,
+)> {
+    let s = &status.stages;
+    vec![
+        (
+            "delivery: produce → pipeline, per event",
+            "ms",
+            s.delivery.snapshot(),
+        ),
+        (
+            "buffered: pipeline → batch start, per event",
+            "ms",
+            s.buffered.snapshot(),
+        ),
+        ("compute, per event", "ms", s.compute.snapshot()),
+        ("commit, per event", "ms", s.commit.snapshot()),
+        (
+            "commit end → installed, per event",
+            "ms",
+            s.settle.snapshot(),
+        ),
+        ("records per batch", "events", s.batch_records.snapshot()),
+    ]
+}
+
 /// Latency at half the sustained rate.
 #[derive(Clone, Debug, Serialize)]
 pub struct LatencyReport {
@@ -188,6 +222,18 @@ pub struct LatencyReport {
     pub p50_ms: u64,
     pub p99_ms: u64,
     pub max_ms: u64,
+    /// Where the latency went: p50, p99 and max of each stage over the same period.
+    pub stages: Vec<StageReport>,
+}
+
+/// One stage of the latency ([`crate::worker::Stages`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct StageReport {
+    pub stage: &'static str,
+    pub unit: &'static str,
+    pub p50: u64,
+    pub p99: u64,
+    pub max: u64,
 }
 
 /// The issue's goals, met or not.
@@ -239,6 +285,19 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         .context("failed to connect to the database")?;
     crate::store::migrate(&pool).await?;
     prepare(&pool, options.reset).await?;
+    let postgres_settings: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, current_setting(name) FROM pg_settings WHERE name IN ('max_wal_size', \
+         'wal_compression', 'shared_buffers', 'synchronous_commit', 'checkpoint_timeout', 'autovacuum') \
+         ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .context("failed to read the database's settings")?;
+    let postgres_settings = postgres_settings
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(", ");
 
     let catalogue = Arc::new(Catalogue::default());
     let t0 = chrono::Utc::now().timestamp_millis();
@@ -387,6 +446,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let latency_events = ((rate * options.latency_seconds as f64) as usize).max(100);
     let base = status.records_committed.load(Ordering::SeqCst);
     let before = status.latency.snapshot();
+    let stages_before = stage_snapshots(&status);
     let phase_started = Instant::now();
     let producing = spawn_producer(
         producer.clone(),
@@ -416,6 +476,20 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         p50_ms: period.quantile(0.50).unwrap_or(0),
         p99_ms: period.quantile(0.99).unwrap_or(0),
         max_ms: period.max().unwrap_or(0),
+        stages: stage_snapshots(&status)
+            .into_iter()
+            .zip(stages_before)
+            .map(|((stage, unit, after), (_, _, before))| {
+                let period = after.since(&before);
+                StageReport {
+                    stage,
+                    unit,
+                    p50: period.quantile(0.50).unwrap_or(0),
+                    p99: period.quantile(0.99).unwrap_or(0),
+                    max: period.max().unwrap_or(0),
+                }
+            })
+            .collect(),
     };
     tracing::info!(
         p50_ms = latency.p50_ms,
@@ -496,6 +570,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_average_start,
         load_average_end: load_average(),
+        postgres_settings,
         share_of_one_connection: throughput.events_per_second / ceiling.one_connection,
         share_of_many_connections: throughput.events_per_second / ceiling.many_connections,
         seed,
@@ -535,7 +610,8 @@ pub(crate) async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
     tracing::info!("emptying the database (--reset)");
     sqlx::raw_sql(
         "TRUNCATE group_membership_log, device_group_memberships, firmware_releases, devices, \
-         device_groups, control_log, partition_positions, outbox, api_keys, device_identifiers, orgs \
+         device_groups, control_log, partition_positions, outbox, api_keys, device_identifiers, \
+         device_firmware_versions, orgs \
          RESTART IDENTITY",
     )
     .execute(pool)
@@ -724,6 +800,7 @@ pub fn render(r: &BenchReport) -> String {
         "broker: {}; {} CPUs; load average {:.1} at the start, {:.1} at the end; {:.0} s in all",
         r.broker, r.cpus, r.load_average_start, r.load_average_end, r.seconds
     );
+    let _ = writeln!(s, "postgres: {}", r.postgres_settings);
     let _ = writeln!(
         s,
         "seeded in {:.1} s: {} memberships ({:.1} per device)",
@@ -768,6 +845,17 @@ pub fn render(r: &BenchReport) -> String {
         r.latency.max_ms,
         mark(r.goals.latency)
     );
+    for stage in &r.latency.stages {
+        let _ = writeln!(
+            s,
+            "| — {} | p50 {} {unit}, p99 {} {unit}, max {} {unit} | |",
+            stage.stage,
+            stage.p50,
+            stage.p99,
+            stage.max,
+            unit = stage.unit
+        );
+    }
     let _ = writeln!(
         s,
         "| resident memory per device held | {} B | < 1,024 B: {} |",

@@ -347,26 +347,33 @@ fn node_flip(node: &Node, attrs: &Attributes, now: EpochMillis) -> (bool, Option
         Node::Leaf(leaf) => (eval_leaf(leaf, attrs, now), leaf_flip(leaf, attrs, now)),
         Node::All(children) | Node::Any(children) => {
             let and = matches!(node, Node::All(_));
-            let parts: Vec<(bool, Option<EpochMillis>)> =
-                children.iter().map(|c| node_flip(c, attrs, now)).collect();
             // The children that decide the result: for AND those that are false, for OR those that are true.
-            let deciding = |(r, _): &&(bool, Option<EpochMillis>)| *r != and;
-            let result = if and {
-                parts.iter().all(|(r, _)| *r)
+            // The result holds until every deciding child has changed (the latest of their flips, or never
+            // if one of them never changes); with no deciding child, every child agrees with the result, and
+            // it changes as soon as any child does. One pass, no allocation: this runs for every device an
+            // event touches, for each of its org's time-dependent groups.
+            let mut deciding = false;
+            let mut deciding_never = false;
+            let mut deciding_latest = EpochMillis::MIN;
+            let mut earliest: Option<EpochMillis> = None;
+            for child in children {
+                let (r, f) = node_flip(child, attrs, now);
+                if r != and {
+                    deciding = true;
+                    match f {
+                        Some(f) => deciding_latest = deciding_latest.max(f),
+                        None => deciding_never = true,
+                    }
+                }
+                if let Some(f) = f {
+                    earliest = Some(earliest.map_or(f, |e| e.min(f)));
+                }
+            }
+            let result = deciding != and;
+            let flip = if deciding {
+                (!deciding_never).then_some(deciding_latest)
             } else {
-                parts.iter().any(|(r, _)| *r)
-            };
-            let flip = if parts.iter().any(|p| deciding(&p)) {
-                // The result holds until every deciding child has changed: the latest of their flips,
-                // or never if one of them never changes.
-                parts
-                    .iter()
-                    .filter(deciding)
-                    .map(|(_, f)| *f)
-                    .try_fold(EpochMillis::MIN, |acc, f| f.map(|f| acc.max(f)))
-            } else {
-                // Every child agrees with the result: it changes as soon as any child does.
-                parts.iter().filter_map(|(_, f)| *f).min()
+                earliest
             };
             (result, flip)
         }
@@ -388,7 +395,15 @@ fn leaf_flip(leaf: &Leaf, attrs: &Attributes, now: EpochMillis) -> Option<EpochM
             // Fixed-length spans: r never decreases, so the predicate goes false → true once and stays.
             None
         } else {
-            first_true_after(now, MAX_MILLIS, p)
+            // Away from the supported range's ends, r(t) = t + (r(now) − now): the boundary in closed form,
+            // taken when it checks out (the first instant that satisfies p); bisection otherwise (saturation).
+            let guess = v
+                .checked_sub(r(now) - now)
+                .and_then(|g| g.checked_add(i64::from(strict)));
+            match guess {
+                Some(g) if g > now && g <= MAX_MILLIS && p(g) && !p(g - 1) => Some(g),
+                _ => first_true_after(now, MAX_MILLIS, p),
+            }
         }
     };
     let months = |at: &TimeRef| matches!(at, TimeRef::Ago(s) | TimeRef::FromNow(s) if s.unit == Unit::Months);

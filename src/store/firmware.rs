@@ -111,7 +111,7 @@ pub async fn release(
         }
         ReleaseTarget::Default => {
             let runs: Option<i64> = sqlx::query_scalar(
-                "SELECT 1::int8 FROM devices WHERE org_id = $1 AND attributes ->> 'firmwareVersion' = $2 LIMIT 1",
+                "SELECT 1::int8 FROM device_firmware_versions WHERE org_id = $1 AND version = $2 LIMIT 1",
             )
             .bind(org_id)
             .bind(version)

@@ -69,6 +69,13 @@ impl LatencyHistogram {
         self.buckets[bucket(ms)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one latency `n` times (a batch's duration, once for each of its events).
+    pub fn record_n(&self, ms: u64, n: u64) {
+        if n > 0 {
+            self.buckets[bucket(ms)].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// The counts so far.
     pub fn snapshot(&self) -> LatencySnapshot {
         LatencySnapshot {

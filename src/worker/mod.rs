@@ -94,6 +94,26 @@ pub struct Status {
     /// Produce-to-commit latency of committed records (Kafka message timestamp to just after the commit),
     /// readable in-process; `cohort_worker_event_latency_seconds` records the same for dashboards.
     pub latency: latency::LatencyHistogram,
+    /// Where that latency goes, stage by stage (milliseconds; batch sizes in events).
+    pub stages: Stages,
+}
+
+/// The stages of the produce-to-commit latency, readable in-process like [`Status::latency`]: the
+/// benchmark reports them so that a latency figure can be explained.
+#[derive(Debug, Default)]
+pub struct Stages {
+    /// Per record: from its Kafka timestamp to the pipeline taking it from the poller.
+    pub delivery: latency::LatencyHistogram,
+    /// Per record: from the pipeline taking it to its batch starting to compute.
+    pub buffered: latency::LatencyHistogram,
+    /// Per record: computing its batch (evaluation and rendering the writes).
+    pub compute: latency::LatencyHistogram,
+    /// Per record: its batch's commit task, from spawn to the commit's end (retries included).
+    pub commit: latency::LatencyHistogram,
+    /// Per record: from its batch's commit end to the pipeline installing it.
+    pub settle: latency::LatencyHistogram,
+    /// Per batch: input records in it.
+    pub batch_records: latency::LatencyHistogram,
 }
 
 /// Everything the worker needs, built once.
@@ -180,6 +200,8 @@ impl Worker {
 
 struct Buffer {
     records: Vec<Record>,
+    /// When each record was taken from the poller (parallel to `records`).
+    accepted: Vec<Instant>,
     first_at: Option<Instant>,
 }
 
@@ -204,8 +226,8 @@ struct Pipeline {
     /// Numbers batches, so that a completion is matched to the batch that sent it.
     next_batch: u64,
     /// Commit tasks announce (partition, batch) here when they end.
-    completions_tx: mpsc::UnboundedSender<(i32, u64)>,
-    completions: Option<mpsc::UnboundedReceiver<(i32, u64)>>,
+    completions_tx: mpsc::UnboundedSender<Completion>,
+    completions: Option<mpsc::UnboundedReceiver<Completion>>,
 }
 
 /// What a batch is computed from; kept while it commits, to recompute it after a device conflict.
@@ -262,13 +284,24 @@ impl Backoff {
     }
 }
 
+/// A commit task's announcement that it ended.
+struct Completion {
+    partition: i32,
+    id: u64,
+    at: Instant,
+    records: u64,
+}
+
 /// How a commit task retries.
 struct CommitRetry {
     partition: i32,
     id: u64,
     backoff: Backoff,
     retrying: Arc<AtomicBool>,
-    done: mpsc::UnboundedSender<(i32, u64)>,
+    done: mpsc::UnboundedSender<Completion>,
+    status: Arc<Status>,
+    /// Input records in the batch (for the per-record latency stages).
+    records: u64,
 }
 
 /// Commits a batch, retrying every failure with capped exponential backoff except the two that need the
@@ -279,6 +312,7 @@ async fn commit_with_retry(
     retry: CommitRetry,
 ) -> Result<(), StoreError> {
     let mut backoff = retry.backoff;
+    let spawned = Instant::now();
     let result = loop {
         let started = Instant::now();
         let result = store::batch::commit(&pool, &write).await;
@@ -299,7 +333,18 @@ async fn commit_with_retry(
             }
         }
     };
-    let _ = retry.done.send((retry.partition, retry.id));
+    let at = Instant::now();
+    retry
+        .status
+        .stages
+        .commit
+        .record_n(at.duration_since(spawned).as_millis() as u64, retry.records);
+    let _ = retry.done.send(Completion {
+        partition: retry.partition,
+        id: retry.id,
+        at,
+        records: retry.records,
+    });
     result
 }
 
@@ -414,8 +459,9 @@ impl Pipeline {
                     self.rebalances = Some(rebalances);
                     self.rebalance(request).await;
                 }
-                Some((partition, id)) = completions.recv() => {
+                Some(Completion { partition, id, at, records: n }) = completions.recv() => {
                     self.rebalances = Some(rebalances);
+                    self.status.stages.settle.record_n(at.elapsed().as_millis() as u64, n);
                     if self.in_flight.get(&partition).is_some_and(|f| f.id == id) {
                         self.finish(partition).await;
                     }
@@ -512,10 +558,20 @@ impl Pipeline {
                     .entry(polled.partition)
                     .or_insert_with(|| Buffer {
                         records: Vec::new(),
+                        accepted: Vec::new(),
                         first_at: None,
                     });
-                buffer.first_at.get_or_insert_with(Instant::now);
+                let now = Instant::now();
+                buffer.first_at.get_or_insert(now);
+                if let Some(ts) = polled.record.timestamp {
+                    let wall = chrono::Utc::now().timestamp_millis();
+                    self.status
+                        .stages
+                        .delivery
+                        .record((wall - ts).max(0) as u64);
+                }
                 buffer.records.push(polled.record);
+                buffer.accepted.push(now);
             }
             Disposition::Stale => {
                 // Polled under an older assignment (still in the channel when the partition was revoked or
@@ -806,6 +862,14 @@ impl Pipeline {
                 let take = buffer.records.len().min(max_events);
                 let rest = buffer.records.split_off(take);
                 let taken = std::mem::replace(&mut buffer.records, rest);
+                let rest = buffer.accepted.split_off(take);
+                let now = Instant::now();
+                for at in std::mem::replace(&mut buffer.accepted, rest) {
+                    self.status
+                        .stages
+                        .buffered
+                        .record(now.duration_since(at).as_millis() as u64);
+                }
                 buffer.first_at = if buffer.records.is_empty() {
                     None
                 } else {
@@ -934,6 +998,12 @@ impl Pipeline {
             &ctx,
         );
         metrics::histogram!(m::BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        let stages = &self.status.stages;
+        let records = inputs.decoded.len() as u64;
+        stages
+            .compute
+            .record_n(started.elapsed().as_millis() as u64, records);
+        stages.batch_records.record(inputs.decoded.len() as u64);
         let write = std::mem::take(&mut computed.write);
         computed.write.next_offset = write.next_offset;
         computed.write.control_position = write.control_position;
@@ -949,6 +1019,8 @@ impl Pipeline {
                 backoff: Backoff::new(&self.config),
                 retrying: retrying.clone(),
                 done: self.completions_tx.clone(),
+                status: self.status.clone(),
+                records: inputs.decoded.len() as u64,
             },
         ));
         self.in_flight.insert(
@@ -1074,18 +1146,23 @@ impl Pipeline {
         for _ in 0..control_applied {
             state.pending_control.pop_front();
         }
-        let touched: Vec<Box<str>> = computed.devices.keys().cloned().collect();
-        for (id, device) in computed.devices {
-            state.devices.insert(id, device);
-        }
+        // Each touched device with its state before the batch, to reschedule only what the batch changed.
+        let touched: Vec<(Box<str>, Option<Box<Device>>)> = computed
+            .devices
+            .into_iter()
+            .map(|(id, device)| {
+                let before = state.devices.insert(id.clone(), device);
+                (id, before)
+            })
+            .collect();
         if computed.reschedule_all {
             let ids: Vec<Box<str>> = state.devices.keys().cloned().collect();
             for id in &ids {
                 state.schedule(id, &self.registry, now);
             }
         } else {
-            for id in &touched {
-                state.schedule(id, &self.registry, now);
+            for (id, before) in &touched {
+                state.schedule_after(id, before.as_deref(), &self.registry, now);
             }
         }
         if let Ok(mut c) = self.shared.committed.lock() {

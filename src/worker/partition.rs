@@ -73,6 +73,11 @@ pub struct Member {
     pub added_by: AddedBy,
 }
 
+/// [`Device::flip_slot`] of a device never scheduled.
+pub const UNSCHEDULED: u32 = u32::MAX;
+/// [`Device::flip_slot`] of a device none of whose groups can change with time alone.
+pub const NO_FLIP: u32 = u32::MAX - 1;
+
 /// A device as its owning worker holds it.
 #[derive(Clone, Debug)]
 pub struct Device {
@@ -92,6 +97,9 @@ pub struct Device {
     pub firmware_lock: Option<Box<str>>,
     /// When a time-based condition of one of its org's groups can next change its memberships.
     pub next_flip: Option<EpochMillis>,
+    /// The group whose condition `next_flip` is; [`UNSCHEDULED`] before the device's first scheduling,
+    /// [`NO_FLIP`] when no group's result can change with time alone.
+    pub flip_slot: u32,
     /// The resolved firmware target as stored.
     pub target: Target,
     /// Rollout-target events emitted for this device so far (numbers them; makes their ids deterministic).
@@ -110,6 +118,7 @@ impl Device {
             development: false,
             firmware_lock: None,
             next_flip: None,
+            flip_slot: UNSCHEDULED,
             target: Target::none(),
             target_sequence: 0,
         }
@@ -180,6 +189,7 @@ impl Device {
             development: row.is_development,
             firmware_lock: row.firmware_lock.as_deref().map(Into::into),
             next_flip: None,
+            flip_slot: UNSCHEDULED,
             target: Target {
                 version: row.target_version.clone(),
                 reason: Reason::parse(&row.target_reason).unwrap_or(Reason::None),
@@ -235,21 +245,67 @@ impl Partition {
         }
     }
 
-    /// Recomputes a device's next time flip and schedules it.
+    /// Recomputes a device's next time flip over every time-dependent group of its org, and schedules it.
     pub fn schedule(&mut self, id: &str, registry: &Registry, now: EpochMillis) {
+        self.schedule_after(id, None, registry, now);
+    }
+
+    /// Recomputes a device's next time flip after a batch changed it from `before` (its state when the batch
+    /// started), and schedules it.
+    ///
+    /// Only the time-dependent groups that read a changed attribute are recomputed, when that is exact: a
+    /// group's next flip depends on the attributes it reads and is an instant, not a delay, so a group whose
+    /// attributes did not change still flips when it was due to, as long as that is after `now` (it is: no
+    /// group flips before the device's earliest flip, which is after `now`). Everything is recomputed when
+    /// that earliest flip is due, when its own group read a changed attribute, or when `before` is not a
+    /// scheduled state of the same org.
+    pub fn schedule_after(
+        &mut self,
+        id: &str,
+        before: Option<&Device>,
+        registry: &Registry,
+        now: EpochMillis,
+    ) {
         let Some(device) = self.devices.get_mut(id) else {
             return;
         };
         let Some((_, org)) = registry.org(&device.org) else {
             return;
         };
-        let flip = org
-            .time_groups
-            .iter()
-            .filter_map(|slot| registry.next_flip(*slot, &device.attrs, now))
-            .min();
-        device.next_flip = flip;
-        if let Some(at) = flip {
+        let incremental = before.filter(|b| {
+            b.flip_slot != UNSCHEDULED && b.org == device.org && b.next_flip.is_none_or(|t| t > now)
+        });
+        let flip = incremental.and_then(|b| {
+            let changed = b.attrs.changed_fields(&device.attrs);
+            let mut best = b.next_flip.map(|t| (t, b.flip_slot));
+            for slot in &org.time_groups {
+                if !registry.reads_any(*slot, &changed) {
+                    continue;
+                }
+                if *slot == b.flip_slot {
+                    return None;
+                }
+                if let Some(t) = registry.next_flip(*slot, &device.attrs, now) {
+                    if best.is_none_or(|(at, _)| t < at) {
+                        best = Some((t, *slot));
+                    }
+                }
+            }
+            Some(best)
+        });
+        let flip = flip.unwrap_or_else(|| {
+            org.time_groups
+                .iter()
+                .filter_map(|slot| {
+                    registry
+                        .next_flip(*slot, &device.attrs, now)
+                        .map(|t| (t, *slot))
+                })
+                .min()
+        });
+        device.next_flip = flip.map(|(t, _)| t);
+        device.flip_slot = flip.map_or(NO_FLIP, |(_, slot)| slot);
+        if let Some((at, _)) = flip {
             self.timers.push(Reverse((at, id.into())));
         }
     }
@@ -325,12 +381,24 @@ pub struct BatchContext<'a> {
     pub output_topic: &'a str,
 }
 
+/// Where a device of the batch started from: what its memberships are diffed against, and whether its row
+/// changed.
+enum Origin {
+    /// The partition's copy (`Partition::devices`), unchanged while the batch is computed.
+    Held,
+    /// A copy: a device read from the database for this batch, or a held one whose starting state the
+    /// batch mirrors an API write into.
+    Copy(Box<Device>),
+    /// A device not stored anywhere yet.
+    New,
+}
+
 struct Work<'a> {
     registry: &'a Registry,
     partition: &'a Partition,
     ctx: &'a BatchContext<'a>,
     /// (state at batch start, or None for a device not stored; current state).
-    devices: HashMap<Box<str>, (Option<Device>, Device)>,
+    devices: HashMap<Box<str>, (Origin, Device)>,
     log: Vec<LogRow>,
     outbox: Vec<OutboxRow>,
     stats: Stats,
@@ -401,18 +469,23 @@ pub fn compute(
     let logged: std::collections::HashSet<&str> =
         log.iter().map(|r| r.device_id.as_str()).collect();
     let mut devices = HashMap::with_capacity(work.devices.len());
-    for (id, (original, mut current)) in work.devices {
+    for (id, (origin, mut current)) in work.devices {
+        let original = match &origin {
+            Origin::Held => partition.devices.get(&id).map(|d| &**d),
+            Origin::Copy(d) => Some(&**d),
+            Origin::New => None,
+        };
         // A held device the batch leaves as stored (a replayed or mirrored control entry that changed no
         // stored column) is not written. Anything else is, also to take the version guard: no two owners
         // ever write a device's memberships or log.
-        let untouched = original.as_ref().is_some_and(|o| stored_equal(o, &current))
+        let untouched = original.is_some_and(|o| stored_equal(o, &current))
             && partition.devices.contains_key(&id)
             && !logged.contains(&*id);
         if untouched {
             devices.insert(id, Box::new(current));
             continue;
         }
-        diff_memberships(registry, &id, original.as_ref(), &current, &mut write);
+        diff_memberships(registry, &id, original, &current, &mut write);
         let row = DeviceRow {
             id: id.to_string(),
             org_id: current.org.to_string(),
@@ -514,7 +587,7 @@ impl Work<'_> {
         if !self.devices.contains_key(id) {
             let device: &Device = self.partition.devices.get(id)?;
             self.devices
-                .insert(id.into(), (Some(device.clone()), device.clone()));
+                .insert(id.into(), (Origin::Held, device.clone()));
         }
         self.devices.get_mut(id).map(|(_, current)| current)
     }
@@ -704,10 +777,21 @@ impl Work<'_> {
                 continue;
             }
             self.held(id);
-            let Some((original, current)) = self.devices.get_mut(id.as_str()) else {
+            let Some((origin, current)) = self.devices.get_mut(id.as_str()) else {
                 continue;
             };
-            for device in original.iter_mut().chain(std::iter::once(current)) {
+            // The starting state is mirrored too (the API wrote these rows): a held device's is copied
+            // from the partition first.
+            if let Origin::Held = origin {
+                if let Some(held) = self.partition.devices.get(id.as_str()) {
+                    *origin = Origin::Copy(held.clone());
+                }
+            }
+            let original = match origin {
+                Origin::Copy(d) => Some(&mut **d),
+                _ => None,
+            };
+            for device in original.into_iter().chain(std::iter::once(current)) {
                 if member {
                     device.set_member(Member {
                         slot,
@@ -740,8 +824,10 @@ impl Work<'_> {
             }
             if !self.devices.contains_key(id.as_str()) {
                 if let Some(stored) = reread.remove(id.as_str()) {
-                    self.devices
-                        .insert(id.as_str().into(), (Some(stored.clone()), stored));
+                    self.devices.insert(
+                        id.as_str().into(),
+                        (Origin::Copy(Box::new(stored.clone())), stored),
+                    );
                 }
             }
             let Some(device) = self.current(id) else {
@@ -971,16 +1057,16 @@ impl Work<'_> {
                     return self.skip(event.sequence, stored.sequence);
                 }
             }
-            let (original, device) = match foreign.remove(id) {
+            let (origin, device) = match foreign.remove(id) {
                 Some(device) => {
                     self.stats.rehomed += 1;
-                    (Some(device.clone()), device)
+                    (Origin::Copy(Box::new(device.clone())), device)
                 }
-                None => (None, Device::new(org.clone())),
+                None => (Origin::New, Device::new(org.clone())),
             };
             // New here: its memberships were computed elsewhere (or never), so evaluate every group.
             evaluate_all = true;
-            self.devices.insert(id.into(), (original, device));
+            self.devices.insert(id.into(), (origin, device));
         }
         let current = self.current(id).expect("inserted above");
         if *current.org != *event.org_id {
@@ -1039,6 +1125,13 @@ impl Work<'_> {
                 .index
                 .candidates(&changes, now, &mut self.scratch, &mut candidates);
             drop(changes);
+            // A time flip already due whose timer this batch did not take (more were due than a batch
+            // takes): evaluated here, as the device's timer is rescheduled when the batch installs.
+            if device.next_flip.is_some_and(|t| t <= now) {
+                candidates.extend_from_slice(&org_groups.time_groups);
+                candidates.sort_unstable();
+                candidates.dedup();
+            }
             if candidates.is_empty() {
                 self.stats.no_candidates += 1;
             }
@@ -1076,7 +1169,7 @@ impl Work<'_> {
         }
         self.stats.applied += 1;
         self.devices
-            .insert(id.into(), (None, Device::new(org.clone())));
+            .insert(id.into(), (Origin::New, Device::new(org.clone())));
         let cause = json!({
             "type": "event",
             "eventId": event.event_id,
@@ -1156,5 +1249,138 @@ fn truncate(s: &str) -> &str {
     match s.char_indices().nth(64) {
         Some((i, _)) => &s[..i],
         None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::Catalogue;
+    use crate::store::control::GroupDefinition;
+    use uuid::Uuid;
+
+    const HOUR: EpochMillis = 3_600_000;
+
+    fn within_last(field: &str, amount: i64, unit: &str) -> Value {
+        json!({"operator": "AND", "conditions": [
+            {"field": field, "operator": "withinLast", "value": {"amount": amount, "unit": unit}}
+        ]})
+    }
+
+    /// A registry of one org with three time-dependent groups (on `lastSeenAt`, on `enrolledAt`, and on
+    /// `lastSeenAt` within one site) and one that is not.
+    fn registry() -> Registry {
+        let mut registry = Registry::new(Arc::new(Catalogue::default()));
+        let org = "o";
+        for (site, filter) in [
+            (None, within_last("lastSeenAt", 1, "hours")),
+            (None, within_last("enrolledAt", 1, "days")),
+            (Some("s1"), within_last("lastSeenAt", 3, "hours")),
+            (
+                None,
+                json!({"field": "hostname", "operator": "equals", "value": "a"}),
+            ),
+        ] {
+            registry.upsert(&GroupDefinition {
+                group_id: Uuid::new_v4(),
+                org_id: org.into(),
+                site_id: site.map(Into::into),
+                version: 1,
+                filter: Some(filter),
+            });
+        }
+        registry
+    }
+
+    fn attrs(doc: Value) -> Attributes {
+        Attributes::from_json(doc.as_object().unwrap(), &Catalogue::default()).unwrap()
+    }
+
+    fn iso(ms: EpochMillis) -> String {
+        format_millis(ms)
+    }
+
+    #[test]
+    fn rescheduling_only_the_changed_groups_finds_what_a_full_recomputation_finds() {
+        let registry = registry();
+        let org = registry.org("o").unwrap().0.clone();
+        let now: EpochMillis = 1_750_000_000_000;
+        let claim = Claim {
+            epoch: 1,
+            next_offset: 0,
+            control_position: 0,
+        };
+        // Successive states of one device, each applied as a batch's result at `now`.
+        let states = [
+            json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 12 * HOUR)}),
+            // The earliest flip's group unchanged; another group's flip becomes the earliest.
+            json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 24 * HOUR + HOUR / 6)}),
+            // An attribute no time-dependent group reads.
+            json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 24 * HOUR + HOUR / 6), "hostname": "a"}),
+            // The earliest flip's own group reads the change.
+            json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 2 * HOUR * 24), "hostname": "a"}),
+            // Into the site: the site-scoped group now flips too (lastSeenAt + 3 h).
+            json!({"lastSeenAt": iso(now - HOUR / 2), "siteId": "s1"}),
+            // Nothing flips any more.
+            json!({"siteId": "s1"}),
+            json!({"lastSeenAt": iso(now - HOUR / 3), "siteId": "s2"}),
+        ];
+        // A withinLast condition stops holding one millisecond after its window ends.
+        let expected = [
+            Some(now + HOUR / 2 + 1),
+            Some(now + HOUR / 6 + 1),
+            Some(now + HOUR / 6 + 1),
+            Some(now + HOUR / 2 + 1),
+            Some(now + HOUR / 2 + 1),
+            None,
+            Some(now + 2 * HOUR / 3 + 1),
+        ];
+        let mut incremental = Partition::new(0, claim);
+        let mut full = Partition::new(0, claim);
+        let mut previous: Option<Box<Device>> = None;
+        for (i, state) in states.iter().enumerate() {
+            let mut device = Device::new(org.clone());
+            device.attrs = attrs(state.clone());
+            let at = now + i as EpochMillis; // strictly later each time, never past a flip
+            for p in [&mut incremental, &mut full] {
+                p.devices.insert("d".into(), Box::new(device.clone()));
+            }
+            incremental.schedule_after("d", previous.as_deref(), &registry, at);
+            full.schedule("d", &registry, at);
+            let (a, b) = (&incremental.devices["d"], &full.devices["d"]);
+            assert_eq!(a.next_flip, expected[i], "state {i}");
+            assert_eq!(
+                (a.next_flip, a.flip_slot),
+                (b.next_flip, b.flip_slot),
+                "state {i}"
+            );
+            previous = Some(a.clone());
+        }
+    }
+
+    #[test]
+    fn a_flip_already_due_is_recomputed_in_full() {
+        let registry = registry();
+        let org = registry.org("o").unwrap().0.clone();
+        let now: EpochMillis = 1_750_000_000_000;
+        let claim = Claim {
+            epoch: 1,
+            next_offset: 0,
+            control_position: 0,
+        };
+        let mut p = Partition::new(0, claim);
+        let mut device = Device::new(org);
+        device.attrs =
+            attrs(json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 12 * HOUR)}));
+        p.devices.insert("d".into(), Box::new(device));
+        p.schedule("d", &registry, now);
+        let before = p.devices["d"].clone();
+        assert_eq!(before.next_flip, Some(now + HOUR / 2 + 1));
+        // An hour later, the lastSeenAt flip is past: a change to enrolledAt alone reschedules everything.
+        let later = now + HOUR;
+        p.devices.get_mut("d").unwrap().attrs =
+            attrs(json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 11 * HOUR)}));
+        p.schedule_after("d", Some(&before), &registry, later);
+        assert_eq!(p.devices["d"].next_flip, Some(now + 13 * HOUR + 1));
     }
 }

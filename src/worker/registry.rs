@@ -252,6 +252,20 @@ impl Registry {
         filter.next_flip(attrs, now)
     }
 
+    /// Whether the group in `slot` reads any of `fields` (sorted): its filter's fields, and `siteId` for a
+    /// site-scoped group.
+    pub fn reads_any(&self, slot: u32, fields: &[FieldId]) -> bool {
+        let group = &self.groups[slot as usize];
+        let Some(filter) = group.filter.as_ref() else {
+            return false;
+        };
+        (group.site.is_some() && fields.binary_search(&self.site_field).is_ok())
+            || filter
+                .fields_used()
+                .iter()
+                .any(|f| fields.binary_search(f).is_ok())
+    }
+
     /// Records a release change: the group's (or, with no group, the org's default) current version.
     /// Returns the group's slot when it is a group release.
     pub fn set_release(

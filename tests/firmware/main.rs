@@ -506,6 +506,16 @@ async fn releases_that_mix_version_kinds_or_default_to_an_unseen_version_are_ref
     )
     .await;
     assert!(matches!(other, Err(firmware::ReleaseError::GroupNotFound)));
+    // What devices run follows their reports: once dev-1 reports 2.5.0, that can be the default, and
+    // 2.4.1, which no device runs any more, cannot.
+    let upgraded = h.send("dev-1", json!({"firmwareVersion": "2.5.0"})).await?;
+    h.applied("dev-1", upgraded).await?;
+    firmware::release(h.pool(), ORG, ReleaseTarget::Default, "2.5.0", "ops").await?;
+    let gone = firmware::release(h.pool(), ORG, ReleaseTarget::Default, "2.4.1", "ops").await;
+    assert!(
+        matches!(gone, Err(firmware::ReleaseError::NoDeviceRunsIt(_))),
+        "{gone:?}"
+    );
     h.stop().await
 }
 

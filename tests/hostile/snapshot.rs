@@ -33,6 +33,10 @@ const TABLES: &[(&str, &str)] = &[
         "SELECT to_jsonb(t) FROM device_identifiers t ORDER BY 1",
     ),
     (
+        "device_firmware_versions",
+        "SELECT to_jsonb(t) FROM device_firmware_versions t ORDER BY 1",
+    ),
+    (
         "control_log",
         "SELECT to_jsonb(t) FROM control_log t ORDER BY id",
     ),
