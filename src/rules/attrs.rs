@@ -193,6 +193,50 @@ impl Attributes {
         attrs
     }
 
+    /// Writes the attributes as a device document's JSON text, as [`Attributes::to_json`] renders them
+    /// (keys in field order rather than by name: the stored `jsonb` orders keys itself). The worker stores
+    /// every touched device's attributes this way, without building a `Value` tree.
+    pub fn write_json(&self, catalogue: &Catalogue, out: &mut Vec<u8>) {
+        // Writing to a Vec cannot fail.
+        fn string(out: &mut Vec<u8>, s: &str) {
+            let _ = serde_json::to_writer(&mut *out, s);
+        }
+        out.push(b'{');
+        for (i, (field, value)) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            catalogue.with_name(*field, |name| string(out, name));
+            out.push(b':');
+            match value {
+                AttrValue::Str(s) => string(out, s),
+                AttrValue::Num(n) => match serde_json::Number::from_f64(*n) {
+                    Some(n) => {
+                        let _ = serde_json::to_writer(&mut *out, &n);
+                    }
+                    None => out.extend_from_slice(b"null"),
+                },
+                AttrValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
+                AttrValue::Enum(i) => match catalogue.enum_values(*field).get(*i as usize) {
+                    Some(s) => string(out, s),
+                    None => out.extend_from_slice(b"null"),
+                },
+                AttrValue::Time(ms) => string(out, &format_millis(*ms)),
+                AttrValue::StrList(items) => {
+                    out.push(b'[');
+                    for (j, item) in items.iter().enumerate() {
+                        if j > 0 {
+                            out.push(b',');
+                        }
+                        string(out, item);
+                    }
+                    out.push(b']');
+                }
+            }
+        }
+        out.push(b'}');
+    }
+
     /// Renders the attributes back to a device document (datetimes as RFC 3339 UTC with milliseconds).
     pub fn to_json(&self, catalogue: &Catalogue) -> Map<String, Value> {
         self.iter()
@@ -365,6 +409,23 @@ mod tests {
         assert_eq!(b.changed_fields(&a), expected);
         assert!(a.changed_fields(&a).is_empty());
         assert_eq!(Attributes::new().changed_fields(&a).len(), 3);
+    }
+
+    #[test]
+    fn written_json_is_the_rendered_document() {
+        let c = Catalogue::default();
+        let doc = json!({
+            "hostname": "we\"b-01\n\u{1}é", "status": "online", "uptimeSeconds": 12.5,
+            "lastSeenAt": "2024-03-01T12:00:00+02:00", "tags": ["a", "b\\"], "custom.rack": 12
+        });
+        let attrs = Attributes::from_json(doc.as_object().unwrap(), &c).unwrap();
+        let mut out = Vec::new();
+        attrs.write_json(&c, &mut out);
+        let written: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(written, Value::Object(attrs.to_json(&c)));
+        let mut empty = Vec::new();
+        Attributes::new().write_json(&c, &mut empty);
+        assert_eq!(empty, b"{}");
     }
 
     #[test]

@@ -478,6 +478,20 @@ impl Catalogue {
         }
     }
 
+    /// Calls `f` with the field's name, without copying it.
+    pub fn with_name<R>(&self, id: FieldId, f: impl FnOnce(&str) -> R) -> R {
+        match self.fixed.get(id.index()) {
+            Some(def) => f(&def.name),
+            None => {
+                let dynamic = self.read_dynamic();
+                match dynamic.names.get(id.index() - self.fixed.len()) {
+                    Some(name) => f(name),
+                    None => f(&format!("<field {}>", id.0)),
+                }
+            }
+        }
+    }
+
     /// The allowed values of an enum field (empty for other types).
     pub fn enum_values(&self, id: FieldId) -> &[Box<str>] {
         match self.fixed.get(id.index()).map(|d| &d.ty) {

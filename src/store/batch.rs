@@ -21,7 +21,8 @@ use super::StoreError;
 pub struct DeviceRow {
     pub id: String,
     pub org_id: String,
-    pub attributes: Value,
+    /// The attributes document as JSON text (stored as `jsonb`).
+    pub attributes: String,
     pub sequence: i64,
     pub expected_version: i64,
     pub is_development: bool,
@@ -104,16 +105,16 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
     let mut conflicts = Vec::new();
     // Both statements take the same columns ($1–$11, and $12 the partition), bound by `write_devices`;
     // each uses the ones it needs.
-    let updates = "UPDATE devices d SET attributes = u.attributes, sequence = u.sequence, version = d.version + 1, \
+    let updates = "UPDATE devices d SET attributes = u.attributes::jsonb, sequence = u.sequence, version = d.version + 1, \
            partition = $12, is_development = u.dev, firmware_lock = u.lock, target_version = u.tv, \
            target_reason = u.tr, target_group = u.tg, target_sequence = u.ts, updated_at = now() \
-         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int8[], $5::int8[], $6::bool[], $7::text[], \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[], $7::text[], \
                      $8::text[], $9::text[], $10::uuid[], $11::int8[]) AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts) \
          WHERE d.id = u.id AND d.version = u.expected RETURNING d.id";
     let inserts = "INSERT INTO devices (id, org_id, attributes, sequence, partition, version, is_development, \
            firmware_lock, target_version, target_reason, target_group, target_sequence) \
-         SELECT u.id, u.org, u.attributes, u.sequence, $12, 1, u.dev, u.lock, u.tv, u.tr, u.tg, u.ts \
-         FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int8[], $5::int8[], $6::bool[], $7::text[], \
+         SELECT u.id, u.org, u.attributes::jsonb, u.sequence, $12, 1, u.dev, u.lock, u.tv, u.tr, u.tg, u.ts \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[], $7::text[], \
                      $8::text[], $9::text[], $10::uuid[], $11::int8[]) AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts) \
          ON CONFLICT (id) DO NOTHING RETURNING id";
     for (sql, rows) in [
@@ -226,7 +227,11 @@ async fn write_devices(
     Ok(sqlx::query_scalar(sql)
         .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| &r.attributes).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.attributes.as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(rows.iter().map(|r| r.sequence).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.expected_version).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.is_development).collect::<Vec<_>>())

@@ -489,7 +489,12 @@ pub fn compute(
         let row = DeviceRow {
             id: id.to_string(),
             org_id: current.org.to_string(),
-            attributes: Value::Object(current.attrs.to_json(registry.catalogue())),
+            attributes: {
+                let mut json = Vec::with_capacity(512);
+                current.attrs.write_json(registry.catalogue(), &mut json);
+                // Valid UTF-8: JSON text written from strings.
+                String::from_utf8(json).unwrap_or_default()
+            },
             // -1 for a device that only was registered: its first real event, whatever its sequence, applies.
             sequence: current.sequence,
             expected_version: current.version,
