@@ -1388,4 +1388,92 @@ mod tests {
         p.schedule_after("d", Some(&before), &registry, later);
         assert_eq!(p.devices["d"].next_flip, Some(now + 13 * HOUR + 1));
     }
+
+    /// A registry of org `o` with one group, "seen within the last hour", and its slot.
+    fn one_time_group() -> (Registry, u32) {
+        let mut registry = Registry::new(Arc::new(Catalogue::default()));
+        let slot = registry.upsert(&GroupDefinition {
+            group_id: Uuid::new_v4(),
+            org_id: "o".into(),
+            site_id: None,
+            version: 1,
+            filter: Some(json!({"operator": "AND", "conditions": [
+                {"field": "lastSeenAt", "operator": "withinLast", "value": {"amount": 1, "unit": "hours"}}
+            ]})),
+        });
+        (registry, slot)
+    }
+
+    #[test]
+    fn an_event_for_a_device_whose_flip_is_due_but_not_taken_applies_the_flip() {
+        let (registry, slot) = one_time_group();
+        let org = registry.org("o").unwrap().0.clone();
+        let seen = 1_750_000_000_000;
+        let now = seen + 2 * 3_600_000; // the one-hour window ended an hour ago
+        let mut p = Partition::new(
+            0,
+            Claim {
+                epoch: 1,
+                next_offset: 0,
+                control_position: 0,
+            },
+        );
+        let mut device = Device::new(org);
+        device.attrs = Attributes::from_json(
+            json!({"lastSeenAt": format_millis(seen)})
+                .as_object()
+                .unwrap(),
+            &Catalogue::default(),
+        )
+        .unwrap();
+        device.sequence = 1;
+        device.version = 1;
+        device.stored = true;
+        device.memberships = vec![Member {
+            slot,
+            pinned: false,
+            added_by: AddedBy::DynamicRule,
+        }];
+        p.devices.insert("d".into(), Box::new(device));
+        p.schedule("d", &registry, seen);
+        assert_eq!(p.devices["d"].next_flip, Some(seen + 3_600_000 + 1));
+        // An event that changes only uptimeSeconds, in a batch that did not take the device's timer.
+        let mut event = crate::event::DeviceEventJson::new("e", "o", "d", 2);
+        event.attributes.insert("uptimeSeconds".into(), json!(5));
+        let payload = serde_json::to_vec(&event).unwrap();
+        let record = Record {
+            offset: 0,
+            key: Some(b"d".to_vec()),
+            payload: Some(payload),
+            timestamp: None,
+        };
+        let decoded = event::decode(
+            record.key.as_deref(),
+            record.payload.as_deref(),
+            registry.catalogue(),
+            1 << 20,
+        );
+        let ctx = BatchContext {
+            input_topic: "in",
+            dead_letter_topic: "dlq",
+            max_event_bytes: 1 << 20,
+            now,
+            output_topic: "out",
+        };
+        let computed = compute(
+            &registry,
+            &p,
+            &[],
+            &[(record, decoded)],
+            &[],
+            HashMap::new(),
+            &ctx,
+        );
+        assert!(computed.devices["d"].memberships.is_empty());
+        assert_eq!(computed.write.log.len(), 1);
+        assert_eq!(
+            (computed.write.log[0].action, computed.write.log[0].reason),
+            ("removed", "filter_unmatch")
+        );
+    }
 }
