@@ -1305,16 +1305,22 @@ mod tests {
         format_millis(ms)
     }
 
+    const NOW: EpochMillis = 1_750_000_000_000;
+
+    fn claim() -> Claim {
+        Claim {
+            epoch: 1,
+            next_offset: 0,
+            control_position: 0,
+        }
+    }
+
     #[test]
     fn rescheduling_only_the_changed_groups_finds_what_a_full_recomputation_finds() {
         let registry = registry();
         let org = registry.org("o").unwrap().0.clone();
-        let now: EpochMillis = 1_750_000_000_000;
-        let claim = Claim {
-            epoch: 1,
-            next_offset: 0,
-            control_position: 0,
-        };
+        let now = NOW;
+        let claim = claim();
         // Successive states of one device, each applied as a batch's result at `now`.
         let states = [
             json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 12 * HOUR)}),
@@ -1367,12 +1373,8 @@ mod tests {
     fn a_flip_already_due_is_recomputed_in_full() {
         let registry = registry();
         let org = registry.org("o").unwrap().0.clone();
-        let now: EpochMillis = 1_750_000_000_000;
-        let claim = Claim {
-            epoch: 1,
-            next_offset: 0,
-            control_position: 0,
-        };
+        let now = NOW;
+        let claim = claim();
         let mut p = Partition::new(0, claim);
         let mut device = Device::new(org);
         device.attrs =
@@ -1410,14 +1412,7 @@ mod tests {
         let org = registry.org("o").unwrap().0.clone();
         let seen = 1_750_000_000_000;
         let now = seen + 2 * 3_600_000; // the one-hour window ended an hour ago
-        let mut p = Partition::new(
-            0,
-            Claim {
-                epoch: 1,
-                next_offset: 0,
-                control_position: 0,
-            },
-        );
+        let mut p = Partition::new(0, claim());
         let mut device = Device::new(org);
         device.attrs = Attributes::from_json(
             json!({"lastSeenAt": format_millis(seen)})
