@@ -6,6 +6,7 @@
 //! accepts a JSON number or boolean, stored as its JSON text, because custom fields come from heterogeneous
 //! agents and `custom.rack equals "12"` should match a device that reported `12`.
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 
 use super::catalogue::{Catalogue, FieldId, FieldLookupError, FieldType};
@@ -95,13 +96,13 @@ impl Attributes {
         loop {
             match (a.peek(), b.peek()) {
                 (None, None) => return changed,
-                (Some((f, _)), None) | (None, Some((f, _))) => {
+                (Some((f, _)), None) => {
                     changed.push(*f);
-                    if a.peek().is_some() {
-                        a.next();
-                    } else {
-                        b.next();
-                    }
+                    a.next();
+                }
+                (None, Some((f, _))) => {
+                    changed.push(*f);
+                    b.next();
                 }
                 (Some((fa, va)), Some((fb, vb))) => {
                     if fa < fb {
@@ -197,44 +198,8 @@ impl Attributes {
     /// (keys in field order rather than by name: the stored `jsonb` orders keys itself). The worker stores
     /// every touched device's attributes this way, without building a `Value` tree.
     pub fn write_json(&self, catalogue: &Catalogue, out: &mut Vec<u8>) {
-        // Writing to a Vec cannot fail.
-        fn string(out: &mut Vec<u8>, s: &str) {
-            let _ = serde_json::to_writer(&mut *out, s);
-        }
-        out.push(b'{');
-        for (i, (field, value)) in self.entries.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            catalogue.with_name(*field, |name| string(out, name));
-            out.push(b':');
-            match value {
-                AttrValue::Str(s) => string(out, s),
-                AttrValue::Num(n) => match serde_json::Number::from_f64(*n) {
-                    Some(n) => {
-                        let _ = serde_json::to_writer(&mut *out, &n);
-                    }
-                    None => out.extend_from_slice(b"null"),
-                },
-                AttrValue::Bool(b) => out.extend_from_slice(if *b { b"true" } else { b"false" }),
-                AttrValue::Enum(i) => match catalogue.enum_values(*field).get(*i as usize) {
-                    Some(s) => string(out, s),
-                    None => out.extend_from_slice(b"null"),
-                },
-                AttrValue::Time(ms) => string(out, &format_millis(*ms)),
-                AttrValue::StrList(items) => {
-                    out.push(b'[');
-                    for (j, item) in items.iter().enumerate() {
-                        if j > 0 {
-                            out.push(b',');
-                        }
-                        string(out, item);
-                    }
-                    out.push(b']');
-                }
-            }
-        }
-        out.push(b'}');
+        // Serializing to a Vec cannot fail: names and values are strings, numbers and booleans.
+        let _ = serde_json::to_writer(out, &DocumentJson(self, catalogue));
     }
 
     /// Renders the attributes back to a device document (datetimes as RFC 3339 UTC with milliseconds).
@@ -358,18 +323,47 @@ fn checked_string(name: &str, s: &str) -> Result<Box<str>, String> {
 
 /// Renders one attribute value as JSON.
 pub fn value_to_json(catalogue: &Catalogue, field: FieldId, value: &AttrValue) -> Value {
-    match value {
-        AttrValue::Str(s) => Value::String(s.to_string()),
-        AttrValue::Num(n) => serde_json::Number::from_f64(*n).map_or(Value::Null, Value::Number),
-        AttrValue::Bool(b) => Value::Bool(*b),
-        AttrValue::Enum(i) => catalogue
-            .enum_values(field)
-            .get(*i as usize)
-            .map_or(Value::Null, |s| Value::String(s.to_string())),
-        AttrValue::Time(ms) => Value::String(format_millis(*ms)),
-        AttrValue::StrList(items) => {
-            Value::Array(items.iter().map(|s| Value::String(s.to_string())).collect())
+    serde_json::to_value(ValueJson(catalogue, field, value)).unwrap_or(Value::Null)
+}
+
+/// An attribute value as a device document holds it: the one mapping behind [`value_to_json`] and
+/// [`Attributes::write_json`]. Datetimes as RFC 3339 UTC with milliseconds; an enum as its value's name; a
+/// number that JSON cannot hold, or an enum index out of range, as `null`.
+struct ValueJson<'a>(&'a Catalogue, FieldId, &'a AttrValue);
+
+impl Serialize for ValueJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let ValueJson(catalogue, field, value) = *self;
+        match value {
+            AttrValue::Str(s) => serializer.serialize_str(s),
+            AttrValue::Num(n) => match serde_json::Number::from_f64(*n) {
+                Some(n) => n.serialize(serializer),
+                None => serializer.serialize_unit(),
+            },
+            AttrValue::Bool(b) => serializer.serialize_bool(*b),
+            AttrValue::Enum(i) => match catalogue.enum_values(field).get(*i as usize) {
+                Some(s) => serializer.serialize_str(s),
+                None => serializer.serialize_unit(),
+            },
+            AttrValue::Time(ms) => serializer.serialize_str(&format_millis(*ms)),
+            AttrValue::StrList(items) => serializer.collect_seq(items.iter().map(|s| &**s)),
         }
+    }
+}
+
+/// The whole document, in field order.
+struct DocumentJson<'a>(&'a Attributes, &'a Catalogue);
+
+impl Serialize for DocumentJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let DocumentJson(attrs, catalogue) = *self;
+        let mut map = serializer.serialize_map(Some(attrs.len()))?;
+        for (field, value) in attrs.iter() {
+            catalogue.with_name(field, |name| {
+                map.serialize_entry(name, &ValueJson(catalogue, field, value))
+            })?;
+        }
+        map.end()
     }
 }
 

@@ -467,15 +467,7 @@ impl Catalogue {
 
     /// The field's name, for explanations and JSON output.
     pub fn name(&self, id: FieldId) -> Box<str> {
-        match self.fixed.get(id.index()) {
-            Some(def) => def.name.clone(),
-            None => self
-                .read_dynamic()
-                .names
-                .get(id.index() - self.fixed.len())
-                .cloned()
-                .unwrap_or_else(|| format!("<field {}>", id.0).into()),
-        }
+        self.with_name(id, |name| name.into())
     }
 
     /// Calls `f` with the field's name, without copying it.
