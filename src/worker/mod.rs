@@ -468,11 +468,13 @@ impl Pipeline {
                 }
                 Some(polled) = records.recv() => {
                     self.rebalances = Some(rebalances);
-                    self.accept(polled);
+                    // One reading of the clocks for the burst: its records are taken together.
+                    let taken = (Instant::now(), chrono::Utc::now().timestamp_millis());
+                    self.accept(polled, taken);
                     // Take what is already queued, up to a batch, without waiting.
                     for _ in 0..self.config.worker.batch_max_events {
                         match records.try_recv() {
-                            Ok(p) => self.accept(p),
+                            Ok(p) => self.accept(p, taken),
                             Err(_) => break,
                         }
                     }
@@ -547,7 +549,8 @@ impl Pipeline {
         }
     }
 
-    fn accept(&mut self, polled: Polled) {
+    /// Buffers a polled record; `taken` is when the pipeline took it (monotonic, and wall-clock milliseconds).
+    fn accept(&mut self, polled: Polled, (now, wall): (Instant, EpochMillis)) {
         let owned = self.partitions.contains_key(&polled.partition);
         let current = self.generations.get(&polled.partition).copied();
         let revoked = self.revoked.get(&polled.partition).copied();
@@ -561,10 +564,8 @@ impl Pipeline {
                         accepted: Vec::new(),
                         first_at: None,
                     });
-                let now = Instant::now();
                 buffer.first_at.get_or_insert(now);
                 if let Some(ts) = polled.record.timestamp {
-                    let wall = chrono::Utc::now().timestamp_millis();
                     self.status
                         .stages
                         .delivery
@@ -1003,7 +1004,7 @@ impl Pipeline {
         stages
             .compute
             .record_n(started.elapsed().as_millis() as u64, records);
-        stages.batch_records.record(inputs.decoded.len() as u64);
+        stages.batch_records.record(records);
         let write = std::mem::take(&mut computed.write);
         computed.write.next_offset = write.next_offset;
         computed.write.control_position = write.control_position;
@@ -1020,7 +1021,7 @@ impl Pipeline {
                 retrying: retrying.clone(),
                 done: self.completions_tx.clone(),
                 status: self.status.clone(),
-                records: inputs.decoded.len() as u64,
+                records,
             },
         ));
         self.in_flight.insert(
