@@ -73,11 +73,23 @@ CREATE TRIGGER devices_firmware_deleted AFTER DELETE ON devices
     REFERENCING OLD TABLE AS deleted
     FOR EACH STATEMENT EXECUTE FUNCTION cohort_device_firmware_deleted();
 
-INSERT INTO device_firmware_versions (org_id, version, device_id)
-SELECT org_id, attributes ->> 'firmwareVersion', id
-FROM devices
-WHERE attributes ->> 'firmwareVersion' IS NOT NULL
-ON CONFLICT DO NOTHING;
+-- Fills both side tables of `devices` from the stored rows, as their triggers would have: for rows written with
+-- the triggers off (a bulk load under `session_replication_role = replica`, as `cohort bench` seeds), and
+-- below for the devices stored before this migration.
+CREATE FUNCTION cohort_fill_device_side_tables() RETURNS void LANGUAGE sql AS $$
+    INSERT INTO device_identifiers (org_id, identifier, device_id)
+    SELECT d.org_id, k.identifier, d.id
+    FROM devices d CROSS JOIN LATERAL unnest(cohort_device_identifiers(d.attributes)) AS k (identifier)
+    WHERE d.attributes ?| ARRAY['imei', 'iccid', 'esn', 'mdn', 'meid', 'msisdn']
+    ON CONFLICT DO NOTHING;
+    INSERT INTO device_firmware_versions (org_id, version, device_id)
+    SELECT org_id, attributes ->> 'firmwareVersion', id
+    FROM devices
+    WHERE attributes ->> 'firmwareVersion' IS NOT NULL
+    ON CONFLICT DO NOTHING;
+$$;
+
+SELECT cohort_fill_device_side_tables();
 
 DROP INDEX devices_org_firmware_idx;
 

@@ -135,18 +135,10 @@ pub async fn seed(
     writer.await.context("the seeding writer panicked")??;
     // The load skipped the triggers that keep the side tables of `devices` (identifiers, reported firmware
     // versions) in step: fill them set-based, as the triggers would have.
-    sqlx::raw_sql(
-        "INSERT INTO device_identifiers (org_id, identifier, device_id) \
-         SELECT d.org_id, k.identifier, d.id FROM devices d \
-         CROSS JOIN LATERAL unnest(cohort_device_identifiers(d.attributes)) AS k (identifier) \
-         WHERE d.attributes ?| ARRAY['imei', 'iccid', 'esn', 'mdn', 'meid', 'msisdn'] ON CONFLICT DO NOTHING; \
-         INSERT INTO device_firmware_versions (org_id, version, device_id) \
-         SELECT org_id, attributes ->> 'firmwareVersion', id FROM devices \
-         WHERE attributes ->> 'firmwareVersion' IS NOT NULL ON CONFLICT DO NOTHING",
-    )
-    .execute(pool)
-    .await
-    .context("failed to fill the side tables of the seeded devices")?;
+    sqlx::query("SELECT cohort_fill_device_side_tables()")
+        .execute(pool)
+        .await
+        .context("failed to fill the side tables of the seeded devices")?;
     // A freshly loaded table has no statistics and no visibility map: settle both, as a database that has
     // been running for a while would be.
     sqlx::raw_sql("VACUUM (ANALYZE) devices, device_group_memberships")
