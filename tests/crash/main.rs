@@ -9,7 +9,7 @@
 //! - Three children run `env!("CARGO_BIN_EXE_cohort")`, configured only through `COHORT_*` variables:
 //!   two `cohort worker` processes in one consumer group (`worker.embedded_relay` and `worker.embedded_api`
 //!   false, a 2 s Kafka session so a killed member's partitions move on soon), and one `cohort relay`. Each
-//!   listens on a port found free just before it starts and appends its stdout and stderr to
+//!   listens on a port the kernel picks as it binds (`127.0.0.1:0`) and appends its stdout and stderr to
 //!   `<temp dir>/cohort-crash-<random>/<worker-0|worker-1|relay>.log`; the tails are printed when the test
 //!   fails (the directory is kept then, and removed after a pass).
 //!

@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -68,7 +67,9 @@ impl Proc {
         }
     }
 
-    /// Starts the process with `env` (plus a fresh `COHORT_HTTP_LISTEN`).
+    /// Starts the process with `env`, listening on a port the kernel picks when the child binds
+    /// (`COHORT_HTTP_LISTEN=127.0.0.1:0`; the suite never calls it). A port found free here and released
+    /// before the child binds could be taken in between, by any outgoing connection's ephemeral port.
     pub fn start(&mut self, env: &BTreeMap<String, String>) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.child.is_none(),
@@ -100,7 +101,7 @@ impl Proc {
             }
         }
         command.envs(env);
-        command.env("COHORT_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()?));
+        command.env("COHORT_HTTP_LISTEN", "127.0.0.1:0");
         let child = command
             .spawn()
             .with_context(|| format!("failed to start {}", self.role.name()))?;
@@ -169,7 +170,7 @@ impl Proc {
 
 /// The two workers and the relay.
 pub struct Cluster {
-    /// The configuration every child gets (`COHORT_*`), except its HTTP port.
+    /// The configuration every child gets (`COHORT_*`); each listens on `127.0.0.1:0`.
     env: BTreeMap<String, String>,
     pub workers: Vec<Proc>,
     pub relay: Proc,
@@ -275,11 +276,4 @@ impl Cluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
-}
-
-/// A port nothing listens on at the moment: bound to port 0 (the kernel picks a free one), then released.
-fn free_port() -> anyhow::Result<u16> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").context("failed to find a free port on 127.0.0.1")?;
-    Ok(listener.local_addr()?.port())
 }
