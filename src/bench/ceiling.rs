@@ -15,11 +15,11 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use serde::Serialize;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use super::broker::Stream;
 use super::fleet::Fleet;
+use crate::config::WalCompression;
 use crate::event;
 use crate::kafka::default_partition;
 use crate::rules::{Catalogue, EpochMillis};
@@ -51,6 +51,8 @@ pub struct CeilingReport {
 /// Settings the computation needs.
 pub struct CeilingSettings<'a> {
     pub url: &'a str,
+    /// What the writers' sessions set `wal_compression` to (as the worker's do).
+    pub wal_compression: WalCompression,
     pub input_topic: &'a str,
     pub dead_letter_topic: &'a str,
     pub output_topic: &'a str,
@@ -177,7 +179,7 @@ pub async fn measure(
     let mut runs = writes.into_iter();
 
     // One connection: the partitions' batches interleaved, as one worker alternates between them.
-    let one = PgPoolOptions::new()
+    let one = crate::store::pool_options(settings.wal_compression)
         .max_connections(1)
         .connect(settings.url)
         .await
@@ -213,7 +215,7 @@ pub async fn measure(
 
     // One connection per partition, each writing its partition's batches in order.
     let connections = settings.partitions as usize;
-    let many = PgPoolOptions::new()
+    let many = crate::store::pool_options(settings.wal_compression)
         .max_connections(connections as u32)
         .min_connections(connections as u32)
         .connect(settings.url)

@@ -37,7 +37,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 use self::broker::{Broker, Stream};
@@ -46,7 +45,7 @@ use self::fleet::{Fleet, Rng};
 use self::seed::SeedReport;
 use self::verify::{Correctness, Expectations};
 use crate::app::Application;
-use crate::config::Config;
+use crate::config::{Config, WalCompression};
 use crate::rules::Catalogue;
 use crate::worker::{Clock, ManualClock, Status};
 
@@ -98,6 +97,16 @@ pub struct BenchOptions {
     /// Seed of the synthetic fleet and events.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The WAL compression the worker's and the minimal writer's sessions ask for, as
+    /// `database.wal_compression` (server, off, pglz, lz4, zstd); server settings are left alone.
+    #[arg(long, default_value = "lz4", value_parser = parse_wal_compression)]
+    pub wal_compression: WalCompression,
+}
+
+fn parse_wal_compression(value: &str) -> Result<WalCompression, String> {
+    value
+        .parse()
+        .map_err(|()| "expected one of server, off, pglz, lz4, zstd".to_owned())
 }
 
 impl Default for BenchOptions {
@@ -114,6 +123,7 @@ impl Default for BenchOptions {
             brokers: None,
             reset: false,
             seed: 1,
+            wal_compression: WalCompression::Lz4,
         }
     }
 }
@@ -137,8 +147,9 @@ pub struct BenchReport {
     /// `/proc/loadavg`'s one-minute figure when the run started and ended (the machine is shared).
     pub load_average_start: f64,
     pub load_average_end: f64,
-    /// The PostgreSQL settings that pace its writes (checkpoints, WAL volume, commit flushes), as found:
-    /// the benchmark changes none of them.
+    /// The PostgreSQL settings that pace its writes (checkpoints, WAL volume, commit flushes), as a
+    /// session of the worker sees them: the benchmark changes no server setting; `wal_compression` is
+    /// the session's own (`--wal-compression`, as the worker's `database.wal_compression`).
     pub postgres_settings: String,
     pub seed: SeedReport,
     pub load: LoadReport,
@@ -278,7 +289,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     crate::store::create_database_if_missing(&options.database_url)
         .await
         .context("failed to create the database")?;
-    let pool = PgPoolOptions::new()
+    let pool = crate::store::pool_options(options.wal_compression)
         .max_connections(4)
         .connect(&options.database_url)
         .await
@@ -325,6 +336,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     // The worker, as `cohort worker` runs it.
     let mut config = Config::load_from(None, Vec::<(String, String)>::new())?;
     config.database.url = options.database_url.clone();
+    config.database.wal_compression = options.wal_compression;
     config.kafka.brokers = broker.bootstrap();
     config.kafka.input_topic = topic.clone();
     config.kafka.dead_letter_topic = format!("{topic}.dead-letter");
@@ -527,6 +539,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         &mut stream,
         &CeilingSettings {
             url: &options.database_url,
+            wal_compression: options.wal_compression,
             input_topic: &topic,
             dead_letter_topic: &config.kafka.dead_letter_topic,
             output_topic: &config.kafka.output_topic,

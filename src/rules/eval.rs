@@ -47,6 +47,37 @@ impl CompiledFilter {
         }
         node_flip(&self.root, attrs, now).1
     }
+
+    /// A lower bound of [`CompiledFilter::next_flip`] (`None`: it is `None` too), from the time-relative
+    /// leaves alone, with no evaluation: a node's result changes only when one of its leaves' does, so
+    /// it cannot flip before the earliest leaf flip. Lets a caller looking for the earliest flip of many
+    /// filters skip those that cannot be the earliest.
+    pub fn flip_lower_bound(&self, attrs: &Attributes, now: EpochMillis) -> Option<EpochMillis> {
+        self.time_leaves
+            .iter()
+            .filter_map(|leaf| leaf_flip(leaf, attrs, now))
+            .min()
+    }
+}
+
+/// Collects the leaves whose truth can change with time alone: those [`leaf_flip`] can answer for.
+pub(crate) fn collect_time_leaves(node: &Node, out: &mut Vec<Leaf>) {
+    match node {
+        Node::All(children) | Node::Any(children) => {
+            children.iter().for_each(|c| collect_time_leaves(c, out))
+        }
+        Node::Leaf(leaf) => {
+            let relative = |at: &TimeRef| !matches!(at, TimeRef::At(_));
+            let timed = match &leaf.test {
+                Test::WithinLast(_) | Test::DaysSince(_) => true,
+                Test::Before(at) | Test::After(at) => relative(at),
+                _ => false,
+            };
+            if timed {
+                out.push(leaf.clone());
+            }
+        }
+    }
 }
 
 #[inline]

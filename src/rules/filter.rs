@@ -222,6 +222,8 @@ pub struct CompiledFilter {
     field_names: Vec<String>,
     /// Whether the result can change with time alone (relative datetimes, daysSince…).
     time_dependent: bool,
+    /// The leaves whose truth can change with time alone (see [`CompiledFilter::flip_lower_bound`]).
+    pub(crate) time_leaves: Box<[Leaf]>,
     /// The filter as written (validated, so it has exactly the accepted shape).
     source: Value,
 }
@@ -425,11 +427,14 @@ pub fn compile(
                 .map(|f| catalogue.name(*f).into_string())
                 .collect();
             field_names.sort();
+            let mut time_leaves = Vec::new();
+            super::eval::collect_time_leaves(&root, &mut time_leaves);
             Ok(CompiledFilter {
                 root,
                 fields_used,
                 field_names,
                 time_dependent: ctx.time_dependent,
+                time_leaves: time_leaves.into(),
                 source: filter.clone(),
             })
         }

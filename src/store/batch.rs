@@ -49,7 +49,8 @@ pub struct LogRow {
     pub device_id: String,
     pub action: &'static str,
     pub reason: &'static str,
-    pub cause: Value,
+    /// Shared by every row one event or control entry causes.
+    pub cause: std::sync::Arc<Value>,
     pub group_version: i64,
 }
 
@@ -186,7 +187,7 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         .bind(rows.iter().map(|r| r.device_id.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.action).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| &r.cause).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| &*r.cause).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.group_version).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;

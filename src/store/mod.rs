@@ -21,12 +21,13 @@ pub mod groups;
 pub mod members;
 pub mod partition;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
-use crate::config::DatabaseConfig;
+use crate::config::{DatabaseConfig, WalCompression};
 
 /// The embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -113,10 +114,55 @@ impl From<sqlx::Error> for StoreError {
 /// query reports it (as a transient error).
 pub fn connect_lazy(config: &DatabaseConfig) -> Result<PgPool, StoreError> {
     let options: PgConnectOptions = config.url.parse().map_err(StoreError::Permanent)?;
-    Ok(PgPoolOptions::new()
+    Ok(pool_options(config.wal_compression)
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_millis(config.connect_timeout_ms))
         .connect_lazy_with(options))
+}
+
+/// Pool options whose every new connection asks for `wal_compression` (see
+/// [`DatabaseConfig::wal_compression`]). A refusal (the role may not set it, or the server was built
+/// without the method) is logged once per process and the connection is used with the server's setting.
+pub fn pool_options(wal_compression: WalCompression) -> PgPoolOptions {
+    let options = PgPoolOptions::new();
+    match wal_compression.setting() {
+        None => options,
+        Some(value) => options.after_connect(move |connection, _| {
+            Box::pin(async move { set_wal_compression(connection, value).await })
+        }),
+    }
+}
+
+/// Whether a refused `wal_compression` has been reported (once per process is enough: every connection
+/// of a role is refused alike).
+static WAL_COMPRESSION_REFUSED: AtomicBool = AtomicBool::new(false);
+
+async fn set_wal_compression(
+    connection: &mut PgConnection,
+    value: &'static str,
+) -> Result<(), sqlx::Error> {
+    let result = sqlx::query("SELECT set_config('wal_compression', $1, false)")
+        .bind(value)
+        .execute(connection)
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        // insufficient_privilege; invalid_parameter_value (a method the server was built without, or a
+        // server older than 15 that knows only on/off)
+        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42501" | "22023")) => {
+            if !WAL_COMPRESSION_REFUSED.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    wal_compression = value,
+                    error = %e,
+                    "the database refused cohort's wal_compression; using the server's setting \
+                     (grant it with GRANT SET ON PARAMETER wal_compression, or set \
+                     database.wal_compression = \"server\")"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Applies the embedded migrations (idempotent; concurrent callers serialise on sqlx's advisory lock).

@@ -277,31 +277,20 @@ impl Partition {
         });
         let flip = incremental.and_then(|b| {
             let changed = b.attrs.changed_fields(&device.attrs);
-            let mut best = b.next_flip.map(|t| (t, b.flip_slot));
-            for slot in &org.time_groups {
-                if !registry.reads_any(*slot, &changed) {
-                    continue;
-                }
-                if *slot == b.flip_slot {
-                    return None;
-                }
-                if let Some(t) = registry.next_flip(*slot, &device.attrs, now) {
-                    if best.is_none_or(|(at, _)| t < at) {
-                        best = Some((t, *slot));
-                    }
-                }
+            let reread: Vec<u32> = org
+                .time_groups
+                .iter()
+                .copied()
+                .filter(|slot| registry.reads_any(*slot, &changed))
+                .collect();
+            if reread.contains(&b.flip_slot) {
+                return None;
             }
-            Some(best)
+            let best = b.next_flip.map(|t| (t, b.flip_slot));
+            Some(registry.earliest_flip(reread, &device.attrs, now, best))
         });
         let flip = flip.unwrap_or_else(|| {
-            org.time_groups
-                .iter()
-                .filter_map(|slot| {
-                    registry
-                        .next_flip(*slot, &device.attrs, now)
-                        .map(|t| (t, *slot))
-                })
-                .min()
+            registry.earliest_flip(org.time_groups.iter().copied(), &device.attrs, now, None)
         });
         device.next_flip = flip.map(|(t, _)| t);
         device.flip_slot = flip.map_or(NO_FLIP, |(_, slot)| slot);
@@ -405,10 +394,21 @@ struct Work<'a> {
     scratch: Scratch,
     candidates: Vec<u32>,
     /// The last cause that touched each device in this batch (carried by its rollout-target event).
-    causes: HashMap<Box<str>, Value>,
+    causes: HashMap<Box<str>, Cause>,
     /// Devices whose firmware must be re-resolved although the batch may not otherwise touch them (release
     /// changes), with the cause.
-    resolve: Vec<(Box<str>, Value)>,
+    resolve: Vec<(Box<str>, Cause)>,
+    /// See [`Work::timer_cause`].
+    timer_cause: Option<Cause>,
+}
+
+/// What caused a change (a log row's `cause`, a rollout-target event's): built once per event or control
+/// entry and shared by every row it causes.
+type Cause = Arc<Value>;
+
+/// The cause of changes a control-log entry made.
+fn control_cause(entry: &Positioned) -> Cause {
+    Arc::new(json!({"type": "control", "controlId": entry.id, "kind": entry.entry.kind()}))
 }
 
 /// Computes a batch. `loaded` holds the stored rows of devices named by `records` that the partition does
@@ -434,6 +434,7 @@ pub fn compute(
         candidates: Vec::new(),
         causes: HashMap::new(),
         resolve: Vec::new(),
+        timer_cause: None,
     };
     let mut reschedule_all = false;
     let mut foreign = foreign;
@@ -602,7 +603,7 @@ impl Work<'_> {
     fn control(&mut self, entry: &Positioned) -> bool {
         self.stats.control_entries += 1;
         let registry = self.registry;
-        let cause = json!({"type": "control", "controlId": entry.id, "kind": entry.entry.kind()});
+        let cause = control_cause(entry);
         match &entry.entry {
             ControlEntry::OrgCreated { .. } => false,
             // Applied by `reevaluate`, which needs the re-read devices.
@@ -673,7 +674,7 @@ impl Work<'_> {
                 }
                 let version = group.version;
                 if self.current(device_id).is_some() {
-                    self.causes.insert(device_id.as_str().into(), cause.clone());
+                    self.record_cause(device_id, &cause);
                 }
                 let Some(device) = self.held(device_id) else {
                     return false;
@@ -723,7 +724,7 @@ impl Work<'_> {
                 if unchanged {
                     return false;
                 }
-                self.causes.insert(device_id.as_str().into(), cause.clone());
+                self.record_cause(device_id, &cause);
                 let Some(device) = self.held(device_id) else {
                     return false;
                 };
@@ -769,7 +770,7 @@ impl Work<'_> {
     /// both the batch's starting copy and the working copy of each device this partition holds (the diff
     /// then writes nothing for it), and the device's firmware is re-resolved with the entry as the cause.
     /// Devices already in the stated state are not touched, so applying the entry again changes nothing.
-    fn static_members(&mut self, slot: u32, added: &[String], removed: &[String], cause: &Value) {
+    fn static_members(&mut self, slot: u32, added: &[String], removed: &[String], cause: &Cause) {
         let changes = added
             .iter()
             .map(|id| (id, true))
@@ -807,7 +808,7 @@ impl Work<'_> {
                     device.remove_member(slot);
                 }
             }
-            self.causes.insert(id.as_str().into(), cause.clone());
+            self.record_cause(id, cause);
         }
     }
 
@@ -822,7 +823,7 @@ impl Work<'_> {
     ) {
         self.stats.control_entries += 1;
         let registry = self.registry;
-        let cause = json!({"type": "control", "controlId": entry.id, "kind": entry.entry.kind()});
+        let cause = control_cause(entry);
         for id in device_ids {
             if !self.partition.devices.contains_key(id.as_str()) {
                 continue;
@@ -857,7 +858,7 @@ impl Work<'_> {
             for slot in org.dynamic.clone() {
                 self.reconcile_held(id, slot, &cause);
             }
-            self.causes.insert(id.as_str().into(), cause.clone());
+            self.record_cause(id, &cause);
             self.resolve.push((id.as_str().into(), cause.clone()));
         }
     }
@@ -890,7 +891,7 @@ impl Work<'_> {
     }
 
     /// Re-evaluates one group for one held device, copying the device only when its membership changes.
-    fn reconcile_held(&mut self, id: &str, slot: u32, cause: &Value) {
+    fn reconcile_held(&mut self, id: &str, slot: u32, cause: &Cause) {
         self.stats.groups_evaluated += 1;
         let Some(device) = self.current(id) else {
             return;
@@ -910,7 +911,7 @@ impl Work<'_> {
     /// changed target is stored, and a changed *version* is a rollout-target event in the outbox.
     fn resolve_firmware(&mut self) {
         let registry = self.registry;
-        let mut ids: Vec<(Box<str>, Option<Value>)> =
+        let mut ids: Vec<(Box<str>, Option<Cause>)> =
             self.devices.keys().map(|id| (id.clone(), None)).collect();
         ids.extend(
             std::mem::take(&mut self.resolve)
@@ -942,7 +943,7 @@ impl Work<'_> {
                 .or(cause)
                 // Every path that touches a device records its cause; should one not, the instant of
                 // re-resolution is the truthful cause.
-                .unwrap_or_else(|| json!({"type": "timer", "at": format_millis(self.ctx.now)}));
+                .unwrap_or_else(|| self.timer_cause());
             let now = self.ctx.now;
             let Some(device) = self.held(&id) else {
                 continue;
@@ -986,10 +987,10 @@ impl Work<'_> {
         id: &str,
         action: &'static str,
         reason: &'static str,
-        cause: &Value,
+        cause: &Cause,
     ) {
         *self.stats.changes.entry(reason).or_default() += 1;
-        self.causes.insert(id.into(), cause.clone());
+        self.record_cause(id, cause);
         self.log.push(LogRow {
             group_id: self.registry.group(slot).id,
             device_id: id.to_string(),
@@ -998,6 +999,34 @@ impl Work<'_> {
             cause: cause.clone(),
             group_version: version,
         });
+    }
+
+    /// The cause of changes an event made: its id and position.
+    fn event_cause(&self, record: &Record, event: &DeviceEvent) -> Cause {
+        Arc::new(json!({
+            "type": "event",
+            "eventId": event.event_id,
+            "partition": self.partition.id,
+            "offset": record.offset,
+        }))
+    }
+
+    /// The cause of changes made by the clock alone: the batch's instant (one document per batch).
+    fn timer_cause(&mut self) -> Cause {
+        let now = self.ctx.now;
+        self.timer_cause
+            .get_or_insert_with(|| Arc::new(json!({"type": "timer", "at": format_millis(now)})))
+            .clone()
+    }
+
+    /// Records `cause` as the last to touch device `id` (its key allocated only on the first).
+    fn record_cause(&mut self, id: &str, cause: &Cause) {
+        match self.causes.get_mut(id) {
+            Some(last) => *last = cause.clone(),
+            None => {
+                self.causes.insert(id.into(), cause.clone());
+            }
+        }
     }
 
     fn dead_letter(&mut self, record: &Record, error: &DecodeError) {
@@ -1101,13 +1130,8 @@ impl Work<'_> {
             device.firmware_lock = lock.as_deref().map(Into::into);
         }
         device.sequence = event.sequence;
-        let cause = json!({
-            "type": "event",
-            "eventId": event.event_id,
-            "partition": self.partition.id,
-            "offset": record.offset,
-        });
-        self.causes.insert(id.into(), cause.clone());
+        let cause = self.event_cause(record, event);
+        self.record_cause(id, &cause);
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
         if fresh {
@@ -1175,13 +1199,8 @@ impl Work<'_> {
         self.stats.applied += 1;
         self.devices
             .insert(id.into(), (Origin::New, Device::new(org.clone())));
-        let cause = json!({
-            "type": "event",
-            "eventId": event.event_id,
-            "partition": self.partition.id,
-            "offset": record.offset,
-        });
-        self.causes.insert(id.into(), cause.clone());
+        let cause = self.event_cause(record, event);
+        self.record_cause(id, &cause);
         for slot in dynamic {
             self.reconcile_held(id, *slot, &cause);
         }
@@ -1218,8 +1237,8 @@ impl Work<'_> {
             return;
         };
         self.stats.timer_evaluations += 1;
-        let cause = json!({"type": "timer", "at": format_millis(self.ctx.now)});
-        for slot in org.time_groups.clone() {
+        let cause = self.timer_cause();
+        for &slot in &org.time_groups {
             self.reconcile_held(id, slot, &cause);
         }
     }

@@ -242,6 +242,12 @@ impl Registry {
         attrs: &Attributes,
         now: EpochMillis,
     ) -> Option<EpochMillis> {
+        self.scoped_filter(slot, attrs)?.next_flip(attrs, now)
+    }
+
+    /// The filter of the group in `slot`, unless the group is site-scoped and the device is not of its
+    /// site (then nothing about it changes with time).
+    fn scoped_filter(&self, slot: u32, attrs: &Attributes) -> Option<&CompiledFilter> {
         let group = &self.groups[slot as usize];
         let filter = group.filter.as_ref()?;
         if let Some(site) = &group.site {
@@ -249,7 +255,41 @@ impl Registry {
                 return None;
             }
         }
-        filter.next_flip(attrs, now)
+        Some(filter)
+    }
+
+    /// The earliest `(flip, slot)` of the groups in `slots` (see [`Registry::next_flip`]), or `best` if
+    /// none flips before it; ties go to the lower slot. Groups are evaluated in the order of their flips'
+    /// lower bounds ([`CompiledFilter::flip_lower_bound`](crate::rules::CompiledFilter::flip_lower_bound)),
+    /// and the search stops at the first bound that cannot beat the best so far, so a device's schedule
+    /// usually costs one evaluation, not one per time-dependent group.
+    pub fn earliest_flip(
+        &self,
+        slots: impl IntoIterator<Item = u32>,
+        attrs: &Attributes,
+        now: EpochMillis,
+        mut best: Option<(EpochMillis, u32)>,
+    ) -> Option<(EpochMillis, u32)> {
+        let mut bounds: Vec<(EpochMillis, u32)> = slots
+            .into_iter()
+            .filter_map(|slot| {
+                let filter = self.scoped_filter(slot, attrs)?;
+                Some((filter.flip_lower_bound(attrs, now)?, slot))
+            })
+            .collect();
+        bounds.sort_unstable();
+        for (bound, slot) in bounds {
+            // Sorted: neither this group nor any after it can flip before `best`.
+            if best.is_some_and(|b| (bound, slot) >= b) {
+                break;
+            }
+            if let Some(t) = self.next_flip(slot, attrs, now) {
+                if best.is_none_or(|b| (t, slot) < b) {
+                    best = Some((t, slot));
+                }
+            }
+        }
+        best
     }
 
     /// Whether the group in `slot` reads any of `fields` (sorted): its filter's fields, and `siteId` for a

@@ -553,6 +553,21 @@ proptest! {
     }
 
     #[test]
+    fn the_flip_lower_bound_is_a_lower_bound((now, filter, device, _fractions) in flip_case()) {
+        let c = catalogue();
+        let f = compiled(&filter, c);
+        let attrs = attributes(&device, c);
+        let bound = f.flip_lower_bound(&attrs, now);
+        match (f.next_flip(&attrs, now), bound) {
+            (None, _) => {}
+            (Some(flip), Some(bound)) => {
+                prop_assert!(bound <= flip, "bound {} is after the flip {}", bound, flip)
+            }
+            (Some(flip), None) => prop_assert!(false, "no bound, but a flip at {}", flip),
+        }
+    }
+
+    #[test]
     fn re_evaluating_at_the_flip_makes_progress((now, filter, device, fractions) in flip_case()) {
         let c = catalogue();
         let f = compiled(&filter, c);

@@ -751,3 +751,77 @@ async fn a_site_scoped_static_group_only_receives_devices_of_its_site() -> anyho
         .await?;
     h.stop().await
 }
+
+#[tokio::test]
+async fn sessions_ask_for_wal_compression_and_a_role_that_may_not_set_it_still_connects(
+) -> anyhow::Result<()> {
+    use cohort::config::{DatabaseConfig, WalCompression};
+    use sqlx::postgres::PgConnectOptions;
+
+    let db = support::db::TestDatabase::new().await?;
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(db.pool())
+            .await?;
+    let server: String = sqlx::query_scalar("SHOW wal_compression")
+        .fetch_one(db.pool())
+        .await?;
+
+    // The worker's pool, as `database.wal_compression` configures it.
+    for (setting, expected) in [(WalCompression::Lz4, "lz4"), (WalCompression::Off, "off")] {
+        let config = DatabaseConfig {
+            url: db.url().to_owned(),
+            wal_compression: setting,
+            ..DatabaseConfig::default()
+        };
+        let pool = cohort::store::connect_lazy(&config)?;
+        let session: String = sqlx::query_scalar("SHOW wal_compression")
+            .fetch_one(&pool)
+            .await?;
+        if superuser {
+            assert_eq!(session, expected);
+        }
+        pool.close().await;
+    }
+    let config = DatabaseConfig {
+        url: db.url().to_owned(),
+        wal_compression: WalCompression::Server,
+        ..DatabaseConfig::default()
+    };
+    let pool = cohort::store::connect_lazy(&config)?;
+    let session: String = sqlx::query_scalar("SHOW wal_compression")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(session, server, "`server` leaves the setting alone");
+    pool.close().await;
+
+    // A role without the right: refused, warned about, and the connection works with the server's setting.
+    if superuser {
+        let role = format!("cohort_test_role_{}", support::random_suffix());
+        let password = support::random_suffix();
+        sqlx::raw_sql(&format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+            .execute(db.pool())
+            .await?;
+        let options: PgConnectOptions = db.url().parse()?;
+        let result = async {
+            let pool = cohort::store::pool_options(WalCompression::Lz4)
+                .max_connections(1)
+                .connect_with(options.username(&role).password(&password))
+                .await?;
+            let session: String = sqlx::query_scalar("SHOW wal_compression")
+                .fetch_one(&pool)
+                .await?;
+            let answer: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await?;
+            pool.close().await;
+            anyhow::Ok((session, answer))
+        }
+        .await;
+        sqlx::raw_sql(&format!("DROP ROLE {role}"))
+            .execute(db.pool())
+            .await?;
+        let (session, answer) = result?;
+        assert_eq!(session, server);
+        assert_eq!(answer, 1);
+    }
+    db.cleanup().await
+}
