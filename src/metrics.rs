@@ -24,6 +24,9 @@ pub const TIMER_EVALUATIONS: &str = "cohort_worker_timer_evaluations_total";
 pub const ROLLOUT_EVENTS: &str = "cohort_worker_rollout_events_total";
 /// Batches committed.
 pub const BATCHES: &str = "cohort_worker_batches_total";
+/// Batches computed while an earlier batch of their partition was still committing (the pipeline was
+/// used: a rate close to `cohort_worker_batches_total`'s means the worker is bound by its commits).
+pub const BATCHES_PIPELINED: &str = "cohort_worker_batches_pipelined_total";
 /// Time to compute a batch (decode, evaluate), seconds.
 pub const BATCH_SECONDS: &str = "cohort_worker_batch_duration_seconds";
 /// Time to commit a batch's transaction, seconds.
@@ -84,6 +87,7 @@ pub const ALL: &[&str] = &[
     TIMER_EVALUATIONS,
     ROLLOUT_EVENTS,
     BATCHES,
+    BATCHES_PIPELINED,
     BATCH_SECONDS,
     COMMIT_SECONDS,
     EVENT_LATENCY_SECONDS,
@@ -132,6 +136,10 @@ pub fn describe() {
     );
     describe_counter!(ROLLOUT_EVENTS, "Rollout-target events emitted");
     describe_counter!(BATCHES, "Batches committed");
+    describe_counter!(
+        BATCHES_PIPELINED,
+        "Batches computed while an earlier batch of their partition was committing"
+    );
     describe_histogram!(BATCH_SECONDS, Unit::Seconds, "Time to compute a batch");
     describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Time to commit a batch");
     describe_histogram!(

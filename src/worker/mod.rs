@@ -6,19 +6,27 @@
 //! per partition and flushes a partition's batch when it is full, old enough, or has control entries or timers
 //! due. A flush computes on copies of the touched devices ([`partition::compute`]) and commits everything in
 //! one fenced transaction ([`crate::store::batch`]) on a task of its own, so the other partitions' batches
-//! are computed and committed meanwhile; a partition has at most one batch in flight, and only once it commits
-//! does the partition's in-memory state move on.
+//! are computed and committed meanwhile.
+//!
+//! A partition's batches commit in order, one at a time, and are pipelined two deep: while one commits, the
+//! next is computed on the state the first leaves, and its commit task starts the moment the first commits
+//! (it waits for the first's signal, not for this task). So the partition's connection does not idle while
+//! a batch is computed. The in-memory state moves on when a batch is computed; each batch in flight keeps
+//! what it replaced, so that a batch which does not commit, and every batch after it, can be put back.
+//! A batch whose inputs include control entries is computed only when nothing of its partition is in
+//! flight (a reconciliation re-reads devices from the database, which must hold every earlier batch).
+//! Kafka offsets, metrics and the committed-record count move only when a commit succeeds.
 //!
 //! Failures: a transient database error is retried with capped exponential backoff, never skipped (while
 //! rebalance requests are still answered); a fenced commit means another worker owns the partition, so its
-//! state is dropped; a device conflict (another partition re-homed the device) evicts the device and
-//! recomputes the batch.
+//! state is dropped; a device conflict (another partition re-homed the device) puts the batch and the one
+//! behind it back, evicts the device, and recomputes both.
 
 pub mod latency;
 pub mod partition;
 pub mod registry;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -27,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use self::partition::{compute, BatchContext, Device, Partition, Record};
 use self::registry::Registry;
@@ -84,6 +92,8 @@ pub struct Status {
     pub ready: std::sync::atomic::AtomicBool,
     /// Batches committed so far.
     pub batches: std::sync::atomic::AtomicU64,
+    /// Batches computed while an earlier batch of their partition was still in flight.
+    pub batches_pipelined: std::sync::atomic::AtomicU64,
     /// Partitions owned right now.
     pub partitions: std::sync::atomic::AtomicUsize,
     /// Input records whose batch has committed (applied, skipped and dead-lettered alike): what a
@@ -108,7 +118,8 @@ pub struct Stages {
     pub buffered: latency::LatencyHistogram,
     /// Per record: computing its batch (evaluation and rendering the writes).
     pub compute: latency::LatencyHistogram,
-    /// Per record: its batch's commit task, from spawn to the commit's end (retries included).
+    /// Per record: its batch's commit task, from spawn to the commit's end (retries included, and the wait
+    /// for the partition's previous batch to commit).
     pub commit: latency::LatencyHistogram,
     /// Per record: from its batch's commit end to the pipeline installing it.
     pub settle: latency::LatencyHistogram,
@@ -221,8 +232,9 @@ struct Pipeline {
     owner: String,
     rebalances: Option<mpsc::UnboundedReceiver<RebalanceRequest>>,
     control_dirty: bool,
-    /// The batch each partition is committing, if any (at most one per partition).
-    in_flight: HashMap<i32, InFlight>,
+    /// Each partition's batches computed and not yet settled, oldest first (at most [`PIPELINE_DEPTH`]):
+    /// the first is committing, the next waits for it. A partition with none has no entry.
+    in_flight: HashMap<i32, VecDeque<InFlight>>,
     /// Numbers batches, so that a completion is matched to the batch that sent it.
     next_batch: u64,
     /// Commit tasks announce (partition, batch) here when they end.
@@ -238,14 +250,41 @@ struct BatchInputs {
     now: EpochMillis,
 }
 
-/// A batch whose commit runs on its own task; its state is installed once the commit succeeds.
+/// How many batches of one partition may be in flight: one committing and one computed on the state it
+/// leaves, waiting to commit right after it. A third would only add latency: computing a batch takes less
+/// time than committing one.
+const PIPELINE_DEPTH: usize = 2;
+
+/// A batch whose commit runs on its own task. Its state is already installed in the partition; `undo`
+/// puts it back if the commit does not succeed.
 struct InFlight {
     id: u64,
-    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+    task: tokio::task::JoinHandle<Outcome>,
     /// Set while the task waits to retry a failed commit (nothing of the batch is written then).
     retrying: Arc<AtomicBool>,
-    computed: partition::Computed,
+    /// Resolves when this batch has committed: the partition's next batch waits on it before committing.
+    committed: Option<oneshot::Receiver<()>>,
+    undo: Undo,
+    stats: partition::Stats,
+    /// The partition's next input offset once the batch commits (what Kafka may be told).
+    next_offset: i64,
     inputs: BatchInputs,
+}
+
+/// What a batch replaced in its partition's state when it was installed.
+struct Undo {
+    /// Each device the batch touched, with its state before (None: the partition did not hold it).
+    devices: Vec<(Box<str>, Option<Box<Device>>)>,
+    next_offset: i64,
+    control_position: i64,
+}
+
+/// How a commit task ended.
+enum Outcome {
+    Committed,
+    Failed(StoreError),
+    /// Not attempted: the partition's previous batch did not commit.
+    Skipped,
 }
 
 /// Capped exponential backoff, from `worker.retry_initial_backoff_ms` doubling up to
@@ -304,15 +343,24 @@ struct CommitRetry {
     records: u64,
 }
 
-/// Commits a batch, retrying every failure with capped exponential backoff except the two that need the
-/// pipeline: fenced (the partition is lost) and a device conflict (the batch must be recomputed).
+/// Commits a batch once the partition's previous batch has (`after`), retrying every failure with capped
+/// exponential backoff except the two that need the pipeline: fenced (the partition is lost) and a device
+/// conflict (the batch must be recomputed). Signals `then` when it has committed.
 async fn commit_with_retry(
     pool: PgPool,
     write: store::batch::BatchWrite,
     retry: CommitRetry,
-) -> Result<(), StoreError> {
-    let mut backoff = retry.backoff;
+    after: Option<oneshot::Receiver<()>>,
+    then: oneshot::Sender<()>,
+) -> Outcome {
     let spawned = Instant::now();
+    if let Some(after) = after {
+        if after.await.is_err() {
+            // The previous batch failed or was abandoned: this one was computed on its state.
+            return Outcome::Skipped;
+        }
+    }
+    let mut backoff = retry.backoff;
     let result = loop {
         let started = Instant::now();
         let result = store::batch::commit(&pool, &write).await;
@@ -334,6 +382,9 @@ async fn commit_with_retry(
         }
     };
     let at = Instant::now();
+    if result.is_ok() {
+        let _ = then.send(());
+    }
     retry
         .status
         .stages
@@ -345,7 +396,10 @@ async fn commit_with_retry(
         at,
         records: retry.records,
     });
-    result
+    match result {
+        Ok(()) => Outcome::Committed,
+        Err(e) => Outcome::Failed(e),
+    }
 }
 
 impl Pipeline {
@@ -462,8 +516,15 @@ impl Pipeline {
                 Some(Completion { partition, id, at, records: n }) = completions.recv() => {
                     self.rebalances = Some(rebalances);
                     self.status.stages.settle.record_n(at.elapsed().as_millis() as u64, n);
-                    if self.in_flight.get(&partition).is_some_and(|f| f.id == id) {
-                        self.finish(partition).await;
+                    // Settle the batch that ended and any before it (they ended first: a batch commits
+                    // only after its predecessor has).
+                    while self
+                        .in_flight
+                        .get(&partition)
+                        .and_then(VecDeque::front)
+                        .is_some_and(|f| f.id <= id)
+                    {
+                        self.finish_front(partition).await;
                     }
                 }
                 Some(polled) = records.recv() => {
@@ -526,7 +587,7 @@ impl Pipeline {
         let deadline = Duration::from_millis(self.config.worker.shutdown_deadline_ms);
         if tokio::time::timeout(deadline, self.drain()).await.is_err() {
             tracing::warn!("shutdown deadline passed with batches unfinished; they will be re-read from the stored positions");
-            for (_, flight) in self.in_flight.drain() {
+            for flight in self.in_flight.drain().flat_map(|(_, queue)| queue) {
                 flight.task.abort();
             }
         }
@@ -632,13 +693,13 @@ impl Pipeline {
         }
     }
 
-    /// Finishes a partition's batch in flight, unless its commit is failing (the database is away):
-    /// then the batch is abandoned (`drop_partition` aborts it) rather than holding up a rebalance.
+    /// Finishes a partition's batches in flight, unless a commit is failing (the database is away): then
+    /// they are abandoned (`drop_partition` aborts them) rather than holding up a rebalance.
     async fn finish_unless_retrying(&mut self, partition: i32) {
         let failing = self
             .in_flight
             .get(&partition)
-            .is_some_and(|f| f.retrying.load(Ordering::SeqCst));
+            .is_some_and(|q| q.iter().any(|f| f.retrying.load(Ordering::SeqCst)));
         if !failing {
             self.finish(partition).await;
         }
@@ -672,9 +733,10 @@ impl Pipeline {
     fn drop_partition(&mut self, partition: i32) {
         // Its lag is the new owner's to report now; a stale value here would raise false alarms.
         metrics::gauge!(m::CONSUMER_LAG, "partition" => partition.to_string()).set(0.0);
-        if let Some(flight) = self.in_flight.remove(&partition) {
+        for flight in self.in_flight.remove(&partition).into_iter().flatten() {
             // Abandoned: if its transaction still commits, it does so under this worker's epoch, before the
-            // next owner's claim (which waits for the position row's lock) reads the positions.
+            // next owner's claim (which waits for the position row's lock) reads the positions. A batch
+            // waiting behind it never starts.
             flight.task.abort();
         }
         self.partitions.remove(&partition);
@@ -850,12 +912,18 @@ impl Pipeline {
         }
     }
 
-    /// Computes the next batch of a partition and starts its commit, unless the partition already has a batch
-    /// in flight (batches of one partition commit in order, one at a time; other partitions' batches are
-    /// computed and committed meanwhile).
+    /// Computes the next batch of a partition and starts its commit, unless the partition's pipeline is full,
+    /// or has a batch in flight and control entries to apply (see the module's documentation).
     async fn flush_partition(&mut self, partition: i32) {
-        if self.in_flight.contains_key(&partition) {
-            return;
+        if let Some(queue) = self.in_flight.get(&partition) {
+            let control = self
+                .partitions
+                .get(&partition)
+                .is_some_and(|p| !p.pending_control.is_empty());
+            let failing = queue.iter().any(|f| f.retrying.load(Ordering::SeqCst));
+            if queue.len() >= PIPELINE_DEPTH || control || failing {
+                return;
+            }
         }
         let max_events = self.config.worker.batch_max_events;
         let records: Vec<Record> = match self.buffers.get_mut(&partition) {
@@ -978,7 +1046,7 @@ impl Pipeline {
                 }
             }
         };
-        let Some(state) = self.partitions.get(&partition) else {
+        let Some(state) = self.partitions.get_mut(&partition) else {
             return;
         };
         let started = Instant::now();
@@ -1006,11 +1074,28 @@ impl Pipeline {
             .record_n(started.elapsed().as_millis() as u64, records);
         stages.batch_records.record(records);
         let write = std::mem::take(&mut computed.write);
-        computed.write.next_offset = write.next_offset;
-        computed.write.control_position = write.control_position;
+        let next_offset = write.next_offset;
+        let undo = install(
+            state,
+            &self.registry,
+            computed.devices,
+            computed.reschedule_all,
+            (write.next_offset, write.control_position),
+            inputs.control.len(),
+            inputs.now,
+        );
         self.next_batch += 1;
         let id = self.next_batch;
         let retrying = Arc::new(AtomicBool::new(false));
+        let queue = self.in_flight.entry(partition).or_default();
+        let after = queue.back_mut().and_then(|f| f.committed.take());
+        if after.is_some() {
+            metrics::counter!(m::BATCHES_PIPELINED).increment(1);
+            self.status
+                .batches_pipelined
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let (then, committed) = oneshot::channel();
         let task = tokio::spawn(commit_with_retry(
             self.pool.clone(),
             write,
@@ -1023,71 +1108,108 @@ impl Pipeline {
                 status: self.status.clone(),
                 records,
             },
+            after,
+            then,
         ));
-        self.in_flight.insert(
-            partition,
-            InFlight {
-                id,
-                task,
-                retrying,
-                computed,
-                inputs,
-            },
-        );
+        queue.push_back(InFlight {
+            id,
+            task,
+            retrying,
+            committed: Some(committed),
+            undo,
+            stats: computed.stats,
+            next_offset,
+            inputs,
+        });
     }
 
-    /// Waits for a partition's batch in flight, if any, and acts on the outcome: installs it, drops the
-    /// partition (fenced), or recomputes it (device conflict).
+    /// Waits for every batch of a partition in flight, oldest first, and acts on each outcome.
     async fn finish(&mut self, partition: i32) {
-        // A recomputed batch is in flight again: wait for it too.
-        while let Some(flight) = self.in_flight.remove(&partition) {
-            let result = match flight.task.await {
-                Ok(result) => result,
-                Err(e) => {
-                    tracing::error!(partition, error = %e, "a batch commit task failed; dropping the partition");
-                    self.drop_partition(partition);
-                    return;
-                }
-            };
-            match result {
-                Ok(()) => {
-                    let control_applied = flight.inputs.control.len();
-                    self.install(
-                        partition,
-                        flight.computed,
-                        &flight.inputs.decoded,
-                        control_applied,
-                        flight.inputs.now,
-                    );
-                    return;
-                }
-                Err(StoreError::Fenced { .. }) => {
-                    metrics::counter!(m::COMMIT_FAILURES, "kind" => "fenced").increment(1);
-                    tracing::warn!(partition, "partition fenced: another worker owns it now");
-                    self.drop_partition(partition);
-                    return;
-                }
-                Err(StoreError::DeviceConflict { devices }) => {
-                    metrics::counter!(m::COMMIT_FAILURES, "kind" => "device_conflict").increment(1);
-                    tracing::info!(
-                        partition,
-                        devices = devices.len(),
-                        "devices changed under the batch; reloading them"
-                    );
-                    if let Some(state) = self.partitions.get_mut(&partition) {
-                        for id in &devices {
-                            state.devices.remove(id.as_str());
-                        }
-                    }
-                    self.start_batch(partition, flight.inputs).await;
-                }
-                Err(e) => {
-                    // `commit_with_retry` retries everything else; not reached.
-                    tracing::error!(partition, error = %e, "batch commit gave up; dropping the partition");
-                    self.drop_partition(partition);
-                    return;
-                }
+        while self.in_flight.contains_key(&partition) {
+            self.finish_front(partition).await;
+        }
+    }
+
+    /// Waits for a partition's oldest batch in flight and acts on the outcome: settles it (committed), drops
+    /// the partition (fenced), or puts it and the batches after it back and recomputes them (a device
+    /// conflict).
+    async fn finish_front(&mut self, partition: i32) {
+        let Some(flight) = self
+            .in_flight
+            .get_mut(&partition)
+            .and_then(VecDeque::pop_front)
+        else {
+            self.in_flight.remove(&partition);
+            return;
+        };
+        if self
+            .in_flight
+            .get(&partition)
+            .is_some_and(VecDeque::is_empty)
+        {
+            self.in_flight.remove(&partition);
+        }
+        let outcome = match flight.task.await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::error!(partition, error = %e, "a batch commit task failed; dropping the partition");
+                self.drop_partition(partition);
+                return;
             }
+        };
+        let conflicted = match outcome {
+            Outcome::Committed => {
+                self.settle(
+                    partition,
+                    flight.next_offset,
+                    &flight.stats,
+                    &flight.inputs.decoded,
+                );
+                return;
+            }
+            Outcome::Failed(StoreError::Fenced { .. }) => {
+                metrics::counter!(m::COMMIT_FAILURES, "kind" => "fenced").increment(1);
+                tracing::warn!(partition, "partition fenced: another worker owns it now");
+                self.drop_partition(partition);
+                return;
+            }
+            Outcome::Failed(StoreError::DeviceConflict { devices }) => {
+                metrics::counter!(m::COMMIT_FAILURES, "kind" => "device_conflict").increment(1);
+                tracing::info!(
+                    partition,
+                    devices = devices.len(),
+                    "devices changed under the batch; reloading them"
+                );
+                devices
+            }
+            // Not reached: the oldest batch waits for nothing.
+            Outcome::Skipped => Vec::new(),
+            Outcome::Failed(e) => {
+                // `commit_with_retry` retries everything else; not reached.
+                tracing::error!(partition, error = %e, "batch commit gave up; dropping the partition");
+                self.drop_partition(partition);
+                return;
+            }
+        };
+        // Put back the batch and every one computed after it, newest first, then recompute them in order.
+        let mut flights = vec![(flight.undo, flight.inputs)];
+        for later in self.in_flight.remove(&partition).into_iter().flatten() {
+            later.task.abort();
+            flights.push((later.undo, later.inputs));
+        }
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        let mut recompute = Vec::with_capacity(flights.len());
+        for (undo, inputs) in flights.into_iter().rev() {
+            uninstall(state, undo, &inputs.control);
+            recompute.push(inputs);
+        }
+        for id in &conflicted {
+            state.devices.remove(id.as_str());
+        }
+        for inputs in recompute.into_iter().rev() {
+            self.start_batch(partition, inputs).await;
         }
     }
 
@@ -1130,46 +1252,20 @@ impl Pipeline {
         }
     }
 
-    /// Installs a committed batch's state and records its metrics.
-    fn install(
+    /// Records a committed batch: the offset Kafka may be told, metrics and counters.
+    fn settle(
         &mut self,
         partition: i32,
-        computed: partition::Computed,
+        next_offset: i64,
+        stats: &partition::Stats,
         decoded: &[(Record, Result<event::DeviceEvent, event::DecodeError>)],
-        control_applied: usize,
-        now: EpochMillis,
     ) {
-        let Some(state) = self.partitions.get_mut(&partition) else {
+        if !self.partitions.contains_key(&partition) {
             return;
-        };
-        state.claim.next_offset = computed.write.next_offset;
-        state.claim.control_position = computed.write.control_position;
-        for _ in 0..control_applied {
-            state.pending_control.pop_front();
-        }
-        // Each touched device with its state before the batch, to reschedule only what the batch changed.
-        let touched: Vec<(Box<str>, Option<Box<Device>>)> = computed
-            .devices
-            .into_iter()
-            .map(|(id, device)| {
-                let before = state.devices.insert(id.clone(), device);
-                (id, before)
-            })
-            .collect();
-        if computed.reschedule_all {
-            let ids: Vec<Box<str>> = state.devices.keys().cloned().collect();
-            for id in &ids {
-                state.schedule(id, &self.registry, now);
-            }
-        } else {
-            for (id, before) in &touched {
-                state.schedule_after(id, before.as_deref(), &self.registry, now);
-            }
         }
         if let Ok(mut c) = self.shared.committed.lock() {
-            c.insert(partition, state.claim.next_offset);
+            c.insert(partition, next_offset);
         }
-        let stats = &computed.stats;
         metrics::counter!(m::BATCHES).increment(1);
         metrics::counter!(m::EVENTS, "outcome" => "applied").increment(stats.applied);
         metrics::counter!(m::EVENTS, "outcome" => "duplicate").increment(stats.duplicates);
@@ -1223,10 +1319,82 @@ impl Pipeline {
             .lock()
             .map(|m| m.clone())
             .unwrap_or_default();
-        for (partition, state) in &self.partitions {
-            if let Some(high) = marks.get(partition) {
+        let committed = self
+            .shared
+            .committed
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
+        for partition in self.partitions.keys() {
+            if let (Some(high), Some(next)) = (marks.get(partition), committed.get(partition)) {
                 metrics::gauge!(m::CONSUMER_LAG, "partition" => partition.to_string())
-                    .set((high - state.claim.next_offset).max(0) as f64);
+                    .set((high - next).max(0) as f64);
+            }
+        }
+    }
+}
+
+/// Installs a computed batch in its partition's state: its devices (rescheduling their time flips), its
+/// positions, and the control entries it applied taken off the queue. Returns what it replaced.
+fn install(
+    state: &mut Partition,
+    registry: &Registry,
+    devices: HashMap<Box<str>, Box<Device>>,
+    reschedule_all: bool,
+    (next_offset, control_position): (i64, i64),
+    control_applied: usize,
+    now: EpochMillis,
+) -> Undo {
+    let undo_positions = (state.claim.next_offset, state.claim.control_position);
+    state.claim.next_offset = next_offset;
+    state.claim.control_position = control_position;
+    for _ in 0..control_applied {
+        state.pending_control.pop_front();
+    }
+    // Each touched device with its state before the batch, to reschedule only what the batch changed.
+    let touched: Vec<(Box<str>, Option<Box<Device>>)> = devices
+        .into_iter()
+        .map(|(id, device)| {
+            let before = state.devices.insert(id.clone(), device);
+            (id, before)
+        })
+        .collect();
+    if reschedule_all {
+        let ids: Vec<Box<str>> = state.devices.keys().cloned().collect();
+        for id in &ids {
+            state.schedule(id, registry, now);
+        }
+    } else {
+        for (id, before) in &touched {
+            state.schedule_after(id, before.as_deref(), registry, now);
+        }
+    }
+    Undo {
+        devices: touched,
+        next_offset: undo_positions.0,
+        control_position: undo_positions.1,
+    }
+}
+
+/// Puts back what [`install`] replaced: the devices as they were, the positions, and `control` (the entries
+/// the batch applied) at the head of the queue. A restored device's flip is pushed again, in case its timer
+/// was taken while the batch's state was installed (a duplicate timer is harmless: the device is due once).
+fn uninstall(state: &mut Partition, undo: Undo, control: &[Positioned]) {
+    state.claim.next_offset = undo.next_offset;
+    state.claim.control_position = undo.control_position;
+    for entry in control.iter().rev() {
+        state.pending_control.push_front(entry.clone());
+    }
+    for (id, before) in undo.devices {
+        match before {
+            Some(device) => {
+                if let Some(at) = device.next_flip {
+                    state.timers.push(std::cmp::Reverse((at, id.clone())));
+                }
+                state.devices.insert(id, device);
+            }
+            None => {
+                state.devices.remove(&id);
             }
         }
     }
@@ -1269,6 +1437,45 @@ fn disposition(
 #[cfg(test)]
 mod tests {
     use super::{disposition, Disposition};
+
+    /// A batch computed on the state of one that did not commit never writes: its task ends without
+    /// touching the database (this pool points at a closed port, so an attempt would retry, not end).
+    #[tokio::test]
+    async fn a_batch_whose_predecessor_did_not_commit_is_not_attempted() {
+        use super::*;
+        let config =
+            Config::load_from(None, Vec::<(String, String)>::new()).expect("defaults load");
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a lazy pool");
+        let (predecessor, after) = oneshot::channel::<()>();
+        drop(predecessor);
+        let (then, committed) = oneshot::channel();
+        let (done, mut completions) = mpsc::unbounded_channel();
+        let retry = CommitRetry {
+            partition: 0,
+            id: 2,
+            backoff: Backoff::new(&config),
+            retrying: Arc::new(AtomicBool::new(false)),
+            done,
+            status: Arc::new(Status::default()),
+            records: 1,
+        };
+        let task = commit_with_retry(
+            pool,
+            store::batch::BatchWrite::default(),
+            retry,
+            Some(after),
+            then,
+        );
+        // A guard against a hang (an attempted commit retries forever), not a timing assertion.
+        let outcome = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the task ends without attempting the commit");
+        assert!(matches!(outcome, Outcome::Skipped));
+        assert!(committed.await.is_err(), "no success signal");
+        assert!(completions.try_recv().is_err(), "no completion announced");
+    }
 
     #[test]
     fn a_record_of_the_current_assignment_is_accepted() {

@@ -14,7 +14,7 @@
 //! the field index are.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -221,7 +221,8 @@ impl Device {
 #[derive(Debug)]
 pub struct Partition {
     pub id: i32,
-    /// Epoch and positions as committed.
+    /// The epoch, and the positions after the last batch computed (committed, or in flight: see
+    /// [`crate::worker`]; the positions Kafka is told are those committed).
     pub claim: Claim,
     /// Boxed: a map's spare buckets then cost a pointer each, not a whole device (a table of half a million
     /// inline devices is often half empty after doubling).
@@ -299,9 +300,10 @@ impl Partition {
         }
     }
 
-    /// Removes and returns the devices whose timers are due at `now`, skipping stale entries.
+    /// Removes and returns the devices whose timers are due at `now`, each once, skipping stale entries.
     pub fn due_timers(&mut self, now: EpochMillis, limit: usize) -> Vec<Box<str>> {
         let mut due = Vec::new();
+        let mut seen = HashSet::new();
         while due.len() < limit {
             match self.timers.peek() {
                 Some(Reverse((at, _))) if *at <= now => {}
@@ -314,6 +316,7 @@ impl Partition {
                 .devices
                 .get(&id)
                 .is_some_and(|d| d.next_flip == Some(at))
+                && seen.insert(id.clone())
             {
                 due.push(id);
             }
@@ -349,7 +352,7 @@ pub struct Stats {
 /// Devices read from PostgreSQL for this batch (not held by the partition), by id.
 pub type Loaded = HashMap<String, (StoredDevice, Vec<StoredMembership>)>;
 
-/// What a computed batch will write and the state to install once it commits.
+/// What a computed batch will write, and the state the partition takes (at once: see [`crate::worker`]).
 #[derive(Debug)]
 pub struct Computed {
     pub write: BatchWrite,

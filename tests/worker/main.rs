@@ -317,6 +317,103 @@ async fn the_database_going_away_mid_run_loses_nothing() -> anyhow::Result<()> {
     h.stop().await
 }
 
+/// A partition's next batch is computed while the one before it commits, on the state that one leaves. When
+/// that commit meets a device conflict, both batches are put back and recomputed in order: each change is
+/// logged once, and a device only the batch behind touched is written too (had it stayed as that batch left
+/// it, its event would look like a duplicate on recomputing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_conflict_puts_back_both_batches_in_flight_and_recomputes_them(
+) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut h = Harness::start().await?;
+    let online = h
+        .group("online", json!({"operator": "AND", "conditions": [{"field": "status", "operator": "equals", "value": "online"}]}))
+        .await?;
+    // dev-1, and a device on the same partition (keys hash to partitions deterministically).
+    let candidates: Vec<String> = (2..18).map(|i| format!("dev-{i}")).collect();
+    for id in std::iter::once("dev-1").chain(candidates.iter().map(String::as_str)) {
+        let sequence = h.send(id, json!({"status": "online"})).await?;
+        h.applied(id, sequence).await?;
+    }
+    let partition_of = |id: &str| {
+        sqlx::query_scalar::<_, i32>("SELECT partition FROM devices WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_one(h.pool())
+    };
+    let home = partition_of("dev-1").await?;
+    let mut other = None;
+    for id in &candidates {
+        if partition_of(id).await? == home {
+            other = Some(id.clone());
+            break;
+        }
+    }
+    let other = other.expect("one of 16 devices shares dev-1's partition");
+    // Hold dev-1's row: the next batch's commit waits for it.
+    let mut blocker = h.pool().begin().await?;
+    sqlx::query("SELECT 1 FROM devices WHERE id = 'dev-1' FOR UPDATE")
+        .execute(&mut *blocker)
+        .await?;
+    let pipelined = h.status.batches_pipelined.load(SeqCst);
+    h.send("dev-1", json!({"status": "offline"})).await?;
+    let pool = h.pool().clone();
+    eventually(LIMIT, "the batch's commit waits for the row", || {
+        let pool = pool.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await?;
+            Ok((waiting > 0).then_some(()))
+        }
+    })
+    .await?;
+    // The batch behind it: `other` first, so that it is in that batch whatever else is.
+    let other_off = h.send(&other, json!({"status": "offline"})).await?;
+    let back = h.send("dev-1", json!({"status": "online"})).await?;
+    let status = h.status.clone();
+    eventually(LIMIT, "the next batch is computed behind it", || {
+        let status = status.clone();
+        async move { Ok((status.batches_pipelined.load(SeqCst) > pipelined).then_some(())) }
+    })
+    .await?;
+    // The row changes under both: the waiting batch finds another version.
+    sqlx::query("UPDATE devices SET version = version + 1 WHERE id = 'dev-1'")
+        .execute(&mut *blocker)
+        .await?;
+    blocker.commit().await?;
+    h.applied("dev-1", back).await?;
+    h.applied(&other, other_off).await?;
+    let log = h.log(online).await?;
+    let of = |device: &str| -> Vec<(String, String)> {
+        log.iter()
+            .filter(|(d, _, _)| d == device)
+            .map(|(_, action, reason)| (action.clone(), reason.clone()))
+            .collect()
+    };
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, r)| (a.to_string(), r.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        of("dev-1"),
+        pairs(&[
+            ("added", "filter_match"),
+            ("removed", "filter_unmatch"),
+            ("added", "filter_match")
+        ])
+    );
+    assert_eq!(
+        of(&other),
+        pairs(&[("added", "filter_match"), ("removed", "filter_unmatch")])
+    );
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
+    h.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_arriving_on_another_partition_is_rehomed() -> anyhow::Result<()> {
     use rdkafka::producer::{FutureProducer, FutureRecord};
