@@ -8,10 +8,12 @@
 //! one fenced transaction ([`crate::store::batch`]) on a task of its own, so the other partitions' batches
 //! are computed and committed meanwhile.
 //!
-//! A partition's batches commit in order, one at a time, and are pipelined two deep: while one commits, the
-//! next is computed on the state the first leaves, and its commit task starts the moment the first commits
-//! (it waits for the first's signal, not for this task). So the partition's connection does not idle while
-//! a batch is computed. The in-memory state moves on when a batch is computed; each batch in flight keeps
+//! A partition's batches commit in order, one at a time, and are pipelined two deep when the partition is
+//! behind: while one commits, a full next batch is computed on the state the first leaves, and its commit
+//! task starts the moment the first commits (it waits for the first's signal, not for this task). So a
+//! partition that is behind does not idle its connection while a batch is computed. One that is not waits
+//! for the commit instead, and its next batch gathers what arrives meanwhile: computing it early would
+//! split that into two smaller commits. The in-memory state moves on when a batch is computed; each batch in flight keeps
 //! what it replaced, so that a batch which does not commit, and every batch after it, can be put back.
 //! A batch whose inputs include control entries is computed only when nothing of its partition is in
 //! flight (a reconciliation re-reads devices from the database, which must hold every earlier batch).
@@ -912,20 +914,25 @@ impl Pipeline {
         }
     }
 
-    /// Computes the next batch of a partition and starts its commit, unless the partition's pipeline is full,
-    /// or has a batch in flight and control entries to apply (see the module's documentation).
+    /// Computes the next batch of a partition and starts its commit. With a batch of the partition in
+    /// flight, only a full batch is computed behind it, and only while the pipeline has room, no commit is
+    /// failing, and no control entry waits (see the module's documentation).
     async fn flush_partition(&mut self, partition: i32) {
+        let max_events = self.config.worker.batch_max_events;
         if let Some(queue) = self.in_flight.get(&partition) {
             let control = self
                 .partitions
                 .get(&partition)
                 .is_some_and(|p| !p.pending_control.is_empty());
             let failing = queue.iter().any(|f| f.retrying.load(Ordering::SeqCst));
-            if queue.len() >= PIPELINE_DEPTH || control || failing {
+            let full = self
+                .buffers
+                .get(&partition)
+                .is_some_and(|b| b.records.len() >= max_events);
+            if queue.len() >= PIPELINE_DEPTH || control || failing || !full {
                 return;
             }
         }
-        let max_events = self.config.worker.batch_max_events;
         let records: Vec<Record> = match self.buffers.get_mut(&partition) {
             Some(buffer) => {
                 let take = buffer.records.len().min(max_events);

@@ -317,7 +317,8 @@ async fn the_database_going_away_mid_run_loses_nothing() -> anyhow::Result<()> {
     h.stop().await
 }
 
-/// A partition's next batch is computed while the one before it commits, on the state that one leaves. When
+/// A partition that is behind has its next batch computed while the one before it commits, on the state that
+/// one leaves (batches of two events here, so that two events make the batch behind full). When
 /// that commit meets a device conflict, both batches are put back and recomputed in order: each change is
 /// logged once, and a device only the batch behind touched is written too (had it stayed as that batch left
 /// it, its event would look like a duplicate on recomputing).
@@ -325,7 +326,10 @@ async fn the_database_going_away_mid_run_loses_nothing() -> anyhow::Result<()> {
 async fn a_device_conflict_puts_back_both_batches_in_flight_and_recomputes_them(
 ) -> anyhow::Result<()> {
     use std::sync::atomic::Ordering::SeqCst;
-    let mut h = Harness::start().await?;
+    let mut h = Harness::start_with(Arc::new(cohort::worker::SystemClock), |config| {
+        config.worker.batch_max_events = 2;
+    })
+    .await?;
     let online = h
         .group("online", json!({"operator": "AND", "conditions": [{"field": "status", "operator": "equals", "value": "online"}]}))
         .await?;
@@ -369,7 +373,7 @@ async fn a_device_conflict_puts_back_both_batches_in_flight_and_recomputes_them(
         }
     })
     .await?;
-    // The batch behind it: `other` first, so that it is in that batch whatever else is.
+    // The batch behind it, full with these two.
     let other_off = h.send(&other, json!({"status": "offline"})).await?;
     let back = h.send("dev-1", json!({"status": "online"})).await?;
     let status = h.status.clone();
