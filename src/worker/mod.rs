@@ -1081,16 +1081,7 @@ impl Pipeline {
             .record_n(started.elapsed().as_millis() as u64, records);
         stages.batch_records.record(records);
         let write = std::mem::take(&mut computed.write);
-        let next_offset = write.next_offset;
-        let undo = install(
-            state,
-            &self.registry,
-            computed.devices,
-            computed.reschedule_all,
-            (write.next_offset, write.control_position),
-            inputs.control.len(),
-            inputs.now,
-        );
+        let positions = (write.next_offset, write.control_position);
         self.next_batch += 1;
         let id = self.next_batch;
         let retrying = Arc::new(AtomicBool::new(false));
@@ -1103,6 +1094,7 @@ impl Pipeline {
                 .fetch_add(1, Ordering::Relaxed);
         }
         let (then, committed) = oneshot::channel();
+        // The commit starts first: installing (rescheduling the devices' flips) overlaps it.
         let task = tokio::spawn(commit_with_retry(
             self.pool.clone(),
             write,
@@ -1118,6 +1110,15 @@ impl Pipeline {
             after,
             then,
         ));
+        let undo = install(
+            state,
+            &self.registry,
+            computed.devices,
+            computed.reschedule_all,
+            positions,
+            inputs.control.len(),
+            inputs.now,
+        );
         queue.push_back(InFlight {
             id,
             task,
@@ -1125,7 +1126,7 @@ impl Pipeline {
             committed: Some(committed),
             undo,
             stats: computed.stats,
-            next_offset,
+            next_offset: positions.0,
             inputs,
         });
     }
