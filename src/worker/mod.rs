@@ -13,8 +13,9 @@
 //! task starts the moment the first commits (it waits for the first's signal, not for this task). So a
 //! partition that is behind does not idle its connection while a batch is computed. One that is not waits
 //! for the commit instead, and its next batch gathers what arrives meanwhile: computing it early would
-//! split that into two smaller commits. The in-memory state moves on when a batch is computed; each batch in flight keeps
-//! what it replaced, so that a batch which does not commit, and every batch after it, can be put back.
+//! split that into two smaller commits. The in-memory state moves on when a batch is computed; each batch
+//! in flight keeps what it replaced, so that a batch which does not commit, and every batch after it, can
+//! be put back.
 //! A batch whose inputs include control entries is computed only when nothing of its partition is in
 //! flight (a reconciliation re-reads devices from the database, which must hold every earlier batch).
 //! Kafka offsets, metrics and the committed-record count move only when a commit succeeds.
@@ -1142,21 +1143,16 @@ impl Pipeline {
     /// the partition (fenced), or puts it and the batches after it back and recomputes them (a device
     /// conflict).
     async fn finish_front(&mut self, partition: i32) {
-        let Some(flight) = self
-            .in_flight
-            .get_mut(&partition)
-            .and_then(VecDeque::pop_front)
-        else {
-            self.in_flight.remove(&partition);
+        let Some(queue) = self.in_flight.get_mut(&partition) else {
             return;
         };
-        if self
-            .in_flight
-            .get(&partition)
-            .is_some_and(VecDeque::is_empty)
-        {
+        let flight = queue.pop_front();
+        if queue.is_empty() {
             self.in_flight.remove(&partition);
         }
+        let Some(flight) = flight else {
+            return;
+        };
         let outcome = match flight.task.await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -1321,18 +1317,13 @@ impl Pipeline {
                 .map(|p| p.devices.len())
                 .sum::<usize>() as f64,
         );
-        let marks = self
-            .shared
-            .high_watermarks
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        let committed = self
-            .shared
-            .committed
-            .lock()
-            .map(|c| c.clone())
-            .unwrap_or_default();
+        // Read in place (no other code holds both locks): this runs on every turn of the pipeline's loop.
+        let (Ok(marks), Ok(committed)) = (
+            self.shared.high_watermarks.lock(),
+            self.shared.committed.lock(),
+        ) else {
+            return;
+        };
         for partition in self.partitions.keys() {
             if let (Some(high), Some(next)) = (marks.get(partition), committed.get(partition)) {
                 metrics::gauge!(m::CONSUMER_LAG, "partition" => partition.to_string())
