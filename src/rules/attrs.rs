@@ -85,44 +85,6 @@ impl Attributes {
         self.entries.iter().map(|(f, v)| (*f, v))
     }
 
-    /// The fields whose values differ between `self` and `other` (set in one only, or set to different
-    /// values), sorted.
-    pub fn changed_fields(&self, other: &Attributes) -> Vec<FieldId> {
-        let (mut a, mut b) = (
-            self.entries.iter().peekable(),
-            other.entries.iter().peekable(),
-        );
-        let mut changed = Vec::new();
-        loop {
-            match (a.peek(), b.peek()) {
-                (None, None) => return changed,
-                (Some((f, _)), None) => {
-                    changed.push(*f);
-                    a.next();
-                }
-                (None, Some((f, _))) => {
-                    changed.push(*f);
-                    b.next();
-                }
-                (Some((fa, va)), Some((fb, vb))) => {
-                    if fa < fb {
-                        changed.push(*fa);
-                        a.next();
-                    } else if fb < fa {
-                        changed.push(*fb);
-                        b.next();
-                    } else {
-                        if va != vb {
-                            changed.push(*fa);
-                        }
-                        a.next();
-                        b.next();
-                    }
-                }
-            }
-        }
-    }
-
     /// Number of attributes present.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -389,20 +351,6 @@ mod tests {
         assert_eq!(back["custom.rack"], json!("12"));
         assert_eq!(back["status"], json!("online"));
         assert_eq!(back["tags"], json!(["a", "b"]));
-    }
-
-    #[test]
-    fn changed_fields_are_those_set_in_one_only_or_to_different_values() {
-        let c = Catalogue::default();
-        let a = parse(json!({"hostname": "a", "status": "online", "tags": ["x"]})).unwrap();
-        let b = parse(json!({"hostname": "a", "status": "offline", "uptimeSeconds": 3})).unwrap();
-        let id = |name: &str| c.builtin(name).unwrap();
-        let mut expected = vec![id("status"), id("tags"), id("uptimeSeconds")];
-        expected.sort();
-        assert_eq!(a.changed_fields(&b), expected);
-        assert_eq!(b.changed_fields(&a), expected);
-        assert!(a.changed_fields(&a).is_empty());
-        assert_eq!(Attributes::new().changed_fields(&a).len(), 3);
     }
 
     #[test]

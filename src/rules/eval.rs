@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::attrs::{value_to_json, AttrValue, Attributes};
-use super::catalogue::Catalogue;
+use super::catalogue::{Catalogue, FieldId};
 use super::filter::{norm, CompiledFilter, Leaf, Needle, Node, NumPred, Test, TimeRef};
 use super::time::{first_true_after, format_millis, EpochMillis, Unit, DAY_MS, MAX_MILLIS};
 
@@ -47,16 +47,135 @@ impl CompiledFilter {
         }
         node_flip(&self.root, attrs, now).1
     }
+}
 
-    /// A lower bound of [`CompiledFilter::next_flip`] (`None`: it is `None` too), from the time-relative
-    /// leaves alone, with no evaluation: a node's result changes only when one of its leaves' does, so
-    /// it cannot flip before the earliest leaf flip. Lets a caller looking for the earliest flip of many
-    /// filters skip those that cannot be the earliest.
-    pub fn flip_lower_bound(&self, attrs: &Attributes, now: EpochMillis) -> Option<EpochMillis> {
-        self.time_leaves
-            .iter()
-            .filter_map(|leaf| leaf_flip(leaf, attrs, now))
-            .min()
+/// The instants at which any time-relative condition of a set of filters can change truth for a device,
+/// found with no evaluation: the worker's wake-ups (see [`FlipTable::next`]).
+///
+/// A fixed-length condition (`withinLast 2 hours`, `before 3 days ago`, `after 1 week from now`) changes
+/// truth at its field's value plus a constant, and a `daysSince…` one at the value plus a whole number of
+/// days next to one of its constants; so per field, the table keeps those constants, sorted, and a
+/// device's next wake-up is one binary search per time field it has. Conditions on calendar months
+/// (whose length varies) are asked one by one.
+///
+/// Every instant at which a condition changes truth is a wake-up, so no filter's result changes between
+/// two consecutive ones. Not every wake-up changes a result (a condition may change truth with no effect on
+/// its group, or a `daysSince` constant may be crossed where the count's truth does not change): the caller
+/// re-evaluates then and asks again.
+#[derive(Debug, Default, Clone)]
+pub struct FlipTable {
+    /// Per source field (sorted by field): offsets from the field's value, sorted and de-duplicated.
+    fields: Vec<(FieldId, Vec<EpochMillis>)>,
+    /// Conditions on calendar months, each asked with [`leaf_flip`].
+    calendar: Vec<Leaf>,
+}
+
+impl FlipTable {
+    /// The table of the time-relative conditions of `filters`.
+    pub fn new<'a>(filters: impl IntoIterator<Item = &'a CompiledFilter>) -> Self {
+        let mut fields: Vec<(FieldId, Vec<EpochMillis>)> = Vec::new();
+        let mut calendar = Vec::new();
+        for leaf in filters.into_iter().flat_map(|f| f.time_leaves.iter()) {
+            let mut offsets = Vec::new();
+            if !leaf_offsets(leaf, &mut offsets) {
+                calendar.push(leaf.clone());
+                continue;
+            }
+            match fields.iter_mut().find(|(f, _)| *f == leaf.field) {
+                Some((_, all)) => all.extend(offsets),
+                None => fields.push((leaf.field, offsets)),
+            }
+        }
+        fields.sort_by_key(|(f, _)| *f);
+        for (_, offsets) in &mut fields {
+            offsets.sort_unstable();
+            offsets.dedup();
+        }
+        Self { fields, calendar }
+    }
+
+    /// Whether no condition can change truth with time alone.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty() && self.calendar.is_empty()
+    }
+
+    /// The earliest instant after `now` at which a condition of the table can change truth for `attrs`, or
+    /// `None` when none can.
+    pub fn next(&self, attrs: &Attributes, now: EpochMillis) -> Option<EpochMillis> {
+        let mut next: Option<EpochMillis> = None;
+        let mut consider = |t: EpochMillis| {
+            if t > now && t <= MAX_MILLIS && next.is_none_or(|n| t < n) {
+                next = Some(t);
+            }
+        };
+        for (field, offsets) in &self.fields {
+            let Some(AttrValue::Time(v)) = attrs.get(*field) else {
+                continue;
+            };
+            // The first offset that lands after `now` (v + c is non-decreasing in c).
+            let i = offsets.partition_point(|c| v.saturating_add(*c) <= now);
+            if let Some(c) = offsets.get(i) {
+                consider(v.saturating_add(*c));
+            }
+        }
+        for leaf in &self.calendar {
+            if let Some(t) = leaf_flip(leaf, attrs, now) {
+                consider(t);
+            }
+        }
+        next
+    }
+}
+
+/// The offsets from the field's value at which a time-relative leaf can change truth; `false` when they
+/// are not constant (calendar months).
+///
+/// A relative comparison is `r(t) > v` (or `>=`) with `r(t) = t + d` clamped to the supported range; for
+/// `v` within that range it changes truth only at `t = v − d` (`+ 1` when strict), so the offset is
+/// `1 − d` or `−d` (clamping moves no crossing: it only removes some). A `daysSince` count is `k` from
+/// `v + k` days on, and its predicate changes only next to its constants (as in [`days_flip`]).
+fn leaf_offsets(leaf: &Leaf, out: &mut Vec<EpochMillis>) -> bool {
+    // r(t) = t + d: `ago` and `withinLast` shift back, `fromNow` forward.
+    let mut relative = |at: &TimeRef, strict: bool| -> bool {
+        let d = match at {
+            TimeRef::At(_) => return true,
+            TimeRef::Ago(span) => span.fixed_ms().map(|ms| -ms),
+            TimeRef::FromNow(span) => span.fixed_ms(),
+        };
+        let Some(d) = d else {
+            return false;
+        };
+        out.push(i64::from(strict) - d);
+        true
+    };
+    match &leaf.test {
+        Test::WithinLast(span) => relative(&TimeRef::Ago(*span), true),
+        Test::Before(at) => relative(at, true),
+        Test::After(at) => relative(at, false),
+        Test::DaysSince(pred) => {
+            let constants: &[f64] = match pred {
+                NumPred::Eq(c)
+                | NumPred::Gt(c)
+                | NumPred::Ge(c)
+                | NumPred::Lt(c)
+                | NumPred::Le(c) => std::slice::from_ref(c),
+                NumPred::Between(a, b) => &[*a, *b],
+                NumPred::In(set) => set,
+            };
+            for c in constants {
+                let f = c
+                    .floor()
+                    .clamp(i64::MIN as f64 / 2.0, i64::MAX as f64 / 2.0)
+                    as i64;
+                out.extend(
+                    [f, f + 1, f + 2]
+                        .into_iter()
+                        .filter_map(|k| k.checked_mul(DAY_MS)),
+                );
+            }
+            true
+        }
+        _ => true,
     }
 }
 

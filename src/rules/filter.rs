@@ -222,7 +222,7 @@ pub struct CompiledFilter {
     field_names: Vec<String>,
     /// Whether the result can change with time alone (relative datetimes, daysSince…).
     time_dependent: bool,
-    /// The leaves whose truth can change with time alone (see [`CompiledFilter::flip_lower_bound`]).
+    /// The leaves whose truth can change with time alone (see [`crate::rules::FlipTable`]).
     pub(crate) time_leaves: Box<[Leaf]>,
     /// The filter as written (validated, so it has exactly the accepted shape).
     source: Value,

@@ -18,7 +18,7 @@ pub mod time;
 
 pub use attrs::{AttrValue, Attributes};
 pub use catalogue::{Catalogue, CatalogueConfig, FieldId};
-pub use eval::{ExplainNode, Explanation};
+pub use eval::{ExplainNode, Explanation, FlipTable};
 pub use filter::{compile, validate, CompiledFilter, Operator, ValidationError};
 pub use index::{FieldChange, FieldIndex, FieldKeys, Scratch, ValueKey};
 pub use time::EpochMillis;

@@ -99,6 +99,11 @@ pub struct Span {
 }
 
 impl Span {
+    /// The span's length, when it is fixed (not calendar months).
+    pub fn fixed_ms(self) -> Option<i64> {
+        self.unit.fixed_ms().map(|ms| ms * i64::from(self.amount))
+    }
+
     /// `t` minus the span, saturating at the supported range.
     pub fn before(self, t: EpochMillis) -> EpochMillis {
         self.shift(t, false)

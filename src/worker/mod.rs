@@ -104,6 +104,8 @@ pub struct Status {
     pub records_committed: std::sync::atomic::AtomicU64,
     /// Devices moved to one of this worker's partitions from another one.
     pub devices_rehomed: std::sync::atomic::AtomicU64,
+    /// Devices re-evaluated because a time flip of theirs came due (in committed batches).
+    pub timer_evaluations: std::sync::atomic::AtomicU64,
     /// Produce-to-commit latency of committed records (Kafka message timestamp to just after the commit),
     /// readable in-process; `cohort_worker_event_latency_seconds` records the same for dashboards.
     pub latency: latency::LatencyHistogram,
@@ -1301,6 +1303,9 @@ impl Pipeline {
             .devices_rehomed
             .fetch_add(stats.rehomed, Ordering::Relaxed);
         self.status
+            .timer_evaluations
+            .fetch_add(stats.timer_evaluations, Ordering::SeqCst);
+        self.status
             .records_committed
             .fetch_add(decoded.len() as u64, Ordering::SeqCst);
         self.status.batches.fetch_add(1, Ordering::SeqCst);
@@ -1350,7 +1355,7 @@ fn install(
     for _ in 0..control_applied {
         state.pending_control.pop_front();
     }
-    // Each touched device with its state before the batch, to reschedule only what the batch changed.
+    // Each touched device with its state before the batch (what a rollback restores).
     let touched: Vec<(Box<str>, Option<Box<Device>>)> = devices
         .into_iter()
         .map(|(id, device)| {
@@ -1364,8 +1369,8 @@ fn install(
             state.schedule(id, registry, now);
         }
     } else {
-        for (id, before) in &touched {
-            state.schedule_after(id, before.as_deref(), registry, now);
+        for (id, _) in &touched {
+            state.schedule(id, registry, now);
         }
     }
     Undo {

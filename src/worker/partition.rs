@@ -73,11 +73,6 @@ pub struct Member {
     pub added_by: AddedBy,
 }
 
-/// [`Device::flip_slot`] of a device never scheduled.
-pub const UNSCHEDULED: u32 = u32::MAX;
-/// [`Device::flip_slot`] of a device none of whose groups can change with time alone.
-pub const NO_FLIP: u32 = u32::MAX - 1;
-
 /// A device as its owning worker holds it.
 #[derive(Clone, Debug)]
 pub struct Device {
@@ -95,11 +90,9 @@ pub struct Device {
     pub memberships: Vec<Member>,
     pub development: bool,
     pub firmware_lock: Option<Box<str>>,
-    /// When a time-based condition of one of its org's groups can next change its memberships.
+    /// When a time-based condition of one of its org's groups can next change truth, so that the device
+    /// must be re-evaluated ([`crate::worker::registry::Org::next_wakeup`]).
     pub next_flip: Option<EpochMillis>,
-    /// The group whose condition `next_flip` is; [`UNSCHEDULED`] before the device's first scheduling,
-    /// [`NO_FLIP`] when no group's result can change with time alone.
-    pub flip_slot: u32,
     /// The resolved firmware target as stored.
     pub target: Target,
     /// Rollout-target events emitted for this device so far (numbers them; makes their ids deterministic).
@@ -118,7 +111,6 @@ impl Device {
             development: false,
             firmware_lock: None,
             next_flip: None,
-            flip_slot: UNSCHEDULED,
             target: Target::none(),
             target_sequence: 0,
         }
@@ -189,7 +181,6 @@ impl Device {
             development: row.is_development,
             firmware_lock: row.firmware_lock.as_deref().map(Into::into),
             next_flip: None,
-            flip_slot: UNSCHEDULED,
             target: Target {
                 version: row.target_version.clone(),
                 reason: Reason::parse(&row.target_reason).unwrap_or(Reason::None),
@@ -246,57 +237,20 @@ impl Partition {
         }
     }
 
-    /// Recomputes a device's next time flip over every time-dependent group of its org, and schedules it.
+    /// Computes a device's next wake-up (the next instant at which a time-based condition of its org's
+    /// groups can change truth) and schedules it. An unchanged instant is left to the timer already there.
     pub fn schedule(&mut self, id: &str, registry: &Registry, now: EpochMillis) {
-        self.schedule_after(id, None, registry, now);
-    }
-
-    /// Recomputes a device's next time flip after a batch changed it from `before` (its state when the batch
-    /// started), and schedules it.
-    ///
-    /// Only the time-dependent groups that read a changed attribute are recomputed, when that is exact: a
-    /// group's next flip depends on the attributes it reads and is an instant, not a delay, so a group whose
-    /// attributes did not change still flips when it was due to, as long as that is after `now` (it is: no
-    /// group flips before the device's earliest flip, which is after `now`). Everything is recomputed when
-    /// that earliest flip is due, when its own group read a changed attribute, or when `before` is not a
-    /// scheduled state of the same org.
-    pub fn schedule_after(
-        &mut self,
-        id: &str,
-        before: Option<&Device>,
-        registry: &Registry,
-        now: EpochMillis,
-    ) {
         let Some(device) = self.devices.get_mut(id) else {
             return;
         };
-        let Some((_, org)) = registry.org(&device.org) else {
-            return;
-        };
-        let incremental = before.filter(|b| {
-            b.flip_slot != UNSCHEDULED && b.org == device.org && b.next_flip.is_none_or(|t| t > now)
-        });
-        let flip = incremental.and_then(|b| {
-            let changed = b.attrs.changed_fields(&device.attrs);
-            let reread: Vec<u32> = org
-                .time_groups
-                .iter()
-                .copied()
-                .filter(|slot| registry.reads_any(*slot, &changed))
-                .collect();
-            if reread.contains(&b.flip_slot) {
-                return None;
-            }
-            let best = b.next_flip.map(|t| (t, b.flip_slot));
-            Some(registry.earliest_flip(reread, &device.attrs, now, best))
-        });
-        let flip = flip.unwrap_or_else(|| {
-            registry.earliest_flip(org.time_groups.iter().copied(), &device.attrs, now, None)
-        });
-        device.next_flip = flip.map(|(t, _)| t);
-        device.flip_slot = flip.map_or(NO_FLIP, |(_, slot)| slot);
-        if let Some((at, _)) = flip {
-            self.timers.push(Reverse((at, id.into())));
+        let previous = device.next_flip;
+        device.next_flip = registry
+            .org(&device.org)
+            .and_then(|(_, org)| org.next_wakeup(&device.attrs, now));
+        // A pending instant (after `now`) always has its timer in the heap: only due ones are taken out.
+        match device.next_flip {
+            Some(at) if previous != Some(at) => self.timers.push(Reverse((at, id.into()))),
+            _ => {}
         }
     }
 
@@ -1244,6 +1198,10 @@ impl Work<'_> {
         for &slot in &org.time_groups {
             self.reconcile_held(id, slot, &cause);
         }
+        // Taken into the batch even when nothing changed: a flip instant is when the result *may* change,
+        // and the device's next flip must be scheduled from here either way (installing the batch does it).
+        // A device the batch leaves as stored is not written.
+        self.held(id);
     }
 }
 
@@ -1338,79 +1296,61 @@ mod tests {
     }
 
     #[test]
-    fn rescheduling_only_the_changed_groups_finds_what_a_full_recomputation_finds() {
+    fn a_device_wakes_up_whenever_a_condition_of_its_orgs_groups_changes_truth() {
         let registry = registry();
         let org = registry.org("o").unwrap().0.clone();
         let now = NOW;
-        let claim = claim();
-        // Successive states of one device, each applied as a batch's result at `now`.
-        let states = [
-            json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 12 * HOUR)}),
-            // The earliest flip's group unchanged; another group's flip becomes the earliest.
-            json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 24 * HOUR + HOUR / 6)}),
-            // An attribute no time-dependent group reads.
-            json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 24 * HOUR + HOUR / 6), "hostname": "a"}),
-            // The earliest flip's own group reads the change.
-            json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 2 * HOUR * 24), "hostname": "a"}),
-            // Into the site: the site-scoped group now flips too (lastSeenAt + 3 h).
-            json!({"lastSeenAt": iso(now - HOUR / 2), "siteId": "s1"}),
-            // Nothing flips any more.
-            json!({"siteId": "s1"}),
-            json!({"lastSeenAt": iso(now - HOUR / 3), "siteId": "s2"}),
-        ];
-        // A withinLast condition stops holding one millisecond after its window ends.
-        let expected = [
-            Some(now + HOUR / 2 + 1),
-            Some(now + HOUR / 6 + 1),
-            Some(now + HOUR / 6 + 1),
-            Some(now + HOUR / 2 + 1),
-            Some(now + HOUR / 2 + 1),
-            None,
-            Some(now + 2 * HOUR / 3 + 1),
-        ];
-        let mut incremental = Partition::new(0, claim);
-        let mut full = Partition::new(0, claim);
-        let mut previous: Option<Box<Device>> = None;
-        for (i, state) in states.iter().enumerate() {
-            let mut device = Device::new(org.clone());
-            device.attrs = attrs(state.clone());
-            let at = now + i as EpochMillis; // strictly later each time, never past a flip
-            for p in [&mut incremental, &mut full] {
-                p.devices.insert("d".into(), Box::new(device.clone()));
-            }
-            incremental.schedule_after("d", previous.as_deref(), &registry, at);
-            full.schedule("d", &registry, at);
-            let (a, b) = (&incremental.devices["d"], &full.devices["d"]);
-            assert_eq!(a.next_flip, expected[i], "state {i}");
-            assert_eq!(
-                (a.next_flip, a.flip_slot),
-                (b.next_flip, b.flip_slot),
-                "state {i}"
-            );
-            previous = Some(a.clone());
-        }
-    }
-
-    #[test]
-    fn a_flip_already_due_is_recomputed_in_full() {
-        let registry = registry();
-        let org = registry.org("o").unwrap().0.clone();
-        let now = NOW;
-        let claim = claim();
-        let mut p = Partition::new(0, claim);
+        let mut p = Partition::new(0, claim());
         let mut device = Device::new(org);
         device.attrs =
             attrs(json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 12 * HOUR)}));
         p.devices.insert("d".into(), Box::new(device));
-        p.schedule("d", &registry, now);
-        let before = p.devices["d"].clone();
-        assert_eq!(before.next_flip, Some(now + HOUR / 2 + 1));
-        // An hour later, the lastSeenAt flip is past: a change to enrolledAt alone reschedules everything.
-        let later = now + HOUR;
+        // A withinLast condition stops holding one millisecond after its window ends: seen within the
+        // hour, then within 3 hours (the site-scoped group: a wake-up for a device of no site changes
+        // nothing, and is cheaper than telling), then enrolled within the day; then nothing can change.
+        let expected = [
+            Some(now + HOUR / 2 + 1),
+            Some(now + 5 * HOUR / 2 + 1),
+            Some(now + 12 * HOUR + 1),
+            None,
+        ];
+        let mut at = now;
+        for (i, want) in expected.into_iter().enumerate() {
+            p.schedule("d", &registry, at);
+            assert_eq!(p.devices["d"].next_flip, want, "wake-up {i}");
+            if let Some(t) = want {
+                assert_eq!(p.due_timers(t - 1, 10), Vec::<Box<str>>::new());
+                assert_eq!(p.due_timers(t, 10), vec![Box::<str>::from("d")]);
+                at = t;
+            }
+        }
+        assert!(p.timers.is_empty());
+    }
+
+    #[test]
+    fn an_unchanged_wake_up_keeps_its_timer_and_pushes_no_other() {
+        let registry = registry();
+        let org = registry.org("o").unwrap().0.clone();
+        let mut p = Partition::new(0, claim());
+        let mut device = Device::new(org);
+        device.attrs = attrs(json!({"lastSeenAt": iso(NOW - HOUR / 2)}));
+        p.devices.insert("d".into(), Box::new(device));
+        p.schedule("d", &registry, NOW);
+        // An attribute no time-based condition reads changes: same instant, one timer.
         p.devices.get_mut("d").unwrap().attrs =
-            attrs(json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 11 * HOUR)}));
-        p.schedule_after("d", Some(&before), &registry, later);
-        assert_eq!(p.devices["d"].next_flip, Some(now + 13 * HOUR + 1));
+            attrs(json!({"lastSeenAt": iso(NOW - HOUR / 2), "hostname": "a"}));
+        p.schedule("d", &registry, NOW + 1);
+        assert_eq!(p.timers.len(), 1);
+        // A heartbeat moves it: the old timer is stale and skipped when it comes due.
+        p.devices.get_mut("d").unwrap().attrs = attrs(json!({"lastSeenAt": iso(NOW)}));
+        p.schedule("d", &registry, NOW + 2);
+        assert_eq!(p.timers.len(), 2);
+        assert_eq!(p.next_timer(), Some(NOW + HOUR / 2 + 1));
+        assert!(p.due_timers(NOW + HOUR / 2 + 1, 10).is_empty());
+        assert_eq!(
+            p.due_timers(NOW + HOUR + 1, 10),
+            vec![Box::<str>::from("d")]
+        );
     }
 
     /// A registry of org `o` with one group, "seen within the last hour", and its slot.

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::firmware::{resolve, DeviceFacts, GroupRelease, Target, Version};
 use crate::rules::{
     compile, AttrValue, Attributes, Catalogue, CompiledFilter, EpochMillis, FieldId, FieldIndex,
-    FieldKeys, ValueKey,
+    FieldKeys, FlipTable, ValueKey,
 };
 use crate::store::control::GroupDefinition;
 
@@ -50,6 +50,8 @@ pub struct Org {
     pub dynamic: Vec<u32>,
     /// Live dynamic groups whose result can change with time alone.
     pub time_groups: Vec<u32>,
+    /// When their conditions can change truth: a device's next wake-up (see [`Org::next_wakeup`]).
+    pub flips: FlipTable,
     /// The org's default firmware release.
     pub default_release: Option<GroupRelease>,
 }
@@ -64,6 +66,15 @@ pub struct Registry {
     /// The last control-log id whose definition changes are reflected here.
     pub position: i64,
     site_field: FieldId,
+}
+
+impl Org {
+    /// When a device of this org with `attrs` must next be re-evaluated with no event: the first instant
+    /// after `now` at which a condition of one of the org's time-dependent groups can change truth. The
+    /// groups' results are constant until then; at that instant they may (not must) change.
+    pub fn next_wakeup(&self, attrs: &Attributes, now: EpochMillis) -> Option<EpochMillis> {
+        self.flips.next(attrs, now)
+    }
 }
 
 impl Registry {
@@ -199,7 +210,17 @@ impl Registry {
         let org = self.orgs.entry(group.org.clone()).or_default();
         org.index.remove(slot);
         org.dynamic.retain(|s| *s != slot);
+        let was_time_dependent = org.time_groups.contains(&slot);
         org.time_groups.retain(|s| *s != slot);
+        if was_time_dependent || group.is_time_dependent() {
+            let groups = &self.groups;
+            org.flips = FlipTable::new(
+                org.time_groups
+                    .iter()
+                    .chain(group.is_time_dependent().then_some(&slot))
+                    .filter_map(|s| groups[*s as usize].filter.as_ref()),
+            );
+        }
         let Some(filter) = &group.filter else {
             return;
         };
@@ -233,77 +254,6 @@ impl Registry {
             }
         }
         filter.evaluate(attrs, now)
-    }
-
-    /// When the result of group `slot` for `attrs` can next change with time alone.
-    pub fn next_flip(
-        &self,
-        slot: u32,
-        attrs: &Attributes,
-        now: EpochMillis,
-    ) -> Option<EpochMillis> {
-        self.scoped_filter(slot, attrs)?.next_flip(attrs, now)
-    }
-
-    /// The filter of the group in `slot`, unless the group is site-scoped and the device is not of its
-    /// site (then nothing about it changes with time).
-    fn scoped_filter(&self, slot: u32, attrs: &Attributes) -> Option<&CompiledFilter> {
-        let group = &self.groups[slot as usize];
-        let filter = group.filter.as_ref()?;
-        if let Some(site) = &group.site {
-            if !matches!(attrs.get(self.site_field), Some(AttrValue::Str(s)) if **s == **site) {
-                return None;
-            }
-        }
-        Some(filter)
-    }
-
-    /// The earliest `(flip, slot)` of the groups in `slots` (see [`Registry::next_flip`]), or `best` if
-    /// none flips before it; ties go to the lower slot. Groups are evaluated in the order of their flips'
-    /// lower bounds ([`CompiledFilter::flip_lower_bound`](crate::rules::CompiledFilter::flip_lower_bound)),
-    /// and the search stops at the first bound that cannot beat the best so far, so a device's schedule
-    /// usually costs one evaluation, not one per time-dependent group.
-    pub fn earliest_flip(
-        &self,
-        slots: impl IntoIterator<Item = u32>,
-        attrs: &Attributes,
-        now: EpochMillis,
-        mut best: Option<(EpochMillis, u32)>,
-    ) -> Option<(EpochMillis, u32)> {
-        let mut bounds: Vec<(EpochMillis, u32)> = slots
-            .into_iter()
-            .filter_map(|slot| {
-                let filter = self.scoped_filter(slot, attrs)?;
-                Some((filter.flip_lower_bound(attrs, now)?, slot))
-            })
-            .collect();
-        bounds.sort_unstable();
-        for (bound, slot) in bounds {
-            // Sorted: neither this group nor any after it can flip before `best`.
-            if best.is_some_and(|b| (bound, slot) >= b) {
-                break;
-            }
-            if let Some(t) = self.next_flip(slot, attrs, now) {
-                if best.is_none_or(|b| (t, slot) < b) {
-                    best = Some((t, slot));
-                }
-            }
-        }
-        best
-    }
-
-    /// Whether the group in `slot` reads any of `fields` (sorted): its filter's fields, and `siteId` for a
-    /// site-scoped group.
-    pub fn reads_any(&self, slot: u32, fields: &[FieldId]) -> bool {
-        let group = &self.groups[slot as usize];
-        let Some(filter) = group.filter.as_ref() else {
-            return false;
-        };
-        (group.site.is_some() && fields.binary_search(&self.site_field).is_ok())
-            || filter
-                .fields_used()
-                .iter()
-                .any(|f| fields.binary_search(f).is_ok())
     }
 
     /// Records a release change: the group's (or, with no group, the org's default) current version.

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cohort::rules::{
     compile, validate, Attributes, Catalogue, CompiledFilter, ExplainNode, FieldChange, FieldId,
-    FieldIndex, Scratch,
+    FieldIndex, FlipTable, Scratch,
 };
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
@@ -553,17 +553,44 @@ proptest! {
     }
 
     #[test]
-    fn the_flip_lower_bound_is_a_lower_bound((now, filter, device, _fractions) in flip_case()) {
+    fn the_wake_up_is_never_after_the_flip((now, filter, device, _fractions) in flip_case()) {
         let c = catalogue();
         let f = compiled(&filter, c);
         let attrs = attributes(&device, c);
-        let bound = f.flip_lower_bound(&attrs, now);
-        match (f.next_flip(&attrs, now), bound) {
+        let wake = FlipTable::new([&f]).next(&attrs, now);
+        if let Some(w) = wake {
+            prop_assert!(w > now, "wake-up {} is not after now {}", w, now);
+        }
+        match (f.next_flip(&attrs, now), wake) {
             (None, _) => {}
-            (Some(flip), Some(bound)) => {
-                prop_assert!(bound <= flip, "bound {} is after the flip {}", bound, flip)
+            (Some(flip), Some(w)) => prop_assert!(w <= flip, "wake-up {} is after the flip {}", w, flip),
+            (Some(flip), None) => prop_assert!(false, "no wake-up, but a flip at {}", flip),
+        }
+    }
+
+    /// What the worker does: re-evaluate at each wake-up, and in between nothing changes (checked at the
+    /// millisecond before each wake-up, at random instants, and at whole days and UTC midnights).
+    #[test]
+    fn nothing_changes_between_wake_ups((now, filter, device, fractions) in flip_case()) {
+        let c = catalogue();
+        let f = compiled(&filter, c);
+        let attrs = attributes(&device, c);
+        let table = FlipTable::new([&f]);
+        let mut t = now;
+        for step in 0..12 {
+            let held = f.evaluate(&attrs, t);
+            let end = table.next(&attrs, t);
+            let last = end.map_or(t + 5 * YEAR, |w| w - 1);
+            prop_assert!(last >= t, "step {}: wake-up {:?} is not after {}", step, end, t);
+            let mut instants = vec![last];
+            instants.extend(fractions.iter().map(|x| t + ((last - t) as f64 * x) as i64));
+            let first_midnight = (t.div_euclid(DAY) + 1) * DAY;
+            instants.extend((0..40).flat_map(|k| [first_midnight + k * DAY - 1, first_midnight + k * DAY]));
+            for i in instants.into_iter().filter(|i| *i <= last) {
+                prop_assert_eq!(f.evaluate(&attrs, i), held, "step {}: changed at {} before the wake-up {:?}", step, i, end);
             }
-            (Some(flip), None) => prop_assert!(false, "no bound, but a flip at {}", flip),
+            let Some(w) = end else { break };
+            t = w;
         }
     }
 

@@ -7,6 +7,7 @@ mod support;
 
 mod reconcile;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -201,6 +202,56 @@ async fn a_within_last_condition_flips_with_no_event() -> anyhow::Result<()> {
     .fetch_one(h.pool())
     .await?;
     assert_eq!(cause["type"], "timer");
+    h.stop().await
+}
+
+/// A flip instant is when a result *may* change. Here the first one changes nothing (one side of an OR
+/// expires as the other starts to hold), and the device must still leave at the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flip_that_changes_nothing_still_leads_to_the_next_one() -> anyhow::Result<()> {
+    let start = cohort::rules::time::parse_datetime("2024-06-15T12:00:00Z").expect("valid");
+    let clock = ManualClock::new(start);
+    let mut h = Harness::start_with_clock(Arc::new(clock.clone())).await?;
+    let hours = |n: i64| json!({"amount": n, "unit": "hours"});
+    let group = h
+        .group(
+            "active",
+            json!({"operator": "AND", "conditions": [
+                {"operator": "OR", "conditions": [
+                    {"field": "lastSeenAt", "operator": "withinLast", "value": hours(1)},
+                    {"field": "enrolledAt", "operator": "before", "value": hours(1)}
+                ]},
+                {"field": "lastSeenAt", "operator": "withinLast", "value": hours(5)}
+            ]}),
+        )
+        .await?;
+    // Seen now, enrolled half an hour ago: the OR holds by its first side until 13:00, by its second from
+    // 12:30; the whole holds until 17:00. The earliest flip the device has is 13:00, and nothing changes then.
+    h.send(
+        "dev-1",
+        json!({"lastSeenAt": "2024-06-15T12:00:00Z", "enrolledAt": "2024-06-15T11:30:00Z"}),
+    )
+    .await?;
+    h.wait_members(group, &[("dev-1", false)]).await?;
+    let status = h.status.clone();
+    let evaluated = |n: u64| {
+        let status = status.clone();
+        move || {
+            let status = status.clone();
+            async move { Ok((status.timer_evaluations.load(Ordering::SeqCst) >= n).then_some(())) }
+        }
+    };
+    clock.set(start + 2 * 3_600_000);
+    eventually(LIMIT, "the 13:00 flip is evaluated", evaluated(1)).await?;
+    assert_eq!(h.members(group).await?, vec![("dev-1".to_string(), false)]);
+    clock.set(start + 6 * 3_600_000);
+    h.wait_members(group, &[]).await?;
+    let log = h.log(group).await?;
+    assert_eq!(
+        log.last().cloned(),
+        Some(("dev-1".into(), "removed".into(), "filter_unmatch".into()))
+    );
+    h.check_oracle(start + 6 * 3_600_000).await?;
     h.stop().await
 }
 
