@@ -35,6 +35,7 @@ use cohort::rules::filter::{
 use cohort::rules::time::{MAX_MILLIS, MIN_MILLIS};
 use cohort::rules::{
     compile, validate, Attributes, Catalogue, CatalogueConfig, CompiledFilter, ExplainNode,
+    FlipTable,
 };
 use serde_json::{json, Map, Value};
 
@@ -1059,6 +1060,43 @@ pub fn check_eval_case(case: &EvalCase) {
         }
         agrees_with_reference(filter, &f, &attrs, device, flip, &c);
         t = flip;
+    }
+
+    // The worker's wake-ups: never after a flip, and the reference holds between two of them.
+    let table = FlipTable::new([&f]);
+    let mut t = *now;
+    for step in 0..6 {
+        let held = reference_eval(filter, device, t);
+        let wake = table.next(&attrs, t);
+        if let (Some(flip), wake) = (f.next_flip(&attrs, t), wake) {
+            assert!(
+                wake.is_some_and(|w| w <= flip),
+                "step {step}: wake-up {wake:?} is not at or before the flip {flip} (from {t}): {filter}, device {device:?}"
+            );
+        }
+        let Some(w) = wake else {
+            break;
+        };
+        assert!(
+            w > t && w <= MAX_MILLIS,
+            "step {step}: wake-up {w} (from {t})"
+        );
+        if w > MAX_MILLIS - 200 * 365 * DAY {
+            break;
+        }
+        for p in probes
+            .iter()
+            .map(|p| i128::from(*p))
+            .chain([i128::from(u16::MAX)])
+        {
+            let inside = t + ((w - 1 - t) as i128 * p / i128::from(u16::MAX)) as i64;
+            assert_eq!(
+                reference_eval(filter, device, inside),
+                held,
+                "step {step}: the reference changed at {inside}, before the wake-up {w} (from {t}): {filter}, device {device:?}"
+            );
+        }
+        t = w;
     }
 }
 

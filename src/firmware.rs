@@ -18,6 +18,7 @@
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -177,8 +178,9 @@ impl Reason {
 /// A device's resolved firmware target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
-    /// The version to run, as released (or locked); `None` for no target.
-    pub version: Option<String>,
+    /// The version to run, as released (or locked); `None` for no target. Shared with the release (many
+    /// devices hold the same version).
+    pub version: Option<Arc<str>>,
     pub reason: Reason,
     /// The group whose release decided, for reason `group`.
     pub group: Option<Uuid>,
@@ -211,7 +213,7 @@ pub struct GroupRelease {
     pub group: Uuid,
     pub version: Version,
     /// As written by the operator (what the event carries).
-    pub label: String,
+    pub label: Arc<str>,
 }
 
 /// What resolution needs to know about a device.
@@ -237,7 +239,7 @@ pub fn resolve<'r>(
     }
     if let Some(lock) = facts.lock {
         return Target {
-            version: Some(lock.to_string()),
+            version: Some(lock.into()),
             reason: Reason::Locked,
             group: None,
         };
@@ -321,7 +323,7 @@ mod tests {
         GroupRelease {
             group: Uuid::from_u128(group),
             version: v(version),
-            label: version.to_string(),
+            label: version.into(),
         }
     }
 

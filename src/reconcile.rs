@@ -123,7 +123,7 @@ async fn org_rules(
         let release = GroupRelease {
             group: group.unwrap_or(Uuid::nil()),
             version,
-            label,
+            label: label.into(),
         };
         match group {
             Some(g) => {
@@ -223,7 +223,7 @@ fn check_device(
         rules.default.as_ref(),
     );
     let stored = Target {
-        version: row.target_version.clone(),
+        version: row.target_version.as_deref().map(Into::into),
         reason: Reason::parse(&row.target_reason).unwrap_or(Reason::None),
         group: row.target_group,
     };

@@ -265,7 +265,7 @@ pub async fn preview(
         Version::parse(version).ok().map(|v| GroupRelease {
             group,
             version: v,
-            label: version.to_string(),
+            label: version.into(),
         })
     };
     for (group, version) in &rows {

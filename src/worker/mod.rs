@@ -1392,7 +1392,7 @@ fn uninstall(state: &mut Partition, undo: Undo, control: &[Positioned]) {
     for (id, before) in undo.devices {
         match before {
             Some(device) => {
-                if let Some(at) = device.next_flip {
+                if let Some(at) = device.next_flip() {
                     state.timers.push(std::cmp::Reverse((at, id.clone())));
                 }
                 state.devices.insert(id, device);

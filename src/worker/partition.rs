@@ -73,6 +73,9 @@ pub struct Member {
     pub added_by: AddedBy,
 }
 
+/// `Device::wake_at` of a device none of whose conditions can change truth with time alone.
+const NEVER: EpochMillis = EpochMillis::MAX;
+
 /// A device as its owning worker holds it.
 #[derive(Clone, Debug)]
 pub struct Device {
@@ -91,8 +94,10 @@ pub struct Device {
     pub development: bool,
     pub firmware_lock: Option<Box<str>>,
     /// When a time-based condition of one of its org's groups can next change truth, so that the device
-    /// must be re-evaluated ([`crate::worker::registry::Org::next_wakeup`]).
-    pub next_flip: Option<EpochMillis>,
+    /// must be re-evaluated ([`crate::worker::registry::Org::next_wakeup`]); [`NEVER`] when none can (an
+    /// instant, not an `Option`: the device then fits a smaller allocation). Read with
+    /// [`Device::next_flip`].
+    wake_at: EpochMillis,
     /// The resolved firmware target as stored.
     pub target: Target,
     /// Rollout-target events emitted for this device so far (numbers them; makes their ids deterministic).
@@ -110,7 +115,7 @@ impl Device {
             memberships: Vec::new(),
             development: false,
             firmware_lock: None,
-            next_flip: None,
+            wake_at: NEVER,
             target: Target::none(),
             target_sequence: 0,
         }
@@ -180,9 +185,9 @@ impl Device {
             memberships: members,
             development: row.is_development,
             firmware_lock: row.firmware_lock.as_deref().map(Into::into),
-            next_flip: None,
+            wake_at: NEVER,
             target: Target {
-                version: row.target_version.clone(),
+                version: row.target_version.as_deref().map(|v| registry.intern(v)),
                 reason: Reason::parse(&row.target_reason).unwrap_or(Reason::None),
                 group: row.target_group,
             },
@@ -192,6 +197,11 @@ impl Device {
 }
 
 impl Device {
+    /// When the device must next be re-evaluated with no event (see [`Partition::schedule`]).
+    pub fn next_flip(&self) -> Option<EpochMillis> {
+        (self.wake_at != NEVER).then_some(self.wake_at)
+    }
+
     /// Adds a stored membership while a partition is loaded row by row; [`Device::loaded`] then sorts them.
     pub fn push_stored_membership(&mut self, m: &StoredMembership, registry: &mut Registry) {
         self.memberships.push(Member {
@@ -243,12 +253,13 @@ impl Partition {
         let Some(device) = self.devices.get_mut(id) else {
             return;
         };
-        let previous = device.next_flip;
-        device.next_flip = registry
+        let previous = device.next_flip();
+        let next = registry
             .org(&device.org)
             .and_then(|(_, org)| org.next_wakeup(&device.attrs, now));
+        device.wake_at = next.unwrap_or(NEVER);
         // A pending instant (after `now`) always has its timer in the heap: only due ones are taken out.
-        match device.next_flip {
+        match next {
             Some(at) if previous != Some(at) => self.timers.push(Reverse((at, id.into()))),
             _ => {}
         }
@@ -266,12 +277,7 @@ impl Partition {
             let Some(Reverse((at, id))) = self.timers.pop() else {
                 break;
             };
-            if self
-                .devices
-                .get(&id)
-                .is_some_and(|d| d.next_flip == Some(at))
-                && seen.insert(id.clone())
-            {
+            if self.devices.get(&id).is_some_and(|d| d.wake_at == at) && seen.insert(id.clone()) {
                 due.push(id);
             }
         }
@@ -458,7 +464,7 @@ pub fn compute(
             expected_version: current.version,
             is_development: current.development,
             firmware_lock: current.firmware_lock.as_deref().map(str::to_string),
-            target_version: current.target.version.clone(),
+            target_version: current.target.version.as_deref().map(str::to_string),
             target_reason: current.target.reason.as_str(),
             target_group: current.target.group,
             target_sequence: current.target_sequence,
@@ -1113,7 +1119,7 @@ impl Work<'_> {
             drop(changes);
             // A time flip already due whose timer this batch did not take (more were due than a batch
             // takes): evaluated here, as the device's timer is rescheduled when the batch installs.
-            if device.next_flip.is_some_and(|t| t <= now) {
+            if device.next_flip().is_some_and(|t| t <= now) {
                 candidates.extend_from_slice(&org_groups.time_groups);
                 candidates.sort_unstable();
                 candidates.dedup();
@@ -1317,7 +1323,7 @@ mod tests {
         let mut at = now;
         for (i, want) in expected.into_iter().enumerate() {
             p.schedule("d", &registry, at);
-            assert_eq!(p.devices["d"].next_flip, want, "wake-up {i}");
+            assert_eq!(p.devices["d"].next_flip(), want, "wake-up {i}");
             if let Some(t) = want {
                 assert_eq!(p.due_timers(t - 1, 10), Vec::<Box<str>>::new());
                 assert_eq!(p.due_timers(t, 10), vec![Box::<str>::from("d")]);
@@ -1393,7 +1399,7 @@ mod tests {
         }];
         p.devices.insert("d".into(), Box::new(device));
         p.schedule("d", &registry, seen);
-        assert_eq!(p.devices["d"].next_flip, Some(seen + 3_600_000 + 1));
+        assert_eq!(p.devices["d"].next_flip(), Some(seen + 3_600_000 + 1));
         // An event that changes only uptimeSeconds, in a batch that did not take the device's timer.
         let mut event = crate::event::DeviceEventJson::new("e", "o", "d", 2);
         event.attributes.insert("uptimeSeconds".into(), json!(5));

@@ -4,7 +4,7 @@
 //! group keeps its slot as a tombstone (no filter), so a partition that still has to apply the deletion —
 //! or that loads memberships of a group deleted since — can find and remove them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -65,6 +65,10 @@ pub struct Registry {
     orgs: HashMap<Arc<str>, Org>,
     /// The last control-log id whose definition changes are reflected here.
     pub position: i64,
+    /// Firmware versions, shared by the devices that hold them (see [`Registry::intern`]).
+    labels: HashSet<Arc<str>>,
+    /// `labels.len()` after its last pruning.
+    labels_pruned_at: usize,
     site_field: FieldId,
 }
 
@@ -89,6 +93,8 @@ impl Registry {
             by_id: HashMap::new(),
             orgs: HashMap::new(),
             position: 0,
+            labels: HashSet::new(),
+            labels_pruned_at: 0,
             site_field,
         }
     }
@@ -96,6 +102,22 @@ impl Registry {
     /// The catalogue definitions are compiled against.
     pub fn catalogue(&self) -> &Arc<Catalogue> {
         &self.catalogue
+    }
+
+    /// One shared copy of a firmware version string: a million devices on the same release hold one
+    /// allocation, not a million. Copies no one else holds any more are dropped whenever the set has
+    /// doubled since it was last pruned, so it stays within twice the versions in use.
+    pub fn intern(&mut self, label: &str) -> Arc<str> {
+        if let Some(shared) = self.labels.get(label) {
+            return shared.clone();
+        }
+        if self.labels.len() >= 2 * self.labels_pruned_at.max(64) {
+            self.labels.retain(|l| Arc::strong_count(l) > 1);
+            self.labels_pruned_at = self.labels.len();
+        }
+        let shared: Arc<str> = label.into();
+        self.labels.insert(shared.clone());
+        shared
     }
 
     /// Registers an org (idempotent).
@@ -264,13 +286,13 @@ impl Registry {
         group: Option<Uuid>,
         version: Option<&str>,
     ) -> Option<u32> {
+        let label = version.map(|v| self.intern(v));
         let release = |group: Uuid| {
-            version.and_then(|v| {
-                Version::parse(v).ok().map(|parsed| GroupRelease {
-                    group,
-                    version: parsed,
-                    label: v.to_string(),
-                })
+            let label = label.clone()?;
+            Version::parse(&label).ok().map(|parsed| GroupRelease {
+                group,
+                version: parsed,
+                label,
             })
         };
         match group {

@@ -477,7 +477,7 @@ async fn check_targets(
         let release = GroupRelease {
             group: group.unwrap_or(Uuid::nil()),
             version: Version::parse(&version)?,
-            label: version,
+            label: version.into(),
         };
         match group {
             Some(g) => by_group.insert(g, release),
