@@ -371,6 +371,14 @@ pub struct HttpConfig {
     /// Address serving /metrics, /healthz, /readyz and the REST API. Loopback by default: exposing the
     /// API is a deliberate choice.
     pub listen: SocketAddr,
+    /// A connection must send a request's head (request line and headers) within this; it also closes a
+    /// keep-alive connection left idle that long.
+    pub header_read_timeout_ms: u64,
+    /// A request must be read and answered within this: 408 when its body had not all arrived, 503 when
+    /// the answer was not ready. A streamed answer's body is not bounded.
+    pub request_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
 }
 
 /// `[api]`: limits of the REST API.
@@ -399,6 +407,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
+            max_connections: 1024,
         }
     }
 }
@@ -517,6 +528,9 @@ impl Config {
             "RELAY_POLL_INTERVAL_MS" => self.relay.poll_interval_ms = parse(var, value)?,
             "RELAY_RETENTION_HOURS" => self.relay.retention_hours = parse(var, value)?,
             "HTTP_LISTEN" => self.http.listen = parse(var, value)?,
+            "HTTP_HEADER_READ_TIMEOUT_MS" => self.http.header_read_timeout_ms = parse(var, value)?,
+            "HTTP_REQUEST_TIMEOUT_MS" => self.http.request_timeout_ms = parse(var, value)?,
+            "HTTP_MAX_CONNECTIONS" => self.http.max_connections = parse(var, value)?,
             _ => {
                 return Err(ConfigError::UnknownEnvVar {
                     var: var.to_owned(),
@@ -614,6 +628,12 @@ impl Config {
             ));
         }
 
+        positive(
+            "http.header_read_timeout_ms",
+            self.http.header_read_timeout_ms,
+        )?;
+        positive("http.request_timeout_ms", self.http.request_timeout_ms)?;
+        positive("http.max_connections", self.http.max_connections as u64)?;
         positive("relay.batch_size", self.relay.batch_size as u64)?;
         positive("relay.poll_interval_ms", self.relay.poll_interval_ms)?;
         positive("relay.retention_hours", self.relay.retention_hours)?;
@@ -689,7 +709,10 @@ impl Config {
                 "relay: batch_size={} poll_interval_ms={} retention_hours={}",
                 relay.batch_size, relay.poll_interval_ms, relay.retention_hours
             ),
-            format!("http: listen={}", http.listen),
+            format!(
+                "http: listen={} header_read_timeout_ms={} request_timeout_ms={} max_connections={}",
+                http.listen, http.header_read_timeout_ms, http.request_timeout_ms, http.max_connections
+            ),
             format!(
                 "api: rate_limit_per_second={} rate_limit_burst={} max_body_bytes={}",
                 api.rate_limit_per_second, api.rate_limit_burst, api.max_body_bytes
@@ -1363,6 +1386,41 @@ mod tests {
         assert!(err.to_string().contains("`http.listen`"), "{err}");
         let err = load_env(&[("COHORT_HTTP_LISTEN", "8080")]).unwrap_err();
         assert!(err.to_string().contains("COHORT_HTTP_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn http_limits_are_read_from_file_and_environment_and_must_be_positive() {
+        let config = load_file(
+            "[http]\nheader_read_timeout_ms = 2000\nrequest_timeout_ms = 90000\nmax_connections = 64\n",
+        )
+        .unwrap();
+        assert_eq!(config.http.header_read_timeout_ms, 2000);
+        assert_eq!(config.http.request_timeout_ms, 90_000);
+        assert_eq!(config.http.max_connections, 64);
+        let config = load_env(&[
+            ("COHORT_HTTP_HEADER_READ_TIMEOUT_MS", "500"),
+            ("COHORT_HTTP_REQUEST_TIMEOUT_MS", "1500"),
+            ("COHORT_HTTP_MAX_CONNECTIONS", "8"),
+        ])
+        .unwrap();
+        assert_eq!(config.http.header_read_timeout_ms, 500);
+        assert_eq!(config.http.request_timeout_ms, 1500);
+        assert_eq!(config.http.max_connections, 8);
+        for (var, key) in [
+            (
+                "COHORT_HTTP_HEADER_READ_TIMEOUT_MS",
+                "http.header_read_timeout_ms",
+            ),
+            ("COHORT_HTTP_REQUEST_TIMEOUT_MS", "http.request_timeout_ms"),
+            ("COHORT_HTTP_MAX_CONNECTIONS", "http.max_connections"),
+        ] {
+            assert_eq!(invalid_key(load_env(&[(var, "0")])), key);
+        }
+        let err = load_env(&[("COHORT_HTTP_REQUEST_TIMEOUT_MS", "soon")]).unwrap_err();
+        assert!(
+            err.to_string().contains("COHORT_HTTP_REQUEST_TIMEOUT_MS"),
+            "{err}"
+        );
     }
 
     #[test]

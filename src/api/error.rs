@@ -1,5 +1,5 @@
 //! One error shape for every answer that is not a success:
-//! `{"error": "bad_request"|"unauthorized"|"not_found"|"conflict"|"rate_limited"|"internal_error",
+//! `{"error": "bad_request"|"unauthorized"|"not_found"|"conflict"|"rate_limited"|"request_timeout"|"internal_error",
 //!   "message": "...", "details": [...]}`.
 //!
 //! Rejections of axum's extractors (bad JSON, wrong types, unknown fields, bodies over the limit, bad path or
@@ -23,7 +23,8 @@ use crate::store::StoreError;
 /// The error body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// `bad_request`, `unauthorized`, `not_found`, `conflict`, `rate_limited` or `internal_error`.
+    /// `bad_request`, `unauthorized`, `not_found`, `conflict`, `rate_limited`, `request_timeout` (the body
+    /// did not arrive within `http.request_timeout_ms`) or `internal_error`.
     pub error: &'static str,
     /// What went wrong, for a person.
     pub message: String,
