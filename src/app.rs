@@ -25,8 +25,7 @@ pub struct Application {
     api: Option<crate::api::ApiState>,
     status: Arc<Status>,
     pool: PgPool,
-    listen: SocketAddr,
-    http_limits: crate::http::Limits,
+    http: crate::config::HttpConfig,
     /// The address the HTTP listener bound, once it has (port 0 picks one).
     address: tokio::sync::watch::Sender<Option<SocketAddr>>,
 }
@@ -50,8 +49,7 @@ impl Application {
             Arc::new(Catalogue::from_config(&config.catalogue).context("invalid [catalogue]")?);
         let pool = store::connect_lazy(&config.database).context("invalid database URL")?;
         migrate_with_retry(&pool, &config).await?;
-        let listen = config.http.listen;
-        let http_limits = crate::http::Limits::from(&config.http);
+        let http = config.http.clone();
         let relay = if config.worker.embedded_relay {
             Some(
                 Relay::build(&config, brokers.clone(), pool.clone())
@@ -76,8 +74,7 @@ impl Application {
             api,
             status,
             pool,
-            listen,
-            http_limits,
+            http,
             address: tokio::sync::watch::channel(None).0,
         })
     }
@@ -112,11 +109,11 @@ impl Application {
         if let Some(api) = self.api {
             router = router.merge(crate::api::router(api));
         }
-        let (addr, http) = crate::http::serve(self.listen, router, self.http_limits, async {
+        let (addr, http) = crate::http::serve(&self.http, router, async {
             let _ = http_stopped.await;
         })
         .await
-        .with_context(|| format!("failed to listen on {}", self.listen))?;
+        .with_context(|| format!("failed to listen on {}", self.http.listen))?;
         let _ = self.address.send(Some(addr));
         tracing::info!(%addr, "serving the API, /metrics, /healthz and /readyz");
         let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -162,12 +159,11 @@ pub async fn run_relay(
     let metrics = crate::metrics::install();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let router = crate::http::router(metrics, None, pool);
-    let (addr, http) =
-        crate::http::serve(config.http.listen, router, (&config.http).into(), async {
-            let _ = http_stopped.await;
-        })
-        .await
-        .with_context(|| format!("failed to listen on {}", config.http.listen))?;
+    let (addr, http) = crate::http::serve(&config.http, router, async {
+        let _ = http_stopped.await;
+    })
+    .await
+    .with_context(|| format!("failed to listen on {}", config.http.listen))?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     let result = relay.run_until_stopped(shutdown).await;
     let _ = stop_http.send(());
@@ -191,10 +187,9 @@ pub async fn run_api(
         .context("failed to prepare the REST API")?;
     let metrics = crate::metrics::install();
     let router = crate::http::router(metrics, None, pool).merge(crate::api::router(state));
-    let (addr, http) =
-        crate::http::serve(config.http.listen, router, (&config.http).into(), shutdown)
-            .await
-            .with_context(|| format!("failed to listen on {}", config.http.listen))?;
+    let (addr, http) = crate::http::serve(&config.http, router, shutdown)
+        .await
+        .with_context(|| format!("failed to listen on {}", config.http.listen))?;
     tracing::info!(%addr, "serving the API, /metrics, /healthz and /readyz");
     if let Some(bound) = bound {
         let _ = bound.send(addr);

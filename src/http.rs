@@ -25,6 +25,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tower::ServiceExt;
 
+use crate::api::ApiError;
 use crate::config::HttpConfig;
 use crate::worker::Status;
 
@@ -74,10 +75,10 @@ async fn ready(State(ops): State<Ops>) -> (StatusCode, &'static str) {
 
 /// What one listener allows a client ([`HttpConfig`]).
 #[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub header_read_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_connections: usize,
+struct Limits {
+    header_read_timeout: Duration,
+    request_timeout: Duration,
+    max_connections: usize,
 }
 
 impl From<&HttpConfig> for Limits {
@@ -90,23 +91,22 @@ impl From<&HttpConfig> for Limits {
     }
 }
 
-/// Binds `listen` and serves `router` until `shutdown` resolves, then lets the connections finish what
-/// they are answering. Returns the bound address (port 0 picks one).
+/// Binds `config.listen` and serves `router` until `shutdown` resolves, then lets the connections finish
+/// what they are answering. Returns the bound address (port 0 picks one).
 ///
 /// HTTP/1.1 with keep-alive, served by hyper directly rather than `axum::serve`, which sets no timer and so
 /// no read timeout: a client could hold a connection by sending its headers or body a byte at a time. Here
-/// a request's head must arrive within `header_read_timeout` (an idle keep-alive connection is closed after
-/// it too), the whole request must be read and answered within `request_timeout`, and at most
+/// a request's head must arrive within `header_read_timeout_ms` (an idle keep-alive connection is closed
+/// after it too), the whole request must be read and answered within `request_timeout_ms`, and at most
 /// `max_connections` are served at once (the next wait in the listen backlog).
 pub async fn serve(
-    listen: SocketAddr,
+    config: &HttpConfig,
     router: Router,
-    limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let handle = tokio::spawn(accept_loop(listener, router, limits, shutdown));
+    let handle = tokio::spawn(accept_loop(listener, router, config.into(), shutdown));
     Ok((addr, handle))
 }
 
@@ -194,40 +194,23 @@ async fn answer(router: Router, request: Request<Incoming>, deadline: Duration) 
         Ok(Ok(response)) => response,
         Ok(Err(never)) => match never {},
         Err(_) if !body_read.load(Ordering::Acquire) => {
-            let mut response = timeout_answer(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                "the request's body did not arrive in time",
-                deadline,
-            );
+            let mut response = ApiError::request_timeout(format!(
+                "the request's body did not arrive in time (http.request_timeout_ms = {})",
+                deadline.as_millis()
+            ))
+            .into_response();
             // The rest of the body may still be on its way: this connection cannot carry another request.
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             response
         }
-        Err(_) => timeout_answer(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "internal_error",
-            "the answer was not ready in time; retry later",
-            deadline,
-        ),
+        Err(_) => ApiError::unavailable(format!(
+            "the answer was not ready in time; retry later (http.request_timeout_ms = {})",
+            deadline.as_millis()
+        ))
+        .into_response(),
     }
-}
-
-/// The API's error shape (`{"error", "message", "details"}`), for answers the router never gave.
-fn timeout_answer(
-    status: StatusCode,
-    code: &'static str,
-    what: &str,
-    deadline: Duration,
-) -> Response {
-    let body = serde_json::json!({
-        "error": code,
-        "message": format!("{what} (http.request_timeout_ms = {})", deadline.as_millis()),
-        "details": [],
-    });
-    (status, axum::Json(body)).into_response()
 }
 
 /// A request body that records when it has been read to the end.
@@ -284,7 +267,7 @@ mod tests {
         release: Arc<Semaphore>,
     }
 
-    async fn start(limits: Limits) -> Server {
+    async fn start(config: HttpConfig) -> Server {
         let counted = Arc::new(AtomicUsize::new(0));
         let release = Arc::new(Semaphore::new(0));
         let router = Router::new()
@@ -305,7 +288,7 @@ mod tests {
             .route("/never", get(std::future::pending::<&'static str>))
             .route("/echo", post(|body: Bytes| async move { body }));
         let (stop, stopped) = oneshot::channel::<()>();
-        let (addr, handle) = serve("127.0.0.1:0".parse().unwrap(), router, limits, async {
+        let (addr, handle) = serve(&config, router, async {
             let _ = stopped.await;
         })
         .await
@@ -319,10 +302,11 @@ mod tests {
         }
     }
 
-    fn limits(header_ms: u64, request_ms: u64, max_connections: usize) -> Limits {
-        Limits {
-            header_read_timeout: Duration::from_millis(header_ms),
-            request_timeout: Duration::from_millis(request_ms),
+    fn limits(header_ms: u64, request_ms: u64, max_connections: usize) -> HttpConfig {
+        HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            header_read_timeout_ms: header_ms,
+            request_timeout_ms: request_ms,
             max_connections,
         }
     }

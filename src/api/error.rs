@@ -99,7 +99,12 @@ impl ApiError {
         )
     }
 
-    /// The database is unreachable or overloaded: worth retrying (503).
+    /// The request's body did not arrive in time (408); the server closes the connection.
+    pub fn request_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message)
+    }
+
+    /// The database is unreachable or overloaded, or the answer was not ready in time: worth retrying (503).
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "internal_error", message)
     }
