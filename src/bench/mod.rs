@@ -28,6 +28,7 @@ pub mod broker;
 pub mod ceiling;
 pub mod fleet;
 pub mod seed;
+pub mod server;
 pub mod verify;
 
 use std::fmt::Write as _;
@@ -43,6 +44,7 @@ use self::broker::{Broker, Stream};
 use self::ceiling::{CeilingReport, CeilingSettings};
 use self::fleet::{Fleet, Rng};
 use self::seed::SeedReport;
+use self::server::ServerActivity;
 use self::verify::{Correctness, Expectations};
 use crate::app::Application;
 use crate::config::{Config, WalCompression};
@@ -155,6 +157,10 @@ pub struct BenchReport {
     pub load: LoadReport,
     pub throughput: ThroughputReport,
     pub latency: LatencyReport,
+    /// The database server's WAL, checkpoints and backend writes during the throughput and the latency
+    /// phase (`None` where the server does not offer its counters).
+    pub server_throughput: Option<ServerActivity>,
+    pub server_latency: Option<ServerActivity>,
     /// The process's peak resident memory by the end of the worker phases (`VmHWM`), broker included.
     pub peak_rss_bytes: u64,
     pub ceiling: CeilingReport,
@@ -417,6 +423,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let base = status.records_committed.load(Ordering::SeqCst);
     let batches_before = status.batches.load(Ordering::SeqCst);
     let pipelined_before = status.batches_pipelined.load(Ordering::SeqCst);
+    let counters_before = server::counters(&pool).await;
     let phase_started = Instant::now();
     let producing = spawn_producer(
         producer.clone(),
@@ -439,6 +446,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let (produce_time, returned) = producing.await.context("the producer thread stopped")??;
     stream = returned;
     let overall = phase_started.elapsed().as_secs_f64();
+    let counters_after = server::counters(&pool).await;
+    let server_throughput =
+        ServerActivity::between(counters_before, counters_after, options.events as u64);
     let n = options.events as u64;
     let (lo, hi) = (crossing(&samples, n / 10), crossing(&samples, n * 9 / 10));
     let (window_events, window_seconds) = (n * 9 / 10 - n / 10, (hi - lo).max(1e-6));
@@ -463,6 +473,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let base = status.records_committed.load(Ordering::SeqCst);
     let before = status.latency.snapshot();
     let stages_before = stage_snapshots(&status);
+    let counters_before = counters_after;
     let phase_started = Instant::now();
     let producing = spawn_producer(
         producer.clone(),
@@ -484,6 +495,11 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     .await?;
     let (produce_time, returned) = producing.await.context("the producer thread stopped")??;
     stream = returned;
+    let server_latency = ServerActivity::between(
+        counters_before,
+        server::counters(&pool).await,
+        latency_events as u64,
+    );
     let period = status.latency.snapshot().since(&before);
     let latency = LatencyReport {
         target_rate: rate,
@@ -594,6 +610,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         load,
         throughput,
         latency,
+        server_throughput,
+        server_latency,
         peak_rss_bytes,
         ceiling,
         goals,
@@ -907,6 +925,18 @@ pub fn render(r: &BenchReport) -> String {
         r.throughput.batches,
         r.throughput.batches_pipelined
     );
+    for (phase, activity) in [
+        ("throughput", &r.server_throughput),
+        ("latency", &r.server_latency),
+    ] {
+        if let Some(activity) = activity {
+            let _ = writeln!(
+                s,
+                "postgres during the {phase} phase: {}",
+                activity.describe()
+            );
+        }
+    }
     let _ = writeln!(
         s,
         "check ({}): {} of {} events committed, stored offsets add up to {}; {} devices checked: {} wrong sequences, {} misplaced, {} re-homed; memberships {} stored, {} expected ({} missing, {} extra); log {} rows, {} repeats, {} disagreements",
