@@ -157,19 +157,16 @@ async fn accept_loop(
                 .header_read_timeout(limits.header_read_timeout)
                 .serve_connection(TokioIo::new(stream), service);
             let mut connection = pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "http connection ended with an error");
-                    }
-                }
+            let ended = tokio::select! {
+                result = connection.as_mut() => result,
                 _ = stopping.changed() => {
                     // Finish the request in hand (if any), then close.
                     connection.as_mut().graceful_shutdown();
-                    if let Err(e) = connection.as_mut().await {
-                        tracing::debug!(error = %e, "http connection ended with an error");
-                    }
+                    connection.as_mut().await
                 }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, "http connection ended with an error");
             }
             drop(slot);
             drop(done);
@@ -360,23 +357,22 @@ mod tests {
         TcpStream::connect(addr).await.unwrap()
     }
 
+    /// Writes `raw` (a request, or part of one) to `stream`.
+    async fn send(stream: &mut TcpStream, raw: &[u8]) {
+        stream.write_all(raw).await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_request_whose_headers_never_finish_is_closed_without_an_answer() {
         let server = start(limits(200, 60_000, 16)).await;
         let mut stream = connect(server.addr).await;
-        stream
-            .write_all(b"GET /count HTTP/1.1\r\nhost: x\r\nx-slow: ")
-            .await
-            .unwrap();
+        send(&mut stream, b"GET /count HTTP/1.1\r\nhost: x\r\nx-slow: ").await;
         assert!(closed(&mut stream).await, "the connection stayed open");
         assert_eq!(server.counted.load(Ordering::SeqCst), 0);
 
         // Others are served as before.
         let mut stream = connect(server.addr).await;
-        stream
-            .write_all(b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        send(&mut stream, b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n").await;
         assert_eq!(response(&mut stream).await.0, 200);
     }
 
@@ -384,10 +380,11 @@ mod tests {
     async fn a_body_that_stops_arriving_gets_408_in_the_error_shape_and_the_connection_closes() {
         let server = start(limits(10_000, 300, 16)).await;
         let mut stream = connect(server.addr).await;
-        stream
-            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
-            .await
-            .unwrap();
+        send(
+            &mut stream,
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc",
+        )
+        .await;
         let (status, head, body) = response(&mut stream).await;
         assert_eq!(status, 408, "{head}{body}");
         assert!(head.contains("connection: close"), "{head}");
@@ -401,10 +398,11 @@ mod tests {
 
         // A body that arrives whole is echoed.
         let mut stream = connect(server.addr).await;
-        stream
-            .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc")
-            .await
-            .unwrap();
+        send(
+            &mut stream,
+            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc",
+        )
+        .await;
         let (status, _, body) = response(&mut stream).await;
         assert_eq!((status, body.as_str()), (200, "abc"));
     }
@@ -413,10 +411,7 @@ mod tests {
     async fn an_answer_not_ready_in_time_is_a_503_and_the_connection_stays_usable() {
         let server = start(limits(10_000, 300, 16)).await;
         let mut stream = connect(server.addr).await;
-        stream
-            .write_all(b"GET /never HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        send(&mut stream, b"GET /never HTTP/1.1\r\nhost: x\r\n\r\n").await;
         let (status, head, body) = response(&mut stream).await;
         assert_eq!(status, 503, "{head}{body}");
         assert!(!head.contains("connection: close"), "{head}");
@@ -424,10 +419,7 @@ mod tests {
         assert_eq!(body["error"], "internal_error");
         assert_eq!(body["details"], serde_json::json!([]));
 
-        stream
-            .write_all(b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        send(&mut stream, b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n").await;
         let (status, _, body) = response(&mut stream).await;
         assert_eq!((status, body.as_str()), (200, "counted"));
     }
@@ -436,16 +428,14 @@ mod tests {
     async fn a_connection_beyond_the_limit_waits_until_one_closes() {
         let server = start(limits(10_000, 60_000, 1)).await;
         let mut first = connect(server.addr).await;
-        first
-            .write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
+        send(
+            &mut first,
+            b"GET /hold HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        )
+        .await;
         // The second connection is accepted by the kernel (the listen backlog) but not served.
         let mut second = connect(server.addr).await;
-        second
-            .write_all(b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        send(&mut second, b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n").await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             server.counted.load(Ordering::SeqCst),
@@ -465,14 +455,10 @@ mod tests {
     async fn shutdown_finishes_the_request_in_hand_then_stops_listening() {
         let server = start(limits(10_000, 60_000, 16)).await;
         let mut busy = connect(server.addr).await;
-        busy.write_all(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        send(&mut busy, b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n").await;
         // An idle keep-alive connection does not hold shutdown up.
         let mut idle = connect(server.addr).await;
-        idle.write_all(b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
+        send(&mut idle, b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n").await;
         assert_eq!(response(&mut idle).await.0, 200);
 
         server.stop.send(()).unwrap();
