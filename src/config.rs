@@ -324,6 +324,13 @@ pub struct WorkerConfig {
     /// Whether the worker process also serves the REST API ([`crate::api`]) on `http.listen`. Turn it off
     /// when the API runs as separate `cohort api` processes.
     pub embedded_api: bool,
+    /// PostgreSQL's `backend_flush_after` (in kB, at most 2048; 0 turns it off) for the batches of a
+    /// partition that is caught up: a batch closed by `batch_max_wait_ms` with nothing of its partition in
+    /// flight. Such a transaction writes the pages it evicts from shared buffers back to disk as it goes,
+    /// instead of leaving them in the kernel's cache for the next checkpoint's file syncs, which otherwise
+    /// stall every commit for as long as they take. A partition that is behind (full batches, pipelined)
+    /// leaves the server's setting alone: write-back as it goes costs about a quarter of the sustained rate.
+    pub caught_up_flush_after_kb: u32,
 }
 
 impl Default for WorkerConfig {
@@ -337,6 +344,7 @@ impl Default for WorkerConfig {
             max_event_bytes: 65_536,
             embedded_relay: true,
             embedded_api: true,
+            caught_up_flush_after_kb: 256,
         }
     }
 }
@@ -521,6 +529,9 @@ impl Config {
             "WORKER_MAX_EVENT_BYTES" => self.worker.max_event_bytes = parse(var, value)?,
             "WORKER_EMBEDDED_RELAY" => self.worker.embedded_relay = parse(var, value)?,
             "WORKER_EMBEDDED_API" => self.worker.embedded_api = parse(var, value)?,
+            "WORKER_CAUGHT_UP_FLUSH_AFTER_KB" => {
+                self.worker.caught_up_flush_after_kb = parse(var, value)?
+            }
             "API_RATE_LIMIT_PER_SECOND" => self.api.rate_limit_per_second = parse(var, value)?,
             "API_RATE_LIMIT_BURST" => self.api.rate_limit_burst = parse(var, value)?,
             "API_MAX_BODY_BYTES" => self.api.max_body_bytes = parse(var, value)?,
@@ -618,6 +629,15 @@ impl Config {
             "worker.retry_initial_backoff_ms",
             worker.retry_initial_backoff_ms,
         )?;
+        if worker.caught_up_flush_after_kb > MAX_FLUSH_AFTER_KB {
+            return Err(ConfigError::invalid(
+                "worker.caught_up_flush_after_kb",
+                format!(
+                    "({}) must be at most {MAX_FLUSH_AFTER_KB} (PostgreSQL's limit), or 0 to turn it off",
+                    worker.caught_up_flush_after_kb
+                ),
+            ));
+        }
         if worker.retry_initial_backoff_ms > worker.retry_max_backoff_ms {
             return Err(ConfigError::invalid(
                 "worker.retry_initial_backoff_ms",
@@ -695,7 +715,7 @@ impl Config {
             format!("kafka.properties: {properties}"),
             format!(
                 "worker: batch_max_events={} batch_max_wait_ms={} shutdown_deadline_ms={} \
-                 retry_initial_backoff_ms={} retry_max_backoff_ms={} max_event_bytes={} embedded_relay={} embedded_api={}",
+                 retry_initial_backoff_ms={} retry_max_backoff_ms={} max_event_bytes={} embedded_relay={} embedded_api={} caught_up_flush_after_kb={}",
                 worker.batch_max_events,
                 worker.batch_max_wait_ms,
                 worker.shutdown_deadline_ms,
@@ -703,7 +723,8 @@ impl Config {
                 worker.retry_max_backoff_ms,
                 worker.max_event_bytes,
                 worker.embedded_relay,
-                worker.embedded_api
+                worker.embedded_api,
+                worker.caught_up_flush_after_kb
             ),
             format!(
                 "relay: batch_size={} poll_interval_ms={} retention_hours={}",
@@ -771,6 +792,9 @@ fn parse<T: EnvValue>(var: &str, value: &str) -> Result<T, ConfigError> {
             expected: T::EXPECTED,
         })
 }
+
+/// The largest `backend_flush_after` PostgreSQL accepts, in kB.
+const MAX_FLUSH_AFTER_KB: u32 = 2048;
 
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
     if value == 0 {
@@ -1346,6 +1370,28 @@ mod tests {
             ("COHORT_WORKER_RETRY_MAX_BACKOFF_MS", "1000"),
         ])
         .is_ok());
+    }
+
+    #[test]
+    fn the_caught_up_flush_size_is_at_most_postgresqls_limit_and_zero_turns_it_off() {
+        assert_eq!(load_env(&[]).unwrap().worker.caught_up_flush_after_kb, 256);
+        for (value, expected) in [("0", 0), ("2048", 2048), ("64", 64)] {
+            let config = load_env(&[("COHORT_WORKER_CAUGHT_UP_FLUSH_AFTER_KB", value)]).unwrap();
+            assert_eq!(config.worker.caught_up_flush_after_kb, expected);
+        }
+        let result = load_env(&[("COHORT_WORKER_CAUGHT_UP_FLUSH_AFTER_KB", "2049")]);
+        let message = result.as_ref().unwrap_err().to_string();
+        assert!(message.contains("at most 2048"), "{message}");
+        assert_eq!(invalid_key(result), "worker.caught_up_flush_after_kb");
+        assert_eq!(
+            invalid_key(load_file("[worker]\ncaught_up_flush_after_kb = 4096\n")),
+            "worker.caught_up_flush_after_kb"
+        );
+        let err = load_env(&[("COHORT_WORKER_CAUGHT_UP_FLUSH_AFTER_KB", "-1")]).unwrap_err();
+        assert!(
+            matches!(err, ConfigError::InvalidEnvValue { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

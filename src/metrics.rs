@@ -27,6 +27,10 @@ pub const BATCHES: &str = "cohort_worker_batches_total";
 /// Batches computed while an earlier batch of their partition was still committing (the pipeline was
 /// used: a rate close to `cohort_worker_batches_total`'s means the worker is bound by its commits).
 pub const BATCHES_PIPELINED: &str = "cohort_worker_batches_pipelined_total";
+/// Batches of a caught-up partition, written with `backend_flush_after` (`worker.caught_up_flush_after_kb`):
+/// a rate close to `cohort_worker_batches_total`'s means the worker keeps up and its commits are not left
+/// to wait on checkpoint syncs.
+pub const BATCHES_CAUGHT_UP: &str = "cohort_worker_batches_caught_up_total";
 /// Time to compute a batch (decode, evaluate), seconds.
 pub const BATCH_SECONDS: &str = "cohort_worker_batch_duration_seconds";
 /// Time to commit a batch's transaction, seconds.
@@ -88,6 +92,7 @@ pub const ALL: &[&str] = &[
     ROLLOUT_EVENTS,
     BATCHES,
     BATCHES_PIPELINED,
+    BATCHES_CAUGHT_UP,
     BATCH_SECONDS,
     COMMIT_SECONDS,
     EVENT_LATENCY_SECONDS,
@@ -139,6 +144,10 @@ pub fn describe() {
     describe_counter!(
         BATCHES_PIPELINED,
         "Batches computed while an earlier batch of their partition was committing"
+    );
+    describe_counter!(
+        BATCHES_CAUGHT_UP,
+        "Batches of a caught-up partition, written with backend_flush_after"
     );
     describe_histogram!(BATCH_SECONDS, Unit::Seconds, "Time to compute a batch");
     describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "Time to commit a batch");

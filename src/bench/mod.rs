@@ -71,9 +71,14 @@ pub struct BenchOptions {
     /// Events produced as fast as possible to measure the sustained rate.
     #[arg(long, default_value_t = 500_000)]
     pub events: usize,
-    /// How long events are produced at half the sustained rate to measure latency.
+    /// How long events are produced at half the sustained rate to measure latency (after the warm-up).
     #[arg(long, default_value_t = 60)]
     pub latency_seconds: u64,
+    /// How long events are produced at half the sustained rate before the latency is measured: the
+    /// server first writes out what the throughput phase left behind (its next checkpoint's file syncs).
+    /// The report shows the p99 of every 10 seconds, warm-up included.
+    #[arg(long, default_value_t = 20)]
+    pub latency_warmup_seconds: u64,
     /// Events the minimal writer commits per ceiling run (there are two runs).
     #[arg(long, default_value_t = 100_000)]
     pub ceiling_events: usize,
@@ -103,6 +108,10 @@ pub struct BenchOptions {
     /// `database.wal_compression` (server, off, pglz, lz4, zstd); server settings are left alone.
     #[arg(long, default_value = "lz4", value_parser = parse_wal_compression)]
     pub wal_compression: WalCompression,
+    /// The worker's `worker.caught_up_flush_after_kb`: `backend_flush_after` for the batches of a caught-up
+    /// partition (0 turns it off; the minimal writer, always behind, never sets it).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=2048))]
+    pub caught_up_flush_after_kb: u32,
 }
 
 fn parse_wal_compression(value: &str) -> Result<WalCompression, String> {
@@ -119,6 +128,7 @@ impl Default for BenchOptions {
             groups: 1_000,
             events: 500_000,
             latency_seconds: 60,
+            latency_warmup_seconds: 20,
             ceiling_events: 100_000,
             partitions: 2,
             database_url: "postgres://postgres@127.0.0.1:5432/cohort_bench".into(),
@@ -126,6 +136,7 @@ impl Default for BenchOptions {
             reset: false,
             seed: 1,
             wal_compression: WalCompression::Lz4,
+            caught_up_flush_after_kb: 256,
         }
     }
 }
@@ -153,6 +164,8 @@ pub struct BenchReport {
     /// session of the worker sees them: the benchmark changes no server setting; `wal_compression` is
     /// the session's own (`--wal-compression`, as the worker's `database.wal_compression`).
     pub postgres_settings: String,
+    /// `backend_flush_after` of a caught-up partition's batches, in kB (0: never set).
+    pub caught_up_flush_after_kb: u32,
     pub seed: SeedReport,
     pub load: LoadReport,
     pub throughput: ThroughputReport,
@@ -199,6 +212,8 @@ pub struct ThroughputReport {
     pub batches: u64,
     /// Of those, the batches computed while an earlier batch of their partition was committing.
     pub batches_pipelined: u64,
+    /// Of those, the batches of a caught-up partition (written with `backend_flush_after`).
+    pub batches_caught_up: u64,
 }
 
 /// The worker's latency stages, named, with their units.
@@ -243,6 +258,15 @@ pub struct LatencyReport {
     pub max_ms: u64,
     /// Where the latency went: p50, p99 and max of each stage over the same period.
     pub stages: Vec<StageReport>,
+    /// Events produced at the same rate before the measurement, and for how long.
+    pub warmup_events: usize,
+    pub warmup_seconds: u64,
+    /// p99 of the events committed in each 10 seconds of the phase, warm-up included (ms; `None` for a
+    /// window in which nothing committed).
+    pub window_p99_ms: Vec<Option<u64>>,
+    /// Batches committed in the phase, and how many of them were a caught-up partition's.
+    pub batches: u64,
+    pub batches_caught_up: u64,
 }
 
 /// One stage of the latency ([`crate::worker::Stages`]).
@@ -306,7 +330,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     prepare(&pool, options.reset).await?;
     let postgres_settings: Vec<(String, String)> = sqlx::query_as(
         "SELECT name, current_setting(name) FROM pg_settings WHERE name IN ('max_wal_size', \
-         'wal_compression', 'shared_buffers', 'synchronous_commit', 'checkpoint_timeout', 'autovacuum') \
+         'wal_compression', 'shared_buffers', 'synchronous_commit', 'checkpoint_timeout', 'autovacuum', \
+         'backend_flush_after') \
          ORDER BY name",
     )
     .fetch_all(&pool)
@@ -345,6 +370,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut config = Config::load_from(None, Vec::<(String, String)>::new())?;
     config.database.url = options.database_url.clone();
     config.database.wal_compression = options.wal_compression;
+    config.worker.caught_up_flush_after_kb = options.caught_up_flush_after_kb;
     config.kafka.brokers = broker.bootstrap();
     config.kafka.input_topic = topic.clone();
     config.kafka.dead_letter_topic = format!("{topic}.dead-letter");
@@ -423,6 +449,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let base = status.records_committed.load(Ordering::SeqCst);
     let batches_before = status.batches.load(Ordering::SeqCst);
     let pipelined_before = status.batches_pipelined.load(Ordering::SeqCst);
+    let caught_up_before = status.batches_caught_up.load(Ordering::SeqCst);
     let counters_before = server::counters(&pool).await;
     let phase_started = Instant::now();
     let producing = spawn_producer(
@@ -441,6 +468,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         options.events as u64,
         &mut worker,
         phase_started,
+        None,
     )
     .await?;
     let (produce_time, returned) = producing.await.context("the producer thread stopped")??;
@@ -461,6 +489,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         overall_events_per_second: n as f64 / overall,
         batches: status.batches.load(Ordering::SeqCst) - batches_before,
         batches_pipelined: status.batches_pipelined.load(Ordering::SeqCst) - pipelined_before,
+        batches_caught_up: status.batches_caught_up.load(Ordering::SeqCst) - caught_up_before,
     };
     tracing::info!(
         events_per_second = throughput.events_per_second as u64,
@@ -470,27 +499,44 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     // Latency: half the sustained rate.
     let rate = (throughput.events_per_second / 2.0).max(1.0);
     let latency_events = ((rate * options.latency_seconds as f64) as usize).max(100);
+    let warmup_events = (rate * options.latency_warmup_seconds as f64) as usize;
     let base = status.records_committed.load(Ordering::SeqCst);
-    let before = status.latency.snapshot();
-    let stages_before = stage_snapshots(&status);
-    let counters_before = counters_after;
     let phase_started = Instant::now();
+    let mut windows = Windows::new(&status, Duration::from_secs(10));
     let producing = spawn_producer(
         producer.clone(),
         topic.clone(),
         fleet.clone(),
         stream,
         clock.clone(),
-        latency_events,
+        warmup_events + latency_events,
         Some(rate),
         ahead(&status, base, backlog),
     );
     wait_committed(
         &status,
         base,
+        warmup_events as u64,
+        &mut worker,
+        phase_started,
+        Some(&mut windows),
+    )
+    .await?;
+    // The measurement starts here, with the events committed from now on (a batch may have taken a few
+    // past the warm-up's count: the wait below is for the phase's total).
+    let base = base + warmup_events as u64;
+    let before = status.latency.snapshot();
+    let stages_before = stage_snapshots(&status);
+    let batches_before = status.batches.load(Ordering::SeqCst);
+    let caught_up_before = status.batches_caught_up.load(Ordering::SeqCst);
+    let counters_before = server::counters(&pool).await;
+    wait_committed(
+        &status,
+        base,
         latency_events as u64,
         &mut worker,
         phase_started,
+        Some(&mut windows),
     )
     .await?;
     let (produce_time, returned) = producing.await.context("the producer thread stopped")??;
@@ -503,8 +549,11 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let period = status.latency.snapshot().since(&before);
     let latency = LatencyReport {
         target_rate: rate,
-        achieved_rate: latency_events as f64 / produce_time.as_secs_f64(),
+        achieved_rate: (warmup_events + latency_events) as f64 / produce_time.as_secs_f64(),
         events: latency_events,
+        warmup_events,
+        warmup_seconds: options.latency_warmup_seconds,
+        window_p99_ms: windows.p99s(&status),
         p50_ms: period.quantile(0.50).unwrap_or(0),
         p99_ms: period.quantile(0.99).unwrap_or(0),
         max_ms: period.max().unwrap_or(0),
@@ -522,6 +571,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
                 }
             })
             .collect(),
+        batches: status.batches.load(Ordering::SeqCst) - batches_before,
+        batches_caught_up: status.batches_caught_up.load(Ordering::SeqCst) - caught_up_before,
     };
     tracing::info!(
         p50_ms = latency.p50_ms,
@@ -580,7 +631,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         &Expectations {
             input_topic: &topic,
             partitions: options.partitions,
-            events_produced: (options.events + latency_events) as u64,
+            events_produced: (options.events + warmup_events + latency_events) as u64,
             records_committed,
             rehomed,
             last_sequence: &stream.last_sequence,
@@ -604,6 +655,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         load_average_start,
         load_average_end: load_average(),
         postgres_settings,
+        caught_up_flush_after_kb: options.caught_up_flush_after_kb,
         share_of_one_connection: throughput.events_per_second / ceiling.one_connection,
         share_of_many_connections: throughput.events_per_second / ceiling.many_connections,
         seed,
@@ -711,10 +763,14 @@ async fn wait_committed(
     count: u64,
     worker: &mut tokio::task::JoinHandle<anyhow::Result<()>>,
     from: Instant,
+    mut windows: Option<&mut Windows>,
 ) -> anyhow::Result<Vec<(f64, u64)>> {
     let mut samples = vec![(0.0, 0)];
     let mut progress = Instant::now();
     loop {
+        if let Some(windows) = windows.as_deref_mut() {
+            windows.sample(status);
+        }
         let done = status.records_committed.load(Ordering::SeqCst) - base;
         if done > samples.last().map_or(0, |s| s.1) {
             progress = Instant::now();
@@ -729,6 +785,42 @@ async fn wait_committed(
             "no event committed for two minutes ({done} of {count})"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Snapshots of the worker's produce-to-commit latencies at fixed intervals of a phase, for the p99 of
+/// each interval.
+struct Windows {
+    started: Instant,
+    every: Duration,
+    snapshots: Vec<crate::worker::latency::LatencySnapshot>,
+}
+
+impl Windows {
+    fn new(status: &Status, every: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            every,
+            snapshots: vec![status.latency.snapshot()],
+        }
+    }
+
+    /// Takes the snapshot of every interval boundary passed since the last call.
+    fn sample(&mut self, status: &Status) {
+        let passed = (self.started.elapsed().as_secs_f64() / self.every.as_secs_f64()) as usize;
+        while self.snapshots.len() <= passed {
+            self.snapshots.push(status.latency.snapshot());
+        }
+    }
+
+    /// The p99 of each interval, the last (partial) one up to now included.
+    fn p99s(&self, status: &Status) -> Vec<Option<u64>> {
+        let mut snapshots = self.snapshots.clone();
+        snapshots.push(status.latency.snapshot());
+        snapshots
+            .windows(2)
+            .map(|w| w[1].since(&w[0]).quantile(0.99))
+            .collect()
     }
 }
 
@@ -880,6 +972,19 @@ pub fn render(r: &BenchReport) -> String {
         r.latency.max_ms,
         mark(r.goals.latency)
     );
+    let windows: Vec<String> = r
+        .latency
+        .window_p99_ms
+        .iter()
+        .map(|p| p.map_or("–".to_owned(), |ms| ms.to_string()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "| — after a warm-up of {} s ({} events); p99 of each 10 s from the warm-up's start | {} ms | |",
+        r.latency.warmup_seconds,
+        thousands(r.latency.warmup_events as f64),
+        windows.join(", ")
+    );
     for stage in &r.latency.stages {
         let _ = writeln!(
             s,
@@ -919,11 +1024,17 @@ pub fn render(r: &BenchReport) -> String {
     );
     let _ = writeln!(
         s,
-        "throughput phase: produced in {:.1} s; {:.0} events/s overall; {} batches, {} of them computed while their partition's previous batch committed",
+        "throughput phase: produced in {:.1} s; {:.0} events/s overall; {} batches, {} of them computed while their partition's previous batch committed, {} caught up",
         r.throughput.produce_seconds,
         r.throughput.overall_events_per_second,
         r.throughput.batches,
-        r.throughput.batches_pipelined
+        r.throughput.batches_pipelined,
+        r.throughput.batches_caught_up
+    );
+    let _ = writeln!(
+        s,
+        "latency phase: {} batches, {} of them caught up (written with backend_flush_after={} kB; 0: never set)",
+        r.latency.batches, r.latency.batches_caught_up, r.caught_up_flush_after_kb
     );
     for (phase, activity) in [
         ("throughput", &r.server_throughput),
@@ -970,6 +1081,23 @@ mod tests {
         assert_eq!(crossing(&samples, 50), 0.5);
         assert_eq!(crossing(&samples, 200), 1.5);
         assert_eq!(crossing(&samples, 300), 2.0);
+    }
+
+    #[test]
+    fn windows_give_the_p99_of_each_interval() {
+        let status = Status::default();
+        let mut windows = Windows::new(&status, Duration::from_secs(3600));
+        for ms in 1..=100 {
+            status.latency.record(ms);
+        }
+        windows.sample(&status);
+        assert_eq!(windows.snapshots.len(), 1, "no boundary passed yet");
+        // What `sample` takes at a boundary.
+        windows.snapshots.push(status.latency.snapshot());
+        status.latency.record(500);
+        assert_eq!(windows.p99s(&status), vec![Some(99), Some(500)]);
+        windows.snapshots.push(status.latency.snapshot());
+        assert_eq!(windows.p99s(&status), vec![Some(99), Some(500), None]);
     }
 
     #[test]

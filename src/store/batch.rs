@@ -79,11 +79,22 @@ pub struct BatchWrite {
     pub pin_updates: Vec<(Uuid, String, bool)>,
     pub log: Vec<LogRow>,
     pub outbox: Vec<OutboxRow>,
+    /// `backend_flush_after` for this transaction only, in kB (the pipeline sets it for a caught-up
+    /// partition's batches; see [`crate::config::WorkerConfig::caught_up_flush_after_kb`]); `None` leaves
+    /// the session's setting.
+    pub flush_after_kb: Option<u32>,
 }
 
 /// Writes the batch, or nothing.
 pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
+    if let Some(kb) = batch.flush_after_kb {
+        // Transaction-local: the pooled connection's next user starts from the session's setting.
+        sqlx::query("SELECT set_config('backend_flush_after', $1, true)")
+            .bind(format!("{kb}kB"))
+            .execute(&mut *tx)
+            .await?;
+    }
     let fenced = sqlx::query(
         "UPDATE partition_positions SET next_offset = $1, control_position = $2, updated_at = now() \
          WHERE topic = $3 AND partition = $4 AND epoch = $5",

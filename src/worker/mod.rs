@@ -97,6 +97,9 @@ pub struct Status {
     pub batches: std::sync::atomic::AtomicU64,
     /// Batches computed while an earlier batch of their partition was still in flight.
     pub batches_pipelined: std::sync::atomic::AtomicU64,
+    /// Batches of a caught-up partition (closed by time, nothing of their partition in flight), which write
+    /// back the pages they evict as they go (`worker.caught_up_flush_after_kb`).
+    pub batches_caught_up: std::sync::atomic::AtomicU64,
     /// Partitions owned right now.
     pub partitions: std::sync::atomic::AtomicUsize,
     /// Input records whose batch has committed (applied, skipped and dead-lettered alike): what a
@@ -1083,7 +1086,7 @@ impl Pipeline {
             .compute
             .record_n(started.elapsed().as_millis() as u64, records);
         stages.batch_records.record(records);
-        let write = std::mem::take(&mut computed.write);
+        let mut write = std::mem::take(&mut computed.write);
         let positions = (write.next_offset, write.control_position);
         self.next_batch += 1;
         let id = self.next_batch;
@@ -1095,6 +1098,17 @@ impl Pipeline {
             self.status
                 .batches_pipelined
                 .fetch_add(1, Ordering::Relaxed);
+        }
+        // A partition that keeps up trades some of its write capacity for commits that do not wait on the
+        // next checkpoint's file syncs; one that is behind keeps all of it (docs/worker.md, "PostgreSQL's
+        // write load").
+        let flush_after_kb = self.config.worker.caught_up_flush_after_kb;
+        if after.is_none()
+            && (records as usize) < self.config.worker.batch_max_events
+            && flush_after_kb > 0
+        {
+            write.flush_after_kb = Some(flush_after_kb);
+            computed.stats.caught_up = true;
         }
         let (then, committed) = oneshot::channel();
         // The commit starts first: installing (rescheduling the devices' flips) overlaps it.
@@ -1273,6 +1287,10 @@ impl Pipeline {
             c.insert(partition, next_offset);
         }
         metrics::counter!(m::BATCHES).increment(1);
+        if stats.caught_up {
+            metrics::counter!(m::BATCHES_CAUGHT_UP).increment(1);
+            self.status.batches_caught_up.fetch_add(1, Ordering::SeqCst);
+        }
         metrics::counter!(m::EVENTS, "outcome" => "applied").increment(stats.applied);
         metrics::counter!(m::EVENTS, "outcome" => "duplicate").increment(stats.duplicates);
         metrics::counter!(m::EVENTS, "outcome" => "stale").increment(stats.stale);

@@ -307,6 +307,9 @@ pub struct Stats {
     pub timer_evaluations: u64,
     /// Rollout-target events emitted (written to the outbox).
     pub rollouts: u64,
+    /// Whether the batch was its partition's while caught up, and written with `backend_flush_after`
+    /// (set by the pipeline, which knows).
+    pub caught_up: bool,
 }
 
 /// Devices read from PostgreSQL for this batch (not held by the partition), by id.

@@ -409,6 +409,10 @@ async fn a_device_conflict_puts_back_both_batches_in_flight_and_recomputes_them(
     sqlx::query("SELECT 1 FROM devices WHERE id = 'dev-1' FOR UPDATE")
         .execute(&mut *blocker)
         .await?;
+    // Each of those events came alone to a partition with nothing in flight: caught up.
+    assert!(h.status.batches_caught_up.load(SeqCst) > 0);
+    let batches = h.status.batches.load(SeqCst);
+    let caught_up = h.status.batches_caught_up.load(SeqCst);
     let pipelined = h.status.batches_pipelined.load(SeqCst);
     h.send("dev-1", json!({"status": "offline"})).await?;
     let pool = h.pool().clone();
@@ -440,6 +444,12 @@ async fn a_device_conflict_puts_back_both_batches_in_flight_and_recomputes_them(
     blocker.commit().await?;
     h.applied("dev-1", back).await?;
     h.applied(&other, other_off).await?;
+    // The batch computed behind another (and full) was not a caught-up partition's.
+    let committed = h.status.batches.load(SeqCst) - batches;
+    assert!(
+        committed > h.status.batches_caught_up.load(SeqCst) - caught_up,
+        "{committed} batches committed, all counted as caught up"
+    );
     let log = h.log(online).await?;
     let of = |device: &str| -> Vec<(String, String)> {
         log.iter()
@@ -975,5 +985,50 @@ async fn sessions_ask_for_wal_compression_and_a_role_that_may_not_set_it_still_c
         assert_eq!(session, server);
         assert_eq!(answer, 1);
     }
+    db.cleanup().await
+}
+
+#[tokio::test]
+async fn a_caught_up_batch_sets_backend_flush_after_for_its_own_transaction_only(
+) -> anyhow::Result<()> {
+    use cohort::store::batch::{commit, BatchWrite};
+
+    let db = support::db::TestDatabase::new().await?;
+    cohort::store::migrate(db.pool()).await?;
+    sqlx::query("INSERT INTO partition_positions (topic, partition) VALUES ('input', 0)")
+        .execute(db.pool())
+        .await?;
+    // One connection, so the statement after the batch runs on the session the batch used.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(db.url())
+        .await?;
+    let batch = |next_offset, flush_after_kb| BatchWrite {
+        topic: "input".into(),
+        partition: 0,
+        epoch: 0,
+        next_offset,
+        flush_after_kb,
+        ..BatchWrite::default()
+    };
+    let show = || sqlx::query_scalar::<_, String>("SHOW backend_flush_after").fetch_one(&pool);
+    let before = show().await?;
+    assert_ne!(before, "64kB");
+    commit(&pool, &batch(1, Some(64))).await?;
+    assert_eq!(
+        show().await?,
+        before,
+        "the setting ends with the batch's transaction"
+    );
+    // The setting is really sent: a value PostgreSQL refuses fails the batch, which writes nothing.
+    assert!(commit(&pool, &batch(2, Some(4096))).await.is_err());
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT next_offset FROM partition_positions WHERE topic = 'input' AND partition = 0",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(stored, 1);
+    commit(&pool, &batch(2, None)).await?;
+    pool.close().await;
     db.cleanup().await
 }
