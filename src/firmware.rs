@@ -289,7 +289,7 @@ pub fn rollout_event(
     sequence: i64,
     previous: &Target,
     current: &Target,
-    cause: &Value,
+    cause: &(impl serde::Serialize + ?Sized),
     time: &str,
 ) -> Value {
     json!({

@@ -46,6 +46,8 @@ pub struct CeilingReport {
     pub device_rows_per_event: f64,
     pub membership_writes_per_event: f64,
     pub log_rows_per_event: f64,
+    /// CPU per event of the run with `connections` connections (the writer's threads count as `worker`).
+    pub cpu_many_connections: super::cpu::CpuPerEvent,
 }
 
 /// Settings the computation needs.
@@ -153,7 +155,15 @@ pub async fn measure(
                         (r.clone(), d)
                     })
                     .collect();
-                let computed = compute(registry, state, &[], &decoded, &[], HashMap::new(), &ctx);
+                let computed = compute(
+                    registry,
+                    state,
+                    &[],
+                    &decoded,
+                    &[],
+                    foldhash::HashMap::default(),
+                    &ctx,
+                );
                 anyhow::ensure!(
                     computed.stats.applied as usize == batch.len(),
                     "a ceiling batch did not apply every event"
@@ -232,6 +242,7 @@ pub async fn measure(
     }
     drop(warm);
     let run = runs.next().expect("two runs");
+    let cpu_before = super::cpu::CpuSample::now();
     let started = Instant::now();
     let tasks: Vec<_> = run
         .into_iter()
@@ -251,6 +262,8 @@ pub async fn measure(
             .context("a ceiling batch failed (one connection per partition)")?;
     }
     let many_connections = settings.events as f64 / started.elapsed().as_secs_f64();
+    let cpu_many_connections =
+        cpu_before.per_event(&super::cpu::CpuSample::now(), settings.events as u64);
     many.close().await;
     tracing::info!(
         events_per_second = many_connections as u64,
@@ -266,5 +279,6 @@ pub async fn measure(
         device_rows_per_event: device_rows as f64 / total,
         membership_writes_per_event: membership_writes as f64 / total,
         log_rows_per_event: log_rows as f64 / total,
+        cpu_many_connections,
     })
 }

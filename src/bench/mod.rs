@@ -26,6 +26,7 @@
 
 pub mod broker;
 pub mod ceiling;
+pub mod cpu;
 pub mod fleet;
 pub mod seed;
 pub mod server;
@@ -214,6 +215,9 @@ pub struct ThroughputReport {
     pub batches_pipelined: u64,
     /// Of those, the batches of a caught-up partition (written with `backend_flush_after`).
     pub batches_caught_up: u64,
+    /// CPU per event over the whole phase: the worker's threads, this process's others (Kafka clients,
+    /// mock broker, producer) and the PostgreSQL server's processes (when on this machine).
+    pub cpu: cpu::CpuPerEvent,
 }
 
 /// The worker's latency stages, named, with their units.
@@ -451,6 +455,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let pipelined_before = status.batches_pipelined.load(Ordering::SeqCst);
     let caught_up_before = status.batches_caught_up.load(Ordering::SeqCst);
     let counters_before = server::counters(&pool).await;
+    let cpu_before = cpu::CpuSample::now();
     let phase_started = Instant::now();
     let producing = spawn_producer(
         producer.clone(),
@@ -474,6 +479,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let (produce_time, returned) = producing.await.context("the producer thread stopped")??;
     stream = returned;
     let overall = phase_started.elapsed().as_secs_f64();
+    let cpu = cpu_before.per_event(&cpu::CpuSample::now(), options.events as u64);
     let counters_after = server::counters(&pool).await;
     let server_throughput =
         ServerActivity::between(counters_before, counters_after, options.events as u64);
@@ -490,6 +496,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         batches: status.batches.load(Ordering::SeqCst) - batches_before,
         batches_pipelined: status.batches_pipelined.load(Ordering::SeqCst) - pipelined_before,
         batches_caught_up: status.batches_caught_up.load(Ordering::SeqCst) - caught_up_before,
+        cpu,
     };
     tracing::info!(
         events_per_second = throughput.events_per_second as u64,
@@ -1030,6 +1037,17 @@ pub fn render(r: &BenchReport) -> String {
         r.throughput.batches,
         r.throughput.batches_pipelined,
         r.throughput.batches_caught_up
+    );
+    let (w, wc) = (&r.throughput.cpu, &r.ceiling.cpu_many_connections);
+    let _ = writeln!(
+        s,
+        "CPU per event (µs): throughput phase: worker threads {:.1}, Kafka clients, mock broker and producer {:.1}, PostgreSQL {:.1}; ceiling with {} connections: writer {:.1}, PostgreSQL {:.1}",
+        w.worker_us,
+        w.other_us,
+        w.postgres_us,
+        r.ceiling.connections,
+        wc.worker_us,
+        wc.postgres_us
     );
     let _ = writeln!(
         s,

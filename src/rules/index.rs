@@ -19,7 +19,7 @@
 //! returned. (Both old and new truth are taken at the same `now`: the membership being compared was computed
 //! at the last evaluation, and time-driven changes since then are the flip scheduler's job.)
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::hash::Hash;
 
 use super::attrs::AttrValue;

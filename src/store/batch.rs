@@ -20,14 +20,16 @@ use super::StoreError;
 #[derive(Clone, Debug)]
 pub struct DeviceRow {
     pub id: String,
-    pub org_id: String,
+    /// Shared with the worker's interned org (no copy per row).
+    pub org_id: std::sync::Arc<str>,
     /// The attributes document as JSON text (stored as `jsonb`).
     pub attributes: String,
     pub sequence: i64,
     pub expected_version: i64,
     pub is_development: bool,
     pub firmware_lock: Option<String>,
-    pub target_version: Option<String>,
+    /// Shared with the release it was resolved from.
+    pub target_version: Option<std::sync::Arc<str>>,
     pub target_reason: &'static str,
     pub target_group: Option<Uuid>,
     pub target_sequence: i64,
@@ -49,8 +51,8 @@ pub struct LogRow {
     pub device_id: String,
     pub action: &'static str,
     pub reason: &'static str,
-    /// Shared by every row one event or control entry causes.
-    pub cause: std::sync::Arc<Value>,
+    /// The cause's JSON document, rendered once and shared by every row one event or control entry causes.
+    pub cause: std::sync::Arc<serde_json::value::RawValue>,
     pub group_version: i64,
 }
 
@@ -192,13 +194,14 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         let rows = &batch.log;
         sqlx::query(
             "INSERT INTO group_membership_log (group_id, device_id, action, reason, cause, group_version) \
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::int8[])",
+             SELECT u.g, u.d, u.a, u.r, u.c::jsonb, u.v \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int8[]) AS u(g, d, a, r, c, v)",
         )
         .bind(rows.iter().map(|r| r.group_id).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.device_id.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.action).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.reason).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| &*r.cause).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.cause.get()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.group_version).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
@@ -238,7 +241,7 @@ async fn write_devices(
 ) -> Result<Vec<String>, StoreError> {
     Ok(sqlx::query_scalar(sql)
         .bind(rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.org_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| &*r.org_id).collect::<Vec<_>>())
         .bind(
             rows.iter()
                 .map(|r| r.attributes.as_str())

@@ -29,7 +29,7 @@ pub mod latency;
 pub mod partition;
 pub mod registry;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -1020,21 +1020,21 @@ impl Pipeline {
                 .filter(|e| !state.devices.contains_key(e.device_id.as_str()))
                 .map(|e| e.device_id.clone())
                 .chain(reread)
-                .collect::<HashSet<_>>()
+                .collect::<foldhash::HashSet<_>>()
                 .into_iter()
                 .collect();
             unknown.sort();
             if unknown.is_empty() {
-                break HashMap::new();
+                break foldhash::HashMap::default();
             }
             match stored::load_devices(&self.pool, &unknown).await {
                 Ok((rows, memberships)) => {
-                    let mut by_device: HashMap<&str, Vec<&stored::StoredMembership>> =
-                        HashMap::new();
+                    let mut by_device: foldhash::HashMap<&str, Vec<&stored::StoredMembership>> =
+                        foldhash::HashMap::default();
                     for mm in &memberships {
                         by_device.entry(mm.device_id.as_str()).or_default().push(mm);
                     }
-                    let mut foreign = HashMap::new();
+                    let mut foreign = foldhash::HashMap::default();
                     for row in &rows {
                         let members = by_device
                             .get(row.id.as_str())
@@ -1361,7 +1361,7 @@ impl Pipeline {
 fn install(
     state: &mut Partition,
     registry: &Registry,
-    devices: HashMap<Box<str>, Box<Device>>,
+    devices: foldhash::HashMap<Box<str>, Box<Device>>,
     reschedule_all: bool,
     (next_offset, control_position): (i64, i64),
     control_applied: usize,
@@ -1373,11 +1373,18 @@ fn install(
     for _ in 0..control_applied {
         state.pending_control.pop_front();
     }
-    // Each touched device with its state before the batch (what a rollback restores).
+    // Each touched device with its state before the batch (what a rollback restores). A held device's
+    // entry keeps its key: only a device new to the partition needs a copy of its id.
     let touched: Vec<(Box<str>, Option<Box<Device>>)> = devices
         .into_iter()
         .map(|(id, device)| {
-            let before = state.devices.insert(id.clone(), device);
+            let before = match state.devices.get_mut(&id) {
+                Some(held) => Some(std::mem::replace(held, device)),
+                None => {
+                    state.devices.insert(id.clone(), device);
+                    None
+                }
+            };
             (id, before)
         })
         .collect();

@@ -14,9 +14,12 @@
 //! the field index are.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::registry::Registry;
@@ -359,6 +362,8 @@ struct Work<'a> {
     stats: Stats,
     scratch: Scratch,
     candidates: Vec<u32>,
+    /// Reused by [`Work::reconcile_slots`]: (slot, action, reason) of each membership change.
+    changes: Vec<(u32, &'static str, &'static str)>,
     /// The last cause that touched each device in this batch (carried by its rollout-target event).
     causes: HashMap<Box<str>, Cause>,
     /// Devices whose firmware must be re-resolved although the batch may not otherwise touch them (release
@@ -368,13 +373,47 @@ struct Work<'a> {
     timer_cause: Option<Cause>,
 }
 
-/// What caused a change (a log row's `cause`, a rollout-target event's): built once per event or control
-/// entry and shared by every row it causes.
-type Cause = Arc<Value>;
+/// What caused a change (a log row's `cause`, a rollout-target event's): rendered to JSON once per event
+/// or control entry and shared by every row it causes, so no row builds or serializes a document of its
+/// own.
+type Cause = Arc<RawValue>;
+
+/// The causes' documents, as stored: `{"type": "event", "eventId", "partition", "offset"}`,
+/// `{"type": "control", "controlId", "kind"}` or `{"type": "timer", "at"}`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum CauseDoc<'a> {
+    Event {
+        #[serde(rename = "eventId")]
+        event_id: &'a str,
+        partition: i32,
+        offset: i64,
+    },
+    Control {
+        #[serde(rename = "controlId")]
+        control_id: i64,
+        kind: &'a str,
+    },
+    Timer {
+        at: &'a str,
+    },
+}
+
+impl CauseDoc<'_> {
+    fn render(&self) -> Cause {
+        // Strings and integers only: serializing cannot fail.
+        let raw = serde_json::value::to_raw_value(self).expect("a cause document serializes");
+        Arc::from(raw)
+    }
+}
 
 /// The cause of changes a control-log entry made.
 fn control_cause(entry: &Positioned) -> Cause {
-    Arc::new(json!({"type": "control", "controlId": entry.id, "kind": entry.entry.kind()}))
+    CauseDoc::Control {
+        control_id: entry.id,
+        kind: entry.entry.kind(),
+    }
+    .render()
 }
 
 /// Computes a batch. `loaded` holds the stored rows of devices named by `records` that the partition does
@@ -398,6 +437,7 @@ pub fn compute(
         stats: Stats::default(),
         scratch: Scratch::default(),
         candidates: Vec::new(),
+        changes: Vec::new(),
         causes: HashMap::new(),
         resolve: Vec::new(),
         timer_cause: None,
@@ -433,8 +473,7 @@ pub fn compute(
     };
     let log = std::mem::take(&mut work.log);
     write.outbox = std::mem::take(&mut work.outbox);
-    let logged: std::collections::HashSet<&str> =
-        log.iter().map(|r| r.device_id.as_str()).collect();
+    let logged: HashSet<&str> = log.iter().map(|r| r.device_id.as_str()).collect();
     let mut devices = HashMap::with_capacity(work.devices.len());
     for (id, (origin, mut current)) in work.devices {
         let original = match &origin {
@@ -455,7 +494,7 @@ pub fn compute(
         diff_memberships(registry, &id, original, &current, &mut write);
         let row = DeviceRow {
             id: id.to_string(),
-            org_id: current.org.to_string(),
+            org_id: current.org.clone(),
             attributes: {
                 let mut json = Vec::with_capacity(512);
                 current.attrs.write_json(registry.catalogue(), &mut json);
@@ -467,7 +506,7 @@ pub fn compute(
             expected_version: current.version,
             is_development: current.development,
             firmware_lock: current.firmware_lock.as_deref().map(str::to_string),
-            target_version: current.target.version.as_deref().map(str::to_string),
+            target_version: current.target.version.clone(),
             target_reason: current.target.reason.as_str(),
             target_group: current.target.group,
             target_sequence: current.target_sequence,
@@ -821,9 +860,7 @@ impl Work<'_> {
                 }
                 self.push_log(slot, version, id, "removed", "manual", &cause);
             }
-            for slot in org.dynamic.clone() {
-                self.reconcile_held(id, slot, &cause);
-            }
+            self.reconcile_slots(id, &org.dynamic, &cause);
             self.record_cause(id, &cause);
             self.resolve.push((id.as_str().into(), cause.clone()));
         }
@@ -858,19 +895,38 @@ impl Work<'_> {
 
     /// Re-evaluates one group for one held device, copying the device only when its membership changes.
     fn reconcile_held(&mut self, id: &str, slot: u32, cause: &Cause) {
-        self.stats.groups_evaluated += 1;
+        self.reconcile_slots(id, &[slot], cause);
+    }
+
+    /// Re-evaluates `slots` for one held device: the device is looked up once and every group evaluated
+    /// against the same attributes (one group's result never depends on another's membership), then the
+    /// changes are applied — the device copied only if there are any — and logged in slot order.
+    fn reconcile_slots(&mut self, id: &str, slots: &[u32], cause: &Cause) {
+        self.stats.groups_evaluated += slots.len() as u64;
+        let mut changes = std::mem::take(&mut self.changes);
+        changes.clear();
         let Some(device) = self.current(id) else {
+            self.changes = changes;
             return;
         };
-        let should = self.registry.matches(slot, &device.attrs, self.ctx.now);
-        let change = membership_change(device.member(slot), should);
-        if let Some((action, reason)) = change {
-            let version = self.registry.group(slot).version;
-            if let Some(device) = self.held(id) {
-                apply_change(device, slot, action);
+        for &slot in slots {
+            let should = self.registry.matches(slot, &device.attrs, self.ctx.now);
+            if let Some((action, reason)) = membership_change(device.member(slot), should) {
+                changes.push((slot, action, reason));
             }
-            self.push_log(slot, version, id, action, reason, cause);
         }
+        if !changes.is_empty() {
+            if let Some(device) = self.held(id) {
+                for &(slot, action, _) in &changes {
+                    apply_change(device, slot, action);
+                }
+            }
+            for &(slot, action, reason) in &changes {
+                let version = self.registry.group(slot).version;
+                self.push_log(slot, version, id, action, reason, cause);
+            }
+        }
+        self.changes = changes;
     }
 
     /// Re-resolves the firmware target of every device the batch touched or a release change affects; a
@@ -879,16 +935,16 @@ impl Work<'_> {
         let registry = self.registry;
         let mut ids: Vec<(Box<str>, Option<Cause>)> =
             self.devices.keys().map(|id| (id.clone(), None)).collect();
-        ids.extend(
-            std::mem::take(&mut self.resolve)
-                .into_iter()
-                .map(|(id, cause)| (id, Some(cause))),
-        );
-        let mut seen = std::collections::HashSet::new();
-        for (id, cause) in ids {
-            if !seen.insert(id.clone()) {
-                continue;
+        // Each device once: the batch's devices are distinct keys; a release change's devices are added
+        // unless the batch already holds them or one of them came earlier.
+        let mut seen = HashSet::new();
+        for (id, cause) in std::mem::take(&mut self.resolve) {
+            if !self.devices.contains_key(&id) && seen.insert(id.clone()) {
+                ids.push((id, Some(cause)));
             }
+        }
+        drop(seen);
+        for (id, cause) in ids {
             let Some(device) = self.current(&id) else {
                 continue;
             };
@@ -969,19 +1025,24 @@ impl Work<'_> {
 
     /// The cause of changes an event made: its id and position.
     fn event_cause(&self, record: &Record, event: &DeviceEvent) -> Cause {
-        Arc::new(json!({
-            "type": "event",
-            "eventId": event.event_id,
-            "partition": self.partition.id,
-            "offset": record.offset,
-        }))
+        CauseDoc::Event {
+            event_id: &event.event_id,
+            partition: self.partition.id,
+            offset: record.offset,
+        }
+        .render()
     }
 
     /// The cause of changes made by the clock alone: the batch's instant (one document per batch).
     fn timer_cause(&mut self) -> Cause {
         let now = self.ctx.now;
         self.timer_cause
-            .get_or_insert_with(|| Arc::new(json!({"type": "timer", "at": format_millis(now)})))
+            .get_or_insert_with(|| {
+                CauseDoc::Timer {
+                    at: &format_millis(now),
+                }
+                .render()
+            })
             .clone()
     }
 
@@ -1131,9 +1192,7 @@ impl Work<'_> {
                 self.stats.no_candidates += 1;
             }
         }
-        for slot in &candidates {
-            self.reconcile_held(id, *slot, &cause);
-        }
+        self.reconcile_slots(id, &candidates, &cause);
         self.candidates = candidates;
     }
 
@@ -1167,9 +1226,7 @@ impl Work<'_> {
             .insert(id.into(), (Origin::New, Device::new(org.clone())));
         let cause = self.event_cause(record, event);
         self.record_cause(id, &cause);
-        for slot in dynamic {
-            self.reconcile_held(id, *slot, &cause);
-        }
+        self.reconcile_slots(id, dynamic, &cause);
     }
 
     /// Counts an event whose `sequence` is not above the device's `current` one: a duplicate or stale.
@@ -1204,9 +1261,7 @@ impl Work<'_> {
         };
         self.stats.timer_evaluations += 1;
         let cause = self.timer_cause();
-        for &slot in &org.time_groups {
-            self.reconcile_held(id, slot, &cause);
-        }
+        self.reconcile_slots(id, &org.time_groups, &cause);
         // Taken into the batch even when nothing changed: a flip instant is when the result *may* change,
         // and the device's next flip must be scheduled from here either way (installing the batch does it).
         // A device the batch leaves as stored is not written.
@@ -1254,6 +1309,52 @@ mod tests {
     use uuid::Uuid;
 
     const HOUR: EpochMillis = 3_600_000;
+
+    #[test]
+    fn causes_render_to_the_stored_documents_once_with_their_text_escaped() {
+        let event = CauseDoc::Event {
+            event_id: "e-\"1\"",
+            partition: 3,
+            offset: 42,
+        }
+        .render();
+        let parsed: Value = serde_json::from_str(event.get()).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"type": "event", "eventId": "e-\"1\"", "partition": 3, "offset": 42})
+        );
+        let control = CauseDoc::Control {
+            control_id: 7,
+            kind: "pinned",
+        }
+        .render();
+        assert_eq!(
+            serde_json::from_str::<Value>(control.get()).unwrap(),
+            json!({"type": "control", "controlId": 7, "kind": "pinned"})
+        );
+        let timer = CauseDoc::Timer {
+            at: "2026-01-01T00:00:00.000Z",
+        }
+        .render();
+        assert_eq!(
+            serde_json::from_str::<Value>(timer.get()).unwrap(),
+            json!({"type": "timer", "at": "2026-01-01T00:00:00.000Z"})
+        );
+        // A rollout-target event embeds the same document.
+        let rollout = crate::firmware::rollout_event(
+            "o",
+            "d",
+            1,
+            &Target::none(),
+            &Target::none(),
+            &control,
+            "t",
+        );
+        assert_eq!(
+            rollout["data"]["cause"],
+            json!({"type": "control", "controlId": 7, "kind": "pinned"})
+        );
+    }
 
     fn within_last(field: &str, amount: i64, unit: &str) -> Value {
         json!({"operator": "AND", "conditions": [

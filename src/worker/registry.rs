@@ -4,7 +4,7 @@
 //! group keeps its slot as a tombstone (no filter), so a partition that still has to apply the deletion —
 //! or that loads memberships of a group deleted since — can find and remove them.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::Arc;
 
 use serde_json::Value;
