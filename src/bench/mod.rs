@@ -10,7 +10,8 @@
 //!    the consumer group and loads its partitions; resident memory is read before and after
 //!    (`/proc/self/status`), giving bytes per device held.
 //! 3. **throughput**: `--events` events are produced as fast as the broker takes them; the sustained rate
-//!    is the committed rate between 10% and 90% of them (the worker's [`Status`] counters).
+//!    is the committed rate between 10% and 90% of them (the worker's [`Status`] counters); the CPU the
+//!    phase used per event is read from `/proc` by role ([`cpu`]).
 //! 4. **latency**: events are produced at half the sustained rate for `--latency-seconds`; the latency of
 //!    each is from its Kafka timestamp (set when produced) to just after its batch commits.
 //! 5. **ceiling** ([`ceiling`]): the worker stopped, a minimal writer commits precomputed batches of the
