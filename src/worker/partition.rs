@@ -644,7 +644,7 @@ impl Work<'_> {
                 }
                 let ids: Vec<Box<str>> = self.org_devices(&def.org_id);
                 for id in ids {
-                    self.reconcile_held(&id, slot, &cause);
+                    self.reconcile_slots(&id, &[slot], &cause);
                 }
                 // A changed definition (time-dependent before or after) can move any device's next flip.
                 true
@@ -893,11 +893,6 @@ impl Work<'_> {
             .or_else(|| self.partition.devices.get(id).map(|d| &**d))
     }
 
-    /// Re-evaluates one group for one held device, copying the device only when its membership changes.
-    fn reconcile_held(&mut self, id: &str, slot: u32, cause: &Cause) {
-        self.reconcile_slots(id, &[slot], cause);
-    }
-
     /// Re-evaluates `slots` for one held device: the device is looked up once and every group evaluated
     /// against the same attributes (one group's result never depends on another's membership), then the
     /// changes are applied — the device copied only if there are any — and logged in slot order.
@@ -943,7 +938,6 @@ impl Work<'_> {
                 ids.push((id, Some(cause)));
             }
         }
-        drop(seen);
         for (id, cause) in ids {
             let Some(device) = self.current(&id) else {
                 continue;
