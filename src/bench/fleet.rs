@@ -5,8 +5,16 @@
 //! string array), drawn from skewed pools the way a real fleet looks (most devices online, most on Linux, a
 //! few dozen OS and firmware versions, fifty sites). Groups use all 24 operators: group *k* of an org starts
 //! with a condition on operator `k mod 24` and adds one or two more, sometimes with a nested group; most
-//! groups AND their conditions. Events are heartbeats (`lastSeenAt`, `uptimeSeconds`) that also change the status a quarter of the
-//! time and, more rarely, the OS or firmware version, the tags or the site.
+//! groups AND their conditions. Events are heartbeats (`lastSeenAt`, `uptimeSeconds`) that also change the
+//! status a quarter of the time and, more rarely, the OS or firmware version, the tags or the site.
+//!
+//! The fleet is created as the event stream keeps it: every attribute an event sets is drawn from the
+//! distribution events draw it from, and every device was last seen within the last 15 minutes (the stream
+//! heartbeats each device every minute or two). So the events of every phase change as many memberships
+//! per event, and the minimal writer's events, which come after the worker's, are no lighter than the
+//! worker's. (A fleet with 40% of its devices last seen up to a month ago made each device's first
+//! heartbeat flip its time-based groups: the throughput phase wrote 1.54 log rows per event, the ceiling's
+//! later events 1.06.)
 
 use serde_json::{json, Map, Value};
 
@@ -39,6 +47,15 @@ const TAGS: &[&str] = &[
 ];
 const SITES: u64 = 50;
 const MAX_UPTIME: u64 = 10_000_000;
+/// Every device was last seen this recently when the fleet is created: less than the shortest window of
+/// any generated time condition (an hour), so a heartbeat alone flips no group.
+const LAST_SEEN_WITHIN_MS: u64 = 15 * 60_000;
+/// The chance that an event sets a site, and that one which does not removes it.
+const SITE_SET: f64 = 0.03;
+const SITE_REMOVED: f64 = 0.01;
+/// The share of devices with a site when the fleet is created: the share the events keep,
+/// `SITE_SET / (SITE_SET + (1 - SITE_SET) * SITE_REMOVED)`, about 0.756.
+const SITE_SHARE: f64 = SITE_SET / (SITE_SET + (1.0 - SITE_SET) * SITE_REMOVED);
 
 /// A small, fast, seedable generator (SplitMix64): reproducible runs without a dependency.
 #[derive(Clone, Debug)]
@@ -166,17 +183,13 @@ impl Fleet {
         doc.insert("osVersion".into(), json!(rng.pick(OS_VERSIONS)));
         doc.insert("firmwareVersion".into(), json!(firmware(&mut rng)));
         doc.insert("uptimeSeconds".into(), json!(rng.below(MAX_UPTIME)));
-        // Online devices report every few minutes; the others were last seen up to a month ago.
-        let last_seen = if status == "online" {
-            self.t0 - rng.below(15 * 60_000) as i64
-        } else {
-            self.t0 - rng.below(30 * DAY_MS as u64) as i64
-        };
+        // Every device heartbeats, whatever its status (as the stream's events do).
+        let last_seen = self.t0 - rng.below(LAST_SEEN_WITHIN_MS) as i64;
         doc.insert("lastSeenAt".into(), json!(format_millis(last_seen)));
         let enrolled = self.t0 - 30 * DAY_MS - rng.below(970 * DAY_MS as u64) as i64;
         doc.insert("enrolledAt".into(), json!(format_millis(enrolled)));
         doc.insert("tags".into(), json!(tags(&mut rng)));
-        if rng.chance(0.8) {
+        if rng.chance(SITE_SHARE) {
             doc.insert("siteId".into(), json!(site(&mut rng)));
         }
         doc
@@ -241,9 +254,9 @@ impl Fleet {
             attributes.insert("tags".into(), json!(tags(rng)));
         }
         let mut removed = Vec::new();
-        if rng.chance(0.03) {
+        if rng.chance(SITE_SET) {
             attributes.insert("siteId".into(), json!(site(rng)));
-        } else if rng.chance(0.01) {
+        } else if rng.chance(SITE_REMOVED) {
             removed.push("siteId".to_string());
         }
         let event = DeviceEventJson {
@@ -438,6 +451,54 @@ mod tests {
         }
         assert_eq!(used.len(), Operator::ALL.len(), "{used:?}");
         assert!(groups.iter().all(|g| g.org < 3));
+    }
+
+    /// The fleet is created as the stream keeps it: a heartbeat a minute later (an event that moves
+    /// nothing but `lastSeenAt`) changes no device's membership of any generated group, time-based ones
+    /// included. (Both states are evaluated at the same instant, so only the heartbeat differs.)
+    #[test]
+    fn a_heartbeat_alone_changes_no_membership() {
+        let catalogue = Catalogue::default();
+        let fleet = Fleet::new(2000, 2, 11, T0);
+        let groups = fleet.groups(200);
+        let filters: Vec<_> = groups
+            .iter()
+            .map(|g| compile(&g.filter, &catalogue).expect("compiles"))
+            .collect();
+        let time_based = groups
+            .iter()
+            .filter(|g| g.filter.to_string().contains("lastSeenAt"))
+            .count();
+        assert!(time_based > 20, "{time_based} groups use lastSeenAt");
+        let later = T0 + 60_000;
+        for i in 0..fleet.devices {
+            let seeded = fleet.attributes(i);
+            let mut beat = seeded.clone();
+            beat.insert("lastSeenAt".into(), json!(format_millis(later)));
+            let before = Attributes::from_json(&seeded, &catalogue).unwrap();
+            let after = Attributes::from_json(&beat, &catalogue).unwrap();
+            for (group, filter) in groups.iter().zip(&filters) {
+                assert_eq!(
+                    filter.evaluate(&before, later),
+                    filter.evaluate(&after, later),
+                    "device {i}, group {}",
+                    group.filter
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_site_share_is_the_one_events_keep() {
+        // One event's step: p' = p (1 - (1 - SET) REMOVED) + (1 - p) SET; the share is its fixed point.
+        let step = |p: f64| p * (1.0 - (1.0 - SITE_SET) * SITE_REMOVED) + (1.0 - p) * SITE_SET;
+        assert!((step(SITE_SHARE) - SITE_SHARE).abs() < 1e-12);
+        let fleet = Fleet::new(20_000, 2, 3, T0);
+        let with_site = (0..fleet.devices)
+            .filter(|&i| fleet.attributes(i).contains_key("siteId"))
+            .count() as f64
+            / fleet.devices as f64;
+        assert!((with_site - SITE_SHARE).abs() < 0.02, "{with_site}");
     }
 
     #[test]

@@ -5,17 +5,21 @@
 //! Phases, in one process:
 //! 1. **seed** ([`seed`]): orgs and dynamic groups through the store (so the control log is right), then
 //!    devices and their initial memberships bulk-loaded, each device on its Kafka partition, and the
-//!    partitions' positions at the control-log head: the worker starts in steady state.
+//!    partitions' positions at the control-log head: the worker starts in steady state, with every
+//!    device as the event stream keeps it ([`fleet`]), so every phase's events change as many
+//!    memberships per event.
 //! 2. **load**: the worker (the same [`Application`] `cohort worker` runs, embedded relay included) joins
 //!    the consumer group and loads its partitions; resident memory is read before and after
 //!    (`/proc/self/status`), giving bytes per device held.
 //! 3. **throughput**: `--events` events are produced as fast as the broker takes them; the sustained rate
 //!    is the committed rate between 10% and 90% of them (the worker's [`Status`] counters); the CPU the
-//!    phase used per event is read from `/proc` by role ([`cpu`]).
+//!    phase used per event is read from `/proc` by role ([`cpu`]), the log rows it wrote per event from
+//!    the log's ids.
 //! 4. **latency**: events are produced at half the sustained rate for `--latency-seconds`; the latency of
 //!    each is from its Kafka timestamp (set when produced) to just after its batch commits.
 //! 5. **ceiling** ([`ceiling`]): the worker stopped, a minimal writer commits precomputed batches of the
-//!    same shape, with one connection and with one per partition.
+//!    same shape, with one connection per partition and then with one, each run long enough to span
+//!    several checkpoint cycles.
 //! 6. **check** ([`verify`]): every event committed, every membership equal to an oracle, the log
 //!    consistent.
 //!
@@ -81,8 +85,10 @@ pub struct BenchOptions {
     /// The report shows the p99 of every 10 seconds, warm-up included.
     #[arg(long, default_value_t = 20)]
     pub latency_warmup_seconds: u64,
-    /// Events the minimal writer commits per ceiling run (there are two runs).
-    #[arg(long, default_value_t = 100_000)]
+    /// Events the minimal writer commits per ceiling run (there are two runs). The default spans two
+    /// or more of the stock server's checkpoint cycles, so that each run meets page images at the rate
+    /// the throughput phase does (a shorter run's rate depends on where in a cycle it falls).
+    #[arg(long, default_value_t = 300_000)]
     pub ceiling_events: usize,
     /// Partitions of the input topic (the worker owns them all; the second ceiling run uses one
     /// connection per partition).
@@ -131,7 +137,7 @@ impl Default for BenchOptions {
             events: 500_000,
             latency_seconds: 60,
             latency_warmup_seconds: 20,
-            ceiling_events: 100_000,
+            ceiling_events: 300_000,
             partitions: 2,
             database_url: "postgres://postgres@127.0.0.1:5432/cohort_bench".into(),
             brokers: None,
@@ -219,6 +225,21 @@ pub struct ThroughputReport {
     /// CPU per event over the whole phase: the worker's threads, this process's others (Kafka clients,
     /// mock broker, producer) and the PostgreSQL server's processes (when on this machine).
     pub cpu: cpu::CpuPerEvent,
+    /// Membership log rows written per event over the phase (one per membership change), from the log's
+    /// highest id before and after: the ceiling's events come later in the stream and change somewhat
+    /// fewer memberships, and this shows by how much.
+    pub log_rows_per_event: Option<f64>,
+}
+
+/// The membership log's highest id (0 when empty), or `None` if it cannot be read (the figure is then left
+/// out). Ids come from a sequence in commit order; a rolled-back batch leaves a gap, so a difference of two
+/// readings is an upper bound on the rows written between them.
+async fn last_log_id(pool: &PgPool) -> Option<i64> {
+    sqlx::query_scalar::<_, i64>("SELECT coalesce(max(id), 0) FROM group_membership_log")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| tracing::warn!(error = %e, "could not read the membership log's last id"))
+        .ok()
 }
 
 /// The worker's latency stages, named, with their units.
@@ -456,6 +477,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let pipelined_before = status.batches_pipelined.load(Ordering::SeqCst);
     let caught_up_before = status.batches_caught_up.load(Ordering::SeqCst);
     let counters_before = server::counters(&pool).await;
+    let log_before = last_log_id(&pool).await;
     let cpu_before = cpu::CpuSample::now();
     let phase_started = Instant::now();
     let producing = spawn_producer(
@@ -482,6 +504,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let overall = phase_started.elapsed().as_secs_f64();
     let cpu = cpu_before.per_event(&cpu::CpuSample::now(), options.events as u64);
     let counters_after = server::counters(&pool).await;
+    let log_rows_per_event = last_log_id(&pool)
+        .await
+        .zip(log_before)
+        .map(|(after, before)| (after - before) as f64 / options.events.max(1) as f64);
     let server_throughput =
         ServerActivity::between(counters_before, counters_after, options.events as u64);
     let n = options.events as u64;
@@ -498,6 +524,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         batches_pipelined: status.batches_pipelined.load(Ordering::SeqCst) - pipelined_before,
         batches_caught_up: status.batches_caught_up.load(Ordering::SeqCst) - caught_up_before,
         cpu,
+        log_rows_per_event,
     };
     tracing::info!(
         events_per_second = throughput.events_per_second as u64,
@@ -1024,11 +1051,15 @@ pub fn render(r: &BenchReport) -> String {
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "writes per event: {:.2} device rows, {:.2} membership inserts/deletes, {:.2} log rows; {} batches per ceiling run",
+        "ceiling's writes per event: {:.2} device rows, {:.2} membership inserts/deletes, {:.2} log rows; {} batches per ceiling run{}",
         r.ceiling.device_rows_per_event,
         r.ceiling.membership_writes_per_event,
         r.ceiling.log_rows_per_event,
-        r.ceiling.batches
+        r.ceiling.batches,
+        r.throughput
+            .log_rows_per_event
+            .map(|l| format!("; the throughput phase wrote {l:.2} log rows per event"))
+            .unwrap_or_default()
     );
     let _ = writeln!(
         s,
@@ -1055,16 +1086,16 @@ pub fn render(r: &BenchReport) -> String {
         "latency phase: {} batches, {} of them caught up (written with backend_flush_after={} kB; 0: never set)",
         r.latency.batches, r.latency.batches_caught_up, r.caught_up_flush_after_kb
     );
+    let one = "the ceiling with 1 connection".to_string();
+    let many = format!("the ceiling with {} connections", r.ceiling.connections);
     for (phase, activity) in [
-        ("throughput", &r.server_throughput),
-        ("latency", &r.server_latency),
+        ("the throughput phase", &r.server_throughput),
+        ("the latency phase", &r.server_latency),
+        (many.as_str(), &r.ceiling.server_many_connections),
+        (one.as_str(), &r.ceiling.server_one_connection),
     ] {
         if let Some(activity) = activity {
-            let _ = writeln!(
-                s,
-                "postgres during the {phase} phase: {}",
-                activity.describe()
-            );
+            let _ = writeln!(s, "postgres during {phase}: {}", activity.describe());
         }
     }
     let _ = writeln!(
