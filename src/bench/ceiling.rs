@@ -14,7 +14,7 @@
 //! checkpoint cycles. A run shorter than a cycle meets page images at a rate that depends on where in the
 //! cycle it falls, and a run that follows another within one cycle meets fewer: the pages the first run
 //! touched are already logged whole. Measured with 100,000-event runs, the second run met 0.60–0.87 page
-//! images per event against 1.12–1.14 in the worker's throughput phase.
+//! images per event against 1.12–1.13 in the worker's throughput phase.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Instant;
@@ -56,8 +56,8 @@ pub struct CeilingReport {
     /// CPU per event of the run with `connections` connections (the writer's threads count as `worker`).
     pub cpu_many_connections: super::cpu::CpuPerEvent,
     /// The server's WAL, page images, checkpoints and backend writes during each run (server-wide; `None`
-    /// where the server does not offer the counters): the runs are short, so whether a checkpoint fell in
-    /// one changes what each event cost the server, and these say whether it did.
+    /// where the server does not offer the counters): set beside the worker's phases', they show whether
+    /// each run met the server's checkpoints (and so its page images) as the worker did.
     pub server_one_connection: Option<ServerActivity>,
     pub server_many_connections: Option<ServerActivity>,
 }

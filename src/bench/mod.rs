@@ -90,7 +90,7 @@ pub struct BenchOptions {
     /// the throughput phase does (a shorter run's rate depends on where in a cycle it falls).
     #[arg(long, default_value_t = 300_000)]
     pub ceiling_events: usize,
-    /// Partitions of the input topic (the worker owns them all; the second ceiling run uses one
+    /// Partitions of the input topic (the worker owns them all; the first ceiling run uses one
     /// connection per partition).
     #[arg(long, default_value_t = 2)]
     pub partitions: i32,
@@ -226,8 +226,8 @@ pub struct ThroughputReport {
     /// mock broker, producer) and the PostgreSQL server's processes (when on this machine).
     pub cpu: cpu::CpuPerEvent,
     /// Membership log rows written per event over the phase (one per membership change), from the log's
-    /// highest id before and after: the ceiling's events come later in the stream and change somewhat
-    /// fewer memberships, and this shows by how much.
+    /// highest id before and after, to set beside the ceiling's: the ceiling's events come later in the
+    /// stream, and this shows whether they were as heavy as the worker's.
     pub log_rows_per_event: Option<f64>,
 }
 
@@ -1086,13 +1086,13 @@ pub fn render(r: &BenchReport) -> String {
         "latency phase: {} batches, {} of them caught up (written with backend_flush_after={} kB; 0: never set)",
         r.latency.batches, r.latency.batches_caught_up, r.caught_up_flush_after_kb
     );
-    let one = "the ceiling with 1 connection".to_string();
+    let one = "the ceiling with 1 connection";
     let many = format!("the ceiling with {} connections", r.ceiling.connections);
     for (phase, activity) in [
         ("the throughput phase", &r.server_throughput),
         ("the latency phase", &r.server_latency),
         (many.as_str(), &r.ceiling.server_many_connections),
-        (one.as_str(), &r.ceiling.server_one_connection),
+        (one, &r.ceiling.server_one_connection),
     ] {
         if let Some(activity) = activity {
             let _ = writeln!(s, "postgres during {phase}: {}", activity.describe());
