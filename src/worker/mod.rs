@@ -351,6 +351,22 @@ struct CommitRetry {
     records: u64,
 }
 
+/// A caught-up partition's batch (nothing of its partition in flight) is written back as it goes only if
+/// it holds at most this fraction of `worker.batch_max_events`.
+const WRITE_BACK_SHARE: usize = 4;
+
+/// Whether a batch of `records`, closed with nothing of its partition in flight, writes back the pages it
+/// evicts: only a small one (at most a quarter of `batch_max_events`, at least one record; never a full
+/// one). Batches grow when the commits before them were slow, and writing back as they go costs write
+/// capacity (every evicted page written at once instead of once per checkpoint), which would slow the
+/// next commits and grow the next batches further. So a partition near its write capacity writes like
+/// one that is behind until its batches are small again: measured at half the benchmark's sustained rate
+/// (BENCHMARKS.md, eleventh session), 83% of the batches were written back and the p99 was 213 ms,
+/// against 374–520 ms with every caught-up batch written back, its partitions falling behind.
+fn writes_back(records: usize, batch_max_events: usize) -> bool {
+    records < batch_max_events && records <= (batch_max_events / WRITE_BACK_SHARE).max(1)
+}
+
 /// Commits a batch once the partition's previous batch has (`after`), retrying every failure with capped
 /// exponential backoff except the two that need the pipeline: fenced (the partition is lost) and a device
 /// conflict (the batch must be recomputed). Signals `then` when it has committed.
@@ -1100,11 +1116,11 @@ impl Pipeline {
                 .fetch_add(1, Ordering::Relaxed);
         }
         // A partition that keeps up trades some of its write capacity for commits that do not wait on the
-        // next checkpoint's file syncs; one that is behind keeps all of it (docs/worker.md, "PostgreSQL's
-        // write load").
+        // next checkpoint's file syncs; one that is behind, or nearly, keeps all of it (docs/worker.md,
+        // "PostgreSQL's write load").
         let flush_after_kb = self.config.worker.caught_up_flush_after_kb;
         if after.is_none()
-            && (records as usize) < self.config.worker.batch_max_events
+            && writes_back(records as usize, self.config.worker.batch_max_events)
             && flush_after_kb > 0
         {
             write.flush_after_kb = Some(flush_after_kb);
@@ -1465,7 +1481,24 @@ fn disposition(
 
 #[cfg(test)]
 mod tests {
-    use super::{disposition, Disposition};
+    use super::{disposition, writes_back, Disposition};
+
+    #[test]
+    fn only_small_caught_up_batches_write_back() {
+        // The default limit of 1,000: up to 250 records.
+        assert!(writes_back(1, 1000));
+        assert!(writes_back(250, 1000));
+        assert!(!writes_back(251, 1000));
+        assert!(!writes_back(999, 1000));
+        assert!(!writes_back(1000, 1000));
+        // Small limits still write back a batch of one, but never a full batch.
+        assert!(writes_back(1, 2));
+        assert!(!writes_back(2, 2));
+        assert!(writes_back(1, 3));
+        assert!(!writes_back(1, 1));
+        assert!(writes_back(2, 8));
+        assert!(!writes_back(3, 8));
+    }
 
     /// A batch computed on the state of one that did not commit never writes: its task ends without
     /// touching the database (this pool points at a closed port, so an attempt would retry, not end).
