@@ -97,8 +97,9 @@ pub struct Status {
     pub batches: std::sync::atomic::AtomicU64,
     /// Batches computed while an earlier batch of their partition was still in flight.
     pub batches_pipelined: std::sync::atomic::AtomicU64,
-    /// Batches of a caught-up partition (closed by time, nothing of their partition in flight), which write
-    /// back the pages they evict as they go (`worker.caught_up_flush_after_kb`).
+    /// Batches of a caught-up partition (closed by time, nothing of their partition in flight, at most a
+    /// quarter of `worker.batch_max_events`), which write back the pages they evict as they go
+    /// (`worker.caught_up_flush_after_kb`).
     pub batches_caught_up: std::sync::atomic::AtomicU64,
     /// Partitions owned right now.
     pub partitions: std::sync::atomic::AtomicUsize,
@@ -352,7 +353,7 @@ struct CommitRetry {
 }
 
 /// A caught-up partition's batch (nothing of its partition in flight) is written back as it goes only if
-/// it holds at most this fraction of `worker.batch_max_events`.
+/// it holds at most `worker.batch_max_events / WRITE_BACK_SHARE` records (a quarter).
 const WRITE_BACK_SHARE: usize = 4;
 
 /// Whether a batch of `records`, closed with nothing of its partition in flight, writes back the pages it
