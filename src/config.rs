@@ -326,9 +326,9 @@ pub struct WorkerConfig {
     pub embedded_api: bool,
     /// PostgreSQL's `backend_flush_after` (in kB, at most 2048; 0 turns it off) for the batches of a
     /// partition that is caught up: a batch closed by `batch_max_wait_ms` with nothing of its partition in
-    /// flight, and at most a quarter of `batch_max_events`. Such a transaction writes the pages it evicts from shared buffers back to disk as it goes,
-    /// instead of leaving them in the kernel's cache for the next checkpoint's file syncs, which otherwise
-    /// stall every commit for as long as they take. A partition that is behind or nearly (full or large
+    /// flight, and at most a quarter of `batch_max_events`. Such a transaction writes the pages it evicts
+    /// from shared buffers back to disk as it goes, instead of leaving them in the kernel's cache for the
+    /// next checkpoint's file syncs, which otherwise stall every commit for as long as they take. A partition that is behind or nearly (full or large
     /// batches, pipelined) leaves the server's setting alone: write-back as it goes costs about a quarter
     /// of the sustained rate.
     pub caught_up_flush_after_kb: u32,

@@ -25,7 +25,7 @@ use sqlx::PgPool;
 
 use super::broker::Stream;
 use super::fleet::Fleet;
-use super::server::{self as server_counters, ServerActivity};
+use super::server::{self, ServerActivity};
 use crate::config::WalCompression;
 use crate::event;
 use crate::kafka::default_partition;
@@ -221,7 +221,7 @@ pub async fn measure(
     }
     drop(warm);
     let run = runs.next().expect("two runs");
-    let counters_before = server_counters::counters(pool).await;
+    let counters_before = server::counters(pool).await;
     let cpu_before = super::cpu::CpuSample::now();
     let started = Instant::now();
     let tasks: Vec<_> = run
@@ -246,7 +246,7 @@ pub async fn measure(
         cpu_before.per_event(&super::cpu::CpuSample::now(), settings.events as u64);
     let server_many_connections = ServerActivity::between(
         counters_before,
-        server_counters::counters(pool).await,
+        server::counters(pool).await,
         settings.events as u64,
     );
     many.close().await;
@@ -277,7 +277,7 @@ pub async fn measure(
             break;
         }
     }
-    let counters_before = server_counters::counters(pool).await;
+    let counters_before = server::counters(pool).await;
     let started = Instant::now();
     for batch in &interleaved {
         store::batch::commit(&one, batch)
@@ -287,7 +287,7 @@ pub async fn measure(
     let one_connection = settings.events as f64 / started.elapsed().as_secs_f64();
     let server_one_connection = ServerActivity::between(
         counters_before,
-        server_counters::counters(pool).await,
+        server::counters(pool).await,
         settings.events as u64,
     );
     one.close().await;
