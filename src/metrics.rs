@@ -30,7 +30,8 @@ pub const BATCHES_PIPELINED: &str = "cohort_worker_batches_pipelined_total";
 /// Batches of a caught-up partition (small, nothing of their partition in flight), written with
 /// `backend_flush_after` (`worker.caught_up_flush_after_kb`): a rate close to `cohort_worker_batches_total`'s
 /// means the worker keeps up and its commits are not left to wait on checkpoint syncs; a falling share
-/// under load means batches are growing past a quarter of `worker.batch_max_events`.
+/// under load means batches are growing past a quarter of `worker.batch_max_events`. (A server that refuses
+/// the setting is logged once, and the batches are written without it.)
 pub const BATCHES_CAUGHT_UP: &str = "cohort_worker_batches_caught_up_total";
 /// Time to compute a batch (decode, evaluate), seconds.
 pub const BATCH_SECONDS: &str = "cohort_worker_batch_duration_seconds";

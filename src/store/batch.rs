@@ -9,6 +9,8 @@
 //! re-homed by another partition's worker is never written by two owners: the stale writer gets
 //! [`StoreError::DeviceConflict`] and recomputes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -87,15 +89,42 @@ pub struct BatchWrite {
     pub flush_after_kb: Option<u32>,
 }
 
+/// Whether the server refused `backend_flush_after` (see [`flush_after_refused`]).
+static FLUSH_AFTER_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the server has refused a batch's `backend_flush_after` in this process. The first refusal is
+/// logged; that batch and every later one are written without the setting (as if
+/// `worker.caught_up_flush_after_kb` were 0), since a refusal holds for every connection of the role.
+pub fn flush_after_refused() -> bool {
+    FLUSH_AFTER_REFUSED.load(Ordering::Relaxed)
+}
+
 /// Writes the batch, or nothing.
 pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    if let Some(kb) = batch.flush_after_kb {
+    if let Some(kb) = batch.flush_after_kb.filter(|_| !flush_after_refused()) {
         // Transaction-local: the pooled connection's next user starts from the session's setting.
-        sqlx::query("SELECT set_config('backend_flush_after', $1, true)")
+        let set = sqlx::query("SELECT set_config('backend_flush_after', $1, true)")
             .bind(format!("{kb}kB"))
             .execute(&mut *tx)
-            .await?;
+            .await;
+        match set {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if super::refuses_setting(e.as_ref()) => {
+                if !FLUSH_AFTER_REFUSED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        flush_after_kb = kb,
+                        error = %e,
+                        "the database refused backend_flush_after; caught-up batches are written without \
+                         it from now on (worker.caught_up_flush_after_kb = 0 stops asking at start-up)"
+                    );
+                }
+                // The refused statement aborted the transaction: the batch starts again without it.
+                tx.rollback().await?;
+                tx = pool.begin().await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     let fenced = sqlx::query(
         "UPDATE partition_positions SET next_offset = $1, control_position = $2, updated_at = now() \

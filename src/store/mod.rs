@@ -147,9 +147,8 @@ async fn set_wal_compression(
         .await;
     match result {
         Ok(_) => Ok(()),
-        // insufficient_privilege; invalid_parameter_value (a method the server was built without, or a
-        // server older than 15 that knows only on/off)
-        Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42501" | "22023")) => {
+        // e.g. a method the server was built without, or a server older than 15 that knows only on/off
+        Err(sqlx::Error::Database(e)) if refuses_setting(e.as_ref()) => {
             if !WAL_COMPRESSION_REFUSED.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     wal_compression = value,
@@ -163,6 +162,17 @@ async fn set_wal_compression(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Whether the server refused a `set_config` of one of cohort's session or transaction settings:
+/// insufficient_privilege, invalid_parameter_value, undefined_object (a server that does not know the
+/// setting) or cant_change_runtime_param. Such a refusal is the same for every connection of the role, so
+/// cohort goes on with the server's setting instead of failing the work that asked for it.
+pub(crate) fn refuses_setting(e: &dyn sqlx::error::DatabaseError) -> bool {
+    matches!(
+        e.code().as_deref(),
+        Some("42501" | "22023" | "42704" | "55P02")
+    )
 }
 
 /// Applies the embedded migrations (idempotent; concurrent callers serialise on sqlx's advisory lock).

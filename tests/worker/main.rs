@@ -989,7 +989,7 @@ async fn sessions_ask_for_wal_compression_and_a_role_that_may_not_set_it_still_c
 }
 
 #[tokio::test]
-async fn a_caught_up_batch_sets_backend_flush_after_for_its_own_transaction_only(
+async fn a_caught_up_batch_sets_backend_flush_after_for_its_own_transaction_only_and_survives_a_refusal(
 ) -> anyhow::Result<()> {
     use cohort::store::batch::{commit, BatchWrite};
 
@@ -1020,15 +1020,21 @@ async fn a_caught_up_batch_sets_backend_flush_after_for_its_own_transaction_only
         before,
         "the setting ends with the batch's transaction"
     );
-    // The setting is really sent: a value PostgreSQL refuses fails the batch, which writes nothing.
-    assert!(commit(&pool, &batch(2, Some(4096))).await.is_err());
-    let stored: i64 = sqlx::query_scalar(
-        "SELECT next_offset FROM partition_positions WHERE topic = 'input' AND partition = 0",
-    )
-    .fetch_one(&pool)
-    .await?;
-    assert_eq!(stored, 1);
-    commit(&pool, &batch(2, None)).await?;
+    // The setting is really sent: a value PostgreSQL refuses is noticed. The batch is written without it
+    // (a refusal must not stop the worker), and later batches no longer ask.
+    assert!(!cohort::store::batch::flush_after_refused());
+    commit(&pool, &batch(2, Some(4096))).await?;
+    assert!(cohort::store::batch::flush_after_refused());
+    let stored = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT next_offset FROM partition_positions WHERE topic = 'input' AND partition = 0",
+        )
+        .fetch_one(&pool)
+    };
+    assert_eq!(stored().await?, 2);
+    assert_eq!(show().await?, before);
+    commit(&pool, &batch(3, Some(4096))).await?;
+    assert_eq!(stored().await?, 3);
     pool.close().await;
     db.cleanup().await
 }
