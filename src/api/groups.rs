@@ -565,7 +565,10 @@ pub struct LogParams {
     pub action: Option<String>,
     /// 1–500, default 50.
     pub limit: Option<i64>,
+    /// Entries to skip (after `before`); prefer `before` for deep pages.
     pub offset: Option<i64>,
+    /// Only entries older than the entry with this id: a page's `nextBefore`.
+    pub before: Option<i64>,
 }
 
 /// One membership change.
@@ -590,10 +593,15 @@ pub struct LogEntryView {
 
 /// A page of the membership log, newest first.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct LogPage {
     pub entries: Vec<LogEntryView>,
     pub limit: i64,
     pub offset: i64,
+    /// The `before` of the next page (the last entry's id) when this page is full; absent at the log's
+    /// start. Entries written meanwhile never shift a page read so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<i64>,
 }
 
 /// The membership log of a group, newest first.
@@ -614,16 +622,24 @@ pub async fn membership_log(
             )));
         }
     }
+    if let Some(before) = params.before {
+        if before < 1 {
+            return Err(ApiError::bad_request(format!(
+                "before must be an entry id (1 or more), got {before}"
+            )));
+        }
+    }
     visible_group(&state, &caller, id).await?;
-    let rows = queries::membership_log(
-        &state.pool,
-        id,
-        params.device_id.as_deref(),
-        params.action.as_deref(),
-        limit,
-        offset,
-    )
-    .await?;
+    let filter = queries::LogFilter {
+        device_id: params.device_id.as_deref(),
+        action: params.action.as_deref(),
+        before: params.before,
+    };
+    let rows = queries::membership_log(&state.pool, id, filter, limit, offset).await?;
+    let next_before = match rows.last() {
+        Some(last) if rows.len() as i64 == limit => Some(last.id),
+        _ => None,
+    };
     Ok(Json(LogPage {
         entries: rows
             .into_iter()
@@ -641,5 +657,6 @@ pub async fn membership_log(
             .collect(),
         limit,
         offset,
+        next_before,
     }))
 }

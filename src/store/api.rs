@@ -195,31 +195,67 @@ pub struct LogEntry {
     pub created_at: DateTime<Utc>,
 }
 
+/// Which entries of a group's membership log to list.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogFilter<'a> {
+    pub device_id: Option<&'a str>,
+    pub action: Option<&'a str>,
+    /// Only entries older than this one (by id): the cursor of the next page.
+    pub before: Option<i64>,
+}
+
 /// A page of a group's membership log, newest first.
+///
+/// The statement names only the filters given, so each combination is its own prepared statement with a
+/// plan for it: with a device, the `(group_id, device_id, id)` index; without, `(group_id, id)`, read
+/// backwards from `before`. A page from a cursor costs the page, however old; `offset` skips rows one by
+/// one.
 pub async fn membership_log(
     pool: &PgPool,
     group_id: Uuid,
-    device_id: Option<&str>,
-    action: Option<&str>,
+    filter: LogFilter<'_>,
     limit: i64,
     offset: i64,
 ) -> Result<Vec<LogEntry>, StoreError> {
-    Ok(sqlx::query_as(
+    use std::fmt::Write as _;
+    let mut sql = String::from(
         "SELECT l.id, l.device_id, d.attributes ->> 'hostname' AS hostname, \
            d.attributes ->> 'displayName' AS display_name, l.action, l.reason, l.cause, l.group_version, \
            l.created_at \
          FROM group_membership_log l LEFT JOIN devices d ON d.id = l.device_id \
-         WHERE l.group_id = $1 AND ($2::text IS NULL OR l.device_id = $2) \
-           AND ($3::text IS NULL OR l.action = $3) \
-         ORDER BY l.id DESC LIMIT $4 OFFSET $5",
-    )
-    .bind(group_id)
-    .bind(device_id)
-    .bind(action)
-    .bind(limit)
-    .bind(offset)
-    .fetch_all(pool)
-    .await?)
+         WHERE l.group_id = $1",
+    );
+    let mut n = 1;
+    let mut condition = |column: &str, operator: &str| {
+        n += 1;
+        let _ = write!(sql, " AND l.{column} {operator} ${n}");
+    };
+    if filter.device_id.is_some() {
+        condition("device_id", "=");
+    }
+    if filter.action.is_some() {
+        condition("action", "=");
+    }
+    if filter.before.is_some() {
+        condition("id", "<");
+    }
+    let _ = write!(
+        sql,
+        " ORDER BY l.id DESC LIMIT ${} OFFSET ${}",
+        n + 1,
+        n + 2
+    );
+    let mut query = sqlx::query_as(&sql).bind(group_id);
+    if let Some(device_id) = filter.device_id {
+        query = query.bind(device_id);
+    }
+    if let Some(action) = filter.action {
+        query = query.bind(action);
+    }
+    if let Some(before) = filter.before {
+        query = query.bind(before);
+    }
+    Ok(query.bind(limit).bind(offset).fetch_all(pool).await?)
 }
 
 /// A stored device.

@@ -892,7 +892,52 @@ async fn static_membership_adds_and_removes_by_id_and_by_cellular_identifier() -
         ))
         .await?;
     assert_eq!(paged.body["entries"].as_array().unwrap().len(), 1);
-    for bad in ["limit=0", "limit=501", "action=moved", "offset=-2"] {
+    // Pages by cursor: each full page names the next one's `before`; together they are the whole log.
+    let all: Vec<i64> = entries.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    let mut walked = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = c
+            .get(&format!(
+                "/api/v1/groups/{group}/membership-log?limit=2{cursor}"
+            ))
+            .await?;
+        expect(&page, StatusCode::OK);
+        walked.extend(
+            page.body["entries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_i64().unwrap()),
+        );
+        match page.body.get("nextBefore").and_then(|v| v.as_i64()) {
+            Some(next) => cursor = format!("&before={next}"),
+            None => break,
+        }
+        assert!(walked.len() <= all.len(), "{walked:?}");
+    }
+    assert_eq!(walked, all);
+    let older = c
+        .get(&format!(
+            "/api/v1/groups/{group}/membership-log?deviceId=m-2&before={}",
+            all[0]
+        ))
+        .await?;
+    let older: Vec<&str> = older.body["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(older, ["added"], "m-2's entries before its removal");
+    for bad in [
+        "limit=0",
+        "limit=501",
+        "action=moved",
+        "offset=-2",
+        "before=0",
+        "before=x",
+    ] {
         let answer = c
             .get(&format!("/api/v1/groups/{group}/membership-log?{bad}"))
             .await?;
