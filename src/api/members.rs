@@ -52,11 +52,16 @@ pub struct MemberView {
 
 /// A page of members.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct MemberList {
     pub members: Vec<MemberView>,
     pub total: i64,
     pub limit: i64,
     pub offset: i64,
+    /// The `after` of the next page (the last member's device id) when this page is full; absent at the
+    /// end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
 }
 
 /// Pagination.
@@ -66,7 +71,10 @@ pub struct MemberList {
 pub struct PageParams {
     /// 1–1000, default 100.
     pub limit: Option<i64>,
+    /// Members to skip (after `after`); prefer `after` for deep pages.
     pub offset: Option<i64>,
+    /// Only members whose device id sorts after this one: a page's `nextAfter`.
+    pub after: Option<String>,
 }
 
 /// List a group's members, by device id.
@@ -81,7 +89,12 @@ pub async fn list(
 ) -> Result<Json<MemberList>, ApiError> {
     let (limit, offset) = page(params.limit, params.offset, 100, 1000)?;
     visible_group(&state, &caller, id).await?;
-    let (rows, total) = queries::list_members(&state.pool, id, limit, offset).await?;
+    let (rows, total) =
+        queries::list_members(&state.pool, id, params.after.as_deref(), limit, offset).await?;
+    let next_after = match rows.last() {
+        Some(last) if rows.len() as i64 == limit => Some(last.device_id.clone()),
+        _ => None,
+    };
     Ok(Json(MemberList {
         members: rows
             .into_iter()
@@ -96,6 +109,7 @@ pub async fn list(
         total,
         limit,
         offset,
+        next_after,
     }))
 }
 

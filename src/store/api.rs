@@ -140,10 +140,13 @@ pub struct MemberRow {
     pub attributes: Value,
 }
 
-/// One page of a group's members (by device id) and the member count.
+/// One page of a group's members (by device id, after `after` if given) and the member count. With
+/// `after`, the page starts at that key in the primary key `(group_id, device_id)`: a deep page costs the
+/// same as the first.
 pub async fn list_members(
     pool: &PgPool,
     group_id: Uuid,
+    after: Option<&str>,
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<MemberRow>, i64), StoreError> {
@@ -152,15 +155,22 @@ pub async fn list_members(
             .bind(group_id)
             .fetch_one(pool)
             .await?;
-    let rows = sqlx::query_as(&format!(
+    let sql = format!(
         "SELECT m.device_id, m.is_pinned, m.added_at, m.added_by, {} AS attributes \
          FROM device_group_memberships m JOIN devices d ON d.id = m.device_id \
-         WHERE m.group_id = $1 ORDER BY m.device_id LIMIT $2 OFFSET $3",
-        key_attributes_sql()
-    ))
-    .bind(group_id)
-    .bind(limit)
-    .bind(offset)
+         WHERE m.group_id = $1{} ORDER BY m.device_id LIMIT $2 OFFSET $3",
+        key_attributes_sql(),
+        if after.is_some() {
+            " AND m.device_id > $4"
+        } else {
+            ""
+        }
+    );
+    let rows = sqlx::query_as(&sql).bind(group_id).bind(limit).bind(offset);
+    let rows = match after {
+        Some(after) => rows.bind(after),
+        None => rows,
+    }
     .fetch_all(pool)
     .await?;
     Ok((rows, total))

@@ -823,6 +823,19 @@ async fn static_membership_adds_and_removes_by_id_and_by_cellular_identifier() -
         first["attributes"],
         json!({"hostname": "one", "displayName": "One"})
     );
+    // The next page by cursor: a full page names its last device; the last page names none.
+    assert_eq!(members.body["nextAfter"], "m-2");
+    let rest = c.get(&format!("{base}?limit=2&after=m-2")).await?;
+    expect(&rest, StatusCode::OK);
+    let rest_ids: Vec<&str> = rest.body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["deviceId"].as_str().unwrap())
+        .collect();
+    assert_eq!(rest_ids, ["m-3"]);
+    assert!(rest.body.get("nextAfter").is_none(), "{:?}", rest.body);
+    assert_eq!(rest.body["total"], 3);
 
     // Removal, one and a batch.
     expect(
