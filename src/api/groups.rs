@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
-use super::{page, ApiError, ApiState};
+use super::{next_cursor, page, ApiError, ApiState};
 use crate::rules::time::format_millis;
 use crate::rules::{compile, Attributes};
 use crate::store::api::{self as queries, GroupQuery, GroupRow};
@@ -636,10 +636,7 @@ pub async fn membership_log(
         before: params.before,
     };
     let rows = queries::membership_log(&state.pool, id, filter, limit, offset).await?;
-    let next_before = match rows.last() {
-        Some(last) if rows.len() as i64 == limit => Some(last.id),
-        _ => None,
-    };
+    let next_before = next_cursor(&rows, limit, |last| last.id);
     Ok(Json(LogPage {
         entries: rows
             .into_iter()

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
 use super::groups::visible_group;
-use super::{page, ApiError, ApiState};
+use super::{next_cursor, page, ApiError, ApiState};
 use crate::store::api as queries;
 use crate::store::groups;
 use crate::store::members::{self, IdentifierKind, StaticChange};
@@ -91,10 +91,7 @@ pub async fn list(
     visible_group(&state, &caller, id).await?;
     let (rows, total) =
         queries::list_members(&state.pool, id, params.after.as_deref(), limit, offset).await?;
-    let next_after = match rows.last() {
-        Some(last) if rows.len() as i64 == limit => Some(last.device_id.clone()),
-        _ => None,
-    };
+    let next_after = next_cursor(&rows, limit, |last| last.device_id.clone());
     Ok(Json(MemberList {
         members: rows
             .into_iter()

@@ -159,5 +159,14 @@ pub(crate) fn page(
     Ok((limit, offset))
 }
 
+/// The cursor of the page after `rows` (the last row's `key`) when the page is full, else `None`: a
+/// shorter page is the last.
+pub(crate) fn next_cursor<T, K>(rows: &[T], limit: i64, key: impl Fn(&T) -> K) -> Option<K> {
+    match rows.last() {
+        Some(last) if rows.len() as i64 == limit => Some(key(last)),
+        _ => None,
+    }
+}
+
 /// How long a registration may wait for the broker before the import answers 503.
 pub(crate) const PRODUCE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -97,6 +97,15 @@ fn linux_filter() -> Value {
     json!({"operator": "AND", "conditions": [{"field": "osType", "operator": "equals", "value": "linux"}]})
 }
 
+/// The string `field` of every element of the array `list`.
+fn strings<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[field].as_str().unwrap())
+        .collect()
+}
+
 fn expect(answer: &Answer, status: StatusCode) {
     assert_eq!(answer.status, status, "unexpected answer: {answer:?}");
 }
@@ -301,10 +310,7 @@ async fn an_invalid_filter_is_refused_with_every_error_and_its_path() -> anyhow:
         .await?;
     expect_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
     let details = answer.body["details"].as_array().unwrap();
-    let messages: Vec<&str> = details
-        .iter()
-        .map(|d| d["message"].as_str().unwrap())
-        .collect();
+    let messages = strings(&answer.body["details"], "message");
     assert!(messages.contains(&"Unknown field: nope"), "{messages:?}");
     assert!(
         messages.contains(&"Operator startsWith not valid for field uptimeSeconds"),
@@ -578,12 +584,7 @@ async fn previews_count_and_sample_the_devices_a_filter_matches() -> anyhow::Res
     expect(&saved, StatusCode::OK);
     // linux in north (0..15, i % 3 == 0) with uptime > 3: 6, 9, 12.
     assert_eq!(saved.body["total"], 3);
-    let sampled: Vec<&str> = saved.body["sample"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["deviceId"].as_str().unwrap())
-        .collect();
+    let sampled = strings(&saved.body["sample"], "deviceId");
     assert_eq!(sampled, ["d-06", "d-09", "d-12"]);
 
     for bad in ["limit=0", "limit=101"] {
@@ -827,13 +828,7 @@ async fn static_membership_adds_and_removes_by_id_and_by_cellular_identifier() -
     assert_eq!(members.body["nextAfter"], "m-2");
     let rest = c.get(&format!("{base}?limit=2&after=m-2")).await?;
     expect(&rest, StatusCode::OK);
-    let rest_ids: Vec<&str> = rest.body["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["deviceId"].as_str().unwrap())
-        .collect();
-    assert_eq!(rest_ids, ["m-3"]);
+    assert_eq!(strings(&rest.body["members"], "deviceId"), ["m-3"]);
     assert!(rest.body.get("nextAfter").is_none(), "{:?}", rest.body);
     assert_eq!(rest.body["total"], 3);
 
@@ -936,13 +931,11 @@ async fn static_membership_adds_and_removes_by_id_and_by_cellular_identifier() -
             all[0]
         ))
         .await?;
-    let older: Vec<&str> = older.body["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
-    assert_eq!(older, ["added"], "m-2's entries before its removal");
+    assert_eq!(
+        strings(&older.body["entries"], "action"),
+        ["added"],
+        "m-2's entries before its removal"
+    );
     for bad in [
         "limit=0",
         "limit=501",
