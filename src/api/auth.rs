@@ -57,22 +57,42 @@ impl Caller {
     }
 }
 
-/// Checks the bearer key, applies the rate limit, and hands the [`Caller`] to the handlers.
-pub async fn authenticate(
-    State(state): State<ApiState>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let presented = request
-        .headers()
+/// The header ThingSpace's clients send their session token in.
+const THINGSPACE_TOKEN: &str = "vz-m2m-token";
+
+/// The key a request presents: `Authorization: Bearer <key>`, or ThingSpace's `VZ-M2M-Token: <key>`.
+/// A ThingSpace client sends both (an OAuth token as the bearer, a session token beside it), so a cohort
+/// key (`cohort_…`) in either wins; otherwise the bearer is the key presented.
+fn presented_key(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
-    let Some(presented) = presented.filter(|k| !k.is_empty()) else {
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let token = headers
+        .get(THINGSPACE_TOKEN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let is_key = |k: &&str| k.starts_with("cohort_");
+    bearer
+        .filter(is_key)
+        .or(token.filter(is_key))
+        .or(bearer)
+        .or(token)
+}
+
+/// Checks the bearer key, applies the rate limit, and hands the [`Caller`] to the handlers.
+pub async fn authenticate(
+    State(state): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(presented) = presented_key(request.headers()) else {
         metrics::counter!(crate::metrics::API_UNAUTHORIZED).increment(1);
         return ApiError::unauthorized("Missing API key: send Authorization: Bearer <key>")
             .into_response();

@@ -6,7 +6,7 @@
 //! query parameters) are mapped here, so a client error is always a 4xx with a clear message. Internal
 //! failures are logged with their cause chain and answered with a generic message: no stack trace, no SQL.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::FromRequest;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -244,6 +244,16 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(status, "bad_request", "Request body too large");
+        }
+        ApiError::new(status, "bad_request", rejection.body_text())
+    }
+}
+
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         ApiError::bad_request(rejection.body_text())
@@ -267,6 +277,21 @@ impl<T: Serialize> IntoResponse for Json<T> {
     }
 }
 
+/// The raw body (for handlers that read it themselves), with rejections — a body over the limit, one that
+/// did not arrive — in the API's error shape.
+pub struct RawBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(request, state)
+            .await
+            .map(RawBody)
+            .map_err(ApiError::from)
+    }
+}
+
 /// `axum::extract::Query`, with rejections in the API's error shape.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
@@ -278,6 +303,43 @@ pub struct Query<T>(pub T);
 pub struct Path<T>(pub T);
 
 use axum::extract::FromRequestParts;
+
+/// Refuses a body whose `Content-Type` is not JSON (415), as the [`Json`] extractor does, for handlers
+/// that read the body themselves.
+pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .is_some_and(|mime| {
+            mime.eq_ignore_ascii_case("application/json")
+                || mime
+                    .rsplit_once('+')
+                    .is_some_and(|(_, suffix)| suffix.eq_ignore_ascii_case("json"))
+        });
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_request",
+            "Expected a JSON body with Content-Type: application/json",
+        ))
+    }
+}
+
+/// Parses a JSON body read by the handler itself, with the [`Json`] extractor's messages.
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let kind = if e.is_data() {
+            "Failed to deserialize the JSON body into the target type"
+        } else {
+            "Failed to parse the request body as JSON"
+        };
+        ApiError::bad_request(format!("{kind}: {e}"))
+    })
+}
 
 /// Unknown routes.
 pub async fn not_found() -> ApiError {

@@ -1,31 +1,36 @@
-//! Groups: list, create, get, update (PATCH and PUT), delete, previews, and the membership log.
+//! Groups at `/api/v1/groups` (Breeze's primary endpoints, camelCase) and the group operations every
+//! family of routes shares: list, create (also ThingSpace's body, see [`super::thingspace`]), get, update
+//! (PATCH and PUT, including a change of type) and delete. A group id that is not one of cohort's is an
+//! unknown group (404), whatever its form.
 
 use axum::extract::{Extension, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::Caller;
-use super::error::{ErrorBody, Json, Path, Query};
-use super::{next_cursor, page, ApiError, ApiState};
-use crate::rules::time::format_millis;
-use crate::rules::{compile, Attributes};
+use super::error::{ErrorBody, Json, Path, Query, RawBody};
+use super::{page, ApiError, ApiState};
 use crate::store::api::{self as queries, GroupQuery, GroupRow};
-use crate::store::groups::{self, GroupError, GroupPatch, NewGroup};
+use crate::store::groups::{self, GroupKind, GroupPatch, NewGroup};
 
+/// `/api/v1/groups`: the groups themselves; members, pins, previews and the log are merged in by
+/// [`super::router`].
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/", get(list).post(create))
-        .route("/preview", post(preview_filter))
         .route("/{id}", get(get_one).patch(patch).put(put).delete(delete))
-        .route("/{id}/preview", post(preview_group))
-        .route("/{id}/membership-log", get(membership_log))
+}
+
+/// The group id in a path: an id that is not a UUID names no group of cohort's (404, like any unknown id).
+pub(crate) fn group_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::not_found("Group not found"))
 }
 
 /// A group.
@@ -123,7 +128,7 @@ pub struct CreateGroup {
     #[serde(alias = "parent_id")]
     pub parent_id: Option<Uuid>,
     /// `static` or `dynamic`.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", alias = "group_type")]
     pub kind: Option<String>,
     /// Required for a dynamic group.
     #[serde(alias = "filter_conditions", alias = "filter")]
@@ -144,8 +149,10 @@ pub struct UpdateGroup {
     #[serde(default, alias = "parent_id", deserialize_with = "double_option")]
     #[schema(value_type = Option<Uuid>)]
     pub parent_id: Option<Option<Uuid>>,
-    /// Only for dynamic groups; the type cannot change.
-    #[serde(rename = "type")]
+    /// `static` or `dynamic`: a new type. A dynamic group turned static keeps its current members as
+    /// manual ones (each logged); a static group turned dynamic needs `filterConditions`, and only the
+    /// membership diff is written.
+    #[serde(rename = "type", alias = "group_type")]
     pub kind: Option<String>,
     #[serde(alias = "filter_conditions", alias = "filter")]
     #[schema(value_type = Option<Object>)]
@@ -218,21 +225,35 @@ pub(crate) async fn visible_group(
     }
 }
 
-/// List groups.
-#[utoipa::path(get, path = "/api/v1/groups", tag = "groups", params(ListParams),
-    responses((status = 200, body = GroupList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
-pub async fn list(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Query(params): Query<ListParams>,
-) -> Result<Json<GroupList>, ApiError> {
-    let (limit, offset) = page(params.limit, params.offset, 100, 1000)?;
+/// A live group the caller may see, by the id as written in the path.
+pub(crate) async fn visible(
+    state: &ApiState,
+    caller: &Caller,
+    raw: &str,
+) -> Result<GroupRow, ApiError> {
+    visible_group(state, caller, group_id(raw)?).await
+}
+
+/// The `type` of a request: `static` or `dynamic`.
+pub(crate) fn parse_kind(kind: &str) -> Result<GroupKind, ApiError> {
+    GroupKind::parse(kind).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "type must be static or dynamic, got {:?}",
+            kind.chars().take(32).collect::<String>()
+        ))
+    })
+}
+
+/// One page of groups as stored, and the total matching.
+pub(crate) async fn find(
+    state: &ApiState,
+    caller: &Caller,
+    params: ListParams,
+    limit: i64,
+    offset: i64,
+) -> Result<(Vec<GroupRow>, i64), ApiError> {
     if let Some(kind) = &params.kind {
-        if kind != "static" && kind != "dynamic" {
-            return Err(ApiError::bad_request(format!(
-                "type must be static or dynamic, got {kind:?}"
-            )));
-        }
+        parse_kind(kind)?;
     }
     let query = GroupQuery {
         org_id: caller.org_filter(params.org_id.as_deref())?,
@@ -253,7 +274,19 @@ pub async fn list(
         limit,
         offset,
     };
-    let (rows, total) = queries::list_groups(&state.pool, &query).await?;
+    Ok(queries::list_groups(&state.pool, &query).await?)
+}
+
+/// List groups.
+#[utoipa::path(get, path = "/api/v1/groups", tag = "groups", params(ListParams),
+    responses((status = 200, body = GroupList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn list(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<GroupList>, ApiError> {
+    let (limit, offset) = page(params.limit, params.offset, 100, 1000)?;
+    let (rows, total) = find(&state, &caller, params, limit, offset).await?;
     Ok(Json(GroupList {
         groups: rows.into_iter().map(GroupView::from).collect(),
         total,
@@ -262,15 +295,35 @@ pub async fn list(
     }))
 }
 
-/// Create a group.
+/// Create a group. A body in ThingSpace's shape (`accountName`, `groupName`, `groupDescription`,
+/// `devicesToAdd`) is ThingSpace's request and gets its answers (`{"success": true}`, or
+/// `{"errorCode", "errorMessage"}`), as at `/api/m2m/v1/groups`.
 #[utoipa::path(post, path = "/api/v1/groups", tag = "groups", request_body = CreateGroup,
     responses((status = 201, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn create(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Json(body): Json<CreateGroup>,
-) -> Result<impl IntoResponse, ApiError> {
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    super::error::require_json(&headers)?;
+    if super::thingspace::is_thingspace(&body) {
+        return Ok(super::thingspace::create_from_bytes(&state, &caller, &body)
+            .await
+            .into_response());
+    }
+    let body: CreateGroup = super::error::parse_json(&body)?;
+    let row = create_group(&state, &caller, body).await?;
+    Ok((StatusCode::CREATED, Json(GroupView::from(row))).into_response())
+}
+
+/// Creates a group from a request in any family's words.
+pub(crate) async fn create_group(
+    state: &ApiState,
+    caller: &Caller,
+    body: CreateGroup,
+) -> Result<GroupRow, ApiError> {
     let org_id = caller.org_for(body.org_id.as_deref())?;
     check_descriptive(
         Some(&body.name),
@@ -278,24 +331,20 @@ pub async fn create(
         Some(&body.tags),
         body.site_id.as_deref(),
     )?;
-    let dynamic = match (body.kind.as_deref(), &body.filter_conditions) {
+    let kind = body.kind.as_deref().map(parse_kind).transpose()?;
+    let dynamic = match (kind, &body.filter_conditions) {
         (None, filter) => filter.is_some(),
-        (Some("dynamic"), Some(_)) => true,
-        (Some("dynamic"), None) => {
+        (Some(GroupKind::Dynamic), Some(_)) => true,
+        (Some(GroupKind::Dynamic), None) => {
             return Err(ApiError::bad_request(
                 "A dynamic group needs filterConditions",
             ))
         }
-        (Some("static"), None) => false,
-        (Some("static"), Some(_)) => {
+        (Some(GroupKind::Static), None) => false,
+        (Some(GroupKind::Static), Some(_)) => {
             return Err(ApiError::bad_request(
                 "A static group has no filterConditions",
             ))
-        }
-        (Some(other), _) => {
-            return Err(ApiError::bad_request(format!(
-                "type must be static or dynamic, got {other:?}"
-            )))
         }
     };
     if !queries::org_exists(&state.pool, &org_id).await? {
@@ -315,33 +364,29 @@ pub async fn create(
         parent_id: body.parent_id,
     };
     let def = groups::create_group(&state.pool, &state.catalogue, &group).await?;
-    let row = visible_group(&state, &caller, def.group_id).await?;
-    Ok((StatusCode::CREATED, Json(GroupView::from(row))))
+    visible_group(state, caller, def.group_id).await
 }
 
 /// Get a group.
-#[utoipa::path(get, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = Uuid, Path)),
+#[utoipa::path(get, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
     responses((status = 200, body = GroupView), (status = 404, body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
+    Path(id): Path<String>,
 ) -> Result<Json<GroupView>, ApiError> {
-    Ok(Json(visible_group(&state, &caller, id).await?.into()))
+    Ok(Json(visible(&state, &caller, &id).await?.into()))
 }
 
-async fn update(
+/// Applies a change to a group and reads it back.
+pub(crate) async fn update(
     state: &ApiState,
     caller: &Caller,
     id: Uuid,
     body: UpdateGroup,
-) -> Result<Json<GroupView>, ApiError> {
-    let group = visible_group(state, caller, id).await?;
-    if body.kind.as_deref().is_some_and(|k| k != group.kind) {
-        return Err(ApiError::bad_request(
-            "The type of a group cannot change (create a new group)",
-        ));
-    }
+) -> Result<GroupRow, ApiError> {
+    visible_group(state, caller, id).await?;
+    let kind = body.kind.as_deref().map(parse_kind).transpose()?;
     check_descriptive(
         body.name.as_deref(),
         body.description.as_deref(),
@@ -355,42 +400,47 @@ async fn update(
         site_id: body.site_id,
         parent_id: body.parent_id,
         filter: body.filter_conditions,
+        kind,
+        actor: Some(caller.actor()),
     };
     groups::update_group(&state.pool, &state.catalogue, id, &patch).await?;
-    Ok(Json(visible_group(state, caller, id).await?.into()))
+    visible_group(state, caller, id).await
 }
 
-/// Update some fields of a group.
-#[utoipa::path(patch, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = Uuid, Path)),
+/// Update some fields of a group. `type` changes the group's type: a dynamic group turned static keeps
+/// its current members (now manual, each logged); a static group turned dynamic needs `filterConditions`.
+#[utoipa::path(patch, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
     request_body = UpdateGroup,
     responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn patch(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
+    Path(id): Path<String>,
     Json(body): Json<UpdateGroup>,
 ) -> Result<Json<GroupView>, ApiError> {
-    update(&state, &caller, id, body).await
+    let id = group_id(&id)?;
+    Ok(Json(update(&state, &caller, id, body).await?.into()))
 }
 
 /// Replace a group: absent optional fields are cleared (description, tags, siteId, parentId); `name` is
 /// required, and `filterConditions` for a dynamic group.
-#[utoipa::path(put, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = Uuid, Path)),
+#[utoipa::path(put, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
     request_body = UpdateGroup,
     responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn put(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
+    Path(id): Path<String>,
     Json(mut body): Json<UpdateGroup>,
 ) -> Result<Json<GroupView>, ApiError> {
-    let group = visible_group(&state, &caller, id).await?;
+    let group = visible(&state, &caller, &id).await?;
     if body.name.is_none() {
         return Err(ApiError::bad_request("name is required"));
     }
-    if group.kind == "dynamic" && body.filter_conditions.is_none() {
+    let dynamic = body.kind.as_deref().unwrap_or(&group.kind) == "dynamic";
+    if dynamic && body.filter_conditions.is_none() {
         return Err(ApiError::bad_request(
             "filterConditions is required for a dynamic group",
         ));
@@ -399,261 +449,18 @@ pub async fn put(
     body.tags.get_or_insert_with(Vec::new);
     body.site_id.get_or_insert(None);
     body.parent_id.get_or_insert(None);
-    update(&state, &caller, id, body).await
+    Ok(Json(update(&state, &caller, group.id, body).await?.into()))
 }
 
 /// Delete a group: workers remove its memberships (each removal logged); its log is kept.
-#[utoipa::path(delete, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = Uuid, Path)),
+#[utoipa::path(delete, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
+    Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    visible_group(&state, &caller, id).await?;
-    groups::delete_group(&state.pool, id).await?;
+    let group = visible(&state, &caller, &id).await?;
+    groups::delete_group(&state.pool, group.id).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// `?limit=` of previews.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct PreviewParams {
-    /// Sample size, 1–100, default 10.
-    pub limit: Option<i64>,
-}
-
-/// A filter not yet saved.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PreviewFilter {
-    /// Required with a system key.
-    #[serde(alias = "org_id")]
-    pub org_id: Option<String>,
-    #[serde(alias = "site_id")]
-    pub site_id: Option<String>,
-    #[serde(alias = "filter_conditions", alias = "filter")]
-    #[schema(value_type = Object)]
-    pub filter_conditions: Value,
-}
-
-/// A matching device in a preview.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PreviewDevice {
-    pub device_id: String,
-    /// The attributes the filter reads.
-    #[schema(value_type = Object)]
-    pub attributes: Map<String, Value>,
-}
-
-/// What a filter matches now.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Preview {
-    /// Devices matching.
-    pub total: u64,
-    /// Devices examined (the org's, or the site's).
-    pub examined: u64,
-    pub sample: Vec<PreviewDevice>,
-    /// The instant the filter was evaluated at.
-    pub evaluated_at: String,
-}
-
-/// Evaluates `filter` over the org's stored devices with the workers' evaluator.
-async fn run_preview(
-    state: &ApiState,
-    org_id: &str,
-    site: Option<&str>,
-    filter: &Value,
-    limit: usize,
-) -> Result<Preview, ApiError> {
-    let compiled = compile(filter, &state.catalogue).map_err(GroupError::Invalid)?;
-    let Ok(_slot) = state.preview_slots.try_acquire() else {
-        return Err(ApiError::rate_limited(1));
-    };
-    let fields = compiled.stored_field_names(&state.catalogue);
-    let now = chrono::Utc::now().timestamp_millis();
-    let catalogue = state.catalogue.clone();
-    let mut preview = Preview {
-        total: 0,
-        examined: 0,
-        sample: Vec::new(),
-        evaluated_at: format_millis(now),
-    };
-    queries::scan_devices(&state.pool, org_id, site, &fields, |device_id, doc| {
-        preview.examined += 1;
-        let attrs = Attributes::from_stored_json(&doc, &catalogue, |_, _| {});
-        if compiled.evaluate(&attrs, now) {
-            preview.total += 1;
-            if preview.sample.len() < limit {
-                preview.sample.push(PreviewDevice {
-                    device_id,
-                    attributes: doc,
-                });
-            }
-        }
-        true
-    })
-    .await?;
-    Ok(preview)
-}
-
-/// Preview a group: how many devices its filter matches now, and a sample.
-#[utoipa::path(post, path = "/api/v1/groups/{id}/preview", tag = "groups",
-    params(("id" = Uuid, Path), PreviewParams),
-    responses((status = 200, body = Preview), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn preview_group(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
-    Query(params): Query<PreviewParams>,
-) -> Result<Json<Preview>, ApiError> {
-    let (limit, _) = page(params.limit, None, 10, 100)?;
-    let group = visible_group(&state, &caller, id).await?;
-    let Some(filter) = &group.filter_conditions else {
-        return Err(ApiError::bad_request(
-            "A static group has no filter to preview",
-        ));
-    };
-    let preview = run_preview(
-        &state,
-        &group.org_id,
-        group.site_id.as_deref(),
-        filter,
-        limit as usize,
-    )
-    .await?;
-    Ok(Json(preview))
-}
-
-/// Preview a filter not yet saved.
-#[utoipa::path(post, path = "/api/v1/groups/preview", tag = "groups", params(PreviewParams),
-    request_body = PreviewFilter,
-    responses((status = 200, body = Preview), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn preview_filter(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Query(params): Query<PreviewParams>,
-    Json(body): Json<PreviewFilter>,
-) -> Result<Json<Preview>, ApiError> {
-    let (limit, _) = page(params.limit, None, 10, 100)?;
-    let org_id = caller.org_for(body.org_id.as_deref())?;
-    if !queries::org_exists(&state.pool, &org_id).await? {
-        return Err(ApiError::not_found("Org not found"));
-    }
-    let preview = run_preview(
-        &state,
-        &org_id,
-        body.site_id.as_deref(),
-        &body.filter_conditions,
-        limit as usize,
-    )
-    .await?;
-    Ok(Json(preview))
-}
-
-/// Filters of the membership log.
-#[derive(Debug, Deserialize, IntoParams)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct LogParams {
-    #[serde(alias = "device_id")]
-    pub device_id: Option<String>,
-    /// `added` or `removed`.
-    pub action: Option<String>,
-    /// 1–500, default 50.
-    pub limit: Option<i64>,
-    /// Entries to skip (after `before`); prefer `before` for deep pages.
-    pub offset: Option<i64>,
-    /// Only entries older than the entry with this id: a page's `nextBefore`.
-    pub before: Option<i64>,
-}
-
-/// One membership change.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LogEntryView {
-    pub id: i64,
-    pub device_id: String,
-    pub hostname: Option<String>,
-    pub display_name: Option<String>,
-    /// `added` or `removed`.
-    pub action: String,
-    /// `manual`, `filter_match`, `filter_unmatch`, `pinned` or `unpinned`.
-    pub reason: String,
-    /// What led to it: an event (`eventId`, `partition`, `offset`), a control-log entry, a timer, or an API
-    /// call.
-    #[schema(value_type = Object)]
-    pub cause: Value,
-    pub group_version: i64,
-    pub created_at: DateTime<Utc>,
-}
-
-/// A page of the membership log, newest first.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct LogPage {
-    pub entries: Vec<LogEntryView>,
-    pub limit: i64,
-    pub offset: i64,
-    /// The `before` of the next page (the last entry's id) when this page is full; absent at the log's
-    /// start. Entries written meanwhile never shift a page read so.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_before: Option<i64>,
-}
-
-/// The membership log of a group, newest first.
-#[utoipa::path(get, path = "/api/v1/groups/{id}/membership-log", tag = "groups",
-    params(("id" = Uuid, Path), LogParams),
-    responses((status = 200, body = LogPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn membership_log(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
-    Query(params): Query<LogParams>,
-) -> Result<Json<LogPage>, ApiError> {
-    let (limit, offset) = page(params.limit, params.offset, 50, 500)?;
-    if let Some(action) = &params.action {
-        if action != "added" && action != "removed" {
-            return Err(ApiError::bad_request(format!(
-                "action must be added or removed, got {action:?}"
-            )));
-        }
-    }
-    if let Some(before) = params.before {
-        if before < 1 {
-            return Err(ApiError::bad_request(format!(
-                "before must be an entry id (1 or more), got {before}"
-            )));
-        }
-    }
-    visible_group(&state, &caller, id).await?;
-    let filter = queries::LogFilter {
-        device_id: params.device_id.as_deref(),
-        action: params.action.as_deref(),
-        before: params.before,
-    };
-    let rows = queries::membership_log(&state.pool, id, filter, limit, offset).await?;
-    let next_before = next_cursor(&rows, limit, |last| last.id);
-    Ok(Json(LogPage {
-        entries: rows
-            .into_iter()
-            .map(|r| LogEntryView {
-                id: r.id,
-                device_id: r.device_id,
-                hostname: r.hostname,
-                display_name: r.display_name,
-                action: r.action,
-                reason: r.reason,
-                cause: r.cause,
-                group_version: r.group_version,
-                created_at: r.created_at,
-            })
-            .collect(),
-        limit,
-        offset,
-        next_before,
-    }))
 }

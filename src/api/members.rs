@@ -1,60 +1,91 @@
-//! Members of a group: the members page, static membership (one device or a batch, by device id or by the
-//! identifiers cellular platforms use), and pins on dynamic groups.
+//! A group's members, in Breeze's words (`/api/v1/groups/{id}/devices…` and the device-scoped batch routes
+//! `/api/v1/devices/groups/{id}/members`), and what every family's member routes share: the member record,
+//! batch validation, cellular identifiers, and pins.
 
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
-use super::groups::visible_group;
+use super::groups::visible;
 use super::{next_cursor, page, ApiError, ApiState};
-use crate::store::api as queries;
+use crate::store::api::{self as queries, GroupRow, MemberRow};
 use crate::store::groups;
-use crate::store::members::{self, IdentifierKind, StaticChange};
+use crate::store::members::{self, IdentifierKind, MemberError, Partial, StaticChange};
 
+/// `/api/v1/groups/{id}/devices…`: members, static additions and removals, pins.
 pub fn routes() -> Router<ApiState> {
     Router::new()
-        .route("/{id}/members", get(list).post(add_one))
-        .route("/{id}/members/batch", post(add_batch))
-        .route("/{id}/members/batch-remove", post(remove_batch))
-        .route(
-            "/{id}/members/{device_id}",
-            axum::routing::delete(remove_one),
-        )
-        .route("/{id}/members/{device_id}/pin", post(pin).delete(unpin))
+        .route("/{id}/devices", get(list).post(add))
+        .route("/{id}/devices/{device_id}", delete(remove_one))
+        .route("/{id}/devices/{device_id}/pin", post(pin).delete(unpin))
 }
 
 /// Most devices one batch may name.
 pub const MAX_BATCH: usize = 10_000;
 
-/// A member of a group.
+/// A member of a group, with the device's key attributes as top-level fields.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct MemberView {
+pub struct MemberRecord {
     pub device_id: String,
+    pub hostname: Option<String>,
+    pub display_name: Option<String>,
+    /// `online`, `offline`, `maintenance` or `decommissioned`.
+    pub status: Option<String>,
+    pub os_type: Option<String>,
+    /// Whether the device is pinned (dynamic groups only).
     pub is_pinned: bool,
     pub added_at: DateTime<Utc>,
     /// `manual`, `dynamic_rule` or `policy`.
     pub added_by: String,
-    /// The device's key attributes (hostname, displayName, status, osType, platform, firmwareVersion,
-    /// siteId, lastSeenAt), where it has them.
-    #[schema(value_type = Object)]
-    pub attributes: Value,
+    pub platform: Option<String>,
+    pub firmware_version: Option<String>,
+    pub site_id: Option<String>,
+    pub last_seen_at: Option<String>,
 }
 
-/// A page of members.
+impl From<MemberRow> for MemberRecord {
+    fn from(m: MemberRow) -> Self {
+        let text = |field: &str| m.attributes.get(field).and_then(display_text);
+        Self {
+            hostname: text("hostname"),
+            display_name: text("displayName"),
+            status: text("status"),
+            os_type: text("osType"),
+            platform: text("platform"),
+            firmware_version: text("firmwareVersion"),
+            site_id: text("siteId"),
+            last_seen_at: text("lastSeenAt"),
+            device_id: m.device_id,
+            is_pinned: m.is_pinned,
+            added_at: m.added_at,
+            added_by: m.added_by,
+        }
+    }
+}
+
+/// An attribute as display text: strings as they are, numbers and booleans written out.
+pub(crate) fn display_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A page of members, by device id.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct MemberList {
-    pub members: Vec<MemberView>,
+pub struct MemberPage {
+    pub data: Vec<MemberRecord>,
     pub total: i64,
     pub limit: i64,
     pub offset: i64,
@@ -64,7 +95,7 @@ pub struct MemberList {
     pub next_after: Option<String>,
 }
 
-/// Pagination.
+/// Pagination of members.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -77,32 +108,39 @@ pub struct PageParams {
     pub after: Option<String>,
 }
 
+/// One page of a visible group's members: the rows, the total, the page and the next cursor.
+pub(crate) async fn member_page(
+    state: &ApiState,
+    group: &GroupRow,
+    params: PageParams,
+) -> Result<(Vec<MemberRow>, i64, i64, i64, Option<String>), ApiError> {
+    let (limit, offset) = page(params.limit, params.offset, 100, 1000)?;
+    let (rows, total) = queries::list_members(
+        &state.pool,
+        group.id,
+        params.after.as_deref(),
+        limit,
+        offset,
+    )
+    .await?;
+    let next_after = next_cursor(&rows, limit, |last| last.device_id.clone());
+    Ok((rows, total, limit, offset, next_after))
+}
+
 /// List a group's members, by device id.
-#[utoipa::path(get, path = "/api/v1/groups/{id}/members", tag = "members",
-    params(("id" = Uuid, Path), PageParams),
-    responses((status = 200, body = MemberList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[utoipa::path(get, path = "/api/v1/groups/{id}/devices", tag = "members",
+    params(("id" = String, Path), PageParams),
+    responses((status = 200, body = MemberPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn list(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
+    Path(id): Path<String>,
     Query(params): Query<PageParams>,
-) -> Result<Json<MemberList>, ApiError> {
-    let (limit, offset) = page(params.limit, params.offset, 100, 1000)?;
-    visible_group(&state, &caller, id).await?;
-    let (rows, total) =
-        queries::list_members(&state.pool, id, params.after.as_deref(), limit, offset).await?;
-    let next_after = next_cursor(&rows, limit, |last| last.device_id.clone());
-    Ok(Json(MemberList {
-        members: rows
-            .into_iter()
-            .map(|m| MemberView {
-                device_id: m.device_id,
-                is_pinned: m.is_pinned,
-                added_at: m.added_at,
-                added_by: m.added_by,
-                attributes: m.attributes,
-            })
-            .collect(),
+) -> Result<Json<MemberPage>, ApiError> {
+    let group = visible(&state, &caller, &id).await?;
+    let (rows, total, limit, offset, next_after) = member_page(&state, &group, params).await?;
+    Ok(Json(MemberPage {
+        data: rows.into_iter().map(MemberRecord::from).collect(),
         total,
         limit,
         offset,
@@ -110,61 +148,68 @@ pub async fn list(
     }))
 }
 
-/// One device to add.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct AddMember {
-    #[serde(alias = "device_id")]
-    pub device_id: String,
-    /// Who is adding it (recorded in the membership log); defaults to the API key.
-    #[serde(alias = "added_by")]
-    pub added_by: Option<String>,
-}
-
 /// A device named by an identifier its cellular platform uses.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceIdentifier {
-    /// `imei`, `iccid`, `esn`, `mdn`, `meid` or `msisdn`.
+    /// `imei`, `iccid`, `esn`, `mdn`, `meid` or `msisdn`, in any case.
     #[schema(value_type = String)]
     pub kind: IdentifierKind,
     pub identifier: String,
 }
 
 /// Devices to add or remove, by id and/or by cellular identifier.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberBatch {
-    #[serde(default, alias = "deviceIds")]
+    #[serde(default, alias = "device_ids")]
+    #[serde(rename = "deviceIds")]
     pub device_ids: Vec<String>,
     #[serde(default)]
     pub identifiers: Vec<DeviceIdentifier>,
-    /// Who is making the change (recorded in the membership log); defaults to the API key.
-    #[serde(alias = "addedBy")]
+    /// Who is making the change (recorded in the membership log beside the API key).
+    #[serde(alias = "added_by")]
+    #[serde(rename = "addedBy")]
     pub added_by: Option<String>,
 }
 
-/// What a batch did.
+/// The counts Breeze answers a batch with.
 #[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BatchResult {
-    /// Devices added (or, for a removal, removed).
-    pub added: Vec<String>,
+pub struct BatchCounts {
+    /// Devices added (absent for a removal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added: Option<usize>,
+    /// Devices removed (absent for an addition).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed: Option<usize>,
     /// Devices already members (for a removal: not members).
-    pub skipped: Vec<String>,
-    /// Device ids unknown in the org.
-    pub not_found: Vec<String>,
-    /// Identifiers no device of the org reports.
-    pub identifiers_not_found: Vec<DeviceIdentifier>,
-    /// Devices refused because they are not in the group's site (site-scoped groups only hold devices of
-    /// their site).
-    pub wrong_site: Vec<String>,
-    /// `{"added": n, "skipped": n, "notFound": n}`.
-    #[schema(value_type = Object)]
-    pub counts: Value,
+    pub skipped: usize,
+    /// The group's members afterwards.
+    pub total: i64,
 }
 
-fn actor(caller: &Caller, given: Option<String>) -> Result<String, ApiError> {
+/// `{"data": {"added", "skipped", "total"}}` (a removal: `removed` instead of `added`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchAnswer {
+    pub data: BatchCounts,
+}
+
+impl BatchAnswer {
+    pub(crate) fn new(change: &StaticChange, removal: bool) -> Self {
+        let done = Some(change.changed.len());
+        Self {
+            data: BatchCounts {
+                added: if removal { None } else { done },
+                removed: if removal { done } else { None },
+                skipped: change.skipped.len(),
+                total: change.total,
+            },
+        }
+    }
+}
+
+/// The actor recorded for a change: the key, and the label the caller gave.
+pub(crate) fn actor(caller: &Caller, given: Option<String>) -> Result<String, ApiError> {
     match given {
         None => Ok(caller.actor()),
         Some(a) if !a.trim().is_empty() && a.chars().count() <= 255 => {
@@ -176,7 +221,7 @@ fn actor(caller: &Caller, given: Option<String>) -> Result<String, ApiError> {
     }
 }
 
-fn check_device_id(id: &str) -> Result<(), String> {
+pub(crate) fn check_device_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 256 {
         Err(format!(
             "device ids must be 1 to 256 bytes, got {} bytes",
@@ -187,17 +232,18 @@ fn check_device_id(id: &str) -> Result<(), String> {
     }
 }
 
-/// Validates the batch and resolves identifiers; returns the device ids (input order, identifiers after
-/// ids) and the identifiers that matched no device.
-async fn resolve_batch(
+/// Validates the batch and resolves identifiers to device ids (input order, identifiers after ids). An
+/// identifier no device of the org reports refuses the batch, like an unknown device id.
+pub(crate) async fn resolve_batch(
     state: &ApiState,
     org_id: &str,
-    batch: MemberBatch,
-) -> Result<(Vec<String>, Vec<DeviceIdentifier>), ApiError> {
-    let n = batch.device_ids.len() + batch.identifiers.len();
+    device_ids: Vec<String>,
+    identifiers: Vec<DeviceIdentifier>,
+) -> Result<Vec<String>, ApiError> {
+    let n = device_ids.len() + identifiers.len();
     if n == 0 {
         return Err(ApiError::bad_request(
-            "Name at least one device in device_ids or identifiers",
+            "Name at least one device in deviceIds or identifiers",
         ));
     }
     if n > MAX_BATCH {
@@ -206,12 +252,12 @@ async fn resolve_batch(
         )));
     }
     let mut problems = Vec::new();
-    for (i, id) in batch.device_ids.iter().enumerate() {
+    for (i, id) in device_ids.iter().enumerate() {
         if let Err(message) = check_device_id(id) {
-            problems.push(json!({"path": format!("device_ids[{i}]"), "message": message}));
+            problems.push(json!({"path": format!("deviceIds[{i}]"), "message": message}));
         }
     }
-    for (i, ident) in batch.identifiers.iter().enumerate() {
+    for (i, ident) in identifiers.iter().enumerate() {
         if let Err(message) = ident.kind.validate(&ident.identifier) {
             problems.push(json!({"path": format!("identifiers[{i}]"), "message": message}));
         }
@@ -219,131 +265,102 @@ async fn resolve_batch(
     if !problems.is_empty() {
         return Err(ApiError::bad_request("Invalid devices in the batch").with_details(problems));
     }
-    let mut ids = batch.device_ids;
-    let mut unknown = Vec::new();
-    if !batch.identifiers.is_empty() {
-        let pairs: Vec<(IdentifierKind, String)> = batch
-            .identifiers
+    let mut ids = device_ids;
+    if !identifiers.is_empty() {
+        let pairs: Vec<(IdentifierKind, String)> = identifiers
             .iter()
             .map(|i| (i.kind, i.identifier.clone()))
             .collect();
         let resolved = members::resolve_identifiers(&state.pool, org_id, &pairs).await?;
-        for (ident, device) in batch.identifiers.into_iter().zip(resolved) {
+        let mut unknown = Vec::new();
+        for (i, (ident, device)) in identifiers.iter().zip(resolved).enumerate() {
             match device {
                 Some(id) => ids.push(id),
-                None => unknown.push(ident),
+                None => unknown.push(json!({
+                    "path": format!("identifiers[{i}]"),
+                    "message": format!("No device of the org reports {} {}", ident.kind.label(), ident.identifier),
+                })),
             }
         }
+        if !unknown.is_empty() {
+            return Err(
+                ApiError::bad_request("Devices not found in the group's organization")
+                    .with_details(unknown),
+            );
+        }
     }
-    Ok((ids, unknown))
+    Ok(ids)
 }
 
-fn batch_result(change: StaticChange, unknown: Vec<DeviceIdentifier>) -> BatchResult {
-    let counts = json!({
-        "added": change.changed.len(),
-        "skipped": change.skipped.len(),
-        "notFound": change.not_found.len() + unknown.len(),
-        "wrongSite": change.wrong_site.len(),
-    });
-    BatchResult {
-        added: change.changed,
-        skipped: change.skipped,
-        not_found: change.not_found,
-        identifiers_not_found: unknown,
-        wrong_site: change.wrong_site,
-        counts,
-    }
-}
-
-/// Add devices to a static group. Every addition is logged with reason `manual`; workers then re-resolve
-/// the devices' firmware.
-#[utoipa::path(post, path = "/api/v1/groups/{id}/members/batch", tag = "members", params(("id" = Uuid, Path)),
-    request_body = MemberBatch,
-    responses((status = 200, body = BatchResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn add_batch(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
-    Json(batch): Json<MemberBatch>,
-) -> Result<Json<BatchResult>, ApiError> {
-    let group = visible_group(&state, &caller, id).await?;
-    let actor = actor(&caller, batch.added_by.clone())?;
-    let (ids, unknown) = resolve_batch(&state, &group.org_id, batch).await?;
-    let change = members::add_static(&state.pool, &group.org_id, id, &ids, &actor).await?;
-    Ok(Json(batch_result(change, unknown)))
-}
-
-/// Remove devices from a static group (`added` lists the devices removed, `skipped` those that were not
-/// members).
-#[utoipa::path(post, path = "/api/v1/groups/{id}/members/batch-remove", tag = "members",
-    params(("id" = Uuid, Path)), request_body = MemberBatch,
-    responses((status = 200, body = BatchResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn remove_batch(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
-    Json(batch): Json<MemberBatch>,
-) -> Result<Json<BatchResult>, ApiError> {
-    let group = visible_group(&state, &caller, id).await?;
-    let actor = actor(&caller, batch.added_by.clone())?;
-    let (ids, unknown) = resolve_batch(&state, &group.org_id, batch).await?;
-    let change = members::remove_static(&state.pool, &group.org_id, id, &ids, &actor).await?;
-    Ok(Json(batch_result(change, unknown)))
-}
-
-/// Add one device to a static group (201 when added, 200 when it already was a member).
-#[utoipa::path(post, path = "/api/v1/groups/{id}/members", tag = "members", params(("id" = Uuid, Path)),
-    request_body = AddMember,
-    responses((status = 201, body = BatchResult), (status = 200, body = BatchResult), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
-pub async fn add_one(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<Uuid>,
-    Json(body): Json<AddMember>,
-) -> Result<impl IntoResponse, ApiError> {
-    let group = visible_group(&state, &caller, id).await?;
-    let actor = actor(&caller, body.added_by)?;
-    check_device_id(&body.device_id).map_err(ApiError::bad_request)?;
-    let change = members::add_static(
-        &state.pool,
-        &group.org_id,
-        id,
-        std::slice::from_ref(&body.device_id),
-        &actor,
-    )
-    .await?;
-    if !change.not_found.is_empty() {
-        return Err(ApiError::not_found("Device not found"));
-    }
-    if !change.wrong_site.is_empty() {
-        return Err(ApiError::bad_request(
-            "The device is not in the group's site",
-        ));
-    }
-    let status = if change.changed.is_empty() {
-        StatusCode::OK
+/// Adds (or removes) the batch's devices to (from) a static group, all or nothing: a device unknown in the
+/// org, or of another site, refuses the batch (400, each listed).
+pub(crate) async fn change_static(
+    state: &ApiState,
+    caller: &Caller,
+    group: &GroupRow,
+    batch: MemberBatch,
+    removal: bool,
+) -> Result<StaticChange, ApiError> {
+    let actor = actor(caller, batch.added_by)?;
+    let ids = resolve_batch(state, &group.org_id, batch.device_ids, batch.identifiers).await?;
+    let (pool, org, id) = (&state.pool, &group.org_id, group.id);
+    let change = if removal {
+        members::remove_static_with(pool, org, id, &ids, &actor, Partial::Refused).await
     } else {
-        StatusCode::CREATED
+        members::add_static_with(pool, org, id, &ids, &actor, Partial::Refused).await
     };
-    Ok((status, Json(batch_result(change, Vec::new()))))
+    change.map_err(refusal)
 }
 
-/// Remove one device from a static group.
-#[utoipa::path(delete, path = "/api/v1/groups/{id}/members/{device_id}", tag = "members",
-    params(("id" = Uuid, Path), ("device_id" = String, Path)),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn remove_one(
+/// A batch refused because some devices are unknown in the org (or of another site): every one listed.
+pub(crate) fn refusal(e: MemberError) -> ApiError {
+    match e {
+        MemberError::Refused(change) => {
+            let details = change
+                .not_found
+                .iter()
+                .map(|id| json!({"deviceId": id, "message": "Device not found in the group's organization"}))
+                .chain(change.wrong_site.iter().map(
+                    |id| json!({"deviceId": id, "message": "Device not in the group's site"}),
+                ))
+                .collect();
+            ApiError::bad_request(
+                "Devices not found in the group's organization (or not of its site); nothing was changed",
+            )
+            .with_details(details)
+        }
+        other => other.into(),
+    }
+}
+
+/// Add devices to a static group (duplicates and members already are skipped). Every addition is logged
+/// with reason `manual`; workers then re-resolve the devices' firmware.
+#[utoipa::path(post, path = "/api/v1/groups/{id}/devices", tag = "members", params(("id" = String, Path)),
+    request_body = MemberBatch,
+    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn add(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Path((id, device_id)): Path<(Uuid, String)>,
-) -> Result<StatusCode, ApiError> {
-    let group = visible_group(&state, &caller, id).await?;
+    Path(id): Path<String>,
+    Json(batch): Json<MemberBatch>,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    let group = visible(&state, &caller, &id).await?;
+    let change = change_static(&state, &caller, &group, batch, false).await?;
+    Ok(Json(BatchAnswer::new(&change, false)))
+}
+
+/// Removes one device from a static group; 404 when it is not a member.
+pub(crate) async fn remove_member(
+    state: &ApiState,
+    caller: &Caller,
+    group: &GroupRow,
+    device_id: &str,
+) -> Result<StaticChange, ApiError> {
     let change = members::remove_static(
         &state.pool,
         &group.org_id,
-        id,
-        std::slice::from_ref(&device_id),
+        group.id,
+        &[device_id.to_string()],
         &caller.actor(),
     )
     .await?;
@@ -352,7 +369,49 @@ pub async fn remove_one(
             "Device not found, or not a member of this group",
         ));
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(change)
+}
+
+/// Remove one device from a static group.
+#[utoipa::path(delete, path = "/api/v1/groups/{id}/devices/{device_id}", tag = "members",
+    params(("id" = String, Path), ("device_id" = String, Path)),
+    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn remove_one(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, device_id)): Path<(String, String)>,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    let group = visible(&state, &caller, &id).await?;
+    let change = remove_member(&state, &caller, &group, &device_id).await?;
+    Ok(Json(BatchAnswer::new(&change, true)))
+}
+
+/// Add devices to a static group in bulk (the device-scoped route).
+#[utoipa::path(post, path = "/api/v1/devices/groups/{id}/members", tag = "device-scoped",
+    params(("id" = String, Path)), request_body = MemberBatch,
+    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn add_bulk(
+    state: State<ApiState>,
+    caller: Extension<Caller>,
+    id: Path<String>,
+    batch: Json<MemberBatch>,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    add(state, caller, id, batch).await
+}
+
+/// Remove devices from a static group in bulk (devices that are not members are skipped).
+#[utoipa::path(delete, path = "/api/v1/devices/groups/{id}/members", tag = "device-scoped",
+    params(("id" = String, Path)), request_body = MemberBatch,
+    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn remove_bulk(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Json(batch): Json<MemberBatch>,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    let group = visible(&state, &caller, &id).await?;
+    let change = change_static(&state, &caller, &group, batch, true).await?;
+    Ok(Json(BatchAnswer::new(&change, true)))
 }
 
 /// A pin or unpin accepted: the owning worker applies it in order with the device's events.
@@ -367,11 +426,11 @@ pub struct Accepted {
 async fn set_pin(
     state: &ApiState,
     caller: &Caller,
-    id: Uuid,
+    id: &str,
     device_id: &str,
     pin: bool,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    let group = visible_group(state, caller, id).await?;
+    let group = visible(state, caller, id).await?;
     if group.kind != "dynamic" {
         return Err(ApiError::bad_request(
             "Pins apply to dynamic groups only (static membership is managed directly)",
@@ -381,7 +440,8 @@ async fn set_pin(
     if !found.iter().any(|(_, org)| *org == group.org_id) {
         return Err(ApiError::not_found("Device not found"));
     }
-    let control_id = groups::set_pin(&state.pool, id, device_id, pin, &caller.actor()).await?;
+    let control_id =
+        groups::set_pin(&state.pool, group.id, device_id, pin, &caller.actor()).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(Accepted {
@@ -392,25 +452,25 @@ async fn set_pin(
 }
 
 /// Pin a device in a dynamic group: it stays (or is added) even when it does not match.
-#[utoipa::path(post, path = "/api/v1/groups/{id}/members/{device_id}/pin", tag = "members",
-    params(("id" = Uuid, Path), ("device_id" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/groups/{id}/devices/{device_id}/pin", tag = "members",
+    params(("id" = String, Path), ("device_id" = String, Path)),
     responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn pin(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Path((id, device_id)): Path<(Uuid, String)>,
+    Path((id, device_id)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    set_pin(&state, &caller, id, &device_id, true).await
+    set_pin(&state, &caller, &id, &device_id, true).await
 }
 
 /// Unpin a device: if it no longer matches, it leaves at once (reason `unpinned`).
-#[utoipa::path(delete, path = "/api/v1/groups/{id}/members/{device_id}/pin", tag = "members",
-    params(("id" = Uuid, Path), ("device_id" = String, Path)),
+#[utoipa::path(delete, path = "/api/v1/groups/{id}/devices/{device_id}/pin", tag = "members",
+    params(("id" = String, Path), ("device_id" = String, Path)),
     responses((status = 202, body = Accepted), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn unpin(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    Path((id, device_id)): Path<(Uuid, String)>,
+    Path((id, device_id)): Path<(String, String)>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
-    set_pin(&state, &caller, id, &device_id, false).await
+    set_pin(&state, &caller, &id, &device_id, false).await
 }

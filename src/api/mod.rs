@@ -1,26 +1,38 @@
-//! The REST API (`/api/v1/…`): groups (static and dynamic), static membership, pins, previews, the
-//! membership log, devices, firmware releases, locks and development devices.
+//! The REST API: groups (static and dynamic), static membership, pins, previews, the membership log,
+//! devices, firmware releases, locks and development devices.
 //!
+//! The groups are served in the words of each document cohort is specified by, so a client written
+//! against any of them works unchanged (docs/api.md says which paths serve which):
+//! - Breeze's group API at `/api/v1/groups` ([`groups`], [`members`], [`preview`], [`log`]) and its
+//!   device-scoped routes at `/api/v1/devices/groups` ([`device_scoped`]);
+//! - the device-groups API at `/api/v1/device-groups` ([`device_groups`]), snake_case;
+//! - ThingSpace's group creation at `/api/m2m/v1/groups` ([`thingspace`]), also accepted on
+//!   `POST /api/v1/groups`.
+//!
+//! The rest:
 //! - [`error`]: the one error shape (`{"error", "message", "details"}`) and the extractors that map every
 //!   rejection into it, so bad input never yields a 500 or a stack trace.
 //! - [`auth`]: API keys (`Authorization: Bearer`), org scoping, the per-key rate limit.
-//! - [`groups`], [`members`], [`devices`], [`releases`], [`orgs`]: the handlers.
+//! - [`devices`], [`releases`], [`orgs`]: the other handlers.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 //!
 //! Every change workers must act on is written by the storage layer together with its control-log entry,
 //! in one transaction; the API never talks to workers directly. Device registrations (imports) go through
 //! the input topic instead, keyed like any device event, so the owning worker creates the device.
-//!
-//! `/api/v1/groups` and `/api/v1/device-groups` are two names for the same resources.
 
 pub mod auth;
+pub mod device_groups;
+pub mod device_scoped;
 pub mod devices;
 pub mod error;
 pub mod groups;
+pub mod log;
 pub mod members;
 pub mod openapi;
 pub mod orgs;
+pub mod preview;
 pub mod releases;
+pub mod thingspace;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,15 +110,24 @@ fn registration_producer(config: &Config, brokers: &str) -> anyhow::Result<Futur
 
 /// The API's routes, with authentication, rate limiting, body limits and request metrics.
 pub fn router(state: ApiState) -> Router {
-    let groups = groups::routes().merge(members::routes());
+    // What every group family serves the same way: previews and the membership log.
+    let shared = || preview::routes().merge(log::routes());
+    let groups = groups::routes().merge(members::routes()).merge(shared());
+    let device_groups = device_groups::routes().merge(shared());
+    // ThingSpace's clients read every failure, a missing key's too, in ThingSpace's shape.
+    let thingspace = thingspace::routes()
+        .route_layer(from_fn_with_state(state.clone(), auth::authenticate))
+        .layer(from_fn(thingspace::errors_as_thingspace));
     let authenticated = Router::new()
-        .nest("/api/v1/groups", groups.clone())
-        .nest("/api/v1/device-groups", groups)
+        .nest("/api/v1/groups", groups)
+        .nest("/api/v1/device-groups", device_groups)
+        .nest("/api/v1/devices/groups", device_scoped::routes())
         .nest("/api/v1/devices", devices::routes())
         .nest("/api/v1/releases", releases::routes())
         .nest("/api/v1/orgs", orgs::routes())
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     authenticated
+        .nest("/api/m2m/v1/groups", thingspace)
         .route("/api/v1/openapi.json", get(openapi::serve))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

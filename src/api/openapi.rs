@@ -1,6 +1,8 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations (utoipa). It is served at
 //! `/api/v1/openapi.json`, printed by `cohort openapi`, and checked in as `docs/openapi.json` (a test fails
-//! when the two differ). Every `/api/v1/groups` path is also listed under `/api/v1/device-groups`, its alias.
+//! when the two differ). Routes one handler serves under several base paths (previews, pins and the log
+//! under `/api/v1/device-groups`; create, get, update and delete under `/api/v1/devices/groups`) are listed
+//! under each. Every operation id is `<tag>_<handler>`, unique in the document.
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -8,32 +10,46 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
-use super::{devices, error, groups, members, orgs, releases};
+use super::{
+    device_groups, device_scoped, devices, error, groups, log, members, orgs, preview, releases,
+    thingspace,
+};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "cohort",
         description = "Dynamic device groups, static membership, pins, previews, the membership log, and \
-                       firmware releases. Every route needs `Authorization: Bearer <API key>`. Errors share one \
-                       shape: `{\"error\", \"message\", \"details\"}`.",
+                       firmware releases, served in the words of Breeze's group API (`/api/v1/groups`, \
+                       `/api/v1/devices/groups`), the device-groups API (`/api/v1/device-groups`) and \
+                       ThingSpace's group creation (`/api/m2m/v1/groups`). Every route needs \
+                       `Authorization: Bearer <API key>`. Errors share one shape: \
+                       `{\"error\", \"message\", \"details\"}` (ThingSpace's routes: \
+                       `{\"errorCode\", \"errorMessage\"}`).",
         license(name = "Apache-2.0")
     ),
     paths(
         groups::list, groups::create, groups::get_one, groups::patch, groups::put, groups::delete,
-        groups::preview_group, groups::preview_filter, groups::membership_log,
-        members::list, members::add_one, members::remove_one, members::add_batch, members::remove_batch,
-        members::pin, members::unpin,
+        preview::preview_group, preview::preview_filter, log::membership_log,
+        members::list, members::add, members::remove_one, members::pin, members::unpin,
+        device_scoped::list, members::add_bulk, members::remove_bulk,
+        device_groups::list, device_groups::create, device_groups::get_one, device_groups::update,
+        device_groups::delete, device_groups::list_devices, device_groups::add_batch,
+        device_groups::remove_batch, device_groups::add_one, device_groups::remove_one,
+        thingspace::create,
         devices::import, devices::view, devices::lock, devices::unlock, devices::development,
         releases::list, releases::create, releases::withdraw,
         orgs::list, orgs::create,
     ),
     components(schemas(error::ErrorBody)),
-    modifiers(&BearerAuth, &DeviceGroupsAlias),
+    modifiers(&BearerAuth, &Aliases, &UniqueOperationIds),
     security(("api_key" = [])),
     tags(
-        (name = "groups", description = "Static and dynamic groups, previews, the membership log"),
-        (name = "members", description = "Members, static membership, pins"),
+        (name = "groups", description = "Static and dynamic groups, previews, the membership log (Breeze)"),
+        (name = "members", description = "Members, static membership, pins (Breeze)"),
+        (name = "device-scoped", description = "Breeze's device-scoped group routes (`/api/v1/devices/groups`)"),
+        (name = "device-groups", description = "The device-groups API, snake_case"),
+        (name = "thingspace", description = "ThingSpace's device group creation"),
         (name = "devices", description = "Devices: import, view, locks, the development flag"),
         (name = "releases", description = "Firmware releases"),
         (name = "orgs", description = "Orgs"),
@@ -53,27 +69,107 @@ impl Modify for BearerAuth {
     }
 }
 
-struct DeviceGroupsAlias;
+/// Lists the routes one handler serves under several base paths under each.
+struct Aliases;
 
-impl Modify for DeviceGroupsAlias {
+/// (from, to, methods) of each alias; `None`: every method.
+const ALIASES: &[(&str, &str, Option<&[&str]>)] = &[
+    (
+        "/api/v1/groups/preview",
+        "/api/v1/device-groups/preview",
+        None,
+    ),
+    (
+        "/api/v1/groups/{id}/preview",
+        "/api/v1/device-groups/{id}/preview",
+        None,
+    ),
+    (
+        "/api/v1/groups/{id}/membership-log",
+        "/api/v1/device-groups/{id}/membership-log",
+        None,
+    ),
+    (
+        "/api/v1/groups/{id}/devices/{device_id}/pin",
+        "/api/v1/device-groups/{id}/devices/{device_id}/pin",
+        None,
+    ),
+    ("/api/v1/groups", "/api/v1/devices/groups", Some(&["post"])),
+    (
+        "/api/v1/groups/{id}",
+        "/api/v1/devices/groups/{id}",
+        Some(&["get", "patch", "delete"]),
+    ),
+];
+
+impl Modify for Aliases {
     fn modify(&self, openapi: &mut Document) {
-        let aliases: Vec<(String, utoipa::openapi::PathItem)> = openapi
-            .paths
-            .paths
-            .iter()
-            .filter_map(|(path, item)| {
-                let rest = path.strip_prefix("/api/v1/groups")?;
-                let mut item = item.clone();
-                for op in operations(&mut item) {
-                    op.operation_id = op
-                        .operation_id
-                        .take()
-                        .map(|id| format!("device_groups_{id}"));
+        for (from, to, methods) in ALIASES {
+            let Some(mut item) = openapi.paths.paths.get(*from).cloned() else {
+                continue;
+            };
+            if let Some(methods) = methods {
+                let keep = |name: &str| methods.contains(&name);
+                if !keep("get") {
+                    item.get = None;
                 }
-                Some((format!("/api/v1/device-groups{rest}"), item))
-            })
-            .collect();
-        openapi.paths.paths.extend(aliases);
+                if !keep("put") {
+                    item.put = None;
+                }
+                if !keep("post") {
+                    item.post = None;
+                }
+                if !keep("delete") {
+                    item.delete = None;
+                }
+                if !keep("patch") {
+                    item.patch = None;
+                }
+            }
+            let family = if to.starts_with("/api/v1/device-groups") {
+                "device-groups"
+            } else {
+                "device-scoped"
+            };
+            for op in operations(&mut item) {
+                op.tags = Some(vec![family.to_string()]);
+                op.operation_id = op.operation_id.take().map(|id| format!("{id}_alias"));
+            }
+            match openapi.paths.paths.get_mut(*to) {
+                // A path with its own operations (the device-scoped listing) gains the alias's.
+                Some(existing) => {
+                    existing.post = existing.post.take().or(item.post);
+                    existing.get = existing.get.take().or(item.get);
+                    existing.patch = existing.patch.take().or(item.patch);
+                    existing.delete = existing.delete.take().or(item.delete);
+                    existing.put = existing.put.take().or(item.put);
+                }
+                None => {
+                    openapi.paths.paths.insert(to.to_string(), item);
+                }
+            }
+        }
+    }
+}
+
+/// Makes every operation id `<first tag>_<handler>`: handlers of different families share names.
+struct UniqueOperationIds;
+
+impl Modify for UniqueOperationIds {
+    fn modify(&self, openapi: &mut Document) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in operations(item) {
+                let tag = op
+                    .tags
+                    .as_ref()
+                    .and_then(|t| t.first())
+                    .map(|t| t.replace('-', "_"))
+                    .unwrap_or_default();
+                let id = op.operation_id.take().unwrap_or_default();
+                let id = id.strip_suffix("_alias").unwrap_or(&id).to_string();
+                op.operation_id = Some(format!("{tag}_{id}"));
+            }
+        }
     }
 }
 

@@ -179,6 +179,32 @@ async fn check_parent(
     Ok(())
 }
 
+/// A group's type.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum GroupKind {
+    Static,
+    Dynamic,
+}
+
+impl GroupKind {
+    /// `static` or `dynamic`, as stored and served.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupKind::Static => "static",
+            GroupKind::Dynamic => "dynamic",
+        }
+    }
+
+    /// The type named `name` (`static` or `dynamic`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "static" => Some(GroupKind::Static),
+            "dynamic" => Some(GroupKind::Dynamic),
+            _ => None,
+        }
+    }
+}
+
 /// A change to a group: `None` leaves a field as it is; `Some(None)` clears an optional one.
 #[derive(Clone, Debug, Default)]
 pub struct GroupPatch {
@@ -187,8 +213,14 @@ pub struct GroupPatch {
     pub tags: Option<Vec<String>>,
     pub site_id: Option<Option<String>>,
     pub parent_id: Option<Option<Uuid>>,
-    /// Only for dynamic groups.
+    /// Only for dynamic groups (or with `kind: Dynamic`, which turns a static group dynamic).
     pub filter: Option<Value>,
+    /// A new type: a dynamic group turned static keeps its current members as manual, unpinned ones (each
+    /// logged); a static group turned dynamic (which needs `filter`) is evaluated like a new filter, so
+    /// only the membership diff is written.
+    pub kind: Option<GroupKind>,
+    /// Who makes the change (the membership log's cause of a conversion to static).
+    pub actor: Option<String>,
 }
 
 /// Updates a group. A new filter or site (the definition workers evaluate) bumps the group's version and is
@@ -214,32 +246,50 @@ pub async fn update_group(
     .fetch_optional(&mut *tx)
     .await?;
     let (org_id, site_id, version, kind, filter) = row.ok_or(GroupError::NotFound)?;
-    if patch.filter.is_some() && kind == "static" {
-        return Err(GroupError::BadRequest(
-            "A static group has no filter (create a dynamic group instead)".into(),
-        ));
+    let current = GroupKind::parse(&kind).unwrap_or(GroupKind::Static);
+    let target = patch.kind.unwrap_or(current);
+    match (current, target, &patch.filter) {
+        (_, GroupKind::Static, Some(_)) if current == target => {
+            return Err(GroupError::BadRequest(
+                "A static group has no filter (switch its type with \"type\": \"dynamic\")".into(),
+            ))
+        }
+        (_, GroupKind::Static, Some(_)) => {
+            return Err(GroupError::BadRequest(
+                "A group turned static has no filterConditions".into(),
+            ))
+        }
+        (GroupKind::Static, GroupKind::Dynamic, None) => {
+            return Err(GroupError::BadRequest(
+                "A group turned dynamic needs filterConditions".into(),
+            ))
+        }
+        _ => {}
     }
     if let Some(Some(parent)) = patch.parent_id {
         check_parent(&mut tx, &org_id, group_id, parent).await?;
     }
     let new_site = patch.site_id.clone().unwrap_or_else(|| site_id.clone());
-    let definition_changed = new_site != site_id
-        || patch
-            .filter
-            .as_ref()
-            .is_some_and(|f| Some(f) != filter.as_ref());
+    let new_filter = match target {
+        GroupKind::Static => None,
+        GroupKind::Dynamic => patch.filter.clone().or_else(|| filter.clone()),
+    };
+    let definition_changed = new_site != site_id || new_filter != filter || target != current;
     let new_version = if definition_changed {
         version + 1
     } else {
         version
     };
-    let fields_used: Option<Vec<String>> = compiled.as_ref().map(|c| c.field_names().to_vec());
+    let fields_used: Option<Vec<String>> = match target {
+        GroupKind::Static => Some(Vec::new()),
+        GroupKind::Dynamic => compiled.as_ref().map(|c| c.field_names().to_vec()),
+    };
     sqlx::query(
         "UPDATE device_groups SET \
            name = COALESCE($2, name), description = COALESCE($3, description), tags = COALESCE($4, tags), \
            site_id = $5, parent_id = CASE WHEN $6 THEN $7 ELSE parent_id END, \
-           filter_conditions = COALESCE($8, filter_conditions), \
-           filter_fields_used = COALESCE($9, filter_fields_used), version = $10, updated_at = now() \
+           filter_conditions = $8, filter_fields_used = COALESCE($9, filter_fields_used), version = $10, \
+           type = $11, updated_at = now() \
          WHERE id = $1",
     )
     .bind(group_id)
@@ -249,23 +299,56 @@ pub async fn update_group(
     .bind(&new_site)
     .bind(patch.parent_id.is_some())
     .bind(patch.parent_id.flatten())
-    .bind(&patch.filter)
+    .bind(&new_filter)
     .bind(&fields_used)
     .bind(new_version)
+    .bind(target.as_str())
     .execute(&mut *tx)
     .await?;
+    if (current, target) == (GroupKind::Dynamic, GroupKind::Static) {
+        convert_members_to_static(&mut tx, group_id, new_version, patch.actor.as_deref()).await?;
+    }
     let def = GroupDefinition {
         group_id,
         org_id: org_id.clone(),
         site_id: new_site,
         version: new_version,
-        filter: patch.filter.clone().or(filter),
+        filter: new_filter,
     };
     if definition_changed {
         control::append(&mut tx, &org_id, &ControlEntry::GroupUpserted(def.clone())).await?;
     }
     tx.commit().await?;
     Ok(def)
+}
+
+/// A dynamic group turned static: its members become manual, unpinned ones, each logged (action `added`,
+/// reason `manual`, the cause naming the conversion), in the transaction that changes the type. The owning
+/// workers mirror it when they apply the definition (nothing more is written for these devices).
+async fn convert_members_to_static(
+    tx: &mut sqlx::PgConnection,
+    group_id: Uuid,
+    version: i64,
+    actor: Option<&str>,
+) -> Result<(), GroupError> {
+    let cause = serde_json::json!({
+        "type": "api",
+        "actor": actor.unwrap_or("api"),
+        "change": "type_static",
+    });
+    sqlx::query(
+        "WITH converted AS ( \
+           UPDATE device_group_memberships SET added_by = 'manual', is_pinned = false \
+           WHERE group_id = $1 RETURNING device_id) \
+         INSERT INTO group_membership_log (group_id, device_id, action, reason, cause, group_version) \
+         SELECT $1, device_id, 'added', 'manual', $2, $3 FROM converted ORDER BY device_id",
+    )
+    .bind(group_id)
+    .bind(cause)
+    .bind(version)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Replaces a dynamic group's filter, bumping its version; workers then write only the membership diff.

@@ -40,6 +40,24 @@ pub struct StaticChange {
     /// Add only: the group is scoped to a site and these devices are not of that site, so they were not
     /// added. Always empty for a remove, and for a group without a site.
     pub wrong_site: Vec<String>,
+    /// The group's member count once the change is made.
+    pub total: i64,
+}
+
+impl StaticChange {
+    /// Whether some device named could not be added or removed: unknown in the org, or of another site.
+    pub fn has_refusals(&self) -> bool {
+        !self.not_found.is_empty() || !self.wrong_site.is_empty()
+    }
+}
+
+/// What a static add or remove does when some device named is unknown in the org or of another site.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Partial {
+    /// Change the others and report the refused ones.
+    Allowed,
+    /// Change nothing: the call fails with [`MemberError::Refused`], which lists them.
+    Refused,
 }
 
 /// Why a membership or settings change was refused.
@@ -56,6 +74,10 @@ pub enum MemberError {
     /// The firmware lock is not a version (the message says why).
     #[error("invalid firmware lock: {0}")]
     InvalidVersion(String),
+    /// Some devices named are unknown in the group's org or of another site, and the call changes all or
+    /// nothing ([`Partial::Refused`]): nothing was written.
+    #[error("Devices not found in the group's organization (or not of its site)")]
+    Refused(StaticChange),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -66,7 +88,8 @@ impl From<sqlx::Error> for MemberError {
     }
 }
 
-/// Adds devices to a static group. See the module documentation.
+/// Adds devices to a static group, changing those it can and reporting the others. See the module
+/// documentation.
 pub async fn add_static(
     pool: &PgPool,
     org_id: &str,
@@ -74,11 +97,38 @@ pub async fn add_static(
     device_ids: &[String],
     actor: &str,
 ) -> Result<StaticChange, MemberError> {
+    add_static_with(pool, org_id, group_id, device_ids, actor, Partial::Allowed).await
+}
+
+/// Removes devices from a static group, changing those it can and reporting the others. See the module
+/// documentation.
+pub async fn remove_static(
+    pool: &PgPool,
+    org_id: &str,
+    group_id: Uuid,
+    device_ids: &[String],
+    actor: &str,
+) -> Result<StaticChange, MemberError> {
+    remove_static_with(pool, org_id, group_id, device_ids, actor, Partial::Allowed).await
+}
+
+/// Adds devices to a static group; `partial` says what happens when some cannot be added.
+pub async fn add_static_with(
+    pool: &PgPool,
+    org_id: &str,
+    group_id: Uuid,
+    device_ids: &[String],
+    actor: &str,
+    partial: Partial,
+) -> Result<StaticChange, MemberError> {
     let ids = unique(device_ids);
     let mut tx = pool.begin().await?;
     let group = lock_static_group(&mut tx, org_id, group_id, MemberError::DynamicGroup).await?;
     if ids.is_empty() {
-        return Ok(StaticChange::default());
+        return Ok(StaticChange {
+            total: member_count(&mut tx, group_id).await?,
+            ..StaticChange::default()
+        });
     }
     // (device, exists in the org, of the group's site, added now), in input order. The data-modifying CTEs
     // run to completion whether or not the final SELECT reads them.
@@ -116,6 +166,11 @@ pub async fn add_static(
             (true, true, false) => change.skipped.push(id),
         }
     }
+    change.total = member_count(&mut tx, group_id).await?;
+    if partial == Partial::Refused && change.has_refusals() {
+        // Dropping the transaction rolls the additions back.
+        return Err(MemberError::Refused(change));
+    }
     if !change.changed.is_empty() {
         let entry = ControlEntry::StaticMembers {
             group_id,
@@ -129,20 +184,24 @@ pub async fn add_static(
     Ok(change)
 }
 
-/// Removes devices from a static group. See the module documentation.
-pub async fn remove_static(
+/// Removes devices from a static group; `partial` says what happens when some are unknown in the org.
+pub async fn remove_static_with(
     pool: &PgPool,
     org_id: &str,
     group_id: Uuid,
     device_ids: &[String],
     actor: &str,
+    partial: Partial,
 ) -> Result<StaticChange, MemberError> {
     let ids = unique(device_ids);
     let mut tx = pool.begin().await?;
     let group =
         lock_static_group(&mut tx, org_id, group_id, MemberError::DynamicGroupRemove).await?;
     if ids.is_empty() {
-        return Ok(StaticChange::default());
+        return Ok(StaticChange {
+            total: member_count(&mut tx, group_id).await?,
+            ..StaticChange::default()
+        });
     }
     // (device, exists in the org, removed now), in input order.
     let rows: Vec<(String, bool, bool)> = sqlx::query_as(
@@ -173,6 +232,10 @@ pub async fn remove_static(
             (true, true) => change.changed.push(id),
             (true, false) => change.skipped.push(id),
         }
+    }
+    change.total = member_count(&mut tx, group_id).await?;
+    if partial == Partial::Refused && change.has_refusals() {
+        return Err(MemberError::Refused(change));
     }
     if !change.changed.is_empty() {
         let entry = ControlEntry::StaticMembers {
@@ -216,6 +279,19 @@ async fn lock_static_group(
         Some((kind, _, _)) if kind != "static" => Err(dynamic),
         Some((_, version, site_id)) => Ok(StaticGroup { version, site_id }),
     }
+}
+
+/// The group's member count, as this transaction sees it.
+async fn member_count(
+    tx: &mut Transaction<'_, Postgres>,
+    group_id: Uuid,
+) -> Result<i64, MemberError> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM device_group_memberships WHERE group_id = $1")
+            .bind(group_id)
+            .fetch_one(&mut **tx)
+            .await?,
+    )
 }
 
 /// `ids` without repeats, first occurrences in order.
@@ -269,7 +345,8 @@ pub async fn set_device_settings(
 }
 
 /// The cellular identifiers devices report, each a built-in string field of the same (lower-case) name.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+/// Read in any case (`IMEI`, `imei`, `Imei`), as cellular platforms write them; written in lower case.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum IdentifierKind {
     Imei,
@@ -278,6 +355,21 @@ pub enum IdentifierKind {
     Mdn,
     Meid,
     Msisdn,
+}
+
+impl<'de> serde::Deserialize<'de> for IdentifierKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        IdentifierKind::ALL
+            .into_iter()
+            .find(|kind| kind.field().eq_ignore_ascii_case(&name))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown identifier kind {:?}: expected one of esn, iccid, imei, mdn, meid, msisdn (any case)",
+                    name.chars().take(32).collect::<String>()
+                ))
+            })
+    }
 }
 
 impl IdentifierKind {

@@ -639,7 +639,10 @@ impl Work<'_> {
                 };
                 if def.filter.is_none() {
                     // A static group: its members are the API's to change (`static_members`), and evaluating
-                    // it (it matches nothing) would remove them all.
+                    // it (it matches nothing) would remove them all. A dynamic group turned static had its
+                    // members made manual and unpinned by the API, in the same transaction as this entry:
+                    // mirrored here, so the diff writes nothing for them.
+                    self.static_conversion(slot, &def.org_id, &cause);
                     return false;
                 }
                 let ids: Vec<Box<str>> = self.org_devices(&def.org_id);
@@ -787,22 +790,7 @@ impl Work<'_> {
             if device.member(slot).is_some() == member {
                 continue;
             }
-            self.held(id);
-            let Some((origin, current)) = self.devices.get_mut(id.as_str()) else {
-                continue;
-            };
-            // The starting state is mirrored too (the API wrote these rows): a held device's is copied
-            // from the partition first.
-            if let Origin::Held = origin {
-                if let Some(held) = self.partition.devices.get(id.as_str()) {
-                    *origin = Origin::Copy(held.clone());
-                }
-            }
-            let original = match origin {
-                Origin::Copy(d) => Some(&mut **d),
-                _ => None,
-            };
-            for device in original.into_iter().chain(std::iter::once(current)) {
+            self.mirror(id, cause, |device| {
                 if member {
                     device.set_member(Member {
                         slot,
@@ -812,9 +800,54 @@ impl Work<'_> {
                 } else {
                     device.remove_member(slot);
                 }
-            }
-            self.record_cause(id, cause);
+            });
         }
+    }
+
+    /// Mirrors a group's conversion to static: every member of the org's devices this partition holds
+    /// becomes manual and unpinned, as the API wrote. Members already so are not touched, so applying the
+    /// entry again (or to a group that always was static) changes nothing.
+    fn static_conversion(&mut self, slot: u32, org: &str, cause: &Cause) {
+        for id in self.org_devices(org) {
+            let converts = self
+                .current(&id)
+                .and_then(|d| d.member(slot))
+                .is_some_and(|m| m.pinned || m.added_by != AddedBy::Manual);
+            if converts {
+                self.mirror(&id, cause, |device| {
+                    device.set_member(Member {
+                        slot,
+                        pinned: false,
+                        added_by: AddedBy::Manual,
+                    });
+                });
+            }
+        }
+    }
+
+    /// Applies a change the API has already written to both the batch's starting copy and the working copy
+    /// of a held device, so the diff writes nothing for it; the device's firmware is re-resolved with
+    /// `cause`.
+    fn mirror(&mut self, id: &str, cause: &Cause, change: impl Fn(&mut Device)) {
+        self.held(id);
+        let Some((origin, current)) = self.devices.get_mut(id) else {
+            return;
+        };
+        // The starting state is mirrored too (the API wrote these rows): a held device's is copied from
+        // the partition first.
+        if let Origin::Held = origin {
+            if let Some(held) = self.partition.devices.get(id) {
+                *origin = Origin::Copy(held.clone());
+            }
+        }
+        let original = match origin {
+            Origin::Copy(d) => Some(&mut **d),
+            _ => None,
+        };
+        for device in original.into_iter().chain(std::iter::once(current)) {
+            change(device);
+        }
+        self.record_cause(id, cause);
     }
 
     /// `cohort reconcile --repair`: for each held device named, start from its stored row (re-read into

@@ -88,8 +88,8 @@ async fn a_group_created_over_http_fills_as_previewed_and_releases_yield_the_pre
         )
         .await?;
     assert_eq!(preview.status, StatusCode::OK, "{preview:?}");
-    let previewed = ids(&preview.body["sample"], "deviceId");
-    assert_eq!(preview.body["total"], 8);
+    let previewed = ids(&preview.body["data"]["devices"], "id");
+    assert_eq!(preview.body["data"]["totalCount"], 8);
     assert_eq!(previewed.len(), 8);
 
     let created = c
@@ -110,8 +110,17 @@ async fn a_group_created_over_http_fills_as_previewed_and_releases_yield_the_pre
         .iter()
         .all(|e| e["reason"] == "filter_match" && e["action"] == "added"));
     assert_eq!(ids(&log.body["entries"], "deviceId"), previewed);
-    let members = c.get(&format!("/api/v1/groups/{group}/members")).await?;
+    let members = c.get(&format!("/api/v1/groups/{group}/devices")).await?;
     assert_eq!(members.body["total"], 8);
+    assert_eq!(ids(&members.body["data"], "deviceId"), previewed);
+    // Previewing the saved group says the same.
+    let saved = c
+        .post(
+            &format!("/api/v1/groups/{group}/preview?limit=100"),
+            json!({}),
+        )
+        .await?;
+    assert_eq!(ids(&saved.body["data"]["devices"], "id"), previewed);
 
     // Editing the filter moves exactly the diff: linux AND edge keeps 4, drops 4, adds none.
     let narrower = json!({"operator": "AND", "conditions": [
@@ -123,8 +132,16 @@ async fn a_group_created_over_http_fills_as_previewed_and_releases_yield_the_pre
             json!({"filterConditions": narrower}),
         )
         .await?;
-    let expected = ids(&preview.body["sample"], "deviceId");
+    let expected = ids(&preview.body["data"]["devices"], "id");
     assert_eq!(expected.len(), 4);
+    // So does the group's preview of the change before it is saved.
+    let unsaved = c
+        .post(
+            &format!("/api/v1/groups/{group}/preview?limit=100"),
+            json!({"filterConditions": narrower}),
+        )
+        .await?;
+    assert_eq!(ids(&unsaved.body["data"]["devices"], "id"), expected);
     let patched = c
         .patch(
             &format!("/api/v1/groups/{group}"),
@@ -222,7 +239,7 @@ async fn imported_devices_join_static_groups_and_follow_their_releases() -> anyh
     let group: Uuid = group.body["id"].as_str().unwrap().parse()?;
     let added = c
         .post(
-            &format!("/api/v1/groups/{group}/members/batch"),
+            &format!("/api/v1/device-groups/{group}/devices"),
             json!({"device_ids": ["new-1"]}),
         )
         .await?;
@@ -252,9 +269,13 @@ async fn imported_devices_join_static_groups_and_follow_their_releases() -> anyh
     .await?;
     // Removing it from the group re-resolves it to no target.
     let removed = c
-        .delete(&format!("/api/v1/groups/{group}/members/new-1"))
+        .delete(&format!("/api/v1/groups/{group}/devices/new-1"))
         .await?;
-    assert_eq!(removed.status, StatusCode::NO_CONTENT);
+    assert_eq!(removed.status, StatusCode::OK, "{removed:?}");
+    assert_eq!(
+        removed.body,
+        json!({"data": {"removed": 1, "skipped": 0, "total": 0}})
+    );
     eventually(LIMIT, "the worker re-resolves after removal", || {
         let pool = pool.clone();
         async move {

@@ -271,15 +271,15 @@ async fn known_state(api: &Api) -> anyhow::Result<Known> {
     api.must(
         &api.acme,
         "POST",
-        &format!("/api/v1/groups/{hand_picked}/members"),
-        json!({"deviceId": "dev-1"}),
-        201,
+        &format!("/api/v1/groups/{hand_picked}/devices"),
+        json!({"deviceIds": ["dev-1"]}),
+        200,
     )
     .await?;
     api.must(
         &api.acme,
         "POST",
-        &format!("/api/v1/groups/{dynamic}/members/dev-1/pin"),
+        &format!("/api/v1/groups/{dynamic}/devices/dev-1/pin"),
         json!({}),
         202,
     )
@@ -445,7 +445,7 @@ fn filter_limits(k: &Known) -> Vec<Case> {
             format!("{limit}: at the limit, previewed"),
             Key::Acme,
             post("/api/v1/groups/preview", json!({"filterConditions": at})),
-            ok(200, vec![("/examined", json!(3))]),
+            ok(200, vec![("/data/examined", json!(3))]),
         ));
         cases.push(case(
             format!("{limit}: one past, created"),
@@ -504,7 +504,13 @@ fn catastrophic_regexes() -> Vec<Case> {
                 "/api/v1/groups/preview",
                 json!({"filterConditions": matches(pattern)}),
             ),
-            ok(200, vec![("/total", json!(total)), ("/examined", json!(3))]),
+            ok(
+                200,
+                vec![
+                    ("/data/totalCount", json!(total)),
+                    ("/data/examined", json!(3)),
+                ],
+            ),
         )
     })
     .collect();
@@ -560,24 +566,43 @@ fn short(s: &str) -> String {
 
 /// Every route that takes a JSON body, with a valid-looking target and the key to use.
 fn body_routes(k: &Known) -> Vec<(&'static str, String, Key)> {
+    let (dynamic, picked) = (&k.dynamic, &k.hand_picked);
     vec![
         ("POST", "/api/v1/groups".into(), Key::Acme),
-        ("PATCH", format!("/api/v1/groups/{}", k.dynamic), Key::Acme),
-        ("PUT", format!("/api/v1/groups/{}", k.dynamic), Key::Acme),
+        ("PATCH", format!("/api/v1/groups/{dynamic}"), Key::Acme),
+        ("PUT", format!("/api/v1/groups/{dynamic}"), Key::Acme),
         ("POST", "/api/v1/groups/preview".into(), Key::Acme),
         (
             "POST",
-            format!("/api/v1/groups/{}/members", k.hand_picked),
+            format!("/api/v1/groups/{picked}/devices"),
+            Key::Acme,
+        ),
+        ("POST", "/api/v1/device-groups".into(), Key::Acme),
+        ("PUT", format!("/api/v1/device-groups/{dynamic}"), Key::Acme),
+        (
+            "POST",
+            format!("/api/v1/device-groups/{picked}/devices"),
+            Key::Acme,
+        ),
+        (
+            "DELETE",
+            format!("/api/v1/device-groups/{picked}/devices"),
+            Key::Acme,
+        ),
+        ("POST", "/api/v1/devices/groups".into(), Key::Acme),
+        (
+            "PATCH",
+            format!("/api/v1/devices/groups/{dynamic}"),
             Key::Acme,
         ),
         (
             "POST",
-            format!("/api/v1/groups/{}/members/batch", k.hand_picked),
+            format!("/api/v1/devices/groups/{picked}/members"),
             Key::Acme,
         ),
         (
-            "POST",
-            format!("/api/v1/groups/{}/members/batch-remove", k.hand_picked),
+            "DELETE",
+            format!("/api/v1/devices/groups/{picked}/members"),
             Key::Acme,
         ),
         ("POST", "/api/v1/devices/import".into(), Key::Acme),
@@ -684,16 +709,26 @@ fn broken_bodies(k: &Known) -> Vec<Case> {
         ),
     ];
     let mut cases = Vec::new();
-    for (method, path, key) in body_routes(k) {
+    // A saved group's preview takes an optional body: an empty one previews the saved filter.
+    let preview = format!("/api/v1/groups/{}/preview", k.dynamic);
+    let routes = body_routes(k)
+        .into_iter()
+        .chain([("POST", preview.clone(), Key::Acme)]);
+    for (method, path, key) in routes {
         for (what, template, want) in &bodies {
             let mut request = template.clone();
             request.method = method;
             request.target = path.clone().into_bytes();
+            let want = if path == preview && *what == "an empty body" {
+                ok(200, vec![("/data/totalCount", json!(1))])
+            } else {
+                want.clone()
+            };
             cases.push(case(
                 format!("{method} {path}: {what}"),
                 key.clone(),
                 request,
-                want.clone(),
+                want,
             ));
         }
     }
@@ -704,9 +739,12 @@ fn broken_bodies(k: &Known) -> Vec<Case> {
 fn bad_fields(k: &Known) -> Vec<Case> {
     let groups = "/api/v1/groups";
     let nul = "U+0000";
-    let member = format!("/api/v1/groups/{}/members", k.hand_picked);
-    let batch = format!("/api/v1/groups/{}/members/batch", k.hand_picked);
+    let member = format!("/api/v1/groups/{}/devices", k.hand_picked);
+    let batch = format!("/api/v1/device-groups/{}/devices", k.hand_picked);
+    let removal = format!("/api/v1/devices/groups/{}/members", k.hand_picked);
     let dynamic = format!("/api/v1/groups/{}", k.dynamic);
+    let picked = format!("/api/v1/groups/{}", k.hand_picked);
+    let unknown = "Device not found in the group's organization";
     let linux = json!({"operator": "AND", "conditions": [{"field": "osType", "operator": "equals", "value": "linux"}]});
     let mut cases = vec![];
     let group_bodies: Vec<(&str, Value, Want)> = vec![
@@ -871,7 +909,10 @@ fn bad_fields(k: &Known) -> Vec<Case> {
         ),
         case("create a group with a system key and no orgId", Key::System, post(groups, json!({"name": "x"})), bad("orgId is required with a system key")),
         case("create a group in an unknown org", Key::System, post(groups, json!({"name": "x", "orgId": "nope"})), not_found("Org not found")),
-        case("update: change the type", Key::Acme, with_json("PATCH", &dynamic, json!({"type": "static"}).to_string()), bad("The type of a group cannot change")),
+        case("update: turned static with a filter", Key::Acme, with_json("PATCH", &dynamic, json!({"type": "static", "filterConditions": linux}).to_string()), bad("A group turned static has no filterConditions")),
+        case("update: turned dynamic without a filter", Key::Acme, with_json("PATCH", &picked, json!({"type": "dynamic"}).to_string()), bad("A group turned dynamic needs filterConditions")),
+        case("update: a filter on a static group", Key::Acme, with_json("PATCH", &picked, json!({"filterConditions": linux}).to_string()), bad("A static group has no filter")),
+        case("update: type is unknown", Key::Acme, with_json("PATCH", &dynamic, json!({"type": "smart"}).to_string()), bad("type must be static or dynamic, got \"smart\"")),
         case("update: name is a number", Key::Acme, with_json("PATCH", &dynamic, json!({"name": 1}).to_string()), bad("invalid type")),
         case("update: an invalid filter", Key::Acme, with_json("PATCH", &dynamic, json!({"filterConditions": {"operator": "XOR", "conditions": [leaf()]}}).to_string()), bad("$.operator: Group operator must be \"AND\" or \"OR\"")),
         case("update: a NUL in the name", Key::Acme, with_json("PATCH", &dynamic, json!({"name": "\u{0}"}).to_string()), bad(nul)),
@@ -882,22 +923,30 @@ fn bad_fields(k: &Known) -> Vec<Case> {
         case("preview: an unknown org", Key::System, post("/api/v1/groups/preview", json!({"orgId": "nope", "filterConditions": linux})), not_found("Org not found")),
         case("preview: another org", Key::Acme, post("/api/v1/groups/preview", json!({"orgId": "other", "filterConditions": linux})), not_found("Org not found")),
         case("preview: a static group", Key::Acme, post(format!("{groups}/{}/preview", k.hand_picked), json!({})), bad("A static group has no filter to preview")),
-        case("add a member: deviceId is a number", Key::Acme, post(&member, json!({"deviceId": 1})), bad("invalid type")),
-        case("add a member: deviceId is empty", Key::Acme, post(&member, json!({"deviceId": ""})), bad("device ids must be 1 to 256 bytes")),
-        case("add a member: deviceId is 257 bytes", Key::Acme, post(&member, json!({"deviceId": "d".repeat(257)})), bad("device ids must be 1 to 256 bytes")),
-        case("add a member: a NUL in deviceId", Key::Acme, post(&member, json!({"deviceId": "dev-2\u{0}"})), bad(nul)),
-        case("add a member: another org's device", Key::Acme, post(&member, json!({"deviceId": "oth-1"})), not_found("Device not found")),
-        case("add a member: addedBy is 256 characters", Key::Acme, post(&member, json!({"deviceId": "dev-2", "addedBy": "x".repeat(256)})), bad("added_by must be 1 to 255 characters")),
-        case("add a member: a NUL in addedBy", Key::Acme, post(&member, json!({"deviceId": "dev-2", "addedBy": "\u{0}"})), bad(nul)),
-        case("add a member to a dynamic group", Key::Acme, post(format!("{dynamic}/members"), json!({"deviceId": "dev-2"})), bad("dynamic group")),
-        case("add a member to another org's group", Key::Acme, post(format!("{groups}/{}/members", k.other_group), json!({"deviceId": "dev-2"})), not_found("Group not found")),
+        case("add a member: deviceId is a number", Key::Acme, post(&member, json!({"deviceIds": [1]})), bad("invalid type")),
+        case("add a member: deviceId is empty", Key::Acme, post(&member, json!({"deviceIds": [""]})), bad("deviceIds[0]: device ids must be 1 to 256 bytes")),
+        case("add a member: deviceId is 257 bytes", Key::Acme, post(&member, json!({"deviceIds": ["d".repeat(257)]})), bad("deviceIds[0]: device ids must be 1 to 256 bytes")),
+        case("add a member: a NUL in deviceId", Key::Acme, post(&member, json!({"deviceIds": ["dev-2\u{0}"]})), bad(nul)),
+        case("add a member: another org's device", Key::Acme, post(&member, json!({"deviceIds": ["oth-1"]})), bad(format!("oth-1: {unknown}"))),
+        case("add a member: an unknown device refuses the whole batch", Key::Acme, post(&member, json!({"deviceIds": ["dev-2", "nope", "dev-3"]})), bad(format!("nope: {unknown}"))),
+        case("add a member by path: another org's device", Key::Acme, Request::new("POST", format!("/api/v1/device-groups/{}/devices/oth-1", k.hand_picked)), not_found("Device not found")),
+        case("add a member by path: an unknown device", Key::Acme, Request::new("POST", format!("/api/v1/device-groups/{}/devices/nope", k.hand_picked)), not_found("Device not found")),
+        case("add a member: addedBy is 256 characters", Key::Acme, post(&member, json!({"deviceIds": ["dev-2"], "addedBy": "x".repeat(256)})), bad("added_by must be 1 to 255 characters")),
+        case("add a member: a NUL in addedBy", Key::Acme, post(&member, json!({"deviceIds": ["dev-2"], "addedBy": "\u{0}"})), bad(nul)),
+        case("add a member to a dynamic group", Key::Acme, post(format!("{dynamic}/devices"), json!({"deviceIds": ["dev-2"]})), bad("dynamic group")),
+        case("add a member to another org's group", Key::Acme, post(format!("{groups}/{}/devices", k.other_group), json!({"deviceIds": ["dev-2"]})), not_found("Group not found")),
         case("batch: device_ids is a string", Key::Acme, post(&batch, json!({"device_ids": "dev-2"})), bad("invalid type")),
         case("batch: nothing named", Key::Acme, post(&batch, json!({})), bad("Name at least one device")),
         case("batch: 10001 devices", Key::Acme, post(&batch, json!({"device_ids": (0..10_001).map(|i| format!("d{i}")).collect::<Vec<_>>()})), bad("10000")),
         case("batch: a NUL in a device id", Key::Acme, post(&batch, json!({"device_ids": ["\u{0}"]})), bad(nul)),
-        case("batch: an unknown identifier kind", Key::Acme, post(&batch, json!({"identifiers": [{"kind": "ssn", "identifier": "1"}]})), bad("unknown variant `ssn`")),
+        case("batch: an unknown identifier kind", Key::Acme, post(&batch, json!({"identifiers": [{"kind": "ssn", "identifier": "1"}]})), bad("unknown identifier kind \"ssn\"")),
         case("batch: an invalid IMEI", Key::Acme, post(&batch, json!({"identifiers": [{"kind": "imei", "identifier": "12ab"}]})), bad("identifiers[0]")),
         case("batch: an IMEI of 10 KB", Key::Acme, post(&batch, json!({"identifiers": [{"kind": "imei", "identifier": "1".repeat(10_000)}]})), bad("identifiers[0]")),
+        case("batch: an identifier no device reports refuses the whole batch", Key::Acme, post(&batch, json!({"device_ids": ["dev-2"], "identifiers": [{"kind": "imei", "identifier": "490154203237518"}]})), bad("identifiers[0]: No device of the org reports")),
+        case("batch: another org's device refuses the whole batch", Key::Acme, post(&batch, json!({"device_ids": ["dev-3", "oth-1"]})), bad(format!("oth-1: {unknown}"))),
+        case("remove: an unknown device refuses the whole batch", Key::Acme, with_json("DELETE", &removal, json!({"deviceIds": ["dev-1", "nope"]}).to_string()), bad(format!("nope: {unknown}"))),
+        case("remove: another org's device refuses the whole batch", Key::Acme, with_json("DELETE", &batch, json!({"device_ids": ["dev-1", "oth-1"]}).to_string()), bad(format!("oth-1: {unknown}"))),
+        case("remove: nothing named", Key::Acme, with_json("DELETE", &removal, json!({"deviceIds": []}).to_string()), bad("Name at least one device")),
         case("import: no ids", Key::Acme, post("/api/v1/devices/import", json!({"deviceIds": []})), bad("deviceIds must hold 1 to 10000 ids, got 0")),
         case("import: 10001 ids", Key::Acme, post("/api/v1/devices/import", json!({"deviceIds": (0..10_001).map(|i| format!("d{i}")).collect::<Vec<_>>()})), bad("deviceIds must hold 1 to 10000 ids, got 10001")),
         case("import: an empty id", Key::Acme, post("/api/v1/devices/import", json!({"deviceIds": ["ok", ""]})), bad("deviceIds[1]: device ids must be 1 to 256 bytes without control characters")),
@@ -934,11 +983,15 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
     let g = &k.dynamic;
     let nil = "00000000-0000-0000-0000-000000000000";
     let uuid_error = "UUID";
+    let no_group = || not_found("Group not found");
     let mut cases: Vec<Case> = [
-        // -- path tricks
-        ("/api/v1/groups/not-a-uuid".to_string(), bad(uuid_error)),
-        ("/api/v1/groups/..".to_string(), bad(uuid_error)),
-        ("/api/v1/groups/%2e%2e".to_string(), bad(uuid_error)),
+        // -- path tricks (a group id that is not a UUID names no group)
+        ("/api/v1/groups/not-a-uuid".to_string(), no_group()),
+        ("/api/v1/groups/grp_abc123".to_string(), no_group()),
+        ("/api/v1/device-groups/not-a-uuid".to_string(), no_group()),
+        ("/api/v1/devices/groups/grp_abc123".to_string(), no_group()),
+        ("/api/v1/groups/..".to_string(), no_group()),
+        ("/api/v1/groups/%2e%2e".to_string(), no_group()),
         (
             "/api/v1/groups/%2e%2e/%2e%2e/orgs".to_string(),
             not_found("No such route"),
@@ -948,13 +1001,15 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
             not_found("No such route"),
         ),
         ("/api/v1//groups".to_string(), not_found("No such route")),
-        (format!("/api/v1/groups/{g}%00"), bad(uuid_error)),
-        (format!("/api/v1/groups/{g}%2fmembers"), bad(uuid_error)),
+        (format!("/api/v1/groups/{g}%00"), no_group()),
+        (format!("/api/v1/groups/{g}%2fdevices"), no_group()),
+        (format!("/api/v1/groups/{}", "f".repeat(10_000)), no_group()),
+        ("/api/v1/groups/'%20OR%201=1--".to_string(), no_group()),
+        ("/api/v1/groups/not-a-uuid/devices".to_string(), no_group()),
         (
-            format!("/api/v1/groups/{}", "f".repeat(10_000)),
-            bad(uuid_error),
+            format!("/api/v1/groups/{g}/members"),
+            not_found("No such route"),
         ),
-        ("/api/v1/groups/'%20OR%201=1--".to_string(), bad(uuid_error)),
         (
             format!("/api/v1/groups/{nil}"),
             not_found("Group not found"),
@@ -964,7 +1019,11 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
             not_found("Group not found"),
         ),
         (
-            format!("/api/v1/groups/{}/members", k.other_group),
+            format!("/api/v1/groups/{}/devices", k.other_group),
+            not_found("Group not found"),
+        ),
+        (
+            format!("/api/v1/device-groups/{}/devices", k.other_group),
             not_found("Group not found"),
         ),
         (
@@ -1046,12 +1105,24 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
         ("/api/v1/groups?tags=a,%00".to_string(), bad("U+0000")),
         ("/api/v1/groups?siteId=%00".to_string(), bad("U+0000")),
         (
-            format!("/api/v1/groups/{g}/members?limit=1001"),
+            format!("/api/v1/groups/{g}/devices?limit=1001"),
             bad("limit must be from 1 to 1000"),
         ),
         (
-            format!("/api/v1/groups/{g}/members?offset=-5"),
+            format!("/api/v1/groups/{g}/devices?offset=-5"),
             bad("offset must be 0 or more"),
+        ),
+        (
+            format!("/api/v1/device-groups/{g}/devices?limit=0"),
+            bad("limit must be from 1 to 1000"),
+        ),
+        (
+            "/api/v1/devices/groups?page=0".to_string(),
+            bad("page must be from 1"),
+        ),
+        (
+            "/api/v1/devices/groups?limit=1001".to_string(),
+            bad("limit must be from 1 to 1000"),
         ),
         (
             format!("/api/v1/groups/{g}/membership-log?limit=501"),
@@ -1064,6 +1135,10 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
         (
             format!("/api/v1/groups/{g}/membership-log?action=deleted"),
             bad("action must be added or removed"),
+        ),
+        (
+            format!("/api/v1/groups/{g}/membership-log?before={nil}"),
+            bad("before must be an entry id"),
         ),
         (
             format!("/api/v1/groups/{g}/membership-log?deviceId=%00"),
@@ -1126,7 +1201,7 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
             Key::Acme,
             Request::new(
                 "DELETE",
-                format!("/api/v1/groups/{}/members/%00", k.hand_picked),
+                format!("/api/v1/groups/{}/devices/%00", k.hand_picked),
             ),
             bad("U+0000"),
         ),
@@ -1135,14 +1210,14 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
             Key::Acme,
             Request::new(
                 "DELETE",
-                format!("/api/v1/groups/{}/members/'%20OR%201=1%20--", k.hand_picked),
+                format!("/api/v1/groups/{}/devices/'%20OR%201=1%20--", k.hand_picked),
             ),
             not_found("not a member"),
         ),
         case(
             "pin: a NUL id",
             Key::Acme,
-            post(format!("/api/v1/groups/{g}/members/%00/pin"), json!({})),
+            post(format!("/api/v1/groups/{g}/devices/%00/pin"), json!({})),
             bad("U+0000"),
         ),
         case(
@@ -1150,21 +1225,21 @@ fn paths_and_queries(k: &Known) -> Vec<Case> {
             Key::Acme,
             Request::new(
                 "DELETE",
-                format!("/api/v1/groups/{g}/members/'%20OR%201=1%20--/pin"),
+                format!("/api/v1/groups/{g}/devices/'%20OR%201=1%20--/pin"),
             ),
             not_found("Device not found"),
         ),
         case(
             "pin: another org's device",
             Key::Acme,
-            post(format!("/api/v1/groups/{g}/members/oth-1/pin"), json!({})),
+            post(format!("/api/v1/groups/{g}/devices/oth-1/pin"), json!({})),
             not_found("Device not found"),
         ),
         case(
             "pin: in a static group",
             Key::Acme,
             post(
-                format!("/api/v1/groups/{}/members/dev-1/pin", k.hand_picked),
+                format!("/api/v1/groups/{}/devices/dev-1/pin", k.hand_picked),
                 json!({}),
             ),
             bad("Pins apply to dynamic groups only"),
@@ -1330,8 +1405,8 @@ fn accepted_literals(k: &Known) -> Vec<Case> {
             vec![("/total", json!(2)), ("/groups", json!([]))],
         ),
         (
-            format!("/api/v1/groups/{}/members?limit=1000", k.hand_picked),
-            vec![("/total", json!(1))],
+            format!("/api/v1/groups/{}/devices?limit=1000", k.hand_picked),
+            vec![("/total", json!(1)), ("/data/0/deviceId", json!("dev-1"))],
         ),
         (
             format!("/api/v1/groups/{g}/membership-log?limit=500&deviceId=%27%20OR%201%3D1%20--"),
@@ -1352,7 +1427,10 @@ fn accepted_literals(k: &Known) -> Vec<Case> {
             "/api/v1/groups/preview?limit=100",
             json!({"filterConditions": equals("\u{0}")}),
         ),
-        ok(200, vec![("/total", json!(0)), ("/examined", json!(3))]),
+        ok(
+            200,
+            vec![("/data/totalCount", json!(0)), ("/data/examined", json!(3))],
+        ),
     ));
     cases
 }
@@ -1386,7 +1464,10 @@ fn check(case: &Case, reply: &Reply) -> Result<(), String> {
                     Value::String(s) => haystack.push_str(&format!("\n{s}")),
                     other => haystack.push_str(&format!(
                         "\n{}: {}",
-                        other["path"].as_str().unwrap_or_default(),
+                        other["path"]
+                            .as_str()
+                            .or(other["deviceId"].as_str())
+                            .unwrap_or_default(),
                         other["message"].as_str().unwrap_or_default()
                     )),
                 }
