@@ -98,7 +98,8 @@ impl From<&HttpConfig> for Limits {
 /// no read timeout: a client could hold a connection by sending its headers or body a byte at a time. Here
 /// a request's head must arrive within `header_read_timeout_ms` (an idle keep-alive connection is closed
 /// after it too), the whole request must be read and answered within `request_timeout_ms`, and at most
-/// `max_connections` are served at once (the next wait in the listen backlog).
+/// `max_connections` are served at once (the next wait in the listen backlog). An answer after which the
+/// connection closes says `Connection: close` ([`answer`]).
 pub async fn serve(
     config: &HttpConfig,
     router: Router,
@@ -179,6 +180,14 @@ async fn accept_loop(
 }
 
 /// Routes one request under the request deadline.
+///
+/// An answer given before the request's body was read to its end (an error decided from the head, a body
+/// over the limit still arriving when the limit was passed, a body that did not arrive in time) carries
+/// `Connection: close`, and hyper then closes the connection once the answer is written. The rest of that
+/// body may still be on its way, and hyper would either drain what has already arrived or close without
+/// saying so; either way the client is told, and does not send its next request into a closing socket.
+/// Every other answer keeps the connection usable, unless the request asked to close it or the server is
+/// shutting down (hyper then says `Connection: close` itself).
 async fn answer(router: Router, request: Request<Incoming>, deadline: Duration) -> Response {
     let body_read = Arc::new(AtomicBool::new(request.body().is_end_stream()));
     let request = request.map(|body| {
@@ -187,27 +196,26 @@ async fn answer(router: Router, request: Request<Incoming>, deadline: Duration) 
             finished: body_read.clone(),
         })
     });
-    match tokio::time::timeout(deadline, router.oneshot(request)).await {
+    let mut response = match tokio::time::timeout(deadline, router.oneshot(request)).await {
         Ok(Ok(response)) => response,
         Ok(Err(never)) => match never {},
-        Err(_) if !body_read.load(Ordering::Acquire) => {
-            let mut response = ApiError::request_timeout(format!(
-                "the request's body did not arrive in time (http.request_timeout_ms = {})",
-                deadline.as_millis()
-            ))
-            .into_response();
-            // The rest of the body may still be on its way: this connection cannot carry another request.
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            response
-        }
+        Err(_) if !body_read.load(Ordering::Acquire) => ApiError::request_timeout(format!(
+            "the request's body did not arrive in time (http.request_timeout_ms = {})",
+            deadline.as_millis()
+        ))
+        .into_response(),
         Err(_) => ApiError::unavailable(format!(
             "the answer was not ready in time; retry later (http.request_timeout_ms = {})",
             deadline.as_millis()
         ))
         .into_response(),
+    };
+    if !body_read.load(Ordering::Acquire) {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    response
 }
 
 /// A request body that records when it has been read to the end.
@@ -241,236 +249,4 @@ impl HttpBody for Tracked {
 }
 
 #[cfg(test)]
-mod tests {
-    //! The server against raw sockets: what a slow or greedy client gets. Every exchange is bounded by
-    //! [`BOUND`], far beyond any deadline set here, so a regression fails instead of hanging; nothing
-    //! asserts how fast an answer came.
-    use super::*;
-    use axum::routing::post;
-    use std::sync::atomic::AtomicUsize;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-    use tokio::sync::oneshot;
-
-    const BOUND: Duration = Duration::from_secs(30);
-
-    struct Server {
-        addr: SocketAddr,
-        handle: tokio::task::JoinHandle<()>,
-        stop: oneshot::Sender<()>,
-        /// Requests `/count` has answered.
-        counted: Arc<AtomicUsize>,
-        /// `/hold` answers once a permit is added here.
-        release: Arc<Semaphore>,
-    }
-
-    async fn start(config: HttpConfig) -> Server {
-        let counted = Arc::new(AtomicUsize::new(0));
-        let release = Arc::new(Semaphore::new(0));
-        let router = Router::new()
-            .route("/count", {
-                let counted = counted.clone();
-                get(move || async move {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    "counted"
-                })
-            })
-            .route("/hold", {
-                let release = release.clone();
-                get(move || async move {
-                    let _permit = release.acquire().await;
-                    "released"
-                })
-            })
-            .route("/never", get(std::future::pending::<&'static str>))
-            .route("/echo", post(|body: Bytes| async move { body }));
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (addr, handle) = serve(&config, router, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-        Server {
-            addr,
-            handle,
-            stop,
-            counted,
-            release,
-        }
-    }
-
-    fn limits(header_ms: u64, request_ms: u64, max_connections: usize) -> HttpConfig {
-        HttpConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            header_read_timeout_ms: header_ms,
-            request_timeout_ms: request_ms,
-            max_connections,
-        }
-    }
-
-    /// One response read off `stream`: its status code, its head (lower-cased) and its body.
-    async fn response(stream: &mut TcpStream) -> (u16, String, String) {
-        tokio::time::timeout(BOUND, async {
-            let mut buffer = Vec::new();
-            let head_end = loop {
-                if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break at + 4;
-                }
-                let mut chunk = [0u8; 4096];
-                let n = stream.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "connection closed before a response: {buffer:?}");
-                buffer.extend_from_slice(&chunk[..n]);
-            };
-            let head = String::from_utf8(buffer[..head_end].to_vec())
-                .unwrap()
-                .to_ascii_lowercase();
-            let status = head[9..12].parse().unwrap();
-            let length: usize = head
-                .lines()
-                .find_map(|line| line.strip_prefix("content-length: "))
-                .map(|n| n.trim().parse().unwrap())
-                .unwrap_or(0);
-            let mut body = buffer[head_end..].to_vec();
-            while body.len() < length {
-                let mut chunk = [0u8; 4096];
-                let n = stream.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "connection closed inside a body");
-                body.extend_from_slice(&chunk[..n]);
-            }
-            (status, head, String::from_utf8(body).unwrap())
-        })
-        .await
-        .expect("no response within the bound")
-    }
-
-    /// Whether the server closes `stream` (rather than sending anything more).
-    async fn closed(stream: &mut TcpStream) -> bool {
-        let mut rest = Vec::new();
-        match tokio::time::timeout(BOUND, stream.read_to_end(&mut rest)).await {
-            Ok(Ok(_)) => rest.is_empty(),
-            Ok(Err(_)) => true, // reset
-            Err(_) => false,
-        }
-    }
-
-    async fn connect(addr: SocketAddr) -> TcpStream {
-        TcpStream::connect(addr).await.unwrap()
-    }
-
-    /// Writes `raw` (a request, or part of one) to `stream`.
-    async fn send(stream: &mut TcpStream, raw: &[u8]) {
-        stream.write_all(raw).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_request_whose_headers_never_finish_is_closed_without_an_answer() {
-        let server = start(limits(200, 60_000, 16)).await;
-        let mut stream = connect(server.addr).await;
-        send(&mut stream, b"GET /count HTTP/1.1\r\nhost: x\r\nx-slow: ").await;
-        assert!(closed(&mut stream).await, "the connection stayed open");
-        assert_eq!(server.counted.load(Ordering::SeqCst), 0);
-
-        // Others are served as before.
-        let mut stream = connect(server.addr).await;
-        send(&mut stream, b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        assert_eq!(response(&mut stream).await.0, 200);
-    }
-
-    #[tokio::test]
-    async fn a_body_that_stops_arriving_gets_408_in_the_error_shape_and_the_connection_closes() {
-        let server = start(limits(10_000, 300, 16)).await;
-        let mut stream = connect(server.addr).await;
-        send(
-            &mut stream,
-            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc",
-        )
-        .await;
-        let (status, head, body) = response(&mut stream).await;
-        assert_eq!(status, 408, "{head}{body}");
-        assert!(head.contains("connection: close"), "{head}");
-        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(body["error"], "request_timeout");
-        assert!(body["message"]
-            .as_str()
-            .unwrap()
-            .contains("http.request_timeout_ms = 300"));
-        assert!(closed(&mut stream).await, "the connection stayed open");
-
-        // A body that arrives whole is echoed.
-        let mut stream = connect(server.addr).await;
-        send(
-            &mut stream,
-            b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc",
-        )
-        .await;
-        let (status, _, body) = response(&mut stream).await;
-        assert_eq!((status, body.as_str()), (200, "abc"));
-    }
-
-    #[tokio::test]
-    async fn an_answer_not_ready_in_time_is_a_503_and_the_connection_stays_usable() {
-        let server = start(limits(10_000, 300, 16)).await;
-        let mut stream = connect(server.addr).await;
-        send(&mut stream, b"GET /never HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        let (status, head, body) = response(&mut stream).await;
-        assert_eq!(status, 503, "{head}{body}");
-        assert!(!head.contains("connection: close"), "{head}");
-        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(body["error"], "internal_error");
-        assert_eq!(body["details"], serde_json::json!([]));
-
-        send(&mut stream, b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        let (status, _, body) = response(&mut stream).await;
-        assert_eq!((status, body.as_str()), (200, "counted"));
-    }
-
-    #[tokio::test]
-    async fn a_connection_beyond_the_limit_waits_until_one_closes() {
-        let server = start(limits(10_000, 60_000, 1)).await;
-        let mut first = connect(server.addr).await;
-        send(
-            &mut first,
-            b"GET /hold HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-        )
-        .await;
-        // The second connection is accepted by the kernel (the listen backlog) but not served.
-        let mut second = connect(server.addr).await;
-        send(&mut second, b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            server.counted.load(Ordering::SeqCst),
-            0,
-            "a second connection was served while the limit was 1"
-        );
-
-        server.release.add_permits(1);
-        let (status, _, body) = response(&mut first).await;
-        assert_eq!((status, body.as_str()), (200, "released"));
-        let (status, _, body) = response(&mut second).await;
-        assert_eq!((status, body.as_str()), (200, "counted"));
-        assert_eq!(server.counted.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn shutdown_finishes_the_request_in_hand_then_stops_listening() {
-        let server = start(limits(10_000, 60_000, 16)).await;
-        let mut busy = connect(server.addr).await;
-        send(&mut busy, b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        // An idle keep-alive connection does not hold shutdown up.
-        let mut idle = connect(server.addr).await;
-        send(&mut idle, b"GET /count HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        assert_eq!(response(&mut idle).await.0, 200);
-
-        server.stop.send(()).unwrap();
-        assert!(closed(&mut idle).await, "the idle connection stayed open");
-        assert!(!server.handle.is_finished());
-        server.release.add_permits(1);
-        let (status, _, body) = response(&mut busy).await;
-        assert_eq!((status, body.as_str()), (200, "released"));
-        tokio::time::timeout(BOUND, server.handle)
-            .await
-            .expect("the server did not stop")
-            .unwrap();
-        assert!(TcpStream::connect(server.addr).await.is_err());
-    }
-}
+mod tests;

@@ -92,20 +92,21 @@ fn post(path: impl Into<String>, body: Value) -> Request {
 }
 
 /// The API alone, with a Kafka mock for imports, keys for `acme`, `other` and `limits`, and a system key.
-struct Api {
+pub(crate) struct Api {
     db: TestDatabase,
     _kafka: TestKafka,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    addr: std::net::SocketAddr,
+    pub(crate) addr: std::net::SocketAddr,
     system: String,
-    acme: String,
+    /// A key of the org `acme`.
+    pub(crate) acme: String,
     other: String,
     limits: String,
 }
 
 impl Api {
-    async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let db = TestDatabase::new().await?;
         cohort::store::migrate(db.pool()).await?;
         for org in ["acme", "other", LIMITS_ORG] {
@@ -194,7 +195,7 @@ impl Api {
         Ok(reply.json())
     }
 
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -10,6 +10,8 @@
 //!   path tricks, SQL-like strings, out-of-range query parameters, catastrophic-looking regexes, and filters
 //!   at and one past every limit of `cohort::rules::filter`. Every refused case must answer a 4xx (never a
 //!   5xx, never a hang) in the API's error shape with a clear message.
+//! - [`keepalive`]: an answer given before the request's body was read says `Connection: close` and the
+//!   connection ends; any other answer keeps the connection usable for the next request.
 //! - [`raw`]: a raw HTTP/1.1 client, so requests can carry what a well-behaved client library would refuse
 //!   to send (bad content types, broken bodies, odd paths).
 //! - [`snapshot`]: the stored tables, to prove a corpus changed nothing it may not.
@@ -21,5 +23,6 @@ mod support;
 
 mod api;
 mod events;
+mod keepalive;
 mod raw;
 mod snapshot;

@@ -1,6 +1,7 @@
 //! A raw HTTP/1.1 client: the request is written byte for byte as built, so it may carry a bad content
 //! type, a body that is not JSON or not UTF-8, a chunked body, or a path a client library would refuse.
-//! One connection per request (`Connection: close`); every exchange is bounded by [`EXCHANGE_LIMIT`].
+//! [`send`] opens one connection per request (`Connection: close`); a [`Connection`] carries requests one
+//! after another, as a keep-alive client does. Every exchange is bounded by [`EXCHANGE_LIMIT`].
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
 /// The longest one exchange may take before it counts as a hang.
 pub const EXCHANGE_LIMIT: Duration = Duration::from_secs(30);
@@ -23,6 +25,8 @@ pub struct Request {
     pub body: Option<Vec<u8>>,
     /// Send the body with `Transfer-Encoding: chunked` instead of `Content-Length`.
     pub chunked: bool,
+    /// Leave out `Connection: close`, so that the connection may carry the next request.
+    pub keep_alive: bool,
 }
 
 impl Request {
@@ -33,6 +37,7 @@ impl Request {
             headers: Vec::new(),
             body: None,
             chunked: false,
+            keep_alive: false,
         }
     }
 
@@ -57,13 +62,21 @@ impl Request {
         self
     }
 
+    pub fn keep_alive(mut self) -> Self {
+        self.keep_alive = true;
+        self
+    }
+
     fn encode(&self, addr: SocketAddr) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(self.method.as_bytes());
         out.push(b' ');
         out.extend_from_slice(&self.target);
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        out.extend_from_slice(format!("host: {addr}\r\nconnection: close\r\n").as_bytes());
+        out.extend_from_slice(format!("host: {addr}\r\n").as_bytes());
+        if !self.keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
         for (name, value) in &self.headers {
             out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
         }
@@ -106,6 +119,14 @@ impl Reply {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the answer says the connection closes after it (`Connection: close`).
+    pub fn says_close(&self) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == "connection")
+            .any(|(_, v)| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
     }
 
     /// A short description for assertion messages.
@@ -168,6 +189,134 @@ pub async fn send(addr: SocketAddr, request: &Request) -> anyhow::Result<Reply> 
                 String::from_utf8_lossy(&request.target)
             )
         })
+}
+
+/// One connection carrying requests one after another.
+pub struct Connection {
+    addr: SocketAddr,
+    stream: TcpStream,
+    /// Bytes read past the last answer.
+    unread: Vec<u8>,
+}
+
+impl Connection {
+    pub async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        Ok(Self {
+            addr,
+            stream: TcpStream::connect(addr).await?,
+            unread: Vec::new(),
+        })
+    }
+
+    /// Sends `request` (built with [`Request::keep_alive`] to keep the connection) and reads its answer.
+    /// The request is written while the answer is read, so an answer given before the body was read is
+    /// heard. An answer that does not say `Connection: close` promises the connection carries the next
+    /// request, so the rest of this one is then written in full.
+    pub async fn exchange(&mut self, request: &Request) -> anyhow::Result<Reply> {
+        let bytes = request.encode(self.addr);
+        let (mut reader, mut writer) = self.stream.split();
+        let unread = &mut self.unread;
+        let exchange = async {
+            let write = writer.write_all(&bytes);
+            let read = read_answer(&mut reader, unread);
+            tokio::pin!(write, read);
+            let mut written = None;
+            let reply = loop {
+                tokio::select! {
+                    result = &mut write, if written.is_none() => written = Some(result),
+                    reply = &mut read => break reply?,
+                };
+            };
+            if !reply.says_close() {
+                match written {
+                    Some(result) => result,
+                    None => write.await,
+                }
+                .context("writing the rest of a request whose answer kept the connection")?;
+            }
+            Ok(reply)
+        };
+        tokio::time::timeout(EXCHANGE_LIMIT, exchange)
+            .await
+            .with_context(|| {
+                format!(
+                    "{} {} got no answer within {EXCHANGE_LIMIT:?}",
+                    request.method,
+                    String::from_utf8_lossy(&request.target)
+                )
+            })?
+    }
+
+    /// Whether the server ends the connection (end of stream, or a reset) rather than sending more.
+    pub async fn closed(mut self) -> anyhow::Result<bool> {
+        if !self.unread.is_empty() {
+            return Ok(false);
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(EXCHANGE_LIMIT, self.stream.read(&mut buf)).await {
+            Ok(Ok(n)) => Ok(n == 0),
+            Ok(Err(_)) => Ok(true),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+/// Reads one answer, keeping in `unread` what follows it.
+async fn read_answer(
+    reader: &mut (impl tokio::io::AsyncRead + Unpin),
+    unread: &mut Vec<u8>,
+) -> anyhow::Result<Reply> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(length) = answer_length(unread) {
+            let reply = parse(&unread[..length])?;
+            unread.drain(..length);
+            return Ok(reply);
+        }
+        let n = reader.read(&mut buf).await.context("reading an answer")?;
+        anyhow::ensure!(
+            n > 0,
+            "the connection closed without a complete answer ({} bytes: {:?})",
+            unread.len(),
+            String::from_utf8_lossy(&unread[..unread.len().min(200)])
+        );
+        unread.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The length of the whole answer at the start of `bytes`, once it is all there (its body framed by
+/// `Content-Length` or chunked; neither means no body).
+fn answer_length(bytes: &[u8]) -> Option<usize> {
+    let end = head_end(bytes)?;
+    let head = String::from_utf8_lossy(&bytes[..end]);
+    let header = |name: &str| {
+        head.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_ascii_lowercase())
+    };
+    if header("transfer-encoding").is_some_and(|v| v == "chunked") {
+        return chunked_length(&bytes[end..]).map(|length| end + length);
+    }
+    let length = header("content-length").map_or(Some(0), |v| v.parse::<usize>().ok())?;
+    (bytes.len() >= end + length).then_some(end + length)
+}
+
+/// The length of a whole chunked body (without trailers) at the start of `raw`, once it is all there.
+fn chunked_length(raw: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let line = raw[at..].windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&raw[at..at + line]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        at += line + 2 + size + 2;
+        if raw.len() < at {
+            return None;
+        }
+        if size == 0 {
+            return Some(at);
+        }
+    }
 }
 
 /// Where the head ends (the index just past the blank line).
