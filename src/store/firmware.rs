@@ -283,40 +283,45 @@ pub async fn apply(
     sample: usize,
     mode: Mode,
 ) -> Result<Applied, ReleaseError> {
-    let (release, impact) = run(pool, org_id, proposal, actor, Some(sample), mode).await?;
-    Ok(Applied {
-        release,
-        impact: impact.unwrap_or_else(|| Impact::new(0)),
-    })
+    let mut tx = pool.begin().await?;
+    let admitted = admit(&mut tx, org_id, proposal).await?;
+    let impact = impact::compute(&mut tx, &admitted, sample).await?;
+    let release = finish(tx, &admitted, actor, mode).await?;
+    Ok(Applied { release, impact })
 }
 
-/// [`apply`], computing the impact only when `sample` is given.
-async fn run(
+/// Ends the transaction of an admitted change: writes and commits it, or (a dry run) rolls it back.
+async fn finish(
+    mut tx: Transaction<'_, Postgres>,
+    admitted: &Admitted,
+    actor: &str,
+    mode: Mode,
+) -> Result<Option<Release>, ReleaseError> {
+    match mode {
+        Mode::DryRun => {
+            tx.rollback().await?;
+            Ok(admitted.existing())
+        }
+        Mode::Write => {
+            let release = write(&mut tx, admitted, actor).await?;
+            tx.commit().await?;
+            Ok(Some(release))
+        }
+    }
+}
+
+/// Writes `proposal` as [`apply`] does, without computing its impact.
+async fn write_only(
     pool: &PgPool,
     org_id: &str,
     proposal: &Proposal,
     actor: &str,
-    sample: Option<usize>,
-    mode: Mode,
-) -> Result<(Option<Release>, Option<Impact>), ReleaseError> {
+) -> Result<Release, ReleaseError> {
     let mut tx = pool.begin().await?;
     let admitted = admit(&mut tx, org_id, proposal).await?;
-    let impact = match sample {
-        Some(sample) => Some(impact::compute(&mut tx, &admitted, sample).await?),
-        None => None,
-    };
-    let release = match mode {
-        Mode::DryRun => {
-            tx.rollback().await?;
-            admitted.existing()
-        }
-        Mode::Write => {
-            let release = write(&mut tx, &admitted, actor).await?;
-            tx.commit().await?;
-            Some(release)
-        }
-    };
-    Ok((release, impact))
+    let release = write(&mut tx, &admitted, actor).await?;
+    tx.commit().await?;
+    Ok(release)
 }
 
 /// Releases `version` to a group or as the org's default, replacing the target's current release (no
@@ -332,8 +337,7 @@ pub async fn release(
         target,
         version: version.to_string(),
     };
-    let (release, _) = run(pool, org_id, &proposal, actor, None, Mode::Write).await?;
-    release.ok_or(ReleaseError::NotFound)
+    write_only(pool, org_id, &proposal, actor).await
 }
 
 /// Withdraws a live release; its target then has no release.
@@ -347,8 +351,7 @@ pub async fn withdraw(pool: &PgPool, release_id: Uuid) -> Result<Release, Releas
     let proposal = Proposal::Withdraw {
         release: release_id,
     };
-    let (release, _) = run(pool, &org_id, &proposal, "", None, Mode::Write).await?;
-    release.ok_or(ReleaseError::NotFound)
+    write_only(pool, &org_id, &proposal, "").await
 }
 
 /// Every live release: (org, group or `None` for the default, version).
