@@ -201,10 +201,31 @@ impl Target {
         self.version != next.version
     }
 
+    /// Whether a device with this target that reports running `running` (its `firmwareVersion`; `None` when
+    /// it reports none) would download firmware: the target names a version the device does not run. A
+    /// device without a target downloads nothing; one that reports no version downloads its target.
+    pub fn downloads_on(&self, running: Option<&str>) -> bool {
+        match (self.version.as_deref(), running) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(target), Some(running)) => !same_version(target, running),
+        }
+    }
+
     /// The JSON form used in events and the API.
     pub fn to_json(&self) -> Value {
         json!({"version": self.version, "reason": self.reason.as_str(), "groupId": self.group})
     }
+}
+
+/// Whether two version strings name the same firmware: equal as written (surrounding spaces aside), or
+/// equal as parsed versions — `v2.4.1` is `2.4.1` and `007` is `7`, but a semantic version's pre-release and
+/// build metadata both count (`2.4.1+b7` is another build than `2.4.1`), and an integer is never a semantic
+/// version (`2` is not `2.0.0`).
+pub fn same_version(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim(), b.trim());
+    // `Version`'s equality compares every part (its ordering, by precedence, ignores build metadata).
+    a == b || matches!((Version::parse(a), Version::parse(b)), (Ok(x), Ok(y)) if x == y)
 }
 
 /// A release to a group, as resolution needs it.
@@ -413,6 +434,40 @@ mod tests {
         };
         assert!(!a.is_rollout_change(&b));
         assert!(a.is_rollout_change(&Target::none()));
+    }
+
+    #[test]
+    fn the_same_version_is_the_same_firmware_however_written_but_not_another_build() {
+        assert!(same_version("2.4.1", "v2.4.1"));
+        assert!(same_version(" 7", "007"));
+        assert!(same_version("beta-build", "beta-build"));
+        assert!(!same_version("2.4.1", "2.4.2"));
+        assert!(!same_version("2.4.1+b7", "2.4.1"));
+        assert!(!same_version("2.4.1-rc.1", "2.4.1"));
+        assert!(!same_version("2", "2.0.0"));
+        assert!(!same_version("10", "9"));
+        assert!(!same_version("banana", "2.4.1"));
+    }
+
+    #[test]
+    fn a_device_downloads_a_target_it_does_not_report_running() {
+        let target = |version: Option<&str>| Target {
+            version: version.map(Into::into),
+            reason: Reason::Default,
+            group: None,
+        };
+        assert!(!target(Some("1")).downloads_on(Some("1")));
+        assert!(!target(Some("v1.0.0")).downloads_on(Some("1.0.0")));
+        assert!(target(Some("2")).downloads_on(Some("1")));
+        assert!(
+            target(Some("2")).downloads_on(None),
+            "a device that reports no version downloads its target"
+        );
+        assert!(
+            !target(None).downloads_on(Some("1")),
+            "no target, nothing to download"
+        );
+        assert!(!target(None).downloads_on(None));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Firmware releases: list, create (to a group or as the org default) and withdraw, each with `dry_run`
-//! returning the impact preview (whose resolved firmware would change, computed with the workers'
-//! resolution code) instead of writing.
+//! answering what the real request would: the same refusal, or the impact (whose resolved firmware would
+//! change and which devices would download firmware, computed with the workers' resolution code) without
+//! writing. Both go through one decision in the store (`firmware::apply`).
 
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
@@ -15,7 +16,7 @@ use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
 use super::{ApiError, ApiState};
 use crate::store::api as queries;
-use crate::store::firmware::{self, Impact, Proposal, ReleaseTarget};
+use crate::store::firmware::{self, Impact, Mode, Proposal, ReleaseTarget};
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -100,7 +101,7 @@ pub struct CreateRelease {
     pub default: bool,
     /// An integer or a semantic version; an org's releases all use one kind.
     pub version: String,
-    /// Answer with the impact instead of releasing.
+    /// Decide the release exactly as without it — the same refusals — but write nothing: answer the impact.
     #[serde(default, alias = "dry_run")]
     pub dry_run: bool,
 }
@@ -112,7 +113,12 @@ pub struct ReleaseOutcome {
     pub dry_run: bool,
     /// The release created or withdrawn (absent for a dry run).
     pub release: Option<ReleaseView>,
-    /// Whose resolved firmware changes (computed before writing; each change is one rollout-target event).
+    /// What the change does (computed just before writing it): `examined` devices; `changed`, whose resolved
+    /// version changes (each is one rollout-target event), by `transitions` ("1 -> 2", "none" for no
+    /// target); `impacted`, the changed devices that will download firmware because their new target is not
+    /// the version they report running (`firmwareVersion`; a device that reports none is impacted), by
+    /// `downloads` ("running -> target", "unreported" for none); and a `sample` of changed devices
+    /// (`deviceId`, `from`, `to`, `running`, `impacted`).
     #[schema(value_type = Object)]
     pub impact: Impact,
 }
@@ -148,26 +154,29 @@ pub async fn create(
         target,
         version: body.version.trim().to_string(),
     };
-    let impact = firmware::preview(&state.pool, &org_id, &proposal, IMPACT_SAMPLE).await?;
+    let applied = firmware::apply(
+        &state.pool,
+        &org_id,
+        &proposal,
+        &caller.actor(),
+        IMPACT_SAMPLE,
+        mode(body.dry_run),
+    )
+    .await?;
     if body.dry_run {
         return Ok((
             StatusCode::OK,
             Json(ReleaseOutcome {
                 dry_run: true,
                 release: None,
-                impact,
+                impact: applied.impact,
             }),
         ));
     }
-    let release = firmware::release(
-        &state.pool,
-        &org_id,
-        target,
-        body.version.trim(),
-        &caller.actor(),
-    )
-    .await?;
-    let row = queries::get_release(&state.pool, release.id)
+    let created = applied
+        .release
+        .ok_or_else(|| ApiError::not_found("Release not found"))?;
+    let row = queries::get_release(&state.pool, created.id)
         .await?
         .ok_or_else(|| ApiError::not_found("Release not found"))?;
     Ok((
@@ -175,9 +184,18 @@ pub async fn create(
         Json(ReleaseOutcome {
             dry_run: false,
             release: Some(row.into()),
-            impact,
+            impact: applied.impact,
         }),
     ))
+}
+
+/// A request's `dry_run` flag as the store's mode: the same decision either way, written only without it.
+fn mode(dry_run: bool) -> Mode {
+    if dry_run {
+        Mode::DryRun
+    } else {
+        Mode::Write
+    }
 }
 
 /// `?dryRun=`.
@@ -202,30 +220,25 @@ pub async fn withdraw(
         Some(r) if caller.sees(&r.org_id) && r.withdrawn_at.is_none() => r,
         _ => return Err(ApiError::not_found("Release not found")),
     };
-    let target = row
-        .group_id
-        .map_or(ReleaseTarget::Default, ReleaseTarget::Group);
-    let impact = firmware::preview(
+    let applied = firmware::apply(
         &state.pool,
         &row.org_id,
-        &Proposal::Withdraw { target },
+        &Proposal::Withdraw { release: id },
+        &caller.actor(),
         IMPACT_SAMPLE,
+        mode(params.dry_run),
     )
     .await?;
-    if params.dry_run {
-        return Ok(Json(ReleaseOutcome {
-            dry_run: true,
-            release: Some(row.into()),
-            impact,
-        }));
-    }
-    firmware::withdraw(&state.pool, id).await?;
-    let row = queries::get_release(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Release not found"))?;
+    let row = if params.dry_run {
+        row
+    } else {
+        queries::get_release(&state.pool, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Release not found"))?
+    };
     Ok(Json(ReleaseOutcome {
-        dry_run: false,
+        dry_run: params.dry_run,
         release: Some(row.into()),
-        impact,
+        impact: applied.impact,
     }))
 }

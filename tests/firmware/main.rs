@@ -15,6 +15,8 @@ use support::app::{Harness, LIMIT, ORG};
 use support::eventually;
 use uuid::Uuid;
 
+mod dry_run;
+
 /// A rollout-target event as written to the outbox.
 #[derive(Debug, Clone)]
 struct Rollout {
@@ -447,7 +449,7 @@ async fn withdrawing_a_release_moves_its_devices_back_as_previewed() -> anyhow::
         h.pool(),
         ORG,
         &Proposal::Withdraw {
-            target: ReleaseTarget::Group(a),
+            release: release.id,
         },
         10,
     )

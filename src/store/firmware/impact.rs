@@ -1,0 +1,296 @@
+//! What an admitted release or withdrawal does: whose resolved firmware changes, and which of those devices
+//! will download firmware because their new target is not the version they report running.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::{Admitted, Change, ReleaseError, ReleaseTarget};
+use crate::firmware::{resolve, DeviceFacts, GroupRelease, Target, Version};
+
+/// One device whose target would change.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceImpact {
+    pub device_id: String,
+    pub from: Target,
+    pub to: Target,
+    /// The version the device reports running (its `firmwareVersion`), `None` if it reports none.
+    pub running: Option<String>,
+    /// Whether it would download firmware: its new target is a version it does not report running.
+    pub impacted: bool,
+}
+
+/// What a proposal would do.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Impact {
+    /// Devices examined (the group's members, or the org's devices for the default).
+    pub examined: usize,
+    /// Devices whose resolved version would change (each would get one rollout-target event).
+    pub changed: usize,
+    /// Of the changed devices, those that would download firmware: their new target is a version they do
+    /// not report running (a device that reports none counts). A device moving to no target is not.
+    pub impacted: usize,
+    /// Changed devices by (from target, to target), "none" for no target.
+    pub transitions: BTreeMap<String, usize>,
+    /// Impacted devices by (version reported running, new target), "unreported" for none.
+    pub downloads: BTreeMap<String, usize>,
+    /// Up to `sample` of the changing devices, by id.
+    pub sample: Vec<DeviceImpact>,
+}
+
+impl Impact {
+    /// Nothing counted yet, of `examined` devices.
+    pub fn new(examined: usize) -> Self {
+        Self {
+            examined,
+            changed: 0,
+            impacted: 0,
+            transitions: BTreeMap::new(),
+            downloads: BTreeMap::new(),
+            sample: Vec::new(),
+        }
+    }
+
+    /// Counts one examined device, reporting `running` (its `firmwareVersion`), whose target would move
+    /// from `from` to `to`; listed if it changes and fewer than `sample` are.
+    pub fn count(
+        &mut self,
+        device_id: &str,
+        running: Option<&str>,
+        from: Target,
+        to: Target,
+        sample: usize,
+    ) {
+        if !from.is_rollout_change(&to) {
+            return;
+        }
+        let running = running.map(str::trim).filter(|r| !r.is_empty());
+        self.changed += 1;
+        let label = |t: &Target| t.version.as_deref().unwrap_or("none").to_string();
+        *self
+            .transitions
+            .entry(format!("{} -> {}", label(&from), label(&to)))
+            .or_default() += 1;
+        let impacted = to.downloads_on(running);
+        if impacted {
+            self.impacted += 1;
+            *self
+                .downloads
+                .entry(format!(
+                    "{} -> {}",
+                    running.unwrap_or("unreported"),
+                    label(&to)
+                ))
+                .or_default() += 1;
+        }
+        if self.sample.len() < sample {
+            self.sample.push(DeviceImpact {
+                device_id: device_id.to_string(),
+                from,
+                to,
+                running: running.map(str::to_string),
+                impacted,
+            });
+        }
+    }
+}
+
+/// A device as the impact reads it: id, development flag, lock, reported `firmwareVersion`, groups.
+type DeviceRow = (String, bool, Option<String>, Option<String>, Vec<Uuid>);
+
+/// Whose resolved firmware an admitted change would change, and which of those devices would download
+/// firmware — with the same resolution code the workers use, from the devices and memberships stored in
+/// PostgreSQL, read in the change's own transaction.
+pub(super) async fn compute(
+    conn: &mut PgConnection,
+    admitted: &Admitted,
+    sample: usize,
+) -> Result<Impact, ReleaseError> {
+    let org_id = admitted.org_id.as_str();
+    // Current releases of the org, then the change applied to them.
+    let rows: Vec<(Option<Uuid>, String)> = sqlx::query_as(
+        "SELECT r.group_id, r.version FROM firmware_releases r LEFT JOIN device_groups g ON g.id = r.group_id \
+         WHERE r.org_id = $1 AND r.withdrawn_at IS NULL AND (r.group_id IS NULL OR g.deleted_at IS NULL)",
+    )
+    .bind(org_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let as_release = |group: Uuid, version: &str| -> Option<GroupRelease> {
+        Version::parse(version).ok().map(|v| GroupRelease {
+            group,
+            version: v,
+            label: version.into(),
+        })
+    };
+    let mut groups: HashMap<Uuid, GroupRelease> = HashMap::new();
+    let mut default: Option<GroupRelease> = None;
+    for (group, version) in &rows {
+        match group {
+            Some(g) => {
+                if let Some(r) = as_release(*g, version) {
+                    groups.insert(*g, r);
+                }
+            }
+            None => default = as_release(Uuid::nil(), version),
+        }
+    }
+    let (mut after_groups, mut after_default) = (groups.clone(), default.clone());
+    let released = match &admitted.change {
+        Change::Release { version, parsed } => Some(GroupRelease {
+            group: admitted.target.group().unwrap_or(Uuid::nil()),
+            version: parsed.clone(),
+            label: version.as_str().into(),
+        }),
+        Change::Withdraw { .. } => None,
+    };
+    match (admitted.target, released) {
+        (ReleaseTarget::Group(g), Some(r)) => {
+            after_groups.insert(g, r);
+        }
+        (ReleaseTarget::Group(g), None) => {
+            after_groups.remove(&g);
+        }
+        (ReleaseTarget::Default, r) => after_default = r,
+    }
+    // The devices the change can affect, with their facts, reported version and group memberships.
+    let devices: Vec<DeviceRow> =
+        match admitted.target {
+            ReleaseTarget::Group(g) => {
+                sqlx::query_as(
+                    "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
+                       ARRAY(SELECT m2.group_id FROM device_group_memberships m2 WHERE m2.device_id = d.id) \
+                     FROM devices d JOIN device_group_memberships m ON m.device_id = d.id AND m.group_id = $2 \
+                     WHERE d.org_id = $1 ORDER BY d.id",
+                )
+                .bind(org_id)
+                .bind(g)
+                .fetch_all(&mut *conn)
+                .await?
+            }
+            ReleaseTarget::Default => {
+                sqlx::query_as(
+                    "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
+                       ARRAY(SELECT m2.group_id FROM device_group_memberships m2 WHERE m2.device_id = d.id) \
+                     FROM devices d WHERE d.org_id = $1 ORDER BY d.id",
+                )
+                .bind(org_id)
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        };
+    let mut impact = Impact::new(devices.len());
+    for (id, development, lock, running, member_of) in devices {
+        let facts = DeviceFacts {
+            development,
+            lock: lock.as_deref(),
+        };
+        let from = resolve(
+            &facts,
+            member_of.iter().filter_map(|g| groups.get(g)),
+            default.as_ref(),
+        );
+        let to = resolve(
+            &facts,
+            member_of.iter().filter_map(|g| after_groups.get(g)),
+            after_default.as_ref(),
+        );
+        impact.count(&id, running.as_deref(), from, to, sample);
+    }
+    Ok(impact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::firmware::Reason;
+
+    fn target(version: Option<&str>, reason: Reason) -> Target {
+        Target {
+            version: version.map(Into::into),
+            reason,
+            group: None,
+        }
+    }
+
+    fn default(version: &str) -> Target {
+        target(Some(version), Reason::Default)
+    }
+
+    #[test]
+    fn a_target_change_to_the_version_a_device_runs_is_changed_but_not_impacted() {
+        let mut impact = Impact::new(3);
+        for device in ["a", "b", "c"] {
+            impact.count(device, Some("1"), Target::none(), default("1"), 10);
+        }
+        assert_eq!(
+            (impact.examined, impact.changed, impact.impacted),
+            (3, 3, 0)
+        );
+        assert_eq!(
+            impact.transitions,
+            BTreeMap::from([("none -> 1".to_string(), 3)])
+        );
+        assert!(impact.downloads.is_empty());
+        assert!(impact.sample.iter().all(|d| !d.impacted));
+    }
+
+    #[test]
+    fn impacted_devices_are_the_changed_ones_that_would_download() {
+        let mut impact = Impact::new(6);
+        impact.count("runs-1", Some("1"), default("1"), default("2"), 10);
+        impact.count("runs-2", Some(" 2 "), default("1"), default("2"), 10);
+        impact.count("silent", None, default("1"), default("2"), 10);
+        impact.count("blank", Some(""), default("1"), default("2"), 10);
+        // Moving to no target downloads nothing; an unchanged version is not counted at all.
+        impact.count("dropped", Some("1"), default("1"), Target::none(), 10);
+        impact.count(
+            "relabelled",
+            Some("0"),
+            default("1"),
+            target(Some("1"), Reason::Locked),
+            10,
+        );
+        assert_eq!((impact.changed, impact.impacted), (5, 3));
+        assert_eq!(
+            impact.transitions,
+            BTreeMap::from([("1 -> 2".to_string(), 4), ("1 -> none".to_string(), 1)])
+        );
+        assert_eq!(
+            impact.downloads,
+            BTreeMap::from([
+                ("1 -> 2".to_string(), 1),
+                ("unreported -> 2".to_string(), 2)
+            ])
+        );
+        let listed: Vec<(&str, Option<&str>, bool)> = impact
+            .sample
+            .iter()
+            .map(|d| (d.device_id.as_str(), d.running.as_deref(), d.impacted))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("runs-1", Some("1"), true),
+                ("runs-2", Some("2"), false),
+                ("silent", None, true),
+                ("blank", None, true),
+                ("dropped", Some("1"), false),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_sample_is_capped_but_the_counts_are_not() {
+        let mut impact = Impact::new(5);
+        for i in 0..5 {
+            impact.count(&format!("d{i}"), Some("1"), default("1"), default("2"), 2);
+        }
+        assert_eq!(
+            (impact.changed, impact.impacted, impact.sample.len()),
+            (5, 5, 2)
+        );
+    }
+}
