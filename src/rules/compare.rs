@@ -16,6 +16,7 @@
 //! As everywhere, `notEquals` is the exact complement of `equals`, so it holds for a device without the
 //! attribute.
 
+use chrono::DateTime;
 use serde_json::Value;
 
 use super::time::{format_millis, parse_datetime};
@@ -32,16 +33,23 @@ pub(crate) fn same_set(items: &[Box<str>], set: &[Box<str>]) -> bool {
         && set.iter().all(|want| items.iter().any(|s| **s == **want))
 }
 
-/// For an explanation: ` (that is <UTC instant>)` when a filter's datetime is not written the way instants
-/// are shown (another offset, other precision), so that the comparison reads at a glance; otherwise nothing.
+/// For an explanation: ` (that is <UTC instant>)` when a filter's datetime names its instant otherwise than
+/// the device's value is shown (an offset other than UTC, or digits below the millisecond, which are
+/// truncated), so that the comparison reads at a glance; otherwise nothing.
 pub(crate) fn normalised(value: &Value) -> String {
     let Some(written) = value.as_str() else {
         return String::new();
     };
-    match parse_datetime(written).map(format_millis) {
-        Some(utc) if utc != written => format!(" (that is {utc})"),
-        _ => String::new(),
+    let (Ok(dt), Some(t)) = (
+        DateTime::parse_from_rfc3339(written),
+        parse_datetime(written),
+    ) else {
+        return String::new();
+    };
+    if dt.offset().local_minus_utc() == 0 && dt.timestamp_subsec_nanos() % 1_000_000 == 0 {
+        return String::new();
     }
+    format!(" (that is {})", format_millis(t))
 }
 
 #[cfg(test)]
@@ -272,19 +280,25 @@ mod tests {
                 {"field": "lastSeenAt", "operator": "greaterThan", "value": "2024-06-15T11:00:00+02:00"},
                 {"field": "lastSeenAt", "operator": "equals", "value": "2024-06-15T10:00:00.000Z"},
                 {"field": "enrolledAt", "operator": "lessThanOrEquals", "value": "2024-01-01T00:00:00Z"},
+                {"field": "enrolledAt", "operator": "after", "value": "2023-01-01T00:00:00.0005+00:00"},
                 {"field": "tags", "operator": "equals", "value": ["eu", "prod"]},
                 {"field": "tags", "operator": "notEquals", "value": ["eu"]}
             ]}),
             &c,
         )
         .unwrap();
-        let doc = json!({"lastSeenAt": "2024-06-15T10:00:00Z", "tags": ["prod", "eu"]});
+        let doc = json!({
+            "lastSeenAt": "2024-06-15T10:00:00Z",
+            "enrolledAt": "2023-05-01T00:00:00Z",
+            "tags": ["prod", "eu"]
+        });
         assert_eq!(
             reasons(&f, &doc),
             [
                 ("lastSeenAt is \"2024-06-15T10:00:00.000Z\", so greaterThan \"2024-06-15T11:00:00+02:00\" (that is 2024-06-15T09:00:00.000Z) is true".to_string(), true),
                 ("lastSeenAt is \"2024-06-15T10:00:00.000Z\", so equals \"2024-06-15T10:00:00.000Z\" is true".to_string(), true),
-                ("enrolledAt is missing, so lessThanOrEquals is false".to_string(), false),
+                ("enrolledAt is \"2023-05-01T00:00:00.000Z\", so lessThanOrEquals \"2024-01-01T00:00:00Z\" is true".to_string(), true),
+                ("enrolledAt is \"2023-05-01T00:00:00.000Z\", so after \"2023-01-01T00:00:00.0005+00:00\" (that is 2023-01-01T00:00:00.000Z) is true".to_string(), true),
                 ("tags is [\"prod\",\"eu\"], so equals [\"eu\",\"prod\"] (in any order, repeats ignored) is true".to_string(), true),
                 ("tags is [\"prod\",\"eu\"], so notEquals [\"eu\"] (in any order, repeats ignored) is true".to_string(), true),
             ]
