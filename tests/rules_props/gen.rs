@@ -77,6 +77,7 @@ fn hot_lists() -> Vec<Value> {
         json!(["prod", "edge"]),
         json!(["edge", "prod", "prod"]),
         json!(["Edge", "prod"]),
+        json!(["beta"]),
     ]
 }
 fn list_values() -> Vec<Value> {
@@ -85,6 +86,7 @@ fn list_values() -> Vec<Value> {
         json!(["edge", "prod"]),
         json!(["prod", "edge", "edge"]),
         json!(["PROD", "edge"]),
+        json!(["beta"]),
         json!(["prod"]),
         json!([]),
     ]
@@ -272,7 +274,7 @@ pub fn device_value(kind: Kind, now: i64) -> BoxedStrategy<Value> {
         Kind::Bool => any::<bool>().prop_map(Value::from).boxed(),
         Kind::Time => datetime_near(now).prop_map(Value::from).boxed(),
         Kind::List => prop_oneof![
-            1 => vec(select(TAGS), 0..=3).prop_map(|items| json!(items)),
+            3 => vec(select(TAGS), 0..=3).prop_map(|items| json!(items)),
             1 => select(hot_lists()),
         ]
         .boxed(),
