@@ -888,6 +888,11 @@ fn gen_value(u: &mut Unstructured<'_>, kind: Kind, op: &str, now: i64) -> Gen<Op
                 gen_relative_time(u)?
             }
         }
+        // Absolute instants only.
+        (
+            Kind::Time,
+            "equals" | "greaterThan" | "greaterThanOrEquals" | "lessThan" | "lessThanOrEquals",
+        ) => json!(gen_datetime(u, now)?),
         (Kind::Time, "between") => {
             let (a, b) = (gen_instant_near(u, now)?, gen_instant_near(u, now)?);
             json!({"from": gen_rfc3339(u, a.min(b))?, "to": gen_rfc3339(u, a.max(b))?})
@@ -908,6 +913,27 @@ const TIME_FIELDS: &[(&str, Kind)] = &[
     ("daysSinceEnrolled", Kind::DaysSince("enrolledAt")),
 ];
 
+/// The datetime operators whose conditions can change truth with time alone, and the null tests.
+const TIME_OPERATORS: &[&str] = &[
+    "before",
+    "after",
+    "between",
+    "withinLast",
+    "notWithinLast",
+    "isNull",
+    "isNotNull",
+];
+
+/// The datetime operators that take an absolute instant only.
+const ABSOLUTE_TIME_OPERATORS: &[&str] = &[
+    "equals",
+    "notEquals",
+    "greaterThan",
+    "greaterThanOrEquals",
+    "lessThan",
+    "lessThanOrEquals",
+];
+
 /// A leaf on any field with any operator valid for it; with `time_bias`, mostly on the fields of
 /// [`TIME_FIELDS`], so that time flips are common.
 fn gen_leaf(u: &mut Unstructured<'_>, now: i64, time_bias: bool) -> Gen<Value> {
@@ -917,7 +943,14 @@ fn gen_leaf(u: &mut Unstructured<'_>, now: i64, time_bias: bool) -> Gen<Value> {
         FIELDS
     };
     let (field, kind) = pick(u, fields)?;
-    let op = pick(u, operators(kind))?;
+    // On a datetime, the operators that can be relative to now (and the null tests) two times in three,
+    // always when time-biased: equality and the comparisons take absolute instants, which never flip.
+    let ops = match kind {
+        Kind::Time if time_bias || !u.ratio(1, 3)? => TIME_OPERATORS,
+        Kind::Time => ABSOLUTE_TIME_OPERATORS,
+        _ => operators(kind),
+    };
+    let op = pick(u, ops)?;
     Ok(match gen_value(u, kind, op, now)? {
         Some(value) => json!({"field": field, "operator": op, "value": value}),
         None if u.ratio(1, 4)? => json!({"field": field, "operator": op, "value": null}),

@@ -82,12 +82,19 @@ def filters():
         leaf("lastSeenAt", "between", {"from": "0001-01-01T00:00:00Z", "to": "9999-12-31T23:59:59.999Z"}),
         leaf("lastSeenAt", "withinLast", {"amount": 1200, "unit": "months"}),
         leaf("enrolledAt", "notWithinLast", {"amount": 52596000, "unit": "minutes"}),
-        leaf("lastSeenAt", "isNull"), leaf("enrolledAt", "isNotNull"), op="OR")))
+        leaf("lastSeenAt", "isNull"), leaf("enrolledAt", "isNotNull"),
+        leaf("lastSeenAt", "equals", "2024-06-15T12:00:00+02:00"),
+        leaf("lastSeenAt", "notEquals", "2024-06-15T10:00:00.0009Z"),
+        leaf("enrolledAt", "greaterThan", "0001-01-01T00:00:00Z"),
+        leaf("enrolledAt", "greaterThanOrEquals", "2024-02-29T00:00:00-05:00"),
+        leaf("lastSeenAt", "lessThan", "9999-12-31T23:59:59.999Z"),
+        leaf("lastSeenAt", "lessThanOrEquals", "2024-06-15T10:00:00Z"), op="OR")))
     write(t, "valid-every-list-operator.json", j(group(
         leaf("tags", "contains", "ÄRGER"), leaf("tags", "notContains", "prod"),
         leaf("tags", "hasAny", ["prod", "edge"]), leaf("tags", "hasAll", []),
         leaf("tags", "isEmpty"), leaf("tags", "isNotEmpty"), leaf("tags", "isNull"),
-        leaf("tags", "isNotNull"), op="OR")))
+        leaf("tags", "isNotNull"), leaf("tags", "equals", ["edge", "prod", "prod"]),
+        leaf("tags", "notEquals", []), op="OR")))
     write(t, "other-test-catalogue-fields.json", j(group(
         leaf("custom.cpu", "greaterThan", 2), leaf("custom.beta", "equals", True),
         leaf("custom.ring", "in", ["canary"]), leaf("custom.installedAt", "withinLast", {"amount": 1, "unit": "days"}),
@@ -111,6 +118,10 @@ def filters():
     write(t, "invalid-datetime-out-of-range.json", j(group(
         leaf("lastSeenAt", "before", "0001-01-01T00:00:00+01:00"),
         leaf("enrolledAt", "between", {"from": "2024-02-30T00:00:00Z", "to": "2024-01-01"}))))
+    write(t, "invalid-datetime-comparison-relative.json", j(group(
+        leaf("lastSeenAt", "greaterThan", "now"),
+        leaf("enrolledAt", "equals", {"amount": 3, "unit": "days"}),
+        leaf("tags", "equals", "prod"))))
     write(t, "invalid-custom-keys.json", j(group(
         leaf("custom.", "equals", "x"), leaf("custom.bad key", "equals", "x"),
         leaf("custom." + "k" * 129, "equals", "x"))))

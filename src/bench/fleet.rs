@@ -329,16 +329,20 @@ fn condition(op: Operator, rng: &mut Rng, t0: EpochMillis) -> Value {
     let unary = |field: &str| json!({"field": field, "operator": name});
     let digit = rng.below(10);
     match op {
-        Equals | NotEquals => match rng.below(4) {
+        Equals | NotEquals => match rng.below(5) {
             0 => leaf("status", json!(rng.weighted(STATUSES))),
             1 => leaf("osType", json!(rng.weighted(OS_TYPES))),
             2 => leaf("osVersion", json!(rng.pick(OS_VERSIONS))),
-            _ => leaf("siteId", json!(site(rng))),
+            3 => leaf("siteId", json!(site(rng))),
+            // The same set of tags, in any order.
+            _ => leaf("tags", json!(tags(rng))),
         },
-        GreaterThan | GreaterThanOrEquals | LessThan | LessThanOrEquals => match rng.below(3) {
+        GreaterThan | GreaterThanOrEquals | LessThan | LessThanOrEquals => match rng.below(4) {
             0 => leaf("uptimeSeconds", json!(rng.below(MAX_UPTIME))),
             1 => leaf("daysSinceLastSeen", json!(1 + rng.below(20))),
-            _ => leaf("daysSinceEnrolled", json!(30 + rng.below(970))),
+            2 => leaf("daysSinceEnrolled", json!(30 + rng.below(970))),
+            // An absolute instant: enrolled before or after a date.
+            _ => leaf("enrolledAt", json!(instant(t0, 30 + rng.below(970) as i64))),
         },
         Contains | NotContains => match rng.below(2) {
             0 => leaf("hostname", json!(format!("{}{}", digit, rng.below(10)))),

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::attrs::{value_to_json, AttrValue, Attributes};
 use super::catalogue::{Catalogue, FieldId};
+use super::compare::{normalised, same_set};
 use super::filter::{norm, CompiledFilter, Leaf, Needle, Node, NumPred, Test, TimeRef};
 use super::time::{first_true_after, format_millis, EpochMillis, Unit, DAY_MS, MAX_MILLIS};
 
@@ -236,6 +237,7 @@ pub(crate) fn test(test: &Test, value: Option<&AttrValue>, now: EpochMillis) -> 
         (Test::DaysSince(pred), Some(V::Time(t))) => num(pred, days_since(*t, now) as f64),
         (Test::Before(at), Some(V::Time(t))) => *t < at.resolve(now),
         (Test::After(at), Some(V::Time(t))) => *t > at.resolve(now),
+        (Test::TimeEq(want), Some(V::Time(t))) => want == t,
         (Test::TimeBetween(from, to), Some(V::Time(t))) => from <= t && t <= to,
         (Test::WithinLast(span), Some(V::Time(t))) => *t >= span.before(now),
         (Test::ListContains(n), Some(V::StrList(items))) => items.iter().any(|s| eq_ci(s, n)),
@@ -245,6 +247,7 @@ pub(crate) fn test(test: &Test, value: Option<&AttrValue>, now: EpochMillis) -> 
         (Test::ListHasAll(set), Some(V::StrList(items))) => {
             set.iter().all(|want| items.iter().any(|s| **s == **want))
         }
+        (Test::ListEq(set), Some(V::StrList(items))) => same_set(items, set),
         // A value of another type than the test expects (a catalogue change since it was stored) never
         // satisfies a positive test.
         _ => false,
@@ -441,6 +444,8 @@ fn explain_leaf(
                     )
                 }
                 Test::WithinLast(span) => format!(" (since {})", format_millis(span.before(now))),
+                Test::TimeEq(_) | Test::Before(_) | Test::After(_) => normalised(&meta.value),
+                Test::ListEq(_) => " (in any order, repeats ignored)".to_string(),
                 Test::StrContains(_)
                 | Test::StrStartsWith(_)
                 | Test::StrEndsWith(_)

@@ -14,13 +14,15 @@
 //! | enum | equals, notEquals, in, notIn, isNull, isNotNull |
 //! | number (and the computed daysSince… fields) | equals, notEquals, greaterThan, greaterThanOrEquals, lessThan, lessThanOrEquals, between, in, notIn, isNull, isNotNull |
 //! | boolean | equals, notEquals, isNull, isNotNull |
-//! | datetime | before, after, between, withinLast, notWithinLast, isNull, isNotNull |
-//! | string_array | contains, notContains, hasAny, hasAll, isEmpty, isNotEmpty, isNull, isNotNull |
+//! | datetime | equals, notEquals, greaterThan, greaterThanOrEquals, lessThan, lessThanOrEquals, before, after, between, withinLast, notWithinLast, isNull, isNotNull |
+//! | string_array | equals, notEquals, contains, notContains, hasAny, hasAll, isEmpty, isNotEmpty, isNull, isNotNull |
 //!
 //! Values: `before`/`after` take an RFC 3339 datetime, `"now"`, or a span relative to now
 //! `{"amount": n, "unit": u, "direction": "ago"|"fromNow"}` (direction defaults to `ago`, amount ≥ 0);
 //! `between` takes `{"from", "to"}` (numbers, or absolute datetimes); `withinLast` takes
-//! `{"amount": n > 0, "unit": "minutes"|"hours"|"days"|"weeks"|"months"}`.
+//! `{"amount": n > 0, "unit": "minutes"|"hours"|"days"|"weeks"|"months"}`. On a datetime, `equals` and the
+//! four comparisons take an absolute RFC 3339 datetime; on a string array, `equals` takes a list of strings
+//! and compares sets (see [`super::compare`]).
 //!
 //! Limits (see the constants): depth, total conditions, list lengths, string lengths, regex size.
 
@@ -202,11 +204,24 @@ impl Operator {
                     | IsNull
             ),
             FieldType::Boolean => matches!(positive, Equals | IsNull),
-            FieldType::Datetime => {
-                matches!(positive, Before | After | Between | WithinLast | IsNull)
-            }
+            FieldType::Datetime => matches!(
+                positive,
+                Equals
+                    | GreaterThan
+                    | GreaterThanOrEquals
+                    | LessThan
+                    | LessThanOrEquals
+                    | Before
+                    | After
+                    | Between
+                    | WithinLast
+                    | IsNull
+            ),
             FieldType::StringArray => {
-                matches!(positive, Contains | HasAny | HasAll | IsEmpty | IsNull)
+                matches!(
+                    positive,
+                    Equals | Contains | HasAny | HasAll | IsEmpty | IsNull
+                )
             }
         }
     }
@@ -277,6 +292,8 @@ pub(crate) enum Test {
     DaysSince(NumPred),
     Before(TimeRef),
     After(TimeRef),
+    /// The same instant (millisecond precision).
+    TimeEq(EpochMillis),
     /// Inclusive at both ends.
     TimeBetween(EpochMillis, EpochMillis),
     WithinLast(Span),
@@ -286,6 +303,8 @@ pub(crate) enum Test {
     ListHasAny(Box<[Box<str>]>),
     /// Sorted and de-duplicated.
     ListHasAll(Box<[Box<str>]>),
+    /// The same set of strings: sorted and de-duplicated; order and repeats in the array are ignored.
+    ListEq(Box<[Box<str>]>),
     /// Missing or `[]`.
     ListEmpty,
     IsNull,
@@ -676,18 +695,23 @@ impl Ctx<'_> {
             (Contains, FieldType::StringArray) => {
                 Test::ListContains(Needle::new(&self.string(value?, path, field)?))
             }
-            (HasAny | HasAll, _) => {
-                let items = self.list(value?, path, field)?;
-                let mut out = Vec::with_capacity(items.len());
-                for (i, item) in items.iter().enumerate() {
-                    out.push(self.string(item, &format!("{path}[{i}]"), field));
-                }
-                let set = sorted_strings(out.into_iter().collect::<Option<Vec<_>>>()?);
-                if positive == HasAny {
-                    Test::ListHasAny(set)
-                } else {
-                    Test::ListHasAll(set)
-                }
+            (Equals, FieldType::StringArray) => Test::ListEq(self.string_set(value?, path, field)?),
+            (HasAny, _) => Test::ListHasAny(self.string_set(value?, path, field)?),
+            (HasAll, _) => Test::ListHasAll(self.string_set(value?, path, field)?),
+            (Equals, FieldType::Datetime) => Test::TimeEq(self.instant(value?, path, field)?),
+            // Instants are whole milliseconds, so `>= t` is `> t − 1` and `<= t` is `< t + 1` (t is within
+            // the supported range, so neither overflows).
+            (GreaterThan, FieldType::Datetime) => {
+                Test::After(TimeRef::At(self.instant(value?, path, field)?))
+            }
+            (GreaterThanOrEquals, FieldType::Datetime) => {
+                Test::After(TimeRef::At(self.instant(value?, path, field)? - 1))
+            }
+            (LessThan, FieldType::Datetime) => {
+                Test::Before(TimeRef::At(self.instant(value?, path, field)?))
+            }
+            (LessThanOrEquals, FieldType::Datetime) => {
+                Test::Before(TimeRef::At(self.instant(value?, path, field)? + 1))
             }
             (_, FieldType::Number) => Test::Num(self.num_pred(positive, value?, path, field)?),
             (Before | After, _) => {
@@ -703,18 +727,8 @@ impl Ctx<'_> {
             }
             (Between, FieldType::Datetime) => {
                 let (from, to) = self.range(value?, path)?;
-                let parse = |ctx: &mut Self, v: &Value, p: String| match v
-                    .as_str()
-                    .and_then(parse_datetime)
-                {
-                    Some(t) => Some(t),
-                    None => ctx.fail(
-                        &p,
-                        format!("Value for field {field} must be an RFC 3339 datetime string"),
-                    ),
-                };
-                let from = parse(self, from, format!("{path}.from"));
-                let to = parse(self, to, format!("{path}.to"));
+                let from = self.instant(from, &format!("{path}.from"), field);
+                let to = self.instant(to, &format!("{path}.to"), field);
                 let (from, to) = (from?, to?);
                 if from > to {
                     return self.fail(path, "between: from must not be greater than to");
@@ -754,6 +768,35 @@ impl Ctx<'_> {
             ),
             _ => self.fail(path, format!("Value for field {field} must be a string")),
         }
+    }
+
+    /// A list of strings, sorted and de-duplicated.
+    fn string_set(&mut self, v: &Value, path: &str, field: &str) -> Option<Box<[Box<str>]>> {
+        let items = self.list(v, path, field)?;
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            out.push(self.string(item, &format!("{path}[{i}]"), field));
+        }
+        Some(sorted_strings(out.into_iter().collect::<Option<Vec<_>>>()?))
+    }
+
+    /// An absolute instant: the value of `between`'s ends, and of `equals` and the comparisons on a
+    /// datetime. Times relative to now are refused here: they are what `before`, `after` and `withinLast`
+    /// are for (`lessThan 30 days` would read as "less than 30 days ago", the opposite of "earlier than").
+    fn instant(&mut self, v: &Value, path: &str, field: &str) -> Option<EpochMillis> {
+        if let Some(t) = v.as_str().and_then(parse_datetime) {
+            return Some(t);
+        }
+        let relative = v.is_object() || v.as_str() == Some("now");
+        let hint = if relative {
+            " (times relative to now are for before, after and withinLast)"
+        } else {
+            ""
+        };
+        self.fail(
+            path,
+            format!("Value for field {field} must be an RFC 3339 datetime string{hint}"),
+        )
     }
 
     fn enum_value(
@@ -1086,8 +1129,9 @@ mod tests {
         let cases = [
             ("status", "contains"),
             ("uptimeSeconds", "startsWith"),
-            ("lastSeenAt", "equals"),
-            ("tags", "equals"),
+            ("lastSeenAt", "contains"),
+            ("lastSeenAt", "in"),
+            ("tags", "greaterThan"),
             ("tags", "in"),
             ("hostname", "withinLast"),
             ("hostname", "hasAll"),

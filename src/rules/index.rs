@@ -4,10 +4,12 @@
 //! of two ways:
 //!
 //! - **by value**, when every condition of the group on that field is an equality or membership test
-//!   (`equals`, `notEquals`, `in`, `notIn` on a string, enum, number or boolean): such a condition can only
-//!   change truth when the old or the new value is one it names, so a change `old → new` reaches only the
-//!   groups listed under `old` and `new`, found by hash lookup whatever the number of groups;
-//! - **by leaf**, otherwise (ranges, text search, regexes, time, null tests): the group's conditions on that
+//!   (`equals`, `notEquals`, `in`, `notIn` on a string, enum, number or boolean; `equals`, `notEquals` on a
+//!   datetime, keyed by its UTC millisecond): such a condition can only change truth when the old or the
+//!   new value is one it names, so a change `old → new` reaches only the groups listed under `old` and
+//!   `new`, found by hash lookup whatever the number of groups;
+//! - **by leaf**, otherwise (ranges and comparisons, text search, regexes, relative time, null tests, and
+//!   array equality, whose arrays are sets in any order): the group's conditions on that
 //!   field are kept in a contiguous array per field, and a change makes the group a candidate only if one of
 //!   those conditions has a different truth for the old and the new value. Checking a copied condition is a
 //!   sequential scan, far cheaper than evaluating the whole filter from cold memory.
@@ -72,6 +74,8 @@ pub enum ValueKey {
     Num(u64),
     Bool(bool),
     Enum(u16),
+    /// A datetime's UTC milliseconds.
+    Time(i64),
 }
 
 impl CompiledFilter {
@@ -105,6 +109,7 @@ fn collect_keys(node: &Node, out: &mut HashMap<FieldId, FieldKeys>) {
                 Test::EnumEq(e) => Some(vec![ValueKey::Enum(*e)]),
                 Test::EnumIn(set) => Some(set.iter().map(|e| ValueKey::Enum(*e)).collect()),
                 Test::BoolEq(b) => Some(vec![ValueKey::Bool(*b)]),
+                Test::TimeEq(t) => Some(vec![ValueKey::Time(*t)]),
                 Test::Num(NumPred::Eq(x)) => Some(vec![ValueKey::Num(x.to_bits())]),
                 Test::Num(NumPred::In(set)) => {
                     Some(set.iter().map(|x| ValueKey::Num(x.to_bits())).collect())
@@ -150,7 +155,8 @@ fn lookup_key(value: &AttrValue) -> Option<KeyRef<'_>> {
         AttrValue::Num(x) => Some(KeyRef::Num(norm(*x).to_bits())),
         AttrValue::Bool(b) => Some(KeyRef::Bool(*b)),
         AttrValue::Enum(e) => Some(KeyRef::Enum(*e)),
-        AttrValue::Time(_) | AttrValue::StrList(_) => None,
+        AttrValue::Time(t) => Some(KeyRef::Time(*t)),
+        AttrValue::StrList(_) => None,
     }
 }
 
@@ -159,6 +165,7 @@ enum KeyRef<'a> {
     Num(u64),
     Bool(bool),
     Enum(u16),
+    Time(i64),
 }
 
 /// Groups listed under one field. Buckets hold dense slots, not group ids.
@@ -171,6 +178,7 @@ struct FieldEntry {
     by_num: HashMap<u64, Vec<u32>>,
     by_bool: [Vec<u32>; 2],
     by_enum: HashMap<u16, Vec<u32>>,
+    by_time: HashMap<i64, Vec<u32>>,
 }
 
 impl FieldEntry {
@@ -180,6 +188,7 @@ impl FieldEntry {
             ValueKey::Num(n) => self.by_num.entry(*n).or_default(),
             ValueKey::Bool(b) => &mut self.by_bool[*b as usize],
             ValueKey::Enum(e) => self.by_enum.entry(*e).or_default(),
+            ValueKey::Time(t) => self.by_time.entry(*t).or_default(),
         }
     }
 
@@ -189,6 +198,7 @@ impl FieldEntry {
             KeyRef::Num(n) => self.by_num.get(&n),
             KeyRef::Bool(b) => Some(&self.by_bool[b as usize]),
             KeyRef::Enum(e) => self.by_enum.get(&e),
+            KeyRef::Time(t) => self.by_time.get(&t),
         };
         found.map_or(&[], Vec::as_slice)
     }
@@ -199,6 +209,7 @@ impl FieldEntry {
             .chain(self.by_num.values())
             .chain(self.by_bool.iter())
             .chain(self.by_enum.values())
+            .chain(self.by_time.values())
             .flatten()
     }
 
@@ -209,6 +220,7 @@ impl FieldEntry {
             && self.by_num.is_empty()
             && self.by_bool.iter().all(Vec::is_empty)
             && self.by_enum.is_empty()
+            && self.by_time.is_empty()
     }
 }
 
@@ -326,6 +338,9 @@ impl<G: Copy + Eq + Hash> FieldIndex<G> {
                                 }
                                 ValueKey::Enum(e) => {
                                     entry.by_enum.remove(e);
+                                }
+                                ValueKey::Time(t) => {
+                                    entry.by_time.remove(t);
                                 }
                                 ValueKey::Bool(_) => {}
                             }

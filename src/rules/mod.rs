@@ -5,12 +5,14 @@
 //! - [`catalogue`]: typed fields (built-in, computed, custom) and their configuration.
 //! - [`attrs`]: typed device attributes parsed from device documents.
 //! - [`filter`]: the filter tree, its validation with JSON paths, and compilation.
+//! - [`compare`]: equality on every type (sets of strings, instants) and order on datetimes.
 //! - [`eval`]: evaluation (allocation-free), explanations, and time flips.
 //! - [`index`]: field → groups, with value indexing for equality conditions.
 //! - [`time`]: instants, spans and calendar arithmetic.
 
 pub mod attrs;
 pub mod catalogue;
+pub mod compare;
 pub mod eval;
 pub mod filter;
 pub mod index;

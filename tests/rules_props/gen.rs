@@ -70,6 +70,27 @@ const UNDECLARED_NEEDLES: &[&str] = &["r", "R1", "12", "-0", ".5", "TRUE", "", "
 const UNDECLARED_REGEXES: &[&str] = &["^r", "\\d$", "^-?0", "(?i)true", "^$", "\\."];
 
 const TAGS: &[&str] = &["prod", "PROD", "edge", "Edge", "beta", "ärger", "ÄRGER", ""];
+/// Arrays devices report often, and arrays `equals` compares with, so that set equality holds often: the
+/// same set in another order, with a repeat, in another case, a subset, and nothing.
+fn hot_lists() -> Vec<Value> {
+    vec![
+        json!(["prod", "edge"]),
+        json!(["edge", "prod", "prod"]),
+        json!(["Edge", "prod"]),
+        json!(["beta"]),
+    ]
+}
+fn list_values() -> Vec<Value> {
+    vec![
+        json!(["prod", "edge"]),
+        json!(["edge", "prod"]),
+        json!(["prod", "edge", "edge"]),
+        json!(["PROD", "edge"]),
+        json!(["beta"]),
+        json!(["prod"]),
+        json!([]),
+    ]
+}
 const TAG_NEEDLES: &[&str] = &[
     "prod", "Prod", "EDGE", "beta", "ÄRGER", "ärger", "", "none", "pro",
 ];
@@ -80,6 +101,9 @@ const NUMBERS: &[f64] = &[-1.0, -0.0, 0.0, 0.5, 1.0, 2.5, 3.0, 7.0, 10.0, 100.0]
 const DAY_COUNTS: &[f64] = &[-1.0, -0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 7.0, 30.0, 31.0, 365.0];
 /// Day counts devices have most often (see [`instant_near`]), so that day-count equality matches often.
 const HOT_DAY_COUNTS: &[i64] = &[0, 1, 7];
+/// An instant devices have often (exactly a day before `now`), and datetime `equals` and comparisons name
+/// often, so that equality (and the difference between `greaterThan` and `greaterThanOrEquals`) is common.
+const HOT_DELTA: i64 = -DAY;
 
 /// UTC offsets (seconds) used when writing datetimes.
 const OFFSETS: &[i32] = &[0, 0, 7_200, -18_000, 19_800, 50_400, -43_200, -34_200];
@@ -168,6 +192,7 @@ pub fn instant_near(now: i64) -> BoxedStrategy<i64> {
         2 => (-3i64..=10, -1i64..=1).prop_map(move |(k, eps)| now - k * DAY + eps),
         // Exactly k whole days ago.
         3 => (select(HOT_DAY_COUNTS), 0..DAY).prop_map(move |(k, r)| now - k * DAY - r),
+        2 => Just(now + HOT_DELTA),
     ]
     .boxed()
 }
@@ -193,6 +218,11 @@ pub fn rfc3339(t: i64) -> BoxedStrategy<String> {
 
 fn datetime_near(now: i64) -> BoxedStrategy<String> {
     instant_near(now).prop_flat_map(rfc3339).boxed()
+}
+
+/// The instant devices have most often, written with a random offset and precision.
+fn hot_datetime(now: i64) -> BoxedStrategy<String> {
+    rfc3339(now + HOT_DELTA)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -243,9 +273,11 @@ pub fn device_value(kind: Kind, now: i64) -> BoxedStrategy<Value> {
         .boxed(),
         Kind::Bool => any::<bool>().prop_map(Value::from).boxed(),
         Kind::Time => datetime_near(now).prop_map(Value::from).boxed(),
-        Kind::List => vec(select(TAGS), 0..=3)
-            .prop_map(|items| json!(items))
-            .boxed(),
+        Kind::List => prop_oneof![
+            3 => vec(select(TAGS), 0..=3).prop_map(|items| json!(items)),
+            1 => select(hot_lists()),
+        ]
+        .boxed(),
         Kind::DaysSince(_) => unreachable!("computed fields are not stored"),
     }
 }
@@ -402,12 +434,25 @@ pub fn value_for(kind: Kind, op: &str, now: i64) -> Option<BoxedStrategy<Value>>
             2 => relative_time(),
         ]
         .boxed(),
+        (Kind::Time, "equals") => prop_oneof![3 => hot_datetime(now), 1 => datetime_near(now)]
+            .prop_map(Value::from)
+            .boxed(),
+        (Kind::Time, "greaterThan" | "greaterThanOrEquals" | "lessThan" | "lessThanOrEquals") => {
+            prop_oneof![1 => hot_datetime(now), 2 => datetime_near(now)]
+                .prop_map(Value::from)
+                .boxed()
+        }
         (Kind::Time, "between") => (instant_near(now), instant_near(now))
             .prop_flat_map(|(a, b)| (rfc3339(a.min(b)), rfc3339(a.max(b))))
             .prop_map(|(from, to)| json!({"from": from, "to": to}))
             .boxed(),
         (Kind::Time, _) => span(),
         (Kind::List, "contains") => strings(TAG_NEEDLES),
+        (Kind::List, "equals") => prop_oneof![
+            3 => select(list_values()),
+            1 => list_of(strings(TAGS), 2),
+        ]
+        .boxed(),
         (Kind::List, _) => list_of(
             prop_oneof![4 => strings(TAGS), 1 => Just(json!("none"))].boxed(),
             2,

@@ -220,7 +220,7 @@ fn each_operator_yields_both_results() {
         let device = gen::device(now).new_tree(&mut runner).unwrap().current();
         let attrs = attributes(&device, c);
         let leaves = gen::leaf(now);
-        for _ in 0..40 {
+        for _ in 0..50 {
             let leaf = leaves.new_tree(&mut runner).unwrap().current();
             let kind = kind_label(reference::kind_of(leaf["field"].as_str().unwrap()));
             let op = leaf["operator"].as_str().unwrap().to_string();

@@ -7,7 +7,7 @@
 //! ones) and panics on anything else.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Months, TimeZone, Utc};
 use serde_json::{Map, Value};
@@ -211,6 +211,13 @@ fn positive(op: &str, value: &Value, actual: Option<Actual>, now: i64) -> bool {
         ("equals", Actual::Str(s)) => value.as_str() == Some(s.as_str()),
         ("equals", Actual::Num(x)) => *x == num(value),
         ("equals", Actual::Bool(b)) => value.as_bool() == Some(*b),
+        // The same instant, whatever the offsets; both sides truncated to milliseconds.
+        ("equals", Actual::Time(t)) => *t == datetime(value.as_str().unwrap()),
+        // The same set of strings: order and repeats ignored, case-sensitive.
+        ("equals", Actual::List(items)) => {
+            let have: BTreeSet<&str> = items.iter().map(String::as_str).collect();
+            have == strings(value).into_iter().collect()
+        }
         ("in", Actual::Str(s)) => strings(value).contains(&s.as_str()),
         ("in", Actual::Num(x)) => value.as_array().unwrap().iter().any(|v| num(v) == *x),
         // Case-insensitive.
@@ -234,6 +241,11 @@ fn positive(op: &str, value: &Value, actual: Option<Actual>, now: i64) -> bool {
         ("greaterThanOrEquals", Actual::Num(x)) => *x >= num(value),
         ("lessThan", Actual::Num(x)) => *x < num(value),
         ("lessThanOrEquals", Actual::Num(x)) => *x <= num(value),
+        // Absolute instants only.
+        ("greaterThan", Actual::Time(t)) => *t > datetime(value.as_str().unwrap()),
+        ("greaterThanOrEquals", Actual::Time(t)) => *t >= datetime(value.as_str().unwrap()),
+        ("lessThan", Actual::Time(t)) => *t < datetime(value.as_str().unwrap()),
+        ("lessThanOrEquals", Actual::Time(t)) => *t <= datetime(value.as_str().unwrap()),
         // Inclusive at both ends.
         ("between", Actual::Num(x)) => num(&value["from"]) <= *x && *x <= num(&value["to"]),
         ("between", Actual::Time(t)) => {
@@ -349,6 +361,12 @@ pub fn operators(kind: Kind) -> &'static [&'static str] {
         ],
         Kind::Bool => &["equals", "notEquals", "isNull", "isNotNull"],
         Kind::Time => &[
+            "equals",
+            "notEquals",
+            "greaterThan",
+            "greaterThanOrEquals",
+            "lessThan",
+            "lessThanOrEquals",
             "before",
             "after",
             "between",
@@ -358,6 +376,8 @@ pub fn operators(kind: Kind) -> &'static [&'static str] {
             "isNotNull",
         ],
         Kind::List => &[
+            "equals",
+            "notEquals",
             "contains",
             "notContains",
             "hasAny",
