@@ -3,8 +3,9 @@
 //! (PATCH and PUT, including a change of type) and delete. A group id that is not one of cohort's is an
 //! unknown group (404), whatever its form.
 
+use axum::extract::FromRequest;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -304,10 +305,11 @@ pub async fn list(
 pub async fn create(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    RawBody(body): RawBody,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    super::error::require_json(&headers)?;
+    // The content type is checked before the body is read: a refused body is never buffered.
+    super::error::require_json(request.headers())?;
+    let RawBody(body) = RawBody::from_request(request, &state).await?;
     if super::thingspace::is_thingspace(&body) {
         return Ok(super::thingspace::create_from_bytes(&state, &caller, &body)
             .await
