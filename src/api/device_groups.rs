@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
 use super::groups::{self, group_id, visible, CreateGroup, ListParams, UpdateGroup};
-use super::members::{self, MemberBatch, MemberRecord, PageParams};
+use super::members::{self, MemberBatch, PageParams};
 use super::{page, ApiError, ApiState};
 use crate::store::api::GroupRow;
 use crate::store::members as store;
@@ -208,42 +208,11 @@ pub async fn delete(
     groups::delete(state, caller, id).await
 }
 
-/// A member of a device group.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DeviceGroupMember {
-    pub device_id: String,
-    pub hostname: Option<String>,
-    pub display_name: Option<String>,
-    pub status: Option<String>,
-    pub os_type: Option<String>,
-    pub is_pinned: bool,
-    pub added_at: DateTime<Utc>,
-    /// `manual`, `dynamic_rule` or `policy`.
-    pub added_by: String,
-    pub platform: Option<String>,
-    pub firmware_version: Option<String>,
-    pub site_id: Option<String>,
-    pub last_seen_at: Option<String>,
-}
-
-impl From<MemberRecord> for DeviceGroupMember {
-    fn from(m: MemberRecord) -> Self {
-        Self {
-            device_id: m.device_id,
-            hostname: m.hostname,
-            display_name: m.display_name,
-            status: m.status,
-            os_type: m.os_type,
-            is_pinned: m.is_pinned,
-            added_at: m.added_at,
-            added_by: m.added_by,
-            platform: m.platform,
-            firmware_version: m.firmware_version,
-            site_id: m.site_id,
-            last_seen_at: m.last_seen_at,
-        }
-    }
-}
+super::members::member_record!(
+    /// A member of a device group.
+    DeviceGroupMember,
+    "snake_case"
+);
 
 /// A page of a group's members.
 #[derive(Debug, Serialize, ToSchema)]
@@ -273,10 +242,7 @@ pub async fn list_devices(
         members::member_page(&state, &group, params).await?;
     Ok(Json(DeviceGroupMembers {
         group_id: group.id,
-        devices: rows
-            .into_iter()
-            .map(|m| MemberRecord::from(m).into())
-            .collect(),
+        devices: rows.into_iter().map(DeviceGroupMember::from).collect(),
         total,
         limit,
         offset,
@@ -308,6 +274,19 @@ impl BatchResult {
     }
 }
 
+/// Applies a batch to the group named in the path and answers the devices added (removed) and skipped.
+async fn batch(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+    batch: MemberBatch,
+    removal: bool,
+) -> Result<Json<BatchResult>, ApiError> {
+    let group = visible(state, caller, id).await?;
+    let change = members::change_static(state, caller, &group, batch, removal).await?;
+    Ok(Json(BatchResult::new(&group, change, removal)))
+}
+
 /// Add devices to a static group in one request (`device_ids`, `added_by`). A device unknown in the org
 /// refuses the batch (400, each listed).
 #[utoipa::path(post, path = "/api/v1/device-groups/{group_id}/devices", tag = "device-groups",
@@ -317,11 +296,9 @@ pub async fn add_batch(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Json(batch): Json<MemberBatch>,
+    Json(body): Json<MemberBatch>,
 ) -> Result<Json<BatchResult>, ApiError> {
-    let group = visible(&state, &caller, &id).await?;
-    let change = members::change_static(&state, &caller, &group, batch, false).await?;
-    Ok(Json(BatchResult::new(&group, change, false)))
+    batch(&state, &caller, &id, body, false).await
 }
 
 /// Remove devices from a static group in one request (`device_ids`).
@@ -332,11 +309,9 @@ pub async fn remove_batch(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Json(batch): Json<MemberBatch>,
+    Json(body): Json<MemberBatch>,
 ) -> Result<Json<BatchResult>, ApiError> {
-    let group = visible(&state, &caller, &id).await?;
-    let change = members::change_static(&state, &caller, &group, batch, true).await?;
-    Ok(Json(BatchResult::new(&group, change, true)))
+    batch(&state, &caller, &id, body, true).await
 }
 
 /// Add a single device to a static group (201 when added, 200 when it already was a member, 404 for a

@@ -6,7 +6,6 @@ use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::{IntoParams, ToSchema};
@@ -30,46 +29,63 @@ pub fn routes() -> Router<ApiState> {
 /// Most devices one batch may name.
 pub const MAX_BATCH: usize = 10_000;
 
-/// A member of a group, with the device's key attributes as top-level fields.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct MemberRecord {
-    pub device_id: String,
-    pub hostname: Option<String>,
-    pub display_name: Option<String>,
-    /// `online`, `offline`, `maintenance` or `decommissioned`.
-    pub status: Option<String>,
-    pub os_type: Option<String>,
-    /// Whether the device is pinned (dynamic groups only).
-    pub is_pinned: bool,
-    pub added_at: DateTime<Utc>,
-    /// `manual`, `dynamic_rule` or `policy`.
-    pub added_by: String,
-    pub platform: Option<String>,
-    pub firmware_version: Option<String>,
-    pub site_id: Option<String>,
-    pub last_seen_at: Option<String>,
-}
-
-impl From<MemberRow> for MemberRecord {
-    fn from(m: MemberRow) -> Self {
-        let text = |field: &str| m.attributes.get(field).and_then(display_text);
-        Self {
-            hostname: text("hostname"),
-            display_name: text("displayName"),
-            status: text("status"),
-            os_type: text("osType"),
-            platform: text("platform"),
-            firmware_version: text("firmwareVersion"),
-            site_id: text("siteId"),
-            last_seen_at: text("lastSeenAt"),
-            device_id: m.device_id,
-            is_pinned: m.is_pinned,
-            added_at: m.added_at,
-            added_by: m.added_by,
+/// Declares a member record (a member with the device's key attributes as top-level fields) whose fields
+/// are named in `$case`: each family of routes names them in its own words from the one list here.
+macro_rules! member_record {
+    ($(#[$doc:meta])* $name:ident, $case:tt) => {
+        $(#[$doc])*
+        #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+        #[serde(rename_all = $case)]
+        pub struct $name {
+            pub device_id: String,
+            pub hostname: Option<String>,
+            pub display_name: Option<String>,
+            /// `online`, `offline`, `maintenance` or `decommissioned`.
+            pub status: Option<String>,
+            pub os_type: Option<String>,
+            /// Whether the device is pinned (dynamic groups only).
+            pub is_pinned: bool,
+            pub added_at: chrono::DateTime<chrono::Utc>,
+            /// `manual`, `dynamic_rule` or `policy`.
+            pub added_by: String,
+            pub platform: Option<String>,
+            pub firmware_version: Option<String>,
+            pub site_id: Option<String>,
+            pub last_seen_at: Option<String>,
         }
-    }
+
+        impl From<$crate::store::api::MemberRow> for $name {
+            fn from(m: $crate::store::api::MemberRow) -> Self {
+                let text = |field: &str| {
+                    m.attributes
+                        .get(field)
+                        .and_then($crate::api::members::display_text)
+                };
+                Self {
+                    hostname: text("hostname"),
+                    display_name: text("displayName"),
+                    status: text("status"),
+                    os_type: text("osType"),
+                    platform: text("platform"),
+                    firmware_version: text("firmwareVersion"),
+                    site_id: text("siteId"),
+                    last_seen_at: text("lastSeenAt"),
+                    device_id: m.device_id,
+                    is_pinned: m.is_pinned,
+                    added_at: m.added_at,
+                    added_by: m.added_by,
+                }
+            }
+        }
+    };
 }
+pub(crate) use member_record;
+
+member_record!(
+    /// A member of a group, with the device's key attributes as top-level fields.
+    MemberRecord,
+    "camelCase"
+);
 
 /// An attribute as display text: strings as they are, numbers and booleans written out.
 pub(crate) fn display_text(value: &Value) -> Option<String> {
@@ -333,6 +349,19 @@ pub(crate) fn refusal(e: MemberError) -> ApiError {
     }
 }
 
+/// Applies a batch to the group named in the path and answers Breeze's counts.
+async fn batch(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+    batch: MemberBatch,
+    removal: bool,
+) -> Result<Json<BatchAnswer>, ApiError> {
+    let group = visible(state, caller, id).await?;
+    let change = change_static(state, caller, &group, batch, removal).await?;
+    Ok(Json(BatchAnswer::new(&change, removal)))
+}
+
 /// Add devices to a static group (duplicates and members already are skipped). Every addition is logged
 /// with reason `manual`; workers then re-resolve the devices' firmware.
 #[utoipa::path(post, path = "/api/v1/groups/{id}/devices", tag = "members", params(("id" = String, Path)),
@@ -342,11 +371,9 @@ pub async fn add(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Json(batch): Json<MemberBatch>,
+    Json(body): Json<MemberBatch>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
-    let group = visible(&state, &caller, &id).await?;
-    let change = change_static(&state, &caller, &group, batch, false).await?;
-    Ok(Json(BatchAnswer::new(&change, false)))
+    batch(&state, &caller, &id, body, false).await
 }
 
 /// Removes one device from a static group; 404 when it is not a member.
@@ -391,12 +418,12 @@ pub async fn remove_one(
     params(("id" = String, Path)), request_body = MemberBatch,
     responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn add_bulk(
-    state: State<ApiState>,
-    caller: Extension<Caller>,
-    id: Path<String>,
-    batch: Json<MemberBatch>,
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Json(body): Json<MemberBatch>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
-    add(state, caller, id, batch).await
+    batch(&state, &caller, &id, body, false).await
 }
 
 /// Remove devices from a static group in bulk (devices that are not members are skipped).
@@ -407,11 +434,9 @@ pub async fn remove_bulk(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Json(batch): Json<MemberBatch>,
+    Json(body): Json<MemberBatch>,
 ) -> Result<Json<BatchAnswer>, ApiError> {
-    let group = visible(&state, &caller, &id).await?;
-    let change = change_static(&state, &caller, &group, batch, true).await?;
-    Ok(Json(BatchAnswer::new(&change, true)))
+    batch(&state, &caller, &id, body, true).await
 }
 
 /// A pin or unpin accepted: the owning worker applies it in order with the device's events.
