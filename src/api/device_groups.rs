@@ -108,11 +108,14 @@ pub struct DeviceGroupParams {
     #[serde(alias = "orgId")]
     pub org_id: Option<String>,
     /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Records to skip, default 0.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
     /// `static` or `dynamic`.
     #[serde(alias = "type")]
+    #[param(value_type = Option<super::groups::GroupType>)]
     pub group_type: Option<String>,
     #[serde(alias = "siteId")]
     pub site_id: Option<String>,

@@ -40,12 +40,14 @@ pub struct PageListParams {
     #[serde(alias = "org_id")]
     pub org_id: Option<String>,
     /// From 1, default 1.
+    #[param(minimum = 1, maximum = 1000000)]
     pub page: Option<i64>,
     /// 1–1000, default 50.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// `static` or `dynamic`.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", value_type = Option<super::groups::GroupType>)]
     pub kind: Option<String>,
     #[serde(alias = "site_id")]
     pub site_id: Option<String>,

@@ -40,6 +40,7 @@ pub struct ImportDevices {
     #[serde(alias = "org_id")]
     pub org_id: Option<String>,
     #[serde(alias = "device_ids")]
+    #[schema(max_items = 10000)]
     pub device_ids: Vec<String>,
 }
 

@@ -96,11 +96,13 @@ pub struct GroupList {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
     /// `static` or `dynamic`.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", value_type = Option<GroupType>)]
     pub kind: Option<String>,
     pub site_id: Option<String>,
     pub parent_id: Option<Uuid>,
@@ -112,6 +114,14 @@ pub struct ListParams {
     pub org_id: Option<String>,
 }
 
+/// A group's type, as the API names it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupType {
+    Static,
+    Dynamic,
+}
+
 /// A group to create. The type follows from the filter unless given.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -119,17 +129,24 @@ pub struct CreateGroup {
     /// Required with a system key; an org key creates in its own org.
     #[serde(alias = "org_id")]
     pub org_id: Option<String>,
+    /// 1–255 characters, unique in the org.
+    #[schema(min_length = 1, max_length = 255)]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub description: String,
+    /// At most 100 tags of 1–64 characters.
     #[serde(default)]
+    #[schema(max_items = 100)]
     pub tags: Vec<String>,
     #[serde(alias = "site_id")]
+    #[schema(min_length = 1, max_length = 128)]
     pub site_id: Option<String>,
     #[serde(alias = "parent_id")]
     pub parent_id: Option<Uuid>,
     /// `static` or `dynamic`.
     #[serde(rename = "type", alias = "group_type")]
+    #[schema(value_type = Option<GroupType>)]
     pub kind: Option<String>,
     /// Required for a dynamic group.
     #[serde(alias = "filter_conditions", alias = "filter")]
@@ -141,11 +158,14 @@ pub struct CreateGroup {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateGroup {
+    #[schema(min_length = 1, max_length = 255)]
     pub name: Option<String>,
+    #[schema(max_length = 4096)]
     pub description: Option<String>,
+    #[schema(max_items = 100)]
     pub tags: Option<Vec<String>>,
     #[serde(default, alias = "site_id", deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 128)]
     pub site_id: Option<Option<String>>,
     #[serde(default, alias = "parent_id", deserialize_with = "double_option")]
     #[schema(value_type = Option<Uuid>)]
@@ -154,6 +174,34 @@ pub struct UpdateGroup {
     /// manual ones (each logged); a static group turned dynamic needs `filterConditions`, and only the
     /// membership diff is written.
     #[serde(rename = "type", alias = "group_type")]
+    #[schema(value_type = Option<GroupType>)]
+    pub kind: Option<String>,
+    #[serde(alias = "filter_conditions", alias = "filter")]
+    #[schema(value_type = Option<Object>)]
+    pub filter_conditions: Option<Value>,
+}
+
+/// A group's replacement (PUT): `name` is required, and `filterConditions` for a dynamic group; absent
+/// optional fields are cleared.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReplaceGroup {
+    #[schema(min_length = 1, max_length = 255)]
+    pub name: String,
+    #[serde(default)]
+    #[schema(max_length = 4096)]
+    pub description: String,
+    #[serde(default)]
+    #[schema(max_items = 100)]
+    pub tags: Vec<String>,
+    #[serde(alias = "site_id")]
+    #[schema(min_length = 1, max_length = 128)]
+    pub site_id: Option<String>,
+    #[serde(alias = "parent_id")]
+    pub parent_id: Option<Uuid>,
+    /// `static` or `dynamic` (a change of type as with PATCH).
+    #[serde(rename = "type", alias = "group_type")]
+    #[schema(value_type = Option<GroupType>)]
     pub kind: Option<String>,
     #[serde(alias = "filter_conditions", alias = "filter")]
     #[schema(value_type = Option<Object>)]
@@ -428,30 +476,34 @@ pub async fn patch(
 /// Replace a group: absent optional fields are cleared (description, tags, siteId, parentId); `name` is
 /// required, and `filterConditions` for a dynamic group.
 #[utoipa::path(put, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
-    request_body = UpdateGroup,
+    request_body = ReplaceGroup,
     responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn put(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    Json(mut body): Json<UpdateGroup>,
+    Json(body): Json<ReplaceGroup>,
 ) -> Result<Json<GroupView>, ApiError> {
     let group = visible(&state, &caller, &id).await?;
-    if body.name.is_none() {
-        return Err(ApiError::bad_request("name is required"));
-    }
     let dynamic = body.kind.as_deref().unwrap_or(&group.kind) == "dynamic";
     if dynamic && body.filter_conditions.is_none() {
         return Err(ApiError::bad_request(
             "filterConditions is required for a dynamic group",
         ));
     }
-    body.description.get_or_insert_with(String::new);
-    body.tags.get_or_insert_with(Vec::new);
-    body.site_id.get_or_insert(None);
-    body.parent_id.get_or_insert(None);
-    Ok(Json(update(&state, &caller, group.id, body).await?.into()))
+    let change = UpdateGroup {
+        name: Some(body.name),
+        description: Some(body.description),
+        tags: Some(body.tags),
+        site_id: Some(body.site_id),
+        parent_id: Some(body.parent_id),
+        kind: body.kind,
+        filter_conditions: body.filter_conditions,
+    };
+    Ok(Json(
+        update(&state, &caller, group.id, change).await?.into(),
+    ))
 }
 
 /// Delete a group: workers remove its memberships (each removal logged); its log is kept.

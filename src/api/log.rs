@@ -67,6 +67,14 @@ fn cursor(raw: &str) -> Result<i64, ApiError> {
     }
 }
 
+/// A membership change's direction.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogAction {
+    Added,
+    Removed,
+}
+
 /// Filters of the membership log.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -75,10 +83,13 @@ pub struct LogParams {
     #[serde(alias = "device_id")]
     pub device_id: Option<String>,
     /// `added` or `removed`.
+    #[param(value_type = Option<LogAction>)]
     pub action: Option<String>,
     /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// Entries to skip (after `before`); prefer `before` for deep pages.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
     /// Only entries older than this one: a page's `nextBefore` (an entry's `id`).
     pub before: Option<String>,

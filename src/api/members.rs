@@ -117,8 +117,10 @@ pub struct MemberPage {
 #[into_params(parameter_in = Query)]
 pub struct PageParams {
     /// 1–1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Members to skip (after `after`); prefer `after` for deep pages.
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
     /// Only members whose device id sorts after this one: a page's `nextAfter`.
     pub after: Option<String>,
@@ -169,7 +171,8 @@ pub async fn list(
 #[serde(deny_unknown_fields)]
 pub struct DeviceIdentifier {
     /// `imei`, `iccid`, `esn`, `mdn`, `meid` or `msisdn`, in any case.
-    #[schema(value_type = String)]
+    #[schema(value_type = String,
+        pattern = "^([Ii][Mm][Ee][Ii]|[Ii][Cc][Cc][Ii][Dd]|[Ee][Ss][Nn]|[Mm][Dd][Nn]|[Mm][Ee][Ii][Dd]|[Mm][Ss][Ii][Ss][Dd][Nn])$")]
     pub kind: IdentifierKind,
     pub identifier: String,
 }
@@ -180,12 +183,15 @@ pub struct DeviceIdentifier {
 pub struct MemberBatch {
     #[serde(default, alias = "device_ids")]
     #[serde(rename = "deviceIds")]
+    #[schema(max_items = 10000)]
     pub device_ids: Vec<String>,
     #[serde(default)]
+    #[schema(max_items = 10000)]
     pub identifiers: Vec<DeviceIdentifier>,
     /// Who is making the change (recorded in the membership log beside the API key).
     #[serde(alias = "added_by")]
     #[serde(rename = "addedBy")]
+    #[schema(min_length = 1, max_length = 255)]
     pub added_by: Option<String>,
 }
 

@@ -41,8 +41,8 @@ use super::{
         releases::list, releases::create, releases::withdraw,
         orgs::list, orgs::create,
     ),
-    components(schemas(error::ErrorBody)),
-    modifiers(&BearerAuth, &Aliases, &UniqueOperationIds),
+    components(schemas(error::ErrorBody, thingspace::ThingSpaceError, groups::GroupType, log::LogAction)),
+    modifiers(&BearerAuth, &Aliases, &UniqueOperationIds, &CommonResponses),
     security(("api_key" = [])),
     tags(
         (name = "groups", description = "Static and dynamic groups, previews, the membership log (Breeze)"),
@@ -147,6 +147,76 @@ impl Modify for Aliases {
                 None => {
                     openapi.paths.paths.insert(to.to_string(), item);
                 }
+            }
+        }
+    }
+}
+
+/// Lists, on every operation, the answers any route can give besides its own: 401 (no valid key), 405
+/// (another method), 429 (the rate limit), 500 and 503 (the server's failures, the database unavailable);
+/// with a request body, 408 (it did not arrive in time), 413 (over the limit) and 415 (not JSON); with
+/// parameters or a body, 400; and 404 (a resource or org named that does not exist for the key). Each in
+/// the route's error shape.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut Document) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let error = if path.starts_with("/api/m2m/") {
+                "ThingSpaceError"
+            } else {
+                "ErrorBody"
+            };
+            for op in operations(item) {
+                let has_body = op.request_body.is_some();
+                let has_parameters = op.parameters.as_ref().is_some_and(|p| !p.is_empty());
+                let mut add = |status: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| {
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/json",
+                                    ContentBuilder::new()
+                                        .schema(Some(Ref::from_schema_name(error)))
+                                        .build(),
+                                )
+                                .build()
+                                .into()
+                        });
+                };
+                if has_body || has_parameters {
+                    add(
+                        "400",
+                        "The request is malformed or invalid; `details` says where",
+                    );
+                }
+                add("401", "No valid API key");
+                add("404", "No such resource (or one of another org)");
+                add("405", "Another method is served on this path");
+                if has_body {
+                    add(
+                        "408",
+                        "The body did not arrive in time; the connection is closed",
+                    );
+                    add("413", "The body is over the limit");
+                    add(
+                        "415",
+                        "The body is not JSON (`Content-Type: application/json`)",
+                    );
+                }
+                add(
+                    "429",
+                    "Over the key's rate limit; `Retry-After` says when to retry",
+                );
+                add("500", "A failure of the server's; it has been logged");
+                add(
+                    "503",
+                    "The database is unavailable or the answer was not ready in time; retry",
+                );
             }
         }
     }

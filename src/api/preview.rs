@@ -34,6 +34,7 @@ pub fn routes() -> Router<ApiState> {
 #[into_params(parameter_in = Query)]
 pub struct PreviewParams {
     /// Sample size, 1–100, default 10.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 

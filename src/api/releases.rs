@@ -100,6 +100,7 @@ pub struct CreateRelease {
     #[serde(default)]
     pub default: bool,
     /// An integer or a semantic version; an org's releases all use one kind.
+    #[schema(min_length = 1, max_length = 128)]
     pub version: String,
     /// Decide the release exactly as without it — the same refusals — but write nothing: answer the impact.
     #[serde(default, alias = "dry_run")]

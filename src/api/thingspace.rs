@@ -38,13 +38,17 @@ pub fn routes() -> Router<ApiState> {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ThingSpaceGroup {
     /// The org (ThingSpace's billing account). An org key may only name its own.
+    #[schema(min_length = 1, max_length = 128)]
     pub account_name: String,
-    /// Unique within the org.
+    /// Unique within the org, 1–255 characters.
+    #[schema(min_length = 1, max_length = 255)]
     pub group_name: String,
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub group_description: Option<String>,
     /// Zero or more devices to add, by cellular identifier.
     #[serde(default)]
+    #[schema(max_items = 10000)]
     pub devices_to_add: Vec<DeviceIdentifier>,
 }
 

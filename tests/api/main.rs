@@ -11,6 +11,7 @@ mod contract_worker;
 mod demo;
 mod e2e;
 mod membership;
+mod probe;
 
 use cohort::config::Config;
 use cohort::store::{api_keys, groups};
