@@ -21,6 +21,7 @@
 #![allow(dead_code)] // each suite uses a different part of the harness
 
 pub mod app;
+pub mod cluster;
 pub mod containers;
 pub mod db;
 pub mod docker;
