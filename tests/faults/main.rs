@@ -51,6 +51,8 @@
 #[allow(unused_imports)]
 mod support;
 
+mod private_cluster;
+
 use std::time::{Duration, Instant};
 
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -211,38 +213,6 @@ async fn postgresql_restarted_mid_stream_and_down_during_a_rebalance_loses_nothi
     let figures = settle_and_check(&h, &load).await?;
     report("postgresql", faults, started, &figures);
     h.stop().await?;
-    assert_eq!(
-        shared_server_start_time().await?,
-        shared_started,
-        "the server the other tests share was not restarted"
-    );
-    Ok(())
-}
-
-/// The private cluster's guard: the cluster serves on its own port, a restart changes its start time
-/// (and not the shared server's), and dropping the guard stops the server and removes its folder.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_private_cluster_restarts_alone_and_is_gone_once_dropped() -> anyhow::Result<()> {
-    let shared_started = shared_server_start_time().await?;
-    let cluster = match Outage::prepare().await? {
-        Outage::Private(cluster) => cluster,
-        Outage::CutOff { why } => {
-            eprintln!("faults: no private postgresql cluster ({why}); nothing to check");
-            return Ok(());
-        }
-    };
-    let (url, folder) = (cluster.admin_url(), cluster.folder().to_path_buf());
-    assert!(folder.join("data").is_dir(), "{}", folder.display());
-    let before = server_start_time(&url).await?;
-    cluster.restart().await?;
-    let after = server_start_time(&url).await?;
-    assert_ne!(before, after, "the private cluster was restarted");
-    drop(cluster);
-    assert!(!folder.exists(), "{} was removed", folder.display());
-    assert!(
-        support::db::connect(&url).await.is_err(),
-        "the private cluster's server is stopped"
-    );
     assert_eq!(
         shared_server_start_time().await?,
         shared_started,
