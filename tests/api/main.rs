@@ -1163,11 +1163,14 @@ async fn orgs_are_created_by_system_keys() -> anyhow::Result<()> {
     api.stop().await
 }
 
+/// Runs the binary with `args`, given the database's URL (`COHORT_DATABASE_URL`) and none of this
+/// process's other `COHORT_*` variables, which it would refuse.
 fn cohort(db_url: &str, args: &[&str]) -> anyhow::Result<std::process::Output> {
     Ok(std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
         .args(args)
+        .env_clear()
+        .envs(support::child::inherited())
         .env("COHORT_DATABASE_URL", db_url)
-        .env_remove("COHORT_CONFIG")
         .output()?)
 }
 
@@ -1217,14 +1220,13 @@ async fn a_key_created_by_the_command_line_works_until_revoked() -> anyhow::Resu
         StatusCode::UNAUTHORIZED,
         "unauthorized",
     );
-    let again = support::blocking(support::OPERATION_TIMEOUT, "the command runs", move || {
-        cohort(&url, &["api-key", "revoke", "000000000000"])
+    let again = support::blocking(support::OPERATION_TIMEOUT, "the command runs", {
+        let url = url.clone();
+        move || cohort(&url, &["api-key", "revoke", "000000000000"])
     })
     .await?;
     assert!(!again.status.success(), "revoking an unknown key fails");
-    let missing_scope = std::process::Command::new(env!("CARGO_BIN_EXE_cohort"))
-        .args(["api-key", "create"])
-        .output()?;
+    let missing_scope = cohort(&url, &["api-key", "create"])?;
     assert!(!missing_scope.status.success());
     api.stop().await
 }

@@ -6,8 +6,15 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 
+#[path = "../support/child.rs"]
+mod child;
+
+/// The binary, with none of this process's `COHORT_*` (or other) variables: a developer's environment
+/// cannot change what these tests see.
 fn cohort() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cohort"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cohort"));
+    command.env_clear().envs(child::inherited());
+    command
 }
 
 /// A scratch directory removed when dropped.

@@ -91,15 +91,10 @@ impl Proc {
             .stdout(log)
             .stderr(stderr)
             .kill_on_drop(true);
-        // The child must see only the configuration given here: any other `COHORT_…` variable in the test's
-        // environment (such as this suite's own `COHORT_CRASH_…` sizes) would be refused as an unknown key.
-        for (name, _) in std::env::vars_os() {
-            if let Some(name) = name.to_str() {
-                if name.starts_with("COHORT_") || name == "DATABASE_URL" {
-                    command.env_remove(name);
-                }
-            }
-        }
+        // The child sees only the configuration given here: any other `COHORT_…` variable in the test's
+        // environment (such as this suite's own `COHORT_CRASH_…` sizes) would be refused as an unknown key,
+        // and `DATABASE_URL` or `RUST_LOG` would change what it does.
+        command.env_clear().envs(crate::support::child::inherited());
         command.envs(env);
         command.env("COHORT_HTTP_LISTEN", "127.0.0.1:0");
         let child = command

@@ -23,7 +23,7 @@
 //!
 //! | scenario | what is injected |
 //! |---|---|
-//! | `postgresql_restarted_…` | PostgreSQL restarted for real (`pg_ctlcluster … restart`, then `stop` … `start`) when the test controls the local server (no `DATABASE_URL`, `pg_ctlcluster` present, root; `COHORT_TEST_PG_RESTART=never` opts out), else the test database cut off (connections refused, sessions terminated), said on stderr. First mid-stream, then while a worker leaves the group, so the survivor is assigned partitions while the database is down. |
+//! | `postgresql_restarted_…` | PostgreSQL restarted for real — a private cluster the test creates (`support::cluster`: `initdb` in a temporary folder, its own port on 127.0.0.1, stopped and removed at the end even if the test fails), stopped and started again, then stopped … started — else, when `DATABASE_URL` is set or no PostgreSQL server binaries are installed, the test database cut off (connections refused, sessions terminated), said on stderr. First mid-stream, then while a worker leaves the group, so the survivor is assigned partitions while the database is down. Also checks that the private cluster's start time changed and the shared server's did not |
 //! | `the_input_and_output_leaders_…` | the broker leading one input partition down and back while the other partition flows; then the broker leading the rollout-target and dead-letter topics down long enough for the relay's deliveries to time out |
 //! | `the_group_coordinators_broker_…` | the broker the consumer group's coordinator is pinned to down until both workers lose their assignment (session timeout), then back |
 //! | `produce_errors_…` | retriable (`NOT_LEADER_FOR_PARTITION`, `NOT_ENOUGH_REPLICAS`, `KAFKA_STORAGE_ERROR`, a dropped connection) and non-retriable (`TOPIC_AUTHORIZATION_FAILED`, `MSG_SIZE_TOO_LARGE`, `INVALID_PRODUCER_EPOCH`, `OUT_OF_ORDER_SEQUENCE_NUMBER`) Produce errors on the relay's broker |
@@ -31,10 +31,9 @@
 //! | `group_request_errors_…` | OffsetCommit errors (cohort commits Kafka offsets only as an advisory copy of the PostgreSQL positions, for lag dashboards: retriable `COORDINATOR_LOAD_IN_PROGRESS`, `REQUEST_TIMED_OUT`, `NOT_COORDINATOR`, and `UNKNOWN_MEMBER_ID`, `ILLEGAL_GENERATION`), Heartbeat errors (`REBALANCE_IN_PROGRESS`, `UNKNOWN_MEMBER_ID`: forced rejoins), JoinGroup and SyncGroup errors (`COORDINATOR_LOAD_IN_PROGRESS`, `REBALANCE_IN_PROGRESS`) on the coordinator; then one permanent OffsetCommit error on the stream's last commit. Also checks that Kafka's committed offsets end equal to the stored positions, both times |
 //! | `a_rebalance_storm_…` | 14 membership changes while streaming — workers joining, stopping gracefully and being killed (task aborted mid-batch), mixed; every other change overlaps the next one's rebalance — over four partitions on three brokers; also checks that the partitions were claimed again at least once per change |
 //!
-//! The real restart ends every session of the local server: the tests of this binary hold a shared
-//! lock that the restarting test takes exclusively (`support::faults::{share_server, own_server}`), and
-//! the server is started again when that test ends, even if it fails. Other clients of the same server
-//! (another test binary running at the same time) see their connections cut.
+//! No test stops, restarts or reconfigures a server it did not start: only the private cluster goes
+//! down, and only the sessions of the scenario that created it end. The other scenarios, and other test
+//! binaries running at the same time, use the shared server undisturbed.
 //!
 //! Regressions for what this suite found in `src/`:
 //! - a partition assigned while the database was unreachable was left out of the assignment (one error
@@ -52,15 +51,18 @@
 #[allow(unused_imports)]
 mod support;
 
+mod private_cluster;
+
 use std::time::{Duration, Instant};
 
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use support::app::{metric, Harness};
+use support::cluster::server_start_time;
 use support::eventually;
 use support::faults::{
     advisory_offsets_match, all_processed, cut_off, errors_served, kill_worker, load_average,
-    own_server, partitions_owned, push_broker_errors, reconnect, settle_and_check, share_server,
-    start_on_mock, stop_worker, Edits, Figures, Layout, Load, Outage, ServerControl, PATIENCE,
+    partitions_owned, push_broker_errors, reconnect, settle_and_check, shared_server_start_time,
+    start_on_mock, start_on_mock_in, stop_worker, Edits, Figures, Layout, Load, Outage, PATIENCE,
 };
 
 /// Prints a scenario's figures.
@@ -108,27 +110,31 @@ fn total(name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_restarted_mid_stream_and_down_during_a_rebalance_loses_nothing(
 ) -> anyhow::Result<()> {
-    let _server = own_server().await;
     let started = Instant::now();
-    let outage = Outage::detect().await;
+    let shared_started = shared_server_start_time().await?;
+    // Declared before the harness, so it is dropped after it: the private cluster is stopped and
+    // removed once the test database on it is dropped, even when the test fails.
+    let outage = Outage::prepare().await?;
     let layout = Layout {
         brokers: 1,
         input: vec![1, 1],
         outputs: 1,
         coordinator: 1,
     };
-    let mut h = start_on_mock(&layout, |_| {}).await?;
-    // Declared after the harness, so it is dropped first: the server is up again before the test
-    // database is dropped, even when the test fails.
-    let control = match &outage {
-        Outage::Server { version } => {
-            eprintln!("faults: restarting the local postgresql {version} for real");
-            Some(ServerControl::new(version))
+    let mut h = start_on_mock_in(outage.database().await?, &layout, |_| {}).await?;
+    let cluster = match &outage {
+        Outage::Private(cluster) => {
+            eprintln!(
+                "faults: restarting a private postgresql cluster for real (127.0.0.1:{}, {})",
+                cluster.port(),
+                cluster.folder().display()
+            );
+            Some(cluster)
         }
         Outage::CutOff { why } => {
             eprintln!(
-                "faults: cannot restart postgresql ({why}); cutting the test database off instead \
-                 (connections refused, sessions terminated)"
+                "faults: no private postgresql cluster ({why}); cutting the test database off \
+                 instead (connections refused, sessions terminated)"
             );
             None
         }
@@ -142,11 +148,14 @@ async fn postgresql_restarted_mid_stream_and_down_during_a_rebalance_loses_nothi
     load.burst(200).await?;
     load.poison().await?;
     under_way(&h).await?;
-    match &control {
-        Some(server) => {
-            let (restarted, produced) = tokio::join!(server.run("restart"), load.burst(200));
+    match cluster {
+        Some(cluster) => {
+            let before = server_start_time(&cluster.admin_url()).await?;
+            let (restarted, produced) = tokio::join!(cluster.restart(), load.burst(200));
             restarted?;
             produced?;
+            let after = server_start_time(&cluster.admin_url()).await?;
+            assert_ne!(before, after, "the private cluster was restarted");
         }
         None => {
             let failures = total("cohort_worker_commit_failures_total");
@@ -172,8 +181,8 @@ async fn postgresql_restarted_mid_stream_and_down_during_a_rebalance_loses_nothi
     h.add_worker().await?;
     settled(&h, 2).await?;
     all_processed(&h, &load).await?;
-    match &control {
-        Some(server) => server.run("stop").await?,
+    match cluster {
+        Some(cluster) => cluster.stop().await?,
         None => cut_off(&h).await?,
     }
     kill_worker(&mut h, 0);
@@ -193,8 +202,8 @@ async fn postgresql_restarted_mid_stream_and_down_during_a_rebalance_loses_nothi
     // reaches the survivor while the database is still down. (The length of the fault, not a wait
     // for a result.)
     tokio::time::sleep(Duration::from_secs(8)).await;
-    match &control {
-        Some(server) => server.run("start").await?,
+    match cluster {
+        Some(cluster) => cluster.start().await?,
         None => reconnect(&h).await?,
     }
     faults += 1;
@@ -203,12 +212,17 @@ async fn postgresql_restarted_mid_stream_and_down_during_a_rebalance_loses_nothi
     partitions_owned(&h, 2).await?;
     let figures = settle_and_check(&h, &load).await?;
     report("postgresql", faults, started, &figures);
-    h.stop().await
+    h.stop().await?;
+    assert_eq!(
+        shared_server_start_time().await?,
+        shared_started,
+        "the server the other tests share was not restarted"
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_input_and_output_leaders_brokers_down_and_back_lose_nothing() -> anyhow::Result<()> {
-    let _server = share_server().await;
     let started = Instant::now();
     let layout = Layout {
         brokers: 3,
@@ -290,7 +304,6 @@ async fn position_of(pool: &sqlx::PgPool, partition: i32) -> anyhow::Result<i64>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_group_coordinators_broker_down_and_back_loses_nothing() -> anyhow::Result<()> {
-    let _server = share_server().await;
     let started = Instant::now();
     let layout = Layout {
         brokers: 3,
@@ -342,7 +355,6 @@ async fn the_group_coordinators_broker_down_and_back_loses_nothing() -> anyhow::
 async fn produce_errors_retriable_or_not_lose_no_rollout_event_or_dead_letter() -> anyhow::Result<()>
 {
     use RDKafkaRespErr::*;
-    let _server = share_server().await;
     let started = Instant::now();
     let layout = Layout {
         brokers: 3,
@@ -392,7 +404,6 @@ async fn produce_errors_retriable_or_not_lose_no_rollout_event_or_dead_letter() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_errors_retriable_or_not_lose_and_repeat_nothing() -> anyhow::Result<()> {
     use RDKafkaRespErr::*;
-    let _server = share_server().await;
     let started = Instant::now();
     let layout = Layout {
         brokers: 3,
@@ -437,7 +448,6 @@ async fn fetch_errors_retriable_or_not_lose_and_repeat_nothing() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_request_errors_lose_nothing_and_leave_kafkas_offsets_right() -> anyhow::Result<()> {
     use RDKafkaRespErr::*;
-    let _server = share_server().await;
     let started = Instant::now();
     let layout = Layout {
         brokers: 3,
@@ -557,7 +567,6 @@ fn errors_served_now(h: &Harness, api: RDKafkaApiKey) -> anyhow::Result<bool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_storm_applies_everything_once_under_current_epochs_only() -> anyhow::Result<()>
 {
-    let _server = share_server().await;
     let started = Instant::now();
     let layout = Layout {
         brokers: 3,

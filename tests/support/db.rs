@@ -88,11 +88,16 @@ pub struct TestDatabase {
 impl TestDatabase {
     /// Creates a fresh, empty database on the chosen server and a small pool on it.
     pub async fn new() -> anyhow::Result<Self> {
-        let server = server().await;
+        Self::new_on(&server().await.admin_url).await
+    }
+
+    /// Creates a fresh, empty database on the server at `admin_url` (such as a private cluster) and a
+    /// small pool on it.
+    pub async fn new_on(admin_url: &str) -> anyhow::Result<Self> {
         let name = format!("{TEST_DATABASE_PREFIX}{}", random_suffix());
-        let url = with_database(&server.admin_url, &name)?;
+        let url = with_database(admin_url, &name)?;
         within(OPERATION_TIMEOUT, "create the test database", async {
-            let mut admin = connect(&server.admin_url).await?;
+            let mut admin = connect(admin_url).await?;
             sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
                 .execute(&mut admin)
                 .await
@@ -110,14 +115,14 @@ impl TestDatabase {
         let pool = match pool {
             Ok(pool) => pool,
             Err(err) => {
-                drop_database_in_thread(&server.admin_url, &name);
+                drop_database_in_thread(admin_url, &name);
                 return Err(err);
             }
         };
         Ok(Self {
             name,
             url,
-            admin_url: server.admin_url.clone(),
+            admin_url: admin_url.to_owned(),
             pool,
             dropped: false,
         })

@@ -1,11 +1,10 @@
 //! Fault injection for the fault suite (`tests/faults`): a harness on a mock cluster of several brokers
 //! with chosen partition leaders, a load generator that keeps producing through broker outages, the
-//! group edits and firmware releases mixed into the stream, PostgreSQL outages (a real server restart
-//! when this process controls the local server, else cutting the test database off), an audit trail of
+//! group edits and firmware releases mixed into the stream, PostgreSQL outages (a real restart of a
+//! private cluster the test creates, else cutting the test database off), an audit trail of
 //! every partition-position write, and the checks every scenario ends with.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +17,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use uuid::Uuid;
 
 use super::app::{random_attributes, spawn_worker, standard_groups, Harness, ORG};
+use super::cluster::{self, PrivateCluster, Unavailable};
 use super::{blocking, db, eventually, random_suffix, within, TestDatabase, TestKafka};
 
 /// The deadline for a condition that a fault delays (everything applied, everything published): generous,
@@ -53,8 +52,16 @@ pub async fn start_on_mock(
     layout: &Layout,
     tweak: impl FnOnce(&mut Config),
 ) -> anyhow::Result<Harness> {
+    start_on_mock_in(TestDatabase::new().await?, layout, tweak).await
+}
+
+/// [`start_on_mock`] on the database `db` (such as one on a private cluster).
+pub async fn start_on_mock_in(
+    db: TestDatabase,
+    layout: &Layout,
+    tweak: impl FnOnce(&mut Config),
+) -> anyhow::Result<Harness> {
     logs_if_asked();
-    let db = TestDatabase::new().await?;
     let kafka = TestKafka::mock(layout.brokers)?;
     let input = kafka.unique_topic("device-attribute-changes");
     let dead_letters = format!("{input}.dead-letter");
@@ -495,144 +502,45 @@ async fn release(pool: &PgPool, group: Uuid, version: &str) -> anyhow::Result<()
 // PostgreSQL outages
 // ------------------------------------------------------------------------------------------------
 
-/// Tests that must not overlap with a server restart hold this shared; the restart holds it exclusively.
-static SERVER: RwLock<()> = RwLock::const_new(());
-
-/// Taken by every test of a binary that restarts the server, for the whole test.
-pub async fn share_server() -> RwLockReadGuard<'static, ()> {
-    SERVER.read().await
-}
-
-/// Taken by the test that restarts the server: no other test of the binary runs meanwhile.
-pub async fn own_server() -> RwLockWriteGuard<'static, ()> {
-    SERVER.write().await
-}
-
-/// How this process can take PostgreSQL away from the worker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// How a scenario takes PostgreSQL away from the worker. Never by stopping a server the test did not
+/// start: the machine's server and a `DATABASE_URL` server are shared with other tests and other users.
 pub enum Outage {
-    /// It controls the local cluster (`<version> main` on port 5432): stop, start and restart it for real.
-    Server { version: String },
-    /// It does not (a `DATABASE_URL` or container server, no `pg_ctlcluster`, not root, or
-    /// `COHORT_TEST_PG_RESTART=never`): cut the test database off instead — refuse new connections and
-    /// terminate its sessions.
+    /// A private cluster created for the scenario ([`PrivateCluster`]): its test database lives there,
+    /// and the server is stopped, started and restarted for real. Stopped and removed when dropped.
+    Private(PrivateCluster),
+    /// No private cluster (`DATABASE_URL` names the server to use, or no PostgreSQL server binaries
+    /// here): the test database on the shared server is cut off instead — new connections refused and
+    /// its sessions terminated.
     CutOff { why: String },
 }
 
 impl Outage {
-    /// Decides once per call; see [`Outage`].
-    pub async fn detect() -> Self {
-        let cut_off = |why: &str| Outage::CutOff { why: why.into() };
-        if std::env::var("COHORT_TEST_PG_RESTART").is_ok_and(|v| v == "never") {
-            return cut_off("COHORT_TEST_PG_RESTART=never");
+    /// A private cluster when one can be made and `DATABASE_URL` is not set; see [`Outage`].
+    pub async fn prepare() -> anyhow::Result<Self> {
+        if std::env::var("DATABASE_URL").is_ok_and(|url| !url.is_empty()) {
+            return Ok(Outage::CutOff {
+                why: "DATABASE_URL names the server to use".into(),
+            });
         }
-        if db::server().await.source != db::ServerSource::Local {
-            return cut_off("the server is not the local one (DATABASE_URL or a container)");
-        }
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-        if !root {
-            return cut_off("not running as root");
-        }
-        let Ok(listing) = Command::new("pg_lsclusters").arg("--no-header").output() else {
-            return cut_off("pg_lsclusters/pg_ctlcluster are not installed");
-        };
-        // "<version> <cluster> <port> <status> <owner> <data directory> <log file>"
-        let version = String::from_utf8_lossy(&listing.stdout)
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|f| f.len() >= 3 && f[1] == "main" && f[2] == "5432")
-            .map(|f| f[0].to_string());
-        match version {
-            Some(version) if Command::new("pg_ctlcluster").arg("--help").output().is_ok() => {
-                Outage::Server { version }
-            }
-            _ => cut_off("no local cluster `main` on port 5432 that pg_ctlcluster can control"),
-        }
-    }
-}
-
-/// Controls the local cluster. Dropping it starts the cluster if it is not accepting connections, so a
-/// failing test never leaves the server down.
-pub struct ServerControl {
-    version: String,
-}
-
-impl ServerControl {
-    pub fn new(version: &str) -> Self {
-        Self {
-            version: version.to_string(),
-        }
-    }
-
-    /// `pg_ctlcluster <version> main <action>` (bounded), then waits for the server to be ready unless
-    /// it was stopped.
-    pub async fn run(&self, action: &'static str) -> anyhow::Result<()> {
-        let version = self.version.clone();
-        blocking(
-            Duration::from_secs(90),
-            &format!("{action} postgresql"),
-            move || pg_ctlcluster(&version, action),
-        )
-        .await?;
-        if action != "stop" {
-            wait_ready().await?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for ServerControl {
-    fn drop(&mut self) {
-        if !server_ready() {
-            eprintln!("faults: the local postgresql is down; starting it again");
-            if let Err(e) = pg_ctlcluster(&self.version, "start") {
-                eprintln!("faults: failed to start the local postgresql: {e:#}");
-            }
-        }
-    }
-}
-
-fn pg_ctlcluster(version: &str, action: &str) -> anyhow::Result<()> {
-    let mut command = Command::new("pg_ctlcluster");
-    command
-        .arg("--skip-systemctl-redirect")
-        .arg(version)
-        .arg("main")
-        .arg(action);
-    if action == "stop" || action == "restart" {
-        command.args(["--mode", "fast"]);
-    }
-    let output = command
-        .output()
-        .with_context(|| format!("failed to run pg_ctlcluster {action}"))?;
-    anyhow::ensure!(
-        output.status.success(),
-        "pg_ctlcluster {action} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
-}
-
-fn server_ready() -> bool {
-    Command::new("pg_isready")
-        .args(["-q", "-h", "127.0.0.1", "-p", "5432"])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-async fn wait_ready() -> anyhow::Result<()> {
-    eventually(PATIENCE, "postgresql accepts connections", || async {
-        let ready = blocking(Duration::from_secs(20), "run pg_isready", || {
-            Ok(server_ready())
+        Ok(match PrivateCluster::create().await? {
+            Ok(cluster) => Outage::Private(cluster),
+            Err(Unavailable(why)) => Outage::CutOff { why },
         })
-        .await?;
-        Ok(ready.then_some(()))
-    })
-    .await
+    }
+
+    /// A fresh test database: on the private cluster, or on the shared server.
+    pub async fn database(&self) -> anyhow::Result<TestDatabase> {
+        match self {
+            Outage::Private(cluster) => TestDatabase::new_on(&cluster.admin_url()).await,
+            Outage::CutOff { .. } => TestDatabase::new().await,
+        }
+    }
+}
+
+/// The start time of the server the binary's other tests use (`pg_postmaster_start_time()`): the same
+/// before and after a scenario when the scenario restarted no server but its own.
+pub async fn shared_server_start_time() -> anyhow::Result<String> {
+    cluster::server_start_time(&db::server().await.admin_url).await
 }
 
 /// Cuts this test's database off: no new connections, and every session of it terminated.

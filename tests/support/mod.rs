@@ -17,10 +17,20 @@
 //!    disturb another).
 //!
 //! Every call that can block is bounded by a timeout: a broken environment fails a test, never hangs it.
+//!
+//! # Servers the tests do not own
+//! No test stops, restarts or reconfigures a server it did not start: the servers above are shared with
+//! the binary's other tests, other test binaries and whoever else uses the machine. A test that needs a
+//! server to go down creates its own with [`cluster::PrivateCluster`] (`initdb` in a temporary folder,
+//! its own port, stopped and removed when dropped). A test that starts the `cohort` binary clears the
+//! child's environment and passes [`child::inherited`] and the variables it means to give, so a
+//! `COHORT_*` variable or `DATABASE_URL` set by the caller cannot change what the child does.
 
 #![allow(dead_code)] // each suite uses a different part of the harness
 
 pub mod app;
+pub mod child;
+pub mod cluster;
 pub mod containers;
 pub mod db;
 pub mod docker;
