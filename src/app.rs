@@ -26,6 +26,8 @@ pub struct Application {
     status: Arc<Status>,
     pool: PgPool,
     http: crate::config::HttpConfig,
+    /// `api.max_body_bytes`, which the listener applies to every route.
+    max_body_bytes: usize,
     /// The address the HTTP listener bound, once it has (port 0 picks one).
     address: tokio::sync::watch::Sender<Option<SocketAddr>>,
 }
@@ -50,6 +52,7 @@ impl Application {
         let pool = store::connect_lazy(&config.database).context("invalid database URL")?;
         migrate_with_retry(&pool, &config).await?;
         let http = config.http.clone();
+        let max_body_bytes = config.api.max_body_bytes;
         let relay = if config.worker.embedded_relay {
             Some(
                 Relay::build(&config, brokers.clone(), pool.clone())
@@ -75,6 +78,7 @@ impl Application {
             status,
             pool,
             http,
+            max_body_bytes,
             address: tokio::sync::watch::channel(None).0,
         })
     }
@@ -109,7 +113,7 @@ impl Application {
         if let Some(api) = self.api {
             router = router.merge(crate::api::router(api));
         }
-        let (addr, http) = crate::http::serve(&self.http, router, async {
+        let (addr, http) = crate::http::serve(&self.http, self.max_body_bytes, router, async {
             let _ = http_stopped.await;
         })
         .await
@@ -159,7 +163,7 @@ pub async fn run_relay(
     let metrics = crate::metrics::install();
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let router = crate::http::router(metrics, None, pool);
-    let (addr, http) = crate::http::serve(&config.http, router, async {
+    let (addr, http) = crate::http::serve(&config.http, config.api.max_body_bytes, router, async {
         let _ = http_stopped.await;
     })
     .await
@@ -187,9 +191,10 @@ pub async fn run_api(
         .context("failed to prepare the REST API")?;
     let metrics = crate::metrics::install();
     let router = crate::http::router(metrics, None, pool).merge(crate::api::router(state));
-    let (addr, http) = crate::http::serve(&config.http, router, shutdown)
-        .await
-        .with_context(|| format!("failed to listen on {}", config.http.listen))?;
+    let (addr, http) =
+        crate::http::serve(&config.http, config.api.max_body_bytes, router, shutdown)
+            .await
+            .with_context(|| format!("failed to listen on {}", config.http.listen))?;
     tracing::info!(%addr, "serving the API, /metrics, /healthz and /readyz");
     if let Some(bound) = bound {
         let _ = bound.send(addr);

@@ -383,11 +383,23 @@ pub struct HttpConfig {
     /// A connection must send a request's head (request line and headers) within this; it also closes a
     /// keep-alive connection left idle that long.
     pub header_read_timeout_ms: u64,
+    /// A new connection must send its first request's head within this (or within
+    /// `header_read_timeout_ms`, if that is shorter), else it is closed: an idle socket does not hold a
+    /// connection slot for the whole header timeout.
+    pub first_request_timeout_ms: u64,
     /// A request must be read and answered within this: 408 when its body had not all arrived, 503 when
     /// the answer was not ready. A streamed answer's body is not bounded.
     pub request_timeout_ms: u64,
     /// Connections served at once; more wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// Connections served at once for one client (one IPv4 address, or one IPv6 /64): a further one is
+    /// answered 503 and closed at once.
+    pub max_connections_per_client: usize,
+    /// Request-body bytes all requests may hold at once while their bodies are read and answered. A body
+    /// reserves its `Content-Length` (a chunked one `api.max_body_bytes`) when it is first read, and
+    /// waits while the budget is spent (503 when the request's time runs out first). At least
+    /// `api.max_body_bytes`.
+    pub max_body_buffer_bytes: usize,
 }
 
 /// `[api]`: limits of the REST API.
@@ -417,8 +429,11 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             header_read_timeout_ms: 10_000,
+            first_request_timeout_ms: 3_000,
             request_timeout_ms: 60_000,
             max_connections: 1024,
+            max_connections_per_client: 64,
+            max_body_buffer_bytes: 64 << 20,
         }
     }
 }
@@ -543,6 +558,13 @@ impl Config {
             "HTTP_HEADER_READ_TIMEOUT_MS" => self.http.header_read_timeout_ms = parse(var, value)?,
             "HTTP_REQUEST_TIMEOUT_MS" => self.http.request_timeout_ms = parse(var, value)?,
             "HTTP_MAX_CONNECTIONS" => self.http.max_connections = parse(var, value)?,
+            "HTTP_FIRST_REQUEST_TIMEOUT_MS" => {
+                self.http.first_request_timeout_ms = parse(var, value)?
+            }
+            "HTTP_MAX_CONNECTIONS_PER_CLIENT" => {
+                self.http.max_connections_per_client = parse(var, value)?
+            }
+            "HTTP_MAX_BODY_BUFFER_BYTES" => self.http.max_body_buffer_bytes = parse(var, value)?,
             _ => {
                 return Err(ConfigError::UnknownEnvVar {
                     var: var.to_owned(),
@@ -655,6 +677,14 @@ impl Config {
         )?;
         positive("http.request_timeout_ms", self.http.request_timeout_ms)?;
         positive("http.max_connections", self.http.max_connections as u64)?;
+        positive(
+            "http.first_request_timeout_ms",
+            self.http.first_request_timeout_ms,
+        )?;
+        positive(
+            "http.max_connections_per_client",
+            self.http.max_connections_per_client as u64,
+        )?;
         positive("relay.batch_size", self.relay.batch_size as u64)?;
         positive("relay.poll_interval_ms", self.relay.poll_interval_ms)?;
         positive("relay.retention_hours", self.relay.retention_hours)?;
@@ -667,6 +697,15 @@ impl Config {
             return Err(ConfigError::invalid(
                 "api.max_body_bytes",
                 format!("must be at least 1024, got {}", self.api.max_body_bytes),
+            ));
+        }
+        if self.http.max_body_buffer_bytes < self.api.max_body_bytes {
+            return Err(ConfigError::invalid(
+                "http.max_body_buffer_bytes",
+                format!(
+                    "({}) must be at least api.max_body_bytes ({}), or a body at the limit could never be read",
+                    self.http.max_body_buffer_bytes, self.api.max_body_bytes
+                ),
             ));
         }
 
@@ -732,8 +771,15 @@ impl Config {
                 relay.batch_size, relay.poll_interval_ms, relay.retention_hours
             ),
             format!(
-                "http: listen={} header_read_timeout_ms={} request_timeout_ms={} max_connections={}",
-                http.listen, http.header_read_timeout_ms, http.request_timeout_ms, http.max_connections
+                "http: listen={} header_read_timeout_ms={} first_request_timeout_ms={} request_timeout_ms={} \
+                 max_connections={} max_connections_per_client={} max_body_buffer_bytes={}",
+                http.listen,
+                http.header_read_timeout_ms,
+                http.first_request_timeout_ms,
+                http.request_timeout_ms,
+                http.max_connections,
+                http.max_connections_per_client,
+                http.max_body_buffer_bytes
             ),
             format!(
                 "api: rate_limit_per_second={} rate_limit_burst={} max_body_bytes={}",
@@ -1468,6 +1514,64 @@ mod tests {
             err.to_string().contains("COHORT_HTTP_REQUEST_TIMEOUT_MS"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn http_client_and_body_limits_are_read_checked_and_summarised() {
+        let defaults = HttpConfig::default();
+        assert_eq!(defaults.first_request_timeout_ms, 3_000);
+        assert_eq!(defaults.max_connections_per_client, 64);
+        assert_eq!(defaults.max_body_buffer_bytes, 64 << 20);
+        let config = load_file(
+            "[http]\nfirst_request_timeout_ms = 1500\nmax_connections_per_client = 8\nmax_body_buffer_bytes = 4194304\n",
+        )
+        .unwrap();
+        assert_eq!(config.http.first_request_timeout_ms, 1500);
+        assert_eq!(config.http.max_connections_per_client, 8);
+        assert_eq!(config.http.max_body_buffer_bytes, 4 << 20);
+        let summary = config.redacted_summary();
+        assert!(
+            summary.contains(
+                "first_request_timeout_ms=1500 request_timeout_ms=60000 max_connections=1024 \
+                 max_connections_per_client=8 max_body_buffer_bytes=4194304"
+            ),
+            "{summary}"
+        );
+        let config = load_env(&[
+            ("COHORT_HTTP_FIRST_REQUEST_TIMEOUT_MS", "700"),
+            ("COHORT_HTTP_MAX_CONNECTIONS_PER_CLIENT", "2"),
+            ("COHORT_HTTP_MAX_BODY_BUFFER_BYTES", "2097152"),
+        ])
+        .unwrap();
+        assert_eq!(config.http.first_request_timeout_ms, 700);
+        assert_eq!(config.http.max_connections_per_client, 2);
+        assert_eq!(config.http.max_body_buffer_bytes, 2 << 20);
+        for (var, key) in [
+            (
+                "COHORT_HTTP_FIRST_REQUEST_TIMEOUT_MS",
+                "http.first_request_timeout_ms",
+            ),
+            (
+                "COHORT_HTTP_MAX_CONNECTIONS_PER_CLIENT",
+                "http.max_connections_per_client",
+            ),
+        ] {
+            assert_eq!(invalid_key(load_env(&[(var, "0")])), key);
+        }
+        // The budget must hold at least one body at the limit.
+        assert_eq!(
+            invalid_key(load_env(&[(
+                "COHORT_HTTP_MAX_BODY_BUFFER_BYTES",
+                "1048575"
+            )])),
+            "http.max_body_buffer_bytes"
+        );
+        let config = load_env(&[
+            ("COHORT_HTTP_MAX_BODY_BUFFER_BYTES", "4096"),
+            ("COHORT_API_MAX_BODY_BYTES", "4096"),
+        ])
+        .unwrap();
+        assert_eq!(config.http.max_body_buffer_bytes, 4096);
     }
 
     #[test]

@@ -80,6 +80,18 @@ pub const API_REQUEST_SECONDS: &str = "cohort_api_request_duration_seconds";
 pub const API_RATE_LIMITED: &str = "cohort_api_rate_limited_total";
 /// Requests refused for a missing, malformed, unknown or revoked API key.
 pub const API_UNAUTHORIZED: &str = "cohort_api_unauthorized_total";
+/// Connections the HTTP listener closed without serving a request, by `reason`: `client_limit` (the
+/// client already had `http.max_connections_per_client` open; answered 503) or `no_request` (no request
+/// head within `http.first_request_timeout_ms`).
+pub const HTTP_CONNECTIONS_CLOSED: &str = "cohort_http_connections_closed_total";
+/// Requests refused because of their body, by `reason`: `too_large` (a `Content-Length` over
+/// `api.max_body_bytes`, refused before any of it is read) or `no_budget` (no room in
+/// `http.max_body_buffer_bytes` before the request's time ran out).
+pub const HTTP_BODIES_REFUSED: &str = "cohort_http_bodies_refused_total";
+/// Request bodies that had to wait for room in `http.max_body_buffer_bytes`.
+pub const HTTP_BODY_BUFFER_WAITS: &str = "cohort_http_body_buffer_waits_total";
+/// Request-body bytes reserved now (of `http.max_body_buffer_bytes`).
+pub const HTTP_BODY_BUFFER_BYTES: &str = "cohort_http_body_buffer_bytes";
 
 /// Every name above (the deploy/ dashboards and alerts are checked against it).
 pub const ALL: &[&str] = &[
@@ -117,6 +129,10 @@ pub const ALL: &[&str] = &[
     API_REQUEST_SECONDS,
     API_RATE_LIMITED,
     API_UNAUTHORIZED,
+    HTTP_CONNECTIONS_CLOSED,
+    HTTP_BODIES_REFUSED,
+    HTTP_BODY_BUFFER_WAITS,
+    HTTP_BODY_BUFFER_BYTES,
 ];
 
 /// Registers descriptions with the current recorder.
@@ -205,6 +221,23 @@ pub fn describe() {
     describe_counter!(
         API_UNAUTHORIZED,
         "REST API requests refused for a missing or invalid API key"
+    );
+    describe_counter!(
+        HTTP_CONNECTIONS_CLOSED,
+        "Connections closed without serving a request, by reason"
+    );
+    describe_counter!(
+        HTTP_BODIES_REFUSED,
+        "Requests refused because of their body, by reason"
+    );
+    describe_counter!(
+        HTTP_BODY_BUFFER_WAITS,
+        "Request bodies that waited for room in the body buffer budget"
+    );
+    describe_gauge!(
+        HTTP_BODY_BUFFER_BYTES,
+        Unit::Bytes,
+        "Request-body bytes reserved now"
     );
 }
 

@@ -3,6 +3,7 @@
 //! asserts how fast an answer came.
 
 use super::*;
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::post;
 use std::sync::atomic::AtomicUsize;
@@ -13,6 +14,8 @@ use tokio::sync::oneshot;
 const BOUND: Duration = Duration::from_secs(30);
 /// The body limit of `/small`.
 const SMALL: usize = 16;
+/// The body limit of every route (`api.max_body_bytes`).
+const MAX_BODY: usize = 4096;
 
 struct Server {
     addr: SocketAddr,
@@ -20,13 +23,22 @@ struct Server {
     stop: oneshot::Sender<()>,
     /// Requests `/count` has answered.
     counted: Arc<AtomicUsize>,
-    /// `/hold` answers once a permit is added here.
+    /// `/hold` and `/hold-body` answer once a permit is added here.
     release: Arc<Semaphore>,
+    /// Requests `/hold-body` has read the whole body of.
+    bodies_read: Arc<AtomicUsize>,
+    /// Requests `/late-echo` has received (before reading their bodies).
+    late_received: Arc<AtomicUsize>,
+    /// `/late-echo` starts reading its body once a permit is added here.
+    read_later: Arc<Semaphore>,
 }
 
 async fn start(config: HttpConfig) -> Server {
     let counted = Arc::new(AtomicUsize::new(0));
     let release = Arc::new(Semaphore::new(0));
+    let bodies_read = Arc::new(AtomicUsize::new(0));
+    let late_received = Arc::new(AtomicUsize::new(0));
+    let read_later = Arc::new(Semaphore::new(0));
     let router = Router::new()
         .route("/count", {
             let counted = counted.clone();
@@ -52,9 +64,31 @@ async fn start(config: HttpConfig) -> Server {
         .route(
             "/small",
             post(|body: Bytes| async move { body }).layer(DefaultBodyLimit::max(SMALL)),
-        );
+        )
+        // Reads the whole body, then holds it until released.
+        .route("/hold-body", {
+            let release = release.clone();
+            let bodies_read = bodies_read.clone();
+            post(move |body: Bytes| async move {
+                bodies_read.fetch_add(1, Ordering::SeqCst);
+                let _permit = release.acquire().await;
+                body.len().to_string()
+            })
+        })
+        // Starts reading its body only when told to.
+        .route("/late-echo", {
+            let late_received = late_received.clone();
+            let read_later = read_later.clone();
+            post(move |request: axum::extract::Request| async move {
+                late_received.fetch_add(1, Ordering::SeqCst);
+                let _permit = read_later.acquire().await;
+                axum::body::to_bytes(request.into_body(), usize::MAX)
+                    .await
+                    .map_err(|_| StatusCode::BAD_REQUEST)
+            })
+        });
     let (stop, stopped) = oneshot::channel::<()>();
-    let (addr, handle) = serve(&config, router, async {
+    let (addr, handle) = serve(&config, MAX_BODY, router, async {
         let _ = stopped.await;
     })
     .await
@@ -65,6 +99,9 @@ async fn start(config: HttpConfig) -> Server {
         stop,
         counted,
         release,
+        bodies_read,
+        late_received,
+        read_later,
     }
 }
 
@@ -72,8 +109,11 @@ fn limits(header_ms: u64, request_ms: u64, max_connections: usize) -> HttpConfig
     HttpConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         header_read_timeout_ms: header_ms,
+        first_request_timeout_ms: header_ms,
         request_timeout_ms: request_ms,
         max_connections,
+        max_connections_per_client: max_connections,
+        max_body_buffer_bytes: 64 * MAX_BODY,
     }
 }
 
@@ -397,3 +437,5 @@ async fn a_connection_whose_bodies_are_read_to_the_end_stays_usable() {
     assert_eq!((status, body.as_str()), (200, "counted"));
     assert_eq!(server.counted.load(Ordering::SeqCst), 2);
 }
+
+mod limits;

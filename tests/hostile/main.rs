@@ -10,6 +10,10 @@
 //!   path tricks, SQL-like strings, out-of-range query parameters, catastrophic-looking regexes, and filters
 //!   at and one past every limit of `cohort::rules::filter`. Every refused case must answer a 4xx (never a
 //!   5xx, never a hang) in the API's error shape with a clear message.
+//! - [`connections`]: greedy clients with small configured limits: more idle connections than one client
+//!   may hold (the extra ones are refused, another client is answered), a `Content-Length` over the body
+//!   limit (refused before any of the body is sent), stalled bodies (they hold no more than the body
+//!   budget; the rest wait their turn).
 //! - [`keepalive`]: an answer given before the request's body was read says `Connection: close` and the
 //!   connection ends; any other answer keeps the connection usable for the next request.
 //! - [`raw`]: a raw HTTP/1.1 client, so requests can carry what a well-behaved client library would refuse
@@ -22,6 +26,7 @@
 mod support;
 
 mod api;
+mod connections;
 mod events;
 mod keepalive;
 mod raw;

@@ -1,15 +1,16 @@
 //! A raw HTTP/1.1 client: the request is written byte for byte as built, so it may carry a bad content
 //! type, a body that is not JSON or not UTF-8, a chunked body, or a path a client library would refuse.
 //! [`send`] opens one connection per request (`Connection: close`); a [`Connection`] carries requests one
-//! after another, as a keep-alive client does. Every exchange is bounded by [`EXCHANGE_LIMIT`].
+//! after another, as a keep-alive client does, may come from another loopback address, and may write a
+//! request in parts. Every exchange is bounded by [`EXCHANGE_LIMIT`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// The longest one exchange may take before it counts as a hang.
 pub const EXCHANGE_LIMIT: Duration = Duration::from_secs(30);
@@ -65,6 +66,11 @@ impl Request {
     pub fn keep_alive(mut self) -> Self {
         self.keep_alive = true;
         self
+    }
+
+    /// The request's bytes as sent to `addr`.
+    pub fn encoded(&self, addr: SocketAddr) -> Vec<u8> {
+        self.encode(addr)
     }
 
     fn encode(&self, addr: SocketAddr) -> Vec<u8> {
@@ -206,6 +212,39 @@ impl Connection {
             stream: TcpStream::connect(addr).await?,
             unread: Vec::new(),
         })
+    }
+
+    /// Opens a connection to `addr` from the local address `from` (Linux routes all of 127/8 to the
+    /// loopback interface, so 127.0.0.2 is a second client on the same machine).
+    pub async fn open_from(from: IpAddr, addr: SocketAddr) -> anyhow::Result<Self> {
+        let socket = match from {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .with_context(|| format!("binding a client socket to {from}"))?;
+        Ok(Self {
+            addr,
+            stream: socket.connect(addr).await?,
+            unread: Vec::new(),
+        })
+    }
+
+    /// Writes `bytes` (a request, or part of one) and nothing else.
+    pub async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        tokio::time::timeout(EXCHANGE_LIMIT, self.stream.write_all(bytes))
+            .await
+            .context("writing took longer than the exchange limit")?
+            .context("writing to the connection")
+    }
+
+    /// Reads the next answer, whatever was written before.
+    pub async fn reply(&mut self) -> anyhow::Result<Reply> {
+        let (mut reader, _) = self.stream.split();
+        tokio::time::timeout(EXCHANGE_LIMIT, read_answer(&mut reader, &mut self.unread))
+            .await
+            .with_context(|| format!("no answer within {EXCHANGE_LIMIT:?}"))?
     }
 
     /// Sends `request` (built with [`Request::keep_alive`] to keep the connection) and reads its answer.
