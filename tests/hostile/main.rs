@@ -10,6 +10,8 @@
 //!   path tricks, SQL-like strings, out-of-range query parameters, catastrophic-looking regexes, and filters
 //!   at and one past every limit of `cohort::rules::filter`. Every refused case must answer a 4xx (never a
 //!   5xx, never a hang) in the API's error shape with a clear message.
+//! - [`bounds`]: answers stay small whatever the request (at most 100 details, bounded messages), and a
+//!   duplicate object key anywhere in a body is refused.
 //! - [`keepalive`]: an answer given before the request's body was read says `Connection: close` and the
 //!   connection ends; any other answer keeps the connection usable for the next request.
 //! - [`raw`]: a raw HTTP/1.1 client, so requests can carry what a well-behaved client library would refuse
@@ -22,6 +24,7 @@
 mod support;
 
 mod api;
+mod bounds;
 mod events;
 mod keepalive;
 mod raw;
