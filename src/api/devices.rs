@@ -10,12 +10,12 @@ use axum::Router;
 use chrono::{DateTime, Utc};
 use rdkafka::producer::FutureRecord;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::auth::Caller;
-use super::error::{ErrorBody, Json, Path};
+use super::error::{Detail, ErrorBody, Json, Path};
 use super::members::{Accepted, MAX_BATCH};
 use super::{ApiError, ApiState, PRODUCE_TIMEOUT};
 use crate::firmware::Version;
@@ -73,18 +73,24 @@ pub async fn import(
             body.device_ids.len()
         )));
     }
-    let problems: Vec<Value> = body
-        .device_ids
-        .iter()
-        .enumerate()
-        .filter(|(_, id)| id.is_empty() || id.len() > 256 || id.chars().any(char::is_control))
-        .map(|(i, _)| {
-            json!({"path": format!("deviceIds[{i}]"),
-                "message": "device ids must be 1 to 256 bytes without control characters"})
-        })
-        .collect();
-    if !problems.is_empty() {
-        return Err(ApiError::bad_request("Invalid device ids").with_details(problems));
+    // Lazily (`with_details` builds no more problems than it lists), and in a block: the iterator is not
+    // held across an await.
+    {
+        let mut problems = body
+            .device_ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| id.is_empty() || id.len() > 256 || id.chars().any(char::is_control))
+            .map(|(i, _)| {
+                Detail::at(
+                    format!("deviceIds[{i}]"),
+                    "device ids must be 1 to 256 bytes without control characters",
+                )
+            })
+            .peekable();
+        if problems.peek().is_some() {
+            return Err(ApiError::bad_request("Invalid device ids").with_details(problems));
+        }
     }
     if !queries::org_exists(&state.pool, &org_id).await? {
         return Err(ApiError::not_found("Org not found"));

@@ -5,13 +5,19 @@
 //! Rejections of axum's extractors (bad JSON, wrong types, unknown fields, bodies over the limit, bad path or
 //! query parameters) are mapped here, so a client error is always a 4xx with a clear message. Internal
 //! failures are logged with their cause chain and answered with a generic message: no stack trace, no SQL.
+//!
+//! Every answer is bounded whatever the request: `details` lists at most [`MAX_DETAILS`] problems (then one
+//! last detail saying more were found), and every message and path is cut to a bounded length, so a
+//! request full of mistakes costs a few dozen KiB to answer (at most about [`MAX_ERROR_BODY_BYTES`]).
+//!
+//! Every JSON body the API reads goes through [`Json`] or [`parse_json`], which refuse a duplicate object
+//! key anywhere in the document (see [`find_duplicate_key`]) before the typed parse.
 
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::FromRequest;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::store::api_keys::KeyError;
@@ -20,6 +26,130 @@ use crate::store::groups::GroupError;
 use crate::store::members::MemberError;
 use crate::store::StoreError;
 
+mod duplicate_keys;
+
+pub use duplicate_keys::{find_duplicate_key, DuplicateKey};
+
+/// Most problems listed in `details`; when there are more, one last detail says so.
+pub const MAX_DETAILS: usize = 100;
+/// Longest error message, in bytes (longer ones are cut at a character boundary and end with `…`).
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+/// Longest detail message, in bytes.
+pub const MAX_DETAIL_MESSAGE_BYTES: usize = 512;
+/// Longest detail path or device id, in bytes.
+pub const MAX_DETAIL_PATH_BYTES: usize = 256;
+/// An upper bound on an error body's size, in bytes: the message and every listed detail at their longest,
+/// each character escaped as JSON at its widest (`\u0001`, six bytes for one), and the punctuation and key
+/// names around them. In practice a body of 100 details is a few dozen KiB.
+pub const MAX_ERROR_BODY_BYTES: usize = 6
+    * (MAX_MESSAGE_BYTES
+        + (MAX_DETAILS + 1) * (MAX_DETAIL_MESSAGE_BYTES + 2 * MAX_DETAIL_PATH_BYTES))
+    + 64 * (MAX_DETAILS + 2);
+
+// The filter validator reports enough problems to fill `details` and to show that there are more.
+const _: () = assert!(crate::rules::filter::MAX_ERRORS >= MAX_DETAILS);
+
+/// One problem with a request: what is wrong, and where (a JSON path into the body, or the device it is
+/// about). Always an object with at least `message`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Detail {
+    /// Where in the request body, e.g. `$.conditions[1].value` or `deviceIds[3]` (absent, never null, when
+    /// the problem has no place).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false, max_length = 256)]
+    pub path: Option<String>,
+    /// The device the problem is about (a batch's unknown device, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false, max_length = 256)]
+    pub device_id: Option<String>,
+    /// What is wrong, for a person.
+    #[schema(max_length = 512)]
+    pub message: String,
+}
+
+// The schema's lengths (characters, each at least a byte) are the bounds the constructors apply.
+const _: () = assert!(
+    MAX_MESSAGE_BYTES == 2048 && MAX_DETAIL_MESSAGE_BYTES == 512 && MAX_DETAIL_PATH_BYTES == 256
+);
+
+impl Detail {
+    /// A problem with no particular place.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            path: None,
+            device_id: None,
+            message: bounded(message.into(), MAX_DETAIL_MESSAGE_BYTES),
+        }
+    }
+
+    /// A problem at a path in the request body.
+    pub fn at(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: Some(bounded_path(path.into())),
+            ..Self::new(message)
+        }
+    }
+
+    /// A problem about one device.
+    pub fn device(device_id: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            device_id: Some(bounded(device_id.into(), MAX_DETAIL_PATH_BYTES)),
+            ..Self::new(message)
+        }
+    }
+
+    /// `path: message`, or the message alone.
+    pub fn summary(&self) -> String {
+        match (&self.path, &self.device_id) {
+            (Some(path), _) => format!("{path}: {}", self.message),
+            (None, Some(device)) => format!("{device}: {}", self.message),
+            (None, None) => self.message.clone(),
+        }
+    }
+}
+
+/// The last detail of a list cut at [`MAX_DETAILS`].
+fn more_problems() -> Detail {
+    Detail::new(format!(
+        "More problems were found; only the first {MAX_DETAILS} are listed"
+    ))
+}
+
+/// `s` cut to at most `max` bytes at a character boundary, ending with `…` when cut.
+pub fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max.saturating_sub('…'.len_utf8());
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+/// A path of at most [`MAX_DETAIL_PATH_BYTES`]: a longer one keeps its end, the part nearest the problem
+/// (`$…[0][0].b`).
+pub fn bounded_path(path: String) -> String {
+    if path.len() <= MAX_DETAIL_PATH_BYTES {
+        return path;
+    }
+    let mut start = path.len() - (MAX_DETAIL_PATH_BYTES - "$…".len());
+    while !path.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("$…{}", &path[start..])
+}
+
+/// At most the first `max` characters of `s` (an untrusted string quoted in a message), with `…` when cut.
+pub fn snippet(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &s[..end]).into(),
+        None => s.into(),
+    }
+}
+
 /// The error body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -27,10 +157,12 @@ pub struct ErrorBody {
     /// did not arrive within `http.request_timeout_ms`) or `internal_error`.
     pub error: &'static str,
     /// What went wrong, for a person.
+    #[schema(max_length = 2048)]
     pub message: String,
-    /// Each problem found (e.g. every filter validation error with its JSON path).
-    #[schema(value_type = Vec<Object>)]
-    pub details: Vec<Value>,
+    /// Each problem found (e.g. every filter validation error with its JSON path), at most 100; when there
+    /// are more, a last detail (with only a `message`) says so.
+    #[schema(max_items = 101)]
+    pub details: Vec<Detail>,
 }
 
 /// An error answer.
@@ -39,7 +171,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    pub details: Vec<Value>,
+    /// At most [`MAX_DETAILS`] + 1 (see [`ApiError::with_details`]).
+    pub details: Vec<Detail>,
     /// Seconds, for 429.
     pub retry_after: Option<u64>,
 }
@@ -49,7 +182,7 @@ impl ApiError {
         Self {
             status,
             code,
-            message: message.into(),
+            message: bounded(message.into(), MAX_MESSAGE_BYTES),
             details: Vec::new(),
             retry_after: None,
         }
@@ -109,18 +242,28 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "internal_error", message)
     }
 
-    pub fn with_details(mut self, details: Vec<Value>) -> Self {
-        self.details = details;
+    /// Lists the problems: the first [`MAX_DETAILS`], then (when the iterator holds more) one last detail
+    /// saying there are more. The iterator is read no further than one past the cap, so a lazy one never
+    /// builds the problems that are not listed.
+    pub fn with_details(mut self, details: impl IntoIterator<Item = Detail>) -> Self {
+        let mut details = details.into_iter();
+        self.details = details.by_ref().take(MAX_DETAILS).collect();
+        if details.next().is_some() {
+            self.details.push(more_problems());
+        }
         self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // The fields are public: bound them again here, where every answer passes.
+        let mut details = self.details;
+        details.truncate(MAX_DETAILS + 1);
         let body = ErrorBody {
             error: self.code,
-            message: self.message,
-            details: self.details,
+            message: bounded(self.message, MAX_MESSAGE_BYTES),
+            details,
         };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
@@ -165,15 +308,20 @@ impl From<GroupError> for ApiError {
     fn from(e: GroupError) -> Self {
         match e {
             GroupError::Invalid(errors) => {
-                let details = errors
-                    .iter()
-                    .map(|e| json!({"path": e.path, "message": e.message}))
-                    .collect();
                 // The first problem in the message itself (path and what is wrong, e.g. the limit it
-                // exceeds), so a client that shows only the message still says what to fix.
+                // exceeds), so a client that shows only the message still says what to fix. The validator
+                // stops once it has found more than `MAX_DETAILS` problems, so past that the count is a
+                // lower bound.
                 let message = match errors.as_slice() {
                     [] => "Invalid filter".to_string(),
                     [only] => format!("Invalid filter: {}: {}", only.path, only.message),
+                    [first, rest @ ..] if errors.len() > MAX_DETAILS => format!(
+                        "Invalid filter: {}: {} (and at least {} more problems; details lists the first \
+                         {MAX_DETAILS})",
+                        first.path,
+                        first.message,
+                        rest.len().min(MAX_DETAILS),
+                    ),
                     [first, rest @ ..] => format!(
                         "Invalid filter: {}: {} (and {} more problem{}, see details)",
                         first.path,
@@ -182,7 +330,8 @@ impl From<GroupError> for ApiError {
                         if rest.len() == 1 { "" } else { "s" }
                     ),
                 };
-                ApiError::bad_request(message).with_details(details)
+                ApiError::bad_request(message)
+                    .with_details(errors.into_iter().map(|e| Detail::at(e.path, e.message)))
             }
             GroupError::NameTaken => {
                 ApiError::conflict("A group with this name already exists in the org")
@@ -266,10 +415,32 @@ impl From<PathRejection> for ApiError {
     }
 }
 
-/// `axum::Json`, with rejections in the API's error shape.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+/// `axum::Json`, with rejections in the API's error shape, that also refuses a duplicate object key
+/// anywhere in the body (400, naming the key and where it is). Like `axum::Json`, it checks the content
+/// type (415) before it reads the body.
 pub struct Json<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        require_json(request.headers())?;
+        let RawBody(body) = RawBody::from_request(request, state).await?;
+        refuse_duplicate_keys(&body)?;
+        let axum::Json(value) = axum::Json::<T>::from_bytes(&body)?;
+        Ok(Json(value))
+    }
+}
+
+/// 400 when the body holds an object with a repeated key. A body that is not JSON passes: the typed parse
+/// that follows reports its syntax error in the usual words.
+fn refuse_duplicate_keys(body: &[u8]) -> Result<(), ApiError> {
+    match find_duplicate_key(body) {
+        Some(duplicate) => Err(ApiError::bad_request(duplicate.to_string())
+            .with_details([Detail::at(duplicate.path.clone(), duplicate.message())])),
+        None => Ok(()),
+    }
+}
 
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
@@ -329,8 +500,10 @@ pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Parses a JSON body read by the handler itself, with the [`Json`] extractor's messages.
+/// Parses a JSON body read by the handler itself, with the [`Json`] extractor's messages (a duplicate
+/// object key anywhere is refused, as there).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    refuse_duplicate_keys(body)?;
     serde_json::from_slice(body).map_err(|e| {
         let kind = if e.is_data() {
             "Failed to deserialize the JSON body into the target type"
@@ -354,3 +527,6 @@ pub async fn method_not_allowed() -> ApiError {
         "Method not allowed on this route",
     )
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::Caller;
-use super::error::{ErrorBody, Json, Path, Query, RawBody};
+use super::error::{Detail, ErrorBody, Json, Path, Query, RawBody};
 use super::{page, ApiError, ApiState};
 use crate::store::api::{self as queries, GroupQuery, GroupRow};
 use crate::store::groups::{self, GroupKind, GroupPatch, NewGroup};
@@ -227,38 +227,57 @@ fn check_descriptive(
     tags: Option<&[String]>,
     site: Option<&str>,
 ) -> Result<(), ApiError> {
-    let mut problems = Vec::new();
+    // (path, message): at most one problem per field, so at most five.
+    let mut problems: Vec<(String, String)> = Vec::new();
     if let Some(name) = name {
         if name.trim().is_empty() {
-            problems.push("name must not be empty".to_string());
+            problems.push(("name".into(), "name must not be empty".into()));
         } else if name.chars().count() > MAX_NAME {
-            problems.push(format!("name must be at most {MAX_NAME} characters"));
+            problems.push((
+                "name".into(),
+                format!("name must be at most {MAX_NAME} characters"),
+            ));
         }
     }
     if description.is_some_and(|d| d.chars().count() > MAX_DESCRIPTION) {
-        problems.push(format!(
-            "description must be at most {MAX_DESCRIPTION} characters"
+        problems.push((
+            "description".into(),
+            format!("description must be at most {MAX_DESCRIPTION} characters"),
         ));
     }
     if let Some(tags) = tags {
         if tags.len() > MAX_TAGS {
-            problems.push(format!("at most {MAX_TAGS} tags"));
+            problems.push(("tags".into(), format!("at most {MAX_TAGS} tags")));
         }
-        if tags
+        if let Some(i) = tags
             .iter()
-            .any(|t| t.is_empty() || t.chars().count() > MAX_TAG)
+            .position(|t| t.is_empty() || t.chars().count() > MAX_TAG)
         {
-            problems.push(format!("each tag must be 1 to {MAX_TAG} characters"));
+            problems.push((
+                format!("tags[{i}]"),
+                format!("each tag must be 1 to {MAX_TAG} characters"),
+            ));
         }
     }
     if site.is_some_and(|s| s.is_empty() || s.chars().count() > MAX_SITE) {
-        problems.push(format!("siteId must be 1 to {MAX_SITE} characters"));
+        problems.push((
+            "siteId".into(),
+            format!("siteId must be 1 to {MAX_SITE} characters"),
+        ));
     }
     if problems.is_empty() {
         Ok(())
     } else {
-        Err(ApiError::bad_request(problems.join("; "))
-            .with_details(problems.into_iter().map(Value::String).collect()))
+        let message = problems
+            .iter()
+            .map(|(_, message)| message.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        Err(ApiError::bad_request(message).with_details(
+            problems
+                .into_iter()
+                .map(|(path, message)| Detail::at(path, message)),
+        ))
     }
 }
 

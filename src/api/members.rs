@@ -7,11 +7,11 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
-use super::error::{ErrorBody, Json, Path, Query};
+use super::error::{snippet, Detail, ErrorBody, Json, Path, Query};
 use super::groups::visible;
 use super::{next_cursor, page, ApiError, ApiState};
 use crate::store::api::{self as queries, GroupRow, MemberRow};
@@ -273,19 +273,26 @@ pub(crate) async fn resolve_batch(
             "At most {MAX_BATCH} devices per batch, got {n}"
         )));
     }
-    let mut problems = Vec::new();
-    for (i, id) in device_ids.iter().enumerate() {
-        if let Err(message) = check_device_id(id) {
-            problems.push(json!({"path": format!("deviceIds[{i}]"), "message": message}));
+    // Lazily (`with_details` builds no more problems than it lists), and in a block: the iterator is not
+    // held across an await.
+    {
+        let mut problems = device_ids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| {
+                let message = check_device_id(id).err()?;
+                Some(Detail::at(format!("deviceIds[{i}]"), message))
+            })
+            .chain(identifiers.iter().enumerate().filter_map(|(i, ident)| {
+                let message = ident.kind.validate(&ident.identifier).err()?;
+                Some(Detail::at(format!("identifiers[{i}]"), message))
+            }))
+            .peekable();
+        if problems.peek().is_some() {
+            return Err(
+                ApiError::bad_request("Invalid devices in the batch").with_details(problems)
+            );
         }
-    }
-    for (i, ident) in identifiers.iter().enumerate() {
-        if let Err(message) = ident.kind.validate(&ident.identifier) {
-            problems.push(json!({"path": format!("identifiers[{i}]"), "message": message}));
-        }
-    }
-    if !problems.is_empty() {
-        return Err(ApiError::bad_request("Invalid devices in the batch").with_details(problems));
     }
     let mut ids = device_ids;
     if !identifiers.is_empty() {
@@ -298,16 +305,23 @@ pub(crate) async fn resolve_batch(
         for (i, (ident, device)) in identifiers.iter().zip(resolved).enumerate() {
             match device {
                 Some(id) => ids.push(id),
-                None => unknown.push(json!({
-                    "path": format!("identifiers[{i}]"),
-                    "message": format!("No device of the org reports {} {}", ident.kind.label(), ident.identifier),
-                })),
+                None => unknown.push((i, ident)),
             }
         }
         if !unknown.is_empty() {
+            let details = unknown.into_iter().map(|(i, ident)| {
+                Detail::at(
+                    format!("identifiers[{i}]"),
+                    format!(
+                        "No device of the org reports {} {}",
+                        ident.kind.label(),
+                        snippet(&ident.identifier, 64)
+                    ),
+                )
+            });
             return Err(
                 ApiError::bad_request("Devices not found in the group's organization")
-                    .with_details(unknown),
+                    .with_details(details),
             );
         }
     }
@@ -341,11 +355,13 @@ pub(crate) fn refusal(e: MemberError) -> ApiError {
             let details = change
                 .not_found
                 .iter()
-                .map(|id| json!({"deviceId": id, "message": "Device not found in the group's organization"}))
-                .chain(change.wrong_site.iter().map(
-                    |id| json!({"deviceId": id, "message": "Device not in the group's site"}),
-                ))
-                .collect();
+                .map(|id| Detail::device(id, "Device not found in the group's organization"))
+                .chain(
+                    change
+                        .wrong_site
+                        .iter()
+                        .map(|id| Detail::device(id, "Device not in the group's site")),
+                );
             ApiError::bad_request(
                 "Devices not found in the group's organization (or not of its site); nothing was changed",
             )

@@ -21,7 +21,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::error::{parse_json, require_json, RawBody};
+use super::error::{parse_json, require_json, Detail, RawBody};
 use super::groups::{create_group, CreateGroup};
 use super::members::{resolve_batch, DeviceIdentifier, MAX_BATCH};
 use super::{ApiError, ApiState};
@@ -81,15 +81,7 @@ fn thingspace_error(e: ApiError) -> Response {
     };
     let mut message = e.message;
     // The first few problems, so a client that shows only the message still says what to fix.
-    let listed: Vec<String> = e
-        .details
-        .iter()
-        .take(5)
-        .map(|d| match d {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect();
+    let listed: Vec<String> = e.details.iter().take(5).map(Detail::summary).collect();
     if !listed.is_empty() {
         message = format!("{message}: {}", listed.join("; "));
     }

@@ -25,6 +25,10 @@
 //! and compares sets (see [`super::compare`]).
 //!
 //! Limits (see the constants): depth, total conditions, list lengths, string lengths, regex size.
+//!
+//! Reporting is bounded too: validation stops once it has found more than [`MAX_ERRORS`] errors (a filter
+//! of 250 lists of 1,000 bad values costs a hundred errors, not 250,000), and an untrusted string quoted in
+//! a message or a path (an unknown key, field or operator) is cut to its first [`QUOTED_CHARS`] characters.
 
 use std::collections::BTreeSet;
 
@@ -46,6 +50,11 @@ pub const MAX_VALUE_BYTES: usize = 1024;
 pub const MAX_REGEX_BYTES: usize = 1024;
 /// Largest compiled regex program, in bytes.
 pub const MAX_REGEX_COMPILED_BYTES: usize = 1 << 20;
+/// Validation stops once it has found more than this many errors: [`compile`] returns at most
+/// `MAX_ERRORS + 1`, and `MAX_ERRORS + 1` means "and maybe more".
+pub const MAX_ERRORS: usize = 100;
+/// The longest prefix of an untrusted string quoted in an error's message or path, in characters.
+pub const QUOTED_CHARS: usize = 64;
 
 /// One validation problem: where (a JSON path such as `$.conditions[1].value`) and what.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -410,7 +419,8 @@ impl CompiledFilter {
     }
 }
 
-/// Validates and compiles a filter, returning every validation error at once.
+/// Validates and compiles a filter, returning every validation error at once (up to `MAX_ERRORS + 1`:
+/// finding more than [`MAX_ERRORS`] stops the check).
 pub fn compile(
     filter: &Value,
     catalogue: &Catalogue,
@@ -432,7 +442,7 @@ pub fn compile(
         }
         _ => ctx.node(filter, "$".to_string(), 1),
     };
-    if ctx.conditions > MAX_CONDITIONS {
+    if ctx.conditions > MAX_CONDITIONS && !ctx.full() {
         ctx.error(
             "$",
             format!("Filter has too many conditions (maximum {MAX_CONDITIONS})"),
@@ -461,7 +471,7 @@ pub fn compile(
     }
 }
 
-/// Validates a filter, returning every error (empty when it is valid).
+/// Validates a filter, returning every error (empty when it is valid; at most `MAX_ERRORS + 1`).
 pub fn validate(filter: &Value, catalogue: &Catalogue) -> Vec<ValidationError> {
     compile(filter, catalogue).err().unwrap_or_default()
 }
@@ -474,15 +484,36 @@ struct Ctx<'a> {
     time_dependent: bool,
 }
 
+/// At most the first [`QUOTED_CHARS`] characters of an untrusted string, with `…` when cut.
+fn short(s: &str) -> String {
+    match s.char_indices().nth(QUOTED_CHARS) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_string(),
+    }
+}
+
 impl Ctx<'_> {
+    /// Records an error, unless more than [`MAX_ERRORS`] are already recorded.
     fn error(&mut self, path: &str, message: impl Into<String>) {
+        if self.full() {
+            return;
+        }
         self.errors.push(ValidationError {
             path: path.to_string(),
             message: message.into(),
         });
     }
 
+    /// Whether more than [`MAX_ERRORS`] errors are recorded: the check stops (every loop over the filter's
+    /// parts tests this first, so nothing more is looked at or formatted).
+    fn full(&self) -> bool {
+        self.errors.len() > MAX_ERRORS
+    }
+
     fn node(&mut self, v: &Value, path: String, depth: usize) -> Option<Node> {
+        if self.full() {
+            return None;
+        }
         let Some(obj) = v.as_object() else {
             self.error(&path, "Expected an object: a group or a condition");
             return None;
@@ -496,7 +527,11 @@ impl Ctx<'_> {
 
     fn unknown_keys(&mut self, obj: &Map<String, Value>, path: &str, allowed: &[&str]) {
         for key in obj.keys() {
+            if self.full() {
+                return;
+            }
             if !allowed.contains(&key.as_str()) {
+                let key = short(key);
                 self.error(&format!("{path}.{key}"), format!("Unknown key: {key}"));
             }
         }
@@ -539,6 +574,9 @@ impl Ctx<'_> {
         }
         let mut children = Vec::with_capacity(conditions.len());
         for (i, child) in conditions.iter().enumerate() {
+            if self.full() {
+                return None;
+            }
             if let Some(node) = self.node(child, format!("{path}.conditions[{i}]"), depth + 1) {
                 children.push(node);
             }
@@ -558,7 +596,7 @@ impl Ctx<'_> {
             Some(Value::String(name)) => match self.catalogue.resolve(name) {
                 Ok(id) => Some((id, name.as_str())),
                 Err(FieldLookupError::Unknown(_)) => {
-                    self.error(&field_path, format!("Unknown field: {name}"));
+                    self.error(&field_path, format!("Unknown field: {}", short(name)));
                     None
                 }
                 Err(e) => {
@@ -576,7 +614,7 @@ impl Ctx<'_> {
             Some(Value::String(name)) => match Operator::parse(name) {
                 Some(op) => Some(op),
                 None => {
-                    self.error(&op_path, format!("Unknown operator: {name}"));
+                    self.error(&op_path, format!("Unknown operator: {}", short(name)));
                     None
                 }
             },
@@ -671,6 +709,9 @@ impl Ctx<'_> {
                 let items = self.list(value?, path, field)?;
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
+                    if self.full() {
+                        return None;
+                    }
                     out.push(self.string(item, &format!("{path}[{i}]"), field));
                 }
                 Test::StrIn(sorted_strings(out.into_iter().collect::<Option<Vec<_>>>()?))
@@ -679,6 +720,9 @@ impl Ctx<'_> {
                 let items = self.list(value?, path, field)?;
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
+                    if self.full() {
+                        return None;
+                    }
                     out.push(self.enum_value(item, &format!("{path}[{i}]"), field, values));
                 }
                 let mut out = out.into_iter().collect::<Option<Vec<_>>>()?;
@@ -775,6 +819,9 @@ impl Ctx<'_> {
         let items = self.list(v, path, field)?;
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
+            if self.full() {
+                return None;
+            }
             out.push(self.string(item, &format!("{path}[{i}]"), field));
         }
         Some(sorted_strings(out.into_iter().collect::<Option<Vec<_>>>()?))
@@ -812,8 +859,9 @@ impl Ctx<'_> {
             None => self.fail(
                 path,
                 format!(
-                    "Value {s:?} is not one of the allowed values for field {field}: {}",
-                    values.join(", ")
+                    "Value {:?} is not one of the allowed values for field {field}: {}",
+                    short(&s),
+                    allowed_list(values)
                 ),
             ),
         }
@@ -858,6 +906,9 @@ impl Ctx<'_> {
                 let items = self.list(v, path, field)?;
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.iter().enumerate() {
+                    if self.full() {
+                        return None;
+                    }
                     out.push(self.number(item, &format!("{path}[{i}]"), field));
                 }
                 let mut out = out.into_iter().collect::<Option<Vec<f64>>>()?;
@@ -983,9 +1034,45 @@ impl Ctx<'_> {
                 path,
                 format!("Regular expression is too large once compiled (maximum {MAX_REGEX_COMPILED_BYTES} bytes)"),
             ),
-            Err(e) => self.fail(path, format!("Invalid regular expression: {e}")),
+            Err(e) => self.fail(path, regex_error(&e.to_string())),
         }
     }
+}
+
+/// A regex syntax error as a message: the whole of regex's report (the pattern, a caret under the
+/// problem, then what it is) when short, otherwise only what it is, so that a long pattern cannot push the
+/// explanation past a reader's (or an answer's) length limit.
+fn regex_error(report: &str) -> String {
+    const SHORT: usize = 400;
+    let what = if report.len() <= SHORT {
+        report
+    } else {
+        report
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or(report)
+    };
+    let mut end = what.len().min(SHORT);
+    while !what.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("Invalid regular expression: {}", &what[..end])
+}
+
+/// The allowed values of an enum field, as a message lists them: the first few, then how many more.
+fn allowed_list(values: &[Box<str>]) -> String {
+    const LISTED: usize = 20;
+    let mut out = values
+        .iter()
+        .take(LISTED)
+        .map(|v| short(v))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if values.len() > LISTED {
+        out.push_str(&format!(" (and {} more)", values.len() - LISTED));
+    }
+    out
 }
 
 fn sorted_strings(mut items: Vec<Box<str>>) -> Box<[Box<str>]> {
@@ -993,6 +1080,9 @@ fn sorted_strings(mut items: Vec<Box<str>>) -> Box<[Box<str>]> {
     items.dedup();
     items.into_boxed_slice()
 }
+
+#[cfg(test)]
+mod bounds_tests;
 
 #[cfg(test)]
 mod tests {

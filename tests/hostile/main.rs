@@ -10,6 +10,8 @@
 //!   path tricks, SQL-like strings, out-of-range query parameters, catastrophic-looking regexes, and filters
 //!   at and one past every limit of `cohort::rules::filter`. Every refused case must answer a 4xx (never a
 //!   5xx, never a hang) in the API's error shape with a clear message.
+//! - [`bounds`]: answers stay small whatever the request (at most 100 details, bounded messages), and a
+//!   duplicate object key anywhere in a body is refused.
 //! - [`connections`]: greedy clients with small configured limits: more idle connections than one client
 //!   may hold (the extra ones are refused, another client is answered), a `Content-Length` over the body
 //!   limit (refused before any of the body is sent), stalled bodies (they hold no more than the body
@@ -26,6 +28,7 @@
 mod support;
 
 mod api;
+mod bounds;
 mod connections;
 mod events;
 mod keepalive;
