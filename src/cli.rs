@@ -192,19 +192,37 @@ fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> E
     };
     match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
+        // Printed once, here, and not also logged: the log line would repeat it (in colour, with its
+        // line breaks escaped).
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting");
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::telemetry::render_error(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Applies the migrations (waiting for a database that is starting), naming the server if it fails.
+async fn migrate_on(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    crate::app::migrate_with_retry(pool, config)
+        .await
+        .with_context(|| {
+            format!(
+                "PostgreSQL at {}",
+                crate::telemetry::database_label(&config.database.url)
+            )
+        })
+}
+
 async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
-    crate::store::create_database_if_missing(&config.database.url).await?;
-    let pool = crate::store::connect_lazy(&config.database)?;
-    crate::app::migrate_with_retry(&pool, &config).await?;
+    let url = &config.database.url;
+    crate::store::create_database_if_missing(url)
+        .await
+        .map_err(|e| crate::telemetry::database_error(url, e))?;
+    let pool = crate::store::connect_lazy(&config.database)
+        .map_err(|e| crate::telemetry::database_error(url, e))?;
+    migrate_on(&pool, &config).await?;
     println!("migrations applied");
     Ok(())
 }
@@ -222,8 +240,9 @@ fn reconcile(args: ReconcileArgs) -> ExitCode {
     let status = run_async(async move {
         let config = Config::load(args.config.config.as_deref())?;
         let catalogue = Catalogue::from_config(&config.catalogue)?;
-        let pool = crate::store::connect_lazy(&config.database)?;
-        crate::app::migrate_with_retry(&pool, &config).await?;
+        let pool = crate::store::connect_lazy(&config.database)
+            .map_err(|e| crate::telemetry::database_error(&config.database.url, e))?;
+        migrate_on(&pool, &config).await?;
         let options = crate::reconcile::Options {
             org: args.org,
             examples: args.examples,
@@ -267,8 +286,9 @@ async fn api_key(command: ApiKeyCommand) -> anyhow::Result<()> {
         | ApiKeyCommand::List { config } => config,
     };
     let config = Config::load(args.config.as_deref())?;
-    let pool = crate::store::connect_lazy(&config.database)?;
-    crate::app::migrate_with_retry(&pool, &config).await?;
+    let pool = crate::store::connect_lazy(&config.database)
+        .map_err(|e| crate::telemetry::database_error(&config.database.url, e))?;
+    migrate_on(&pool, &config).await?;
     match command {
         ApiKeyCommand::Create { org, name, .. } => {
             if let Some(org) = &org {
