@@ -35,6 +35,17 @@ pub enum Command {
     /// Run cohort's whole main job on this machine with no configuration: an embedded Kafka-protocol broker
     /// (unless COHORT_KAFKA_BROKERS is set), PostgreSQL (DATABASE_URL, else the local server), a synthetic
     /// fleet, the worker, the relay and the API, a stream of attribute changes, and a summary.
+    ///
+    /// The database is COHORT_DATABASE_URL or DATABASE_URL if set, else cohort_demo on 127.0.0.1:5432
+    /// (created if missing). The demo empties its own database at every start: one named cohort_demo, or
+    /// any holding only an earlier demo's data, so running it again (with or without --serve) needs no
+    /// flag. An empty database is used as it is. It refuses only a database that is not its own: one
+    /// holding orgs it did not create (never emptied), or a benchmark's data (emptied with --reset).
+    ///
+    /// The API's address and keys are printed once it is up; with --serve it keeps serving after the
+    /// summary, until Ctrl-C. The summary keeps the seeded fleet (memberships, initial firmware targets)
+    /// apart from what the stream's events caused, and its throughput is the measured one: records the
+    /// worker committed divided by the stream's wall time.
     Demo(crate::demo::DemoArgs),
     /// Run the REST API alone (until SIGINT/SIGTERM).
     Api(ConfigArgs),
