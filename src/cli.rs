@@ -35,6 +35,17 @@ pub enum Command {
     /// Run cohort's whole main job on this machine with no configuration: an embedded Kafka-protocol broker
     /// (unless COHORT_KAFKA_BROKERS is set), PostgreSQL (DATABASE_URL, else the local server), a synthetic
     /// fleet, the worker, the relay and the API, a stream of attribute changes, and a summary.
+    ///
+    /// The database is COHORT_DATABASE_URL or DATABASE_URL if set, else cohort_demo on 127.0.0.1:5432
+    /// (created if missing). The demo empties its own database at every start: one named cohort_demo, or
+    /// any holding only an earlier demo's data, so running it again (with or without --serve) needs no
+    /// flag. An empty database is used as it is. It refuses only a database that is not its own: one
+    /// holding orgs it did not create (never emptied), or a benchmark's data (emptied with --reset).
+    ///
+    /// The API's address and keys are printed once it is up; with --serve it keeps serving after the
+    /// summary, until Ctrl-C. The summary keeps the seeded fleet (memberships, initial firmware targets)
+    /// apart from what the stream's events caused, and its throughput is the measured one: records the
+    /// worker committed divided by the stream's wall time.
     Demo(crate::demo::DemoArgs),
     /// Run the REST API alone (until SIGINT/SIGTERM).
     Api(ConfigArgs),
@@ -192,19 +203,37 @@ fn run_async(future: impl std::future::Future<Output = anyhow::Result<()>>) -> E
     };
     match runtime.block_on(future) {
         Ok(()) => ExitCode::SUCCESS,
+        // Printed once, here, and not also logged: the log line would repeat it (in colour, with its
+        // line breaks escaped).
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "exiting");
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::telemetry::render_error(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Applies the migrations (waiting for a database that is starting), naming the server if it fails.
+async fn migrate_on(pool: &sqlx::PgPool, config: &Config) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    crate::app::migrate_with_retry(pool, config)
+        .await
+        .with_context(|| {
+            format!(
+                "PostgreSQL at {}",
+                crate::telemetry::database_label(&config.database.url)
+            )
+        })
+}
+
 async fn migrate(args: ConfigArgs) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
-    crate::store::create_database_if_missing(&config.database.url).await?;
-    let pool = crate::store::connect_lazy(&config.database)?;
-    crate::app::migrate_with_retry(&pool, &config).await?;
+    let url = &config.database.url;
+    crate::store::create_database_if_missing(url)
+        .await
+        .map_err(|e| crate::telemetry::database_error(url, e))?;
+    let pool = crate::store::connect_lazy(&config.database)
+        .map_err(|e| crate::telemetry::database_error(url, e))?;
+    migrate_on(&pool, &config).await?;
     println!("migrations applied");
     Ok(())
 }
@@ -222,8 +251,9 @@ fn reconcile(args: ReconcileArgs) -> ExitCode {
     let status = run_async(async move {
         let config = Config::load(args.config.config.as_deref())?;
         let catalogue = Catalogue::from_config(&config.catalogue)?;
-        let pool = crate::store::connect_lazy(&config.database)?;
-        crate::app::migrate_with_retry(&pool, &config).await?;
+        let pool = crate::store::connect_lazy(&config.database)
+            .map_err(|e| crate::telemetry::database_error(&config.database.url, e))?;
+        migrate_on(&pool, &config).await?;
         let options = crate::reconcile::Options {
             org: args.org,
             examples: args.examples,
@@ -267,8 +297,9 @@ async fn api_key(command: ApiKeyCommand) -> anyhow::Result<()> {
         | ApiKeyCommand::List { config } => config,
     };
     let config = Config::load(args.config.as_deref())?;
-    let pool = crate::store::connect_lazy(&config.database)?;
-    crate::app::migrate_with_retry(&pool, &config).await?;
+    let pool = crate::store::connect_lazy(&config.database)
+        .map_err(|e| crate::telemetry::database_error(&config.database.url, e))?;
+    migrate_on(&pool, &config).await?;
     match command {
         ApiKeyCommand::Create { org, name, .. } => {
             if let Some(org) = &org {

@@ -267,3 +267,45 @@ fn the_readme_example_matches() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stdout_json(&out)["matches"], json!(true));
 }
+
+/// A local port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn a_database_that_does_not_answer_is_reported_once_naming_its_address() {
+    let port = closed_port();
+    let home = Scratch::new("home");
+    let out = cohort()
+        .arg("migrate")
+        .env_clear()
+        .env("HOME", &home.0)
+        .env("RUST_LOG", "debug")
+        .env(
+            "COHORT_DATABASE_URL",
+            format!("postgres://cohort:s3cret-pw@127.0.0.1:{port}/cohort"),
+        )
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(out.status.code().is_some(), "killed by a signal");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let expected = format!("error: cannot connect to PostgreSQL at 127.0.0.1:{port}: ");
+    assert_eq!(stderr.matches(&expected).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.starts_with("error"))
+            .count(),
+        1,
+        "{stderr}"
+    );
+    // Not a terminal: no colours; line breaks are line breaks; the password is never shown.
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
+    assert!(!stderr.contains("\\n"), "{stderr}");
+    assert!(!stderr.contains("s3cret-pw"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
