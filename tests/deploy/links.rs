@@ -6,8 +6,8 @@
 //! - an absolute path (`/…`, `~/…`, `file:`) is never a link target;
 //! - a code span or a fenced block never names a path that leaves the repository (`../…` resolved from
 //!   the document, or a fenced command's `../…`) or a path of one machine's working area (`/work/…`,
-//!   `/tmp/…`, `/home/…`). System locations such as `/usr/lib/postgresql` or `/proc` are facts about the
-//!   platform, not links, and are allowed.
+//!   `/tmp/…`, `/home/…`). System and container locations such as `/usr/lib/postgresql`, `/proc` or
+//!   `/opt/kafka/bin` are facts about the platform, not links, and are allowed.
 //!
 //! The documents are every `*.md` file under the repository, except build output (`target/`), hidden
 //! folders and the fuzzers' generated folders.
@@ -18,7 +18,7 @@ use super::{read, rel, repo};
 
 /// Absolute paths that belong to one machine's working area, never to the product.
 const PRIVATE_PREFIXES: &[&str] = &[
-    "/work/", "/tmp/", "/home/", "/root/", "/Users/", "/mnt/", "/srv/", "/opt/", "~/", "file:",
+    "/work/", "/tmp/", "/home/", "/root/", "/Users/", "/mnt/", "~/", "file:",
 ];
 
 /// Folders never searched for documents: build output and generated fuzzing data.
@@ -157,9 +157,17 @@ fn anchors(text: &str) -> Vec<String> {
             let base = slug(heading);
             let repeats = out
                 .iter()
-                .filter(|a| **a == base || a.strip_prefix(&format!("{base}-")).is_some_and(|n| n.parse::<u32>().is_ok()))
+                .filter(|a| {
+                    **a == base
+                        || a.strip_prefix(&format!("{base}-"))
+                            .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
                 .count();
-            out.push(if repeats == 0 { base } else { format!("{base}-{repeats}") });
+            out.push(if repeats == 0 {
+                base
+            } else {
+                format!("{base}-{repeats}")
+            });
         }
         for key in ["id=\"", "name=\""] {
             let mut rest = line;
@@ -302,17 +310,23 @@ fn check_link(root: &Path, doc: &Path, doc_text: &str, target: &str) -> Option<S
     if let Some(colon) = target.find(':') {
         let scheme = &target[..colon];
         if !scheme.is_empty()
-            && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
             && !target[..colon].contains('/')
         {
             return match scheme.to_ascii_lowercase().as_str() {
                 "http" | "https" | "mailto" => None,
-                _ => Some(format!("a `{scheme}:` link ({target}), outside the repository")),
+                _ => Some(format!(
+                    "a `{scheme}:` link ({target}), outside the repository"
+                )),
             };
         }
     }
     if target.starts_with('/') || target.starts_with('~') || target.starts_with('\\') {
-        return Some(format!("an absolute path ({target}), outside the repository"));
+        return Some(format!(
+            "an absolute path ({target}), outside the repository"
+        ));
     }
     let (path, fragment) = match target.split_once('#') {
         Some((p, f)) => (p, Some(f)),
@@ -337,7 +351,10 @@ fn check_link(root: &Path, doc: &Path, doc_text: &str, target: &str) -> Option<S
     if let (Some(fragment), Some(text)) = (fragment, text) {
         let fragment = percent_decode(fragment);
         if !anchors(&text).contains(&fragment) {
-            return Some(format!("{target}: {} has no heading #{fragment}", file.display()));
+            return Some(format!(
+                "{target}: {} has no heading #{fragment}",
+                file.display()
+            ));
         }
     }
     None
@@ -349,12 +366,18 @@ fn check_link(root: &Path, doc: &Path, doc_text: &str, target: &str) -> Option<S
 fn check_token(root: &Path, doc: &Path, token: &str, from_doc: bool) -> Option<String> {
     let token = token.trim_matches(|c: char| "\"'(),;:<>[]{}".contains(c));
     if private_path(token) {
-        return Some(format!("`{token}` is a path of one machine, outside the repository"));
+        return Some(format!(
+            "`{token}` is a path of one machine, outside the repository"
+        ));
     }
     if !token.starts_with("../") {
         return None;
     }
-    let base = if from_doc { doc.parent().unwrap_or(Path::new("")) } else { Path::new("") };
+    let base = if from_doc {
+        doc.parent().unwrap_or(Path::new(""))
+    } else {
+        Path::new("")
+    };
     match resolve(base, token) {
         None => Some(format!("`{token}` leads outside the repository")),
         Some(file) if from_doc && !root.join(&file).exists() => {
@@ -372,7 +395,7 @@ fn problems(root: &Path, doc: &Path, text: &str) -> Vec<Problem> {
     let mut block = String::new();
     let mut block_line = 1;
     let lines: Vec<&str> = text.lines().collect();
-    let mut flush = |block: &mut String, block_line: usize, out: &mut Vec<Problem>| {
+    let flush = |block: &mut String, block_line: usize, out: &mut Vec<Problem>| {
         if block.is_empty() {
             return;
         }
@@ -381,13 +404,19 @@ fn problems(root: &Path, doc: &Path, text: &str) -> Vec<Problem> {
         let (prose, spans) = split_code_spans(block);
         for (offset, target) in link_targets(&prose) {
             if let Some(message) = check_link(root, doc, text, &target) {
-                out.push(Problem { line: line_of(offset), message });
+                out.push(Problem {
+                    line: line_of(offset),
+                    message,
+                });
             }
         }
         for (offset, span) in spans {
             for token in span.split_whitespace() {
                 if let Some(message) = check_token(root, doc, token, true) {
-                    out.push(Problem { line: line_of(offset), message });
+                    out.push(Problem {
+                        line: line_of(offset),
+                        message,
+                    });
                 }
             }
         }
@@ -410,7 +439,10 @@ fn problems(root: &Path, doc: &Path, text: &str) -> Vec<Problem> {
         if fence.is_some() {
             for token in line.split_whitespace() {
                 if let Some(message) = check_token(root, doc, token, false) {
-                    out.push(Problem { line: number, message });
+                    out.push(Problem {
+                        line: number,
+                        message,
+                    });
                 }
             }
             continue;
@@ -433,7 +465,13 @@ fn problems(root: &Path, doc: &Path, text: &str) -> Vec<Problem> {
 fn every_document_links_only_to_files_inside_the_repository() {
     let root = repo();
     let docs = documents();
-    for expected in ["README.md", "BENCHMARKS.md", "SECURITY.md", "docs/README.md", "deploy/README.md"] {
+    for expected in [
+        "README.md",
+        "BENCHMARKS.md",
+        "SECURITY.md",
+        "docs/README.md",
+        "deploy/README.md",
+    ] {
         assert!(
             docs.iter().any(|d| d == Path::new(expected)),
             "{expected} is not among the documents found: {docs:?}"
@@ -446,7 +484,11 @@ fn every_document_links_only_to_files_inside_the_repository() {
             found.push(format!("{}:{}: {}", doc.display(), p.line, p.message));
         }
     }
-    assert!(found.is_empty(), "links outside the repository or to nothing:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "links outside the repository or to nothing:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
@@ -454,7 +496,9 @@ fn every_page_under_docs_is_listed_in_the_docs_index() {
     let root = repo();
     let index = read(&root.join("docs/README.md"));
     for doc in documents() {
-        let Ok(page) = doc.strip_prefix("docs") else { continue };
+        let Ok(page) = doc.strip_prefix("docs") else {
+            continue;
+        };
         if page == Path::new("README.md") {
             continue;
         }
@@ -469,7 +513,10 @@ fn every_page_under_docs_is_listed_in_the_docs_index() {
 
 /// The problems of a one-line document at `doc`, as messages.
 fn messages(doc: &str, text: &str) -> Vec<String> {
-    problems(&repo(), Path::new(doc), text).into_iter().map(|p| p.message).collect()
+    problems(&repo(), Path::new(doc), text)
+        .into_iter()
+        .map(|p| p.message)
+        .collect()
 }
 
 #[test]
@@ -477,39 +524,95 @@ fn a_link_that_climbs_out_of_the_repository_is_refused() {
     let found = messages("README.md", "The design: [DESIGN](../shared/DESIGN.md).");
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].contains("outside the repository"), "{found:?}");
-    let found = messages("docs/worker.md", "See ![a](../../elsewhere.png) and [b]: ../../x.md");
-    assert_eq!(found.len(), 1, "only the inline image is a link here: {found:?}");
+    let found = messages(
+        "docs/worker.md",
+        "See ![a](../../elsewhere.png) and [b]: ../../x.md",
+    );
+    assert_eq!(
+        found.len(),
+        1,
+        "only the inline image is a link here: {found:?}"
+    );
     let found = messages("docs/worker.md", "[b]: ../../x.md");
-    assert_eq!(found.len(), 1, "a reference definition is a link: {found:?}");
+    assert_eq!(
+        found.len(),
+        1,
+        "a reference definition is a link: {found:?}"
+    );
 }
 
 #[test]
 fn absolute_and_machine_paths_are_refused_in_links_code_spans_and_fences() {
-    assert_eq!(messages("README.md", "[d](/work/shared/DESIGN.md)").len(), 1);
+    assert_eq!(
+        messages("README.md", "[d](/work/shared/DESIGN.md)").len(),
+        1
+    );
     assert_eq!(messages("README.md", "[d](file:///tmp/x.md)").len(), 1);
-    assert_eq!(messages("README.md", "The design is in `../shared/DESIGN.md`.").len(), 1);
-    assert_eq!(messages("README.md", "Limits in `/work/shared/POSTGRES-LIMITS.md`.").len(), 1);
-    assert_eq!(messages("README.md", "```sh\ncat ../shared/KAFKA-TESTING.md\n```").len(), 1);
-    assert_eq!(messages("docs/api.md", "See `../shared/x.md`.").len(), 1, "inside the repo but missing");
+    assert_eq!(
+        messages("README.md", "The design is in `../shared/DESIGN.md`.").len(),
+        1
+    );
+    assert_eq!(
+        messages("README.md", "Limits in `/work/shared/POSTGRES-LIMITS.md`.").len(),
+        1
+    );
+    assert_eq!(
+        messages("README.md", "```sh\ncat ../shared/KAFKA-TESTING.md\n```").len(),
+        1
+    );
+    assert_eq!(
+        messages("docs/api.md", "See `../shared/x.md`.").len(),
+        1,
+        "inside the repo but missing"
+    );
     // Platform facts and URL paths are not links.
-    assert!(messages("README.md", "`/usr/lib/postgresql`, `/proc`, `/api/v1/groups`").is_empty());
+    assert!(messages(
+        "README.md",
+        "`/usr/lib/postgresql`, `/proc`, `/api/v1/groups`"
+    )
+    .is_empty());
 }
 
 #[test]
 fn a_relative_link_to_a_missing_file_or_heading_is_refused() {
     assert_eq!(messages("README.md", "[w](docs/no-such-page.md)").len(), 1);
-    assert_eq!(messages("README.md", "[w](docs/worker.md#no-such-heading)").len(), 1);
+    assert_eq!(
+        messages("README.md", "[w](docs/worker.md#no-such-heading)").len(),
+        1
+    );
     assert_eq!(messages("README.md", "[r](#no-such-heading)").len(), 1);
-    assert!(messages("README.md", "[w](docs/worker.md#time) [s](schemas/examples/)").is_empty());
-    assert!(messages("docs/api.md", "[w](worker.md) [r](../README.md) `../deploy/README.md`").is_empty());
-    assert!(messages("README.md", "[a](https://example.com/a) <https://example.com> [m](mailto:a@b.c)").is_empty());
-    assert!(messages("README.md", "`[not a link](../../x)` and\n```\n[nor](../../y)\n```").is_empty());
+    assert!(messages(
+        "README.md",
+        "[w](docs/worker.md#time) [s](schemas/examples/)"
+    )
+    .is_empty());
+    assert!(messages(
+        "docs/api.md",
+        "[w](worker.md) [r](../README.md) `../deploy/README.md`"
+    )
+    .is_empty());
+    assert!(messages(
+        "README.md",
+        "[a](https://example.com/a) <https://example.com> [m](mailto:a@b.c)"
+    )
+    .is_empty());
+    assert!(messages(
+        "README.md",
+        "`[not a link](../../x)` and\n```\n[nor](../../y)\n```"
+    )
+    .is_empty());
 }
 
 #[test]
 fn anchors_follow_githubs_slugs() {
     assert_eq!(slug("PostgreSQL's write load"), "postgresqls-write-load");
-    assert_eq!(slug("`filter_fields_used` and the field index"), "filter_fields_used-and-the-field-index");
+    assert_eq!(
+        slug("`filter_fields_used` and the field index"),
+        "filter_fields_used-and-the-field-index"
+    );
     assert_eq!(slug("A walkthrough with curl"), "a-walkthrough-with-curl");
-    assert_eq!(anchors("# A\n## A\n```\n# not\n```\n## B"), ["a", "a-1", "b"]);
+    assert_eq!(
+        anchors("# A\n## A\n```\n# not\n```\n## B"),
+        ["a", "a-1", "b"]
+    );
 }

@@ -734,7 +734,7 @@ fn compose_config(service: &str) -> Config {
     load(env, &format!("compose service {service}"))
 }
 
-/// `cohort`'s subcommands, plus the roles being added alongside this change.
+/// `cohort`'s subcommands: the roles a deployment may run.
 fn roles() -> BTreeSet<String> {
     cohort::cli::Cli::command()
         .get_subcommands()
