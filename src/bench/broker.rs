@@ -1,11 +1,12 @@
 //! The Kafka-protocol broker the benchmark streams through, and its producer.
 //!
 //! With no brokers given, the benchmark starts librdkafka's in-process mock cluster (the same one the
-//! integration tests use; see `tests/support/kafka.rs` and `../shared/KAFKA-TESTING.md`). The cluster is
-//! hosted by a client created with `test.mock.num.brokers`, because only such a cluster exposes the raw
-//! handle needed to remove the mock's 3-second initial rebalance delay. It runs on librdkafka threads
-//! inside the benchmark's process, so its CPU and memory (it keeps every message) count against the run,
-//! as a broker on the same 2-core machine would.
+//! integration tests use; see `tests/support/kafka.rs`, and docs/architecture.md, "Where the limits
+//! are", for what the mock does and does not do). The cluster is hosted by a client created with
+//! `test.mock.num.brokers`, because only such a cluster exposes the raw handle needed to remove the
+//! mock's 3-second initial rebalance delay. It runs on librdkafka threads inside the benchmark's
+//! process, so its CPU and memory (it keeps every message) count against the run, as a broker on the
+//! same 2-core machine would.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -57,12 +57,12 @@ use crate::config::{Config, WalCompression};
 use crate::rules::Catalogue;
 use crate::worker::{Clock, ManualClock, Status};
 
-/// The issue's goals.
+/// The goals the benchmark checks (BENCHMARKS.md, "Goals").
 const GOAL_CEILING_SHARE: f64 = 0.70;
 const GOAL_P99_MS: u64 = 250;
 const GOAL_BYTES_PER_DEVICE: f64 = 1024.0;
 
-/// What to run. The defaults are issue 3's sizes.
+/// What to run. The defaults are the sizes the goals are stated for.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchOptions {
     /// Devices in the synthetic fleet.
@@ -305,7 +305,7 @@ pub struct StageReport {
     pub max: u64,
 }
 
-/// The issue's goals, met or not.
+/// The benchmark's goals, met or not.
 #[derive(Clone, Debug, Serialize)]
 pub struct Goals {
     /// Sustained rate ≥ 70% of the minimal writer's best ceiling.

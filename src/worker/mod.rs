@@ -362,7 +362,7 @@ const WRITE_BACK_SHARE: usize = 4;
 /// capacity (every evicted page written at once instead of once per checkpoint), which would slow the
 /// next commits and grow the next batches further. So a partition near its write capacity writes like
 /// one that is behind until its batches are small again: measured at half the benchmark's sustained rate
-/// (BENCHMARKS.md, eleventh and twelfth sessions), 73–99% of the batches were written back and the p99
+/// (BENCHMARKS.md, "Worker end to end"), 73–99% of the batches were written back and the p99
 /// was 109–238 ms in ten runs of eleven (490 ms in the other), against 374–520 ms with every caught-up
 /// batch written back, its partitions falling behind.
 fn writes_back(records: usize, batch_max_events: usize) -> bool {

@@ -9,9 +9,12 @@
 //! - the `COHORT_…` variables the compose file and the manifests set are ones cohort's configuration
 //!   accepts (it refuses unknown ones at start-up), the roles they run are `cohort` subcommands, and the
 //!   topics, ports and mounts line up;
-//! - the container build copies everything the crate reads at compile time.
+//! - the container build copies everything the crate reads at compile time;
+//! - every Markdown document of the repository links only to files inside it ([`links`]).
 //!
 //! Pure file checks: no database, no broker, no Docker.
+
+mod links;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -731,7 +734,7 @@ fn compose_config(service: &str) -> Config {
     load(env, &format!("compose service {service}"))
 }
 
-/// `cohort`'s subcommands, plus the roles being added alongside this change.
+/// `cohort`'s subcommands: the roles a deployment may run.
 fn roles() -> BTreeSet<String> {
     cohort::cli::Cli::command()
         .get_subcommands()
