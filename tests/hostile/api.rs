@@ -918,7 +918,7 @@ fn bad_fields(k: &Known) -> Vec<Case> {
         case("update: an invalid filter", Key::Acme, with_json("PATCH", &dynamic, json!({"filterConditions": {"operator": "XOR", "conditions": [leaf()]}}).to_string()), bad("$.operator: Group operator must be \"AND\" or \"OR\"")),
         case("update: a NUL in the name", Key::Acme, with_json("PATCH", &dynamic, json!({"name": "\u{0}"}).to_string()), bad(nul)),
         case("update: another org's group", Key::Acme, with_json("PATCH", format!("{groups}/{}", k.other_group), json!({"name": "mine"}).to_string()), not_found("Group not found")),
-        case("replace: without a name", Key::Acme, with_json("PUT", &dynamic, json!({"filterConditions": linux}).to_string()), bad("name is required")),
+        case("replace: without a name", Key::Acme, with_json("PUT", &dynamic, json!({"filterConditions": linux}).to_string()), bad("missing field `name`")),
         case("replace: a dynamic group without a filter", Key::Acme, with_json("PUT", &dynamic, json!({"name": "linux"}).to_string()), bad("filterConditions is required")),
         case("preview: no filter", Key::Acme, post("/api/v1/groups/preview", json!({})), bad("missing field `filterConditions`")),
         case("preview: an unknown org", Key::System, post("/api/v1/groups/preview", json!({"orgId": "nope", "filterConditions": linux})), not_found("Org not found")),
