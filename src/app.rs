@@ -204,8 +204,7 @@ pub async fn run_api(
 
 /// Applies migrations, waiting (with backoff) while the database is unreachable.
 pub async fn migrate_with_retry(pool: &PgPool, config: &Config) -> anyhow::Result<()> {
-    let mut backoff = std::time::Duration::from_millis(config.worker.retry_initial_backoff_ms);
-    let max = std::time::Duration::from_millis(config.worker.retry_max_backoff_ms);
+    let mut backoff = crate::backoff::Backoff::from_config(config);
     let mut attempts = 0;
     loop {
         match store::migrate(pool).await {
@@ -213,8 +212,7 @@ pub async fn migrate_with_retry(pool: &PgPool, config: &Config) -> anyhow::Resul
             Err(e) if attempts < 30 && is_unreachable(&e) => {
                 attempts += 1;
                 tracing::warn!(error = %e, "database not reachable yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(max);
+                tokio::time::sleep(backoff.step()).await;
             }
             Err(e) => return Err(e).context("failed to apply migrations"),
         }

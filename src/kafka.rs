@@ -1,4 +1,5 @@
-//! Kafka in and out: the worker's consumer (a dedicated poller thread) and producer settings.
+//! Kafka in and out: the worker's consumer (a dedicated poller thread), and in [`client`] the settings of
+//! every Kafka client cohort runs (one builder, one documented precedence).
 //!
 //! The consumer never commits what it merely polled: positions live in PostgreSQL, written with the effects.
 //! Its rebalance callback runs on the poller thread and hands every assignment and revocation to the
@@ -23,12 +24,14 @@
 //! record is dropped, and a record past a gap is dropped and the partition re-fetched from the gap, so a
 //! position is never committed past a record that was not processed.
 
+pub mod client;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -37,8 +40,8 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 
-use crate::config::KafkaConfig;
 use crate::worker::partition::Record;
+pub use client::{client_config, Role};
 
 /// A request from the poller's rebalance callback to the pipeline.
 #[derive(Debug)]
@@ -241,26 +244,6 @@ impl ConsumerContext for WorkerContext {
             }
         }
     }
-}
-
-/// The librdkafka settings cohort's consumer needs, with the operator's pass-through properties.
-pub fn consumer_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", &kafka.group_id)
-        // Positions live in PostgreSQL; Kafka commits are advisory and explicit.
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        // Statistics feed the lag gauge (high watermarks).
-        .set("statistics.interval.ms", "5000")
-        .set_log_level(RDKafkaLogLevel::Warning);
-    for (key, value) in &kafka.properties {
-        config.set(key, value);
-    }
-    config
 }
 
 /// Starts the poller thread. It stops when `shared.stop` is set or the records channel closes, closing the

@@ -17,10 +17,10 @@
 //! # Guarantee
 //! **At-least-once delivery with stable ids.** A row is marked published only after the broker
 //! acknowledged it with `acks=all`. No row is ever skipped: a failed delivery leaves it unpublished and it
-//! is retried, with capped exponential backoff (`worker.retry_initial_backoff_ms` …
-//! `retry_max_backoff_ms`), until it is delivered. A row can be *sent more than once* — the relay stopped
-//! between the broker's acknowledgement and the `UPDATE`, the `UPDATE` failed, or a delivery reported as
-//! timed out had in fact been written — and every copy carries the same [`HEADER_OUTBOX_ID`], so consumers
+//! is retried, with capped exponential backoff with jitter ([`crate::backoff`],
+//! `worker.retry_initial_backoff_ms` … `retry_max_backoff_ms`), until it is delivered. A row can be *sent
+//! more than once* — the relay stopped between the broker's acknowledgement and the `UPDATE`, the `UPDATE`
+//! failed, or a delivery reported as timed out had in fact been written — and every copy carries the same [`HEADER_OUTBOX_ID`], so consumers
 //! de-duplicate by it.
 //!
 //! **Per-key order.** For each (topic, key), every copy of a row in the partition is preceded by at least
@@ -94,7 +94,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -104,7 +104,9 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::time::Instant;
 
-use crate::config::{Config, KafkaConfig};
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::kafka::client::{client_config, Role, RELAY_MESSAGE_TIMEOUT_MS};
 use crate::metrics as m;
 use crate::store::StoreError;
 
@@ -133,8 +135,6 @@ const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// within these bounds).
 const MIN_LEASE_RETRY: Duration = Duration::from_secs(1);
 const MAX_LEASE_RETRY: Duration = Duration::from_secs(10);
-/// librdkafka's `message.timeout.ms` unless configured: how long one delivery may take, retries included.
-const DEFAULT_MESSAGE_TIMEOUT_MS: u64 = 30_000;
 /// Used to bound the wait for delivery reports when `message.timeout.ms` is 0 (librdkafka: infinite).
 const UNBOUNDED_MESSAGE_WAIT: Duration = Duration::from_secs(300);
 
@@ -204,39 +204,13 @@ pub struct RelayStatus {
     pub rounds: AtomicU64,
 }
 
-/// The librdkafka settings of the relay's producer.
-///
-/// `[kafka.properties]` pass through, except that the settings the delivery guarantee rests on are always
-/// cohort's: `enable.idempotence=true`, `acks=all`, `max.in.flight.requests.per.connection=5` and
-/// `partitioner=murmur2_random`. `message.timeout.ms` (or its alias `delivery.timeout.ms`) defaults to 30 s
-/// and may be changed there.
-pub fn producer_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("client.id", "cohort-relay")
-        .set_log_level(RDKafkaLogLevel::Warning);
-    if !kafka.properties.contains_key("delivery.timeout.ms") {
-        config.set("message.timeout.ms", DEFAULT_MESSAGE_TIMEOUT_MS.to_string());
-    }
-    for (key, value) in &kafka.properties {
-        config.set(key, value);
-    }
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("max.in.flight.requests.per.connection", "5")
-        .set("partitioner", "murmur2_random");
-    config
-}
-
 /// How long to wait for a message's delivery report under `config`.
 fn delivery_wait(config: &ClientConfig) -> Duration {
     let timeout_ms = config
         .get("delivery.timeout.ms")
         .or_else(|| config.get("message.timeout.ms"))
         .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(DEFAULT_MESSAGE_TIMEOUT_MS);
+        .unwrap_or(RELAY_MESSAGE_TIMEOUT_MS);
     if timeout_ms == 0 {
         UNBOUNDED_MESSAGE_WAIT
     } else {
@@ -287,7 +261,7 @@ impl Relay {
     /// Prepares a relay: creates the producer (which connects lazily) and takes its connection settings from
     /// `pool`. Nothing touches the database until the relay runs.
     pub fn build(config: &Config, brokers: String, pool: PgPool) -> Result<Self, RelayError> {
-        let producer_config = producer_config(&config.kafka, &brokers);
+        let producer_config = client_config(&config.kafka, &brokers, Role::Relay);
         let producer: FutureProducer = producer_config.create().map_err(RelayError::Producer)?;
         metrics::gauge!(m::RELAY_LEADER).set(0.0);
         let connect = (*pool.connect_options())
@@ -355,7 +329,7 @@ impl Relay {
             .settings
             .poll_interval
             .clamp(MIN_LEASE_RETRY, MAX_LEASE_RETRY);
-        let mut backoff = self.settings.initial_backoff;
+        let mut backoff = Backoff::new(self.settings.initial_backoff, self.settings.max_backoff);
         let mut listener: Option<PgListener> = None;
         let mut next_listen_attempt = Instant::now();
         tracing::info!(
@@ -379,23 +353,19 @@ impl Relay {
             };
             let wait = match outcome {
                 Step::More => {
-                    backoff = self.settings.initial_backoff;
+                    backoff.reset();
                     continue;
                 }
                 Step::Idle => {
-                    backoff = self.settings.initial_backoff;
+                    backoff.reset();
                     self.settings.poll_interval
                 }
                 Step::Standby => {
-                    backoff = self.settings.initial_backoff;
+                    backoff.reset();
                     listener = None;
                     lease_retry
                 }
-                Step::Failed => {
-                    let wait = backoff;
-                    backoff = (backoff * 2).min(self.settings.max_backoff);
-                    wait
-                }
+                Step::Failed => backoff.step(),
             };
             if matches!(outcome, Step::Idle)
                 && listener.is_none()
@@ -964,8 +934,13 @@ async fn bounded<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::KafkaConfig;
     use proptest::prelude::*;
     use serde_json::json;
+
+    fn producer_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
+        client_config(kafka, brokers, Role::Relay)
+    }
 
     fn keys<'a>(rows: &[(&'a str, Option<&'a str>)]) -> Vec<(&'a str, Option<&'a [u8]>)> {
         rows.iter()

@@ -93,19 +93,13 @@ impl ApiState {
 }
 
 /// The producer for registrations: idempotent, acks from all replicas, and Kafka's murmur2 partitioner so a
-/// registration lands on the partition that owns the device, like every other event of it.
+/// registration lands on the partition that owns the device, like every other event of it; its delivery
+/// timeout is [`PRODUCE_TIMEOUT`] (see [`crate::kafka::client`] for the precedence of `[kafka.properties]`).
 fn registration_producer(config: &Config, brokers: &str) -> anyhow::Result<FutureProducer> {
-    let mut client = rdkafka::ClientConfig::new();
-    for (name, value) in &config.kafka.properties {
-        client.set(name, value);
-    }
-    client
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", "10000");
-    Ok(client.create()?)
+    let role = crate::kafka::Role::Registrations {
+        message_timeout: PRODUCE_TIMEOUT,
+    };
+    Ok(crate::kafka::client_config(&config.kafka, brokers, role).create()?)
 }
 
 /// The API's routes, with authentication, rate limiting, body limits and request metrics.

@@ -20,7 +20,8 @@
 //! flight (a reconciliation re-reads devices from the database, which must hold every earlier batch).
 //! Kafka offsets, metrics and the committed-record count move only when a commit succeeds.
 //!
-//! Failures: a transient database error is retried with capped exponential backoff, never skipped (while
+//! Failures: a transient database error is retried with capped exponential backoff with jitter
+//! ([`crate::backoff`]), never skipped (while
 //! rebalance requests are still answered); a fenced commit means another worker owns the partition, so its
 //! state is dropped; a device conflict (another partition re-homed the device) puts the batch and the one
 //! behind it back, evicts the device, and recomputes both.
@@ -42,6 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::partition::{compute, BatchContext, Device, Partition, Record};
 use self::registry::Registry;
+use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::event;
 use crate::kafka::{self, Polled, RebalanceRequest, Shared};
@@ -187,7 +189,7 @@ impl Worker {
         let mut pipeline = Pipeline::new(&self, shared.clone());
         // Definitions first, so the first assignment can be served.
         pipeline.load_definitions().await?;
-        let consumer = kafka::consumer_config(&self.config.kafka, &self.brokers);
+        let consumer = kafka::client_config(&self.config.kafka, &self.brokers, kafka::Role::Worker);
         let poller = kafka::spawn_poller(
             consumer,
             self.config.kafka.input_topic.clone(),
@@ -294,42 +296,6 @@ enum Outcome {
     Failed(StoreError),
     /// Not attempted: the partition's previous batch did not commit.
     Skipped,
-}
-
-/// Capped exponential backoff, from `worker.retry_initial_backoff_ms` doubling up to
-/// `worker.retry_max_backoff_ms`.
-#[derive(Clone, Copy, Debug)]
-struct Backoff {
-    next: Duration,
-    initial: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(config: &Config) -> Self {
-        let initial = Duration::from_millis(config.worker.retry_initial_backoff_ms);
-        Self {
-            next: initial,
-            initial,
-            max: Duration::from_millis(config.worker.retry_max_backoff_ms),
-        }
-    }
-
-    /// The wait before the next attempt (not advancing).
-    fn current(&self) -> Duration {
-        self.next
-    }
-
-    /// Takes the wait before the next attempt; the one after is twice as long, up to the cap.
-    fn step(&mut self) -> Duration {
-        let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
-        wait
-    }
-
-    fn reset(&mut self) {
-        self.next = self.initial;
-    }
 }
 
 /// A commit task's announcement that it ended.
@@ -463,7 +429,7 @@ impl Pipeline {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = Backoff::from_config(&self.config);
         loop {
             match op().await {
                 Err(e) if e.is_transient() => {
@@ -524,7 +490,7 @@ impl Pipeline {
         let mut completions = self.completions.take().expect("present until run");
         // After the control log could not be read or listened to (the database is away), neither is tried
         // again before this instant: capped exponential backoff instead of a reconnect on every tick.
-        let mut control_backoff = Backoff::new(&self.config);
+        let mut control_backoff = Backoff::from_config(&self.config);
         let mut control_quiet_until: Option<Instant> = None;
         loop {
             let control_quiet = control_quiet_until.is_some_and(|t| Instant::now() < t);
@@ -690,7 +656,7 @@ impl Pipeline {
                     // counts it as ours: no worker would consume it until the next rebalance. So a failure
                     // to take it (the database down, restarting or refusing connections) is retried until
                     // it succeeds, like a batch.
-                    let mut backoff = Backoff::new(&self.config);
+                    let mut backoff = Backoff::from_config(&self.config);
                     let next_offset = loop {
                         match self.assign(partition, generation).await {
                             Ok(next_offset) => break next_offset,
@@ -836,7 +802,7 @@ impl Pipeline {
     /// rows are never all held at once. A transient failure starts over, with backoff.
     async fn load_devices(&mut self, state: &mut Partition) -> Result<(), StoreError> {
         let pool = self.pool.clone();
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = Backoff::from_config(&self.config);
         loop {
             state.devices.clear();
             let registry = &mut self.registry;
@@ -1016,7 +982,7 @@ impl Pipeline {
     /// Computes a batch and spawns its commit. Reads the devices the batch names that the partition does not
     /// hold first (re-homed or new ones, and those a reconciliation asks to re-read), retrying with backoff.
     async fn start_batch(&mut self, partition: i32, inputs: BatchInputs) {
-        let mut backoff = Backoff::new(&self.config);
+        let mut backoff = Backoff::from_config(&self.config);
         let foreign = loop {
             let Some(state) = self.partitions.get(&partition) else {
                 return;
@@ -1136,7 +1102,7 @@ impl Pipeline {
             CommitRetry {
                 partition,
                 id,
-                backoff: Backoff::new(&self.config),
+                backoff: Backoff::from_config(&self.config),
                 retrying: retrying.clone(),
                 done: self.completions_tx.clone(),
                 status: self.status.clone(),
@@ -1519,7 +1485,7 @@ mod tests {
         let retry = CommitRetry {
             partition: 0,
             id: 2,
-            backoff: Backoff::new(&config),
+            backoff: Backoff::from_config(&config),
             retrying: Arc::new(AtomicBool::new(false)),
             done,
             status: Arc::new(Status::default()),
