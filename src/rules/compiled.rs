@@ -1,0 +1,397 @@
+//! The compiled form of a filter: what [`super::filter::compile`] produces and every other part of the rule
+//! core reads. Fields are resolved to ids, values typed, enum values interned, regexes and case-folded
+//! needles prepared, and each negative operator is a positive test with a negation flag (so `notX = ¬X`
+//! holds by construction).
+//!
+//! Also the language's operators ([`Operator`]: their names, their complements, and the field types each
+//! applies to, as tabled in [`super::filter`]).
+//!
+//! Depends only on the catalogue and on time: evaluation ([`super::eval`]), explanations
+//! ([`super::explain`]), time flips ([`super::flip`]) and the field index ([`super::index`]) read it; the
+//! validator ([`super::filter`]) builds it.
+
+use regex::Regex;
+use serde_json::Value;
+
+use super::catalogue::{Catalogue, FieldId, FieldType};
+use super::time::{EpochMillis, Span};
+
+/// Every leaf operator of the language.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Operator {
+    Equals,
+    NotEquals,
+    GreaterThan,
+    GreaterThanOrEquals,
+    LessThan,
+    LessThanOrEquals,
+    Contains,
+    NotContains,
+    StartsWith,
+    EndsWith,
+    Matches,
+    In,
+    NotIn,
+    HasAny,
+    HasAll,
+    IsEmpty,
+    IsNotEmpty,
+    IsNull,
+    IsNotNull,
+    Before,
+    After,
+    Between,
+    WithinLast,
+    NotWithinLast,
+}
+
+impl Operator {
+    /// All operators, in the order of the seed table.
+    pub const ALL: [Operator; 24] = [
+        Operator::Equals,
+        Operator::NotEquals,
+        Operator::GreaterThan,
+        Operator::GreaterThanOrEquals,
+        Operator::LessThan,
+        Operator::LessThanOrEquals,
+        Operator::Contains,
+        Operator::NotContains,
+        Operator::StartsWith,
+        Operator::EndsWith,
+        Operator::Matches,
+        Operator::In,
+        Operator::NotIn,
+        Operator::HasAny,
+        Operator::HasAll,
+        Operator::IsEmpty,
+        Operator::IsNotEmpty,
+        Operator::IsNull,
+        Operator::IsNotNull,
+        Operator::Before,
+        Operator::After,
+        Operator::Between,
+        Operator::WithinLast,
+        Operator::NotWithinLast,
+    ];
+
+    /// The JSON spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operator::Equals => "equals",
+            Operator::NotEquals => "notEquals",
+            Operator::GreaterThan => "greaterThan",
+            Operator::GreaterThanOrEquals => "greaterThanOrEquals",
+            Operator::LessThan => "lessThan",
+            Operator::LessThanOrEquals => "lessThanOrEquals",
+            Operator::Contains => "contains",
+            Operator::NotContains => "notContains",
+            Operator::StartsWith => "startsWith",
+            Operator::EndsWith => "endsWith",
+            Operator::Matches => "matches",
+            Operator::In => "in",
+            Operator::NotIn => "notIn",
+            Operator::HasAny => "hasAny",
+            Operator::HasAll => "hasAll",
+            Operator::IsEmpty => "isEmpty",
+            Operator::IsNotEmpty => "isNotEmpty",
+            Operator::IsNull => "isNull",
+            Operator::IsNotNull => "isNotNull",
+            Operator::Before => "before",
+            Operator::After => "after",
+            Operator::Between => "between",
+            Operator::WithinLast => "withinLast",
+            Operator::NotWithinLast => "notWithinLast",
+        }
+    }
+
+    /// Parses the JSON spelling (case-sensitive).
+    pub fn parse(s: &str) -> Option<Operator> {
+        Operator::ALL.into_iter().find(|op| op.name() == s)
+    }
+
+    /// The positive operator this one is the complement of, and whether it is negated.
+    pub fn positive(self) -> (Operator, bool) {
+        match self {
+            Operator::NotEquals => (Operator::Equals, true),
+            Operator::NotContains => (Operator::Contains, true),
+            Operator::NotIn => (Operator::In, true),
+            Operator::IsNotEmpty => (Operator::IsEmpty, true),
+            Operator::IsNotNull => (Operator::IsNull, true),
+            Operator::NotWithinLast => (Operator::WithinLast, true),
+            op => (op, false),
+        }
+    }
+
+    /// Whether the operator takes no value.
+    pub fn is_unary(self) -> bool {
+        matches!(self.positive().0, Operator::IsEmpty | Operator::IsNull)
+    }
+
+    /// Whether this operator may be used on a field of type `ty`.
+    pub fn allowed_on(self, ty: &FieldType) -> bool {
+        use Operator::*;
+        let positive = self.positive().0;
+        match ty {
+            FieldType::String => matches!(
+                positive,
+                Equals | Contains | StartsWith | EndsWith | Matches | In | IsEmpty | IsNull
+            ),
+            FieldType::Enum(_) => matches!(positive, Equals | In | IsNull),
+            FieldType::Number => matches!(
+                positive,
+                Equals
+                    | GreaterThan
+                    | GreaterThanOrEquals
+                    | LessThan
+                    | LessThanOrEquals
+                    | Between
+                    | In
+                    | IsNull
+            ),
+            FieldType::Boolean => matches!(positive, Equals | IsNull),
+            FieldType::Datetime => matches!(
+                positive,
+                Equals
+                    | GreaterThan
+                    | GreaterThanOrEquals
+                    | LessThan
+                    | LessThanOrEquals
+                    | Before
+                    | After
+                    | Between
+                    | WithinLast
+                    | IsNull
+            ),
+            FieldType::StringArray => {
+                matches!(
+                    positive,
+                    Equals | Contains | HasAny | HasAll | IsEmpty | IsNull
+                )
+            }
+        }
+    }
+}
+
+/// A validated, compiled filter: evaluate it with [`CompiledFilter::evaluate`].
+#[derive(Clone, Debug)]
+pub struct CompiledFilter {
+    pub(crate) root: Node,
+    /// Stored fields the result depends on (a computed field counts as its source), sorted.
+    fields_used: Vec<FieldId>,
+    /// The same, as names, sorted: what is stored as `filter_fields_used`.
+    field_names: Vec<String>,
+    /// Whether the result can change with time alone (relative datetimes, daysSince…).
+    time_dependent: bool,
+    /// The leaves whose truth can change with time alone (see [`crate::rules::FlipTable`]).
+    pub(crate) time_leaves: Box<[Leaf]>,
+    /// The filter as written (validated, so it has exactly the accepted shape).
+    source: Value,
+}
+
+/// A node of the compiled tree.
+#[derive(Clone, Debug)]
+pub(crate) enum Node {
+    All(Box<[Node]>),
+    Any(Box<[Node]>),
+    Leaf(Leaf),
+}
+
+/// A compiled leaf: the field, the positive test, and whether the result is negated.
+#[derive(Clone, Debug)]
+pub(crate) struct Leaf {
+    pub(crate) field: FieldId,
+    pub(crate) negate: bool,
+    pub(crate) test: Test,
+    /// Only read by explanations, so kept out of line.
+    pub(crate) meta: Box<LeafMeta>,
+}
+
+/// What an explanation shows about a leaf.
+#[derive(Clone, Debug)]
+pub(crate) struct LeafMeta {
+    pub(crate) path: String,
+    pub(crate) field_name: String,
+    pub(crate) operator: Operator,
+    pub(crate) value: Value,
+}
+
+/// A positive test on one attribute value. A test on a missing attribute is false, except `IsNull` and the
+/// `…Empty` tests.
+#[derive(Clone, Debug)]
+pub(crate) enum Test {
+    StrEq(Box<str>),
+    /// Sorted and de-duplicated, for binary search.
+    StrIn(Box<[Box<str>]>),
+    StrContains(Needle),
+    StrStartsWith(Needle),
+    StrEndsWith(Needle),
+    StrMatches(Regex),
+    /// Missing or `""`.
+    StrEmpty,
+    EnumEq(u16),
+    /// Sorted and de-duplicated.
+    EnumIn(Box<[u16]>),
+    BoolEq(bool),
+    Num(NumPred),
+    /// A computed `daysSince…` number; the leaf's field is the source datetime.
+    DaysSince(NumPred),
+    Before(TimeRef),
+    After(TimeRef),
+    /// The same instant (millisecond precision).
+    TimeEq(EpochMillis),
+    /// Inclusive at both ends.
+    TimeBetween(EpochMillis, EpochMillis),
+    WithinLast(Span),
+    /// Some element equals the needle ignoring case.
+    ListContains(Needle),
+    /// Sorted and de-duplicated.
+    ListHasAny(Box<[Box<str>]>),
+    /// Sorted and de-duplicated.
+    ListHasAll(Box<[Box<str>]>),
+    /// The same set of strings: sorted and de-duplicated; order and repeats in the array are ignored.
+    ListEq(Box<[Box<str>]>),
+    /// Missing or `[]`.
+    ListEmpty,
+    IsNull,
+}
+
+/// A numeric predicate. Constants are finite and `-0.0` is normalised to `0.0`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum NumPred {
+    Eq(f64),
+    Gt(f64),
+    Ge(f64),
+    Lt(f64),
+    Le(f64),
+    /// Inclusive at both ends; `from <= to`.
+    Between(f64, f64),
+    /// Sorted (total order) and de-duplicated.
+    In(Box<[f64]>),
+}
+
+/// The instant a `before`/`after` condition compares with.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub(crate) enum TimeRef {
+    At(EpochMillis),
+    Ago(Span),
+    FromNow(Span),
+}
+
+impl TimeRef {
+    /// The instant referred to at `now`.
+    #[inline]
+    pub(crate) fn resolve(self, now: EpochMillis) -> EpochMillis {
+        match self {
+            TimeRef::At(t) => t,
+            TimeRef::Ago(span) => span.before(now),
+            TimeRef::FromNow(span) => span.after(now),
+        }
+    }
+}
+
+/// A case-insensitive needle, lower-cased once at compile time (char-wise simple lower-casing, the same
+/// mapping as `char::to_lowercase`).
+#[derive(Clone, Debug)]
+pub(crate) struct Needle {
+    pub(crate) lower: Box<str>,
+}
+
+impl Needle {
+    pub(super) fn new(s: &str) -> Self {
+        Self {
+            lower: lower_chars(s).into(),
+        }
+    }
+}
+
+/// Char-wise lower-casing, used for every case-insensitive comparison (and by the reference evaluator).
+pub fn lower_chars(s: &str) -> String {
+    s.chars().flat_map(char::to_lowercase).collect()
+}
+
+/// Normalises `-0.0` to `0.0` so that equal numbers have equal bits.
+#[inline]
+pub(crate) fn norm(x: f64) -> f64 {
+    x + 0.0
+}
+
+impl CompiledFilter {
+    /// Stored fields the result depends on, sorted.
+    pub fn fields_used(&self) -> &[FieldId] {
+        &self.fields_used
+    }
+
+    /// Field names the result depends on, sorted: the group's `filter_fields_used`.
+    pub fn field_names(&self) -> &[String] {
+        &self.field_names
+    }
+
+    /// The stored attributes evaluation reads: the fields used, with each computed field replaced by its
+    /// source (`daysSinceLastSeen` reads `lastSeenAt`). A reader that loads only these loses nothing.
+    pub fn stored_field_names(&self, catalogue: &Catalogue) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .fields_used()
+            .iter()
+            .map(|&id| match catalogue.computed(id) {
+                Some(super::catalogue::Computed::DaysSince(source)) => {
+                    catalogue.name(source).into()
+                }
+                None => catalogue.name(id).into(),
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Whether the result can change with no attribute change.
+    pub fn is_time_dependent(&self) -> bool {
+        self.time_dependent
+    }
+
+    /// The filter as written.
+    pub fn source(&self) -> &Value {
+        &self.source
+    }
+
+    /// A compiled filter from its validated parts, with the leaves whose truth can change with time alone
+    /// collected from the tree.
+    pub(super) fn new(
+        root: Node,
+        fields_used: Vec<FieldId>,
+        field_names: Vec<String>,
+        time_dependent: bool,
+        source: Value,
+    ) -> Self {
+        let mut time_leaves = Vec::new();
+        collect_time_leaves(&root, &mut time_leaves);
+        Self {
+            root,
+            fields_used,
+            field_names,
+            time_dependent,
+            time_leaves: time_leaves.into(),
+            source,
+        }
+    }
+}
+
+/// Collects the leaves whose truth can change with time alone: those [`super::flip`] computes flips for.
+fn collect_time_leaves(node: &Node, out: &mut Vec<Leaf>) {
+    match node {
+        Node::All(children) | Node::Any(children) => {
+            children.iter().for_each(|c| collect_time_leaves(c, out))
+        }
+        Node::Leaf(leaf) => {
+            let relative = |at: &TimeRef| !matches!(at, TimeRef::At(_));
+            let timed = match &leaf.test {
+                Test::WithinLast(_) | Test::DaysSince(_) => true,
+                Test::Before(at) | Test::After(at) => relative(at),
+                _ => false,
+            };
+            if timed {
+                out.push(leaf.clone());
+            }
+        }
+    }
+}
