@@ -285,8 +285,7 @@ async fn batch(
     batch: MemberBatch,
     removal: bool,
 ) -> Result<Json<BatchResult>, ApiError> {
-    let group = visible(state, caller, id).await?;
-    let change = members::change_static(state, caller, &group, batch, removal).await?;
+    let (group, change) = members::apply_batch(state, caller, id, batch, removal).await?;
     Ok(Json(BatchResult::new(&group, change, removal)))
 }
 

@@ -330,7 +330,7 @@ pub(crate) async fn resolve_batch(
 
 /// Adds (or removes) the batch's devices to (from) a static group, all or nothing: a device unknown in the
 /// org, or of another site, refuses the batch (400, each listed).
-pub(crate) async fn change_static(
+async fn change_static(
     state: &ApiState,
     caller: &Caller,
     group: &GroupRow,
@@ -371,7 +371,20 @@ pub(crate) fn refusal(e: MemberError) -> ApiError {
     }
 }
 
-/// Applies a batch to the group named in the path and answers Breeze's counts.
+/// Applies a batch to the static group named in the path (as written there): the group and what changed.
+pub(crate) async fn apply_batch(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+    batch: MemberBatch,
+    removal: bool,
+) -> Result<(GroupRow, StaticChange), ApiError> {
+    let group = visible(state, caller, id).await?;
+    let change = change_static(state, caller, &group, batch, removal).await?;
+    Ok((group, change))
+}
+
+/// Applies a batch and answers Breeze's counts.
 async fn batch(
     state: &ApiState,
     caller: &Caller,
@@ -379,8 +392,7 @@ async fn batch(
     batch: MemberBatch,
     removal: bool,
 ) -> Result<Json<BatchAnswer>, ApiError> {
-    let group = visible(state, caller, id).await?;
-    let change = change_static(state, caller, &group, batch, removal).await?;
+    let (_, change) = apply_batch(state, caller, id, batch, removal).await?;
     Ok(Json(BatchAnswer::new(&change, removal)))
 }
 

@@ -273,7 +273,12 @@ pub fn json() -> String {
     text
 }
 
-/// `GET /api/v1/openapi.json` (no key needed: the document describes the API, it holds no data).
+/// `GET /api/v1/openapi.json` (no key needed: the document describes the API, it holds no data). It is
+/// built once per process: it depends on nothing but the code.
 pub async fn serve() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], json())
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.get_or_init(json).as_str(),
+    )
 }

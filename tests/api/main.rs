@@ -45,19 +45,7 @@ impl Api {
         config.database.url = db.url().to_string();
         config.http.listen = "127.0.0.1:0".parse()?;
         tweak(&mut config);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (bound, address) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(cohort::app::run_api(
-            config,
-            async {
-                let _ = stopped.await;
-            },
-            Some(bound),
-        ));
-        let addr = support::within(support::app::LIMIT, "the api binds", async {
-            Ok(address.await?)
-        })
-        .await?;
+        let support::app::RunningApi { stop, task, addr } = support::app::spawn_api(config).await?;
         let (_, system) = api_keys::create(db.pool(), None, "system").await?;
         let (_, acme) = api_keys::create(db.pool(), Some("acme"), "acme").await?;
         let (_, other) = api_keys::create(db.pool(), Some("other"), "other").await?;

@@ -46,19 +46,7 @@ impl SmallApi {
         config.api.rate_limit_burst = 1_000_000;
         config.api.max_body_bytes = MAX_BODY;
         tweak(&mut config);
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (bound, address) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(cohort::app::run_api(
-            config,
-            async {
-                let _ = stopped.await;
-            },
-            Some(bound),
-        ));
-        let addr = support::within(support::app::LIMIT, "the api binds", async {
-            Ok(address.await?)
-        })
-        .await?;
+        let support::app::RunningApi { stop, task, addr } = support::app::spawn_api(config).await?;
         let (_, key) = api_keys::create(db.pool(), Some("acme"), "acme").await?;
         Ok(Self {
             db,

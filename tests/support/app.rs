@@ -42,6 +42,29 @@ pub struct RunningWorker {
     pub address: tokio::sync::watch::Receiver<Option<std::net::SocketAddr>>,
 }
 
+/// An API alone (`cohort api`, in process), serving `config` until `stop` is sent or dropped.
+pub struct RunningApi {
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Where it bound.
+    pub addr: std::net::SocketAddr,
+}
+
+/// Starts the API with `config` and waits until it has bound its listener.
+pub async fn spawn_api(config: Config) -> anyhow::Result<RunningApi> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound, address) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(cohort::app::run_api(
+        config,
+        async {
+            let _ = stopped.await;
+        },
+        Some(bound),
+    ));
+    let addr = super::within(LIMIT, "the api binds", async { Ok(address.await?) }).await?;
+    Ok(RunningApi { stop, task, addr })
+}
+
 pub async fn spawn_worker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<RunningWorker> {
     let app = Application::build_with_clock(config.clone(), clock).await?;
     let status = app.status();
