@@ -426,9 +426,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> 
     async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
         require_json(request.headers())?;
         let RawBody(body) = RawBody::from_request(request, state).await?;
-        refuse_duplicate_keys(&body)?;
-        let axum::Json(value) = axum::Json::<T>::from_bytes(&body)?;
-        Ok(Json(value))
+        parse_json(&body).map(Json)
     }
 }
 
@@ -500,18 +498,12 @@ pub fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// Parses a JSON body read by the handler itself, with the [`Json`] extractor's messages (a duplicate
-/// object key anywhere is refused, as there).
+/// Parses a JSON body: what the [`Json`] extractor does once it has the body, and what handlers that read
+/// the body themselves call (a duplicate object key anywhere is refused; the other messages are axum's).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     refuse_duplicate_keys(body)?;
-    serde_json::from_slice(body).map_err(|e| {
-        let kind = if e.is_data() {
-            "Failed to deserialize the JSON body into the target type"
-        } else {
-            "Failed to parse the request body as JSON"
-        };
-        ApiError::bad_request(format!("{kind}: {e}"))
-    })
+    let axum::Json(value) = axum::Json::<T>::from_bytes(body)?;
+    Ok(value)
 }
 
 /// Unknown routes.
