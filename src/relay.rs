@@ -87,6 +87,10 @@
 //! plus [`DELIVERY_MARGIN`], and shutdown `worker.shutdown_deadline_ms`. The relay opens its own two
 //! connections (the lease, and the listener) from the pool's settings, so it never takes a slot from the
 //! worker's pool.
+//!
+//! Why this file is over 800 lines: the relay's run loop, its publishing and its outbox bookkeeping still
+//! share this file; the outbox SQL is to move into the storage module and the outgoing message to become one
+//! type shared with the worker, which will leave the loop alone here.
 
 use std::collections::HashSet;
 use std::future::Future;
