@@ -6,7 +6,7 @@
 //!    holding orgs it did not create, and a benchmark's data unless `--reset`. If no server answers, the
 //!    message says how to get one.
 //! 2. **Kafka**: `COHORT_KAFKA_BROKERS` if set, else librdkafka's in-process mock cluster.
-//! 3. **A synthetic fleet** ([`crate::bench::fleet`]): orgs, devices with realistic attributes, dynamic
+//! 3. **A synthetic fleet** ([`crate::synthetic`]): orgs, devices with realistic attributes, dynamic
 //!    groups using every operator (seeded in steady state, as the benchmark does), then through the normal
 //!    write paths ([`setup`]): a static group per org with hand-picked members, firmware releases to groups
 //!    and as each org's default, one locked device and one development device per org.
@@ -31,10 +31,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 use crate::app::Application;
-use crate::bench::broker::{self, Broker, Stream};
-use crate::bench::fleet::{Fleet, Rng};
 use crate::config::Config;
 use crate::rules::Catalogue;
+use crate::synthetic::broker::{self, Broker, Stream};
+use crate::synthetic::fleet::{Fleet, Rng};
 use crate::worker::ManualClock;
 
 pub use database::DEFAULT_DATABASE_URL;
@@ -123,7 +123,7 @@ pub async fn command(args: DemoArgs) -> anyhow::Result<()> {
         "seeding {} devices in {} orgs with {} dynamic groups…",
         args.devices, args.orgs, args.groups
     );
-    let seeded = crate::bench::seed::seed(
+    let seeded = crate::synthetic::seed::seed(
         &pool,
         &url,
         &fleet,
@@ -147,25 +147,12 @@ pub async fn command(args: DemoArgs) -> anyhow::Result<()> {
     config.api.rate_limit_per_second = 1000;
     config.api.rate_limit_burst = 2000;
     if matches!(broker, Broker::Mock(_)) {
-        // The mock broker does not wake a waiting fetch when data arrives (see `cohort bench`).
-        config
-            .kafka
-            .properties
-            .insert("fetch.wait.max.ms".into(), "10".into());
+        broker::tune_for_mock(&mut config.kafka);
     }
     let rollout_topic = config.kafka.output_topic.clone();
     // The worker's clock follows the wall clock (the fleet's datetimes are relative to t0).
     let clock = ManualClock::new(t0);
-    let ticker = {
-        let clock = clock.clone();
-        let from = Instant::now();
-        tokio::spawn(async move {
-            loop {
-                clock.set(t0 + from.elapsed().as_millis() as i64);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let ticker = crate::synthetic::follow_wall_clock(&clock, t0);
     let app = Application::build_with_clock(config.clone(), Arc::new(clock.clone())).await?;
     let status = app.status();
     let mut address = app.http_address();

@@ -21,6 +21,8 @@
 //! - [`api`]: the REST API (groups, members, pins, previews, the log, devices, releases, keys, OpenAPI).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`]: `Application::build(config)` then `run_until_stopped(shutdown)`.
+//! - [`synthetic`]: the synthetic fleet the demo and the benchmark run — the generator, its seeding into
+//!   PostgreSQL, and the broker its events stream through.
 //! - [`bench`]: `cohort bench`, the end-to-end benchmark: a synthetic fleet streamed through a broker into
 //!   the worker and PostgreSQL, against the ceiling of the same writes by a minimal writer.
 //! - [`cli`]: the `cohort` command line; `main.rs` only parses and calls it.
@@ -42,5 +44,6 @@ pub mod reconcile;
 pub mod relay;
 pub mod rules;
 pub mod store;
+pub mod synthetic;
 pub mod telemetry;
 pub mod worker;

@@ -30,14 +30,10 @@
 //! Without `--brokers`, the broker is librdkafka's in-process mock cluster ([`broker`]).
 //!
 //! Why this file is over 800 lines: the run's phases (seeding, throughput, latency, the ceiling) and the
-//! report still live together; they are to move into a module per phase, with the synthetic fleet shared with
-//! the demo, once the worker offers the bench a narrow entry point instead of its internals.
+//! report still live together; they are to move into a module per phase.
 
-pub mod broker;
 pub mod ceiling;
 pub mod cpu;
-pub mod fleet;
-pub mod seed;
 pub mod server;
 pub mod verify;
 
@@ -50,15 +46,15 @@ use anyhow::Context as _;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use self::broker::{Broker, Stream};
 use self::ceiling::{CeilingReport, CeilingSettings};
-use self::fleet::{Fleet, Rng};
-use self::seed::SeedReport;
 use self::server::ServerActivity;
 use self::verify::{Correctness, Expectations};
 use crate::app::Application;
 use crate::config::{Config, WalCompression};
 use crate::rules::Catalogue;
+use crate::synthetic::broker::{self, Broker, Stream};
+use crate::synthetic::fleet::{self, Fleet, Rng};
+use crate::synthetic::seed::{self, SeedReport};
 use crate::worker::{Clock, ManualClock, Status};
 
 /// The goals the benchmark checks (BENCHMARKS.md, "Goals").
@@ -357,7 +353,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         .await
         .context("failed to connect to the database")?;
     crate::store::migrate(&pool).await?;
-    prepare(&pool, options.reset).await?;
+    seed::prepare(&pool, options.reset).await?;
     let postgres_settings: Vec<(String, String)> = sqlx::query_as(
         "SELECT name, current_setting(name) FROM pg_settings WHERE name IN ('max_wal_size', \
          'wal_compression', 'shared_buffers', 'synchronous_commit', 'checkpoint_timeout', 'autovacuum', \
@@ -408,13 +404,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     config.kafka.group_id = format!("{topic}-workers");
     config.http.listen = "127.0.0.1:0".parse()?;
     if options.brokers.is_none() {
-        // The mock broker answers a fetch with no data only after `fetch.wait.max.ms` (500 ms by default)
-        // and is not woken by new data the way a real broker's long poll is; without this, every quiet
-        // moment adds up to half a second of latency that a real cluster would not.
-        config
-            .kafka
-            .properties
-            .insert("fetch.wait.max.ms".into(), "10".into());
+        broker::tune_for_mock(&mut config.kafka);
     }
     let clock = ManualClock::new(t0);
     let app = Application::build_with_clock(config.clone(), Arc::new(clock.clone()))
@@ -452,16 +442,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     );
 
     // From here the worker's clock follows the wall clock.
-    let ticker = {
-        let clock = clock.clone();
-        let from = Instant::now();
-        tokio::spawn(async move {
-            loop {
-                clock.set(t0 + from.elapsed().as_millis() as i64);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let ticker = crate::synthetic::follow_wall_clock(&clock, t0);
     let (producer, deliveries) = broker::producer(&broker.bootstrap())?;
     let producer = Arc::new(producer);
     let mut stream = Stream {
@@ -709,41 +690,6 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         correctness,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// Refuses a database holding anything but an earlier benchmark's data; empties that with `reset`.
-pub(crate) async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
-    let (orgs, foreign): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE id NOT LIKE 'bench-org-%') FROM orgs",
-    )
-    .fetch_one(pool)
-    .await
-    .context("failed to inspect the database")?;
-    let devices: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM devices)")
-        .fetch_one(pool)
-        .await?;
-    if orgs == 0 && !devices {
-        return Ok(());
-    }
-    anyhow::ensure!(
-        foreign == 0,
-        "the database holds orgs that are not the benchmark's; use a database of its own"
-    );
-    anyhow::ensure!(
-        reset,
-        "the database holds an earlier benchmark's data; pass --reset to empty it"
-    );
-    tracing::info!("emptying the database (--reset)");
-    sqlx::raw_sql(
-        "TRUNCATE group_membership_log, device_group_memberships, firmware_releases, devices, \
-         device_groups, control_log, partition_positions, outbox, api_keys, device_identifiers, \
-         device_firmware_versions, orgs \
-         RESTART IDENTITY",
-    )
-    .execute(pool)
-    .await
-    .context("failed to empty the database")?;
-    Ok(())
 }
 
 type Produced = anyhow::Result<(Duration, Stream)>;

@@ -18,9 +18,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::fleet::Fleet;
 use crate::kafka::default_partition;
 use crate::rules::{Attributes, Catalogue, EpochMillis};
+use crate::synthetic::fleet::Fleet;
 use crate::worker::registry::Registry;
 
 /// Devices read per query.

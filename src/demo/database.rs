@@ -127,12 +127,7 @@ pub async fn prepare(args: &DemoArgs) -> anyhow::Result<(String, PgPool)> {
     crate::store::migrate(&pool)
         .await
         .map_err(|e| crate::telemetry::database_error(&url, e))?;
-    let (orgs, foreign): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE id NOT LIKE 'bench-org-%') FROM orgs",
-    )
-    .fetch_one(&pool)
-    .await
-    .context("failed to inspect the database")?;
+    let (orgs, foreign) = crate::synthetic::seed::org_counts(&pool).await?;
     let (devices, demo_key): (bool, bool) = sqlx::query_as(
         "SELECT EXISTS (SELECT 1 FROM devices), \
                 EXISTS (SELECT 1 FROM api_keys WHERE org_id IS NULL AND name = $1)",
@@ -143,8 +138,9 @@ pub async fn prepare(args: &DemoArgs) -> anyhow::Result<(String, PgPool)> {
     .context("failed to inspect the database")?;
     let contents = Contents::classify(orgs, foreign, devices, demo_key);
     if decide(is_own(&url), contents, args.reset, &label)? {
-        // The benchmark's emptying, which refuses again if an org that is not synthetic appeared since.
-        crate::bench::prepare(&pool, true).await?;
+        // The synthetic fleet's emptying, which refuses again if an org that is not synthetic appeared
+        // since.
+        crate::synthetic::seed::prepare(&pool, true).await?;
     }
     Ok((url, pool))
 }

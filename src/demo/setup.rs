@@ -8,13 +8,13 @@ use anyhow::Context as _;
 use rdkafka::producer::{BaseRecord, Producer as _};
 use sqlx::PgPool;
 
-use crate::bench::broker;
-use crate::bench::fleet::Fleet;
 use crate::firmware::Version;
 use crate::rules::Catalogue;
 use crate::store::control::LockChange;
 use crate::store::firmware::{self, ReleaseTarget};
 use crate::store::{api_keys, groups, members};
+use crate::synthetic::broker;
+use crate::synthetic::fleet::Fleet;
 use crate::worker::Status;
 
 /// What [`setup`] created.

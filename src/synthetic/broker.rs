@@ -1,12 +1,12 @@
-//! The Kafka-protocol broker the benchmark streams through, and its producer.
+//! The Kafka-protocol broker the synthetic fleet's events stream through, and their producer.
 //!
-//! With no brokers given, the benchmark starts librdkafka's in-process mock cluster (the same one the
-//! integration tests use; see `tests/support/kafka.rs`, and docs/architecture.md, "Where the limits
-//! are", for what the mock does and does not do). The cluster is hosted by a client created with
+//! With no brokers given, `cohort bench` and `cohort demo` start librdkafka's in-process mock cluster (the
+//! same one the integration tests use; see `tests/support/kafka.rs`, and docs/architecture.md, "Where the
+//! limits are", for what the mock does and does not do). The cluster is hosted by a client created with
 //! `test.mock.num.brokers`, because only such a cluster exposes the raw handle needed to remove the
-//! mock's 3-second initial rebalance delay. It runs on librdkafka threads inside the benchmark's
-//! process, so its CPU and memory (it keeps every message) count against the run, as a broker on the
-//! same 2-core machine would.
+//! mock's 3-second initial rebalance delay. It runs on librdkafka threads inside the process, so its CPU
+//! and memory (it keeps every message) count against the run, as a broker on the same 2-core machine
+//! would.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,9 +21,10 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 
 use super::fleet::{Fleet, Rng};
+use crate::config::KafkaConfig;
 use crate::worker::{Clock, ManualClock};
 
-/// Where the benchmark's events go.
+/// Where the fleet's events go.
 pub enum Broker {
     /// Bootstrap servers the user gave.
     External(String),
@@ -63,7 +64,7 @@ impl Broker {
         }
     }
 
-    /// What the report calls it.
+    /// How the run names it (the benchmark's report, the demo's first lines).
     pub fn describe(&self) -> String {
         match self {
             Broker::External(brokers) => format!("Kafka at {brokers}"),
@@ -105,6 +106,16 @@ impl Broker {
     }
 }
 
+/// Sets what a worker consuming from the mock cluster needs: the mock answers a fetch with no data only
+/// after `fetch.wait.max.ms` (500 ms by default) and is not woken by new data the way a real broker's long
+/// poll is; without this, every quiet moment adds up to half a second of latency that a real cluster would
+/// not.
+pub fn tune_for_mock(kafka: &mut KafkaConfig) {
+    kafka
+        .properties
+        .insert("fetch.wait.max.ms".into(), "10".into());
+}
+
 /// Delivery outcomes, counted by the producer's delivery callback.
 #[derive(Debug, Default)]
 pub struct Deliveries {
@@ -134,7 +145,7 @@ impl ProducerContext for Counting {
     }
 }
 
-/// The benchmark's producer: Kafka's default partitioner for keyed messages (`murmur2_random`), so each
+/// The fleet's producer: Kafka's default partitioner for keyed messages (`murmur2_random`), so each
 /// event lands on the partition that owns its device.
 pub fn producer(bootstrap: &str) -> anyhow::Result<(BaseProducer<Counting>, Arc<Deliveries>)> {
     let deliveries = Arc::new(Deliveries::default());

@@ -57,6 +57,10 @@ const SITE_REMOVED: f64 = 0.01;
 /// `SITE_SET / (SITE_SET + (1 - SITE_SET) * SITE_REMOVED)`, about 0.756.
 const SITE_SHARE: f64 = SITE_SET / (SITE_SET + (1.0 - SITE_SET) * SITE_REMOVED);
 
+/// What every synthetic org id starts with: a database whose orgs all start with it holds only synthetic
+/// data.
+pub const ORG_ID_PREFIX: &str = "bench-org-";
+
 /// A small, fast, seedable generator (SplitMix64): reproducible runs without a dependency.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -162,7 +166,7 @@ impl Fleet {
 
     /// The id of org `o`.
     pub fn org_id(o: usize) -> String {
-        format!("bench-org-{o:02}")
+        format!("{ORG_ID_PREFIX}{o:02}")
     }
 
     fn device_rng(&self, i: usize) -> Rng {

@@ -1,4 +1,5 @@
-//! Seeding the synthetic fleet straight into PostgreSQL, in the steady state a worker would leave it in.
+//! Seeding the synthetic fleet straight into PostgreSQL, in the steady state a worker would leave it in,
+//! and the check that a database is one the fleet may be seeded into.
 //!
 //! Orgs and groups go through [`crate::store::groups`], so the control log holds them as in production.
 //! Devices and their initial memberships are computed here with the worker's own evaluator (the
@@ -6,6 +7,9 @@
 //! Kafka's default partitioner gives its id. Finally each partition's stored position is set to offset 0
 //! and the control-log head, so the worker starts in steady state instead of re-evaluating every group for
 //! a million devices.
+//!
+//! A database may be seeded when it is empty, or holds only an earlier synthetic fleet (every org's id
+//! starts with [`ORG_ID_PREFIX`]) and may be emptied ([`prepare`]).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +18,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use sqlx::{Connection as _, PgConnection, PgPool};
 
-use super::fleet::Fleet;
+use super::fleet::{Fleet, ORG_ID_PREFIX};
 use crate::kafka::default_partition;
 use crate::rules::{Attributes, Catalogue};
 use crate::store::groups::{self, NewGroup};
@@ -174,6 +178,45 @@ pub async fn seed(
         memberships,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// The number of orgs in the database, and of those that are not the synthetic fleet's.
+pub async fn org_counts(pool: &PgPool) -> anyhow::Result<(i64, i64)> {
+    sqlx::query_as("SELECT count(*), count(*) FILTER (WHERE id NOT LIKE $1) FROM orgs")
+        .bind(format!("{ORG_ID_PREFIX}%"))
+        .fetch_one(pool)
+        .await
+        .context("failed to inspect the database")
+}
+
+/// Refuses a database holding anything but an earlier synthetic fleet's data; empties that with `reset`.
+pub async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
+    let (orgs, foreign) = org_counts(pool).await?;
+    let devices: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM devices)")
+        .fetch_one(pool)
+        .await?;
+    if orgs == 0 && !devices {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        foreign == 0,
+        "the database holds orgs that are not the benchmark's; use a database of its own"
+    );
+    anyhow::ensure!(
+        reset,
+        "the database holds an earlier benchmark's data; pass --reset to empty it"
+    );
+    tracing::info!("emptying the database (--reset)");
+    sqlx::raw_sql(
+        "TRUNCATE group_membership_log, device_group_memberships, firmware_releases, devices, \
+         device_groups, control_log, partition_positions, outbox, api_keys, device_identifiers, \
+         device_firmware_versions, orgs \
+         RESTART IDENTITY",
+    )
+    .execute(pool)
+    .await
+    .context("failed to empty the database")?;
+    Ok(())
 }
 
 /// The `COPY` text of a range of devices and of their memberships, and the number of memberships.
