@@ -23,8 +23,8 @@
 //! - [`app`]: `Application::build(config)` then `run_until_stopped(shutdown)`.
 //! - [`synthetic`]: the synthetic fleet the demo and the benchmark run — the generator, its seeding into
 //!   PostgreSQL, and the broker its events stream through.
-//! - [`bench`]: `cohort bench`, the end-to-end benchmark: a synthetic fleet streamed through a broker into
-//!   the worker and PostgreSQL, against the ceiling of the same writes by a minimal writer.
+//! - [`bench`](mod@bench): `cohort bench`, the end-to-end benchmark: a synthetic fleet streamed through a
+//!   broker into the worker and PostgreSQL, against the ceiling of the same writes by a minimal writer.
 //! - [`cli`]: the `cohort` command line; `main.rs` only parses and calls it.
 //! - [`telemetry`]: logging set-up.
 
