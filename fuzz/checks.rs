@@ -11,7 +11,7 @@
 //!   bytes as a sequence of choices (`arbitrary::Unstructured`) → the compiled evaluator, its explanation
 //!   and its time flips agree with the reference evaluator of `tests/rules_props/reference.rs`.
 //! - [`check_event_decode`]: bytes → a Kafka key, a value and a size limit → `cohort::event::decode`, whose
-//!   result must satisfy the contract of `src/event.rs` and `schemas/`.
+//!   result must satisfy the contract of `src/event/` and `schemas/`.
 //!
 //! The crate including this file must declare, at its root, `mod reference` (the file
 //! `tests/rules_props/reference.rs`), `mod pools` (`tests/rules_props/pools.rs`) and `mod schema` (the file `tests/event_contract/schema.rs`).
@@ -1391,10 +1391,10 @@ fn refused_event(
     // Every failure makes a dead letter the schema accepts, that keeps (a bounded prefix of) the value.
     let message = dead_letter("dlq", "in", 1, 2, key, payload, error, max_bytes);
     assert_eq!(message.key.as_deref(), key);
-    assert!(message
-        .headers
-        .iter()
-        .any(|(k, v)| k == "cohort-dead-letter-reason" && v == error.reason.as_str()));
+    assert_eq!(
+        message.header_value("cohort-dead-letter-reason"),
+        Some(error.reason.as_str())
+    );
     assert!(
         message.payload.len() <= max_bytes.saturating_add(8192),
         "a dead letter of {} bytes for a limit of {max_bytes}",

@@ -5,10 +5,13 @@
 //!
 //! - [`rules`]: the rule language — field catalogue, filter validation, compiled evaluation with
 //!   explanations, the field index, and time flips. Pure: no IO, no clock.
-//! - [`firmware`]: versions, the resolution precedence, rollout-target events. Pure.
+//! - [`firmware`]: versions, the resolution precedence, rollout-target events (CloudEvents). Pure.
 //! - [`event`]: the `device-attribute-changes` input contract: strict decoding and dead letters.
+//! - [`outbox`]: the outgoing message (topic, key, value, headers) that rollout events and dead letters
+//!   are, as the transactional outbox holds it. Pure.
 //! - [`config`]: the typed configuration (defaults, then a TOML file, then `COHORT_…` variables).
-//! - [`store`]: PostgreSQL — migrations, error classification, the control log, batch transactions.
+//! - [`store`]: PostgreSQL — migrations, error classification, the control log, batch transactions, the
+//!   outbox table.
 //! - [`kafka`]: the consumer's poller thread and rebalance handling.
 //! - [`worker`]: the pipeline — partitions, in-memory device state, batches, timers.
 //! - [`relay`]: publishes the transactional outbox to Kafka (idempotent producer, leader lease, at-least-once
@@ -40,6 +43,7 @@ pub mod firmware;
 pub mod http;
 pub mod kafka;
 pub mod metrics;
+pub mod outbox;
 pub mod reconcile;
 pub mod relay;
 pub mod rules;

@@ -11,11 +11,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::outbox::Message;
 
 /// A device row to write. For an update, `expected_version` guards it; the stored version becomes
 /// `expected_version + 1`.
@@ -58,15 +58,6 @@ pub struct LogRow {
     pub group_version: i64,
 }
 
-/// A message for the transactional outbox.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OutboxRow {
-    pub topic: String,
-    pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
-    pub headers: Value,
-}
-
 /// Everything one batch writes.
 #[derive(Clone, Debug, Default)]
 pub struct BatchWrite {
@@ -82,7 +73,8 @@ pub struct BatchWrite {
     /// (group, device, is_pinned) for memberships whose pin changes.
     pub pin_updates: Vec<(Uuid, String, bool)>,
     pub log: Vec<LogRow>,
-    pub outbox: Vec<OutboxRow>,
+    /// Rollout events and dead letters, inserted with [`super::outbox::insert`].
+    pub outbox: Vec<Message>,
     /// `backend_flush_after` for this transaction only, in kB (the pipeline sets it for a caught-up
     /// partition's batches; see [`crate::config::WorkerConfig::caught_up_flush_after_kb`]); `None` leaves
     /// the session's setting.
@@ -235,28 +227,7 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         .execute(&mut *tx)
         .await?;
     }
-    if !batch.outbox.is_empty() {
-        let rows = &batch.outbox;
-        sqlx::query(
-            "INSERT INTO outbox (topic, message_key, payload, headers) \
-             SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[], $4::jsonb[])",
-        )
-        .bind(rows.iter().map(|r| r.topic.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.key.as_deref()).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|r| r.payload.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|r| &r.headers).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
-        // Wakes the relay (`crate::relay`) at commit; the notification carries nothing and a missed one
-        // only delays publishing until the relay's next poll.
-        sqlx::query("SELECT pg_notify('cohort_outbox', '')")
-            .execute(&mut *tx)
-            .await?;
-    }
+    super::outbox::insert(&mut tx, &batch.outbox).await?;
     tx.commit().await?;
     Ok(())
 }

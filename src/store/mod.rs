@@ -8,7 +8,8 @@
 //! - [`firmware`]: firmware releases (with their control-log entries) and the impact preview.
 //! - [`partition`]: per-partition positions (claim with an epoch, fenced updates) and state loading.
 //! - [`batch`]: one worker batch in one transaction.
-//! - [`firmware`]: releases and the impact preview.
+//! - [`outbox`]: the transactional outbox — the batch's inserts, and the relay's reads, marks, retention
+//!   and publishing lease.
 //! - [`api_keys`]: the REST API's keys (hashed, compared in constant time).
 //! - [`api`]: the REST API's queries (group listings, members, the membership log, previews).
 
@@ -19,6 +20,7 @@ pub mod control;
 pub mod firmware;
 pub mod groups;
 pub mod members;
+pub mod outbox;
 pub mod partition;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -24,14 +24,15 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::registry::Registry;
 use crate::event::{self, DeadLetterReason, DecodeError, DeviceEvent};
-use crate::firmware::{Reason, Target};
+use crate::firmware::{Reason, RolloutTarget, Target};
+use crate::outbox::Message;
 use crate::rules::time::format_millis;
 use crate::rules::{AttrValue, Attributes, EpochMillis, FieldChange, FieldId, Scratch};
-use crate::store::batch::{BatchWrite, DeviceRow, LogRow, MembershipRow, OutboxRow};
+use crate::store::batch::{BatchWrite, DeviceRow, LogRow, MembershipRow};
 use crate::store::control::{ControlEntry, Positioned};
 use crate::store::partition::{Claim, StoredDevice, StoredMembership};
 
@@ -362,7 +363,7 @@ struct Work<'a> {
     /// (state at batch start, or None for a device not stored; current state).
     devices: HashMap<Box<str>, (Origin, Device)>,
     log: Vec<LogRow>,
-    outbox: Vec<OutboxRow>,
+    outbox: Vec<Message>,
     stats: Stats,
     scratch: Scratch,
     candidates: Vec<u32>,
@@ -1009,27 +1010,17 @@ impl Work<'_> {
             device.target_sequence += 1;
             let sequence = device.target_sequence;
             let org = device.org.clone();
-            let event = crate::firmware::rollout_event(
-                &org,
-                &id,
+            let event = RolloutTarget {
+                org_id: &org,
+                device_id: &id,
                 sequence,
-                &previous,
-                &target,
-                &cause,
-                &format_millis(now),
-            );
+                previous: &previous,
+                target: &target,
+                cause: &cause,
+                at: now,
+            };
             self.stats.rollouts += 1;
-            self.outbox.push(OutboxRow {
-                topic: self.ctx.output_topic.to_string(),
-                key: Some(id.as_bytes().to_vec()),
-                payload: event.to_string().into_bytes(),
-                headers: json!({
-                    "ce_specversion": "1.0",
-                    "ce_id": crate::firmware::event_id(&id, sequence).to_string(),
-                    "ce_type": crate::firmware::EVENT_TYPE,
-                    "content-type": "application/cloudevents+json",
-                }),
-            });
+            self.outbox.push(event.message(self.ctx.output_topic));
         }
     }
 
@@ -1089,7 +1080,7 @@ impl Work<'_> {
 
     fn dead_letter(&mut self, record: &Record, error: &DecodeError) {
         self.stats.dead_letters.push(error.reason);
-        let message = event::dead_letter(
+        self.outbox.push(event::dead_letter(
             self.ctx.dead_letter_topic,
             self.ctx.input_topic,
             self.partition.id,
@@ -1098,18 +1089,7 @@ impl Work<'_> {
             record.payload.as_deref(),
             error,
             self.ctx.max_event_bytes,
-        );
-        let headers: serde_json::Map<String, Value> = message
-            .headers
-            .into_iter()
-            .map(|(k, v)| (k, Value::String(v)))
-            .collect();
-        self.outbox.push(OutboxRow {
-            topic: message.topic,
-            key: message.key,
-            payload: message.payload,
-            headers: Value::Object(headers),
-        });
+        ));
     }
 
     fn record(
@@ -1337,6 +1317,7 @@ mod tests {
     use super::*;
     use crate::rules::Catalogue;
     use crate::store::control::GroupDefinition;
+    use serde_json::json;
     use uuid::Uuid;
 
     const HOUR: EpochMillis = 3_600_000;

@@ -1,18 +1,20 @@
-//! The outbox relay: publishes the committed rows of the transactional `outbox` table (dead letters now,
-//! rollout-target events later) to Kafka exactly as written, and marks them published.
+//! The outbox relay: publishes the committed rows of the transactional `outbox` table (rollout-target
+//! events and dead letters) to Kafka exactly as written, and marks them published. The table's statements
+//! are in [`crate::store::outbox`]; this module decides when to run them and produces what they read.
 //!
 //! # A round
-//! 1. Read up to `relay.batch_size` unpublished rows `ORDER BY id` (served by the partial index
-//!    `outbox_unpublished_idx`).
+//! 1. Read up to `relay.batch_size` unpublished rows in id order
+//!    ([`fetch_unpublished`](crate::store::outbox::fetch_unpublished)), each as its
+//!    [`outbox::Message`](crate::outbox::Message).
 //! 2. Produce them with an idempotent producer (`enable.idempotence`, `acks=all`, at most 5 requests in
 //!    flight, and the `murmur2_random` partitioner of the input contract, so a key lands on the partition a
-//!    Java client would choose). Key = `message_key`, value = `payload`, headers = the `headers` object
-//!    (string values as their UTF-8 bytes, `null` as a header without a value, anything else as its JSON
-//!    text), plus [`HEADER_OUTBOX_ID`] = the row id in decimal.
+//!    Java client would choose). Key, value and headers are the message's (header values as their UTF-8
+//!    bytes, a header without a value as such), plus [`HEADER_OUTBOX_ID`] = the row id in decimal.
 //! 3. Produce in *waves*: a wave holds at most one row per (topic, key) (keyless rows all go in the first);
 //!    the next wave is produced only once every delivery report of the previous one has arrived. When a
 //!    row fails, the later rows of its key are held back for the rest of the round.
-//! 4. `UPDATE outbox SET published_at = now() WHERE id = ANY(<delivered ids>)`.
+//! 4. Mark the delivered rows published
+//!    ([`mark_published`](crate::store::outbox::mark_published)).
 //!
 //! # Guarantee
 //! **At-least-once delivery with stable ids.** A row is marked published only after the broker
@@ -88,11 +90,17 @@
 //! connections (the lease, and the listener) from the pool's settings, so it never takes a slot from the
 //! worker's pool.
 //!
-//! Why this file is over 800 lines: the relay's run loop, its publishing and its outbox bookkeeping still
-//! share this file; the outbox SQL is to move into the storage module and the outgoing message to become one
-//! type shared with the worker, which will leave the loop alone here.
+//!
+//! # Layout
+//! This file holds the run loop, the lease and the shutdown; `round` one round's reading, producing and
+//! marking; `waves` the order rows are produced in; `upkeep` the backlog gauges and retention.
 
-use std::collections::HashSet;
+mod round;
+#[cfg(test)]
+mod tests;
+mod upkeep;
+mod waves;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -100,10 +108,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::types::RDKafkaErrorCode;
-use serde_json::Value;
+use rdkafka::producer::FutureProducer;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::time::Instant;
@@ -112,15 +117,13 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::kafka::client::{client_config, Role, RELAY_MESSAGE_TIMEOUT_MS};
 use crate::metrics as m;
+use crate::store::outbox as store;
 use crate::store::StoreError;
 
-/// The NOTIFY channel the worker's batch transaction signals when it writes outbox rows.
-pub const CHANNEL: &str = "cohort_outbox";
+pub use crate::store::outbox::{CHANNEL, LEASE_KEY};
+
 /// Header carrying the outbox row id (decimal), identical on every copy of a re-sent row.
 pub const HEADER_OUTBOX_ID: &str = "cohort-outbox-id";
-/// The advisory lock whose holder is the one relay that publishes ("cohortrl" in ASCII; the control log's
-/// append lock is "cohort", so they never collide).
-pub const LEASE_KEY: i64 = 0x636f_686f_7274_726c;
 /// Limit on one database statement of the relay.
 pub const DATABASE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long past `message.timeout.ms` the relay waits for delivery reports before counting a message as
@@ -464,11 +467,7 @@ impl Relay {
     /// Rounds until nothing unpublished at the start is left, stopping at the first failed delivery.
     async fn drain(&self, state: &mut State) -> Result<usize, RelayError> {
         let conn = state.conn.as_mut().ok_or(RelayError::NotLeader)?;
-        let result = bounded(
-            "find the newest outbox row",
-            sqlx::query_scalar::<_, Option<i64>>("SELECT max(id) FROM outbox").fetch_one(conn),
-        )
-        .await;
+        let result = bounded("find the newest outbox row", store::newest_id(conn)).await;
         let Some(up_to) = self.check(state, result)? else {
             return Ok(0);
         };
@@ -504,13 +503,7 @@ impl Relay {
             state.conn = Some(conn);
         }
         let conn = state.conn.as_mut().expect("connected above");
-        let result = bounded(
-            "take the lease",
-            sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
-                .bind(LEASE_KEY)
-                .fetch_one(conn),
-        )
-        .await;
+        let result = bounded("take the lease", store::try_take_lease(conn)).await;
         if self.check(state, result)? {
             self.set_leader(state, true);
             tracing::info!("took the outbox publishing lease: this relay publishes");
@@ -536,204 +529,6 @@ impl Relay {
             self.set_leader(state, false);
         }
         result
-    }
-
-    /// Reads one batch of unpublished rows with `id <= up_to`, produces it in waves and marks what was
-    /// delivered.
-    async fn round(&self, state: &mut State, up_to: i64) -> Result<Round, RelayError> {
-        let conn = state.conn.as_mut().ok_or(RelayError::NotLeader)?;
-        let result = bounded(
-            "read the outbox",
-            sqlx::query_as::<_, OutboxMessage>(
-                "SELECT id, topic, message_key, payload, headers FROM outbox \
-                 WHERE published_at IS NULL AND id <= $1 ORDER BY id LIMIT $2",
-            )
-            .bind(up_to)
-            .bind(i64::try_from(self.settings.batch_size).unwrap_or(i64::MAX))
-            .fetch_all(conn),
-        )
-        .await;
-        let rows = self.check(state, result)?;
-        let mut round = Round {
-            read: rows.len(),
-            ..Round::default()
-        };
-        if rows.is_empty() {
-            self.status.rounds.fetch_add(1, Ordering::Relaxed);
-            return Ok(round);
-        }
-        let mut waves = Waves::new(&rows);
-        while let Some(wave) = waves.next_wave() {
-            let mut in_flight = Vec::with_capacity(wave.len());
-            for index in wave {
-                let row = &rows[index];
-                let record = FutureRecord::<[u8], [u8]>::to(&row.topic)
-                    .payload(&row.payload)
-                    .headers(kafka_headers(row));
-                let record = match &row.key {
-                    Some(key) => record.key(key.as_slice()),
-                    None => record,
-                };
-                match state.producer.send_result(record) {
-                    Ok(delivery) => in_flight.push((index, delivery)),
-                    Err((error, _)) => {
-                        self.failed(&mut round, &mut waves, row, index, error);
-                    }
-                }
-            }
-            // Every report of this wave arrives before the next wave is produced (see the module docs).
-            let deadline = Instant::now() + self.settings.delivery_wait;
-            for (index, delivery) in in_flight {
-                let row = &rows[index];
-                let error = match tokio::time::timeout_at(deadline, delivery).await {
-                    Ok(Ok(Ok(_))) => {
-                        round.delivered.push(row.id);
-                        self.status.delivered.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!(m::RELAY_MESSAGES_RELAYED, "topic" => row.topic.clone())
-                            .increment(1);
-                        continue;
-                    }
-                    Ok(Ok(Err((error, _)))) => error,
-                    Ok(Err(_canceled)) => KafkaError::Canceled,
-                    Err(_elapsed) => {
-                        KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)
-                    }
-                };
-                self.failed(&mut round, &mut waves, row, index, error);
-            }
-        }
-        round.held_back = waves.held_back;
-
-        if round.failed > 0 {
-            if let Some((code, reason)) = state.producer.client().fatal_error() {
-                tracing::error!(?code, %reason, "the producer hit a fatal error; creating a new one");
-                match self.producer_config.create() {
-                    Ok(producer) => state.producer = producer,
-                    Err(e) => tracing::error!(error = %e, "cannot re-create the producer"),
-                }
-            }
-        }
-        if !round.delivered.is_empty() {
-            let conn = state.conn.as_mut().ok_or(RelayError::NotLeader)?;
-            let result = bounded(
-                "mark rows published",
-                sqlx::query(
-                    "UPDATE outbox SET published_at = now() \
-                     WHERE id = ANY($1) AND published_at IS NULL",
-                )
-                .bind(&round.delivered)
-                .execute(conn),
-            )
-            .await;
-            self.check(state, result)?;
-        }
-        self.status.rounds.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(
-            first_id = rows[0].id,
-            read = round.read,
-            delivered = round.delivered.len(),
-            failed = round.failed,
-            held_back = round.held_back,
-            "relay round done"
-        );
-        Ok(round)
-    }
-
-    fn failed(
-        &self,
-        round: &mut Round,
-        waves: &mut Waves,
-        row: &OutboxMessage,
-        index: usize,
-        error: KafkaError,
-    ) {
-        tracing::debug!(id = row.id, topic = %row.topic, error = %error, "outbox message not delivered");
-        waves.failed(index);
-        round.failed += 1;
-        round.error.get_or_insert(error);
-        self.status.failed.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!(m::RELAY_PUBLISH_FAILURES, "topic" => row.topic.clone()).increment(1);
-    }
-
-    /// Refreshes the backlog gauges (at most once a second unless `force`) and, as leader, deletes expired
-    /// rows once a minute. Failures only delay these; they are logged.
-    async fn maintain(&self, state: &mut State, force: bool) {
-        let stats_due = force
-            || state
-                .last_stats
-                .is_none_or(|at| at.elapsed() >= STATS_INTERVAL);
-        if stats_due {
-            if let Some(conn) = state.conn.as_mut() {
-                let result = bounded(
-                    "measure the outbox backlog",
-                    sqlx::query_as::<_, (i64, f64)>(
-                        "SELECT count(*), \
-                           COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 \
-                         FROM outbox WHERE published_at IS NULL",
-                    )
-                    .fetch_one(conn),
-                )
-                .await;
-                match self.check(state, result) {
-                    Ok((backlog, oldest)) => {
-                        metrics::gauge!(m::RELAY_OUTBOX_BACKLOG).set(backlog as f64);
-                        metrics::gauge!(m::RELAY_OUTBOX_OLDEST_AGE).set(oldest.max(0.0));
-                        state.last_stats = Some(Instant::now());
-                    }
-                    Err(e) => tracing::debug!(error = %e, "cannot measure the outbox backlog"),
-                }
-            }
-        }
-        if state.leader && Instant::now() >= state.next_retention {
-            match self.expire(state, RETENTION_BATCHES_PER_PASS).await {
-                Ok(n) => {
-                    if n > 0 {
-                        tracing::info!(deleted = n, "deleted expired outbox rows");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot delete expired outbox rows; will retry")
-                }
-            }
-        }
-    }
-
-    /// Deletes published rows older than the retention period, [`RETENTION_BATCH`] at a time, for at most
-    /// `max_batches` statements. Schedules the next pass: in a minute, or at once if rows were left.
-    async fn expire(&self, state: &mut State, max_batches: usize) -> Result<u64, RelayError> {
-        let mut total = 0;
-        let mut batches = 0;
-        let hours = self.settings.retention_hours as f64;
-        loop {
-            let conn = state.conn.as_mut().ok_or(RelayError::NotLeader)?;
-            let result = bounded(
-                "delete expired outbox rows",
-                sqlx::query(
-                    "WITH expired AS ( \
-                       SELECT id FROM outbox \
-                       WHERE published_at < now() - $1 * interval '1 hour' \
-                       ORDER BY id LIMIT $2) \
-                     DELETE FROM outbox o USING expired WHERE o.id = expired.id",
-                )
-                .bind(hours)
-                .bind(RETENTION_BATCH)
-                .execute(conn),
-            )
-            .await;
-            let deleted = self.check(state, result)?.rows_affected();
-            total += deleted;
-            batches += 1;
-            metrics::counter!(m::RELAY_ROWS_EXPIRED).increment(deleted);
-            if deleted < RETENTION_BATCH as u64 {
-                state.next_retention = Instant::now() + RETENTION_INTERVAL;
-                return Ok(total);
-            }
-            if batches >= max_batches {
-                // More are left: continue after the next round instead of delaying publishing now.
-                state.next_retention = Instant::now();
-                return Ok(total);
-            }
-        }
     }
 
     /// A listener for [`CHANNEL`] on a connection of its own (a one-connection pool, so the listener can
@@ -775,381 +570,16 @@ enum Step {
     Failed,
 }
 
-/// One row of the outbox.
-#[derive(Debug, sqlx::FromRow)]
-struct OutboxMessage {
-    id: i64,
-    topic: String,
-    #[sqlx(rename = "message_key")]
-    key: Option<Vec<u8>>,
-    payload: Vec<u8>,
-    headers: Value,
-}
-
-/// The outcome of a round.
-#[derive(Debug, Default)]
-struct Round {
-    /// Rows read.
-    read: usize,
-    /// Ids delivered (and then marked), in id order per key.
-    delivered: Vec<i64>,
-    /// Deliveries that failed.
-    failed: usize,
-    /// Rows not produced because an earlier row of their key failed.
-    held_back: usize,
-    /// The first delivery error.
-    error: Option<KafkaError>,
-}
-
-impl Round {
-    /// The round's failure as an error, if a delivery failed; `delivered` is the total to report.
-    fn failure(&self, delivered: usize) -> Option<RelayError> {
-        self.error.clone().map(|error| RelayError::Undelivered {
-            delivered,
-            failed: self.failed,
-            held_back: self.held_back,
-            error,
-        })
-    }
-}
-
-/// Splits a batch into waves: each wave holds at most one row per (topic, key), the earliest not yet
-/// produced; once a row fails, the later rows of its key are held back. Keyless rows have no order and all
-/// go in the first wave.
-#[derive(Debug)]
-struct Waves<'a> {
-    rows: Vec<(&'a str, Option<&'a [u8]>)>,
-    /// Indexes not yet produced, in id order.
-    remaining: Vec<usize>,
-    /// (topic, key) of rows that failed this round.
-    blocked: HashSet<(&'a str, &'a [u8])>,
-    /// Rows dropped from the round because their key is blocked.
-    held_back: usize,
-}
-
-impl<'a> Waves<'a> {
-    fn new(rows: &'a [OutboxMessage]) -> Self {
-        Self::from_keys(
-            rows.iter()
-                .map(|r| (r.topic.as_str(), r.key.as_deref()))
-                .collect(),
-        )
-    }
-
-    fn from_keys(rows: Vec<(&'a str, Option<&'a [u8]>)>) -> Self {
-        Self {
-            remaining: (0..rows.len()).collect(),
-            rows,
-            blocked: HashSet::new(),
-            held_back: 0,
-        }
-    }
-
-    /// The next wave's row indexes, in id order, or `None` when the round is done.
-    fn next_wave(&mut self) -> Option<Vec<usize>> {
-        let mut wave = Vec::new();
-        let mut later = Vec::new();
-        let mut in_wave = HashSet::new();
-        for &index in &self.remaining {
-            match self.rows[index] {
-                (_, None) => wave.push(index),
-                (topic, Some(key)) => {
-                    if self.blocked.contains(&(topic, key)) {
-                        self.held_back += 1;
-                    } else if in_wave.insert((topic, key)) {
-                        wave.push(index);
-                    } else {
-                        later.push(index);
-                    }
-                }
-            }
-        }
-        self.remaining = later;
-        (!wave.is_empty()).then_some(wave)
-    }
-
-    /// Records that the row at `index` failed: its key's later rows are held back.
-    fn failed(&mut self, index: usize) {
-        if let (topic, Some(key)) = self.rows[index] {
-            self.blocked.insert((topic, key));
-        }
-    }
-}
-
-/// The Kafka headers of a row: its `headers` object, then [`HEADER_OUTBOX_ID`].
-fn kafka_headers(row: &OutboxMessage) -> OwnedHeaders {
-    let pairs = header_pairs(row.id, &row.headers);
-    let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
-    for (key, value) in &pairs {
-        headers = headers.insert(Header {
-            key,
-            value: value.as_deref(),
-        });
-    }
-    headers
-}
-
-/// The header names and values of a row, in order: the `headers` object's entries (strings as their
-/// bytes, `null` as no value, any other JSON value as its JSON text; an entry named [`HEADER_OUTBOX_ID`]
-/// is replaced by the relay's), then the outbox id in decimal. A `headers` value that is not an object
-/// is ignored, with a warning (the worker always writes an object).
-fn header_pairs(id: i64, headers: &Value) -> Vec<(String, Option<Vec<u8>>)> {
-    let mut pairs = Vec::new();
-    match headers {
-        Value::Object(map) => {
-            for (key, value) in map {
-                if key == HEADER_OUTBOX_ID {
-                    continue;
-                }
-                let value = match value {
-                    Value::String(s) => Some(s.as_bytes().to_vec()),
-                    Value::Null => None,
-                    other => Some(other.to_string().into_bytes()),
-                };
-                pairs.push((key.clone(), value));
-            }
-        }
-        Value::Null => {}
-        other => {
-            tracing::warn!(id, headers = %other, "outbox headers are not a JSON object; sending none of them");
-        }
-    }
-    pairs.push((
-        HEADER_OUTBOX_ID.to_owned(),
-        Some(id.to_string().into_bytes()),
-    ));
-    pairs
-}
-
-/// Awaits a database call for at most [`DATABASE_TIMEOUT`], classifying its error.
+/// Awaits a database call for at most [`DATABASE_TIMEOUT`].
 async fn bounded<T>(
     what: &'static str,
-    call: impl Future<Output = Result<T, sqlx::Error>>,
+    call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, RelayError> {
     match tokio::time::timeout(DATABASE_TIMEOUT, call).await {
-        Ok(result) => result.map_err(|e| RelayError::Store(StoreError::from(e))),
+        Ok(result) => result.map_err(RelayError::Store),
         Err(_) => Err(RelayError::DatabaseTimeout {
             what,
             after: DATABASE_TIMEOUT,
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::KafkaConfig;
-    use proptest::prelude::*;
-    use serde_json::json;
-
-    fn producer_config(kafka: &KafkaConfig, brokers: &str) -> ClientConfig {
-        client_config(kafka, brokers, Role::Relay)
-    }
-
-    fn keys<'a>(rows: &[(&'a str, Option<&'a str>)]) -> Vec<(&'a str, Option<&'a [u8]>)> {
-        rows.iter()
-            .map(|(t, k)| (*t, k.map(str::as_bytes)))
-            .collect()
-    }
-
-    #[test]
-    fn a_wave_holds_at_most_one_row_per_topic_and_key_and_keyless_rows_go_first() {
-        let rows = keys(&[
-            ("t", Some("a")),
-            ("t", Some("a")),
-            ("t", Some("b")),
-            ("u", Some("a")),
-            ("t", None),
-            ("t", Some("a")),
-            ("t", None),
-        ]);
-        let mut waves = Waves::from_keys(rows);
-        assert_eq!(waves.next_wave(), Some(vec![0, 2, 3, 4, 6]));
-        assert_eq!(waves.next_wave(), Some(vec![1]));
-        assert_eq!(waves.next_wave(), Some(vec![5]));
-        assert_eq!(waves.next_wave(), None);
-        assert_eq!(waves.held_back, 0);
-    }
-
-    #[test]
-    fn after_a_failure_the_later_rows_of_that_key_are_held_back() {
-        let rows = keys(&[
-            ("t", Some("a")),
-            ("t", Some("b")),
-            ("t", Some("a")),
-            ("t", Some("b")),
-            ("t", Some("a")),
-        ]);
-        let mut waves = Waves::from_keys(rows);
-        assert_eq!(waves.next_wave(), Some(vec![0, 1]));
-        waves.failed(0);
-        assert_eq!(waves.next_wave(), Some(vec![3]));
-        assert_eq!(waves.next_wave(), None);
-        assert_eq!(waves.held_back, 2);
-    }
-
-    #[test]
-    fn a_keyless_failure_holds_nothing_back() {
-        let mut waves = Waves::from_keys(keys(&[("t", None), ("t", None)]));
-        assert_eq!(waves.next_wave(), Some(vec![0, 1]));
-        waves.failed(0);
-        assert_eq!(waves.next_wave(), None);
-        assert_eq!(waves.held_back, 0);
-    }
-
-    proptest! {
-        /// Against a simple reference: each key's produced rows are a prefix of its rows in id order,
-        /// produced one per wave; the prefix stops right after its first failure; and every row is either
-        /// produced or held back.
-        #[test]
-        fn waves_produce_each_key_in_order_and_stop_it_at_its_first_failure(
-            rows in proptest::collection::vec((0u8..2, proptest::option::of(0u8..4)), 0..40),
-            failing in proptest::collection::hash_set(0usize..40, 0..10),
-        ) {
-            let owned: Vec<(String, Option<Vec<u8>>)> = rows
-                .iter()
-                .map(|(t, k)| (format!("topic-{t}"), k.map(|k| vec![k])))
-                .collect();
-            let keyed: Vec<(&str, Option<&[u8]>)> =
-                owned.iter().map(|(t, k)| (t.as_str(), k.as_deref())).collect();
-            let mut waves = Waves::from_keys(keyed.clone());
-            let mut produced: Vec<(usize, usize)> = Vec::new(); // (wave, index)
-            let mut wave_number = 0;
-            while let Some(wave) = waves.next_wave() {
-                prop_assert!(wave.windows(2).all(|w| w[0] < w[1]), "a wave is in id order");
-                let mut seen = HashSet::new();
-                for &index in &wave {
-                    if let (t, Some(k)) = keyed[index] {
-                        prop_assert!(seen.insert((t, k)), "one row per key in a wave");
-                    }
-                    produced.push((wave_number, index));
-                }
-                for &index in &wave {
-                    if failing.contains(&index) {
-                        waves.failed(index);
-                    }
-                }
-                wave_number += 1;
-            }
-            prop_assert_eq!(produced.len() + waves.held_back, keyed.len());
-            // Reference: per key, walk its rows in id order; produce until (and including) the first failure.
-            let distinct: HashSet<(&str, &[u8])> =
-                keyed.iter().filter_map(|(t, k)| k.map(|k| (*t, k))).collect();
-            for (topic, key) in distinct {
-                let rows_of_key: Vec<usize> = (0..keyed.len())
-                    .filter(|&i| keyed[i] == (topic, Some(key)))
-                    .collect();
-                let mut expected = Vec::new();
-                for &i in &rows_of_key {
-                    expected.push(i);
-                    if failing.contains(&i) {
-                        break;
-                    }
-                }
-                let actual: Vec<(usize, usize)> = produced
-                    .iter()
-                    .copied()
-                    .filter(|(_, i)| keyed[*i] == (topic, Some(key)))
-                    .collect();
-                prop_assert_eq!(actual.iter().map(|(_, i)| *i).collect::<Vec<_>>(), expected);
-                prop_assert!(actual.windows(2).all(|w| w[0].0 < w[1].0), "one wave after another");
-            }
-            // Keyless rows are all produced, in the first wave.
-            for (i, (_, key)) in keyed.iter().enumerate() {
-                if key.is_none() {
-                    prop_assert!(produced.contains(&(0, i)));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn headers_keep_strings_and_add_the_outbox_id_last() {
-        let pairs = header_pairs(
-            42,
-            &json!({
-                "cohort-dead-letter-reason": "malformed_json",
-                "empty": null,
-                "number": 7,
-                "cohort-outbox-id": "forged",
-            }),
-        );
-        assert_eq!(
-            pairs,
-            vec![
-                (
-                    "cohort-dead-letter-reason".to_owned(),
-                    Some(b"malformed_json".to_vec())
-                ),
-                ("empty".to_owned(), None),
-                ("number".to_owned(), Some(b"7".to_vec())),
-                ("cohort-outbox-id".to_owned(), Some(b"42".to_vec())),
-            ]
-        );
-        assert_eq!(
-            header_pairs(7, &json!([1, 2])),
-            vec![("cohort-outbox-id".to_owned(), Some(b"7".to_vec()))]
-        );
-        assert_eq!(header_pairs(8, &Value::Null).len(), 1);
-    }
-
-    #[test]
-    fn the_producer_settings_that_carry_the_guarantee_cannot_be_overridden() {
-        let mut kafka = KafkaConfig::default();
-        for (k, v) in [
-            ("acks", "1"),
-            ("enable.idempotence", "false"),
-            ("partitioner", "consistent_random"),
-            ("max.in.flight.requests.per.connection", "50"),
-            ("message.timeout.ms", "3000"),
-            ("compression.type", "zstd"),
-        ] {
-            kafka.properties.insert(k.into(), v.into());
-        }
-        let config = producer_config(&kafka, "k:9092");
-        assert_eq!(config.get("bootstrap.servers"), Some("k:9092"));
-        assert_eq!(config.get("acks"), Some("all"));
-        assert_eq!(config.get("enable.idempotence"), Some("true"));
-        assert_eq!(config.get("partitioner"), Some("murmur2_random"));
-        assert_eq!(
-            config.get("max.in.flight.requests.per.connection"),
-            Some("5")
-        );
-        assert_eq!(config.get("compression.type"), Some("zstd"));
-        assert_eq!(config.get("message.timeout.ms"), Some("3000"));
-        assert_eq!(
-            delivery_wait(&config),
-            Duration::from_secs(3) + DELIVERY_MARGIN
-        );
-    }
-
-    #[test]
-    fn the_delivery_wait_follows_the_message_timeout_or_its_alias() {
-        let config = producer_config(&KafkaConfig::default(), "k:9092");
-        assert_eq!(config.get("message.timeout.ms"), Some("30000"));
-        assert_eq!(
-            delivery_wait(&config),
-            Duration::from_secs(30) + DELIVERY_MARGIN
-        );
-
-        let mut kafka = KafkaConfig::default();
-        kafka
-            .properties
-            .insert("delivery.timeout.ms".into(), "1000".into());
-        let config = producer_config(&kafka, "k:9092");
-        assert_eq!(config.get("message.timeout.ms"), None);
-        assert_eq!(
-            delivery_wait(&config),
-            Duration::from_secs(1) + DELIVERY_MARGIN
-        );
-
-        let mut kafka = KafkaConfig::default();
-        kafka
-            .properties
-            .insert("message.timeout.ms".into(), "0".into());
-        assert_eq!(
-            delivery_wait(&producer_config(&kafka, "k:9092")),
-            UNBOUNDED_MESSAGE_WAIT
-        );
     }
 }

@@ -11,7 +11,8 @@
 //! **Events** — a rollout-target event is emitted exactly when the resolved *version* changes (including to or
 //! from none). A change of reason or deciding group with the same version (say, a device leaves one group
 //! releasing 2.0 but is still in another releasing 2.0, or gets locked to the version it was already
-//! targeted) is stored but is not an event: the dispatcher has nothing to do.
+//! targeted) is stored but is not an event: the dispatcher has nothing to do. [`rollout`] builds the event
+//! ([`RolloutTarget`]): its CloudEvents document, headers and outbox message.
 //!
 //! **Versions** — an org uses one kind: integers (compared numerically, as in the seed product) or semantic
 //! versions (compared by semver precedence: build metadata ignored, pre-releases before their release).
@@ -23,6 +24,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+pub mod rollout;
+
+pub use rollout::{event_id, rollout_event, RolloutTarget, EVENT_TYPE};
 
 /// The kind of versions an org uses.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -287,51 +292,6 @@ pub fn resolve<'r>(
     }
 }
 
-/// The namespace of rollout-event ids (UUIDv5 of the device id and its per-device sequence).
-const EVENT_NAMESPACE: Uuid = Uuid::from_u128(0x6b1c_9c0e_2f3a_4d5e_9a1b_7c2d_3e4f_5a6b);
-
-/// The deterministic id of a device's `sequence`-th rollout event: a re-sent event has the same id.
-pub fn event_id(device_id: &str, sequence: i64) -> Uuid {
-    let mut name = Vec::with_capacity(device_id.len() + 21);
-    name.extend_from_slice(device_id.as_bytes());
-    name.push(0);
-    name.extend_from_slice(sequence.to_string().as_bytes());
-    Uuid::new_v5(&EVENT_NAMESPACE, &name)
-}
-
-/// The CloudEvents `type` of rollout-target events.
-pub const EVENT_TYPE: &str = "io.cohort.rollout-target.changed";
-
-/// A rollout-target event as a CloudEvents 1.0 JSON document.
-#[allow(clippy::too_many_arguments)]
-pub fn rollout_event(
-    org_id: &str,
-    device_id: &str,
-    sequence: i64,
-    previous: &Target,
-    current: &Target,
-    cause: &(impl serde::Serialize + ?Sized),
-    time: &str,
-) -> Value {
-    json!({
-        "specversion": "1.0",
-        "id": event_id(device_id, sequence).to_string(),
-        "source": format!("/cohort/orgs/{org_id}"),
-        "type": EVENT_TYPE,
-        "subject": device_id,
-        "time": time,
-        "datacontenttype": "application/json",
-        "data": {
-            "orgId": org_id,
-            "deviceId": device_id,
-            "sequence": sequence,
-            "previous": previous.to_json(),
-            "target": current.to_json(),
-            "cause": cause,
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -468,24 +428,5 @@ mod tests {
             "no target, nothing to download"
         );
         assert!(!target(None).downloads_on(None));
-    }
-
-    #[test]
-    fn event_ids_are_deterministic_per_device_and_sequence() {
-        assert_eq!(event_id("dev-1", 3), event_id("dev-1", 3));
-        assert_ne!(event_id("dev-1", 3), event_id("dev-1", 4));
-        assert_ne!(event_id("dev-1", 3), event_id("dev-13", 0));
-        let e = rollout_event(
-            "acme",
-            "dev-1",
-            3,
-            &Target::none(),
-            &Target::none(),
-            &json!({}),
-            "2024-01-01T00:00:00.000Z",
-        );
-        assert_eq!(e["specversion"], "1.0");
-        assert_eq!(e["id"], event_id("dev-1", 3).to_string());
-        assert_eq!(e["data"]["sequence"], 3);
     }
 }

@@ -1,0 +1,80 @@
+//! The relay's bookkeeping beside publishing: the backlog gauges (every relay) and the deletion of
+//! published rows past their retention (the leader).
+
+use tokio::time::Instant;
+
+use super::{
+    bounded, Relay, RelayError, State, RETENTION_BATCH, RETENTION_BATCHES_PER_PASS,
+    RETENTION_INTERVAL, STATS_INTERVAL,
+};
+use crate::metrics as m;
+use crate::store::outbox as store;
+
+impl Relay {
+    /// Refreshes the backlog gauges (at most once a second unless `force`) and, as leader, deletes expired
+    /// rows once a minute. Failures only delay these; they are logged.
+    pub(super) async fn maintain(&self, state: &mut State, force: bool) {
+        let stats_due = force
+            || state
+                .last_stats
+                .is_none_or(|at| at.elapsed() >= STATS_INTERVAL);
+        if stats_due {
+            if let Some(conn) = state.conn.as_mut() {
+                let result = bounded("measure the outbox backlog", store::backlog(conn)).await;
+                match self.check(state, result) {
+                    Ok((backlog, oldest)) => {
+                        metrics::gauge!(m::RELAY_OUTBOX_BACKLOG).set(backlog as f64);
+                        metrics::gauge!(m::RELAY_OUTBOX_OLDEST_AGE).set(oldest.max(0.0));
+                        state.last_stats = Some(Instant::now());
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot measure the outbox backlog"),
+                }
+            }
+        }
+        if state.leader && Instant::now() >= state.next_retention {
+            match self.expire(state, RETENTION_BATCHES_PER_PASS).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(deleted = n, "deleted expired outbox rows");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot delete expired outbox rows; will retry")
+                }
+            }
+        }
+    }
+
+    /// Deletes published rows older than the retention period, [`RETENTION_BATCH`] at a time, for at most
+    /// `max_batches` statements. Schedules the next pass: in a minute, or at once if rows were left.
+    pub(super) async fn expire(
+        &self,
+        state: &mut State,
+        max_batches: usize,
+    ) -> Result<u64, RelayError> {
+        let mut total = 0;
+        let mut batches = 0;
+        let hours = self.settings.retention_hours as f64;
+        loop {
+            let conn = state.conn.as_mut().ok_or(RelayError::NotLeader)?;
+            let result = bounded(
+                "delete expired outbox rows",
+                store::delete_expired(conn, hours, RETENTION_BATCH),
+            )
+            .await;
+            let deleted = self.check(state, result)?;
+            total += deleted;
+            batches += 1;
+            metrics::counter!(m::RELAY_ROWS_EXPIRED).increment(deleted);
+            if deleted < RETENTION_BATCH as u64 {
+                state.next_retention = Instant::now() + RETENTION_INTERVAL;
+                return Ok(total);
+            }
+            if batches >= max_batches {
+                // More are left: continue after the next round instead of delaying publishing now.
+                state.next_retention = Instant::now();
+                return Ok(total);
+            }
+        }
+    }
+}
