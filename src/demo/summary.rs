@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::store::outbox;
+
 /// Membership changes and rollout events (by the reason of their new target), each by reason.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -126,28 +128,13 @@ pub async fn effects(pool: &PgPool, rollout_topic: &str) -> anyhow::Result<ByCau
     )
     .fetch_all(pool)
     .await?;
-    let rollouts: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT coalesce(e -> 'data' -> 'cause' ->> 'type', ''), \
-                coalesce(e -> 'data' -> 'target' ->> 'reason', 'none'), count(*) \
-         FROM (SELECT convert_from(payload, 'UTF8')::jsonb AS e FROM outbox WHERE topic = $1) rollouts \
-         GROUP BY 1, 2 ORDER BY 1, 2",
-    )
-    .bind(rollout_topic)
-    .fetch_all(pool)
-    .await?;
+    let rollouts = outbox::rollouts_by_cause(pool, rollout_topic).await?;
     Ok(ByCause::from_rows(&memberships, &rollouts))
 }
 
 /// Dead letters by reason.
 pub async fn dead_letters(pool: &PgPool, topic: &str) -> anyhow::Result<BTreeMap<String, i64>> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT coalesce(headers ->> $2, 'unknown'), count(*) FROM outbox WHERE topic = $1 \
-         GROUP BY 1 ORDER BY 1",
-    )
-    .bind(topic)
-    .bind(crate::event::HEADER_REASON)
-    .fetch_all(pool)
-    .await?;
+    let rows = outbox::count_by_header(pool, topic, crate::event::HEADER_REASON).await?;
     Ok(rows.into_iter().collect())
 }
 
@@ -163,13 +150,10 @@ pub async fn memberships(pool: &PgPool) -> anyhow::Result<BTreeMap<String, i64>>
 
 /// Membership-log rows and rollout events so far (the live progress line counts from these).
 pub async fn totals(pool: &PgPool, rollout_topic: &str) -> anyhow::Result<(i64, i64)> {
-    Ok(sqlx::query_as(
-        "SELECT (SELECT count(*) FROM group_membership_log), \
-                (SELECT count(*) FROM outbox WHERE topic = $1)",
-    )
-    .bind(rollout_topic)
-    .fetch_one(pool)
-    .await?)
+    let changes: i64 = sqlx::query_scalar("SELECT count(*) FROM group_membership_log")
+        .fetch_one(pool)
+        .await?;
+    Ok((changes, outbox::count(pool, rollout_topic).await?))
 }
 
 fn total(m: &BTreeMap<String, i64>) -> i64 {

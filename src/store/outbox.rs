@@ -11,7 +11,7 @@
 //! these functions take a connection rather than the pool.
 
 use serde_json::{Map, Value};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use super::StoreError;
 use crate::outbox::Message;
@@ -199,6 +199,48 @@ pub async fn delete_expired(
     .execute(conn)
     .await?
     .rows_affected())
+}
+
+/// Rollout events on `topic` by cause type and target reason, for reports (`cohort demo`'s summary).
+pub async fn rollouts_by_cause(
+    pool: &PgPool,
+    topic: &str,
+) -> Result<Vec<(String, String, i64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT coalesce(e -> 'data' -> 'cause' ->> 'type', ''), \
+                coalesce(e -> 'data' -> 'target' ->> 'reason', 'none'), count(*) \
+         FROM (SELECT convert_from(payload, 'UTF8')::jsonb AS e FROM outbox WHERE topic = $1) rollouts \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind(topic)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Messages on `topic` by the value of their `header` (`unknown` without it), for reports.
+pub async fn count_by_header(
+    pool: &PgPool,
+    topic: &str,
+    header: &str,
+) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT coalesce(headers ->> $2, 'unknown'), count(*) FROM outbox WHERE topic = $1 \
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind(topic)
+    .bind(header)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Messages written for `topic`, published or not.
+pub async fn count(pool: &PgPool, topic: &str) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE topic = $1")
+            .bind(topic)
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 #[cfg(test)]
