@@ -112,12 +112,12 @@ impl Limits {
 /// connection is closed after it too), the whole request must be read and answered within
 /// `request_timeout_ms`, and at most `max_connections` are served at once (the next wait in the listen
 /// backlog), at most `max_connections_per_client` of them for one client (a further one is answered 503
-/// and closed at once, [`clients`]).
+/// and closed at once, `http::clients`).
 ///
 /// Bodies: a `Content-Length` over `max_body_bytes` (the API's `api.max_body_bytes`, applied to every
 /// route) is refused with 413 before any of the body is read, and the bodies being read and answered
-/// hold at most `max_body_buffer_bytes` between them ([`body`]). An answer after which the connection
-/// closes says `Connection: close` ([`answer`]).
+/// hold at most `max_body_buffer_bytes` between them (`http::body`). An answer after which the connection
+/// closes says `Connection: close` (`answer`).
 pub async fn serve(
     config: &HttpConfig,
     max_body_bytes: usize,

@@ -31,7 +31,7 @@
 //! a message or a path (an unknown key, field or operator) is cut to its first [`QUOTED_CHARS`] characters.
 //!
 //! This file walks the tree (groups, conditions, the test each operator compiles to) and collects the
-//! errors; [`values`] reads the typed values conditions take (strings, lists, numbers, instants, spans,
+//! errors; `filter::values` reads the typed values conditions take (strings, lists, numbers, instants, spans,
 //! regexes).
 
 use std::collections::BTreeSet;
