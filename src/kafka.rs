@@ -17,7 +17,7 @@
 //! stored positions.
 //!
 //! Backpressure: the poller holds what the pipeline's bounded channel cannot take yet; once it holds
-//! [`HOLD_MAX`] records it waits for room, polling at least every [`WAIT_SLICE`] so rebalances are served,
+//! `HOLD_MAX` records it waits for room, polling at least every `WAIT_SLICE` so rebalances are served,
 //! and librdkafka stops fetching when its own prefetch queue is full. It never pauses partitions: that
 //! discarded the prefetched records (fetched again on resume), and librdkafka 2.12 was seen to resume
 //! *past* them, silently skipping records. Offsets are also checked for continuity: each assigned

@@ -22,8 +22,8 @@
 //! - [`api`]: the REST API (groups, members, pins, previews, the log, devices, releases, keys, OpenAPI).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`]: `Application::build(config)` then `run_until_stopped(shutdown)`.
-//! - [`bench`]: `cohort bench`, the end-to-end benchmark: a synthetic fleet streamed through a broker into
-//!   the worker and PostgreSQL, against the ceiling of the same writes by a minimal writer.
+//! - [`bench`](mod@bench): `cohort bench`, the end-to-end benchmark: a synthetic fleet streamed through a
+//!   broker into the worker and PostgreSQL, against the ceiling of the same writes by a minimal writer.
 //! - [`cli`]: the `cohort` command line; `main.rs` only parses and calls it.
 //! - [`telemetry`]: logging set-up.
 

@@ -24,9 +24,9 @@
 //!
 //! Beside the stages: [`rebalance`] claims assigned partitions and loads their devices, and finishes or
 //! drops revoked ones; [`refresh`] loads the group definitions and follows the control log; a partition's
-//! state is a [`partition`] of [`device`]s, evaluated against the registry of every org's groups
-//! (`registry`). [`engine`] is the batch computation alone, for the benchmark's ceiling. [`Status`] and
-//! [`latency`] are what the worker lets others observe; [`Clock`] is where it reads the time.
+//! state is a [`partition`] of [`device`]s, evaluated against the [`registry`] of every org's groups.
+//! [`engine`] is the batch computation alone, for the benchmark's ceiling. [`Status`] and [`latency`] are
+//! what the worker lets others observe; [`Clock`] is where it reads the time.
 //!
 //! # Pipelining
 //!
@@ -60,7 +60,8 @@ pub mod latency;
 pub mod partition;
 pub mod rebalance;
 pub mod refresh;
-pub(crate) mod registry;
+// Public: the benchmark's public functions (`bench::seed`, `bench::verify`) take and return a `Registry`.
+pub mod registry;
 pub mod run;
 mod status;
 

@@ -10,10 +10,10 @@
 //!
 //! Then, for every device the batch touched: [`evaluate`] runs the candidate groups' filters and changes
 //! memberships, [`resolve`] re-resolves the firmware target, [`diff`] turns the difference between the
-//! batch's start and end states into membership rows, and [`write`] renders the device and log rows into one
-//! `BatchWrite` (`crate::store::batch`). [`outbox`] renders the outbox rows (rollout-target events and dead
-//! letters) and [`causes`] the cause documents the log rows and events carry. [`work`] holds the batch's
-//! working state.
+//! batch's start and end states into membership rows, and [`write`](mod@write) renders the device and log
+//! rows into one `BatchWrite` ([`crate::store::batch`]). [`outbox`] renders the outbox rows (rollout-target
+//! events and dead letters) and [`causes`] the cause documents the log rows and events carry. [`work`]
+//! holds the batch's working state.
 //!
 //! The partition's state is not changed here: the batch returns the devices' end states, which the
 //! pipeline installs when it starts the batch's commit, keeping what they replaced so that a batch that does
