@@ -4,20 +4,10 @@
 
 use std::time::Instant;
 
-use super::run::Pipeline;
-use crate::kafka::{Decoded, Polled};
+use super::pipeline::{Buffer, Pipeline};
+use crate::kafka::Polled;
 use crate::metrics as m;
 use crate::rules::EpochMillis;
-
-/// A partition's records accepted and not yet in a batch.
-pub(crate) struct Buffer {
-    /// The records, decoded, in offset order.
-    pub(super) records: Vec<Decoded>,
-    /// When each record was taken from the poller (parallel to `records`).
-    pub(super) accepted: Vec<Instant>,
-    /// When the oldest record buffered was taken: the batch closes `worker.batch_max_wait_ms` after.
-    pub(super) first_at: Option<Instant>,
-}
 
 impl Pipeline {
     /// Decodes and buffers a polled record of the current assignment; `taken` is when the pipeline took it

@@ -14,10 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::compute::Stats;
 use super::device::Device;
-use super::flush::BatchInputs;
 use super::partition::Partition;
+use super::pipeline::{Completion, Outcome, Pipeline, Rebalances, Undo};
 use super::registry::Registry;
-use super::run::{Pipeline, Rebalances};
 use super::status::Status;
 use crate::backoff::Backoff;
 use crate::kafka::Decoded;
@@ -25,55 +24,6 @@ use crate::metrics as m;
 use crate::rules::EpochMillis;
 use crate::store::control::Positioned;
 use crate::store::{self, StoreError};
-
-/// A batch whose commit runs on its own task. Its state is already installed in the partition; `undo`
-/// puts it back if the commit does not succeed.
-pub(crate) struct InFlight {
-    /// The batch's number (see [`Completion`]).
-    pub(super) id: u64,
-    /// The commit task.
-    pub(super) task: tokio::task::JoinHandle<Outcome>,
-    /// Set while the task waits to retry a failed commit (nothing of the batch is written then).
-    pub(super) retrying: Arc<AtomicBool>,
-    /// Resolves when this batch has committed: the partition's next batch waits on it before committing.
-    pub(super) committed: Option<oneshot::Receiver<()>>,
-    /// What installing the batch replaced.
-    pub(super) undo: Undo,
-    /// What the batch did, recorded as metrics once it commits.
-    pub(super) stats: Stats,
-    /// The partition's next input offset once the batch commits (what Kafka may be told).
-    pub(super) next_offset: i64,
-    /// What the batch was computed from, to recompute it after a device conflict.
-    pub(super) inputs: BatchInputs,
-}
-
-/// What a batch replaced in its partition's state when it was installed.
-pub(crate) struct Undo {
-    /// Each device the batch touched, with its state before (None: the partition did not hold it).
-    devices: Vec<(Box<str>, Option<Box<Device>>)>,
-    /// The partition's positions before the batch.
-    next_offset: i64,
-    control_position: i64,
-}
-
-/// How a commit task ended.
-pub(crate) enum Outcome {
-    Committed,
-    Failed(StoreError),
-    /// Not attempted: the partition's previous batch did not commit.
-    Skipped,
-}
-
-/// A commit task's announcement that it ended.
-pub(crate) struct Completion {
-    pub(super) partition: i32,
-    /// The batch's number.
-    pub(super) id: u64,
-    /// When the task ended.
-    pub(super) at: Instant,
-    /// Input records in the batch.
-    pub(super) records: u64,
-}
 
 /// How a commit task retries.
 pub(crate) struct CommitRetry {

@@ -10,33 +10,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::commit::{commit_with_retry, install, CommitRetry, InFlight};
+use super::commit::{commit_with_retry, install, CommitRetry};
 use super::compute::{self, BatchContext};
 use super::device::Device;
-use super::run::{Pipeline, Rebalances};
+use super::pipeline::{BatchInputs, InFlight, Pipeline, Rebalances, PIPELINE_DEPTH};
 use crate::backoff::Backoff;
 use crate::kafka::Decoded;
 use crate::metrics as m;
-use crate::rules::EpochMillis;
 use crate::store::control::{ControlEntry, Positioned};
 use crate::store::partition as stored;
-
-/// What a batch is computed from; kept while it commits, to recompute it after a device conflict.
-pub(crate) struct BatchInputs {
-    /// The input records, decoded, in offset order.
-    pub(super) records: Vec<Decoded>,
-    /// The devices whose time flips came due.
-    pub(super) due: Vec<Box<str>>,
-    /// The control-log entries the partition had still to apply.
-    pub(super) control: Vec<Positioned>,
-    /// The instant the batch is evaluated at.
-    pub(super) now: EpochMillis,
-}
-
-/// How many batches of one partition may be in flight: one committing and one computed on the state it
-/// leaves, waiting to commit right after it. A third would only add latency: computing a batch takes less
-/// time than committing one.
-pub(super) const PIPELINE_DEPTH: usize = 2;
 
 /// A caught-up partition's batch (nothing of its partition in flight) is written back as it goes only if
 /// it holds at most `worker.batch_max_events / WRITE_BACK_SHARE` records (a quarter).

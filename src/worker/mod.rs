@@ -3,7 +3,8 @@
 //!
 //! # The pipeline, stage by stage
 //!
-//! One pipeline task serves every owned partition ([`run`]). A record's way through it:
+//! One pipeline task serves every owned partition ([`run`]), on the state in [`pipeline`]. A record's way
+//! through it:
 //!
 //! 1. **Record in.** The poller thread ([`crate::kafka`]) hands each record, with its partition and
 //!    assignment generation, over a bounded channel. [`accept`] drops records of an older assignment,
@@ -58,6 +59,7 @@ pub mod engine;
 pub mod flush;
 pub mod latency;
 pub mod partition;
+pub mod pipeline;
 pub mod rebalance;
 pub mod refresh;
 // Public: the benchmark's public functions (`bench::seed`, `bench::verify`) take and return a `Registry`.
@@ -65,112 +67,6 @@ pub mod registry;
 pub mod run;
 mod status;
 
-use std::future::Future;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
-use anyhow::Context as _;
-use sqlx::PgPool;
-use tokio::sync::mpsc;
-
 pub use self::clock::{Clock, ManualClock, SystemClock};
-use self::run::{Channels, Pipeline};
+pub use self::run::Worker;
 pub use self::status::{Stages, Status};
-use crate::config::Config;
-use crate::kafka::{self, Shared};
-use crate::metrics as m;
-use crate::rules::Catalogue;
-
-/// Everything the worker needs, built once.
-pub struct Worker {
-    config: Config,
-    brokers: String,
-    pool: PgPool,
-    catalogue: Arc<Catalogue>,
-    clock: Arc<dyn Clock>,
-    status: Arc<Status>,
-    owner: String,
-}
-
-impl Worker {
-    /// Prepares a worker; nothing connects until [`Worker::run_until_stopped`].
-    pub fn build(
-        config: Config,
-        brokers: String,
-        pool: PgPool,
-        catalogue: Arc<Catalogue>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        let owner = format!(
-            "{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_else(|_| "cohort".into()),
-            std::process::id()
-        );
-        Self {
-            config,
-            brokers,
-            pool,
-            catalogue,
-            clock,
-            status: Arc::new(Status::default()),
-            owner,
-        }
-    }
-
-    /// The worker's observable status.
-    pub fn status(&self) -> Arc<Status> {
-        self.status.clone()
-    }
-
-    /// Runs until `shutdown` resolves, then finishes in-flight batches (bounded by the configured deadline),
-    /// leaves the consumer group and returns.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let (records_tx, records) = mpsc::channel(self.config.worker.batch_max_events.max(1) * 4);
-        let (rebalance_tx, rebalances) = mpsc::unbounded_channel();
-        let (completions_tx, completions) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::default());
-        let mut pipeline = Pipeline::new(&self, shared.clone(), completions_tx);
-        // Definitions first, so the first assignment can be served.
-        pipeline.load_definitions().await?;
-        let consumer = kafka::client_config(&self.config.kafka, &self.brokers, kafka::Role::Worker);
-        let poller = kafka::spawn_poller(
-            consumer,
-            self.config.kafka.input_topic.clone(),
-            records_tx,
-            rebalance_tx,
-            shared.clone(),
-        )
-        .context("failed to start the Kafka consumer")?;
-        self.status.ready.store(true, Ordering::SeqCst);
-        metrics::gauge!(m::READY).set(1.0);
-        let mut channels = Channels {
-            records,
-            rebalances,
-            completions,
-        };
-        let result = pipeline.run(&mut channels, shutdown).await;
-        // The pipeline takes no more records (the poller sees the channel closed) and no completions.
-        let Channels {
-            records,
-            mut rebalances,
-            completions,
-        } = channels;
-        drop(records);
-        drop(completions);
-        self.status.ready.store(false, Ordering::SeqCst);
-        metrics::gauge!(m::READY).set(0.0);
-        shared.stop.store(true, Ordering::SeqCst);
-        // The poller revokes through the pipeline while closing; serve those requests until it is gone.
-        let join = tokio::task::spawn_blocking(move || poller.join());
-        tokio::pin!(join);
-        loop {
-            tokio::select! {
-                _ = &mut join => break,
-                Some(request) = rebalances.recv() => {
-                    pipeline.answer_during_shutdown(request);
-                }
-            }
-        }
-        result
-    }
-}

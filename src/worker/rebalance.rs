@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::device::Device;
 use super::partition::Partition;
-use super::run::{Pipeline, Rebalances};
+use super::pipeline::{Pipeline, Rebalances};
 use crate::backoff::Backoff;
 use crate::kafka::RebalanceRequest;
 use crate::metrics as m;

@@ -5,7 +5,7 @@
 use anyhow::Context as _;
 use sqlx::postgres::PgListener;
 
-use super::run::Pipeline;
+use super::pipeline::Pipeline;
 use crate::store::control::{self, ControlEntry};
 use crate::store::{self, StoreError};
 

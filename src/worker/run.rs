@@ -1,4 +1,7 @@
-//! The pipeline's state and its run loop: one task serves every owned partition.
+//! The worker and its run loop: one pipeline task serves every owned partition.
+//!
+//! [`Worker::run_until_stopped`] starts the poller thread, runs the loop until shutdown, then serves the
+//! revocations the poller makes while it leaves the consumer group.
 //!
 //! The loop owns the `Channels` it waits on: records from the poller thread (bounded), rebalance
 //! requests from the poller's callback, and the commit tasks' completions; and it listens for control-log
@@ -14,71 +17,126 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use super::accept::Buffer;
 use super::clock::Clock;
-use super::commit::{Completion, InFlight};
-use super::partition::Partition;
+use super::pipeline::{Completion, Pipeline, Rebalances};
 use super::registry::Registry;
 use super::status::Status;
-use super::Worker;
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::kafka::{Polled, RebalanceRequest, Shared};
+use crate::kafka::{self, Polled, Shared};
 use crate::metrics as m;
-use crate::store::StoreError;
+use crate::rules::Catalogue;
 
-/// The rebalance requests from the poller's callback.
-pub(crate) type Rebalances = mpsc::UnboundedReceiver<RebalanceRequest>;
-
-/// What the run loop waits on.
-pub(crate) struct Channels {
-    /// Records from the poller thread (bounded: the poller holds what does not fit).
-    pub(crate) records: mpsc::Receiver<Polled>,
-    /// Assignments and revocations, each waited for by the poller's rebalance callback.
-    pub(crate) rebalances: Rebalances,
-    /// Commit tasks announce here that they ended.
-    pub(crate) completions: mpsc::UnboundedReceiver<Completion>,
+/// Everything the worker needs, built once.
+pub struct Worker {
+    config: Config,
+    brokers: String,
+    pool: PgPool,
+    catalogue: Arc<Catalogue>,
+    clock: Arc<dyn Clock>,
+    status: Arc<Status>,
+    owner: String,
 }
 
-/// The pipeline's state: the registry, the owned partitions with their buffers and batches in flight.
-pub(crate) struct Pipeline {
-    pub(super) config: Config,
-    pub(super) pool: PgPool,
-    /// Every org's group definitions and releases, as far as the control log's `registry.position`.
-    pub(super) registry: Registry,
-    /// The owned partitions' state.
-    pub(super) partitions: HashMap<i32, Partition>,
-    /// The assignment generation each owned partition was assigned under: records polled under another
-    /// are stale.
-    pub(super) generations: HashMap<i32, u64>,
-    /// The assignment generation each partition had when it was last dropped: records polled under it (or
-    /// earlier) and delivered after the revoke are stale, not records of a partition never owned.
-    pub(super) revoked: HashMap<i32, u64>,
-    /// Records accepted and not yet in a batch, per partition.
-    pub(super) buffers: HashMap<i32, Buffer>,
-    pub(super) clock: Arc<dyn Clock>,
-    pub(super) status: Arc<Status>,
-    /// What the poller and the pipeline share: committed offsets, high watermarks, the stop flag.
-    pub(super) shared: Arc<Shared>,
-    /// This worker's name in the partitions' claims.
-    pub(super) owner: String,
-    /// Set when the control log may have entries not read yet (a notification, or a listener restart).
-    pub(super) control_dirty: bool,
-    /// Each partition's batches computed and not yet settled, oldest first (at most
-    /// [`PIPELINE_DEPTH`](super::flush::PIPELINE_DEPTH)): the first is committing, the next waits for it.
-    /// A partition with none has no entry.
-    pub(super) in_flight: HashMap<i32, VecDeque<InFlight>>,
-    /// Numbers batches, so that a completion is matched to the batch that sent it.
-    pub(super) next_batch: u64,
-    /// Commit tasks announce (partition, batch) here when they end ([`Channels::completions`]).
-    pub(super) completions_tx: mpsc::UnboundedSender<Completion>,
+impl Worker {
+    /// Prepares a worker; nothing connects until [`Worker::run_until_stopped`].
+    pub fn build(
+        config: Config,
+        brokers: String,
+        pool: PgPool,
+        catalogue: Arc<Catalogue>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let owner = format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "cohort".into()),
+            std::process::id()
+        );
+        Self {
+            config,
+            brokers,
+            pool,
+            catalogue,
+            clock,
+            status: Arc::new(Status::default()),
+            owner,
+        }
+    }
+
+    /// The worker's observable status.
+    pub fn status(&self) -> Arc<Status> {
+        self.status.clone()
+    }
+
+    /// Runs until `shutdown` resolves, then finishes in-flight batches (bounded by the configured deadline),
+    /// leaves the consumer group and returns.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (records_tx, records) = mpsc::channel(self.config.worker.batch_max_events.max(1) * 4);
+        let (rebalance_tx, rebalances) = mpsc::unbounded_channel();
+        let (completions_tx, completions) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let mut pipeline = Pipeline::new(&self, shared.clone(), completions_tx);
+        // Definitions first, so the first assignment can be served.
+        pipeline.load_definitions().await?;
+        let consumer = kafka::client_config(&self.config.kafka, &self.brokers, kafka::Role::Worker);
+        let poller = kafka::spawn_poller(
+            consumer,
+            self.config.kafka.input_topic.clone(),
+            records_tx,
+            rebalance_tx,
+            shared.clone(),
+        )
+        .context("failed to start the Kafka consumer")?;
+        self.status.ready.store(true, Ordering::SeqCst);
+        metrics::gauge!(m::READY).set(1.0);
+        let mut channels = Channels {
+            records,
+            rebalances,
+            completions,
+        };
+        let result = pipeline.run(&mut channels, shutdown).await;
+        // The pipeline takes no more records (the poller sees the channel closed) and no completions.
+        let Channels {
+            records,
+            mut rebalances,
+            completions,
+        } = channels;
+        drop(records);
+        drop(completions);
+        self.status.ready.store(false, Ordering::SeqCst);
+        metrics::gauge!(m::READY).set(0.0);
+        shared.stop.store(true, Ordering::SeqCst);
+        // The poller revokes through the pipeline while closing; serve those requests until it is gone.
+        let join = tokio::task::spawn_blocking(move || poller.join());
+        tokio::pin!(join);
+        loop {
+            tokio::select! {
+                _ = &mut join => break,
+                Some(request) = rebalances.recv() => {
+                    pipeline.answer_during_shutdown(request);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// What the run loop waits on.
+struct Channels {
+    /// Records from the poller thread (bounded: the poller holds what does not fit).
+    records: mpsc::Receiver<Polled>,
+    /// Assignments and revocations, each waited for by the poller's rebalance callback.
+    rebalances: Rebalances,
+    /// Commit tasks announce here that they ended.
+    completions: mpsc::UnboundedReceiver<Completion>,
 }
 
 impl Pipeline {
-    pub(super) fn new(
+    fn new(
         worker: &Worker,
         shared: Arc<Shared>,
         completions_tx: mpsc::UnboundedSender<Completion>,
@@ -102,29 +160,9 @@ impl Pipeline {
         }
     }
 
-    /// Retries a database operation with capped exponential backoff until it succeeds or fails for a
-    /// non-transient reason.
-    pub(super) async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
-    {
-        let mut backoff = Backoff::from_config(&self.config);
-        loop {
-            match op().await {
-                Err(e) if e.is_transient() => {
-                    let wait = backoff.step();
-                    tracing::warn!(error = %e, backoff_ms = wait.as_millis() as u64, "{what} failed; retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
-            }
-        }
-    }
-
     /// Runs until `shutdown` resolves, then finishes what is in flight and buffered, bounded by
     /// `worker.shutdown_deadline_ms`.
-    pub(super) async fn run(
+    async fn run(
         &mut self,
         channels: &mut Channels,
         shutdown: impl Future<Output = ()>,

@@ -6,10 +6,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::work::Work;
-use crate::event::DeviceEvent;
-use crate::kafka::Decoded;
 use crate::rules::time::format_millis;
+use crate::rules::EpochMillis;
 use crate::store::control::Positioned;
 
 /// What caused a change (a log row's `cause`, a rollout-target event's): rendered to JSON once per event
@@ -55,39 +53,22 @@ pub(super) fn control_cause(entry: &Positioned) -> Cause {
     .render()
 }
 
-impl Work<'_> {
-    /// The cause of changes an event made: its id and position.
-    pub(super) fn event_cause(&self, record: &Decoded, event: &DeviceEvent) -> Cause {
-        CauseDoc::Event {
-            event_id: &event.event_id,
-            partition: self.partition.id,
-            offset: record.offset,
-        }
-        .render()
+/// The cause of changes an event made: its id and position.
+pub(super) fn event_cause(event_id: &str, partition: i32, offset: i64) -> Cause {
+    CauseDoc::Event {
+        event_id,
+        partition,
+        offset,
     }
+    .render()
+}
 
-    /// The cause of changes made by the clock alone: the batch's instant (one document per batch).
-    pub(super) fn timer_cause(&mut self) -> Cause {
-        let now = self.ctx.now;
-        self.timer_cause
-            .get_or_insert_with(|| {
-                CauseDoc::Timer {
-                    at: &format_millis(now),
-                }
-                .render()
-            })
-            .clone()
+/// The cause of changes made by the clock alone, at `now`.
+pub(super) fn timer_cause(now: EpochMillis) -> Cause {
+    CauseDoc::Timer {
+        at: &format_millis(now),
     }
-
-    /// Records `cause` as the last to touch device `id` (its key allocated only on the first).
-    pub(super) fn record_cause(&mut self, id: &str, cause: &Cause) {
-        match self.causes.get_mut(id) {
-            Some(last) => *last = cause.clone(),
-            None => {
-                self.causes.insert(id.into(), cause.clone());
-            }
-        }
-    }
+    .render()
 }
 
 #[cfg(test)]

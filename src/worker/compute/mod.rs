@@ -42,57 +42,13 @@ pub mod write;
 use foldhash::HashMap;
 
 use self::work::Work;
+pub(crate) use self::work::{BatchContext, Stats};
+pub(crate) use self::write::Computed;
 use super::device::Device;
 use super::partition::Partition;
 use super::registry::Registry;
-use crate::event::DeadLetterReason;
 use crate::kafka::Decoded;
-use crate::rules::EpochMillis;
-use crate::store::batch::BatchWrite;
 use crate::store::control::{ControlEntry, Positioned};
-
-/// Counters describing what a batch did (recorded as metrics once it commits).
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Stats {
-    pub(crate) applied: u64,
-    pub(crate) duplicates: u64,
-    pub(crate) stale: u64,
-    pub(crate) dead_letters: Vec<DeadLetterReason>,
-    pub(crate) rehomed: u64,
-    pub(crate) groups_evaluated: u64,
-    /// Events whose changed fields no dynamic group references.
-    pub(crate) no_candidates: u64,
-    /// Membership changes by log reason.
-    pub(crate) changes: HashMap<&'static str, u64>,
-    pub(crate) control_entries: u64,
-    pub(crate) timer_evaluations: u64,
-    /// Rollout-target events emitted (written to the outbox).
-    pub(crate) rollouts: u64,
-    /// Whether the batch was its partition's while caught up, and written with `backend_flush_after`
-    /// (set by the pipeline, which knows).
-    pub(crate) caught_up: bool,
-}
-
-/// What a computed batch will write, and the state the partition takes (at once: see [`crate::worker`]).
-#[derive(Debug)]
-pub(crate) struct Computed {
-    pub(crate) write: BatchWrite,
-    /// Final state of every device the batch touched, as it is once the batch commits (versions included).
-    pub(crate) devices: HashMap<Box<str>, Box<Device>>,
-    pub(crate) stats: Stats,
-    /// Whether time-dependent definitions changed, so every device's flips must be recomputed.
-    pub(crate) reschedule_all: bool,
-}
-
-/// Settings a batch needs.
-pub(crate) struct BatchContext<'a> {
-    pub(crate) input_topic: &'a str,
-    pub(crate) dead_letter_topic: &'a str,
-    pub(crate) max_event_bytes: usize,
-    pub(crate) now: EpochMillis,
-    /// Where rollout-target events go.
-    pub(crate) output_topic: &'a str,
-}
 
 /// Computes a batch. `foreign` holds the devices named by `records` (or re-read for a reconciliation) that
 /// the partition does not hold, read from the database by the caller and converted with

@@ -1,15 +1,49 @@
-//! A batch's working state: the devices it touched with where each started from, the rows it has
-//! rendered so far, its counters and the buffers it reuses; and the lookups every input kind shares.
+//! A batch's working state: the settings it is computed with, the devices it touched with where each
+//! started from, the rows it has rendered so far, its counters and the buffers it reuses; and the lookups
+//! every input kind shares.
 
 use foldhash::{HashMap, HashMapExt};
 
-use super::causes::Cause;
-use super::{BatchContext, Stats};
-use crate::rules::Scratch;
+use super::causes::{self, Cause};
+use crate::event::{DeadLetterReason, DeviceEvent};
+use crate::kafka::Decoded;
+use crate::rules::{EpochMillis, Scratch};
 use crate::store::batch::{LogRow, OutboxRow};
 use crate::worker::device::Device;
 use crate::worker::partition::Partition;
 use crate::worker::registry::Registry;
+
+/// Settings a batch needs.
+pub(crate) struct BatchContext<'a> {
+    pub(crate) input_topic: &'a str,
+    pub(crate) dead_letter_topic: &'a str,
+    pub(crate) max_event_bytes: usize,
+    pub(crate) now: EpochMillis,
+    /// Where rollout-target events go.
+    pub(crate) output_topic: &'a str,
+}
+
+/// Counters describing what a batch did (recorded as metrics once it commits).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Stats {
+    pub(crate) applied: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) stale: u64,
+    pub(crate) dead_letters: Vec<DeadLetterReason>,
+    pub(crate) rehomed: u64,
+    pub(crate) groups_evaluated: u64,
+    /// Events whose changed fields no dynamic group references.
+    pub(crate) no_candidates: u64,
+    /// Membership changes by log reason.
+    pub(crate) changes: HashMap<&'static str, u64>,
+    pub(crate) control_entries: u64,
+    pub(crate) timer_evaluations: u64,
+    /// Rollout-target events emitted (written to the outbox).
+    pub(crate) rollouts: u64,
+    /// Whether the batch was its partition's while caught up, and written with `backend_flush_after`
+    /// (set by the pipeline, which knows).
+    pub(crate) caught_up: bool,
+}
 
 /// Where a device of the batch started from: what its memberships are diffed against, and whether its row
 /// changed.
@@ -130,5 +164,28 @@ impl Work<'_> {
             cause: cause.clone(),
             group_version: version,
         });
+    }
+
+    /// The cause of changes an event made: its id and position.
+    pub(super) fn event_cause(&self, record: &Decoded, event: &DeviceEvent) -> Cause {
+        causes::event_cause(&event.event_id, self.partition.id, record.offset)
+    }
+
+    /// The cause of changes made by the clock alone: the batch's instant (one document per batch).
+    pub(super) fn timer_cause(&mut self) -> Cause {
+        let now = self.ctx.now;
+        self.timer_cause
+            .get_or_insert_with(|| causes::timer_cause(now))
+            .clone()
+    }
+
+    /// Records `cause` as the last to touch device `id` (its key allocated only on the first).
+    pub(super) fn record_cause(&mut self, id: &str, cause: &Cause) {
+        match self.causes.get_mut(id) {
+            Some(last) => *last = cause.clone(),
+            None => {
+                self.causes.insert(id.into(), cause.clone());
+            }
+        }
     }
 }

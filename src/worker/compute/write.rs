@@ -5,11 +5,22 @@
 use foldhash::{HashMap, HashMapExt, HashSet};
 
 use super::diff::{diff_memberships, stored_equal};
-use super::work::{Origin, Work};
-use super::Computed;
+use super::work::{Origin, Stats, Work};
 use crate::kafka::Decoded;
 use crate::store::batch::{BatchWrite, DeviceRow};
 use crate::store::control::Positioned;
+use crate::worker::device::Device;
+
+/// What a computed batch will write, and the state the partition takes (at once: see [`crate::worker`]).
+#[derive(Debug)]
+pub(crate) struct Computed {
+    pub(crate) write: BatchWrite,
+    /// Final state of every device the batch touched, as it is once the batch commits (versions included).
+    pub(crate) devices: HashMap<Box<str>, Box<Device>>,
+    pub(crate) stats: Stats,
+    /// Whether time-dependent definitions changed, so every device's flips must be recomputed.
+    pub(crate) reschedule_all: bool,
+}
 
 impl Work<'_> {
     /// The batch's write and end states, once every input is applied and firmware re-resolved.
