@@ -1,5 +1,6 @@
-//! Kafka in and out: the worker's consumer (a dedicated poller thread), and in [`client`] the settings of
-//! every Kafka client cohort runs (one builder, one documented precedence).
+//! Kafka in and out: the worker's consumer (a dedicated poller thread), its input record type and decoding
+//! in [`record`], and in [`client`] the settings of every Kafka client cohort runs (one builder, one
+//! documented precedence).
 //!
 //! The consumer never commits what it merely polled: positions live in PostgreSQL, written with the effects.
 //! Its rebalance callback runs on the poller thread and hands every assignment and revocation to the
@@ -16,7 +17,7 @@
 //! stored positions.
 //!
 //! Backpressure: the poller holds what the pipeline's bounded channel cannot take yet; once it holds
-//! [`HOLD_MAX`] records it waits for room, polling at least every [`WAIT_SLICE`] so rebalances are served,
+//! `HOLD_MAX` records it waits for room, polling at least every `WAIT_SLICE` so rebalances are served,
 //! and librdkafka stops fetching when its own prefetch queue is full. It never pauses partitions: that
 //! discarded the prefetched records (fetched again on resume), and librdkafka 2.12 was seen to resume
 //! *past* them, silently skipping records. Offsets are also checked for continuity: each assigned
@@ -25,6 +26,7 @@
 //! position is never committed past a record that was not processed.
 
 pub mod client;
+pub mod record;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,8 +42,8 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 use tokio::sync::mpsc;
 
-use crate::worker::partition::Record;
 pub use client::{client_config, Role};
+pub use record::{Decoded, Record};
 
 /// A request from the poller's rebalance callback to the pipeline.
 #[derive(Debug)]

@@ -12,8 +12,9 @@
 //! - [`config`]: the typed configuration (defaults, then a TOML file, then `COHORT_…` variables).
 //! - [`store`]: PostgreSQL — migrations, error classification, the control log, batch transactions, the
 //!   outbox table.
-//! - [`kafka`]: the consumer's poller thread and rebalance handling.
-//! - [`worker`]: the pipeline — partitions, in-memory device state, batches, timers.
+//! - [`kafka`]: the consumer's poller thread and rebalance handling, and the input record it hands over.
+//! - [`worker`]: the pipeline, one module per stage — record in, flush, compute (decode, index, evaluate,
+//!   diff), write, outbox — with partitions, in-memory device state and timers.
 //! - [`relay`]: publishes the transactional outbox to Kafka (idempotent producer, leader lease, at-least-once
 //!   with stable ids, per-key order).
 //! - [`demo`]: `cohort demo` — the whole main job on a fresh machine (embedded broker, synthetic fleet,

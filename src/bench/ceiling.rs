@@ -3,9 +3,9 @@
 //!
 //! Events are generated exactly as for the worker and grouped per partition into batches of
 //! `worker.batch_max_events`, and each batch is computed up front by the worker's own batch code
-//! ([`compute`]) on devices read from the database, so the writes are the worker's, row for row: device
-//! updates guarded by version, membership deletes and inserts, log rows with causes, and the fenced position
-//! update. The positions are kept under a topic of their own (`<input>.ceiling`), so the worker's are
+//! ([`crate::worker::engine`]) on devices read from the database, so the writes are the worker's, row for
+//! row: device updates guarded by version, membership deletes and inserts, log rows with causes, and the
+//! fenced position update. The positions are kept under a topic of their own (`<input>.ceiling`), so the worker's are
 //! untouched. Then only [`store::batch::commit`] runs, timed: first with as many connections as partitions
 //! (each partition's batches in order on its own connection, as separate worker processes would write
 //! them), then with one connection. Each run writes its own events, computed after the previous run's.
@@ -27,13 +27,12 @@ use super::broker::Stream;
 use super::fleet::Fleet;
 use super::server::{self, ServerActivity};
 use crate::config::WalCompression;
-use crate::event;
-use crate::kafka::default_partition;
+use crate::kafka::{default_partition, Record};
 use crate::rules::{Catalogue, EpochMillis};
 use crate::store::batch::BatchWrite;
 use crate::store::partition::{self as stored, StoredMembership};
 use crate::store::{self};
-use crate::worker::partition::{compute, BatchContext, Device, Partition, Record};
+use crate::worker::engine::{self, Engine};
 use crate::worker::registry::Registry;
 
 /// The minimal writer's rates.
@@ -111,12 +110,22 @@ pub async fn measure(
         }
         runs.push(per_partition);
     }
-    let mut states = Vec::new();
+    let position = registry.position;
+    let mut engine = Engine::new(
+        registry,
+        engine::Settings {
+            input_topic: &topic,
+            dead_letter_topic: settings.dead_letter_topic,
+            output_topic: settings.output_topic,
+            max_event_bytes: settings.max_event_bytes,
+            now: settings.now,
+        },
+    );
     for p in 0..settings.partitions {
-        let claim = stored::claim(pool, &topic, p, "cohort-bench-ceiling", registry.position)
+        let claim = stored::claim(pool, &topic, p, "cohort-bench-ceiling", position)
             .await
             .context("failed to claim a ceiling partition")?;
-        states.push(Partition::new(p, claim));
+        engine.add_partition(p, claim);
     }
     let ids: Vec<String> = ids.into_iter().collect();
     for chunk in ids.chunks(5_000) {
@@ -131,60 +140,32 @@ pub async fn measure(
             let members = by_device
                 .get(row.id.as_str())
                 .map_or(&[][..], Vec::as_slice);
-            let device = Device::from_stored(row, members, registry)
-                .context("a ceiling device's org is unknown")?;
-            let p = default_partition(row.id.as_bytes(), settings.partitions) as usize;
-            states[p]
-                .devices
-                .insert(row.id.as_str().into(), Box::new(device));
+            let p = default_partition(row.id.as_bytes(), settings.partitions);
+            anyhow::ensure!(
+                engine.load_device(p, row, members),
+                "a ceiling device's org is unknown"
+            );
         }
     }
     // Compute every batch in order, installing each batch's state as the worker does after a commit.
-    let ctx = BatchContext {
-        input_topic: &topic,
-        dead_letter_topic: settings.dead_letter_topic,
-        max_event_bytes: settings.max_event_bytes,
-        now: settings.now,
-        output_topic: settings.output_topic,
-    };
     let mut writes: Vec<Vec<Vec<BatchWrite>>> = Vec::new();
     let (mut device_rows, mut membership_writes, mut log_rows) = (0usize, 0usize, 0usize);
     for run in runs {
         let mut per_partition = Vec::new();
         for (p, records) in run.into_iter().enumerate() {
-            let state = &mut states[p];
             let mut batches = Vec::new();
             for batch in records.chunks(settings.batch_max_events.max(1)) {
                 let decoded: Vec<_> = batch
                     .iter()
-                    .map(|r| {
-                        let d = event::decode(
-                            r.key.as_deref(),
-                            r.payload.as_deref(),
-                            catalogue,
-                            settings.max_event_bytes,
-                        );
-                        (r.clone(), d)
-                    })
+                    .map(|r| r.clone().decode(catalogue, settings.max_event_bytes))
                     .collect();
-                let computed = compute(
-                    registry,
-                    state,
-                    &[],
-                    &decoded,
-                    &[],
-                    foldhash::HashMap::default(),
-                    &ctx,
-                );
+                let computed = engine
+                    .compute_batch(p as i32, &decoded)
+                    .context("a ceiling partition was not claimed")?;
                 anyhow::ensure!(
-                    computed.stats.applied as usize == batch.len(),
+                    computed.applied as usize == batch.len(),
                     "a ceiling batch did not apply every event"
                 );
-                state.claim.next_offset = computed.write.next_offset;
-                // The batch's copies already carry the versions their rows have after the commit.
-                for (id, device) in computed.devices {
-                    state.devices.insert(id, device);
-                }
                 let w = &computed.write;
                 device_rows += w.device_updates.len() + w.device_inserts.len();
                 membership_writes += w.membership_inserts.len() + w.membership_deletes.len();
@@ -195,7 +176,7 @@ pub async fn measure(
         }
         writes.push(per_partition);
     }
-    drop(states);
+    drop(engine);
     let batches = writes[0].iter().map(Vec::len).sum();
     let total = (settings.events * 2) as f64;
     let mut runs = writes.into_iter();

@@ -1,0 +1,83 @@
+//! The computation of a batch: what a partition's next batch writes, computed from its inputs on copies of
+//! the devices it touches, with no IO.
+//!
+//! A batch's inputs come in this order, each kind in its own module:
+//! 1. [`control`]: the control-log entries the partition has still to apply (definition changes, pins,
+//!    static memberships, device settings, reconciliation);
+//! 2. [`event`]: the input records in offset order, already decoded: each event is applied to its device,
+//!    and the org's field index names the candidate groups whose truth can change;
+//! 3. [`timer`]: the devices whose time flips came due.
+//!
+//! Then, for every device the batch touched: [`evaluate`] runs the candidate groups' filters and changes
+//! memberships, [`resolve`] re-resolves the firmware target, [`diff`] turns the difference between the
+//! batch's start and end states into membership rows, and [`write`](mod@write) renders the device and log
+//! rows into one `BatchWrite` ([`crate::store::batch`]). [`outbox`] renders the outbox rows (rollout-target
+//! events and dead letters) and [`causes`] the cause documents the log rows and events carry. [`work`]
+//! holds the batch's working state.
+//!
+//! The partition's state is not changed here: the batch returns the devices' end states, which the
+//! pipeline installs when it starts the batch's commit, keeping what they replaced so that a batch that does
+//! not commit is put back ([`crate::worker::commit`]). A retry recomputes from that state: every input has
+//! its effect exactly once.
+//!
+//! Membership rules: a dynamic group's membership follows its filter, except that a pinned member stays when
+//! it stops matching. Static groups' memberships are written by the API (`crate::store::members`), never
+//! here: a `static_members` control entry is mirrored in memory — in the batch's starting copy as well as
+//! the working one, so the batch's membership diff writes nothing for it — because firmware resolution uses
+//! every membership. A device new to this partition (first event, registration, or re-homed from another
+//! partition) is evaluated against every dynamic group of its org; afterwards only the candidate groups from
+//! the field index are.
+
+pub mod causes;
+pub mod control;
+pub mod diff;
+pub mod evaluate;
+pub mod event;
+pub mod outbox;
+pub mod resolve;
+pub mod timer;
+pub mod work;
+pub mod write;
+
+use foldhash::HashMap;
+
+use self::work::Work;
+pub(crate) use self::work::{BatchContext, Stats};
+pub(crate) use self::write::Computed;
+use super::device::Device;
+use super::partition::Partition;
+use super::registry::Registry;
+use crate::kafka::Decoded;
+use crate::store::control::{ControlEntry, Positioned};
+
+/// Computes a batch. `foreign` holds the devices named by `records` (or re-read for a reconciliation) that
+/// the partition does not hold, read from the database by the caller and converted with
+/// [`Device::from_stored`].
+pub(crate) fn batch(
+    registry: &Registry,
+    partition: &Partition,
+    control: &[Positioned],
+    records: &[Decoded],
+    due: &[Box<str>],
+    foreign: HashMap<Box<str>, Device>,
+    ctx: &BatchContext<'_>,
+) -> Computed {
+    let mut work = Work::new(registry, partition, ctx);
+    let mut reschedule_all = false;
+    let mut foreign = foreign;
+    for entry in control {
+        if let ControlEntry::Reevaluate { device_ids, .. } = &entry.entry {
+            work.reevaluate(entry, device_ids, &mut foreign);
+            continue;
+        }
+        reschedule_all |= work.control(entry);
+    }
+    for record in records {
+        work.record(record, &mut foreign);
+    }
+    for id in due {
+        work.timer(id);
+    }
+    work.resolve_firmware();
+    work.render(records, control, reschedule_all)
+}

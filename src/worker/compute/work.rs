@@ -1,0 +1,192 @@
+//! A batch's working state: the settings it is computed with, the devices it touched with where each
+//! started from, the rows it has rendered so far, its counters and the buffers it reuses; and the lookups
+//! every input kind shares.
+
+use foldhash::{HashMap, HashMapExt};
+
+use super::causes::{self, Cause};
+use crate::event::{DeadLetterReason, DeviceEvent};
+use crate::kafka::Decoded;
+use crate::outbox::Message;
+use crate::rules::{EpochMillis, Scratch};
+use crate::store::batch::LogRow;
+use crate::worker::device::Device;
+use crate::worker::partition::Partition;
+use crate::worker::registry::Registry;
+
+/// Settings a batch needs.
+pub(crate) struct BatchContext<'a> {
+    pub(crate) input_topic: &'a str,
+    pub(crate) dead_letter_topic: &'a str,
+    pub(crate) max_event_bytes: usize,
+    pub(crate) now: EpochMillis,
+    /// Where rollout-target events go.
+    pub(crate) output_topic: &'a str,
+}
+
+/// Counters describing what a batch did (recorded as metrics once it commits).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Stats {
+    pub(crate) applied: u64,
+    pub(crate) duplicates: u64,
+    pub(crate) stale: u64,
+    pub(crate) dead_letters: Vec<DeadLetterReason>,
+    pub(crate) rehomed: u64,
+    pub(crate) groups_evaluated: u64,
+    /// Events whose changed fields no dynamic group references.
+    pub(crate) no_candidates: u64,
+    /// Membership changes by log reason.
+    pub(crate) changes: HashMap<&'static str, u64>,
+    pub(crate) control_entries: u64,
+    pub(crate) timer_evaluations: u64,
+    /// Rollout-target events emitted (written to the outbox).
+    pub(crate) rollouts: u64,
+    /// Whether the batch was its partition's while caught up, and written with `backend_flush_after`
+    /// (set by the pipeline, which knows).
+    pub(crate) caught_up: bool,
+}
+
+/// Where a device of the batch started from: what its memberships are diffed against, and whether its row
+/// changed.
+pub(super) enum Origin {
+    /// The partition's copy (`Partition::devices`), unchanged while the batch is computed.
+    Held,
+    /// A copy: a device read from the database for this batch, or a held one whose starting state the
+    /// batch mirrors an API write into.
+    Copy(Box<Device>),
+    /// A device not stored anywhere yet.
+    New,
+}
+
+/// A batch being computed.
+pub(super) struct Work<'a> {
+    pub(super) registry: &'a Registry,
+    pub(super) partition: &'a Partition,
+    pub(super) ctx: &'a BatchContext<'a>,
+    /// (state at batch start, or None for a device not stored; current state).
+    pub(super) devices: HashMap<Box<str>, (Origin, Device)>,
+    pub(super) log: Vec<LogRow>,
+    pub(super) outbox: Vec<Message>,
+    pub(super) stats: Stats,
+    pub(super) scratch: Scratch,
+    pub(super) candidates: Vec<u32>,
+    /// Reused by [`Work::reconcile_slots`]: (slot, action, reason) of each membership change.
+    pub(super) changes: Vec<(u32, &'static str, &'static str)>,
+    /// The last cause that touched each device in this batch (carried by its rollout-target event).
+    pub(super) causes: HashMap<Box<str>, Cause>,
+    /// Devices whose firmware must be re-resolved although the batch may not otherwise touch them (release
+    /// changes), with the cause.
+    pub(super) resolve: Vec<(Box<str>, Cause)>,
+    /// See [`Work::timer_cause`].
+    pub(super) timer_cause: Option<Cause>,
+}
+
+impl<'a> Work<'a> {
+    /// A batch with nothing done yet.
+    pub(super) fn new(
+        registry: &'a Registry,
+        partition: &'a Partition,
+        ctx: &'a BatchContext<'a>,
+    ) -> Self {
+        Work {
+            registry,
+            partition,
+            ctx,
+            devices: HashMap::new(),
+            log: Vec::new(),
+            outbox: Vec::new(),
+            stats: Stats::default(),
+            scratch: Scratch::default(),
+            candidates: Vec::new(),
+            changes: Vec::new(),
+            causes: HashMap::new(),
+            resolve: Vec::new(),
+            timer_cause: None,
+        }
+    }
+}
+
+impl Work<'_> {
+    /// The working copy of a device held by the partition (cloned on first touch).
+    pub(super) fn held(&mut self, id: &str) -> Option<&mut Device> {
+        if !self.devices.contains_key(id) {
+            let device: &Device = self.partition.devices.get(id)?;
+            self.devices
+                .insert(id.into(), (Origin::Held, device.clone()));
+        }
+        self.devices.get_mut(id).map(|(_, current)| current)
+    }
+
+    /// Ids of the org's devices, held by the partition or already in the batch.
+    pub(super) fn org_devices(&self, org: &str) -> Vec<Box<str>> {
+        let mut ids: Vec<Box<str>> = self
+            .partition
+            .devices
+            .iter()
+            .filter(|(_, d)| &*d.org == org)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.extend(
+            self.devices
+                .iter()
+                .filter(|(id, (_, d))| {
+                    &*d.org == org && !self.partition.devices.contains_key(&**id)
+                })
+                .map(|(id, _)| id.clone()),
+        );
+        ids
+    }
+
+    /// A device's state in the batch: its working copy, or the partition's if the batch has not touched it.
+    pub(super) fn current(&self, id: &str) -> Option<&Device> {
+        self.devices
+            .get(id)
+            .map(|(_, d)| d)
+            .or_else(|| self.partition.devices.get(id).map(|d| &**d))
+    }
+
+    /// Logs a membership change of device `id` in the group at `slot`, with its cause.
+    pub(super) fn push_log(
+        &mut self,
+        slot: u32,
+        version: i64,
+        id: &str,
+        action: &'static str,
+        reason: &'static str,
+        cause: &Cause,
+    ) {
+        *self.stats.changes.entry(reason).or_default() += 1;
+        self.record_cause(id, cause);
+        self.log.push(LogRow {
+            group_id: self.registry.group(slot).id,
+            device_id: id.to_string(),
+            action,
+            reason,
+            cause: cause.clone(),
+            group_version: version,
+        });
+    }
+
+    /// The cause of changes an event made: its id and position.
+    pub(super) fn event_cause(&self, record: &Decoded, event: &DeviceEvent) -> Cause {
+        causes::event_cause(&event.event_id, self.partition.id, record.offset)
+    }
+
+    /// The cause of changes made by the clock alone: the batch's instant (one document per batch).
+    pub(super) fn timer_cause(&mut self) -> Cause {
+        let now = self.ctx.now;
+        self.timer_cause
+            .get_or_insert_with(|| causes::timer_cause(now))
+            .clone()
+    }
+
+    /// Records `cause` as the last to touch device `id` (its key allocated only on the first).
+    pub(super) fn record_cause(&mut self, id: &str, cause: &Cause) {
+        match self.causes.get_mut(id) {
+            Some(last) => *last = cause.clone(),
+            None => {
+                self.causes.insert(id.into(), cause.clone());
+            }
+        }
+    }
+}

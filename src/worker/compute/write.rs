@@ -1,0 +1,119 @@
+//! Rendering a computed batch: its device rows (inserted or updated, guarded by version), membership rows
+//! ([`super::diff`]), log rows and outbox rows in one `BatchWrite`, with the partition's positions after
+//! it; and the state every device the batch touched has once it commits.
+
+use foldhash::{HashMap, HashMapExt, HashSet};
+
+use super::diff::{diff_memberships, stored_equal};
+use super::work::{Origin, Stats, Work};
+use crate::kafka::Decoded;
+use crate::store::batch::{BatchWrite, DeviceRow};
+use crate::store::control::Positioned;
+use crate::worker::device::Device;
+
+/// What a computed batch will write, and the state the partition takes (at once: see [`crate::worker`]).
+#[derive(Debug)]
+pub(crate) struct Computed {
+    pub(crate) write: BatchWrite,
+    /// Final state of every device the batch touched, as it is once the batch commits (versions included).
+    pub(crate) devices: HashMap<Box<str>, Box<Device>>,
+    pub(crate) stats: Stats,
+    /// Whether time-dependent definitions changed, so every device's flips must be recomputed.
+    pub(crate) reschedule_all: bool,
+}
+
+impl Work<'_> {
+    /// The batch's write and end states, once every input is applied and firmware re-resolved.
+    pub(super) fn render(
+        self,
+        records: &[Decoded],
+        control: &[Positioned],
+        reschedule_all: bool,
+    ) -> Computed {
+        let Work {
+            registry,
+            partition,
+            ctx,
+            devices: touched,
+            log,
+            outbox,
+            stats,
+            ..
+        } = self;
+        let mut write = BatchWrite {
+            topic: ctx.input_topic.to_string(),
+            partition: partition.id,
+            epoch: partition.claim.epoch,
+            // next_offset is exclusive: one past the last offset processed.
+            next_offset: records
+                .last()
+                .map_or(partition.claim.next_offset, |r| r.offset + 1),
+            control_position: control
+                .last()
+                .map_or(partition.claim.control_position, |e| e.id),
+            ..Default::default()
+        };
+        write.outbox = outbox;
+        let logged: HashSet<&str> = log.iter().map(|r| r.device_id.as_str()).collect();
+        let mut devices = HashMap::with_capacity(touched.len());
+        for (id, (origin, mut current)) in touched {
+            let original = match &origin {
+                Origin::Held => partition.devices.get(&id).map(|d| &**d),
+                Origin::Copy(d) => Some(&**d),
+                Origin::New => None,
+            };
+            // A held device the batch leaves as stored (a replayed or mirrored control entry that changed
+            // no stored column) is not written. Anything else is, also to take the version guard: no two
+            // owners ever write a device's memberships or log.
+            let untouched = original.is_some_and(|o| stored_equal(o, &current))
+                && partition.devices.contains_key(&id)
+                && !logged.contains(&*id);
+            if untouched {
+                devices.insert(id, Box::new(current));
+                continue;
+            }
+            diff_memberships(registry, &id, original, &current, &mut write);
+            let row = DeviceRow {
+                id: id.to_string(),
+                org_id: current.org.clone(),
+                attributes: {
+                    let mut json = Vec::with_capacity(512);
+                    current.attrs.write_json(registry.catalogue(), &mut json);
+                    // Valid UTF-8: JSON text written from strings.
+                    String::from_utf8(json).unwrap_or_default()
+                },
+                // -1 for a device that only was registered: its first real event, whatever its sequence,
+                // applies.
+                sequence: current.sequence,
+                expected_version: current.version,
+                is_development: current.development,
+                firmware_lock: current.firmware_lock.as_deref().map(str::to_string),
+                target_version: current.target.version.clone(),
+                target_reason: current.target.reason.as_str(),
+                target_group: current.target.group,
+                target_sequence: current.target_sequence,
+            };
+            if current.stored {
+                write.device_updates.push(row);
+            } else {
+                write.device_inserts.push(row);
+            }
+            // What the row will be once the batch commits.
+            current.version = if current.stored {
+                current.version + 1
+            } else {
+                1
+            };
+            current.stored = true;
+            devices.insert(id, Box::new(current));
+        }
+        drop(logged);
+        write.log = log;
+        Computed {
+            write,
+            devices,
+            stats,
+            reschedule_all,
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! A device as its owning worker holds it: attributes, memberships, stored version, firmware target, and
+//! when it must next be re-evaluated with no event (its wake-up, which the partition's timers schedule).
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::registry::Registry;
+use crate::firmware::{Reason, Target};
+use crate::rules::{Attributes, EpochMillis};
+use crate::store::partition::{StoredDevice, StoredMembership};
+
+/// Who added a membership.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum AddedBy {
+    Manual,
+    DynamicRule,
+    Policy,
+}
+
+impl AddedBy {
+    /// The stored spelling.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            AddedBy::Manual => "manual",
+            AddedBy::DynamicRule => "dynamic_rule",
+            AddedBy::Policy => "policy",
+        }
+    }
+
+    fn parse(s: &str) -> AddedBy {
+        match s {
+            "manual" => AddedBy::Manual,
+            "policy" => AddedBy::Policy,
+            _ => AddedBy::DynamicRule,
+        }
+    }
+}
+
+/// One membership of a device.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Member {
+    pub(crate) slot: u32,
+    pub(crate) pinned: bool,
+    pub(crate) added_by: AddedBy,
+}
+
+/// `Device::wake_at` of a device none of whose conditions can change truth with time alone.
+const NEVER: EpochMillis = EpochMillis::MAX;
+
+/// A device as its owning worker holds it.
+#[derive(Clone, Debug)]
+pub(crate) struct Device {
+    /// The org, interned in the registry.
+    pub(crate) org: Arc<str>,
+    pub(crate) attrs: Attributes,
+    /// The highest sequence applied; -1 for a device not yet stored, or only registered (so that its first
+    /// real event, whatever its sequence, applies).
+    pub(crate) sequence: i64,
+    /// The stored version this state corresponds to (guards the next write).
+    pub(crate) version: i64,
+    /// Whether a row exists in PostgreSQL.
+    pub(crate) stored: bool,
+    /// Sorted by slot.
+    pub(crate) memberships: Vec<Member>,
+    pub(crate) development: bool,
+    pub(crate) firmware_lock: Option<Box<str>>,
+    /// When a time-based condition of one of its org's groups can next change truth, so that the device
+    /// must be re-evaluated ([`crate::worker::registry::Org::next_wakeup`]); [`NEVER`] when none can (an
+    /// instant, not an `Option`: the device then fits a smaller allocation). Read with
+    /// [`Device::next_flip`].
+    wake_at: EpochMillis,
+    /// The resolved firmware target as stored.
+    pub(crate) target: Target,
+    /// Rollout-target events emitted for this device so far (numbers them; makes their ids deterministic).
+    pub(crate) target_sequence: i64,
+}
+
+impl Device {
+    pub(crate) fn new(org: Arc<str>) -> Self {
+        Self {
+            org,
+            attrs: Attributes::new(),
+            sequence: -1,
+            version: 0,
+            stored: false,
+            memberships: Vec::new(),
+            development: false,
+            firmware_lock: None,
+            wake_at: NEVER,
+            target: Target::none(),
+            target_sequence: 0,
+        }
+    }
+
+    pub(crate) fn member(&self, slot: u32) -> Option<&Member> {
+        self.memberships
+            .binary_search_by_key(&slot, |m| m.slot)
+            .ok()
+            .map(|i| &self.memberships[i])
+    }
+
+    pub(crate) fn set_member(&mut self, member: Member) {
+        match self
+            .memberships
+            .binary_search_by_key(&member.slot, |m| m.slot)
+        {
+            Ok(i) => self.memberships[i] = member,
+            Err(i) => self.memberships.insert(i, member),
+        }
+    }
+
+    pub(crate) fn remove_member(&mut self, slot: u32) {
+        if let Ok(i) = self.memberships.binary_search_by_key(&slot, |m| m.slot) {
+            self.memberships.remove(i);
+        }
+    }
+
+    /// Builds a device from its stored row, parsing attributes leniently: an attribute that no longer parses
+    /// (the catalogue changed) is skipped with a warning and stays in the stored JSON until the device changes.
+    pub(crate) fn from_stored(
+        row: &StoredDevice,
+        memberships: &[&StoredMembership],
+        registry: &mut Registry,
+    ) -> Option<Self> {
+        let org = registry.org(&row.org_id).map(|(name, _)| name.clone())?;
+        let mut attrs = Attributes::new();
+        if let Value::Object(map) = &row.attributes {
+            for (name, value) in map {
+                match crate::rules::attrs::parse_attribute(registry.catalogue(), name, value) {
+                    Ok((field, Some(v))) => {
+                        attrs.set(field, v);
+                    }
+                    Ok((_, None)) => {}
+                    Err(message) => {
+                        tracing::warn!(device_id = %row.id, field = %name, %message, "stored attribute skipped");
+                    }
+                }
+            }
+        }
+        attrs.shrink_to_fit();
+        let mut members: Vec<Member> = memberships
+            .iter()
+            .map(|m| Member {
+                slot: registry.slot_or_tombstone(m.group_id, &org),
+                pinned: m.is_pinned,
+                added_by: AddedBy::parse(&m.added_by),
+            })
+            .collect();
+        members.sort_by_key(|m| m.slot);
+        Some(Self {
+            org,
+            attrs,
+            sequence: row.sequence,
+            version: row.version,
+            stored: true,
+            memberships: members,
+            development: row.is_development,
+            firmware_lock: row.firmware_lock.as_deref().map(Into::into),
+            wake_at: NEVER,
+            target: Target {
+                version: row.target_version.as_deref().map(|v| registry.intern(v)),
+                reason: Reason::parse(&row.target_reason).unwrap_or(Reason::None),
+                group: row.target_group,
+            },
+            target_sequence: row.target_sequence,
+        })
+    }
+}
+
+impl Device {
+    /// When the device must next be re-evaluated with no event (see
+    /// [`Partition::schedule`](super::partition::Partition::schedule)).
+    pub(crate) fn next_flip(&self) -> Option<EpochMillis> {
+        (self.wake_at != NEVER).then_some(self.wake_at)
+    }
+
+    /// Computes the device's next wake-up (the next instant after `now` at which a time-based condition of
+    /// its org's groups can change truth) and keeps it. Returns the instant if it differs from the one
+    /// before: a timer to schedule (an unchanged instant is left to the timer already there).
+    pub(crate) fn reschedule(
+        &mut self,
+        registry: &Registry,
+        now: EpochMillis,
+    ) -> Option<EpochMillis> {
+        let previous = self.next_flip();
+        let next = registry
+            .org(&self.org)
+            .and_then(|(_, org)| org.next_wakeup(&self.attrs, now));
+        self.wake_at = next.unwrap_or(NEVER);
+        next.filter(|at| previous != Some(*at))
+    }
+
+    /// Whether a timer for `at` is the device's current one (a timer whose instant is not is stale).
+    pub(crate) fn wakes_at(&self, at: EpochMillis) -> bool {
+        self.wake_at == at
+    }
+
+    /// Adds a stored membership while a partition is loaded row by row; [`Device::loaded`] then sorts them.
+    pub(crate) fn push_stored_membership(&mut self, m: &StoredMembership, registry: &mut Registry) {
+        self.memberships.push(Member {
+            slot: registry.slot_or_tombstone(m.group_id, &self.org),
+            pinned: m.is_pinned,
+            added_by: AddedBy::parse(&m.added_by),
+        });
+    }
+
+    /// Finishes loading: sorts the memberships by slot and releases spare capacity.
+    pub(crate) fn loaded(&mut self) {
+        self.memberships.sort_by_key(|m| m.slot);
+        self.memberships.shrink_to_fit();
+    }
+}
