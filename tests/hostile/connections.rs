@@ -9,10 +9,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use cohort::config::Config;
 use cohort::store::{api_keys, groups};
+use cohort_testkit::{TestDatabase, TestKafka};
 use serde_json::json;
 
 use crate::raw::{self, Connection, Request};
-use cohort_testkit::{TestDatabase, TestKafka};
 
 /// `api.max_body_bytes` here.
 const MAX_BODY: usize = 4096;

@@ -27,7 +27,7 @@ const MAX_BYTES_CHOICES: [usize; 4] = [65_536, 4_096, 64, 1 << 20];
 /// - byte 0 (mod 4) says what the Kafka key is: `0` none, `1` the `deviceId` of the payload (when it has
 ///   one; so that accepted events are common), `2` the bytes up to the first `\n` of the rest (which is
 ///   then the payload), `3` none, and the message is a tombstone (no value);
-/// - byte 1 (mod 4) chooses the size limit from [`MAX_BYTES_CHOICES`];
+/// - byte 1 (mod 4) chooses the size limit from `MAX_BYTES_CHOICES`;
 /// - the rest is the message value.
 ///
 /// ASCII digits make readable seeds: `10{"eventId": …}` is an event keyed by its device, limit 65,536.

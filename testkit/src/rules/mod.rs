@@ -2,7 +2,7 @@
 //! checks ([`crate::fuzz`]).
 //!
 //! - [`pools`]: value pools where case-insensitive and Unicode comparisons go wrong.
-//! - [`reference`]: a deliberately simple reference evaluator, written from the rule semantics.
+//! - [`reference`](mod@reference): a deliberately simple reference evaluator, written from the rule semantics.
 //! - [`gen`]: proptest strategies for instants, devices and valid filters (feature `strategies`).
 
 pub mod pools;

@@ -14,13 +14,14 @@ use std::collections::BTreeSet;
 
 use cohort::config::Config;
 use cohort::store::{api_keys, groups};
+use cohort_testkit::{TestDatabase, TestKafka};
 use serde_json::{json, Value};
 
 use crate::raw::{Reply, Request};
 use crate::snapshot::Snapshot;
 use crate::{raw, snapshot};
+
 use bodies::broken_bodies;
-use cohort_testkit::{TestDatabase, TestKafka};
 use fields::bad_fields;
 use filters::{catastrophic_regexes, filter_limits};
 use paths::{accepted_literals, paths_and_queries};

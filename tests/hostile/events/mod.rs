@@ -22,12 +22,13 @@ use cohort::event::{
 };
 use cohort_testkit::app::{metric, Harness, ORG};
 use cohort_testkit::{eventually, ConsumedMessage};
-use dead_letters::{check_dead_letter, header_text};
 use rdkafka::producer::FutureProducer;
 use serde_json::{json, Map, Value};
 
 use crate::snapshot;
 use crate::snapshot::Snapshot;
+
+use dead_letters::{check_dead_letter, header_text};
 use driver::{known_state, partitions, produce, settled};
 
 /// The second org: its devices are what an `org_mismatch` event of `acme` names, and the other way round.

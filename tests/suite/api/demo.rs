@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
 use cohort_testkit::TestDatabase;
+use serde_json::Value;
 
 /// Runs the demo on a small fleet as fast as it goes against `url`; returns its standard output and the
 /// summary's JSON.

@@ -4,13 +4,12 @@
 use std::collections::BTreeSet;
 
 use cohort::store::api_keys;
-use hyper::StatusCode;
-use serde_json::{json, Value};
-use uuid::Uuid;
-
 use cohort_testkit::app::{Harness, LIMIT, ORG};
 use cohort_testkit::eventually;
 use cohort_testkit::http::Client;
+use hyper::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
 
 fn ids(values: &Value, key: &str) -> BTreeSet<String> {
     values

@@ -1,12 +1,12 @@
 //! Static membership through every family of routes (Breeze's counts, the device-groups API's ids, one
 //! device by path), batches that are all or nothing, the members page, and the membership log.
 
+use cohort_testkit::http::Client;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{create_group, delete_json, devices, expect, expect_error, linux_filter, strings, Api};
-use cohort_testkit::http::Client;
 
 /// The members of a group, by id (every page).
 async fn member_ids(c: &Client, group: &str) -> anyhow::Result<Vec<String>> {

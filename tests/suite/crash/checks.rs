@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cohort::rules::{compile, Attributes, Catalogue};
+use cohort_testkit::ConsumedMessage;
 use serde_json::{Map, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::model::Model;
-use cohort_testkit::ConsumedMessage;
 
 /// Where the input stands: the end (last offset + 1) of each input partition that received messages.
 pub type Ends = BTreeMap<i32, i64>;

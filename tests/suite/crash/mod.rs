@@ -80,9 +80,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Mutex;
 
-use checks::Ends;
 use cohort_testkit::Rng;
 use cohort_testkit::{TestDatabase, TestKafka};
+
+use checks::Ends;
 use model::{Model, ORG};
 use procs::{Cluster, Role};
 

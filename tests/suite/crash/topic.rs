@@ -10,11 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use cohort_testkit::ConsumedMessage;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-
-use cohort_testkit::ConsumedMessage;
 
 /// How long the reader may take to reach the end of the topic once asked to finish.
 const FINISH_LIMIT: Duration = Duration::from_secs(120);

@@ -22,9 +22,10 @@ mod metric_names;
 
 use std::path::{Path, PathBuf};
 
-use metric_names::assert_no_errors;
 use serde::Deserialize;
 use serde_json::Value;
+
+use metric_names::assert_no_errors;
 
 // ------------------------------------------------------------------------------------------------------
 // Reading deploy/

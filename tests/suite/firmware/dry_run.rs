@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use cohort::store::api_keys;
 use cohort::store::firmware::{self, Impact, Mode, Proposal, ReleaseTarget};
 use cohort::store::groups::{self, NewGroup};
+use cohort_testkit::app::{Harness, ORG};
+use cohort_testkit::http::{Answer, Client};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::{devices_applied, settled, tags_filter};
-use cohort_testkit::app::{Harness, ORG};
-use cohort_testkit::http::{Answer, Client};
 
 /// Enrols `device` with its first event: `attributes`, plus `extra` top-level fields (`development`,
 /// `firmwareLock`).

@@ -3,9 +3,8 @@
 
 use cohort::reconcile::{self, Options};
 use cohort::store::firmware::{self, ReleaseTarget};
-use serde_json::json;
-
 use cohort_testkit::app::{Harness, ORG};
+use serde_json::json;
 
 fn options() -> Options {
     Options {
