@@ -3,7 +3,7 @@
 
 Run from the repository root: python3 fuzz/seeds/make_seeds.py. Idempotent; it never deletes what the
 fuzzer added (files with hash names). The limits mirror the constants of src/rules/filter.rs and
-src/event.rs, and tests/fuzz_corpus checks that each named seed still means what its name says.
+src/event.rs, and tests/suite/fuzz_corpus.rs checks that each named seed still means what its name says.
 """
 import json
 import os
@@ -165,7 +165,7 @@ def event(**kw):
 def events():
     t = "event_decode"
     # Header: byte 0 = key mode ('0' none, '1' the deviceId, '2' key up to the first newline, '3' tombstone),
-    # byte 1 = size limit ('0' 65536, '1' 4096, '2' 64, '3' 1 MiB); see EventInput in fuzz/checks.rs.
+    # byte 1 = size limit ('0' 65536, '1' 4096, '2' 64, '3' 1 MiB); see EventInput in testkit/src/fuzz/event_decode.rs.
     examples = ROOT / "schemas" / "examples" / "device-attribute-changes"
     for path in sorted(examples.glob("*.json")):
         key = path.with_suffix(".key")

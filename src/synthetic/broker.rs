@@ -1,7 +1,7 @@
 //! The Kafka-protocol broker the synthetic fleet's events stream through, and their producer.
 //!
 //! With no brokers given, `cohort bench` and `cohort demo` start librdkafka's in-process mock cluster (the
-//! same one the integration tests use; see `tests/support/kafka.rs`, and docs/architecture.md, "Where the
+//! same one the integration tests use; see `testkit/src/kafka.rs`, and docs/architecture.md, "Where the
 //! limits are", for what the mock does and does not do). The cluster is hosted by a client created with
 //! `test.mock.num.brokers`, because only such a cluster exposes the raw handle needed to remove the
 //! mock's 3-second initial rebalance delay. It runs on librdkafka threads inside the process, so its CPU

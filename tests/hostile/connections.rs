@@ -9,10 +9,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use cohort::config::Config;
 use cohort::store::{api_keys, groups};
+use cohort_testkit::{TestDatabase, TestKafka};
 use serde_json::json;
 
 use crate::raw::{self, Connection, Request};
-use crate::support::{self, TestDatabase, TestKafka};
 
 /// `api.max_body_bytes` here.
 const MAX_BODY: usize = 4096;
@@ -46,7 +46,8 @@ impl SmallApi {
         config.api.rate_limit_burst = 1_000_000;
         config.api.max_body_bytes = MAX_BODY;
         tweak(&mut config);
-        let support::app::RunningApi { stop, task, addr } = support::app::spawn_api(config).await?;
+        let cohort_testkit::app::RunningApi { stop, task, addr } =
+            cohort_testkit::app::spawn_api(config).await?;
         let (_, key) = api_keys::create(db.pool(), Some("acme"), "acme").await?;
         Ok(Self {
             db,
@@ -257,8 +258,8 @@ async fn stalled_bodies_hold_no_more_than_the_budget_and_the_rest_wait_their_tur
         stalled.push((connection, rest.to_vec()));
     }
     // ROOM of them hold the budget; every other one waits for room (counted once each).
-    support::eventually(
-        support::OPERATION_TIMEOUT,
+    cohort_testkit::eventually(
+        cohort_testkit::OPERATION_TIMEOUT,
         "the bodies beyond the budget wait",
         || async {
             let waits = api

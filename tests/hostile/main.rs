@@ -23,9 +23,13 @@
 //! - [`snapshot`]: the stored tables, to prove a corpus changed nothing it may not.
 //!
 //! See `docs/hostile-input.md` for the categories and counts.
-
-#[path = "../support/mod.rs"]
-mod support;
+//!
+//! # Why a binary of its own
+//! The event corpus checks that each dead-letter reason's counter, and the duplicate and stale outcome
+//! counters, rise by exactly as many as its cases promise. Those counters live in the process-wide metrics
+//! recorder (`cohort::metrics::install`) and carry no label a test owns, so any other test applying events
+//! in the same process would change them. The rest of the integration suites share one binary
+//! (`tests/suite`), where no test reads a process-wide counter exactly.
 
 mod api;
 mod bounds;
