@@ -72,6 +72,14 @@ impl Message {
             .ok()
             .and_then(|at| self.headers[at].value.as_deref())
     }
+
+    /// The headers as (name, value) pairs, in name order.
+    pub fn header_pairs(&self) -> Vec<(&str, Option<&str>)> {
+        self.headers
+            .iter()
+            .map(|h| (h.name.as_str(), h.value.as_deref()))
+            .collect()
+    }
 }
 
 #[cfg(test)]

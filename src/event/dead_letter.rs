@@ -134,13 +134,8 @@ mod tests {
         assert_eq!(msg.topic, "dlq");
         assert_eq!(msg.key.as_deref(), Some(&b"k"[..]));
         // In name order, as they are stored and published.
-        let headers: Vec<(&str, Option<&str>)> = msg
-            .headers()
-            .iter()
-            .map(|h| (h.name.as_str(), h.value.as_deref()))
-            .collect();
         assert_eq!(
-            headers,
+            msg.header_pairs(),
             [
                 ("cohort-dead-letter-detail", Some(err.detail.as_str())),
                 ("cohort-dead-letter-reason", Some("invalid_event")),

@@ -183,13 +183,8 @@ mod tests {
             "2024-06-15T12:00:00.000Z",
         );
         assert_eq!(message.payload, expected.to_string().into_bytes());
-        let headers: Vec<(&str, Option<&str>)> = message
-            .headers()
-            .iter()
-            .map(|h| (h.name.as_str(), h.value.as_deref()))
-            .collect();
         assert_eq!(
-            headers,
+            message.header_pairs(),
             [
                 ("ce_id", Some(id.as_str())),
                 ("ce_specversion", Some("1.0")),

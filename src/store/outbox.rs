@@ -301,13 +301,8 @@ mod tests {
             .message
         };
         let message = read(json!({"z": "last", "empty": null, "number": 7, "list": [1]}));
-        let headers: Vec<(&str, Option<&str>)> = message
-            .headers()
-            .iter()
-            .map(|h| (h.name.as_str(), h.value.as_deref()))
-            .collect();
         assert_eq!(
-            headers,
+            message.header_pairs(),
             [
                 ("empty", None),
                 ("list", Some("[1]")),

@@ -32,23 +32,30 @@ pub enum Broker {
     Mock(BaseProducer),
 }
 
+/// Starts librdkafka's mock cluster of `brokers` brokers with no initial rebalance delay, hosted by the
+/// returned client and destroyed with it.
+pub fn host_mock_cluster(brokers: i32, log_level: RDKafkaLogLevel) -> anyhow::Result<BaseProducer> {
+    let host: BaseProducer = ClientConfig::new()
+        .set("test.mock.num.brokers", brokers.to_string())
+        .set_log_level(log_level)
+        .create()
+        .context("failed to create the client hosting the mock cluster")?;
+    // SAFETY: the handle is valid while `host` lives; `rd_kafka_handle_mock_cluster` only reads it.
+    let raw =
+        unsafe { rdkafka::bindings::rd_kafka_handle_mock_cluster(host.client().native_ptr()) };
+    anyhow::ensure!(!raw.is_null(), "the client did not create a mock cluster");
+    // SAFETY: `raw` is the live cluster owned by `host`.
+    unsafe { rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(raw, 0) };
+    Ok(host)
+}
+
 impl Broker {
     /// Connects to `brokers`, or starts a one-broker mock cluster when there are none.
     pub fn start(brokers: Option<&str>) -> anyhow::Result<Self> {
         if let Some(brokers) = brokers.map(str::trim).filter(|b| !b.is_empty()) {
             return Ok(Broker::External(brokers.to_string()));
         }
-        let host: BaseProducer = ClientConfig::new()
-            .set("test.mock.num.brokers", "1")
-            .set_log_level(RDKafkaLogLevel::Warning)
-            .create()
-            .context("failed to create the client hosting the mock cluster")?;
-        // SAFETY: the handle is valid while `host` lives; `rd_kafka_handle_mock_cluster` only reads it.
-        let raw =
-            unsafe { rdkafka::bindings::rd_kafka_handle_mock_cluster(host.client().native_ptr()) };
-        anyhow::ensure!(!raw.is_null(), "the client did not create a mock cluster");
-        // SAFETY: `raw` is the live cluster owned by `host`.
-        unsafe { rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(raw, 0) };
+        let host = host_mock_cluster(1, RDKafkaLogLevel::Warning)?;
         Ok(Broker::Mock(host))
     }
 

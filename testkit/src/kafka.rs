@@ -126,16 +126,8 @@ pub struct MockKafka {
 impl MockKafka {
     /// Starts a mock cluster of `brokers` brokers with no initial rebalance delay.
     pub fn start(brokers: i32) -> anyhow::Result<Self> {
-        let host: BaseProducer = ClientConfig::new()
-            .set("test.mock.num.brokers", brokers.to_string())
-            .create()
-            .context("failed to create the client hosting the mock cluster")?;
-        // SAFETY: the handle is valid while `host` lives; `rd_kafka_handle_mock_cluster` only reads it.
-        let raw =
-            unsafe { rdkafka::bindings::rd_kafka_handle_mock_cluster(host.client().native_ptr()) };
-        anyhow::ensure!(!raw.is_null(), "the client did not create a mock cluster");
-        // SAFETY: `raw` is the live cluster owned by `host`.
-        unsafe { rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(raw, 0) };
+        let host =
+            cohort::synthetic::broker::host_mock_cluster(brokers, ClientConfig::new().log_level)?;
         Ok(Self { host })
     }
 
