@@ -146,7 +146,7 @@ pub async fn command(args: DemoArgs) -> anyhow::Result<()> {
     config.http.listen = args.listen;
     config.api.rate_limit_per_second = 1000;
     config.api.rate_limit_burst = 2000;
-    if matches!(broker, Broker::Mock(_)) {
+    if broker.is_mock() {
         broker::tune_for_mock(&mut config.kafka);
     }
     let rollout_topic = config.kafka.output_topic.clone();

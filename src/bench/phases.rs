@@ -129,9 +129,8 @@ impl Rig {
         let (producer, deliveries) = broker::producer(&broker.bootstrap())?;
         // With the mock cluster, production stays a bounded backlog ahead of the commits (see
         // `broker::Ahead`).
-        let backlog = options
-            .brokers
-            .is_none()
+        let backlog = broker
+            .is_mock()
             .then_some(MOCK_BACKLOG_PER_PARTITION * options.partitions as u64);
         Ok(Self {
             worker,

@@ -191,7 +191,7 @@ fn worker_config(options: &BenchOptions, broker: &Broker, topic: &str) -> anyhow
     config.kafka.output_topic = format!("{topic}.rollout-targets");
     config.kafka.group_id = format!("{topic}-workers");
     config.http.listen = "127.0.0.1:0".parse()?;
-    if options.brokers.is_none() {
+    if broker.is_mock() {
         broker::tune_for_mock(&mut config.kafka);
     }
     Ok(config)

@@ -59,6 +59,11 @@ impl Broker {
         Ok(Broker::Mock(host))
     }
 
+    /// Whether this is the in-process mock cluster (no brokers were given, or only blanks).
+    pub fn is_mock(&self) -> bool {
+        matches!(self, Broker::Mock(_))
+    }
+
     /// The bootstrap servers.
     pub fn bootstrap(&self) -> String {
         match self {
