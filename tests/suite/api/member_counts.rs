@@ -54,6 +54,8 @@ async fn counts_follow_static_batches_and_a_change_to_static() -> anyhow::Result
     let c = &api.acme;
     let group = create_group(c, json!({"name": "counted", "type": "static"})).await?;
     let base = format!("/api/v1/groups/{group}/devices");
+    // Batch removals are a DELETE with a body, on the device-scoped route.
+    let members = format!("/api/v1/devices/groups/{group}/members");
     expect_count(c, api.pool(), &group, 0).await?;
 
     let added = c
@@ -80,7 +82,7 @@ async fn counts_follow_static_batches_and_a_change_to_static() -> anyhow::Result
     expect(&refused, StatusCode::BAD_REQUEST);
     expect_count(c, api.pool(), &group, 6).await?;
 
-    let removed = delete_json(c, &base, json!({"deviceIds": ["c-0", "c-1", "c-7"]})).await?;
+    let removed = delete_json(c, &members, json!({"deviceIds": ["c-0", "c-1", "c-7"]})).await?;
     expect(&removed, StatusCode::OK);
     assert_eq!(removed.body["data"]["total"], 4);
     expect_count(c, api.pool(), &group, 4).await?;
@@ -114,7 +116,7 @@ async fn counts_follow_static_batches_and_a_change_to_static() -> anyhow::Result
     expect_count(c, api.pool(), &dynamic, 8).await?;
     let emptied = delete_json(
         c,
-        &format!("/api/v1/groups/{dynamic}/devices"),
+        &format!("/api/v1/devices/groups/{dynamic}/members"),
         json!({"deviceIds": (0..8).map(|i| format!("c-{i}")).collect::<Vec<_>>()}),
     )
     .await?;

@@ -67,7 +67,7 @@ async fn folding_keeps_every_sum_exact_and_skips_rows_a_writer_holds() -> anyhow
     // The second writer is adding to b: its row of b is locked until it commits. The fold takes the
     // other rows and leaves that one, without waiting.
     let mut open = two.begin().await?;
-    insert(&mut *open, b, 3..5).await?;
+    insert(&mut open, b, 3..5).await?;
     let folded = within(OPERATION_TIMEOUT, "fold beside a writer", async {
         Ok(counts::fold(&mut folder).await?)
     })
