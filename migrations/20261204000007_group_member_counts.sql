@@ -73,9 +73,11 @@ CREATE TRIGGER device_group_memberships_fixed_keys BEFORE UPDATE OF group_id, de
     WHEN ((OLD.group_id, OLD.device_id) IS DISTINCT FROM (NEW.group_id, NEW.device_id))
     EXECUTE FUNCTION cohort_group_members_key_update();
 
+-- DELETE, not TRUNCATE: a TRUNCATE naming both tables would refuse to truncate one in use by this trigger.
+-- The table is small (a few rows per group).
 CREATE FUNCTION cohort_group_members_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    TRUNCATE group_member_counts;
+    DELETE FROM group_member_counts;
     RETURN NULL;
 END $$;
 
