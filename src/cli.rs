@@ -115,7 +115,8 @@ pub struct ReconcileArgs {
     #[arg(long)]
     pub json: bool,
     /// Have the owning workers rewrite the drifted devices through their normal path (log rows and
-    /// rollout events included); run again afterwards to verify.
+    /// rollout events included), and reset drifted group member counts to the true count; run again
+    /// afterwards to verify.
     #[arg(long)]
     pub repair: bool,
     #[command(flatten)]
@@ -266,12 +267,20 @@ fn reconcile(args: ReconcileArgs) -> ExitCode {
             print!("{}", crate::reconcile::render(&report));
         }
         if args.repair && report.has_drift() {
-            let entries = crate::reconcile::repair(&pool, &report, "cohort reconcile").await?;
-            eprintln!(
-                "repair requested: {} control-log entr{} for the owning workers; run `cohort reconcile` again to verify",
-                entries.len(),
-                if entries.len() == 1 { "y" } else { "ies" }
-            );
+            let repair = crate::reconcile::repair(&pool, &report, "cohort reconcile").await?;
+            if repair.counts_reset > 0 {
+                eprintln!(
+                    "member counts reset to the true count in {} group(s)",
+                    repair.counts_reset
+                );
+            }
+            if !repair.entries.is_empty() {
+                eprintln!(
+                    "repair requested: {} control-log entr{} for the owning workers; run `cohort reconcile` again to verify",
+                    repair.entries.len(),
+                    if repair.entries.len() == 1 { "y" } else { "ies" }
+                );
+            }
         }
         found.store(report.has_drift(), std::sync::atomic::Ordering::SeqCst);
         Ok(())

@@ -8,6 +8,13 @@
 //! Static memberships are the operators' to make and are not judged; memberships in deleted groups, dynamic
 //! memberships the filter no longer supports (unless pinned), missing dynamic memberships, and resolved
 //! firmware targets that differ from what the releases, locks and development flags say are.
+//!
+//! Every group's maintained member count ([`crate::store::counts`]) is compared with `count(*)` of its
+//! memberships, in one statement (one snapshot, so a writer running meanwhile is no false alarm).
+//!
+//! [`repair`] has the owning workers rewrite drifted devices through their normal path, and resets each
+//! drifted count to the true one directly ([`counts::reset`]), holding off membership writers for that
+//! short transaction.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -20,6 +27,7 @@ use uuid::Uuid;
 
 use crate::firmware::{resolve, DeviceFacts, GroupRelease, Reason, Target, Version};
 use crate::rules::{compile, AttrValue, Attributes, Catalogue, CompiledFilter, EpochMillis};
+use crate::store::counts::{self, CountDrift};
 use crate::store::StoreError;
 
 /// What to check.
@@ -59,6 +67,10 @@ pub struct Report {
     pub missing_memberships: u64,
     pub extra_memberships: u64,
     pub wrong_targets: u64,
+    /// Groups checked for their member count (deleted ones included).
+    pub groups_counted: u64,
+    /// Every group whose maintained member count differs from `count(*)` of its memberships.
+    pub wrong_counts: Vec<CountDrift>,
     /// Devices with persistent drift, by org.
     pub drifted: Vec<(String, Vec<String>)>,
     pub examples: Vec<Drift>,
@@ -69,7 +81,17 @@ impl Report {
     /// Whether anything drifted.
     pub fn has_drift(&self) -> bool {
         self.missing_memberships + self.extra_memberships + self.wrong_targets > 0
+            || !self.wrong_counts.is_empty()
     }
+}
+
+/// What [`repair`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Repair {
+    /// The `reevaluate` control-log entries appended for the owning workers.
+    pub entries: Vec<i64>,
+    /// Groups whose member count was reset to the true count.
+    pub counts_reset: usize,
 }
 
 /// An org's definitions as the check needs them.
@@ -337,27 +359,66 @@ pub async fn check(
             report.drifted.push((org, persistent));
         }
     }
+    report.groups_counted = count_groups(pool, options.org.as_deref()).await?;
+    report.wrong_counts = counts::drift(pool, options.org.as_deref()).await?;
     report.evaluated_at = crate::rules::time::format_millis(now);
     Ok(report)
 }
 
+/// How many groups (deleted ones included) the count check covers.
+async fn count_groups(pool: &PgPool, org: Option<&str>) -> Result<u64, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM device_groups WHERE $1::text IS NULL OR org_id = $1",
+    )
+    .bind(org)
+    .fetch_one(pool)
+    .await?;
+    Ok(n as u64)
+}
+
+/// Groups with a drifted member count listed by [`render`] (the report holds them all).
+const COUNT_EXAMPLES: usize = 20;
+
 /// A human summary.
 pub fn render(report: &Report) -> String {
     let mut out = format!(
-        "checked {} devices in {} org(s) against {} dynamic groups ({} evaluations) at {}\n",
+        "checked {} devices in {} org(s) against {} dynamic groups ({} evaluations) and the member \
+         counts of {} group(s) at {}\n",
         report.devices_checked,
         report.orgs,
         report.dynamic_groups,
         report.evaluations,
+        report.groups_counted,
         report.evaluated_at
     );
     if !report.has_drift() {
         out.push_str(
-            "no drift: every dynamic membership and firmware target is what the rules say\n",
+            "no drift: every dynamic membership, firmware target and member count is what the rules \
+             and the memberships say\n",
         );
         return out;
     }
+    if !report.wrong_counts.is_empty() {
+        out.push_str(&format!(
+            "DRIFT in the member count of {} group(s)\n",
+            report.wrong_counts.len()
+        ));
+        for d in report.wrong_counts.iter().take(COUNT_EXAMPLES) {
+            out.push_str(&format!(
+                "  {} group={} maintained={} actual={}\n",
+                d.org_id, d.group_id, d.maintained, d.actual
+            ));
+        }
+        if let Some(more) = report.wrong_counts.len().checked_sub(COUNT_EXAMPLES) {
+            if more > 0 {
+                out.push_str(&format!("  … and {more} more\n"));
+            }
+        }
+    }
     let devices: usize = report.drifted.iter().map(|(_, d)| d.len()).sum();
+    if devices == 0 {
+        return out;
+    }
     out.push_str(&format!(
         "DRIFT in {devices} device(s): {} missing membership(s), {} extra membership(s), {} wrong target(s)\n",
         report.missing_memberships, report.extra_memberships, report.wrong_targets
@@ -379,11 +440,13 @@ pub fn render(report: &Report) -> String {
 /// Devices named per repair entry (bounds the control-log payload).
 const REPAIR_CHUNK: usize = 1000;
 
-/// Asks the owning workers to repair the drifted devices of `report`: one `reevaluate` control-log entry
-/// per org (and per thousand devices). Each worker re-reads the devices, evaluates them against every
-/// dynamic group and writes the difference through its normal batch, with log rows and rollout events.
-/// Returns the entries' ids.
-pub async fn repair(pool: &PgPool, report: &Report, actor: &str) -> Result<Vec<i64>, StoreError> {
+/// Repairs what `report` found. Drifted devices: asks the owning workers, with one `reevaluate`
+/// control-log entry per org (and per thousand devices); each worker re-reads the devices, evaluates them
+/// against every dynamic group and writes the difference through its normal batch, with log rows and
+/// rollout events. Drifted member counts: resets them to the true count at once ([`counts::reset`]).
+pub async fn repair(pool: &PgPool, report: &Report, actor: &str) -> Result<Repair, StoreError> {
+    let groups: Vec<Uuid> = report.wrong_counts.iter().map(|d| d.group_id).collect();
+    counts::reset(pool, &groups).await?;
     let mut ids = Vec::new();
     for (org, devices) in &report.drifted {
         for chunk in devices.chunks(REPAIR_CHUNK) {
@@ -397,5 +460,83 @@ pub async fn repair(pool: &PgPool, report: &Report, actor: &str) -> Result<Vec<i
             tx.commit().await?;
         }
     }
-    Ok(ids)
+    Ok(Repair {
+        entries: ids,
+        counts_reset: groups.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean() -> Report {
+        Report {
+            orgs: 1,
+            devices_checked: 3,
+            dynamic_groups: 1,
+            evaluations: 3,
+            groups_counted: 2,
+            evaluated_at: "2026-01-01T00:00:00.000Z".into(),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn a_clean_report_says_counts_were_checked() {
+        let report = clean();
+        assert!(!report.has_drift());
+        let text = render(&report);
+        assert!(text.contains("member counts of 2 group(s)"), "{text}");
+        assert!(text.contains("no drift"), "{text}");
+    }
+
+    #[test]
+    fn a_drifted_member_count_is_drift_and_is_listed() {
+        let group = Uuid::from_u128(7);
+        let mut report = clean();
+        report.wrong_counts.push(CountDrift {
+            org_id: "acme".into(),
+            group_id: group,
+            maintained: 5,
+            actual: 3,
+        });
+        assert!(report.has_drift());
+        let text = render(&report);
+        assert!(
+            text.contains("DRIFT in the member count of 1 group(s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("acme group={group} maintained=5 actual=3")),
+            "{text}"
+        );
+        // No device drifted, so no device line.
+        assert!(!text.contains("device(s)"), "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(
+            json["wrongCounts"],
+            json!([{"orgId": "acme", "groupId": group, "maintained": 5, "actual": 3}])
+        );
+    }
+
+    #[test]
+    fn long_lists_of_drifted_counts_are_cut_in_the_summary() {
+        let mut report = clean();
+        for i in 0..(COUNT_EXAMPLES as u128 + 3) {
+            report.wrong_counts.push(CountDrift {
+                org_id: "acme".into(),
+                group_id: Uuid::from_u128(i),
+                maintained: 1,
+                actual: 0,
+            });
+        }
+        let text = render(&report);
+        assert_eq!(
+            text.matches(" maintained=").count(),
+            COUNT_EXAMPLES,
+            "{text}"
+        );
+        assert!(text.contains("… and 3 more"), "{text}");
+    }
 }

@@ -78,9 +78,10 @@
 //! `relay.poll_interval_ms`, so a missed notification only delays. A full batch is followed at once by the
 //! next round.
 //!
-//! # Retention and metrics
+//! # Retention, counts and metrics
 //! Once a minute the leader deletes published rows older than `relay.retention_hours`, in batches of
-//! [`RETENTION_BATCH`] rows. Every relay (leader or standby) reports the backlog and the age of the oldest
+//! [`RETENTION_BATCH`] rows, and folds the group member counts ([`crate::store::counts::fold`]): the relay
+//! leader is the one process that runs periodic upkeep, and the fold needs only one runner. Every relay (leader or standby) reports the backlog and the age of the oldest
 //! unpublished row at most once a second; see [`crate::metrics`] for the `cohort_relay_*` metrics.
 //!
 //! # Bounds
@@ -93,7 +94,8 @@
 //!
 //! # Layout
 //! This file holds the run loop, the lease and the shutdown; `round` one round's reading, producing and
-//! marking; `waves` the order rows are produced in; `upkeep` the backlog gauges and retention.
+//! marking; `waves` the order rows are produced in; `upkeep` the backlog gauges, retention and the count
+//! fold.
 
 mod round;
 #[cfg(test)]
@@ -136,6 +138,8 @@ pub const RETENTION_BATCH: i64 = 1000;
 const RETENTION_BATCHES_PER_PASS: usize = 10;
 /// How often the leader deletes expired rows.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the leader folds the group member counts ([`crate::store::counts::fold`]).
+const FOLD_INTERVAL: Duration = Duration::from_secs(60);
 /// How often the backlog gauges are refreshed.
 const STATS_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest and longest interval between a standby's attempts to take the lease (the poll interval,
@@ -250,6 +254,8 @@ struct State {
     last_stats: Option<Instant>,
     /// When the leader next deletes expired rows.
     next_retention: Instant,
+    /// When the leader next folds the group member counts.
+    next_fold: Instant,
 }
 
 /// The outbox relay. Build it with [`Relay::build`], then either run it ([`Relay::run_until_stopped`]) or
@@ -294,6 +300,7 @@ impl Relay {
                 producer,
                 last_stats: None,
                 next_retention: Instant::now(),
+                next_fold: Instant::now(),
             }),
             status: Arc::new(RelayStatus::default()),
         })

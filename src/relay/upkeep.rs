@@ -1,18 +1,20 @@
-//! The relay's bookkeeping beside publishing: the backlog gauges (every relay) and the deletion of
-//! published rows past their retention (the leader).
+//! The relay's bookkeeping beside publishing: the backlog gauges (every relay), and as leader the deletion
+//! of published rows past their retention and the fold of group member counts
+//! ([`crate::store::counts::fold`]).
 
 use tokio::time::Instant;
 
 use super::{
-    bounded, Relay, RelayError, State, RETENTION_BATCH, RETENTION_BATCHES_PER_PASS,
+    bounded, Relay, RelayError, State, FOLD_INTERVAL, RETENTION_BATCH, RETENTION_BATCHES_PER_PASS,
     RETENTION_INTERVAL, STATS_INTERVAL,
 };
 use crate::metrics as m;
+use crate::store::counts;
 use crate::store::outbox as store;
 
 impl Relay {
     /// Refreshes the backlog gauges (at most once a second unless `force`) and, as leader, deletes expired
-    /// rows once a minute. Failures only delay these; they are logged.
+    /// rows and folds the group member counts once a minute. Failures only delay these; they are logged.
     pub(super) async fn maintain(&self, state: &mut State, force: bool) {
         let stats_due = force
             || state
@@ -43,6 +45,26 @@ impl Relay {
                 }
             }
         }
+        if state.leader && Instant::now() >= state.next_fold {
+            state.next_fold = Instant::now() + FOLD_INTERVAL;
+            if let Err(e) = self.fold_counts(state).await {
+                tracing::warn!(error = %e, "cannot fold the group member counts; will retry");
+            }
+        }
+    }
+
+    /// Folds the group member counts' shard rows into their totals, on the lease connection.
+    async fn fold_counts(&self, state: &mut State) -> Result<(), RelayError> {
+        let conn = state.conn.as_mut().ok_or(RelayError::NotLeader)?;
+        let result = bounded("fold the group member counts", counts::fold(conn)).await;
+        match self.check(state, result)? {
+            Some(folded) if folded > 0 => {
+                tracing::debug!(folded, "folded group member counts")
+            }
+            Some(_) => {}
+            None => tracing::debug!("another session folds the group member counts"),
+        }
+        Ok(())
     }
 
     /// Deletes published rows older than the retention period, [`RETENTION_BATCH`] at a time, for at most

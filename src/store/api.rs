@@ -30,9 +30,16 @@ pub struct GroupRow {
     pub device_count: i64,
 }
 
-const GROUP_COLUMNS: &str = "g.id, g.org_id, g.site_id, g.name, g.description, g.tags, g.type AS kind, \
-     g.filter_conditions, g.filter_fields_used, g.parent_id, g.version, g.created_at, g.updated_at, \
-     (SELECT count(*) FROM device_group_memberships m WHERE m.group_id = g.id) AS device_count";
+/// The columns of a [`GroupRow`] for a query over `device_groups g`; the count is the maintained one
+/// ([`super::counts`]), a few rows per group whatever its size.
+fn group_columns() -> String {
+    format!(
+        "g.id, g.org_id, g.site_id, g.name, g.description, g.tags, g.type AS kind, \
+         g.filter_conditions, g.filter_fields_used, g.parent_id, g.version, g.created_at, g.updated_at, \
+         {} AS device_count",
+        super::counts::GROUP_MEMBERS
+    )
+}
 
 /// Filters of the group listing; `None` fields do not filter.
 #[derive(Clone, Debug, Default)]
@@ -86,7 +93,7 @@ pub async fn list_groups(
     let mut count = QueryBuilder::new("SELECT count(*) FROM device_groups g");
     push_group_filters(&mut count, query);
     let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
-    let mut page = QueryBuilder::new(format!("SELECT {GROUP_COLUMNS} FROM device_groups g"));
+    let mut page = QueryBuilder::new(format!("SELECT {} FROM device_groups g", group_columns()));
     push_group_filters(&mut page, query);
     page.push(" ORDER BY g.name, g.id LIMIT ")
         .push_bind(query.limit)
@@ -99,7 +106,8 @@ pub async fn list_groups(
 /// A live group by id.
 pub async fn get_group(pool: &PgPool, id: Uuid) -> Result<Option<GroupRow>, StoreError> {
     Ok(sqlx::query_as(&format!(
-        "SELECT {GROUP_COLUMNS} FROM device_groups g WHERE g.id = $1 AND g.deleted_at IS NULL"
+        "SELECT {} FROM device_groups g WHERE g.id = $1 AND g.deleted_at IS NULL",
+        group_columns()
     ))
     .bind(id)
     .fetch_optional(pool)
@@ -140,9 +148,9 @@ pub struct MemberRow {
     pub attributes: Value,
 }
 
-/// One page of a group's members (by device id, after `after` if given) and the member count. With
-/// `after`, the page starts at that key in the primary key `(group_id, device_id)`: a deep page costs the
-/// same as the first.
+/// One page of a group's members (by device id, after `after` if given) and the (maintained) member
+/// count. With `after`, the page starts at that key in the primary key `(group_id, device_id)`: a deep
+/// page costs the same as the first.
 pub async fn list_members(
     pool: &PgPool,
     group_id: Uuid,
@@ -150,11 +158,7 @@ pub async fn list_members(
     limit: i64,
     offset: i64,
 ) -> Result<(Vec<MemberRow>, i64), StoreError> {
-    let total: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM device_group_memberships WHERE group_id = $1")
-            .bind(group_id)
-            .fetch_one(pool)
-            .await?;
+    let total = super::counts::member_count(pool, group_id).await?;
     let sql = format!(
         "SELECT m.device_id, m.is_pinned, m.added_at, m.added_by, {} AS attributes \
          FROM device_group_memberships m JOIN devices d ON d.id = m.device_id \

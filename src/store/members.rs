@@ -281,17 +281,13 @@ async fn lock_static_group(
     }
 }
 
-/// The group's member count, as this transaction sees it.
+/// The group's member count, as this transaction sees it (its own changes included: the count triggers
+/// run in it).
 async fn member_count(
     tx: &mut Transaction<'_, Postgres>,
     group_id: Uuid,
 ) -> Result<i64, MemberError> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM device_group_memberships WHERE group_id = $1")
-            .bind(group_id)
-            .fetch_one(&mut **tx)
-            .await?,
-    )
+    Ok(super::counts::member_count(&mut **tx, group_id).await?)
 }
 
 /// `ids` without repeats, first occurrences in order.

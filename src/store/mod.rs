@@ -11,12 +11,14 @@
 //! - [`outbox`]: the transactional outbox — the batch's inserts, and the relay's reads, marks, retention
 //!   and publishing lease.
 //! - [`api_keys`]: the REST API's keys (hashed, compared in constant time).
+//! - [`counts`]: group member counts maintained by triggers — the reads, the fold, the check and repair.
 //! - [`api`]: the REST API's queries (group listings, members, the membership log, previews).
 
 pub mod api;
 pub mod api_keys;
 pub mod batch;
 pub mod control;
+pub mod counts;
 pub mod firmware;
 pub mod groups;
 pub mod members;

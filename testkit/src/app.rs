@@ -375,8 +375,9 @@ impl Harness {
 /// checks the log: per (group, device), actions alternate (no duplicate row) and the last one agrees
 /// with the membership. Static groups' memberships (the API's) must be manual and unpinned, and every
 /// device's stored firmware target must be what resolution gives from the stored memberships (static
-/// ones included) and releases — which the workers can only achieve if their memory holds them too.
-/// Filters are compiled with the default catalogue (the one every harness uses).
+/// ones included) and releases — which the workers can only achieve if their memory holds them too — and
+/// that every group's maintained member count is its `count(*)` ([`crate::counts`]). Filters are compiled
+/// with the default catalogue (the one every harness uses).
 pub async fn check_oracle(pool: &PgPool, now: i64) -> anyhow::Result<()> {
     check_oracle_with(pool, &Catalogue::default(), now).await
 }
@@ -483,6 +484,7 @@ pub async fn check_oracle_with(
             "membership of {device} in {group} has no log row adding it"
         );
     }
+    crate::counts::check_member_counts(pool).await?;
     check_targets(pool, &all).await
 }
 

@@ -14,9 +14,9 @@
 //! - Infrastructure (feature `infra`): [`db`] (a fresh PostgreSQL database per test), [`kafka`] (a
 //!   Kafka-protocol broker per test), [`containers`] and [`docker`] (testcontainers, when Docker
 //!   answers), [`cluster`] (a private PostgreSQL cluster a test may stop), [`app`] (an in-process
-//!   cohort and the from-scratch oracle), [`http`] (an HTTP/1.1 JSON client), [`faults`] (fault
-//!   injection on a mock cluster of several brokers), and the bounded waits [`within`], [`blocking`]
-//!   and [`eventually`].
+//!   cohort and the from-scratch oracle), [`counts`] (maintained member counts against `count(*)`, part
+//!   of the oracle), [`http`] (an HTTP/1.1 JSON client), [`faults`] (fault injection on a mock cluster of
+//!   several brokers), and the bounded waits [`within`], [`blocking`] and [`eventually`].
 //!
 //! # Which infrastructure is used
 //! Chosen once per test binary, independently for PostgreSQL and Kafka, in this order:
@@ -52,6 +52,8 @@ pub mod app;
 pub mod cluster;
 #[cfg(feature = "infra")]
 pub mod containers;
+#[cfg(feature = "infra")]
+pub mod counts;
 #[cfg(feature = "infra")]
 pub mod db;
 #[cfg(feature = "infra")]

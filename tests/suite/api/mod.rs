@@ -10,6 +10,7 @@ mod device_routes;
 mod e2e;
 mod group_routes;
 mod isolation;
+mod member_counts;
 mod membership;
 mod probe;
 

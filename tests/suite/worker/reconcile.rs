@@ -87,8 +87,10 @@ async fn reconciliation_reports_drift_and_repairs_it_through_the_workers() -> an
         .any(|d| d.device_id == "r-2" && d.kind == "missing_membership"));
 
     // Repair: the owning worker re-reads the devices and writes the difference, with log rows.
-    let entries = reconcile::repair(h.pool(), &drift, "test").await?;
-    assert_eq!(entries.len(), 1);
+    let repair = reconcile::repair(h.pool(), &drift, "test").await?;
+    assert_eq!(repair.entries.len(), 1);
+    // Every change went through the memberships' triggers: no count drifted.
+    assert_eq!(repair.counts_reset, 0);
     h.control_applied().await?;
     let repaired = reconcile::check(h.pool(), &h.catalogue, &options()).await?;
     assert!(!repaired.has_drift(), "{}", reconcile::render(&repaired));
