@@ -330,7 +330,7 @@ pub fn render(r: &BenchReport) -> String {
     }
     let _ = writeln!(
         s,
-        "check ({}): {} of {} events committed, stored offsets add up to {}; {} devices checked: {} wrong sequences, {} misplaced, {} re-homed; memberships {} stored, {} expected ({} missing, {} extra); log {} rows, {} repeats, {} disagreements",
+        "check ({}): {} of {} events committed, stored offsets add up to {}; {} devices checked: {} wrong sequences, {} misplaced, {} re-homed; memberships {} stored, {} expected ({} missing, {} extra); log {} rows, {} repeats, {} disagreements; {} groups with a wrong member count",
         if c.ok() { "passed" } else { "FAILED" },
         thousands(c.records_committed as f64),
         thousands(c.events_produced as f64),
@@ -345,7 +345,8 @@ pub fn render(r: &BenchReport) -> String {
         c.memberships_extra,
         thousands(c.log_rows as f64),
         c.log_repeats,
-        c.log_disagreements
+        c.log_disagreements,
+        c.wrong_counts
     );
     s.trim_end().to_string()
 }

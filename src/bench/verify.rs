@@ -57,6 +57,8 @@ pub struct Correctness {
     pub log_repeats: i64,
     /// (group, device) pairs whose last log action disagrees with the membership.
     pub log_disagreements: i64,
+    /// Groups whose maintained member count differs from their stored memberships.
+    pub wrong_counts: i64,
     /// The instant the oracle evaluated at (RFC 3339).
     pub evaluated_at: String,
 }
@@ -74,6 +76,7 @@ impl Correctness {
             && self.memberships_expected == self.memberships_stored
             && self.log_repeats == 0
             && self.log_disagreements == 0
+            && self.wrong_counts == 0
     }
 }
 
@@ -196,5 +199,15 @@ pub async fn verify(
     .fetch_one(pool)
     .await
     .context("failed to compare the log with the memberships")?;
+    c.wrong_counts = sqlx::query_scalar(
+        "SELECT count(*) FROM \
+           (SELECT group_id, count(*) AS n FROM device_group_memberships GROUP BY group_id) m \
+         FULL JOIN (SELECT group_id, sum(members) AS n FROM group_member_counts GROUP BY group_id) c \
+           USING (group_id) \
+         WHERE coalesce(m.n, 0) <> coalesce(c.n, 0)",
+    )
+    .fetch_one(pool)
+    .await
+    .context("failed to compare the member counts with the memberships")?;
     Ok(c)
 }

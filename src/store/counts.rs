@@ -124,6 +124,31 @@ pub async fn drift(pool: &PgPool, org: Option<&str>) -> Result<Vec<CountDrift>, 
         .collect())
 }
 
+/// Recounts every group from its memberships, as shard 0, for a bulk load that skipped the triggers
+/// (`COPY` under `session_replication_role = replica`, as the synthetic fleet's seeding does). Locks as
+/// [`reset`] does, so the counts it writes are exact when it commits.
+pub async fn recount_all(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(FOLD_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("LOCK TABLE device_group_memberships IN SHARE MODE")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM group_member_counts")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO group_member_counts (group_id, shard, members) \
+         SELECT group_id, 0, count(*) FROM device_group_memberships GROUP BY group_id ORDER BY group_id",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// Replaces the count rows of `groups` with their true count, as shard 0, in one transaction. Writers of
 /// memberships are held off for the transaction (`LOCK TABLE … IN SHARE MODE` waits for the running ones
 /// and blocks new ones), and [`FOLD_LOCK`] keeps the fold out: the count written is exact when it

@@ -143,6 +143,10 @@ pub async fn seed(
         .execute(pool)
         .await
         .context("failed to fill the side tables of the seeded devices")?;
+    // The load skipped the triggers that keep group member counts too: count them once, set-based.
+    crate::store::counts::recount_all(pool)
+        .await
+        .context("failed to count the seeded groups' members")?;
     // A freshly loaded table has no statistics and no visibility map: settle both, as a database that has
     // been running for a while would be.
     sqlx::raw_sql("VACUUM (ANALYZE) devices, device_group_memberships")
