@@ -124,10 +124,12 @@ pub async fn drift(pool: &PgPool, org: Option<&str>) -> Result<Vec<CountDrift>, 
         .collect())
 }
 
-/// Recounts every group from its memberships, as shard 0, for a bulk load that skipped the triggers
-/// (`COPY` under `session_replication_role = replica`, as the synthetic fleet's seeding does). Locks as
-/// [`reset`] does, so the counts it writes are exact when it commits.
-pub async fn recount_all(pool: &PgPool) -> Result<(), StoreError> {
+/// A transaction in which counts can be rewritten exactly: membership writers are held off
+/// (`LOCK TABLE … IN SHARE MODE` waits for the running ones and blocks new ones) and [`FOLD_LOCK`] keeps
+/// the fold out until it ends.
+async fn begin_recount(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(FOLD_LOCK)
@@ -136,6 +138,14 @@ pub async fn recount_all(pool: &PgPool) -> Result<(), StoreError> {
     sqlx::query("LOCK TABLE device_group_memberships IN SHARE MODE")
         .execute(&mut *tx)
         .await?;
+    Ok(tx)
+}
+
+/// Recounts every group from its memberships, as shard 0, for a bulk load that skipped the triggers
+/// (`COPY` under `session_replication_role = replica`, as the synthetic fleet's seeding does). Locks as
+/// [`reset`] does, so the counts it writes are exact when it commits.
+pub async fn recount_all(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx = begin_recount(pool).await?;
     sqlx::query("DELETE FROM group_member_counts")
         .execute(&mut *tx)
         .await?;
@@ -157,14 +167,7 @@ pub async fn reset(pool: &PgPool, groups: &[Uuid]) -> Result<(), StoreError> {
     if groups.is_empty() {
         return Ok(());
     }
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(FOLD_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("LOCK TABLE device_group_memberships IN SHARE MODE")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = begin_recount(pool).await?;
     sqlx::query("DELETE FROM group_member_counts WHERE group_id = ANY($1)")
         .bind(groups)
         .execute(&mut *tx)
