@@ -6,7 +6,7 @@ use arbitrary::Unstructured;
 use chrono::{FixedOffset, SecondsFormat, TimeDelta, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::rules::pools::{DEVICE_STRINGS, NEEDLES, REGEXES};
+use crate::rules::pools::{DAY_COUNTS, DEVICE_STRINGS, INSTANT_DELTAS, NEEDLES, REGEXES};
 use crate::rules::reference;
 use crate::rules::reference::{operators, Kind, DAY, FIELDS};
 
@@ -64,7 +64,6 @@ const UNDECLARED_STRINGS: &[&str] = &[
 ];
 const TAGS: &[&str] = &["prod", "PROD", "edge", "Edge", "beta", "ärger", "ÄRGER", ""];
 const NUMBERS: &[f64] = &[-1.0, -0.0, 0.0, 0.5, 1.0, 2.5, 3.0, 7.0, 10.0, 100.0, 1e9];
-const DAY_COUNTS: &[f64] = &[-1.0, -0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 7.0, 30.0, 31.0, 365.0];
 const UNITS: &[&str] = &["minutes", "hours", "days", "weeks", "months"];
 /// Offsets in seconds used when writing datetimes.
 const OFFSETS: &[i32] = &[
@@ -127,35 +126,8 @@ fn month_shift(t: i64, months: u32, forward: bool) -> i64 {
 /// An instant near `now`: on and around minute, hour, day and calendar-month boundaries, within about a
 /// hundred days, or anywhere in years 2–9998.
 fn gen_instant_near(u: &mut Unstructured<'_>, now: i64) -> Gen<i64> {
-    const DELTAS: &[i64] = &[
-        0,
-        1,
-        -1,
-        59_999,
-        -59_999,
-        60_000,
-        -60_000,
-        3_600_000,
-        -3_600_000,
-        DAY - 1,
-        1 - DAY,
-        DAY,
-        -DAY,
-        DAY + 1,
-        -DAY - 1,
-        7 * DAY,
-        -7 * DAY,
-        28 * DAY,
-        -28 * DAY,
-        30 * DAY,
-        -30 * DAY,
-        31 * DAY,
-        -31 * DAY,
-        365 * DAY,
-        -365 * DAY,
-    ];
     Ok(match weighted(u, &[3, 3, 2, 2, 3, 1])? {
-        0 => now + pick(u, DELTAS)?,
+        0 => now + pick(u, INSTANT_DELTAS)?,
         1 => now + u.int_in_range(-100 * DAY..=100 * DAY)?,
         2 => {
             let months = u.int_in_range(1..=24)?;

@@ -30,17 +30,16 @@ use std::path::{Path, PathBuf};
 
 pub use arbitrary::Unstructured;
 use chrono::DateTime;
-use cohort::rules::catalogue::{Computed, CustomFieldConfig, DeclaredType};
+use cohort::rules::catalogue::Computed;
 use cohort::rules::filter::{
     MAX_CONDITIONS, MAX_DEPTH, MAX_LIST_VALUES, MAX_REGEX_BYTES, MAX_VALUE_BYTES,
 };
 use cohort::rules::time::MAX_MILLIS;
-use cohort::rules::{
-    compile, validate, Attributes, Catalogue, CatalogueConfig, CompiledFilter, ExplainNode,
-};
+use cohort::rules::{compile, validate, Attributes, Catalogue, CompiledFilter, ExplainNode};
 use serde_json::{Map, Value};
 
-use crate::rules::reference::{reference_eval, DAY, RING};
+pub use crate::rules::pools::test_catalogue;
+use crate::rules::reference::{reference_eval, DAY};
 
 // =========================================================================================================
 // Shared helpers.
@@ -55,28 +54,6 @@ fn ms(s: &str) -> i64 {
     DateTime::parse_from_rfc3339(s)
         .unwrap_or_else(|e| panic!("bad constant datetime {s}: {e}"))
         .timestamp_millis()
-}
-
-/// The property tests' catalogue: built-ins plus `custom.cpu` (number), `custom.beta` (boolean),
-/// `custom.ring` (enum) and `custom.installedAt` (datetime); the reference evaluator knows these kinds.
-/// A fresh one per input, because resolving an undeclared `custom.<key>` interns it.
-pub fn test_catalogue() -> Catalogue {
-    let declare = |key: &str, ty: DeclaredType, values: &[&str]| CustomFieldConfig {
-        key: key.to_string(),
-        ty,
-        values: values.iter().map(|v| v.to_string()).collect(),
-        description: String::new(),
-    };
-    let config = CatalogueConfig {
-        custom_fields: vec![
-            declare("cpu", DeclaredType::Number, &[]),
-            declare("beta", DeclaredType::Boolean, &[]),
-            declare("ring", DeclaredType::Enum, RING),
-            declare("installedAt", DeclaredType::Datetime, &[]),
-        ],
-        ..CatalogueConfig::default()
-    };
-    Catalogue::from_config(&config).expect("the test catalogue is valid")
 }
 
 /// Whether `f` agrees with the reference at `now`: at the root through `evaluate`, and at every node

@@ -61,7 +61,7 @@ proptest! {
     #[test]
     fn validation_never_panics_on_arbitrary_json(value in gen::arbitrary_json()) {
         // A fresh catalogue: arbitrary custom names are interned, and must not crowd the shared one.
-        let c = gen::new_catalogue();
+        let c = gen::test_catalogue();
         let errors = validate(&value, &c);
         match compile(&value, &c) {
             Ok(f) => {
@@ -77,7 +77,7 @@ proptest! {
 
     #[test]
     fn validation_never_panics_on_mutated_filters((now, filter, mutations, device) in mutation_case()) {
-        let c = gen::new_catalogue();
+        let c = gen::test_catalogue();
         let mut mutant = filter;
         for m in &mutations {
             gen::apply(&mut mutant, m);

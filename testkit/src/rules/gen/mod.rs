@@ -11,44 +11,22 @@ pub use mutations::*;
 use std::sync::OnceLock;
 
 use chrono::{DateTime, FixedOffset, Months, SecondsFormat, TimeDelta, TimeZone, Utc};
-use cohort::rules::catalogue::{CustomFieldConfig, DeclaredType};
-use cohort::rules::{Catalogue, CatalogueConfig};
+use cohort::rules::Catalogue;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{select, subsequence};
 use serde_json::{json, Map, Value};
 
-use crate::rules::pools::DEVICE_STRINGS;
+pub use crate::rules::pools::test_catalogue;
+use crate::rules::pools::{DAY_COUNTS, DEVICE_STRINGS, INSTANT_DELTAS};
 pub use crate::rules::reference::operators;
-use crate::rules::reference::{Kind, DAY, FIELDS, OS_TYPE, RING};
-
-/// The catalogue of the tests: built-ins plus `custom.cpu` (number), `custom.beta` (boolean),
-/// `custom.ring` (enum) and `custom.installedAt` (datetime). `custom.rack` and `custom.owner` stay
-/// undeclared (strings).
-pub fn new_catalogue() -> Catalogue {
-    let declare = |key: &str, ty: DeclaredType, values: &[&str]| CustomFieldConfig {
-        key: key.to_string(),
-        ty,
-        values: values.iter().map(|v| v.to_string()).collect(),
-        description: String::new(),
-    };
-    let config = CatalogueConfig {
-        custom_fields: vec![
-            declare("cpu", DeclaredType::Number, &[]),
-            declare("beta", DeclaredType::Boolean, &[]),
-            declare("ring", DeclaredType::Enum, RING),
-            declare("installedAt", DeclaredType::Datetime, &[]),
-        ],
-        ..CatalogueConfig::default()
-    };
-    Catalogue::from_config(&config).expect("the test catalogue is valid")
-}
+use crate::rules::reference::{Kind, DAY, FIELDS, OS_TYPE};
 
 /// One catalogue shared by the properties that only use the fields of [`FIELDS`] (so nothing new is ever
 /// interned in it).
 pub fn catalogue() -> &'static Catalogue {
     static CATALOGUE: OnceLock<Catalogue> = OnceLock::new();
-    CATALOGUE.get_or_init(new_catalogue)
+    CATALOGUE.get_or_init(test_catalogue)
 }
 
 /// Fields a device document can carry (everything but the computed ones).
@@ -103,8 +81,6 @@ const TAG_NEEDLES: &[&str] = &[
 
 /// Filter numbers for stored numbers (`-0.0` included on purpose).
 const NUMBERS: &[f64] = &[-1.0, -0.0, 0.0, 0.5, 1.0, 2.5, 3.0, 7.0, 10.0, 100.0];
-/// Filter numbers for the computed day counts.
-const DAY_COUNTS: &[f64] = &[-1.0, -0.0, 0.0, 0.5, 1.0, 1.5, 2.0, 7.0, 30.0, 31.0, 365.0];
 /// Day counts devices have most often (see [`instant_near`]), so that day-count equality matches often.
 const HOT_DAY_COUNTS: &[i64] = &[0, 1, 7];
 /// An instant devices have often (exactly a day before `now`), and datetime `equals` and comparisons name
@@ -163,35 +139,8 @@ pub fn now() -> BoxedStrategy<i64> {
 /// An instant near `now`: on and around minute, hour, day and calendar-month boundaries, or anywhere within
 /// about a hundred days.
 pub fn instant_near(now: i64) -> BoxedStrategy<i64> {
-    let deltas: Vec<i64> = vec![
-        0,
-        1,
-        -1,
-        59_999,
-        -59_999,
-        60_000,
-        -60_000,
-        3_600_000,
-        -3_600_000,
-        DAY - 1,
-        1 - DAY,
-        DAY,
-        -DAY,
-        DAY + 1,
-        -DAY - 1,
-        7 * DAY,
-        -7 * DAY,
-        28 * DAY,
-        -28 * DAY,
-        30 * DAY,
-        -30 * DAY,
-        31 * DAY,
-        -31 * DAY,
-        365 * DAY,
-        -365 * DAY,
-    ];
     prop_oneof![
-        3 => select(deltas).prop_map(move |d| now + d),
+        3 => select(INSTANT_DELTAS).prop_map(move |d| now + d),
         3 => (-100 * DAY..100 * DAY).prop_map(move |d| now + d),
         2 => (1u32..=3, any::<bool>(), -1i64..=1)
             .prop_map(move |(m, forward, eps)| month_shift(now, m, forward) + eps),
