@@ -121,32 +121,9 @@ impl Harness {
         config.worker.batch_max_wait_ms = 5;
         config.http.listen = "127.0.0.1:0".parse()?;
         tweak(&mut config);
-        let worker = spawn_worker(&config, clock.clone()).await?;
-        let status = worker.status.clone();
-        let harness = Self {
-            db,
-            kafka,
-            input,
-            dead_letters,
-            config,
-            clock,
-            workers: vec![worker],
-            status,
-            catalogue: Catalogue::default(),
-            sequence: 0,
-        };
+        let harness = Self::with_worker(db, kafka, input, dead_letters, config, clock).await?;
         // Wait until the worker owns both partitions, so produced events are consumed by it.
-        let status = harness.status.clone();
-        eventually(LIMIT, "the worker owns its partitions", || {
-            let status = status.clone();
-            async move {
-                Ok(
-                    (status.partitions.load(std::sync::atomic::Ordering::SeqCst) == 2)
-                        .then_some(()),
-                )
-            }
-        })
-        .await?;
+        harness.all_partitions_owned(2).await?;
         Ok(harness)
     }
 
@@ -347,6 +324,31 @@ impl Harness {
         let worker = spawn_worker(&self.config, self.clock.clone()).await?;
         self.workers.push(worker);
         Ok(self.workers.len() - 1)
+    }
+
+    /// A harness of one worker, started in-process on `config`, over `db` and `kafka`.
+    pub async fn with_worker(
+        db: TestDatabase,
+        kafka: TestKafka,
+        input: String,
+        dead_letters: String,
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        let worker = spawn_worker(&config, clock.clone()).await?;
+        let status = worker.status.clone();
+        Ok(Self {
+            db,
+            kafka,
+            input,
+            dead_letters,
+            config,
+            clock,
+            workers: vec![worker],
+            status,
+            catalogue: Catalogue::default(),
+            sequence: 0,
+        })
     }
 
     /// Waits until the running workers together own every partition.

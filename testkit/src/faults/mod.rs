@@ -21,7 +21,7 @@ use cohort::store::groups;
 use cohort::worker::SystemClock;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-use crate::app::{spawn_worker, Harness, ORG};
+use crate::app::{Harness, ORG};
 use crate::{eventually, random_suffix, within, TestDatabase, TestKafka};
 
 /// The deadline for a condition that a fault delays (everything applied, everything published): generous,
@@ -114,20 +114,7 @@ pub async fn start_on_mock_in(
             layout.coordinator,
         )?;
     let clock: Arc<dyn cohort::worker::Clock> = Arc::new(SystemClock);
-    let worker = spawn_worker(&config, clock.clone()).await?;
-    let status = worker.status.clone();
-    let h = Harness {
-        db,
-        kafka,
-        input,
-        dead_letters,
-        config,
-        clock,
-        workers: vec![worker],
-        status,
-        catalogue: Default::default(),
-        sequence: 0,
-    };
+    let h = Harness::with_worker(db, kafka, input, dead_letters, config, clock).await?;
     h.all_partitions_owned(partitions as usize).await?;
     Ok(h)
 }
