@@ -92,6 +92,7 @@ pub(super) const KEYS: &[Key] = &[
     key!(worker.embedded_relay),
     key!(worker.embedded_api),
     key!(worker.caught_up_flush_after_kb),
+    key!(worker.change_chunk_rows),
     key!(relay.batch_size),
     key!(relay.poll_interval_ms),
     key!(relay.retention_hours),

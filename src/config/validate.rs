@@ -77,6 +77,7 @@ impl Config {
 
         let worker = &self.worker;
         positive("worker.batch_max_events", worker.batch_max_events as u64)?;
+        positive("worker.change_chunk_rows", worker.change_chunk_rows as u64)?;
         positive("worker.max_event_bytes", worker.max_event_bytes as u64)?;
         positive("worker.shutdown_deadline_ms", worker.shutdown_deadline_ms)?;
         positive(

@@ -33,6 +33,11 @@ pub struct WorkerConfig {
     /// batches, pipelined) leaves the server's setting alone: write-back as it goes costs about a quarter
     /// of the sustained rate.
     pub caught_up_flush_after_kb: u32,
+    /// Most changes (membership changes and firmware re-resolutions) one batch writes for a definition
+    /// change — a group created, edited, retyped or deleted, a release changed. A larger change is applied
+    /// over several batches, each also taking the partition's events, so their latency holds while a
+    /// change of a million devices is applied.
+    pub change_chunk_rows: usize,
 }
 
 impl Default for WorkerConfig {
@@ -47,6 +52,7 @@ impl Default for WorkerConfig {
             embedded_relay: true,
             embedded_api: true,
             caught_up_flush_after_kb: 256,
+            change_chunk_rows: 2000,
         }
     }
 }

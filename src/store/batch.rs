@@ -5,9 +5,16 @@
 //!
 //! The position update comes first and is fenced on the partition's epoch: it fails (and the transaction
 //! rolls back) when another worker has claimed the partition, and otherwise holds the position row's lock, so a
-//! concurrent claim waits for this batch. Every device write is guarded by the device's version, so a device
-//! re-homed by another partition's worker is never written by two owners: the stale writer gets
-//! [`StoreError::DeviceConflict`] and recomputes.
+//! concurrent claim waits for this batch. Every device the batch changes is guarded by the device's
+//! version, so a device re-homed by another partition's worker is never written by two owners: the stale
+//! writer gets [`StoreError::DeviceConflict`] and recomputes.
+//!
+//! A device whose row does not change — only its memberships and log do, as when a group's definition
+//! changes — is not rewritten: its row is locked `FOR SHARE` at the expected version instead (a lock costs a
+//! small WAL record; rewriting the row costs a whole new row version). The share lock still orders the
+//! batch with any writer taking the device over: that writer's update waits for this batch to commit, and
+//! then checks ([`BatchWrite::taken_over`]) that the memberships it read are still those stored; a batch
+//! that locks after such a writer committed finds the version moved.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -68,6 +75,12 @@ pub struct BatchWrite {
     pub control_position: i64,
     pub device_updates: Vec<DeviceRow>,
     pub device_inserts: Vec<DeviceRow>,
+    /// (device, version) of held devices whose memberships or log change while their row does not: the
+    /// row is locked (`FOR SHARE`) at that version instead of rewritten.
+    pub device_locks: Vec<(String, i64)>,
+    /// (device, its memberships as read: (group, pinned), sorted) of devices this batch takes over from
+    /// another partition, checked against what is stored once their rows are written.
+    pub taken_over: Vec<(String, Vec<(Uuid, bool)>)>,
     pub membership_deletes: Vec<(Uuid, String)>,
     pub membership_inserts: Vec<MembershipRow>,
     /// (group, device, is_pinned) for memberships whose pin changes.
@@ -164,6 +177,23 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
             missing(rows, &written, &mut conflicts);
         }
     }
+    if !batch.device_locks.is_empty() {
+        let locked = lock_devices(&mut tx, &batch.device_locks).await?;
+        if locked.len() != batch.device_locks.len() {
+            let locked: std::collections::HashSet<&str> =
+                locked.iter().map(String::as_str).collect();
+            conflicts.extend(
+                batch
+                    .device_locks
+                    .iter()
+                    .filter(|(id, _)| !locked.contains(id.as_str()))
+                    .map(|(id, _)| id.clone()),
+            );
+        }
+    }
+    if conflicts.is_empty() && !batch.taken_over.is_empty() {
+        conflicts.extend(memberships_moved(&mut tx, &batch.taken_over).await?);
+    }
     if !conflicts.is_empty() {
         // Dropping the transaction rolls it back.
         return Err(StoreError::DeviceConflict { devices: conflicts });
@@ -230,6 +260,59 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
     super::outbox::insert(&mut tx, &batch.outbox).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Locks the rows of devices whose memberships change while their rows do not, each at the version the
+/// batch expects, returning the ids locked (a device whose version moved is not).
+async fn lock_devices(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: &[(String, i64)],
+) -> Result<Vec<String>, StoreError> {
+    // In id order, as every batch locks, so two batches wait for each other rather than deadlock.
+    let mut rows: Vec<&(String, i64)> = rows.iter().collect();
+    rows.sort_unstable();
+    Ok(sqlx::query_scalar(
+        "SELECT d.id FROM devices d \
+         JOIN unnest($1::text[], $2::int8[]) WITH ORDINALITY AS u(id, version, n) \
+           ON d.id = u.id AND d.version = u.version \
+         ORDER BY u.n FOR SHARE OF d",
+    )
+    .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// The devices taken over whose stored memberships differ from those the batch was computed from: another
+/// partition's batch changed them after they were read (see the module's documentation).
+async fn memberships_moved(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    taken_over: &[(String, Vec<(Uuid, bool)>)],
+) -> Result<Vec<String>, StoreError> {
+    let ids: Vec<&str> = taken_over.iter().map(|(id, _)| id.as_str()).collect();
+    let rows: Vec<(String, Uuid, bool)> = sqlx::query_as(
+        "SELECT device_id, group_id, is_pinned FROM device_group_memberships WHERE device_id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut stored: std::collections::HashMap<&str, Vec<(Uuid, bool)>> =
+        std::collections::HashMap::new();
+    for (device, group, pinned) in &rows {
+        stored
+            .entry(device.as_str())
+            .or_default()
+            .push((*group, *pinned));
+    }
+    Ok(taken_over
+        .iter()
+        .filter(|(id, basis)| {
+            let mut now = stored.remove(id.as_str()).unwrap_or_default();
+            now.sort_unstable();
+            now != *basis
+        })
+        .map(|(id, _)| id.clone())
+        .collect())
 }
 
 /// Runs one of the device statements over `rows`, returning the ids it wrote.

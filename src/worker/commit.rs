@@ -12,6 +12,7 @@ use std::time::Instant;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
+use super::compute::sweep::ControlProgress;
 use super::compute::Stats;
 use super::device::Device;
 use super::partition::Partition;
@@ -245,23 +246,24 @@ impl Pipeline {
     }
 }
 
-/// Installs a computed batch in its partition's state: its devices (rescheduling their time flips), its
-/// positions, and the control entries it applied taken off the queue. Returns what it replaced.
+/// Installs a computed batch in its partition's state: its devices (rescheduling their time flips, and
+/// those of the devices its definition changes visited), its positions, the control entries it applied
+/// taken off the queue, and the definition change it leaves under way. Returns what it replaced.
 pub(super) fn install(
     state: &mut Partition,
     registry: &Registry,
     devices: foldhash::HashMap<Box<str>, Box<Device>>,
-    reschedule_all: bool,
+    control: ControlProgress,
     (next_offset, control_position): (i64, i64),
-    control_applied: usize,
     now: EpochMillis,
 ) -> Undo {
     let undo_positions = (state.claim.next_offset, state.claim.control_position);
     state.claim.next_offset = next_offset;
     state.claim.control_position = control_position;
-    for _ in 0..control_applied {
+    for _ in 0..control.applied {
         state.pending_control.pop_front();
     }
+    let sweep = std::mem::replace(&mut state.sweep, control.sweep);
     // Each touched device with its state before the batch (what a rollback restores). A held device's
     // entry keeps its key: only a device new to the partition needs a copy of its id.
     let touched: Vec<(Box<str>, Option<Box<Device>>)> = devices
@@ -277,13 +279,11 @@ pub(super) fn install(
             (id, before)
         })
         .collect();
-    if reschedule_all {
-        let ids: Vec<Box<str>> = state.devices.keys().cloned().collect();
-        for id in &ids {
-            state.schedule(id, registry, now);
-        }
-    } else {
-        for (id, _) in &touched {
+    for (id, _) in &touched {
+        state.schedule(id, registry, now);
+    }
+    for (ids, range) in &control.visited {
+        for id in &ids[range.clone()] {
             state.schedule(id, registry, now);
         }
     }
@@ -291,16 +291,20 @@ pub(super) fn install(
         devices: touched,
         next_offset: undo_positions.0,
         control_position: undo_positions.1,
+        control_applied: control.applied,
+        sweep,
     }
 }
 
-/// Puts back what [`install`] replaced: the devices as they were, the positions, and `control` (the entries
-/// the batch applied) at the head of the queue. A restored device's flip is pushed again, in case its timer
-/// was taken while the batch's state was installed (a duplicate timer is harmless: the device is due once).
+/// Puts back what [`install`] replaced: the devices as they were, the positions, the sweep under way, and
+/// the control entries the batch applied (the first of `control`) at the head of the queue. A restored
+/// device's flip is pushed again, in case its timer was taken while the batch's state was installed (a
+/// duplicate timer is harmless: the device is due once).
 fn uninstall(state: &mut Partition, undo: Undo, control: &[Positioned]) {
     state.claim.next_offset = undo.next_offset;
     state.claim.control_position = undo.control_position;
-    for entry in control.iter().rev() {
+    state.sweep = undo.sweep;
+    for entry in control[..undo.control_applied].iter().rev() {
         state.pending_control.push_front(entry.clone());
     }
     for (id, before) in undo.devices {

@@ -90,6 +90,7 @@ impl<'a> Engine<'a> {
             max_event_bytes: settings.max_event_bytes,
             now: settings.now,
             output_topic: settings.output_topic,
+            change_chunk_rows: usize::MAX,
         };
         let computed = compute::batch(
             self.registry,

@@ -204,6 +204,7 @@ impl Pipeline {
             max_event_bytes: self.config.worker.max_event_bytes,
             now: inputs.now,
             output_topic: &self.config.kafka.output_topic,
+            change_chunk_rows: self.config.worker.change_chunk_rows,
         };
         let mut computed = compute::batch(
             &self.registry,
@@ -266,9 +267,8 @@ impl Pipeline {
             state,
             &self.registry,
             computed.devices,
-            computed.reschedule_all,
+            computed.control,
             positions,
-            inputs.control.len(),
             inputs.now,
         );
         queue.push_back(InFlight {

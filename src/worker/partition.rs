@@ -1,9 +1,10 @@
 //! One owned partition's state: its claim (epoch and positions), its devices in memory, the timers that
-//! wake its devices when a time-based condition can change truth, and the control-log entries it has
-//! still to apply.
+//! wake its devices when a time-based condition can change truth, the control-log entries it has still to
+//! apply, and how far it has applied a definition change that takes several batches.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
+use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
@@ -28,6 +29,24 @@ pub(crate) struct Partition {
     pub(crate) timers: BinaryHeap<Reverse<(EpochMillis, Box<str>)>>,
     /// Control-log entries this partition still has to apply, in order.
     pub(crate) pending_control: VecDeque<Positioned>,
+    /// The definition change at the head of `pending_control` while it is applied over several batches.
+    pub(crate) sweep: Option<Sweep>,
+}
+
+/// How far a definition change (a group created, edited, retyped or deleted, a release changed) has been
+/// applied to the partition's devices. Such a change visits every device of its org; it is applied in
+/// bounded chunks, one per batch, each batch also taking the partition's events
+/// ([`crate::worker::compute::sweep`]). The entry stays pending, and the partition's stored
+/// `control_position` before it, until the last chunk commits: a worker that takes the partition over
+/// starts the change again from its first device, which writes nothing for the devices already done.
+#[derive(Clone, Debug)]
+pub(crate) struct Sweep {
+    /// The control-log entry being applied.
+    pub(crate) entry: i64,
+    /// The org's devices when the change started, in the order they are visited.
+    pub(crate) ids: Arc<[Box<str>]>,
+    /// How many of `ids` have been visited.
+    pub(crate) next: usize,
 }
 
 impl Partition {
@@ -39,6 +58,7 @@ impl Partition {
             devices: HashMap::new(),
             timers: BinaryHeap::new(),
             pending_control: VecDeque::new(),
+            sweep: None,
         }
     }
 

@@ -141,6 +141,10 @@ pub(crate) struct Undo {
     /// The partition's positions before the batch.
     pub(super) next_offset: i64,
     pub(super) control_position: i64,
+    /// How many control entries the batch took off the queue.
+    pub(super) control_applied: usize,
+    /// The definition change under way before the batch.
+    pub(super) sweep: Option<super::partition::Sweep>,
 }
 
 /// How a commit task ended.

@@ -1,6 +1,7 @@
-//! A batch's first input kind: the control-log entries its partition has still to apply — definition
-//! changes (a group created, edited or deleted, a release changed), pins and unpins, static memberships,
-//! device settings, and reconciliation's re-evaluations.
+//! A batch's first input kind: the control-log entries its partition has still to apply. Here, those that
+//! concern single devices — pins and unpins, static memberships, device settings — and reconciliation's
+//! re-evaluations; definition changes (a group created, edited, retyped or deleted, a release changed) are
+//! swept over their org's devices in chunks ([`super::sweep`]).
 
 use foldhash::HashMap;
 
@@ -10,89 +11,37 @@ use crate::store::control::{ControlEntry, Positioned};
 use crate::worker::device::{AddedBy, Device, Member};
 
 impl Work<'_> {
-    /// Applies one control-log entry to this partition's devices. Returns whether time-dependent
-    /// definitions changed.
-    pub(super) fn control(&mut self, entry: &Positioned) -> bool {
+    /// Applies one control-log entry that concerns single devices (pins, static memberships, device
+    /// settings) to this partition's devices. Definition changes are swept ([`super::sweep`]) and
+    /// reconciliations re-evaluated ([`Work::reevaluate`]); neither comes here.
+    pub(super) fn control(&mut self, entry: &Positioned) {
         self.stats.control_entries += 1;
         let registry = self.registry;
         let cause = control_cause(entry);
         match &entry.entry {
-            ControlEntry::OrgCreated { .. } => false,
-            // Applied by `reevaluate`, which needs the re-read devices.
-            ControlEntry::Reevaluate { .. } => false,
-            ControlEntry::ReleaseChanged {
-                org_id, group_id, ..
-            } => {
-                // Re-resolve the devices the release can affect: the group's members, or every device of
-                // the org for the default. The registry already holds the new release.
-                let slot = group_id.and_then(|g| registry.slot(&g));
-                if group_id.is_some() && slot.is_none() {
-                    return false;
-                }
-                for id in self.org_devices(org_id) {
-                    let affected = match slot {
-                        Some(slot) => self.current(&id).is_some_and(|d| d.member(slot).is_some()),
-                        None => true,
-                    };
-                    if affected {
-                        self.resolve.push((id, cause.clone()));
-                    }
-                }
-                false
-            }
-            ControlEntry::GroupUpserted(def) => {
-                let Some(slot) = registry.slot(&def.group_id) else {
-                    return false;
-                };
-                if def.filter.is_none() {
-                    // A static group: its members are the API's to change (`static_members`), and evaluating
-                    // it (it matches nothing) would remove them all. A dynamic group turned static had its
-                    // members made manual and unpinned by the API, in the same transaction as this entry:
-                    // mirrored here, so the diff writes nothing for them.
-                    self.static_conversion(slot, &def.org_id, &cause);
-                    return false;
-                }
-                let ids: Vec<Box<str>> = self.org_devices(&def.org_id);
-                for id in ids {
-                    self.reconcile_slots(&id, &[slot], &cause);
-                }
-                // A changed definition (time-dependent before or after) can move any device's next flip.
-                true
-            }
-            ControlEntry::GroupDeleted { group_id, org_id } => {
-                let Some(slot) = registry.slot(group_id) else {
-                    return false;
-                };
-                for id in self.org_devices(org_id) {
-                    let has = self.current(&id).is_some_and(|d| d.member(slot).is_some());
-                    if has {
-                        let version = registry.group(slot).version;
-                        if let Some(device) = self.held(&id) {
-                            device.remove_member(slot);
-                        }
-                        self.push_log(slot, version, &id, "removed", "manual", &cause);
-                    }
-                }
-                true
-            }
+            ControlEntry::OrgCreated { .. }
+            | ControlEntry::Reevaluate { .. }
+            | ControlEntry::ReleaseChanged { .. }
+            | ControlEntry::GroupUpserted(_)
+            | ControlEntry::GroupDeleted { .. } => {}
             ControlEntry::Pinned {
                 group_id,
                 device_id,
                 ..
             } => {
                 let Some(slot) = registry.slot(group_id) else {
-                    return false;
+                    return;
                 };
                 let group = registry.group(slot);
                 if group.deleted || group.filter.is_none() {
-                    return false;
+                    return;
                 }
                 let version = group.version;
                 if self.current(device_id).is_some() {
                     self.record_cause(device_id, &cause);
                 }
                 let Some(device) = self.held(device_id) else {
-                    return false;
+                    return;
                 };
                 match device.member(slot).copied() {
                     Some(m) if m.pinned => {}
@@ -106,7 +55,6 @@ impl Work<'_> {
                         self.push_log(slot, version, device_id, "added", "pinned", &cause);
                     }
                 }
-                false
             }
             ControlEntry::StaticMembers {
                 group_id,
@@ -117,10 +65,9 @@ impl Work<'_> {
                 // Applied even when the registry has the group deleted since: the rows exist until the
                 // deletion's entry (later in the log) removes them, and memory must hold them until then.
                 let Some(slot) = registry.slot(group_id) else {
-                    return false;
+                    return;
                 };
                 self.static_members(slot, added, removed, &cause);
-                false
             }
             ControlEntry::DeviceSettings {
                 org_id,
@@ -130,18 +77,18 @@ impl Work<'_> {
                 ..
             } => {
                 let Some(device) = self.current(device_id) else {
-                    return false;
+                    return;
                 };
                 let lock = firmware_lock.as_event();
                 let unchanged = &*device.org != org_id.as_str()
                     || (development.is_none_or(|d| d == device.development)
                         && lock.is_none_or(|l| l == device.firmware_lock.as_deref()));
                 if unchanged {
-                    return false;
+                    return;
                 }
                 self.record_cause(device_id, &cause);
                 let Some(device) = self.held(device_id) else {
-                    return false;
+                    return;
                 };
                 if let Some(development) = development {
                     device.development = *development;
@@ -149,7 +96,6 @@ impl Work<'_> {
                 if let Some(lock) = lock {
                     device.firmware_lock = lock.map(Into::into);
                 }
-                false
             }
             ControlEntry::Unpinned {
                 group_id,
@@ -157,18 +103,18 @@ impl Work<'_> {
                 ..
             } => {
                 let Some(slot) = registry.slot(group_id) else {
-                    return false;
+                    return;
                 };
                 let now = self.ctx.now;
                 let version = registry.group(slot).version;
                 let Some(device) = self.held(device_id) else {
-                    return false;
+                    return;
                 };
                 let Some(m) = device.member(slot).copied() else {
-                    return false;
+                    return;
                 };
                 if !m.pinned {
-                    return false;
+                    return;
                 }
                 if registry.matches(slot, &device.attrs, now) {
                     device.set_member(Member { pinned: false, ..m });
@@ -176,7 +122,6 @@ impl Work<'_> {
                     device.remove_member(slot);
                     self.push_log(slot, version, device_id, "removed", "unpinned", &cause);
                 }
-                false
             }
         }
     }
@@ -211,31 +156,10 @@ impl Work<'_> {
         }
     }
 
-    /// Mirrors a group's conversion to static: every member of the org's devices this partition holds
-    /// becomes manual and unpinned, as the API wrote. Members already so are not touched, so applying the
-    /// entry again (or to a group that always was static) changes nothing.
-    fn static_conversion(&mut self, slot: u32, org: &str, cause: &Cause) {
-        for id in self.org_devices(org) {
-            let converts = self
-                .current(&id)
-                .and_then(|d| d.member(slot))
-                .is_some_and(|m| m.pinned || m.added_by != AddedBy::Manual);
-            if converts {
-                self.mirror(&id, cause, |device| {
-                    device.set_member(Member {
-                        slot,
-                        pinned: false,
-                        added_by: AddedBy::Manual,
-                    });
-                });
-            }
-        }
-    }
-
     /// Applies a change the API has already written to both the batch's starting copy and the working copy
     /// of a held device, so the diff writes nothing for it; the device's firmware is re-resolved with
     /// `cause`.
-    fn mirror(&mut self, id: &str, cause: &Cause, change: impl Fn(&mut Device)) {
+    pub(super) fn mirror(&mut self, id: &str, cause: &Cause, change: impl Fn(&mut Device)) {
         self.held(id);
         let Some((origin, current)) = self.devices.get_mut(id) else {
             return;

@@ -9,11 +9,15 @@ use crate::worker::registry::Registry;
 /// Whether two states of a device store the same row and memberships (the in-memory extras — timers,
 /// the version itself — aside).
 pub(super) fn stored_equal(a: &Device, b: &Device) -> bool {
+    row_equal(a, b) && a.memberships == b.memberships
+}
+
+/// Whether two states of a device store the same device row (memberships aside).
+pub(super) fn row_equal(a: &Device, b: &Device) -> bool {
     a.attrs == b.attrs
         && a.sequence == b.sequence
         && a.development == b.development
         && a.firmware_lock == b.firmware_lock
-        && a.memberships == b.memberships
         && a.target == b.target
         && a.target_sequence == b.target_sequence
         && a.org == b.org

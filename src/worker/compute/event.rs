@@ -273,6 +273,7 @@ mod tests {
             max_event_bytes: 1 << 20,
             now,
             output_topic: "out",
+            change_chunk_rows: usize::MAX,
         };
         let computed = batch(
             &registry,

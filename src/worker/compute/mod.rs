@@ -2,8 +2,9 @@
 //! the devices it touches, with no IO.
 //!
 //! A batch's inputs come in this order, each kind in its own module:
-//! 1. [`control`]: the control-log entries the partition has still to apply (definition changes, pins,
-//!    static memberships, device settings, reconciliation);
+//! 1. the control-log entries the partition has still to apply: definition changes, swept over their
+//!    org's devices a chunk per batch ([`sweep`]), and pins, static memberships, device settings and
+//!    reconciliation ([`control`]);
 //! 2. [`event`]: the input records in offset order, already decoded: each event is applied to its device,
 //!    and the org's field index names the candidate groups whose truth can change;
 //! 3. [`timer`]: the devices whose time flips came due.
@@ -35,6 +36,7 @@ pub mod evaluate;
 pub mod event;
 pub mod outbox;
 pub mod resolve;
+pub mod sweep;
 pub mod timer;
 pub mod work;
 pub mod write;
@@ -48,7 +50,7 @@ use super::device::Device;
 use super::partition::Partition;
 use super::registry::Registry;
 use crate::kafka::Decoded;
-use crate::store::control::{ControlEntry, Positioned};
+use crate::store::control::Positioned;
 
 /// Computes a batch. `foreign` holds the devices named by `records` (or re-read for a reconciliation) that
 /// the partition does not hold, read from the database by the caller and converted with
@@ -63,15 +65,8 @@ pub(crate) fn batch(
     ctx: &BatchContext<'_>,
 ) -> Computed {
     let mut work = Work::new(registry, partition, ctx);
-    let mut reschedule_all = false;
     let mut foreign = foreign;
-    for entry in control {
-        if let ControlEntry::Reevaluate { device_ids, .. } = &entry.entry {
-            work.reevaluate(entry, device_ids, &mut foreign);
-            continue;
-        }
-        reschedule_all |= work.control(entry);
-    }
+    let progress = work.control_entries(control, &mut foreign, ctx.change_chunk_rows);
     for record in records {
         work.record(record, &mut foreign);
     }
@@ -79,5 +74,5 @@ pub(crate) fn batch(
         work.timer(id);
     }
     work.resolve_firmware();
-    work.render(records, control, reschedule_all)
+    work.render(records, control, progress)
 }

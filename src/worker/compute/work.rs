@@ -22,6 +22,8 @@ pub(crate) struct BatchContext<'a> {
     pub(crate) now: EpochMillis,
     /// Where rollout-target events go.
     pub(crate) output_topic: &'a str,
+    /// `worker.change_chunk_rows`: how many changes one batch's chunk of a definition change writes.
+    pub(crate) change_chunk_rows: usize,
 }
 
 /// Counters describing what a batch did (recorded as metrics once it commits).

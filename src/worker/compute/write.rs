@@ -4,7 +4,8 @@
 
 use foldhash::{HashMap, HashMapExt, HashSet};
 
-use super::diff::{diff_memberships, stored_equal};
+use super::diff::{diff_memberships, row_equal, stored_equal};
+use super::sweep::ControlProgress;
 use super::work::{Origin, Stats, Work};
 use crate::kafka::Decoded;
 use crate::store::batch::{BatchWrite, DeviceRow};
@@ -18,8 +19,9 @@ pub(crate) struct Computed {
     /// Final state of every device the batch touched, as it is once the batch commits (versions included).
     pub(crate) devices: HashMap<Box<str>, Box<Device>>,
     pub(crate) stats: Stats,
-    /// Whether time-dependent definitions changed, so every device's flips must be recomputed.
-    pub(crate) reschedule_all: bool,
+    /// What the batch did with its control entries: how many it applied, the definition change it leaves
+    /// under way, and the devices whose time flips it must recompute.
+    pub(crate) control: ControlProgress,
 }
 
 impl Work<'_> {
@@ -28,7 +30,7 @@ impl Work<'_> {
         self,
         records: &[Decoded],
         control: &[Positioned],
-        reschedule_all: bool,
+        progress: ControlProgress,
     ) -> Computed {
         let Work {
             registry,
@@ -48,7 +50,7 @@ impl Work<'_> {
             next_offset: records
                 .last()
                 .map_or(partition.claim.next_offset, |r| r.offset + 1),
-            control_position: control
+            control_position: control[..progress.applied]
                 .last()
                 .map_or(partition.claim.control_position, |e| e.id),
             ..Default::default()
@@ -73,6 +75,27 @@ impl Work<'_> {
                 continue;
             }
             diff_memberships(registry, &id, original, &current, &mut write);
+            let held = partition.devices.contains_key(&id);
+            if held && current.stored && original.is_some_and(|o| row_equal(o, &current)) {
+                // Only its memberships (or log) change: the row is not rewritten, only locked at the
+                // version this batch was computed from (`crate::store::batch`).
+                write.device_locks.push((id.to_string(), current.version));
+                devices.insert(id, Box::new(current));
+                continue;
+            }
+            if !held && current.stored {
+                if let Some(original) = original {
+                    // Taken over from another partition: its memberships as read, which the commit checks
+                    // are still what is stored once it holds the row.
+                    let mut basis: Vec<(uuid::Uuid, bool)> = original
+                        .memberships
+                        .iter()
+                        .map(|m| (registry.group(m.slot).id, m.pinned))
+                        .collect();
+                    basis.sort_unstable();
+                    write.taken_over.push((id.to_string(), basis));
+                }
+            }
             let row = DeviceRow {
                 id: id.to_string(),
                 org_id: current.org.clone(),
@@ -113,7 +136,7 @@ impl Work<'_> {
             write,
             devices,
             stats,
-            reschedule_all,
+            control: progress,
         }
     }
 }

@@ -195,6 +195,9 @@ async fn run(sizes: Sizes) -> anyhow::Result<()> {
         ("COHORT_KAFKA_DEAD_LETTER_TOPIC", dead_letters.clone()),
         ("COHORT_KAFKA_GROUP_ID", group_id),
         ("COHORT_WORKER_RETRY_MAX_BACKOFF_MS", "1000".to_owned()),
+        // Group changes and release changes in chunks of a few devices: each spans many batches, so kills
+        // land in the middle of them.
+        ("COHORT_WORKER_CHANGE_CHUNK_ROWS", "3".to_owned()),
         ("COHORT_RELAY_POLL_INTERVAL_MS", "100".to_owned()),
         ("RUST_LOG", "info".to_owned()),
         // Plain log files (tracing's colours are escape codes in a file).

@@ -1,6 +1,7 @@
 //! The worker against real PostgreSQL and a Kafka-protocol broker: memberships follow attribute changes,
 //! pins hold, bad input is dead-lettered, time-based conditions flip with no event.
 
+mod changes;
 mod counts;
 mod devices;
 mod reconcile;

@@ -1,0 +1,217 @@
+//! Group changes applied in chunks: a change that concerns many devices is written over several batches,
+//! each also taking the partition's events, writing only the diff, never rewriting a device row whose
+//! columns did not change — and it ends in the oracle state whatever happens in the middle: a crash, a
+//! rebalance, or another edit of the same group.
+
+use std::sync::Arc;
+
+use cohort::store::groups;
+use cohort::worker::SystemClock;
+use cohort_testkit::app::{all_applied, standard_groups, stream, Harness, LIMIT};
+use cohort_testkit::{eventually, Rng};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Changes one batch's chunk of a group change writes in these tests: tiny, so that a change of a few
+/// dozen members takes many batches.
+const CHUNK: usize = 4;
+
+fn uptime_over(threshold: i64) -> Value {
+    json!({"operator": "AND", "conditions": [
+        {"field": "uptimeSeconds", "operator": "greaterThan", "value": threshold}]})
+}
+
+/// A harness with small group-change chunks and `devices` devices with random attributes.
+async fn fleet(devices: usize, seed: u64) -> anyhow::Result<(Harness, Rng)> {
+    let mut h = Harness::start_with(Arc::new(SystemClock), |config| {
+        config.worker.change_chunk_rows = CHUNK;
+    })
+    .await?;
+    standard_groups(&h).await?;
+    let mut rng = Rng::seeded(seed);
+    let last = stream(&mut h, devices, devices, &mut rng).await?;
+    all_applied(&h, &last).await?;
+    Ok((h, rng))
+}
+
+/// How many transactions wrote the group's log rows that `kind` control entries caused.
+async fn transactions(pool: &PgPool, group: Uuid) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(DISTINCT xmin::text) FROM group_membership_log \
+         WHERE group_id = $1 AND cause->>'type' = 'control'",
+    )
+    .bind(group)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Holds the row of one device the filter `uptimeSeconds > threshold` matches, so that the chunk of a
+/// change reaching it waits; returns once a batch waits for it.
+async fn block_a_joiner(
+    h: &Harness,
+    threshold: i64,
+) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+    let joiner: String = sqlx::query_scalar(
+        "SELECT id FROM devices WHERE (attributes->>'uptimeSeconds')::float8 > $1::float8 ORDER BY id LIMIT 1",
+    )
+    .bind(threshold)
+    .fetch_one(h.pool())
+    .await?;
+    let mut blocker = h.pool().begin().await?;
+    sqlx::query("SELECT 1 FROM devices WHERE id = $1 FOR UPDATE")
+        .bind(&joiner)
+        .execute(&mut *blocker)
+        .await?;
+    Ok(blocker)
+}
+
+async fn a_batch_waits_on_a_lock(h: &Harness) -> anyhow::Result<()> {
+    let pool = h.pool().clone();
+    eventually(
+        LIMIT,
+        "a chunk of the change waits for the held row",
+        || {
+            let pool = pool.clone();
+            async move {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                )
+                .fetch_one(&pool)
+                .await?;
+                Ok((waiting > 0).then_some(()))
+            }
+        },
+    )
+    .await
+}
+
+/// Each (group, device) the group change logged, once.
+async fn logged_once(pool: &PgPool, group: Uuid) -> anyhow::Result<()> {
+    let twice: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT device_id FROM group_membership_log WHERE group_id = $1 \
+         GROUP BY device_id, action HAVING count(*) > 1) t",
+    )
+    .bind(group)
+    .fetch_one(pool)
+    .await?;
+    anyhow::ensure!(twice == 0, "{twice} devices were logged twice");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_group_change_is_written_in_chunks_beside_events_without_rewriting_devices(
+) -> anyhow::Result<()> {
+    let (mut h, mut rng) = fleet(120, 0x5EED_0001).await?;
+    let versions = |pool: PgPool| async move {
+        sqlx::query_as::<_, (String, i64)>("SELECT id, version FROM devices ORDER BY id")
+            .fetch_all(&pool)
+            .await
+    };
+    let before = versions(h.pool().clone()).await?;
+    let group = h.group("busy", uptime_over(300)).await?;
+    // Events for other devices while the change is applied.
+    let mut others = Vec::new();
+    for i in 0..40 {
+        let device = format!("new-{i}");
+        let sequence = h
+            .send(&device, json!({"uptimeSeconds": rng.below(1000)}))
+            .await?;
+        others.push((device, sequence));
+    }
+    all_applied(&h, &others).await?;
+    h.control_applied().await?;
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
+    let members: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM device_group_memberships WHERE group_id = $1")
+            .bind(group)
+            .fetch_one(h.pool())
+            .await?;
+    let from_change: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM group_membership_log WHERE group_id = $1 AND cause->>'type' = 'control'",
+    )
+    .bind(group)
+    .fetch_one(h.pool())
+    .await?;
+    assert!(
+        from_change > 2 * CHUNK as i64,
+        "{from_change} devices joined"
+    );
+    // No transaction wrote more than a chunk of the change.
+    let chunks = transactions(h.pool(), group).await?;
+    assert!(
+        chunks * CHUNK as i64 >= from_change,
+        "{from_change} changes in {chunks} transactions"
+    );
+    assert!(members >= from_change);
+    // The devices the change made members of were not rewritten: their versions did not move.
+    let after = versions(h.pool().clone()).await?;
+    let after: std::collections::HashMap<String, i64> = after.into_iter().collect();
+    for (id, version) in &before {
+        assert_eq!(after.get(id), Some(version), "device {id} was rewritten");
+    }
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_in_the_middle_of_a_chunked_change_resumes_it() -> anyhow::Result<()> {
+    let (mut h, _) = fleet(100, 0x5EED_0002).await?;
+    let blocker = block_a_joiner(&h, 300).await?;
+    let group = h.group("busy", uptime_over(300)).await?;
+    a_batch_waits_on_a_lock(&h).await?;
+    h.kill_first();
+    blocker.rollback().await?;
+    h.add_worker().await?;
+    h.all_partitions_owned(2).await?;
+    h.control_applied().await?;
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
+    logged_once(h.pool(), group).await?;
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_in_the_middle_of_a_chunked_change_loses_and_repeats_nothing(
+) -> anyhow::Result<()> {
+    let (mut h, mut rng) = fleet(100, 0x5EED_0003).await?;
+    let blocker = block_a_joiner(&h, 300).await?;
+    let group = h.group("busy", uptime_over(300)).await?;
+    a_batch_waits_on_a_lock(&h).await?;
+    h.add_worker().await?;
+    blocker.rollback().await?;
+    let last = stream(&mut h, 100, 100, &mut rng).await?;
+    h.all_partitions_owned(2).await?;
+    all_applied(&h, &last).await?;
+    h.control_applied().await?;
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
+    logged_once(h.pool(), group).await?;
+    h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_edit_while_the_previous_one_is_applied_ends_in_the_newest_filter(
+) -> anyhow::Result<()> {
+    let (h, _) = fleet(100, 0x5EED_0004).await?;
+    let blocker = block_a_joiner(&h, 600).await?;
+    let group = h.group("busy", uptime_over(300)).await?;
+    a_batch_waits_on_a_lock(&h).await?;
+    groups::update_filter(h.pool(), &h.catalogue, group, &uptime_over(600)).await?;
+    groups::update_filter(h.pool(), &h.catalogue, group, &uptime_over(500)).await?;
+    blocker.rollback().await?;
+    h.control_applied().await?;
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
+    let members: Vec<Value> = sqlx::query_scalar(
+        "SELECT d.attributes->'uptimeSeconds' FROM device_group_memberships m \
+         JOIN devices d ON d.id = m.device_id WHERE m.group_id = $1",
+    )
+    .bind(group)
+    .fetch_all(h.pool())
+    .await?;
+    assert!(!members.is_empty());
+    assert!(members.iter().all(|u| u.as_f64() > Some(500.0)));
+    h.stop().await
+}
