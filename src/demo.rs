@@ -218,6 +218,7 @@ pub async fn command(args: DemoArgs) -> anyhow::Result<()> {
                 events,
                 requested_rate,
                 None,
+                None,
             )
         })
     };

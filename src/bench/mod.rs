@@ -18,10 +18,15 @@
 //!    ([`cpu`]), the log rows it wrote per event from the log's ids.
 //! 4. **latency**: events are produced at half the sustained rate for `--latency-seconds`; the latency of
 //!    each is from its Kafka timestamp (set when produced) to just after its batch commits.
-//! 5. **ceiling** ([`ceiling`]): the worker stopped, a minimal writer commits precomputed batches of the
+//! 5. **changes** ([`changes`], unless `--skip-changes`): events go on at half the sustained rate while
+//!    the worker's REST API ([`api`] is its client) is read — a group, a page of groups, previews, one at
+//!    a time and 20 at once — and a group is created, edited and deleted, each change timed until every
+//!    partition has applied it, with the latency of the events committed meanwhile; a release dry run
+//!    to the created group.
+//! 6. **ceiling** ([`ceiling`]): the worker stopped, a minimal writer commits precomputed batches of the
 //!    same shape, with one connection per partition and then with one, each run long enough to span
 //!    several checkpoint cycles. The database server's own counters ([`server`]) say what it wrote.
-//! 6. **check** ([`verify`]): every event committed, every membership equal to an oracle, the log
+//! 7. **check** ([`verify`]): every event committed, every membership equal to an oracle, the log
 //!    consistent.
 //!
 //! Then the [`report`], as text or JSON, with the goals met or not; the command line is [`options`].
@@ -35,7 +40,9 @@
 //! ([`synthetic::broker`](crate::synthetic::broker)). The fleet, its seeding and the broker are
 //! [`crate::synthetic`]'s, shared with `cohort demo`.
 
+pub mod api;
 pub mod ceiling;
+pub mod changes;
 pub mod cpu;
 pub mod options;
 pub mod phases;

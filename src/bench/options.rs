@@ -30,6 +30,10 @@ pub struct BenchOptions {
     /// the throughput phase does (a shorter run's rate depends on where in a cycle it falls).
     #[arg(long, default_value_t = 300_000)]
     pub ceiling_events: usize,
+    /// Leave out the group-changes phase (the API's reads, previews and a group created, edited and
+    /// deleted while events flow at half the sustained rate).
+    #[arg(long)]
+    pub skip_changes: bool,
     /// Partitions of the input topic (the worker owns them all; the first ceiling run uses one
     /// connection per partition).
     #[arg(long, default_value_t = 2)]
@@ -78,6 +82,7 @@ impl Default for BenchOptions {
             latency_seconds: 60,
             latency_warmup_seconds: 20,
             ceiling_events: 300_000,
+            skip_changes: false,
             partitions: 2,
             database_url: "postgres://postgres@127.0.0.1:5432/cohort_bench".into(),
             brokers: None,

@@ -1,8 +1,10 @@
 //! The phases of `cohort bench` in which the worker runs: it loads its partitions, then takes events as
-//! fast as the broker delivers them (the sustained rate), then at half that rate (the latency), and stops
-//! with its clock frozen.
+//! fast as the broker delivers them (the sustained rate), then at half that rate (the latency, and the
+//! group changes of [`changes`](super::changes), which drives the worker through the rig), and stops with
+//! its clock frozen.
 
-use std::sync::atomic::Ordering;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,6 +42,8 @@ pub struct Worker {
     task: JoinHandle<anyhow::Result<()>>,
     /// Asks it to stop.
     stop: oneshot::Sender<()>,
+    /// The address its HTTP listener (the REST API included) bound, once bound.
+    http: tokio::sync::watch::Receiver<Option<SocketAddr>>,
 }
 
 /// The load: the worker started with `config` on `clock` and waited for until it owns all `--partitions`;
@@ -53,6 +57,7 @@ pub async fn load(
         .await
         .context("failed to build the worker")?;
     let status = app.status();
+    let http = app.http_address();
     let rss_before = proc_status("VmRSS:");
     let load_started = Instant::now();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -82,7 +87,15 @@ pub async fn load(
         bytes_per_device = load.bytes_per_device as u64,
         "worker loaded its partitions"
     );
-    Ok((Worker { status, task, stop }, load))
+    Ok((
+        Worker {
+            status,
+            task,
+            stop,
+            http,
+        },
+        load,
+    ))
 }
 
 /// The loaded worker and what feeds it events, from the first measured phase to the stop.
@@ -178,12 +191,90 @@ impl Rig {
                     count,
                     rate,
                     ahead.as_ref(),
+                    None,
                 )
                 .map(|elapsed| (elapsed, stream));
                 let _ = tx.send(result);
             })
             .expect("failed to spawn the producer thread");
         rx
+    }
+
+    /// Produces events of `stream` at `rate` events per second on a thread of its own until `stop` is set,
+    /// never more than the backlog ahead of the commits; resolves with the events produced, the time
+    /// spent and the stream.
+    pub(super) fn produce_until(
+        &self,
+        mut stream: Stream,
+        rate: f64,
+        stop: Arc<AtomicBool>,
+    ) -> oneshot::Receiver<anyhow::Result<(usize, Duration, Stream)>> {
+        let (producer, topic, fleet, clock) = (
+            self.producer.clone(),
+            self.topic.clone(),
+            self.fleet.clone(),
+            self.clock.clone(),
+        );
+        let ahead = self.backlog.map(|max| broker::Ahead {
+            status: self.worker.status.clone(),
+            base: self.worker.status.records_committed.load(Ordering::SeqCst),
+            max,
+        });
+        let (tx, rx) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("bench-producer".into())
+            .spawn(move || {
+                let first = stream.next_sequence;
+                let result = broker::produce(
+                    &producer,
+                    &topic,
+                    &fleet,
+                    &mut stream,
+                    &clock,
+                    usize::MAX,
+                    Some(rate),
+                    ahead.as_ref(),
+                    Some(&stop),
+                )
+                .map(|elapsed| ((stream.next_sequence - first) as usize, elapsed, stream));
+                let _ = tx.send(result);
+            })
+            .expect("failed to spawn the producer thread");
+        rx
+    }
+
+    /// The worker's counters.
+    pub(super) fn status(&self) -> Arc<Status> {
+        self.worker.status.clone()
+    }
+
+    /// The worker's task, to fail a phase as soon as it ends.
+    pub(super) fn task(&mut self) -> &mut JoinHandle<anyhow::Result<()>> {
+        &mut self.worker.task
+    }
+
+    /// Events the broker has acknowledged since the first measured phase: once the worker has committed
+    /// as many records, every event produced before now is committed.
+    pub(super) fn delivered(&self) -> u64 {
+        self.deliveries.delivered.load(Ordering::SeqCst)
+    }
+
+    /// The input topic.
+    pub(super) fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The address the worker's HTTP listener bound (it binds before the partitions load).
+    pub(super) async fn api_address(&mut self) -> anyhow::Result<SocketAddr> {
+        let bound = tokio::time::timeout(
+            Duration::from_secs(60),
+            self.worker.http.wait_for(Option::is_some),
+        )
+        .await
+        .context("the worker's HTTP listener did not bind within a minute")?
+        .context("the worker stopped before its HTTP listener bound")?;
+        let addr = *bound;
+        addr.context("the worker's HTTP listener has no address")
     }
 
     /// The sustained rate: `events` events at once, as fast as the producer takes them. Returns the
@@ -352,6 +443,7 @@ impl Rig {
             status,
             mut task,
             stop,
+            ..
         } = worker;
         wait_quiet(&status, &mut task).await?;
         let records_committed = status.records_committed.load(Ordering::SeqCst);

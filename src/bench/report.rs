@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::ceiling::CeilingReport;
+use super::changes::{Change, ChangesReport, LISTING_PAGE};
 use super::cpu;
 use super::server::ServerActivity;
 use super::verify::Correctness;
@@ -41,6 +42,9 @@ pub struct BenchReport {
     pub server_latency: Option<ServerActivity>,
     /// The process's peak resident memory by the end of the worker phases (`VmHWM`), broker included.
     pub peak_rss_bytes: u64,
+    /// The API's reads, previews and group changes under events at half the sustained rate (`None` with
+    /// `--skip-changes`).
+    pub changes: Option<ChangesReport>,
     pub ceiling: CeilingReport,
     /// Sustained rate ÷ the one-connection ceiling.
     pub share_of_one_connection: f64,
@@ -148,7 +152,7 @@ impl Goals {
     }
 }
 
-fn thousands(n: f64) -> String {
+pub(super) fn thousands(n: f64) -> String {
     let n = n.round() as i64;
     let digits = n.abs().to_string();
     let mut out = String::new();
@@ -278,6 +282,10 @@ pub fn render(r: &BenchReport) -> String {
         thousands(r.load.devices as f64),
         r.load.seconds
     );
+    if let Some(changes) = &r.changes {
+        let _ = writeln!(s);
+        render_changes(changes, &mut s);
+    }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
@@ -330,7 +338,7 @@ pub fn render(r: &BenchReport) -> String {
     }
     let _ = writeln!(
         s,
-        "check ({}): {} of {} events committed, stored offsets add up to {}; {} devices checked: {} wrong sequences, {} misplaced, {} re-homed; memberships {} stored, {} expected ({} missing, {} extra); log {} rows, {} repeats, {} disagreements; {} groups with a wrong member count",
+        "check ({}): {} of {} events committed, stored offsets add up to {}; {} devices checked: {} wrong sequences, {} misplaced, {} re-homed; memberships {} stored, {} expected ({} missing, {} extra); log {} rows, {} repeats, {} disagreements; {} groups with a wrong member count; {} group changes whose settled deviceCount differed from their memberships",
         if c.ok() { "passed" } else { "FAILED" },
         thousands(c.records_committed as f64),
         thousands(c.events_produced as f64),
@@ -346,9 +354,115 @@ pub fn render(r: &BenchReport) -> String {
         thousands(c.log_rows as f64),
         c.log_repeats,
         c.log_disagreements,
-        c.wrong_counts
+        c.wrong_counts,
+        c.changes_wrong_counts
     );
     s.trim_end().to_string()
+}
+
+/// The group-changes phase as a section of the text report.
+fn render_changes(c: &ChangesReport, s: &mut String) {
+    let n = thousands;
+    let _ = writeln!(
+        s,
+        "group changes and reads in {} ({} devices), with events at {} events/s (asked: {}, half the sustained rate):",
+        c.org_id,
+        n(c.org_devices as f64),
+        n(c.achieved_rate),
+        n(c.target_rate)
+    );
+    let _ = writeln!(s);
+    let _ = writeln!(s, "| measure | value |");
+    let _ = writeln!(s, "|---|---|");
+    let _ = writeln!(
+        s,
+        "| GET a dynamic group (with its deviceCount) | {} |",
+        c.group_reads.describe()
+    );
+    let listed = if c.listed < LISTING_PAGE {
+        format!(
+            " (the org has {} groups: the page held {})",
+            c.org_groups, c.listed
+        )
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        s,
+        "| GET a page of {LISTING_PAGE} groups{listed} | {} |",
+        c.listings.describe()
+    );
+    let p = &c.previews;
+    let share = |count: u64| 100.0 * count as f64 / c.org_devices.max(1) as f64;
+    let _ = writeln!(
+        s,
+        "| preview, one field: {} matched ({:.1}%) | {} |",
+        n(p.one_field_matched as f64),
+        share(p.one_field_matched),
+        p.one_field.describe()
+    );
+    let _ = writeln!(
+        s,
+        "| preview, five fields in nested AND/OR: {} matched ({:.1}%) | {} |",
+        n(p.five_fields_matched as f64),
+        share(p.five_fields_matched),
+        p.five_fields.describe()
+    );
+    let _ = writeln!(
+        s,
+        "| {} one-field previews at once | {:.0} ms until the last answer: {} answered 200, {} refused 429, {} other |",
+        p.concurrent, p.concurrent_wall_ms, p.concurrent_answered, p.concurrent_refused, p.concurrent_other
+    );
+    let r = &c.release_dry_run;
+    let _ = writeln!(
+        s,
+        "| release dry run ({}) to the created group | {:.1} ms: {} examined, {} would change target, {} would download |",
+        r.version,
+        r.ms,
+        n(r.examined as f64),
+        n(r.changed as f64),
+        n(r.impacted as f64)
+    );
+    let members = |c: &Change| n(c.memberships as f64);
+    for (what, change) in [
+        (
+            format!(
+                "create a group matching {} devices ({:.1}%)",
+                members(&c.create),
+                share(c.create.memberships as u64)
+            ),
+            &c.create,
+        ),
+        (
+            format!(
+                "edit its filter: {} → {} members",
+                members(&c.create),
+                members(&c.edit)
+            ),
+            &c.edit,
+        ),
+        ("delete it".to_owned(), &c.delete),
+    ] {
+        let ms = |v: Option<u64>| v.map_or("–".to_owned(), |v| v.to_string());
+        let _ = writeln!(
+            s,
+            "| {what} | answered in {:.1} ms, settled in {:.2} s; deviceCount {}, {} membership rows ({}); {} events committed meanwhile: p50 {} ms, p99 {} ms, max {} ms (the second before: p50 {} ms, p99 {} ms); longest without a commit {:.0} ms |",
+            change.request_ms,
+            change.settle_seconds,
+            change
+                .device_count
+                .map_or("– (gone)".to_owned(), |count| n(count as f64)),
+            members(change),
+            if change.counts_agree() { "equal" } else { "NOT equal" },
+            n(change.events as f64),
+            ms(change.p50_ms),
+            ms(change.p99_ms),
+            ms(change.max_ms),
+            ms(change.before_p50_ms),
+            ms(change.before_p99_ms),
+            change.longest_gap_ms
+        );
+    }
 }
 
 #[cfg(test)]

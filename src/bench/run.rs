@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use sqlx::PgPool;
 
 use super::ceiling::{self, CeilingSettings};
+use super::changes::{self, ChangesReport};
 use super::options::BenchOptions;
 use super::phases::{self, Rig};
 use super::readings::load_average;
@@ -72,9 +73,23 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     };
     let (throughput, server_throughput, stream) =
         rig.throughput(&pool, stream, options.events).await?;
-    let (latency, server_latency, mut stream) = rig
+    let (latency, server_latency, stream) = rig
         .latency(&pool, stream, throughput.events_per_second, options)
         .await?;
+    let (changes, mut stream) = if options.skip_changes {
+        (None, stream)
+    } else {
+        let (changes, stream) = changes::measure(
+            &mut rig,
+            &pool,
+            stream,
+            throughput.events_per_second,
+            &fleet,
+            options.partitions,
+        )
+        .await?;
+        (Some(changes), stream)
+    };
     let stopped = rig.stop().await?;
 
     // The ceiling, then the check.
@@ -108,7 +123,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         &Expectations {
             input_topic: &topic,
             partitions: options.partitions,
-            events_produced: (options.events + latency.warmup_events + latency.events) as u64,
+            events_produced: (options.events
+                + latency.warmup_events
+                + latency.events
+                + changes.as_ref().map_or(0, |c| c.events)) as u64,
             records_committed: stopped.records_committed,
             rehomed: stopped.rehomed,
             last_sequence: &stream.last_sequence,
@@ -116,6 +134,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         },
     )
     .await?;
+    let correctness = verify::Correctness {
+        changes_wrong_counts: changes.as_ref().map_or(0, ChangesReport::wrong_counts),
+        ..correctness
+    };
     let broker_name = broker.describe();
     drop(broker);
 
@@ -137,6 +159,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         server_throughput,
         server_latency,
         peak_rss_bytes: stopped.peak_rss_bytes,
+        changes,
         ceiling,
         goals,
         correctness,

@@ -8,7 +8,10 @@
 //! - every device's memberships equal an oracle: each dynamic group of its org evaluated from scratch on the
 //!   stored attributes, at the instant the benchmark's clock was frozen;
 //! - the membership log is consistent: per (group, device) its actions alternate, and the last one agrees
-//!   with the membership.
+//!   with the membership;
+//! - each group change of the group-changes phase, once settled, had a `deviceCount` equal to its stored
+//!   memberships (the phase counts those; its groups are checked above like any other, a deleted group
+//!   having no members).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -29,7 +32,7 @@ const CHUNK: usize = 20_000;
 /// What the check found. [`Correctness::ok`] says whether everything holds.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Correctness {
-    /// Events produced to the input topic (both worker phases).
+    /// Events produced to the input topic (every worker phase).
     pub events_produced: u64,
     /// Records the worker committed.
     pub records_committed: u64,
@@ -59,6 +62,9 @@ pub struct Correctness {
     pub log_disagreements: i64,
     /// Groups whose maintained member count differs from their stored memberships.
     pub wrong_counts: i64,
+    /// Changes of the group-changes phase whose settled `deviceCount` differed from the group's stored
+    /// memberships (set by the phase, not by [`verify`]).
+    pub changes_wrong_counts: usize,
     /// The instant the oracle evaluated at (RFC 3339).
     pub evaluated_at: String,
 }
@@ -77,6 +83,7 @@ impl Correctness {
             && self.log_repeats == 0
             && self.log_disagreements == 0
             && self.wrong_counts == 0
+            && self.changes_wrong_counts == 0
     }
 }
 

@@ -8,7 +8,7 @@
 //! and memory (it keeps every message) count against the run, as a broker on the same 2-core machine
 //! would.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -205,8 +205,9 @@ pub struct Ahead {
 }
 
 /// Produces `count` events as fast as the producer takes them, or paced at `rate` events per second,
-/// never more than `ahead.max` beyond what the worker has committed, and waits for every delivery. Blocks
-/// the calling thread. Returns the time spent producing.
+/// never more than `ahead.max` beyond what the worker has committed, and waits for every delivery; stops
+/// early once `stop` is set (the stream's `next_sequence` then says how many were produced). Blocks the
+/// calling thread. Returns the time spent producing.
 #[allow(clippy::too_many_arguments)]
 pub fn produce(
     producer: &BaseProducer<Counting>,
@@ -217,9 +218,13 @@ pub fn produce(
     count: usize,
     rate: Option<f64>,
     ahead: Option<&Ahead>,
+    stop: Option<&AtomicBool>,
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     for n in 0..count {
+        if stop.is_some_and(|stop| stop.load(Ordering::SeqCst)) {
+            break;
+        }
         if let Some(ahead) = ahead {
             loop {
                 let committed = ahead

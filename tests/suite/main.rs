@@ -11,6 +11,7 @@
 //!
 //! - [`api`]: the REST API against real PostgreSQL: every route, its errors, org isolation, keys, limits,
 //!   the end-to-end flows with a worker, `cohort demo` and the schemathesis probe.
+//! - [`bench`]: `cohort bench` on a small fleet, its group-changes phase included.
 //! - [`cli`]: the `cohort` binary as an operator uses it (`cohort eval`, `cohort fields`).
 //! - [`crash`]: the real `cohort worker` and `cohort relay` processes SIGKILLed hundreds of times during a
 //!   stream, ending exactly as computed from scratch.
@@ -26,6 +27,7 @@
 //! - [`worker`]: the worker pipeline against PostgreSQL and a Kafka-protocol broker.
 
 mod api;
+mod bench;
 mod cli;
 mod crash;
 mod deploy;
