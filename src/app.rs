@@ -70,6 +70,8 @@ impl Application {
             None
         };
         let worker = Worker::build(config, brokers, pool.clone(), catalogue, clock);
+        // The API in a worker's process evaluates previews where the worker holds the devices.
+        let api = api.map(|api| api.with_view(worker.view()));
         let status = worker.status();
         Ok(Self {
             worker,

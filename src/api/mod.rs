@@ -61,13 +61,22 @@ pub struct ApiState {
     pub producer: Option<FutureProducer>,
     pub input_topic: String,
     pub max_body_bytes: usize,
-    /// Previews scan an org's devices (seconds for a million): at most this many run at once per process,
-    /// so previews cannot starve the worker sharing the process or the database.
+    /// Previews that read devices from PostgreSQL (seconds for a million): at most this many run at once
+    /// per process, so they cannot starve the worker sharing the process or the database; more are refused.
     pub preview_slots: Arc<tokio::sync::Semaphore>,
+    /// The devices the worker in this process holds, when it runs one: previews evaluate there
+    /// ([`crate::worker::view`]).
+    pub view: Option<crate::worker::FleetView>,
+    /// Previews evaluated in memory at once; more wait for a slot.
+    pub memory_preview_slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// Concurrent previews per process.
+/// Concurrent previews per process that read devices from PostgreSQL.
 pub const PREVIEW_SLOTS: usize = 2;
+
+/// Concurrent previews per process evaluated in the worker's memory (each takes tens of milliseconds of
+/// one core for a million devices).
+pub const MEMORY_PREVIEW_SLOTS: usize = 4;
 
 impl ApiState {
     /// Builds the state from the configuration. The producer is created lazily by librdkafka (no broker
@@ -88,7 +97,17 @@ impl ApiState {
             input_topic: config.kafka.input_topic.clone(),
             max_body_bytes: config.api.max_body_bytes,
             preview_slots: Arc::new(tokio::sync::Semaphore::new(PREVIEW_SLOTS)),
+            view: None,
+            memory_preview_slots: Arc::new(tokio::sync::Semaphore::new(MEMORY_PREVIEW_SLOTS)),
         })
+    }
+
+    /// The state of an API served by a worker's process: previews evaluate in its memory.
+    pub fn with_view(self, view: crate::worker::FleetView) -> Self {
+        Self {
+            view: Some(view),
+            ..self
+        }
     }
 }
 

@@ -3,6 +3,8 @@
 //! filter (and site) it would have after a change not yet saved; `POST /groups/preview` previews a filter
 //! for a group not yet created.
 
+use std::sync::Arc;
+
 use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
@@ -20,6 +22,7 @@ use crate::rules::time::format_millis;
 use crate::rules::{compile, Attributes};
 use crate::store::api as queries;
 use crate::store::groups::GroupError;
+use crate::worker::view::Question;
 
 /// `/preview` and `/{id}/preview`, under each group family's base path.
 pub fn routes() -> Router<ApiState> {
@@ -88,6 +91,10 @@ pub struct Preview {
     pub devices: Vec<PreviewDevice>,
     /// The instant the filter was evaluated at.
     pub evaluated_at: String,
+    /// Where the devices were evaluated: `memory` (every partition in the memory of the worker serving
+    /// this request), `database` (PostgreSQL's committed state) or `mixed` (the partitions this process's
+    /// worker holds in memory, the others from the database). See docs/api.md, "Previews".
+    pub evaluated_from: String,
 }
 
 /// `{"data": Preview}`.
@@ -99,7 +106,9 @@ pub struct PreviewAnswer {
 /// What a preview's sample shows of each device.
 const SHOWN: [&str; 5] = ["hostname", "displayName", "osType", "status", "lastSeenAt"];
 
-/// Evaluates `filter` over the org's stored devices with the workers' evaluator.
+/// Evaluates `filter` over the org's devices with the workers' evaluator: in the memory of the worker in
+/// this process for the partitions it holds, and from PostgreSQL for the rest (every partition, in an API
+/// process without a worker).
 async fn run_preview(
     state: &ApiState,
     org_id: &str,
@@ -107,7 +116,85 @@ async fn run_preview(
     filter: &Value,
     limit: usize,
 ) -> Result<PreviewAnswer, ApiError> {
-    let compiled = compile(filter, &state.catalogue).map_err(GroupError::Invalid)?;
+    let compiled = Arc::new(compile(filter, &state.catalogue).map_err(GroupError::Invalid)?);
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut preview = Preview {
+        total_count: 0,
+        examined: 0,
+        devices: Vec::new(),
+        evaluated_at: format_millis(now),
+        evaluated_from: "database".into(),
+    };
+    let mut held = Vec::new();
+    if let Some(view) = &state.view {
+        let held_now = view.held();
+        if !held_now.is_empty() {
+            let Ok(_slot) = state.memory_preview_slots.clone().acquire_owned().await else {
+                return Err(ApiError::rate_limited(1));
+            };
+            let shown: Vec<_> = SHOWN
+                .iter()
+                .filter_map(|f| state.catalogue.builtin(f))
+                .collect();
+            let (view, catalogue, org, site, filter) = (
+                view.clone(),
+                state.catalogue.clone(),
+                org_id.to_string(),
+                site.map(str::to_string),
+                compiled.clone(),
+            );
+            let answer = tokio::task::spawn_blocking(move || {
+                view.evaluate(
+                    &catalogue,
+                    &Question {
+                        org: &org,
+                        site: site.as_deref(),
+                        filter: &filter,
+                        now,
+                        limit,
+                        shown: &shown,
+                    },
+                )
+            })
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+            preview.total_count = answer.matched;
+            preview.examined = answer.examined;
+            preview.devices = answer
+                .sample
+                .into_iter()
+                .map(|s| {
+                    let text = |i: usize| {
+                        s.fields
+                            .get(i)
+                            .and_then(|v| v.as_ref())
+                            .and_then(display_text)
+                    };
+                    PreviewDevice {
+                        hostname: text(0),
+                        display_name: text(1),
+                        os_type: text(2),
+                        status: text(3),
+                        last_seen_at: text(4),
+                        id: s.id,
+                    }
+                })
+                .collect();
+            held = answer.partitions;
+            preview.evaluated_from = "memory".into();
+        }
+    }
+    let rest = if held.is_empty() {
+        None
+    } else {
+        let all = queries::input_partitions(&state.pool, &state.input_topic).await?;
+        let rest: Vec<i32> = all.into_iter().filter(|p| !held.contains(p)).collect();
+        if rest.is_empty() {
+            return Ok(PreviewAnswer { data: preview });
+        }
+        preview.evaluated_from = "mixed".into();
+        Some(rest)
+    };
     let Ok(_slot) = state.preview_slots.try_acquire() else {
         return Err(ApiError::rate_limited(1));
     };
@@ -117,26 +204,34 @@ async fn run_preview(
             fields.push(shown.to_string());
         }
     }
-    let now = chrono::Utc::now().timestamp_millis();
     let catalogue = state.catalogue.clone();
-    let mut preview = Preview {
-        total_count: 0,
-        examined: 0,
-        devices: Vec::new(),
-        evaluated_at: format_millis(now),
-    };
-    queries::scan_devices(&state.pool, org_id, site, &fields, |device_id, doc| {
-        preview.examined += 1;
-        let attrs = Attributes::from_stored_json(&doc, &catalogue, |_, _| {});
-        if compiled.evaluate(&attrs, now) {
-            preview.total_count += 1;
-            if preview.devices.len() < limit {
-                preview.devices.push(sample(device_id, &doc));
+    let mut sampled = Vec::new();
+    let (mut matched, mut examined) = (0, 0);
+    queries::scan_devices(
+        &state.pool,
+        org_id,
+        site,
+        rest.as_deref(),
+        &fields,
+        |device_id, doc| {
+            examined += 1;
+            let attrs = Attributes::from_stored_json(&doc, &catalogue, |_, _| {});
+            if compiled.evaluate(&attrs, now) {
+                matched += 1;
+                if sampled.len() < limit {
+                    sampled.push(sample(device_id, &doc));
+                }
             }
-        }
-        true
-    })
+            true
+        },
+    )
     .await?;
+    preview.total_count += matched;
+    preview.examined += examined;
+    // Both samples are the smallest ids of their part, in order: merged, the smallest of the whole.
+    preview.devices.extend(sampled);
+    preview.devices.sort_by(|a, b| a.id.cmp(&b.id));
+    preview.devices.truncate(limit);
     Ok(PreviewAnswer { data: preview })
 }
 

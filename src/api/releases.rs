@@ -3,6 +3,8 @@
 //! change and which devices would download firmware, computed with the workers' resolution code) without
 //! writing. Both go through one decision in the store (`firmware::apply`).
 
+use std::sync::Arc;
+
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
@@ -15,8 +17,12 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
 use super::{ApiError, ApiState};
+use crate::rules::Catalogue;
 use crate::store::api as queries;
-use crate::store::firmware::{self, Impact, Mode, Proposal, ReleaseTarget};
+use crate::store::firmware::{
+    self, Facts, HeldDevices, Impact, Mode, Proposal, ReleaseTarget, Releases,
+};
+use crate::worker::FleetView;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -155,13 +161,15 @@ pub async fn create(
         target,
         version: body.version.trim().to_string(),
     };
-    let applied = firmware::apply(
+    let held = held_devices(&state).await?;
+    let applied = firmware::apply_counting(
         &state.pool,
         &org_id,
         &proposal,
         &caller.actor(),
         IMPACT_SAMPLE,
         mode(body.dry_run),
+        held.as_ref().map(|h| h as &dyn HeldDevices),
     )
     .await?;
     if body.dry_run {
@@ -188,6 +196,68 @@ pub async fn create(
             impact: applied.impact,
         }),
     ))
+}
+
+/// The devices the worker in this process holds, for the impact to be counted where they are (the
+/// partitions it does not hold are read from PostgreSQL); `None` without a worker, or while it holds none.
+async fn held_devices(state: &ApiState) -> Result<Option<InMemory>, ApiError> {
+    let Some(view) = &state.view else {
+        return Ok(None);
+    };
+    if view.held().is_empty() {
+        return Ok(None);
+    }
+    let all = queries::input_partitions(&state.pool, &state.input_topic).await?;
+    Ok(Some(InMemory {
+        view: view.clone(),
+        catalogue: state.catalogue.clone(),
+        all,
+    }))
+}
+
+/// A worker's devices in this process, as the impact counts them.
+struct InMemory {
+    view: FleetView,
+    catalogue: Arc<Catalogue>,
+    /// Every partition of the input topic.
+    all: Vec<i32>,
+}
+
+impl HeldDevices for InMemory {
+    fn count(
+        &self,
+        org_id: &str,
+        target: ReleaseTarget,
+        releases: &Releases,
+        impact: &mut Impact,
+        sample: usize,
+    ) -> Option<Vec<i32>> {
+        let group = match target {
+            ReleaseTarget::Group(g) => Some(g),
+            ReleaseTarget::Default => None,
+        };
+        let answered =
+            self.view
+                .for_each_device(&self.catalogue, org_id, group, |device, groups| {
+                    let facts = Facts {
+                        id: device.id,
+                        development: device.development,
+                        lock: device.lock,
+                        running: device.running,
+                    };
+                    releases.count(impact, facts, groups, sample);
+                });
+        if answered.is_empty() {
+            return None;
+        }
+        Some(
+            self.all
+                .iter()
+                .copied()
+                .filter(|p| !answered.contains(p))
+                .collect(),
+        )
+    }
 }
 
 /// A request's `dry_run` flag as the store's mode: the same decision either way, written only without it.
@@ -221,13 +291,15 @@ pub async fn withdraw(
         Some(r) if caller.sees(&r.org_id) && r.withdrawn_at.is_none() => r,
         _ => return Err(ApiError::not_found("Release not found")),
     };
-    let applied = firmware::apply(
+    let held = held_devices(&state).await?;
+    let applied = firmware::apply_counting(
         &state.pool,
         &row.org_id,
         &Proposal::Withdraw { release: id },
         &caller.actor(),
         IMPACT_SAMPLE,
         mode(params.dry_run),
+        held.as_ref().map(|h| h as &dyn HeldDevices),
     )
     .await?;
     let row = if params.dry_run {

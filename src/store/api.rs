@@ -378,13 +378,14 @@ pub async fn list_orgs(
     .await?)
 }
 
-/// Calls `each(device_id, attributes)` for every device of the org (of `site`, when given), in device id
-/// order, streaming: memory stays flat however large the org. Only the attributes named in `fields` are
+/// Calls `each(device_id, attributes)` for every device of the org (of `site`, and of `partitions`, when
+/// given), in device id order, streaming: memory stays flat however large the org. Only the attributes named in `fields` are
 /// read (the fields a filter uses), which keeps a million-device scan to a few seconds.
 pub async fn scan_devices(
     pool: &PgPool,
     org_id: &str,
     site: Option<&str>,
+    partitions: Option<&[i32]>,
     fields: &[String],
     mut each: impl FnMut(String, Map<String, Value>) -> bool,
 ) -> Result<(), StoreError> {
@@ -393,11 +394,13 @@ pub async fn scan_devices(
         "SELECT d.id, COALESCE((SELECT jsonb_object_agg(f, d.attributes -> f) FROM unnest($3::text[]) f \
            WHERE d.attributes ? f), '{}'::jsonb) \
          FROM devices d WHERE d.org_id = $1 AND ($2::text IS NULL OR d.attributes ->> 'siteId' = $2) \
+           AND ($4::int4[] IS NULL OR d.partition = ANY($4)) \
          ORDER BY d.id",
     )
     .bind(org_id)
     .bind(site)
     .bind(fields)
+    .bind(partitions)
     .fetch(&mut *conn);
     while let Some((id, attributes)) = rows.try_next().await? {
         let Value::Object(map) = attributes else {
@@ -408,6 +411,16 @@ pub async fn scan_devices(
         }
     }
     Ok(())
+}
+
+/// The input topic's partitions, as the workers have claimed them.
+pub async fn input_partitions(pool: &PgPool, topic: &str) -> Result<Vec<i32>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT partition FROM partition_positions WHERE topic = $1")
+            .bind(topic)
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 /// A firmware release as stored.

@@ -11,7 +11,7 @@ use crate::firmware::{Version, VersionError, VersionKind};
 
 mod impact;
 
-pub use impact::{DeviceImpact, Impact};
+pub use impact::{DeviceImpact, Facts, HeldDevices, Impact, Releases};
 
 /// Why a release or withdrawal was refused.
 #[derive(Debug, thiserror::Error)]
@@ -283,9 +283,23 @@ pub async fn apply(
     sample: usize,
     mode: Mode,
 ) -> Result<Applied, ReleaseError> {
+    apply_counting(pool, org_id, proposal, actor, sample, mode, None).await
+}
+
+/// [`apply`], with the impact over the devices `held` in memory counted there, and only the rest read
+/// from PostgreSQL.
+pub async fn apply_counting(
+    pool: &PgPool,
+    org_id: &str,
+    proposal: &Proposal,
+    actor: &str,
+    sample: usize,
+    mode: Mode,
+    held: Option<&dyn HeldDevices>,
+) -> Result<Applied, ReleaseError> {
     let mut tx = pool.begin().await?;
     let admitted = admit(&mut tx, org_id, proposal).await?;
-    let impact = impact::compute(&mut tx, &admitted, sample).await?;
+    let impact = impact::compute(&mut tx, &admitted, sample, held).await?;
     let release = finish(tx, &admitted, actor, mode).await?;
     Ok(Applied { release, impact })
 }

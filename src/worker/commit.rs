@@ -178,8 +178,11 @@ impl Pipeline {
             uninstall(state, undo, &inputs.control);
             recompute.push(inputs);
         }
-        for id in &conflicted {
-            state.devices.remove(id.as_str());
+        {
+            let mut devices = state.devices.write();
+            for id in &conflicted {
+                devices.remove(id.as_str());
+            }
         }
         for inputs in recompute.into_iter().rev() {
             self.start_batch(partition, inputs, rebalances).await;
@@ -266,27 +269,34 @@ pub(super) fn install(
     let sweep = std::mem::replace(&mut state.sweep, control.sweep);
     // Each touched device with its state before the batch (what a rollback restores). A held device's
     // entry keeps its key: only a device new to the partition needs a copy of its id.
+    let mut held = state.devices.write();
     let touched: Vec<(Box<str>, Option<Box<Device>>)> = devices
         .into_iter()
         .map(|(id, device)| {
-            let before = match state.devices.get_mut(&id) {
+            let before = match held.get_mut(&id) {
                 Some(held) => Some(std::mem::replace(held, device)),
                 None => {
-                    state.devices.insert(id.clone(), device);
+                    held.insert(id.clone(), device);
                     None
                 }
             };
             (id, before)
         })
         .collect();
-    for (id, _) in &touched {
-        state.schedule(id, registry, now);
-    }
-    for (ids, range) in &control.visited {
-        for id in &ids[range.clone()] {
-            state.schedule(id, registry, now);
-        }
-    }
+    drop(held);
+    let visited = control
+        .visited
+        .iter()
+        .flat_map(|(ids, range)| ids[range.clone()].iter());
+    state.schedule_all(
+        touched
+            .iter()
+            .map(|(id, _)| id)
+            .chain(visited)
+            .map(|id| &**id),
+        registry,
+        now,
+    );
     Undo {
         devices: touched,
         next_offset: undo_positions.0,
@@ -307,16 +317,17 @@ fn uninstall(state: &mut Partition, undo: Undo, control: &[Positioned]) {
     for entry in control[..undo.control_applied].iter().rev() {
         state.pending_control.push_front(entry.clone());
     }
+    let mut held = state.devices.write();
     for (id, before) in undo.devices {
         match before {
             Some(device) => {
                 if let Some(at) = device.next_flip() {
                     state.timers.push(std::cmp::Reverse((at, id.clone())));
                 }
-                state.devices.insert(id, device);
+                held.insert(id, device);
             }
             None => {
-                state.devices.remove(&id);
+                held.remove(&id);
             }
         }
     }

@@ -74,6 +74,7 @@ impl<'a> Engine<'a> {
         };
         state
             .devices
+            .write()
             .insert(row.id.as_str().into(), Box::new(device));
         true
     }
@@ -103,9 +104,11 @@ impl<'a> Engine<'a> {
         );
         state.claim.next_offset = computed.write.next_offset;
         // The batch's copies already carry the versions their rows have after the commit.
+        let mut devices = state.devices.write();
         for (id, device) in computed.devices {
-            state.devices.insert(id, device);
+            devices.insert(id, device);
         }
+        drop(devices);
         Some(Batch {
             write: computed.write,
             applied: computed.stats.applied,

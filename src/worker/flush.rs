@@ -140,24 +140,27 @@ impl Pipeline {
             };
             // Devices a reconciliation asks to re-evaluate are re-read too, so the batch starts from what
             // is stored and writes whatever differs from the rules.
-            let reread = inputs.control.iter().flat_map(|e| match &e.entry {
-                ControlEntry::Reevaluate { device_ids, .. } => device_ids
+            let mut unknown: Vec<String> = {
+                let held = state.devices.read();
+                let reread = inputs.control.iter().flat_map(|e| match &e.entry {
+                    ControlEntry::Reevaluate { device_ids, .. } => device_ids
+                        .iter()
+                        .filter(|id| held.contains_key(id.as_str()))
+                        .cloned()
+                        .collect(),
+                    _ => Vec::new(),
+                });
+                inputs
+                    .records
                     .iter()
-                    .filter(|id| state.devices.contains_key(id.as_str()))
-                    .cloned()
-                    .collect(),
-                _ => Vec::new(),
-            });
-            let mut unknown: Vec<String> = inputs
-                .records
-                .iter()
-                .filter_map(|r| r.event.as_ref().ok())
-                .filter(|e| !state.devices.contains_key(e.device_id.as_str()))
-                .map(|e| e.device_id.clone())
-                .chain(reread)
-                .collect::<foldhash::HashSet<_>>()
-                .into_iter()
-                .collect();
+                    .filter_map(|r| r.event.as_ref().ok())
+                    .filter(|e| !held.contains_key(e.device_id.as_str()))
+                    .map(|e| e.device_id.clone())
+                    .chain(reread)
+                    .collect::<foldhash::HashSet<_>>()
+                    .into_iter()
+                    .collect()
+            };
             unknown.sort();
             if unknown.is_empty() {
                 break foldhash::HashMap::default();

@@ -66,7 +66,9 @@ pub mod refresh;
 pub mod registry;
 pub mod run;
 mod status;
+pub mod view;
 
 pub use self::clock::{Clock, ManualClock, SystemClock};
 pub use self::run::Worker;
 pub use self::status::{Stages, Status};
+pub use self::view::FleetView;

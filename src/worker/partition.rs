@@ -6,7 +6,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use foldhash::{HashMap, HashSet, HashSetExt};
 
 use super::device::Device;
 use super::registry::Registry;
@@ -21,9 +21,8 @@ pub(crate) struct Partition {
     /// The epoch, and the positions after the last batch computed (committed, or in flight: see
     /// [`crate::worker`]; the positions Kafka is told are those committed).
     pub(crate) claim: Claim,
-    /// Boxed: a map's spare buckets then cost a pointer each, not a whole device (a table of half a million
-    /// inline devices is often half empty after doubling).
-    pub(crate) devices: HashMap<Box<str>, Box<Device>>,
+    /// Shared with previews in the same process ([`crate::worker::view`]); the pipeline is its only writer.
+    pub(crate) devices: Devices,
     /// (instant, device): when to re-evaluate a device's time-dependent groups. Entries whose instant no
     /// longer equals the device's `next_flip` are stale and skipped.
     pub(crate) timers: BinaryHeap<Reverse<(EpochMillis, Box<str>)>>,
@@ -31,6 +30,26 @@ pub(crate) struct Partition {
     pub(crate) pending_control: VecDeque<Positioned>,
     /// The definition change at the head of `pending_control` while it is applied over several batches.
     pub(crate) sweep: Option<Sweep>,
+}
+
+/// A partition's devices by id. Boxed: a map's spare buckets then cost a pointer each, not a whole device
+/// (a table of half a million inline devices is often half empty after doubling).
+pub(crate) type DeviceMap = HashMap<Box<str>, Box<Device>>;
+
+/// A partition's devices behind a read-write lock, so that previews can evaluate filters where the devices
+/// already are. The pipeline is the only writer and holds the write lock only to install a batch's devices;
+/// a preview holds the read lock while it evaluates this one partition.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Devices(Arc<parking_lot::RwLock<DeviceMap>>);
+
+impl Devices {
+    pub(crate) fn read(&self) -> parking_lot::RwLockReadGuard<'_, DeviceMap> {
+        self.0.read()
+    }
+
+    pub(crate) fn write(&self) -> parking_lot::RwLockWriteGuard<'_, DeviceMap> {
+        self.0.write()
+    }
 }
 
 /// How far a definition change (a group created, edited, retyped or deleted, a release changed) has been
@@ -55,7 +74,7 @@ impl Partition {
         Self {
             id,
             claim,
-            devices: HashMap::new(),
+            devices: Devices::default(),
             timers: BinaryHeap::new(),
             pending_control: VecDeque::new(),
             sweep: None,
@@ -64,13 +83,27 @@ impl Partition {
 
     /// Computes a device's next wake-up (the next instant at which a time-based condition of its org's
     /// groups can change truth) and schedules it. An unchanged instant is left to the timer already there.
+    #[cfg(test)]
     pub(crate) fn schedule(&mut self, id: &str, registry: &Registry, now: EpochMillis) {
-        let Some(device) = self.devices.get_mut(id) else {
-            return;
-        };
-        // A pending instant (after `now`) always has its timer in the heap: only due ones are taken out.
-        if let Some(at) = device.reschedule(registry, now) {
-            self.timers.push(Reverse((at, id.into())));
+        self.schedule_all(std::iter::once(id), registry, now);
+    }
+
+    /// [`Partition::schedule`] for each of `ids`, under one write lock.
+    pub(crate) fn schedule_all<'i>(
+        &mut self,
+        ids: impl IntoIterator<Item = &'i str>,
+        registry: &Registry,
+        now: EpochMillis,
+    ) {
+        let mut devices = self.devices.write();
+        for id in ids {
+            let Some(device) = devices.get_mut(id) else {
+                continue;
+            };
+            // A pending instant (after `now`) always has its timer in the heap: only due ones are taken out.
+            if let Some(at) = device.reschedule(registry, now) {
+                self.timers.push(Reverse((at, id.into())));
+            }
         }
     }
 
@@ -78,6 +111,7 @@ impl Partition {
     pub(crate) fn due_timers(&mut self, now: EpochMillis, limit: usize) -> Vec<Box<str>> {
         let mut due = Vec::new();
         let mut seen = HashSet::new();
+        let devices = self.devices.read();
         while due.len() < limit {
             match self.timers.peek() {
                 Some(Reverse((at, _))) if *at <= now => {}
@@ -86,7 +120,7 @@ impl Partition {
             let Some(Reverse((at, id))) = self.timers.pop() else {
                 break;
             };
-            if self.devices.get(&id).is_some_and(|d| d.wakes_at(at)) && seen.insert(id.clone()) {
+            if devices.get(&id).is_some_and(|d| d.wakes_at(at)) && seen.insert(id.clone()) {
                 due.push(id);
             }
         }
@@ -171,7 +205,7 @@ mod tests {
         let mut device = Device::new(org);
         device.attrs =
             attrs(json!({"lastSeenAt": iso(now - HOUR / 2), "enrolledAt": iso(now - 12 * HOUR)}));
-        p.devices.insert("d".into(), Box::new(device));
+        p.devices.write().insert("d".into(), Box::new(device));
         // A withinLast condition stops holding one millisecond after its window ends: seen within the
         // hour, then within 3 hours (the site-scoped group: a wake-up for a device of no site changes
         // nothing, and is cheaper than telling), then enrolled within the day; then nothing can change.
@@ -184,7 +218,7 @@ mod tests {
         let mut at = now;
         for (i, want) in expected.into_iter().enumerate() {
             p.schedule("d", &registry, at);
-            assert_eq!(p.devices["d"].next_flip(), want, "wake-up {i}");
+            assert_eq!(p.devices.read()["d"].next_flip(), want, "wake-up {i}");
             if let Some(t) = want {
                 assert_eq!(p.due_timers(t - 1, 10), Vec::<Box<str>>::new());
                 assert_eq!(p.due_timers(t, 10), vec![Box::<str>::from("d")]);
@@ -201,15 +235,15 @@ mod tests {
         let mut p = Partition::new(0, claim());
         let mut device = Device::new(org);
         device.attrs = attrs(json!({"lastSeenAt": iso(NOW - HOUR / 2)}));
-        p.devices.insert("d".into(), Box::new(device));
+        p.devices.write().insert("d".into(), Box::new(device));
         p.schedule("d", &registry, NOW);
         // An attribute no time-based condition reads changes: same instant, one timer.
-        p.devices.get_mut("d").unwrap().attrs =
+        p.devices.write().get_mut("d").unwrap().attrs =
             attrs(json!({"lastSeenAt": iso(NOW - HOUR / 2), "hostname": "a"}));
         p.schedule("d", &registry, NOW + 1);
         assert_eq!(p.timers.len(), 1);
         // A heartbeat moves it: the old timer is stale and skipped when it comes due.
-        p.devices.get_mut("d").unwrap().attrs = attrs(json!({"lastSeenAt": iso(NOW)}));
+        p.devices.write().get_mut("d").unwrap().attrs = attrs(json!({"lastSeenAt": iso(NOW)}));
         p.schedule("d", &registry, NOW + 2);
         assert_eq!(p.timers.len(), 2);
         assert_eq!(p.next_timer(), Some(NOW + HOUR / 2 + 1));

@@ -48,6 +48,8 @@ pub(crate) struct Pipeline {
     pub(super) clock: Arc<dyn Clock>,
     /// What the worker lets others observe.
     pub(super) status: Arc<Status>,
+    /// The partitions held, published for previews once loaded.
+    pub(super) view: super::view::FleetView,
     /// What the poller and the pipeline share: committed offsets, high watermarks, the stop flag.
     pub(super) shared: Arc<Shared>,
     /// This worker's name in the partitions' claims.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::device::Device;
-use super::partition::Partition;
+use super::partition::{DeviceMap, Partition};
 use super::pipeline::{Pipeline, Rebalances};
 use crate::backoff::Backoff;
 use crate::kafka::RebalanceRequest;
@@ -101,6 +101,7 @@ impl Pipeline {
             flight.task.abort();
         }
         self.partitions.remove(&partition);
+        self.view.remove(partition);
         if let Some(generation) = self.generations.remove(&partition) {
             self.revoked.insert(partition, generation);
         }
@@ -147,13 +148,11 @@ impl Pipeline {
             .pending_control
             .extend(catch_up.into_iter().filter(|e| e.id <= upto));
         let now = self.clock.now();
-        let ids: Vec<Box<str>> = state.devices.keys().cloned().collect();
-        for id in &ids {
-            state.schedule(id, &self.registry, now);
-        }
+        let ids: Vec<Box<str>> = state.devices.read().keys().cloned().collect();
+        state.schedule_all(ids.iter().map(|id| &**id), &self.registry, now);
         tracing::info!(
             partition,
-            devices = state.devices.len(),
+            devices = state.devices.read().len(),
             epoch = claim.epoch,
             next_offset = claim.next_offset,
             pending_control = state.pending_control.len(),
@@ -162,6 +161,7 @@ impl Pipeline {
         if let Ok(mut c) = self.shared.committed.lock() {
             c.insert(partition, claim.next_offset);
         }
+        self.view.insert(partition, state.devices.clone());
         self.partitions.insert(partition, state);
         self.generations.insert(partition, generation);
         Ok(claim.next_offset)
@@ -173,9 +173,9 @@ impl Pipeline {
         let pool = self.pool.clone();
         let mut backoff = Backoff::from_config(&self.config);
         loop {
-            state.devices.clear();
             let registry = &mut self.registry;
-            let devices = &mut state.devices;
+            let mut loaded = DeviceMap::default();
+            let devices = &mut loaded;
             let mut result = stored::for_each_device(&pool, state.id, |row| {
                 if let Some(device) = Device::from_stored(&row, &[], registry) {
                     devices.insert(row.id.into_boxed_str(), Box::new(device));
@@ -195,6 +195,7 @@ impl Pipeline {
                     for device in devices.values_mut() {
                         device.loaded();
                     }
+                    *state.devices.write() = loaded;
                     return Ok(());
                 }
                 Err(e) if e.is_transient() => {

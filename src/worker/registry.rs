@@ -329,6 +329,16 @@ impl Registry {
         resolve(&facts, releases, default)
     }
 
+    /// Number of group slots (live, deleted and tombstones).
+    pub fn slots(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// Every slot's group id, by slot.
+    pub fn group_ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.groups.iter().map(|g| g.id)
+    }
+
     /// Number of live dynamic groups across all orgs.
     pub fn dynamic_groups(&self) -> usize {
         self.orgs.values().map(|o| o.dynamic.len()).sum()

@@ -25,6 +25,7 @@ use super::clock::Clock;
 use super::pipeline::{Completion, Pipeline, Rebalances};
 use super::registry::Registry;
 use super::status::Status;
+use super::view::FleetView;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::kafka::{self, Polled, Shared};
@@ -39,6 +40,8 @@ pub struct Worker {
     catalogue: Arc<Catalogue>,
     clock: Arc<dyn Clock>,
     status: Arc<Status>,
+    /// The partitions it holds, for previews in this process.
+    view: FleetView,
     owner: String,
 }
 
@@ -63,6 +66,7 @@ impl Worker {
             catalogue,
             clock,
             status: Arc::new(Status::default()),
+            view: FleetView::default(),
             owner,
         }
     }
@@ -70,6 +74,11 @@ impl Worker {
     /// The worker's observable status.
     pub fn status(&self) -> Arc<Status> {
         self.status.clone()
+    }
+
+    /// The devices it holds, for previews evaluated where the devices are ([`super::view`]).
+    pub fn view(&self) -> FleetView {
+        self.view.clone()
     }
 
     /// Runs until `shutdown` resolves, then finishes in-flight batches (bounded by the configured deadline),
@@ -151,6 +160,7 @@ impl Pipeline {
             buffers: HashMap::new(),
             clock: worker.clock.clone(),
             status: worker.status.clone(),
+            view: worker.view.clone(),
             shared,
             owner: worker.owner.clone(),
             control_dirty: true,
@@ -280,10 +290,13 @@ impl Pipeline {
             .partitions
             .store(self.partitions.len(), Ordering::SeqCst);
         metrics::gauge!(m::PARTITIONS_OWNED).set(self.partitions.len() as f64);
+        if self.view.published_groups() != self.registry.slots() {
+            self.view.publish_groups(self.registry.group_ids());
+        }
         metrics::gauge!(m::DEVICES_HELD).set(
             self.partitions
                 .values()
-                .map(|p| p.devices.len())
+                .map(|p| p.devices.read().len())
                 .sum::<usize>() as f64,
         );
         // Read in place (no other code holds both locks): this runs on every turn of the pipeline's loop.

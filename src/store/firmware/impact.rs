@@ -86,16 +86,81 @@ impl Impact {
                 ))
                 .or_default() += 1;
         }
-        if self.sample.len() < sample {
-            self.sample.push(DeviceImpact {
-                device_id: device_id.to_string(),
-                from,
-                to,
-                running: running.map(str::to_string),
-                impacted,
-            });
+        // The `sample` smallest ids, kept in order, whatever order devices are counted in.
+        let at = self
+            .sample
+            .partition_point(|s| s.device_id.as_str() < device_id);
+        if at < sample {
+            self.sample.insert(
+                at,
+                DeviceImpact {
+                    device_id: device_id.to_string(),
+                    from,
+                    to,
+                    running: running.map(str::to_string),
+                    impacted,
+                },
+            );
+            self.sample.truncate(sample);
         }
     }
+}
+
+/// An org's releases before and after a change: what each device resolves to on either side.
+#[derive(Clone, Debug, Default)]
+pub struct Releases {
+    before_groups: HashMap<Uuid, GroupRelease>,
+    before_default: Option<GroupRelease>,
+    after_groups: HashMap<Uuid, GroupRelease>,
+    after_default: Option<GroupRelease>,
+}
+
+impl Releases {
+    /// Counts one device: its development flag, lock, reported version and groups.
+    pub fn count(&self, impact: &mut Impact, device: Facts<'_>, member_of: &[Uuid], sample: usize) {
+        let facts = DeviceFacts {
+            development: device.development,
+            lock: device.lock,
+        };
+        let from = resolve(
+            &facts,
+            member_of.iter().filter_map(|g| self.before_groups.get(g)),
+            self.before_default.as_ref(),
+        );
+        let to = resolve(
+            &facts,
+            member_of.iter().filter_map(|g| self.after_groups.get(g)),
+            self.after_default.as_ref(),
+        );
+        impact.examined += 1;
+        impact.count(device.id, device.running, from, to, sample);
+    }
+}
+
+/// What the impact reads of a device besides its groups.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    pub id: &'a str,
+    pub development: bool,
+    pub lock: Option<&'a str>,
+    /// Its reported `firmwareVersion`.
+    pub running: Option<&'a str>,
+}
+
+/// Devices held in memory (a worker's, in the same process), counted there instead of read from
+/// PostgreSQL.
+pub trait HeldDevices: Sync {
+    /// Counts the devices held that the change can affect — of `target`'s group, or of the whole org for
+    /// the default — into `impact`. Returns the partitions still to be read from PostgreSQL (those not
+    /// held), or `None` if it counted nothing (read every partition).
+    fn count(
+        &self,
+        org_id: &str,
+        target: ReleaseTarget,
+        releases: &Releases,
+        impact: &mut Impact,
+        sample: usize,
+    ) -> Option<Vec<i32>>;
 }
 
 /// A device as the impact reads it: id, development flag, lock, reported `firmwareVersion`, groups.
@@ -108,6 +173,7 @@ pub(super) async fn compute(
     conn: &mut PgConnection,
     admitted: &Admitted,
     sample: usize,
+    held: Option<&dyn HeldDevices>,
 ) -> Result<Impact, ReleaseError> {
     let org_id = admitted.org_id.as_str();
     // Current releases of the org, then the change applied to them.
@@ -155,6 +221,18 @@ pub(super) async fn compute(
         }
         (ReleaseTarget::Default, r) => after_default = r,
     }
+    let releases = Releases {
+        before_groups: groups,
+        before_default: default,
+        after_groups,
+        after_default,
+    };
+    let mut impact = Impact::new(0);
+    // The devices held in memory first; then those of every other partition from the database.
+    let rest = held.and_then(|h| h.count(org_id, admitted.target, &releases, &mut impact, sample));
+    if rest.as_ref().is_some_and(Vec::is_empty) {
+        return Ok(impact);
+    }
     // The devices the change can affect, with their facts, reported version and group memberships.
     let devices: Vec<DeviceRow> =
         match admitted.target {
@@ -163,10 +241,11 @@ pub(super) async fn compute(
                     "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
                        ARRAY(SELECT m2.group_id FROM device_group_memberships m2 WHERE m2.device_id = d.id) \
                      FROM devices d JOIN device_group_memberships m ON m.device_id = d.id AND m.group_id = $2 \
-                     WHERE d.org_id = $1 ORDER BY d.id",
+                     WHERE d.org_id = $1 AND ($3::int4[] IS NULL OR d.partition = ANY($3)) ORDER BY d.id",
                 )
                 .bind(org_id)
                 .bind(g)
+                .bind(rest.as_deref())
                 .fetch_all(&mut *conn)
                 .await?
             }
@@ -174,30 +253,23 @@ pub(super) async fn compute(
                 sqlx::query_as(
                     "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
                        ARRAY(SELECT m2.group_id FROM device_group_memberships m2 WHERE m2.device_id = d.id) \
-                     FROM devices d WHERE d.org_id = $1 ORDER BY d.id",
+                     FROM devices d WHERE d.org_id = $1 AND ($2::int4[] IS NULL OR d.partition = ANY($2)) \
+                     ORDER BY d.id",
                 )
                 .bind(org_id)
+                .bind(rest.as_deref())
                 .fetch_all(&mut *conn)
                 .await?
             }
         };
-    let mut impact = Impact::new(devices.len());
-    for (id, development, lock, running, member_of) in devices {
-        let facts = DeviceFacts {
-            development,
+    for (id, development, lock, running, member_of) in &devices {
+        let facts = Facts {
+            id,
+            development: *development,
             lock: lock.as_deref(),
+            running: running.as_deref(),
         };
-        let from = resolve(
-            &facts,
-            member_of.iter().filter_map(|g| groups.get(g)),
-            default.as_ref(),
-        );
-        let to = resolve(
-            &facts,
-            member_of.iter().filter_map(|g| after_groups.get(g)),
-            after_default.as_ref(),
-        );
-        impact.count(&id, running.as_deref(), from, to, sample);
+        releases.count(&mut impact, facts, member_of, sample);
     }
     Ok(impact)
 }

@@ -167,7 +167,7 @@ impl Work<'_> {
         // The starting state is mirrored too (the API wrote these rows): a held device's is copied from
         // the partition first.
         if let Origin::Held = origin {
-            if let Some(held) = self.partition.devices.get(id) {
+            if let Some(held) = self.held.get(id) {
                 *origin = Origin::Copy(held.clone());
             }
         }
@@ -194,7 +194,7 @@ impl Work<'_> {
         let registry = self.registry;
         let cause = control_cause(entry);
         for id in device_ids {
-            if !self.partition.devices.contains_key(id.as_str()) {
+            if !self.held.contains_key(id.as_str()) {
                 continue;
             }
             if !self.devices.contains_key(id.as_str()) {

@@ -34,7 +34,7 @@ impl Work<'_> {
         }
         // Find the device: in the batch, held, read from the database for this batch, or new.
         let mut evaluate_all = false;
-        if !self.devices.contains_key(id) && !self.partition.devices.contains_key(id) {
+        if !self.devices.contains_key(id) && !self.held.contains_key(id) {
             // A device stored under another partition is taken over (re-homed) only by an event that applies
             // to it: one of another org, or not newer than the stored device, is refused or skipped without
             // moving the device (else a misrouted or replayed event would steal it from its owner).
@@ -253,9 +253,12 @@ mod tests {
             pinned: false,
             added_by: AddedBy::DynamicRule,
         }];
-        p.devices.insert("d".into(), Box::new(device));
+        p.devices.write().insert("d".into(), Box::new(device));
         p.schedule("d", &registry, seen);
-        assert_eq!(p.devices["d"].next_flip(), Some(seen + 3_600_000 + 1));
+        assert_eq!(
+            p.devices.read()["d"].next_flip(),
+            Some(seen + 3_600_000 + 1)
+        );
         // An event that changes only uptimeSeconds, in a batch that did not take the device's timer.
         let mut event = crate::event::DeviceEventJson::new("e", "o", "d", 2);
         event.attributes.insert("uptimeSeconds".into(), json!(5));

@@ -64,7 +64,8 @@ pub(crate) fn batch(
     foreign: HashMap<Box<str>, Device>,
     ctx: &BatchContext<'_>,
 ) -> Computed {
-    let mut work = Work::new(registry, partition, ctx);
+    let held = partition.devices.read();
+    let mut work = Work::new(registry, partition, &held, ctx);
     let mut foreign = foreign;
     let progress = work.control_entries(control, &mut foreign, ctx.change_chunk_rows);
     for record in records {

@@ -11,7 +11,7 @@ use crate::outbox::Message;
 use crate::rules::{EpochMillis, Scratch};
 use crate::store::batch::LogRow;
 use crate::worker::device::Device;
-use crate::worker::partition::Partition;
+use crate::worker::partition::{DeviceMap, Partition};
 use crate::worker::registry::Registry;
 
 /// Settings a batch needs.
@@ -64,6 +64,8 @@ pub(super) enum Origin {
 pub(super) struct Work<'a> {
     pub(super) registry: &'a Registry,
     pub(super) partition: &'a Partition,
+    /// The partition's devices, read-locked for the batch's computation.
+    pub(super) held: &'a DeviceMap,
     pub(super) ctx: &'a BatchContext<'a>,
     /// (state at batch start, or None for a device not stored; current state).
     pub(super) devices: HashMap<Box<str>, (Origin, Device)>,
@@ -88,11 +90,13 @@ impl<'a> Work<'a> {
     pub(super) fn new(
         registry: &'a Registry,
         partition: &'a Partition,
+        held: &'a DeviceMap,
         ctx: &'a BatchContext<'a>,
     ) -> Self {
         Work {
             registry,
             partition,
+            held,
             ctx,
             devices: HashMap::new(),
             log: Vec::new(),
@@ -112,7 +116,7 @@ impl Work<'_> {
     /// The working copy of a device held by the partition (cloned on first touch).
     pub(super) fn held(&mut self, id: &str) -> Option<&mut Device> {
         if !self.devices.contains_key(id) {
-            let device: &Device = self.partition.devices.get(id)?;
+            let device: &Device = self.held.get(id)?;
             self.devices
                 .insert(id.into(), (Origin::Held, device.clone()));
         }
@@ -122,8 +126,7 @@ impl Work<'_> {
     /// Ids of the org's devices, held by the partition or already in the batch.
     pub(super) fn org_devices(&self, org: &str) -> Vec<Box<str>> {
         let mut ids: Vec<Box<str>> = self
-            .partition
-            .devices
+            .held
             .iter()
             .filter(|(_, d)| &*d.org == org)
             .map(|(id, _)| id.clone())
@@ -131,9 +134,7 @@ impl Work<'_> {
         ids.extend(
             self.devices
                 .iter()
-                .filter(|(id, (_, d))| {
-                    &*d.org == org && !self.partition.devices.contains_key(&**id)
-                })
+                .filter(|(id, (_, d))| &*d.org == org && !self.held.contains_key(&**id))
                 .map(|(id, _)| id.clone()),
         );
         ids
@@ -144,7 +145,7 @@ impl Work<'_> {
         self.devices
             .get(id)
             .map(|(_, d)| d)
-            .or_else(|| self.partition.devices.get(id).map(|d| &**d))
+            .or_else(|| self.held.get(id).map(|d| &**d))
     }
 
     /// Logs a membership change of device `id` in the group at `slot`, with its cause.

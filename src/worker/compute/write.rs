@@ -35,6 +35,7 @@ impl Work<'_> {
         let Work {
             registry,
             partition,
+            held,
             ctx,
             devices: touched,
             log,
@@ -60,7 +61,7 @@ impl Work<'_> {
         let mut devices = HashMap::with_capacity(touched.len());
         for (id, (origin, mut current)) in touched {
             let original = match &origin {
-                Origin::Held => partition.devices.get(&id).map(|d| &**d),
+                Origin::Held => held.get(&id).map(|d| &**d),
                 Origin::Copy(d) => Some(&**d),
                 Origin::New => None,
             };
@@ -68,22 +69,22 @@ impl Work<'_> {
             // no stored column) is not written. Anything else is, also to take the version guard: no two
             // owners ever write a device's memberships or log.
             let untouched = original.is_some_and(|o| stored_equal(o, &current))
-                && partition.devices.contains_key(&id)
+                && held.contains_key(&id)
                 && !logged.contains(&*id);
             if untouched {
                 devices.insert(id, Box::new(current));
                 continue;
             }
             diff_memberships(registry, &id, original, &current, &mut write);
-            let held = partition.devices.contains_key(&id);
-            if held && current.stored && original.is_some_and(|o| row_equal(o, &current)) {
+            let is_held = held.contains_key(&id);
+            if is_held && current.stored && original.is_some_and(|o| row_equal(o, &current)) {
                 // Only its memberships (or log) change: the row is not rewritten, only locked at the
                 // version this batch was computed from (`crate::store::batch`).
                 write.device_locks.push((id.to_string(), current.version));
                 devices.insert(id, Box::new(current));
                 continue;
             }
-            if !held && current.stored {
+            if !is_held && current.stored {
                 if let Some(original) = original {
                     // Taken over from another partition: its memberships as read, which the commit checks
                     // are still what is stored once it holds the row.

@@ -66,6 +66,7 @@
 mod checks;
 mod model;
 mod ops;
+mod previews;
 mod procs;
 mod topic;
 
@@ -329,8 +330,10 @@ async fn drive(run: &Run, sizes: &Sizes, started: Instant) -> anyhow::Result<Str
     let mut cluster = run.cluster.lock().await;
     cluster.check()?;
     cluster.stop_all().await?;
+    let env = cluster.env().clone();
     drop(cluster);
     checks::check_memberships(pool, &model, &catalogue, now).await?;
+    let previews = previews::check_previews(&env, pool, &model, INPUT_PARTITIONS as usize).await?;
     cohort_testkit::app::check_oracle(pool, chrono::Utc::now().timestamp_millis()).await?;
     let log_rows = checks::check_log(pool).await?;
     let messages = reader.finish().await?;
@@ -355,7 +358,7 @@ async fn drive(run: &Run, sizes: &Sizes, started: Instant) -> anyhow::Result<Str
            {} static adds, {} static removes, {} group releases, {} default releases, {} withdrawals, \
            {} device settings; {pins} pins and {releases} live releases at the end\n\
          - checked: {devices} devices, {memberships} memberships, {log_rows} log rows, {} rollout events \
-           for {} devices ({} messages on the topic)\n\
+           for {} devices ({} messages on the topic), {previews} groups' previews\n\
          - child logs: {errors} ERROR and {warnings} WARN lines",
         started.elapsed(),
         load_average(),

@@ -182,6 +182,11 @@ impl Cluster {
         }
     }
 
+    /// The configuration every child gets.
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
     pub fn get(&mut self, role: Role) -> &mut Proc {
         match role {
             Role::Worker(n) => &mut self.workers[n],

@@ -215,3 +215,78 @@ async fn a_filter_edit_while_the_previous_one_is_applied_ends_in_the_newest_filt
     assert!(members.iter().all(|u| u.as_f64() > Some(500.0)));
     h.stop().await
 }
+
+/// The ids and count a preview answered, and where it evaluated.
+fn preview_of(answer: &Value) -> (Vec<String>, u64, String) {
+    let data = &answer["data"];
+    let ids = data["devices"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|d| d["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let from = data["evaluatedFrom"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (ids, data["totalCount"].as_u64().unwrap_or(u64::MAX), from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preview_from_memory_or_mixed_names_exactly_the_devices_the_group_then_holds(
+) -> anyhow::Result<()> {
+    use cohort::store::api_keys;
+    use cohort_testkit::app::ORG;
+    use cohort_testkit::http::Client;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    let (mut h, _) = fleet(90, 0x5EED_0005).await?;
+    let (_, key) = api_keys::create(h.pool(), Some(ORG), "preview").await?;
+    let client = Client::new(h.http_address().await?, Some(&key));
+    let body = json!({"filterConditions": uptime_over(400)});
+    let memory = client
+        .post("/api/v1/groups/preview?limit=100", body.clone())
+        .await?;
+    let (ids, count, from) = preview_of(&memory.body);
+    assert_eq!(from, "memory", "{}", memory.body);
+    assert!(count > 0 && count < 90, "{count}");
+    // A second worker: the first then holds one partition, and reads the other from PostgreSQL.
+    h.add_worker().await?;
+    h.all_partitions_owned(2).await?;
+    let status = h.status.clone();
+    eventually(LIMIT, "the first worker holds one partition", || {
+        let status = status.clone();
+        async move { Ok((status.partitions.load(SeqCst) == 1).then_some(())) }
+    })
+    .await?;
+    let mixed = client
+        .post("/api/v1/groups/preview?limit=100", body)
+        .await?;
+    assert_eq!(
+        preview_of(&mixed.body),
+        (ids.clone(), count, "mixed".to_string())
+    );
+    let group = h.group("busy", uptime_over(400)).await?;
+    h.control_applied().await?;
+    let members: Vec<String> = h.members(group).await?.into_iter().map(|m| m.0).collect();
+    assert_eq!(members, ids);
+    assert_eq!(members.len() as u64, count);
+    // A release's dry run, counted in memory for the partition held and from PostgreSQL for the other,
+    // answers what the database alone answers.
+    let dry = client
+        .post(
+            "/api/v1/releases",
+            json!({"groupId": group, "version": "2.0.0", "dryRun": true}),
+        )
+        .await?;
+    let proposal = cohort::store::firmware::Proposal::Release {
+        target: cohort::store::firmware::ReleaseTarget::Group(group),
+        version: "2.0.0".into(),
+    };
+    let stored = cohort::store::firmware::preview(h.pool(), ORG, &proposal, 20).await?;
+    assert_eq!(dry.body["impact"], serde_json::to_value(&stored)?);
+    assert_eq!(stored.changed as u64, count);
+    h.stop().await
+}

@@ -1,0 +1,317 @@
+//! The fleet as this process's worker holds it, for previews. A worker keeps every device of the partitions
+//! it owns in memory, with its attributes parsed for the evaluator; a preview evaluates a filter there —
+//! partition by partition, each under its read lock, with the same compiled evaluator the worker runs —
+//! instead of reading every device's attributes from PostgreSQL and parsing them again.
+//!
+//! What an answer from here promises: each partition as of its latest computed batch, which is the last
+//! committed state or, while a batch commits, that batch's (never older than what is committed; a batch that
+//! then fails to commit is recomputed, so a device conflict can make a preview a batch early). Partitions
+//! this process does not hold — owned by another worker, or moving between owners, or not loaded yet — are
+//! not answered here: [`FleetView::evaluate`] says which it answered, and the caller reads the rest from
+//! PostgreSQL's committed state.
+
+use std::collections::{BTreeMap, BinaryHeap};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::partition::Devices;
+use crate::rules::attrs::value_to_json;
+use crate::rules::{AttrValue, Catalogue, CompiledFilter, EpochMillis, FieldId};
+
+/// The partitions this process's worker holds, shared with the API in the same process.
+#[derive(Clone, Debug, Default)]
+pub struct FleetView {
+    partitions: Arc<parking_lot::RwLock<BTreeMap<i32, Devices>>>,
+    /// The registry's group ids by slot (devices name their groups by slot), as the pipeline last
+    /// published them.
+    groups: Arc<parking_lot::RwLock<Vec<Uuid>>>,
+}
+
+/// A held device as a firmware impact reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct FirmwareFacts<'a> {
+    pub id: &'a str,
+    pub development: bool,
+    pub lock: Option<&'a str>,
+    /// Its reported `firmwareVersion`.
+    pub running: Option<&'a str>,
+}
+
+/// A matching device in a sample: its id and the values of the fields asked for, as JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    pub id: String,
+    pub fields: Vec<Option<serde_json::Value>>,
+}
+
+/// What a filter matched over the partitions this process holds.
+#[derive(Clone, Debug, Default)]
+pub struct Evaluated {
+    /// The partitions answered (all of those held when the evaluation started).
+    pub partitions: Vec<i32>,
+    /// Devices of the org (and site) examined.
+    pub examined: u64,
+    /// Devices matching.
+    pub matched: u64,
+    /// The first `limit` matching devices by id.
+    pub sample: Vec<Sampled>,
+}
+
+/// A sampled device, ordered by id alone.
+struct ById(Box<str>, Vec<Option<serde_json::Value>>);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for ById {}
+
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.cmp(&other.0)
+    }
+}
+
+/// What to evaluate.
+#[derive(Clone, Copy)]
+pub struct Question<'a> {
+    pub org: &'a str,
+    /// Only devices whose `siteId` is this.
+    pub site: Option<&'a str>,
+    pub filter: &'a CompiledFilter,
+    pub now: EpochMillis,
+    /// Sample size.
+    pub limit: usize,
+    /// The fields each sampled device shows.
+    pub shown: &'a [FieldId],
+}
+
+impl FleetView {
+    /// Publishes a partition once its devices are loaded.
+    pub(crate) fn insert(&self, partition: i32, devices: Devices) {
+        self.partitions.write().insert(partition, devices);
+    }
+
+    /// Withdraws a partition the worker no longer holds.
+    pub(crate) fn remove(&self, partition: i32) {
+        self.partitions.write().remove(&partition);
+    }
+
+    /// Publishes the registry's group ids by slot.
+    pub(crate) fn publish_groups(&self, ids: impl Iterator<Item = Uuid>) {
+        let mut groups = self.groups.write();
+        groups.clear();
+        groups.extend(ids);
+    }
+
+    /// How many group slots were last published.
+    pub(crate) fn published_groups(&self) -> usize {
+        self.groups.read().len()
+    }
+
+    /// Calls `each` with every held device of the org — only the members of `group`, when given — with
+    /// its groups (a group the pipeline has not published yet is left out: a tombstone of a deleted
+    /// group, which carries no release). Returns the partitions answered. Runs on the calling thread.
+    pub fn for_each_device(
+        &self,
+        catalogue: &Catalogue,
+        org: &str,
+        group: Option<Uuid>,
+        mut each: impl FnMut(FirmwareFacts<'_>, &[Uuid]),
+    ) -> Vec<i32> {
+        let partitions: Vec<(i32, Devices)> = self
+            .partitions
+            .read()
+            .iter()
+            .map(|(p, d)| (*p, d.clone()))
+            .collect();
+        let groups = self.groups.read().clone();
+        let slot = group.and_then(|g| groups.iter().position(|id| *id == g));
+        if group.is_some() && slot.is_none() {
+            // Not published yet: no held device is known to be a member.
+            return partitions.into_iter().map(|(p, _)| p).collect();
+        }
+        let running_field = catalogue.builtin("firmwareVersion");
+        let mut member_of = Vec::new();
+        let mut answered = Vec::with_capacity(partitions.len());
+        for (partition, devices) in partitions {
+            answered.push(partition);
+            let devices = devices.read();
+            for (id, device) in devices.iter() {
+                if &*device.org != org {
+                    continue;
+                }
+                if let Some(slot) = slot {
+                    if device.member(slot as u32).is_none() {
+                        continue;
+                    }
+                }
+                member_of.clear();
+                member_of.extend(
+                    device
+                        .memberships
+                        .iter()
+                        .filter_map(|m| groups.get(m.slot as usize).copied()),
+                );
+                let running = running_field.and_then(|f| match device.attrs.get(f) {
+                    Some(AttrValue::Str(s)) => Some(&**s),
+                    _ => None,
+                });
+                let facts = FirmwareFacts {
+                    id,
+                    development: device.development,
+                    lock: device.firmware_lock.as_deref(),
+                    running,
+                };
+                each(facts, &member_of);
+            }
+        }
+        answered
+    }
+
+    /// The partitions held now.
+    pub fn held(&self) -> Vec<i32> {
+        self.partitions.read().keys().copied().collect()
+    }
+
+    /// Evaluates a filter over every partition held, one at a time, each under its read lock (the worker
+    /// waits at most one partition's evaluation to install a batch). Runs on the calling thread: call it
+    /// from a blocking task.
+    pub fn evaluate(&self, catalogue: &Catalogue, question: &Question<'_>) -> Evaluated {
+        let partitions: Vec<(i32, Devices)> = self
+            .partitions
+            .read()
+            .iter()
+            .map(|(p, d)| (*p, d.clone()))
+            .collect();
+        let site_field = catalogue.builtin("siteId");
+        let mut answer = Evaluated::default();
+        // The `limit` smallest matching ids: a max-heap whose top is the largest kept.
+        let mut sample: BinaryHeap<ById> = BinaryHeap::new();
+        for (partition, devices) in partitions {
+            answer.partitions.push(partition);
+            let devices = devices.read();
+            for (id, device) in devices.iter() {
+                if &*device.org != question.org {
+                    continue;
+                }
+                if let (Some(site), Some(field)) = (question.site, site_field) {
+                    match device.attrs.get(field) {
+                        Some(AttrValue::Str(s)) if **s == *site => {}
+                        _ => continue,
+                    }
+                }
+                answer.examined += 1;
+                if !question.filter.evaluate(&device.attrs, question.now) {
+                    continue;
+                }
+                answer.matched += 1;
+                let wanted = sample.len() < question.limit
+                    || sample.peek().is_some_and(|largest| **id < *largest.0);
+                if !wanted {
+                    continue;
+                }
+                if sample.len() == question.limit {
+                    sample.pop();
+                }
+                let fields = question
+                    .shown
+                    .iter()
+                    .map(|&f| device.attrs.get(f).map(|v| value_to_json(catalogue, f, v)))
+                    .collect();
+                sample.push(ById(id.clone(), fields));
+            }
+        }
+        let sampled: Vec<Sampled> = sample
+            .into_sorted_vec()
+            .into_iter()
+            .map(|ById(id, fields)| Sampled {
+                id: id.into(),
+                fields,
+            })
+            .collect();
+        answer.sample = sampled;
+        answer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::rules::{compile, Attributes};
+    use crate::worker::device::Device;
+
+    fn device(org: &Arc<str>, doc: serde_json::Value, catalogue: &Catalogue) -> Box<Device> {
+        let mut device = Device::new(org.clone());
+        device.attrs = Attributes::from_json(doc.as_object().unwrap(), catalogue).unwrap();
+        Box::new(device)
+    }
+
+    #[test]
+    fn a_filter_is_counted_over_every_partition_held_with_the_smallest_ids_sampled() {
+        let catalogue = Catalogue::default();
+        let org: Arc<str> = "o".into();
+        let other: Arc<str> = "other".into();
+        let view = FleetView::default();
+        for partition in 0..3 {
+            let devices = Devices::default();
+            {
+                let mut map = devices.write();
+                for i in 0..10 {
+                    let id = format!("d{:02}", partition * 10 + i);
+                    let status = if i % 2 == 0 { "online" } else { "offline" };
+                    let doc = json!({"status": status, "siteId": if i < 6 { "s1" } else { "s2" }});
+                    map.insert(id.into(), device(&org, doc, &catalogue));
+                }
+                map.insert(
+                    format!("x{partition}").into(),
+                    device(&other, json!({"status": "online"}), &catalogue),
+                );
+            }
+            view.insert(partition, devices);
+        }
+        let filter = compile(
+            &json!({"operator": "AND", "conditions": [
+                {"field": "status", "operator": "equals", "value": "online"}]}),
+            &catalogue,
+        )
+        .unwrap();
+        let status = catalogue.builtin("status").unwrap();
+        let question = Question {
+            org: "o",
+            site: None,
+            filter: &filter,
+            now: 0,
+            limit: 4,
+            shown: &[status],
+        };
+        let answer = view.evaluate(&catalogue, &question);
+        assert_eq!(answer.partitions, vec![0, 1, 2]);
+        assert_eq!((answer.examined, answer.matched), (30, 15));
+        let ids: Vec<&str> = answer.sample.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, vec!["d00", "d02", "d04", "d06"]);
+        assert_eq!(answer.sample[0].fields, vec![Some(json!("online"))]);
+        // Scoped to a site: six of each partition's ten, three of them online.
+        let scoped = view.evaluate(
+            &catalogue,
+            &Question {
+                site: Some("s1"),
+                ..question
+            },
+        );
+        assert_eq!((scoped.examined, scoped.matched), (18, 9));
+        view.remove(1);
+        assert_eq!(view.held(), vec![0, 2]);
+    }
+}
