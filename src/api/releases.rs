@@ -236,17 +236,24 @@ impl HeldDevices for InMemory {
             ReleaseTarget::Group(g) => Some(g),
             ReleaseTarget::Default => None,
         };
-        let answered =
-            self.view
-                .for_each_device(&self.catalogue, org_id, group, |device, groups| {
-                    let facts = Facts {
-                        id: device.id,
-                        development: device.development,
-                        lock: device.lock,
-                        running: device.running,
-                    };
-                    releases.count(impact, facts, groups, sample);
-                });
+        let (answered, parts) = self.view.for_each_device(
+            &self.catalogue,
+            org_id,
+            group,
+            || Impact::new(0),
+            |part, device, groups| {
+                let facts = Facts {
+                    id: device.id,
+                    development: device.development,
+                    lock: device.lock,
+                    running: device.running,
+                };
+                releases.count(part, facts, groups, sample);
+            },
+        );
+        for part in parts {
+            impact.merge(part, sample);
+        }
         if answered.is_empty() {
             return None;
         }

@@ -52,7 +52,7 @@ impl Default for WorkerConfig {
             embedded_relay: true,
             embedded_api: true,
             caught_up_flush_after_kb: 256,
-            change_chunk_rows: 2000,
+            change_chunk_rows: 500,
         }
     }
 }

@@ -120,31 +120,33 @@ impl FleetView {
 
     /// Calls `each` with every held device of the org — only the members of `group`, when given — with
     /// its groups (a group the pipeline has not published yet is left out: a tombstone of a deleted
-    /// group, which carries no release). Returns the partitions answered. Runs on the calling thread.
-    pub fn for_each_device(
+    /// group, which carries no release), each partition on a thread of its own with its own state from
+    /// `start`. Returns the partitions answered and each one's state. Blocks the calling thread.
+    pub fn for_each_device<T: Send>(
         &self,
         catalogue: &Catalogue,
         org: &str,
         group: Option<Uuid>,
-        mut each: impl FnMut(FirmwareFacts<'_>, &[Uuid]),
-    ) -> Vec<i32> {
+        start: impl Fn() -> T + Sync,
+        each: impl Fn(&mut T, FirmwareFacts<'_>, &[Uuid]) + Sync,
+    ) -> (Vec<i32>, Vec<T>) {
         let partitions: Vec<(i32, Devices)> = self
             .partitions
             .read()
             .iter()
             .map(|(p, d)| (*p, d.clone()))
             .collect();
+        let answered = partitions.iter().map(|(p, _)| *p).collect();
         let groups = self.groups.read().clone();
         let slot = group.and_then(|g| groups.iter().position(|id| *id == g));
         if group.is_some() && slot.is_none() {
             // Not published yet: no held device is known to be a member.
-            return partitions.into_iter().map(|(p, _)| p).collect();
+            return (answered, Vec::new());
         }
         let running_field = catalogue.builtin("firmwareVersion");
-        let mut member_of = Vec::new();
-        let mut answered = Vec::with_capacity(partitions.len());
-        for (partition, devices) in partitions {
-            answered.push(partition);
+        let one = |devices: &Devices| {
+            let mut state = start();
+            let mut member_of = Vec::new();
             let devices = devices.read();
             for (id, device) in devices.iter() {
                 if &*device.org != org {
@@ -172,10 +174,18 @@ impl FleetView {
                     lock: device.firmware_lock.as_deref(),
                     running,
                 };
-                each(facts, &member_of);
+                each(&mut state, facts, &member_of);
             }
-        }
-        answered
+            state
+        };
+        let states = std::thread::scope(|scope| {
+            let running: Vec<_> = partitions
+                .iter()
+                .map(|(_, devices)| scope.spawn(|| one(devices)))
+                .collect();
+            running.into_iter().filter_map(|r| r.join().ok()).collect()
+        });
+        (answered, states)
     }
 
     /// The partitions held now.
@@ -183,9 +193,9 @@ impl FleetView {
         self.partitions.read().keys().copied().collect()
     }
 
-    /// Evaluates a filter over every partition held, one at a time, each under its read lock (the worker
-    /// waits at most one partition's evaluation to install a batch). Runs on the calling thread: call it
-    /// from a blocking task.
+    /// Evaluates a filter over every partition held, each on a thread of its own and under its read lock
+    /// (the worker waits at most one partition's evaluation to install a batch). Blocks the calling
+    /// thread: call it from a blocking task.
     pub fn evaluate(&self, catalogue: &Catalogue, question: &Question<'_>) -> Evaluated {
         let partitions: Vec<(i32, Devices)> = self
             .partitions
@@ -193,55 +203,85 @@ impl FleetView {
             .iter()
             .map(|(p, d)| (*p, d.clone()))
             .collect();
-        let site_field = catalogue.builtin("siteId");
-        let mut answer = Evaluated::default();
-        // The `limit` smallest matching ids: a max-heap whose top is the largest kept.
-        let mut sample: BinaryHeap<ById> = BinaryHeap::new();
-        for (partition, devices) in partitions {
-            answer.partitions.push(partition);
-            let devices = devices.read();
-            for (id, device) in devices.iter() {
-                if &*device.org != question.org {
-                    continue;
-                }
-                if let (Some(site), Some(field)) = (question.site, site_field) {
-                    match device.attrs.get(field) {
-                        Some(AttrValue::Str(s)) if **s == *site => {}
-                        _ => continue,
-                    }
-                }
-                answer.examined += 1;
-                if !question.filter.evaluate(&device.attrs, question.now) {
-                    continue;
-                }
-                answer.matched += 1;
-                let wanted = sample.len() < question.limit
-                    || sample.peek().is_some_and(|largest| **id < *largest.0);
-                if !wanted {
-                    continue;
-                }
-                if sample.len() == question.limit {
-                    sample.pop();
-                }
-                let fields = question
-                    .shown
-                    .iter()
-                    .map(|&f| device.attrs.get(f).map(|v| value_to_json(catalogue, f, v)))
-                    .collect();
-                sample.push(ById(id.clone(), fields));
-            }
+        let parts: Vec<(u64, u64, BinaryHeap<ById>)> = std::thread::scope(|scope| {
+            let running: Vec<_> = partitions
+                .iter()
+                .map(|(_, devices)| {
+                    scope.spawn(|| evaluate_partition(devices, catalogue, question))
+                })
+                .collect();
+            running
+                .into_iter()
+                // A panic in an evaluation (none is reachable: evaluation does not panic) counts nothing.
+                .map(|r| r.join().unwrap_or_default())
+                .collect()
+        });
+        let mut answer = Evaluated {
+            partitions: partitions.iter().map(|(p, _)| *p).collect(),
+            ..Evaluated::default()
+        };
+        let mut sample: Vec<ById> = Vec::new();
+        for (examined, matched, part) in parts {
+            answer.examined += examined;
+            answer.matched += matched;
+            sample.extend(part);
         }
-        let sampled: Vec<Sampled> = sample
-            .into_sorted_vec()
+        sample.sort();
+        sample.truncate(question.limit);
+        answer.sample = sample
             .into_iter()
             .map(|ById(id, fields)| Sampled {
                 id: id.into(),
                 fields,
             })
             .collect();
-        answer.sample = sampled;
         answer
     }
+}
+
+/// One partition's part of [`FleetView::evaluate`]: devices examined, matched, and the `limit` smallest
+/// matching ids with their shown fields.
+fn evaluate_partition(
+    devices: &Devices,
+    catalogue: &Catalogue,
+    question: &Question<'_>,
+) -> (u64, u64, BinaryHeap<ById>) {
+    let site_field = catalogue.builtin("siteId");
+    let (mut examined, mut matched) = (0, 0);
+    // A max-heap whose top is the largest id kept.
+    let mut sample: BinaryHeap<ById> = BinaryHeap::new();
+    let devices = devices.read();
+    for (id, device) in devices.iter() {
+        if &*device.org != question.org {
+            continue;
+        }
+        if let (Some(site), Some(field)) = (question.site, site_field) {
+            match device.attrs.get(field) {
+                Some(AttrValue::Str(s)) if **s == *site => {}
+                _ => continue,
+            }
+        }
+        examined += 1;
+        if !question.filter.evaluate(&device.attrs, question.now) {
+            continue;
+        }
+        matched += 1;
+        let wanted =
+            sample.len() < question.limit || sample.peek().is_some_and(|largest| **id < *largest.0);
+        if !wanted {
+            continue;
+        }
+        if sample.len() == question.limit {
+            sample.pop();
+        }
+        let fields = question
+            .shown
+            .iter()
+            .map(|&f| device.attrs.get(f).map(|v| value_to_json(catalogue, f, v)))
+            .collect();
+        sample.push(ById(id.clone(), fields));
+    }
+    (examined, matched, sample)
 }
 
 #[cfg(test)]

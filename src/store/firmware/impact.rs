@@ -54,6 +54,22 @@ impl Impact {
         }
     }
 
+    /// Adds what `other` counted (of other devices), keeping the `sample` smallest ids of both.
+    pub fn merge(&mut self, other: Impact, sample: usize) {
+        self.examined += other.examined;
+        self.changed += other.changed;
+        self.impacted += other.impacted;
+        for (key, n) in other.transitions {
+            *self.transitions.entry(key).or_default() += n;
+        }
+        for (key, n) in other.downloads {
+            *self.downloads.entry(key).or_default() += n;
+        }
+        self.sample.extend(other.sample);
+        self.sample.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        self.sample.truncate(sample);
+    }
+
     /// Counts one examined device, reporting `running` (its `firmwareVersion`), whose target would move
     /// from `from` to `to`; listed if it changes and fewer than `sample` are.
     pub fn count(
@@ -344,12 +360,13 @@ mod tests {
             .collect();
         assert_eq!(
             listed,
+            // By id, whatever order they were counted in.
             vec![
+                ("blank", None, true),
+                ("dropped", Some("1"), false),
                 ("runs-1", Some("1"), true),
                 ("runs-2", Some("2"), false),
                 ("silent", None, true),
-                ("blank", None, true),
-                ("dropped", Some("1"), false),
             ]
         );
     }
