@@ -19,9 +19,7 @@ use super::error::{ErrorBody, Json, Path, Query};
 use super::{ApiError, ApiState};
 use crate::rules::Catalogue;
 use crate::store::api as queries;
-use crate::store::firmware::{
-    self, Facts, HeldDevices, Impact, Mode, Proposal, ReleaseTarget, Releases,
-};
+use crate::store::firmware::{self, HeldDevices, Impact, Mode, Proposal, ReleaseTarget, Releases};
 use crate::worker::FleetView;
 
 pub fn routes() -> Router<ApiState> {
@@ -241,15 +239,7 @@ impl HeldDevices for InMemory {
             org_id,
             group,
             || Impact::new(0),
-            |part, device, groups| {
-                let facts = Facts {
-                    id: device.id,
-                    development: device.development,
-                    lock: device.lock,
-                    running: device.running,
-                };
-                releases.count(part, facts, groups, sample);
-            },
+            |part, device, groups| releases.count(part, device, groups, sample),
         );
         for part in parts {
             impact.merge(part, sample);

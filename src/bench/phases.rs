@@ -32,7 +32,8 @@ use crate::worker::{Clock, ManualClock, Status};
 /// the worker never waits for input) and well within the mock's 5 MB per partition.
 const MOCK_BACKLOG_PER_PARTITION: u64 = 8_000;
 
-type Produced = anyhow::Result<(Duration, Stream)>;
+/// What a producer thread ends with: the events it produced, the time spent and the stream.
+type Produced = anyhow::Result<(usize, Duration, Stream)>;
 
 /// The worker under test, as `cohort worker` runs it, on a task of this process.
 pub struct Worker {
@@ -162,10 +163,35 @@ impl Rig {
     /// the commits since `base`; resolves with the time spent and the stream.
     fn produce(
         &self,
+        stream: Stream,
+        count: usize,
+        rate: Option<f64>,
+        base: u64,
+    ) -> oneshot::Receiver<Produced> {
+        self.spawn_producer(stream, count, rate, base, None)
+    }
+
+    /// Produces events of `stream` at `rate` events per second on a thread of its own until `stop` is set,
+    /// never more than the backlog ahead of the commits; resolves with the events produced, the time
+    /// spent and the stream.
+    pub(super) fn produce_until(
+        &self,
+        stream: Stream,
+        rate: f64,
+        stop: Arc<AtomicBool>,
+    ) -> oneshot::Receiver<Produced> {
+        let base = self.worker.status.records_committed.load(Ordering::SeqCst);
+        self.spawn_producer(stream, usize::MAX, Some(rate), base, Some(stop))
+    }
+
+    /// The producer thread of [`Rig::produce`] and [`Rig::produce_until`].
+    fn spawn_producer(
+        &self,
         mut stream: Stream,
         count: usize,
         rate: Option<f64>,
         base: u64,
+        stop: Option<Arc<AtomicBool>>,
     ) -> oneshot::Receiver<Produced> {
         let (producer, topic, fleet, clock) = (
             self.producer.clone(),
@@ -182,6 +208,7 @@ impl Rig {
         std::thread::Builder::new()
             .name("bench-producer".into())
             .spawn(move || {
+                let first = stream.next_sequence;
                 let result = broker::produce(
                     &producer,
                     &topic,
@@ -191,50 +218,7 @@ impl Rig {
                     count,
                     rate,
                     ahead.as_ref(),
-                    None,
-                )
-                .map(|elapsed| (elapsed, stream));
-                let _ = tx.send(result);
-            })
-            .expect("failed to spawn the producer thread");
-        rx
-    }
-
-    /// Produces events of `stream` at `rate` events per second on a thread of its own until `stop` is set,
-    /// never more than the backlog ahead of the commits; resolves with the events produced, the time
-    /// spent and the stream.
-    pub(super) fn produce_until(
-        &self,
-        mut stream: Stream,
-        rate: f64,
-        stop: Arc<AtomicBool>,
-    ) -> oneshot::Receiver<anyhow::Result<(usize, Duration, Stream)>> {
-        let (producer, topic, fleet, clock) = (
-            self.producer.clone(),
-            self.topic.clone(),
-            self.fleet.clone(),
-            self.clock.clone(),
-        );
-        let ahead = self.backlog.map(|max| broker::Ahead {
-            status: self.worker.status.clone(),
-            base: self.worker.status.records_committed.load(Ordering::SeqCst),
-            max,
-        });
-        let (tx, rx) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("bench-producer".into())
-            .spawn(move || {
-                let first = stream.next_sequence;
-                let result = broker::produce(
-                    &producer,
-                    &topic,
-                    &fleet,
-                    &mut stream,
-                    &clock,
-                    usize::MAX,
-                    Some(rate),
-                    ahead.as_ref(),
-                    Some(&stop),
+                    stop.as_deref(),
                 )
                 .map(|elapsed| ((stream.next_sequence - first) as usize, elapsed, stream));
                 let _ = tx.send(result);
@@ -304,7 +288,8 @@ impl Rig {
             None,
         )
         .await?;
-        let (produce_time, stream) = producing.await.context("the producer thread stopped")??;
+        let (_, produce_time, stream) =
+            producing.await.context("the producer thread stopped")??;
         let overall = phase_started.elapsed().as_secs_f64();
         let cpu = cpu_before.per_event(&cpu::CpuSample::now(), events as u64);
         let counters_after = server::counters(pool).await;
@@ -379,7 +364,8 @@ impl Rig {
             Some(&mut windows),
         )
         .await?;
-        let (produce_time, stream) = producing.await.context("the producer thread stopped")??;
+        let (_, produce_time, stream) =
+            producing.await.context("the producer thread stopped")??;
         let server = ServerActivity::between(
             counters_before,
             server::counters(pool).await,

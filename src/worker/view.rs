@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::partition::Devices;
 use crate::rules::attrs::value_to_json;
 use crate::rules::{AttrValue, Catalogue, CompiledFilter, EpochMillis, FieldId};
+use crate::store::firmware::Facts;
 
 /// The partitions this process's worker holds, shared with the API in the same process.
 #[derive(Clone, Debug, Default)]
@@ -26,16 +27,6 @@ pub struct FleetView {
     /// The registry's group ids by slot (devices name their groups by slot), as the pipeline last
     /// published them.
     groups: Arc<parking_lot::RwLock<Vec<Uuid>>>,
-}
-
-/// A held device as a firmware impact reads it.
-#[derive(Clone, Copy, Debug)]
-pub struct FirmwareFacts<'a> {
-    pub id: &'a str,
-    pub development: bool,
-    pub lock: Option<&'a str>,
-    /// Its reported `firmwareVersion`.
-    pub running: Option<&'a str>,
 }
 
 /// A matching device in a sample: its id and the values of the fields asked for, as JSON.
@@ -128,14 +119,9 @@ impl FleetView {
         org: &str,
         group: Option<Uuid>,
         start: impl Fn() -> T + Sync,
-        each: impl Fn(&mut T, FirmwareFacts<'_>, &[Uuid]) + Sync,
+        each: impl Fn(&mut T, Facts<'_>, &[Uuid]) + Sync,
     ) -> (Vec<i32>, Vec<T>) {
-        let partitions: Vec<(i32, Devices)> = self
-            .partitions
-            .read()
-            .iter()
-            .map(|(p, d)| (*p, d.clone()))
-            .collect();
+        let partitions = self.snapshot();
         let answered = partitions.iter().map(|(p, _)| *p).collect();
         let groups = self.groups.read().clone();
         let slot = group.and_then(|g| groups.iter().position(|id| *id == g));
@@ -168,7 +154,7 @@ impl FleetView {
                     Some(AttrValue::Str(s)) => Some(&**s),
                     _ => None,
                 });
-                let facts = FirmwareFacts {
+                let facts = Facts {
                     id,
                     development: device.development,
                     lock: device.firmware_lock.as_deref(),
@@ -188,6 +174,15 @@ impl FleetView {
         (answered, states)
     }
 
+    /// The partitions held now, each with its devices.
+    fn snapshot(&self) -> Vec<(i32, Devices)> {
+        self.partitions
+            .read()
+            .iter()
+            .map(|(p, d)| (*p, d.clone()))
+            .collect()
+    }
+
     /// The partitions held now.
     pub fn held(&self) -> Vec<i32> {
         self.partitions.read().keys().copied().collect()
@@ -197,12 +192,7 @@ impl FleetView {
     /// (the worker waits at most one partition's evaluation to install a batch). Blocks the calling
     /// thread: call it from a blocking task.
     pub fn evaluate(&self, catalogue: &Catalogue, question: &Question<'_>) -> Evaluated {
-        let partitions: Vec<(i32, Devices)> = self
-            .partitions
-            .read()
-            .iter()
-            .map(|(p, d)| (*p, d.clone()))
-            .collect();
+        let partitions = self.snapshot();
         let parts: Vec<(u64, u64, BinaryHeap<ById>)> = std::thread::scope(|scope| {
             let running: Vec<_> = partitions
                 .iter()

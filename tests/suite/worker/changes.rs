@@ -87,17 +87,31 @@ async fn a_batch_waits_on_a_lock(h: &Harness) -> anyhow::Result<()> {
     .await
 }
 
-/// Each (group, device) the group change logged, once.
-async fn logged_once(pool: &PgPool, group: Uuid) -> anyhow::Result<()> {
+/// A group created to match `uptimeSeconds > 300`, its change held in the middle by a member's row.
+async fn a_change_under_way(
+    h: &Harness,
+) -> anyhow::Result<(Uuid, sqlx::Transaction<'static, sqlx::Postgres>)> {
+    let blocker = block_a_joiner(h, 300).await?;
+    let group = h.group("busy", uptime_over(300)).await?;
+    a_batch_waits_on_a_lock(h).await?;
+    Ok((group, blocker))
+}
+
+/// Waits until every change is applied, then checks the oracle, and that the group's change logged each
+/// device once; stops the harness.
+async fn applied_once(h: Harness, group: Uuid) -> anyhow::Result<()> {
+    h.control_applied().await?;
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
     let twice: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT device_id FROM group_membership_log WHERE group_id = $1 \
          GROUP BY device_id, action HAVING count(*) > 1) t",
     )
     .bind(group)
-    .fetch_one(pool)
+    .fetch_one(h.pool())
     .await?;
     anyhow::ensure!(twice == 0, "{twice} devices were logged twice");
-    Ok(())
+    h.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,37 +172,25 @@ async fn a_large_group_change_is_written_in_chunks_beside_events_without_rewriti
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_in_the_middle_of_a_chunked_change_resumes_it() -> anyhow::Result<()> {
     let (mut h, _) = fleet(100, 0x5EED_0002).await?;
-    let blocker = block_a_joiner(&h, 300).await?;
-    let group = h.group("busy", uptime_over(300)).await?;
-    a_batch_waits_on_a_lock(&h).await?;
+    let (group, blocker) = a_change_under_way(&h).await?;
     h.kill_first();
     blocker.rollback().await?;
     h.add_worker().await?;
     h.all_partitions_owned(2).await?;
-    h.control_applied().await?;
-    h.check_oracle(chrono::Utc::now().timestamp_millis())
-        .await?;
-    logged_once(h.pool(), group).await?;
-    h.stop().await
+    applied_once(h, group).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_in_the_middle_of_a_chunked_change_loses_and_repeats_nothing(
 ) -> anyhow::Result<()> {
     let (mut h, mut rng) = fleet(100, 0x5EED_0003).await?;
-    let blocker = block_a_joiner(&h, 300).await?;
-    let group = h.group("busy", uptime_over(300)).await?;
-    a_batch_waits_on_a_lock(&h).await?;
+    let (group, blocker) = a_change_under_way(&h).await?;
     h.add_worker().await?;
     blocker.rollback().await?;
     let last = stream(&mut h, 100, 100, &mut rng).await?;
     h.all_partitions_owned(2).await?;
     all_applied(&h, &last).await?;
-    h.control_applied().await?;
-    h.check_oracle(chrono::Utc::now().timestamp_millis())
-        .await?;
-    logged_once(h.pool(), group).await?;
-    h.stop().await
+    applied_once(h, group).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
