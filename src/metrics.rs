@@ -51,6 +51,9 @@ pub const PARTITIONS_OWNED: &str = "cohort_worker_partitions_owned";
 pub const READY: &str = "cohort_worker_ready";
 /// Devices held in memory.
 pub const DEVICES_HELD: &str = "cohort_worker_devices_held";
+/// Owned partitions in the middle of applying a definition change (a group created, edited or deleted, a
+/// release changed) in chunks.
+pub const CHANGES_IN_PROGRESS: &str = "cohort_worker_definition_changes_in_progress";
 /// Rebalance callbacks by kind (`assign`, `revoke`).
 pub const REBALANCES: &str = "cohort_worker_rebalances_total";
 /// Times the poller paused fetching because the pipeline was behind.
@@ -116,6 +119,7 @@ pub const ALL: &[&str] = &[
     PARTITIONS_OWNED,
     READY,
     DEVICES_HELD,
+    CHANGES_IN_PROGRESS,
     REBALANCES,
     BACKPRESSURE_PAUSES,
     CONSUMER_ERRORS,
@@ -180,6 +184,10 @@ pub fn describe() {
     describe_gauge!(PARTITIONS_OWNED, "Partitions owned by this worker");
     describe_gauge!(READY, "1 while the worker pipeline runs, else 0");
     describe_gauge!(DEVICES_HELD, "Devices held in memory");
+    describe_gauge!(
+        CHANGES_IN_PROGRESS,
+        "Owned partitions in the middle of applying a definition change in chunks"
+    );
     describe_counter!(REBALANCES, "Rebalance callbacks by kind");
     describe_counter!(
         BACKPRESSURE_PAUSES,

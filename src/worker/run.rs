@@ -290,6 +290,12 @@ impl Pipeline {
             .partitions
             .store(self.partitions.len(), Ordering::SeqCst);
         metrics::gauge!(m::PARTITIONS_OWNED).set(self.partitions.len() as f64);
+        metrics::gauge!(m::CHANGES_IN_PROGRESS).set(
+            self.partitions
+                .values()
+                .filter(|p| p.sweep.is_some())
+                .count() as f64,
+        );
         if self.view.published_groups() != self.registry.slots() {
             self.view.publish_groups(self.registry.group_ids());
         }
