@@ -132,10 +132,12 @@ async fn run_preview(
             let Ok(_slot) = state.memory_preview_slots.clone().acquire_owned().await else {
                 return Err(ApiError::rate_limited(1));
             };
-            let shown: Vec<_> = SHOWN
+            // (name, field) of each shown field the catalogue has.
+            let shown: Vec<(&str, _)> = SHOWN
                 .iter()
-                .filter_map(|f| state.catalogue.builtin(f))
+                .filter_map(|&name| state.catalogue.builtin(name).map(|f| (name, f)))
                 .collect();
+            let fields: Vec<_> = shown.iter().map(|&(_, f)| f).collect();
             let (view, catalogue, org, site, filter) = (
                 view.clone(),
                 state.catalogue.clone(),
@@ -152,7 +154,7 @@ async fn run_preview(
                         filter: &filter,
                         now,
                         limit,
-                        shown: &shown,
+                        shown: &fields,
                     },
                 )
             })
@@ -164,20 +166,13 @@ async fn run_preview(
                 .sample
                 .into_iter()
                 .map(|s| {
-                    let text = |i: usize| {
-                        s.fields
-                            .get(i)
-                            .and_then(|v| v.as_ref())
-                            .and_then(display_text)
-                    };
-                    PreviewDevice {
-                        hostname: text(0),
-                        display_name: text(1),
-                        os_type: text(2),
-                        status: text(3),
-                        last_seen_at: text(4),
-                        id: s.id,
-                    }
+                    // The shown values by name, as a stored document has them.
+                    let doc: Map<String, Value> = shown
+                        .iter()
+                        .zip(s.fields)
+                        .filter_map(|(&(name, _), value)| Some((name.to_string(), value?)))
+                        .collect();
+                    sample(s.id, &doc)
                 })
                 .collect();
             held = answer.partitions;

@@ -174,21 +174,14 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         }
         let written = write_devices(&mut tx, sql, rows, batch.partition).await?;
         if written.len() != rows.len() {
-            missing(rows, &written, &mut conflicts);
+            missing(rows.iter().map(|r| r.id.as_str()), &written, &mut conflicts);
         }
     }
     if !batch.device_locks.is_empty() {
         let locked = lock_devices(&mut tx, &batch.device_locks).await?;
         if locked.len() != batch.device_locks.len() {
-            let locked: std::collections::HashSet<&str> =
-                locked.iter().map(String::as_str).collect();
-            conflicts.extend(
-                batch
-                    .device_locks
-                    .iter()
-                    .filter(|(id, _)| !locked.contains(id.as_str()))
-                    .map(|(id, _)| id.clone()),
-            );
+            let ids = batch.device_locks.iter().map(|(id, _)| id.as_str());
+            missing(ids, &locked, &mut conflicts);
         }
     }
     if conflicts.is_empty() && !batch.taken_over.is_empty() {
@@ -351,11 +344,8 @@ async fn write_devices(
         .await?)
 }
 
-fn missing(rows: &[DeviceRow], written: &[String], out: &mut Vec<String>) {
+/// Adds to `out` the `ids` a statement did not return in `written` (written, or locked).
+fn missing<'a>(ids: impl Iterator<Item = &'a str>, written: &[String], out: &mut Vec<String>) {
     let written: std::collections::HashSet<&str> = written.iter().map(String::as_str).collect();
-    out.extend(
-        rows.iter()
-            .filter(|r| !written.contains(r.id.as_str()))
-            .map(|r| r.id.clone()),
-    );
+    out.extend(ids.filter(|id| !written.contains(id)).map(str::to_string));
 }

@@ -121,13 +121,11 @@ impl FleetView {
         start: impl Fn() -> T + Sync,
         each: impl Fn(&mut T, Facts<'_>, &[Uuid]) + Sync,
     ) -> (Vec<i32>, Vec<T>) {
-        let partitions = self.snapshot();
-        let answered = partitions.iter().map(|(p, _)| *p).collect();
         let groups = self.groups.read().clone();
         let slot = group.and_then(|g| groups.iter().position(|id| *id == g));
         if group.is_some() && slot.is_none() {
             // Not published yet: no held device is known to be a member.
-            return (answered, Vec::new());
+            return (self.held(), Vec::new());
         }
         let running_field = catalogue.builtin("firmwareVersion");
         let one = |devices: &Devices| {
@@ -164,23 +162,27 @@ impl FleetView {
             }
             state
         };
-        let states = std::thread::scope(|scope| {
+        self.each_partition(one)
+    }
+
+    /// Runs `one` on every partition held, each on a thread of its own; returns the partitions and what
+    /// `one` gave for each (a partition whose thread panicked — none is reachable: evaluation does not
+    /// panic — gives nothing).
+    fn each_partition<T: Send>(&self, one: impl Fn(&Devices) -> T + Sync) -> (Vec<i32>, Vec<T>) {
+        let partitions: Vec<(i32, Devices)> = self
+            .partitions
+            .read()
+            .iter()
+            .map(|(p, d)| (*p, d.clone()))
+            .collect();
+        let results = std::thread::scope(|scope| {
             let running: Vec<_> = partitions
                 .iter()
                 .map(|(_, devices)| scope.spawn(|| one(devices)))
                 .collect();
             running.into_iter().filter_map(|r| r.join().ok()).collect()
         });
-        (answered, states)
-    }
-
-    /// The partitions held now, each with its devices.
-    fn snapshot(&self) -> Vec<(i32, Devices)> {
-        self.partitions
-            .read()
-            .iter()
-            .map(|(p, d)| (*p, d.clone()))
-            .collect()
+        (partitions.into_iter().map(|(p, _)| p).collect(), results)
     }
 
     /// The partitions held now.
@@ -192,22 +194,10 @@ impl FleetView {
     /// (the worker waits at most one partition's evaluation to install a batch). Blocks the calling
     /// thread: call it from a blocking task.
     pub fn evaluate(&self, catalogue: &Catalogue, question: &Question<'_>) -> Evaluated {
-        let partitions = self.snapshot();
-        let parts: Vec<(u64, u64, BinaryHeap<ById>)> = std::thread::scope(|scope| {
-            let running: Vec<_> = partitions
-                .iter()
-                .map(|(_, devices)| {
-                    scope.spawn(|| evaluate_partition(devices, catalogue, question))
-                })
-                .collect();
-            running
-                .into_iter()
-                // A panic in an evaluation (none is reachable: evaluation does not panic) counts nothing.
-                .map(|r| r.join().unwrap_or_default())
-                .collect()
-        });
+        let (partitions, parts) =
+            self.each_partition(|devices| evaluate_partition(devices, catalogue, question));
         let mut answer = Evaluated {
-            partitions: partitions.iter().map(|(p, _)| *p).collect(),
+            partitions,
             ..Evaluated::default()
         };
         let mut sample: Vec<ById> = Vec::new();

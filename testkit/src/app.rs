@@ -81,6 +81,22 @@ pub async fn spawn_worker(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Res
     })
 }
 
+impl RunningWorker {
+    /// Its HTTP address (API, metrics), waiting for it to bind.
+    pub async fn http_address(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let mut address = self.address.clone();
+        let bound = crate::within(LIMIT, "the http listener binds", async {
+            address
+                .wait_for(Option::is_some)
+                .await
+                .map(|a| a.expect("waited for Some"))
+                .map_err(anyhow::Error::from)
+        })
+        .await?;
+        Ok(bound)
+    }
+}
+
 impl Harness {
     pub async fn start() -> anyhow::Result<Self> {
         Self::start_with_clock(Arc::new(SystemClock)).await
@@ -129,16 +145,7 @@ impl Harness {
 
     /// The first worker's HTTP address (its API), waiting for it to bind.
     pub async fn http_address(&self) -> anyhow::Result<std::net::SocketAddr> {
-        let mut address = self.workers[0].address.clone();
-        let bound = crate::within(LIMIT, "the http listener binds", async {
-            address
-                .wait_for(Option::is_some)
-                .await
-                .map(|a| a.expect("waited for Some"))
-                .map_err(anyhow::Error::from)
-        })
-        .await?;
-        Ok(bound)
+        self.workers[0].http_address().await
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -13,7 +13,8 @@ use crate::worker::device::{AddedBy, Device, Member};
 impl Work<'_> {
     /// Applies one control-log entry that concerns single devices (pins, static memberships, device
     /// settings) to this partition's devices. Definition changes are swept ([`super::sweep`]) and
-    /// reconciliations re-evaluated ([`Work::reevaluate`]); neither comes here.
+    /// reconciliations re-evaluated ([`Work::reevaluate`]); a definition change that concerns nothing this
+    /// worker knows (a group it has no slot for) comes here only to be counted.
     pub(super) fn control(&mut self, entry: &Positioned) {
         self.stats.control_entries += 1;
         let registry = self.registry;

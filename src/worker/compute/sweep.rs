@@ -75,11 +75,9 @@ impl Work<'_> {
                 continue;
             }
             let Some((step, org)) = self.step(&entry.entry) else {
-                if !is_sweep(&entry.entry) {
-                    self.control(entry);
-                } else {
-                    self.stats.control_entries += 1;
-                }
+                // An entry for single devices, or a definition change to a group this worker does not know
+                // (which `control` counts and leaves).
+                self.control(entry);
                 progress.applied += 1;
                 continue;
             };
@@ -192,16 +190,6 @@ impl Work<'_> {
             }
         }
     }
-}
-
-/// Whether a control entry is a definition change, applied by sweeping its org's devices.
-fn is_sweep(entry: &ControlEntry) -> bool {
-    matches!(
-        entry,
-        ControlEntry::GroupUpserted(_)
-            | ControlEntry::GroupDeleted { .. }
-            | ControlEntry::ReleaseChanged { .. }
-    )
 }
 
 /// Whether a dynamic group's upsert is made redundant by a later entry of the batch that sweeps the same

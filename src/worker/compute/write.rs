@@ -68,15 +68,15 @@ impl Work<'_> {
             // A held device the batch leaves as stored (a replayed or mirrored control entry that changed
             // no stored column) is not written. Anything else is, also to take the version guard: no two
             // owners ever write a device's memberships or log.
+            let is_held = held.contains_key(&id);
             let untouched = original.is_some_and(|o| stored_equal(o, &current))
-                && held.contains_key(&id)
+                && is_held
                 && !logged.contains(&*id);
             if untouched {
                 devices.insert(id, Box::new(current));
                 continue;
             }
             diff_memberships(registry, &id, original, &current, &mut write);
-            let is_held = held.contains_key(&id);
             if is_held && current.stored && original.is_some_and(|o| row_equal(o, &current)) {
                 // Only its memberships (or log) change: the row is not rewritten, only locked at the
                 // version this batch was computed from (`crate::store::batch`).

@@ -37,13 +37,7 @@ pub async fn check_previews(
         async move { Ok((status.partitions.load(Ordering::SeqCst) == partitions).then_some(())) }
     })
     .await?;
-    let mut address = worker.address.clone();
-    let addr = loop {
-        if let Some(addr) = *address.borrow() {
-            break addr;
-        }
-        address.changed().await?;
-    };
+    let addr = worker.http_address().await?;
     let (_, key) = api_keys::create(pool, Some(ORG), "crash-previews").await?;
     let client = Client::new(addr, Some(&key));
     for group in &model.dynamic {
