@@ -66,34 +66,13 @@ async fn block_a_joiner(
     Ok(blocker)
 }
 
-async fn a_batch_waits_on_a_lock(h: &Harness) -> anyhow::Result<()> {
-    let pool = h.pool().clone();
-    eventually(
-        LIMIT,
-        "a chunk of the change waits for the held row",
-        || {
-            let pool = pool.clone();
-            async move {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                )
-                .fetch_one(&pool)
-                .await?;
-                Ok((waiting > 0).then_some(()))
-            }
-        },
-    )
-    .await
-}
-
 /// A group created to match `uptimeSeconds > 300`, its change held in the middle by a member's row.
 async fn a_change_under_way(
     h: &Harness,
 ) -> anyhow::Result<(Uuid, sqlx::Transaction<'static, sqlx::Postgres>)> {
     let blocker = block_a_joiner(h, 300).await?;
     let group = h.group("busy", uptime_over(300)).await?;
-    a_batch_waits_on_a_lock(h).await?;
+    super::a_batch_waits_on_a_lock(h, "a chunk of the change waits for the held row").await?;
     Ok((group, blocker))
 }
 
@@ -199,7 +178,7 @@ async fn a_filter_edit_while_the_previous_one_is_applied_ends_in_the_newest_filt
     let (h, _) = fleet(100, 0x5EED_0004).await?;
     let blocker = block_a_joiner(&h, 600).await?;
     let group = h.group("busy", uptime_over(300)).await?;
-    a_batch_waits_on_a_lock(&h).await?;
+    super::a_batch_waits_on_a_lock(&h, "a chunk of the change waits for the held row").await?;
     groups::update_filter(h.pool(), &h.catalogue, group, &uptime_over(600)).await?;
     groups::update_filter(h.pool(), &h.catalogue, group, &uptime_over(500)).await?;
     blocker.rollback().await?;

@@ -296,3 +296,22 @@ async fn a_filter_change_moves_members_with_only_the_diff_logged() -> anyhow::Re
         .await?;
     h.stop().await
 }
+
+/// Waits until some session of this test's database waits on a lock: a batch blocked by a row the test
+/// holds (`what` names it in the failure).
+async fn a_batch_waits_on_a_lock(h: &Harness, what: &str) -> anyhow::Result<()> {
+    let pool = h.pool().clone();
+    eventually(LIMIT, what, || {
+        let pool = pool.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&pool)
+            .await?;
+            Ok((waiting > 0).then_some(()))
+        }
+    })
+    .await
+}

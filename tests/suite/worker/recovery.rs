@@ -127,19 +127,7 @@ async fn a_device_conflict_puts_back_both_batches_in_flight_and_recomputes_them(
     let caught_up = h.status.batches_caught_up.load(SeqCst);
     let pipelined = h.status.batches_pipelined.load(SeqCst);
     h.send("dev-1", json!({"status": "offline"})).await?;
-    let pool = h.pool().clone();
-    eventually(LIMIT, "the batch's commit waits for the row", || {
-        let pool = pool.clone();
-        async move {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .fetch_one(&pool)
-            .await?;
-            Ok((waiting > 0).then_some(()))
-        }
-    })
-    .await?;
+    super::a_batch_waits_on_a_lock(&h, "the batch's commit waits for the row").await?;
     // The batch behind it, full with these two.
     let other_off = h.send(&other, json!({"status": "offline"})).await?;
     let back = h.send("dev-1", json!({"status": "online"})).await?;
