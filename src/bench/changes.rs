@@ -90,7 +90,7 @@ pub struct ChangesReport {
     /// The org everything was done in, and its devices.
     pub org_id: String,
     pub org_devices: usize,
-    /// Events produced during the phase: the rate asked for (half the sustained rate) and achieved.
+    /// Events produced during the phase: the rate asked for (half the sustained rate, or `--rate`) and achieved.
     pub events: usize,
     pub target_rate: f64,
     pub achieved_rate: f64,
@@ -184,19 +184,18 @@ impl ChangesReport {
     }
 }
 
-/// Runs the phase on `rig` with `stream`'s events at half the `sustained` rate; returns the stream to go
-/// on with, once every event it produced is committed.
+/// Runs the phase on `rig` with `stream`'s events at `rate` per second; returns the stream to go on
+/// with, once every event it produced is committed.
 pub async fn measure(
     rig: &mut Rig,
     pool: &PgPool,
     stream: Stream,
-    sustained: f64,
+    rate: f64,
     fleet: &Fleet,
     partitions: i32,
 ) -> anyhow::Result<(ChangesReport, Stream)> {
     let status = rig.status();
     let base = status.records_committed.load(Ordering::SeqCst);
-    let rate = (sustained / 2.0).max(1.0);
     let stop = Arc::new(AtomicBool::new(false));
     let producing = rig.produce_until(stream, rate, stop.clone());
     let measured = steps(rig, pool, fleet, partitions).await;

@@ -16,9 +16,9 @@
 //!    is the committed rate between 10% and 90% of them (the worker's [`Status`](crate::worker::Status)
 //!    counters, sampled by [`readings`]); the CPU the phase used per event is read from `/proc` by role
 //!    ([`cpu`]), the log rows it wrote per event from the log's ids.
-//! 4. **latency**: events are produced at half the sustained rate for `--latency-seconds`; the latency of
+//! 4. **latency**: events are produced at half the sustained rate (or `--rate`) for `--latency-seconds`; the latency of
 //!    each is from its Kafka timestamp (set when produced) to just after its batch commits.
-//! 5. **changes** ([`changes`], unless `--skip-changes`): events go on at half the sustained rate while
+//! 5. **changes** ([`changes`], unless `--skip-changes`): events go on at the same rate while
 //!    the worker's REST API ([`api`] is its client) is read — a group, a page of groups, previews, one at
 //!    a time and 20 at once — and a group is created, edited and deleted, each change timed until every
 //!    partition has applied it, with the latency of the events committed meanwhile; a release dry run

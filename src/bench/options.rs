@@ -30,6 +30,11 @@ pub struct BenchOptions {
     /// the throughput phase does (a shorter run's rate depends on where in a cycle it falls).
     #[arg(long, default_value_t = 300_000)]
     pub ceiling_events: usize,
+    /// Events per second in the latency and group-changes phases; by default half the sustained rate. A
+    /// fixed rate lets runs of two builds, whose sustained rates differ by the machine's noise, be
+    /// compared under the same load.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
     /// Leave out the group-changes phase (the API's reads, previews and a group created, edited and
     /// deleted while events flow at half the sustained rate).
     #[arg(long)]
@@ -66,10 +71,24 @@ pub struct BenchOptions {
     pub caught_up_flush_after_kb: u32,
 }
 
+fn parse_rate(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && (1.0..=10_000_000.0).contains(&rate) => Ok(rate),
+        _ => Err("expected events per second, from 1 to 10,000,000".to_owned()),
+    }
+}
+
 fn parse_wal_compression(value: &str) -> Result<WalCompression, String> {
     value
         .parse()
         .map_err(|()| "expected one of server, off, pglz, lz4, zstd".to_owned())
+}
+
+impl BenchOptions {
+    /// The rate of the latency and group-changes phases: `--rate`, or half the `sustained` rate.
+    pub fn paced_rate(&self, sustained: f64) -> f64 {
+        self.rate.unwrap_or((sustained / 2.0).max(1.0))
+    }
 }
 
 impl Default for BenchOptions {
@@ -82,6 +101,7 @@ impl Default for BenchOptions {
             latency_seconds: 60,
             latency_warmup_seconds: 20,
             ceiling_events: 300_000,
+            rate: None,
             skip_changes: false,
             partitions: 2,
             database_url: "postgres://postgres@127.0.0.1:5432/cohort_bench".into(),

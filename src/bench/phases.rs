@@ -321,7 +321,7 @@ impl Rig {
         Ok((throughput, server, stream))
     }
 
-    /// The latency: events at half the `sustained` rate, for `--latency-warmup-seconds` and then for
+    /// The latency: events at the paced rate (half the `sustained` rate unless `--rate`), for `--latency-warmup-seconds` and then for
     /// `--latency-seconds`, measured over the latter. Returns the stream to go on with.
     pub async fn latency(
         &mut self,
@@ -331,7 +331,7 @@ impl Rig {
         options: &BenchOptions,
     ) -> anyhow::Result<(LatencyReport, Option<ServerActivity>, Stream)> {
         let status = self.worker.status.clone();
-        let rate = (sustained / 2.0).max(1.0);
+        let rate = options.paced_rate(sustained);
         let latency_events = ((rate * options.latency_seconds as f64) as usize).max(100);
         let warmup_events = (rate * options.latency_warmup_seconds as f64) as usize;
         let base = status.records_committed.load(Ordering::SeqCst);

@@ -83,7 +83,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
             &mut rig,
             &pool,
             stream,
-            throughput.events_per_second,
+            options.paced_rate(throughput.events_per_second),
             &fleet,
             options.partitions,
         )
