@@ -10,11 +10,16 @@
 //! writer gets [`StoreError::DeviceConflict`] and recomputes.
 //!
 //! A device whose row does not change — only its memberships and log do, as when a group's definition
-//! changes — is not rewritten: its row is locked `FOR SHARE` at the expected version instead (a lock costs a
-//! small WAL record; rewriting the row costs a whole new row version). The share lock still orders the
-//! batch with any writer taking the device over: that writer's update waits for this batch to commit, and
-//! then checks ([`BatchWrite::taken_over`]) that the memberships it read are still those stored; a batch
-//! that locks after such a writer committed finds the version moved.
+//! changes — is not rewritten, nor locked: the batch only checks that its stored version is still the one
+//! it expects (a plain read: rewriting the row costs a whole new row version, and even a `FOR SHARE` lock
+//! dirties its page and writes a WAL record, about a third of a definition change's cost per member).
+//! What orders such a batch against a worker taking the device over is the partition's position row
+//! instead: a batch taking devices over from other partitions first locks those partitions' position rows
+//! `FOR SHARE` ([`lock_previous_owners`]), so it waits for any batch of theirs in flight (which holds its
+//! position row from its first statement to its commit), and a batch of theirs that starts later waits for
+//! it. Whichever commits second sees the first: the old owner's version check finds the row rewritten, or
+//! the new owner's check ([`BatchWrite::taken_over`]) finds the memberships it read no longer stored. One
+//! lock per partition taken from, instead of one per device changed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -76,8 +81,8 @@ pub struct BatchWrite {
     pub device_updates: Vec<DeviceRow>,
     pub device_inserts: Vec<DeviceRow>,
     /// (device, version) of held devices whose memberships or log change while their row does not: the
-    /// row is locked (`FOR SHARE`) at that version instead of rewritten.
-    pub device_locks: Vec<(String, i64)>,
+    /// row is checked to be still at that version instead of rewritten.
+    pub device_checks: Vec<(String, i64)>,
     /// (device, its memberships as read: (group, pinned), sorted) of devices this batch takes over from
     /// another partition, checked against what is stored once their rows are written.
     pub taken_over: Vec<(String, Vec<(Uuid, bool)>)>,
@@ -150,6 +155,9 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         });
     }
 
+    if !batch.taken_over.is_empty() {
+        lock_previous_owners(&mut tx, batch).await?;
+    }
     let mut conflicts = Vec::new();
     // Both statements take the same columns ($1–$11, and $12 the partition), bound by `write_devices`;
     // each uses the ones it needs.
@@ -177,11 +185,11 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
             missing(rows.iter().map(|r| r.id.as_str()), &written, &mut conflicts);
         }
     }
-    if !batch.device_locks.is_empty() {
-        let locked = lock_devices(&mut tx, &batch.device_locks).await?;
-        if locked.len() != batch.device_locks.len() {
-            let ids = batch.device_locks.iter().map(|(id, _)| id.as_str());
-            missing(ids, &locked, &mut conflicts);
+    if !batch.device_checks.is_empty() {
+        let current = at_version(&mut tx, &batch.device_checks).await?;
+        if current.len() != batch.device_checks.len() {
+            let ids = batch.device_checks.iter().map(|(id, _)| id.as_str());
+            missing(ids, &current, &mut conflicts);
         }
     }
     if conflicts.is_empty() && !batch.taken_over.is_empty() {
@@ -255,25 +263,42 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Locks the rows of devices whose memberships change while their rows do not, each at the version the
-/// batch expects, returning the ids locked (a device whose version moved is not).
-async fn lock_devices(
+/// The devices of `rows` whose stored version is still the one given (a device whose version moved was
+/// rewritten by a worker that took it over).
+async fn at_version(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     rows: &[(String, i64)],
 ) -> Result<Vec<String>, StoreError> {
-    // In id order, as every batch locks, so two batches wait for each other rather than deadlock.
-    let mut rows: Vec<&(String, i64)> = rows.iter().collect();
-    rows.sort_unstable();
     Ok(sqlx::query_scalar(
         "SELECT d.id FROM devices d \
-         JOIN unnest($1::text[], $2::int8[]) WITH ORDINALITY AS u(id, version, n) \
-           ON d.id = u.id AND d.version = u.version \
-         ORDER BY u.n FOR SHARE OF d",
+         JOIN unnest($1::text[], $2::int8[]) AS u(id, version) ON d.id = u.id AND d.version = u.version",
     )
     .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?)
+}
+
+/// Locks `FOR SHARE` the position rows of the partitions the batch's taken-over devices are stored under,
+/// before their rows are rewritten: the batch waits for those partitions' batches in flight, and theirs
+/// started later wait for it (see the module's documentation). In partition order, as every batch locks.
+async fn lock_previous_owners(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batch: &BatchWrite,
+) -> Result<(), StoreError> {
+    let ids: Vec<&str> = batch.taken_over.iter().map(|(id, _)| id.as_str()).collect();
+    sqlx::query(
+        "SELECT p.partition FROM partition_positions p \
+         WHERE p.topic = $1 AND p.partition <> $2 \
+           AND p.partition IN (SELECT d.partition FROM devices d WHERE d.id = ANY($3)) \
+         ORDER BY p.partition FOR SHARE OF p",
+    )
+    .bind(&batch.topic)
+    .bind(batch.partition)
+    .bind(&ids)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The devices taken over whose stored memberships differ from those the batch was computed from: another

@@ -78,9 +78,9 @@ impl Work<'_> {
             }
             diff_memberships(registry, &id, original, &current, &mut write);
             if is_held && current.stored && original.is_some_and(|o| row_equal(o, &current)) {
-                // Only its memberships (or log) change: the row is not rewritten, only locked at the
-                // version this batch was computed from (`crate::store::batch`).
-                write.device_locks.push((id.to_string(), current.version));
+                // Only its memberships (or log) change: the row is not rewritten, only checked to be at
+                // the version this batch was computed from (`crate::store::batch`).
+                write.device_checks.push((id.to_string(), current.version));
                 devices.insert(id, Box::new(current));
                 continue;
             }

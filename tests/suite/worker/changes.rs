@@ -46,10 +46,12 @@ async fn transactions(pool: &PgPool, group: Uuid) -> anyhow::Result<i64> {
     .await?)
 }
 
-/// Holds the row of one device the filter `uptimeSeconds > threshold` matches, so that the chunk of a
-/// change reaching it waits; returns once a batch waits for it.
+/// Holds the membership of one device the filter `uptimeSeconds > threshold` matches in `group` (a
+/// membership inserted and not committed), so that the chunk of a change adding it waits for the key;
+/// returns the open transaction.
 async fn block_a_joiner(
     h: &Harness,
+    group: Uuid,
     threshold: i64,
 ) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Postgres>> {
     let joiner: String = sqlx::query_scalar(
@@ -59,20 +61,32 @@ async fn block_a_joiner(
     .fetch_one(h.pool())
     .await?;
     let mut blocker = h.pool().begin().await?;
-    sqlx::query("SELECT 1 FROM devices WHERE id = $1 FOR UPDATE")
-        .bind(&joiner)
-        .execute(&mut *blocker)
-        .await?;
+    sqlx::query(
+        "INSERT INTO device_group_memberships (group_id, device_id, added_by) VALUES ($1, $2, 'manual')",
+    )
+    .bind(group)
+    .bind(&joiner)
+    .execute(&mut *blocker)
+    .await?;
     Ok(blocker)
 }
 
-/// A group created to match `uptimeSeconds > 300`, its change held in the middle by a member's row.
+/// A group that matches nothing yet, its (empty) change applied.
+async fn an_empty_group(h: &Harness) -> anyhow::Result<Uuid> {
+    let group = h.group("busy", uptime_over(1_000_000)).await?;
+    h.control_applied().await?;
+    Ok(group)
+}
+
+/// A group whose filter was edited to match `uptimeSeconds > 300`, the change held in the middle by a
+/// joining member's key.
 async fn a_change_under_way(
     h: &Harness,
 ) -> anyhow::Result<(Uuid, sqlx::Transaction<'static, sqlx::Postgres>)> {
-    let blocker = block_a_joiner(h, 300).await?;
-    let group = h.group("busy", uptime_over(300)).await?;
-    super::a_batch_waits_on_a_lock(h, "a chunk of the change waits for the held row").await?;
+    let group = an_empty_group(h).await?;
+    let blocker = block_a_joiner(h, group, 300).await?;
+    groups::update_filter(h.pool(), &h.catalogue, group, &uptime_over(300)).await?;
+    super::a_batch_waits_on_a_lock(h, "a chunk of the change waits for the held key").await?;
     Ok((group, blocker))
 }
 
@@ -176,9 +190,10 @@ async fn a_rebalance_in_the_middle_of_a_chunked_change_loses_and_repeats_nothing
 async fn a_filter_edit_while_the_previous_one_is_applied_ends_in_the_newest_filter(
 ) -> anyhow::Result<()> {
     let (h, _) = fleet(100, 0x5EED_0004).await?;
-    let blocker = block_a_joiner(&h, 600).await?;
-    let group = h.group("busy", uptime_over(300)).await?;
-    super::a_batch_waits_on_a_lock(&h, "a chunk of the change waits for the held row").await?;
+    let group = an_empty_group(&h).await?;
+    let blocker = block_a_joiner(&h, group, 600).await?;
+    groups::update_filter(h.pool(), &h.catalogue, group, &uptime_over(300)).await?;
+    super::a_batch_waits_on_a_lock(&h, "a chunk of the change waits for the held key").await?;
     groups::update_filter(h.pool(), &h.catalogue, group, &uptime_over(600)).await?;
     groups::update_filter(h.pool(), &h.catalogue, group, &uptime_over(500)).await?;
     blocker.rollback().await?;

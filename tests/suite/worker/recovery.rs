@@ -1,6 +1,6 @@
 //! The worker through what breaks a stream: killed mid-stream and restarted, a rebalance between two
 //! workers, the database going away, two batches in flight conflicting on a device, a device arriving on
-//! another partition.
+//! another partition (also while its old partition's batch is in flight).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,7 +181,6 @@ async fn a_device_conflict_puts_back_both_batches_in_flight_and_recomputes_them(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_arriving_on_another_partition_is_rehomed() -> anyhow::Result<()> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
     let mut h = Harness::start().await?;
     let online = h
         .group("online", json!({"operator": "AND", "conditions": [{"field": "status", "operator": "equals", "value": "online"}]}))
@@ -193,23 +192,8 @@ async fn a_device_arriving_on_another_partition_is_rehomed() -> anyhow::Result<(
         .await?;
     let before = metric("cohort_worker_devices_rehomed_total");
     // A producer with another partitioner: the next event lands on the other partition.
-    let producer: FutureProducer = h.kafka.producer_config().create()?;
-    h.sequence += 1;
-    let event =
-        json!({"eventId": "moved", "orgId": ORG, "deviceId": "dev-1", "sequence": h.sequence,
-                       "attributes": {"status": "offline"}})
-        .to_string();
-    producer
-        .send(
-            FutureRecord::to(&h.input)
-                .key("dev-1")
-                .payload(&event)
-                .partition(1 - home),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)?;
-    h.applied("dev-1", h.sequence).await?;
+    let moved = send_on(&mut h, 1 - home, "dev-1", json!({"status": "offline"})).await?;
+    h.applied("dev-1", moved).await?;
     let now_home: i32 = sqlx::query_scalar("SELECT partition FROM devices WHERE id = 'dev-1'")
         .fetch_one(h.pool())
         .await?;
@@ -224,4 +208,92 @@ async fn a_device_arriving_on_another_partition_is_rehomed() -> anyhow::Result<(
     h.check_oracle(chrono::Utc::now().timestamp_millis())
         .await?;
     h.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_taken_over_while_its_old_partition_commits_is_recomputed_from_that_commit(
+) -> anyhow::Result<()> {
+    let mut h = Harness::start().await?;
+    let status_is = |value: &str| json!({"operator": "AND", "conditions": [{"field": "status", "operator": "equals", "value": value}]});
+    h.group("online", status_is("online")).await?;
+    h.group("offline", status_is("offline")).await?;
+    let maintenance = h.group("maintenance", status_is("maintenance")).await?;
+    let first = h.send("dev-1", json!({"status": "online"})).await?;
+    h.applied("dev-1", first).await?;
+    let home: i32 = sqlx::query_scalar("SELECT partition FROM devices WHERE id = 'dev-1'")
+        .fetch_one(h.pool())
+        .await?;
+    // The old partition's batch in flight: it holds its position row and adds a membership (with its
+    // log row) that the device's stored memberships do not have yet.
+    let mut old_owner = h.pool().begin().await?;
+    sqlx::query("SELECT 1 FROM partition_positions WHERE topic = $1 AND partition = $2 FOR UPDATE")
+        .bind(&h.input)
+        .bind(home)
+        .execute(&mut *old_owner)
+        .await?;
+    sqlx::query(
+        "INSERT INTO device_group_memberships (group_id, device_id, added_by) \
+         VALUES ($1, 'dev-1', 'dynamic_rule')",
+    )
+    .bind(maintenance)
+    .execute(&mut *old_owner)
+    .await?;
+    sqlx::query(
+        "INSERT INTO group_membership_log (group_id, device_id, action, reason, cause, group_version) \
+         VALUES ($1, 'dev-1', 'added', 'filter_match', '{\"type\": \"test\"}', 1)",
+    )
+    .bind(maintenance)
+    .execute(&mut *old_owner)
+    .await?;
+    // The device's next event arrives on the other partition, which takes it over: that batch waits for
+    // the old partition's.
+    let moved = send_on(&mut h, 1 - home, "dev-1", json!({"status": "offline"})).await?;
+    let pool = h.pool().clone();
+    eventually(LIMIT, "the taking-over batch waits for the old partition's", || {
+        let pool = pool.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND wait_event_type = 'Lock' AND query LIKE '%FROM partition_positions p%FOR SHARE%'",
+            )
+            .fetch_one(&pool)
+            .await?;
+            Ok((waiting > 0).then_some(()))
+        }
+    })
+    .await?;
+    old_owner.commit().await?;
+    // It then finds the memberships it read no longer stored, and recomputes from them: the membership
+    // the old partition added is removed again, as the device does not match.
+    h.applied("dev-1", moved).await?;
+    h.wait_members(maintenance, &[]).await?;
+    h.check_oracle(chrono::Utc::now().timestamp_millis())
+        .await?;
+    h.stop().await
+}
+
+/// Sends `attributes` for `device` on `partition`, whatever its key hashes to; returns its sequence.
+async fn send_on(
+    h: &mut Harness,
+    partition: i32,
+    device: &str,
+    attributes: serde_json::Value,
+) -> anyhow::Result<i64> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let producer: FutureProducer = h.kafka.producer_config().create()?;
+    h.sequence += 1;
+    let event = json!({"eventId": format!("on-{partition}-{}", h.sequence), "orgId": ORG,
+                       "deviceId": device, "sequence": h.sequence, "attributes": attributes})
+    .to_string();
+    producer
+        .send(
+            FutureRecord::to(&h.input)
+                .key(device)
+                .payload(&event)
+                .partition(partition),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+    Ok(h.sequence)
 }
