@@ -34,7 +34,7 @@ use crate::app::Application;
 use crate::config::Config;
 use crate::rules::Catalogue;
 use crate::synthetic::broker::{self, Broker, Stream};
-use crate::synthetic::fleet::{Fleet, Rng};
+use crate::synthetic::fleet::{Fleet, Mix, Rng};
 use crate::worker::ManualClock;
 
 pub use database::DEFAULT_DATABASE_URL;
@@ -194,6 +194,7 @@ pub async fn command(args: DemoArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let poison = setup::poison(&producer, &input, &fleet)?;
     let stream = Stream {
+        mix: Mix::Churn,
         rng: Rng::new(args.seed ^ 0x5eed),
         next_sequence: 1,
         last_sequence: vec![0; args.devices],

@@ -96,7 +96,7 @@ pub async fn measure(
         for _ in 0..settings.events {
             let sequence = stream.next_sequence;
             stream.next_sequence += 1;
-            let event = fleet.event(&mut stream.rng, sequence, settings.now);
+            let event = fleet.event(stream.mix, &mut stream.rng, sequence, settings.now);
             stream.last_sequence[event.device] = sequence;
             let p = default_partition(&event.key, settings.partitions) as usize;
             ids.insert(fleet.device_id(event.device));

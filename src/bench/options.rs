@@ -1,6 +1,7 @@
 //! `cohort bench`'s command line: what to run, and how to print the report.
 
 use crate::config::WalCompression;
+use crate::synthetic::fleet::Mix;
 
 /// What to run. The defaults are the sizes the goals are stated for.
 #[derive(Clone, Debug, clap::Args)]
@@ -30,6 +31,10 @@ pub struct BenchOptions {
     /// the throughput phase does (a shorter run's rate depends on where in a cycle it falls).
     #[arg(long, default_value_t = 300_000)]
     pub ceiling_events: usize,
+    /// What the events change: `churn` (most change a membership), `heartbeat` (only `lastSeenAt` and a
+    /// growing `uptimeSeconds`) or `realistic` (heartbeats, 2% of them also changing state).
+    #[arg(long, default_value = "churn")]
+    pub mix: Mix,
     /// Events per second in the latency and group-changes phases; by default half the sustained rate. A
     /// fixed rate lets runs of two builds, whose sustained rates differ by the machine's noise, be
     /// compared under the same load.
@@ -101,6 +106,7 @@ impl Default for BenchOptions {
             latency_seconds: 60,
             latency_warmup_seconds: 20,
             ceiling_events: 300_000,
+            mix: Mix::Churn,
             rate: None,
             skip_changes: false,
             partitions: 2,

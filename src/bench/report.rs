@@ -10,6 +10,7 @@ use super::changes::{Change, ChangesReport, LISTING_PAGE};
 use super::cpu;
 use super::server::ServerActivity;
 use super::verify::Correctness;
+use crate::synthetic::fleet::Mix;
 use crate::synthetic::seed::SeedReport;
 
 /// The goals the benchmark checks (BENCHMARKS.md, "Goals").
@@ -22,6 +23,8 @@ const GOAL_BYTES_PER_DEVICE: f64 = 1024.0;
 pub struct BenchReport {
     pub broker: String,
     pub partitions: i32,
+    /// What the events changed (`--mix`).
+    pub mix: Mix,
     pub cpus: usize,
     /// `/proc/loadavg`'s one-minute figure when the run started and ended (the machine is shared).
     pub load_average_start: f64,
@@ -183,13 +186,14 @@ pub fn render(r: &BenchReport) -> String {
     let c = &r.correctness;
     let _ = writeln!(
         s,
-        "cohort bench: {} devices, {} orgs, {} dynamic groups ({} time-dependent, {} site-scoped), {} partitions",
+        "cohort bench: {} devices, {} orgs, {} dynamic groups ({} time-dependent, {} site-scoped), {} partitions, {} events",
         thousands(r.seed.devices as f64),
         r.seed.orgs,
         thousands(r.seed.groups as f64),
         r.seed.time_dependent_groups,
         r.seed.site_scoped_groups,
-        r.partitions
+        r.partitions,
+        r.mix.name()
     );
     let _ = writeln!(
         s,

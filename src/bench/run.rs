@@ -67,6 +67,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     // From here the worker's clock follows the wall clock.
     let mut rig = Rig::new(worker, &broker, options, &topic, &fleet, &clock, t0)?;
     let stream = Stream {
+        mix: options.mix,
         rng: Rng::new(options.seed ^ 0x6576_656e_7473),
         next_sequence: 1,
         last_sequence: vec![0; options.devices],
@@ -145,6 +146,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     Ok(BenchReport {
         broker: broker_name,
         partitions: options.partitions,
+        mix: options.mix,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_average_start,
         load_average_end: load_average(),

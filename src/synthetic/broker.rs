@@ -20,7 +20,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
-use super::fleet::{Fleet, Rng};
+use super::fleet::{Fleet, Mix, Rng};
 use crate::config::KafkaConfig;
 use crate::worker::{Clock, ManualClock};
 
@@ -176,6 +176,8 @@ pub fn producer(bootstrap: &str) -> anyhow::Result<(BaseProducer<Counting>, Arc<
 
 /// The generator's state carried from one phase to the next.
 pub struct Stream {
+    /// What the events change.
+    pub mix: Mix,
     pub rng: Rng,
     /// The next event's sequence (sequences only grow, so every event is newer than its device's state).
     pub next_sequence: i64,
@@ -246,7 +248,7 @@ pub fn produce(
         }
         let sequence = stream.next_sequence;
         stream.next_sequence += 1;
-        let event = fleet.event(&mut stream.rng, sequence, clock.now());
+        let event = fleet.event(stream.mix, &mut stream.rng, sequence, clock.now());
         stream.last_sequence[event.device] = sequence;
         let mut record = BaseRecord::to(topic)
             .key(event.key.as_slice())

@@ -5,8 +5,11 @@
 //! string array), drawn from skewed pools the way a real fleet looks (most devices online, most on Linux, a
 //! few dozen OS and firmware versions, fifty sites). Groups use all 24 operators: group *k* of an org starts
 //! with a condition on operator `k mod 24` and adds one or two more, sometimes with a nested group; most
-//! groups AND their conditions. Events are heartbeats (`lastSeenAt`, `uptimeSeconds`) that also change the
-//! status a quarter of the time and, more rarely, the OS or firmware version, the tags or the site.
+//! groups AND their conditions. What events change is their [`Mix`]: by default (`churn`) they are
+//! heartbeats (`lastSeenAt`, a random `uptimeSeconds`) that also change the status a quarter of the time
+//! and, more rarely, the OS or firmware version, the tags or the site, so most change a membership; a
+//! `heartbeat` stream only moves `lastSeenAt` and grows `uptimeSeconds`, as a real fleet mostly does; a
+//! `realistic` one is heartbeats with a few state changes.
 //!
 //! The fleet is created as the event stream keeps it: every attribute an event sets is drawn from the
 //! distribution events draw it from, and every device was last seen within the last 15 minutes (the stream
@@ -56,6 +59,49 @@ const SITE_REMOVED: f64 = 0.01;
 /// The share of devices with a site when the fleet is created: the share the events keep,
 /// `SITE_SET / (SITE_SET + (1 - SITE_SET) * SITE_REMOVED)`, about 0.756.
 const SITE_SHARE: f64 = SITE_SET / (SITE_SET + (1.0 - SITE_SET) * SITE_REMOVED);
+
+/// The share of a `realistic` stream's events that also change state, as a `churn` event does.
+const REALISTIC_CHANGES: f64 = 0.02;
+
+/// What a stream's events change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mix {
+    /// Every event a heartbeat with a random uptime, a quarter of them changing the status, a few the OS,
+    /// firmware, tags or site: most events change a membership.
+    #[default]
+    Churn,
+    /// Heartbeats only: `lastSeenAt` set to the event's instant and `uptimeSeconds` grown by the time
+    /// since the fleet was created. A membership changes only where a device's uptime crosses a group's
+    /// threshold.
+    Heartbeat,
+    /// Heartbeats, 2% of which also change state as a churn event does (its uptime still grown, not
+    /// drawn).
+    Realistic,
+}
+
+impl Mix {
+    pub const ALL: [Mix; 3] = [Mix::Churn, Mix::Heartbeat, Mix::Realistic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mix::Churn => "churn",
+            Mix::Heartbeat => "heartbeat",
+            Mix::Realistic => "realistic",
+        }
+    }
+}
+
+impl std::str::FromStr for Mix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mix::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| "expected one of churn, heartbeat, realistic".to_owned())
+    }
+}
 
 /// What every synthetic org id starts with: a database whose orgs all start with it holds only synthetic
 /// data.
@@ -173,6 +219,13 @@ impl Fleet {
         Rng::new(self.seed ^ (i as u64).wrapping_mul(0xd6e8_feb8_6659_fd93))
     }
 
+    /// Device `i`'s `uptimeSeconds` when the fleet is created (drawn apart from its other attributes, so
+    /// a heartbeat can grow it without drawing them again).
+    fn seeded_uptime(&self, i: usize) -> u64 {
+        Rng::new(self.seed ^ (i as u64).wrapping_mul(0x9e6c_63d0_676a_9a99) ^ 0x7570)
+            .below(MAX_UPTIME)
+    }
+
     /// Device `i`'s attributes when the fleet is created, as a device document.
     pub fn attributes(&self, i: usize) -> Map<String, Value> {
         let mut rng = self.device_rng(i);
@@ -186,7 +239,7 @@ impl Fleet {
         doc.insert("osType".into(), json!(rng.weighted(OS_TYPES)));
         doc.insert("osVersion".into(), json!(rng.pick(OS_VERSIONS)));
         doc.insert("firmwareVersion".into(), json!(firmware(&mut rng)));
-        doc.insert("uptimeSeconds".into(), json!(rng.below(MAX_UPTIME)));
+        doc.insert("uptimeSeconds".into(), json!(self.seeded_uptime(i)));
         // Every device heartbeats, whatever its status (as the stream's events do).
         let last_seen = self.t0 - rng.below(LAST_SEEN_WITHIN_MS) as i64;
         doc.insert("lastSeenAt".into(), json!(format_millis(last_seen)));
@@ -237,31 +290,36 @@ impl Fleet {
             .collect()
     }
 
-    /// An attribute change for a random device, with sequence `sequence` (callers hand out increasing
-    /// sequences, so every event is newer than anything its device has seen) and `now` as the heartbeat.
-    pub fn event(&self, rng: &mut Rng, sequence: i64, now: EpochMillis) -> SyntheticEvent {
+    /// An attribute change of `mix` for a random device, with sequence `sequence` (callers hand out
+    /// increasing sequences, so every event is newer than anything its device has seen) and `now` as the
+    /// heartbeat.
+    pub fn event(
+        &self,
+        mix: Mix,
+        rng: &mut Rng,
+        sequence: i64,
+        now: EpochMillis,
+    ) -> SyntheticEvent {
         let device = rng.below(self.devices as u64) as usize;
         let id = self.device_id(device);
         let mut attributes = Map::new();
-        attributes.insert("lastSeenAt".into(), json!(format_millis(now)));
-        attributes.insert("uptimeSeconds".into(), json!(rng.below(MAX_UPTIME)));
-        if rng.chance(0.25) {
-            attributes.insert("status".into(), json!(rng.weighted(STATUSES)));
-        }
-        if rng.chance(0.05) {
-            attributes.insert("osVersion".into(), json!(rng.pick(OS_VERSIONS)));
-        }
-        if rng.chance(0.05) {
-            attributes.insert("firmwareVersion".into(), json!(firmware(rng)));
-        }
-        if rng.chance(0.1) {
-            attributes.insert("tags".into(), json!(tags(rng)));
-        }
         let mut removed = Vec::new();
-        if rng.chance(SITE_SET) {
-            attributes.insert("siteId".into(), json!(site(rng)));
-        } else if rng.chance(SITE_REMOVED) {
-            removed.push("siteId".to_string());
+        attributes.insert("lastSeenAt".into(), json!(format_millis(now)));
+        let grown = || self.seeded_uptime(device) + ((now - self.t0).max(0) / 1000) as u64;
+        match mix {
+            Mix::Churn => {
+                attributes.insert("uptimeSeconds".into(), json!(rng.below(MAX_UPTIME)));
+                change_state(rng, &mut attributes, &mut removed);
+            }
+            Mix::Heartbeat => {
+                attributes.insert("uptimeSeconds".into(), json!(grown()));
+            }
+            Mix::Realistic => {
+                attributes.insert("uptimeSeconds".into(), json!(grown()));
+                if rng.chance(REALISTIC_CHANGES) {
+                    change_state(rng, &mut attributes, &mut removed);
+                }
+            }
         }
         let event = DeviceEventJson {
             attributes,
@@ -278,6 +336,28 @@ impl Fleet {
             key: id.into_bytes(),
             payload: encode(&event),
         }
+    }
+}
+
+/// A churn event's state changes: the status a quarter of the time, more rarely the OS or firmware
+/// version, the tags or the site.
+fn change_state(rng: &mut Rng, attributes: &mut Map<String, Value>, removed: &mut Vec<String>) {
+    if rng.chance(0.25) {
+        attributes.insert("status".into(), json!(rng.weighted(STATUSES)));
+    }
+    if rng.chance(0.05) {
+        attributes.insert("osVersion".into(), json!(rng.pick(OS_VERSIONS)));
+    }
+    if rng.chance(0.05) {
+        attributes.insert("firmwareVersion".into(), json!(firmware(rng)));
+    }
+    if rng.chance(0.1) {
+        attributes.insert("tags".into(), json!(tags(rng)));
+    }
+    if rng.chance(SITE_SET) {
+        attributes.insert("siteId".into(), json!(site(rng)));
+    } else if rng.chance(SITE_REMOVED) {
+        removed.push("siteId".to_string());
     }
 }
 
@@ -496,6 +576,40 @@ mod tests {
         }
     }
 
+    /// A heartbeat sets `lastSeenAt` to its instant and `uptimeSeconds` to the seeded uptime grown by the
+    /// time since the fleet was created, and nothing else; a realistic stream is heartbeats with a few
+    /// state changes.
+    #[test]
+    fn heartbeats_grow_uptime_and_change_nothing_else() {
+        let fleet = Fleet::new(500, 2, 13, T0);
+        let mut rng = Rng::new(5);
+        let decode = |e: &SyntheticEvent| -> Map<String, Value> {
+            let v: Value = serde_json::from_slice(&e.payload).unwrap();
+            v["attributes"].as_object().unwrap().clone()
+        };
+        for seq in 1..300 {
+            let now = T0 + seq * 7_000;
+            let e = fleet.event(Mix::Heartbeat, &mut rng, seq, now);
+            let attrs = decode(&e);
+            let keys: Vec<&str> = attrs.keys().map(String::as_str).collect();
+            assert_eq!(keys, vec!["lastSeenAt", "uptimeSeconds"]);
+            let seeded = fleet.attributes(e.device)["uptimeSeconds"]
+                .as_u64()
+                .unwrap();
+            assert_eq!(
+                attrs["uptimeSeconds"].as_u64(),
+                Some(seeded + seq as u64 * 7)
+            );
+        }
+        let changing = (1..5_000)
+            .filter(|&seq| decode(&fleet.event(Mix::Realistic, &mut rng, seq, T0)).len() > 2)
+            .count();
+        // 2% change state, and a state change sets a field about 40% of the time.
+        assert!((10..120).contains(&changing), "{changing} of 5,000");
+        assert_eq!("realistic".parse::<Mix>(), Ok(Mix::Realistic));
+        assert!("bursty".parse::<Mix>().is_err());
+    }
+
     #[test]
     fn the_site_share_is_the_one_events_keep() {
         // One event's step: p' = p (1 - (1 - SET) REMOVED) + (1 - p) SET; the share is its fixed point.
@@ -521,8 +635,8 @@ mod tests {
         assert_eq!(fleet.device_id(42), "dev-0000042");
         let (mut a, mut b) = (Rng::new(1), Rng::new(1));
         for seq in 1..200 {
-            let e = fleet.event(&mut a, seq, T0);
-            assert_eq!(e.payload, fleet.event(&mut b, seq, T0).payload);
+            let e = fleet.event(Mix::Churn, &mut a, seq, T0);
+            assert_eq!(e.payload, fleet.event(Mix::Churn, &mut b, seq, T0).payload);
             let decoded = crate::event::decode(Some(&e.key), Some(&e.payload), &catalogue, 65_536)
                 .expect("valid event");
             assert_eq!(decoded.sequence, seq);

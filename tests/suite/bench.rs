@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use cohort::bench::{self, BenchOptions};
+use cohort::synthetic::fleet::Mix;
 use cohort_testkit::TestDatabase;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,5 +72,37 @@ async fn a_small_run_passes_its_check_and_each_group_change_settles_with_its_cou
     .await?;
     assert!(deleted);
     assert_eq!(last_added, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_run_writes_device_rows_and_almost_no_membership_changes() -> anyhow::Result<()>
+{
+    let db = TestDatabase::new().await?;
+    let options = BenchOptions {
+        devices: 3_000,
+        orgs: 2,
+        groups: 40,
+        events: 3_000,
+        latency_seconds: 1,
+        latency_warmup_seconds: 1,
+        ceiling_events: 2_000,
+        mix: Mix::Heartbeat,
+        rate: Some(500.0),
+        skip_changes: true,
+        database_url: db.url().to_owned(),
+        ..BenchOptions::default()
+    };
+    let report = bench::run(&options).await?;
+    assert!(report.correctness.ok(), "{:?}", report.correctness);
+    assert!(bench::render(&report).contains("heartbeat events"));
+    assert!((400.0..600.0).contains(&report.latency.achieved_rate));
+    // A heartbeat rewrites its device and changes a membership only where a growing uptime crosses a
+    // threshold: a few seconds of growth cross almost none. (The ceiling's events share one instant, so
+    // a device's second heartbeat in a run repeats its first and writes nothing: on 3,000 devices, many.)
+    let ceiling = &report.ceiling;
+    assert!(ceiling.device_rows_per_event > 0.5, "{ceiling:?}");
+    assert!(ceiling.log_rows_per_event < 0.05, "{ceiling:?}");
+    assert!(report.throughput.log_rows_per_event < Some(0.05));
     Ok(())
 }
