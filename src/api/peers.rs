@@ -1,0 +1,107 @@
+//! A preview's partitions held by other workers, evaluated in their memory: each owner found in
+//! `live_workers` is asked, all at once, for the partitions it owns ([`super::internal`]'s route), each
+//! within `api.peer_timeout_ms`. What a worker did not answer — it failed, took too long, or no longer
+//! holds the partition — is left to the caller, which reads it from PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::body::Body;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use super::internal::{EvaluateAnswer, EvaluateRequest, EVALUATE_PATH};
+use crate::metrics as m;
+use crate::store::live_workers::LiveWorker;
+
+/// The most of a peer's answer read: a sample of 100 devices with their shown fields is far below it.
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+
+/// Asks every worker in `owners` for its partitions (`question` with `partitions` set to each one's),
+/// concurrently, each within `timeout`; returns the answers that came, each restricted to the partitions
+/// asked of that worker.
+pub(crate) async fn ask(
+    owners: BTreeMap<String, (LiveWorker, Vec<i32>)>,
+    question: &EvaluateRequest,
+    timeout: Duration,
+) -> Vec<EvaluateAnswer> {
+    let asks = owners.into_values().map(|(worker, partitions)| async move {
+        let request = EvaluateRequest {
+            partitions: partitions.clone(),
+            ..question.clone()
+        };
+        let answer = match tokio::time::timeout(timeout, exchange(&worker, &request)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(anyhow::anyhow!("no answer within {timeout:?}")),
+        };
+        match answer {
+            Ok(mut answer) => {
+                // A worker answers only what it was asked; anything else is ignored, not counted twice.
+                answer.partitions.retain(|p| partitions.contains(p));
+                metrics::counter!(m::PREVIEW_PEER_REQUESTS, "outcome" => "answered").increment(1);
+                Some(answer)
+            }
+            Err(e) => {
+                metrics::counter!(m::PREVIEW_PEER_REQUESTS, "outcome" => "failed").increment(1);
+                tracing::warn!(owner = %worker.owner, address = %worker.address, ?partitions,
+                    error = format!("{e:#}"), "a peer worker did not answer a preview; reading its partitions from the database");
+                None
+            }
+        }
+    });
+    futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// One call of a worker's internal route, on a connection of its own (closed when the answer is read or
+/// the call is dropped at its timeout).
+async fn exchange(
+    worker: &LiveWorker,
+    request: &EvaluateRequest,
+) -> anyhow::Result<EvaluateAnswer> {
+    let stream = tokio::net::TcpStream::connect(worker.address.as_str())
+        .await
+        .context("failed to connect")?;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("failed to open an HTTP connection")?;
+    let call = async {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(EVALUATE_PATH)
+            .header(HOST, worker.address.as_str())
+            .header(AUTHORIZATION, format!("Bearer {}", worker.token))
+            .header(CONTENT_TYPE, "application/json")
+            .body(Body::from(serde_json::to_vec(request)?))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .context("failed to send the request")?;
+        let status = response.status();
+        let bytes = axum::body::to_bytes(Body::new(response.into_body()), MAX_ANSWER_BYTES)
+            .await
+            .context("failed to read the answer")?;
+        anyhow::ensure!(
+            status == StatusCode::OK,
+            "answered {status}: {}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
+        );
+        serde_json::from_slice::<EvaluateAnswer>(&bytes).context("the answer is not an evaluation")
+    };
+    // The connection is driven beside the call; once it ends, the call's own error says why.
+    let driven = async {
+        let _ = connection.await;
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        answer = call => answer,
+        () = driven => unreachable!("pending never resolves"),
+    }
+}
