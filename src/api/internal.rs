@@ -1,7 +1,8 @@
-//! The route a worker process serves to the other cohort processes, whether or not it serves the API:
-//! `POST /internal/v1/evaluate` evaluates a preview's filter over the partitions it holds in memory, for
-//! a preview served by another process ([`super::peers`] asks it). It is not part of the public API (the
-//! OpenAPI document does not list it).
+//! The routes a worker process serves to the other cohort processes, whether or not it serves the API,
+//! for work served by another process over the partitions it holds in memory ([`super::peers`] asks
+//! them): `POST /internal/v1/evaluate` evaluates a preview's filter, `POST /internal/v1/impact` counts a
+//! release's or withdrawal's impact. They are not part of the public API (the OpenAPI document does not
+//! list them).
 //!
 //! A caller presents the worker's token (`Authorization: Bearer <token>`), which the worker drew when it
 //! started and published in `live_workers` with its address ([`crate::worker::presence`]); anything else
@@ -23,16 +24,21 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::Semaphore;
+use uuid::Uuid;
 
 use super::error::Json;
 use super::ApiError;
 use crate::rules::{compile, Catalogue, CompiledFilter, EpochMillis};
+use crate::store::firmware::{Impact, Releases, ReleasesWire};
 use crate::store::groups::GroupError;
 use crate::worker::view::Question;
 use crate::worker::FleetView;
 
-/// The route's path.
+/// A preview's evaluation.
 pub const EVALUATE_PATH: &str = "/internal/v1/evaluate";
+
+/// A release's or withdrawal's impact.
+pub const IMPACT_PATH: &str = "/internal/v1/impact";
 
 /// Largest sample a caller may ask for (the API's previews allow no more).
 pub const MAX_SAMPLE: usize = 100;
@@ -114,6 +120,33 @@ impl EvaluateAnswer {
     }
 }
 
+/// A release's or withdrawal's impact, to count over the devices of the partitions among `partitions`
+/// that the worker holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImpactRequest {
+    pub org: String,
+    /// The group released to or withdrawn from (its members are counted); absent for the org's default
+    /// release (every device of the org is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Uuid>,
+    /// The org's releases before and after the change.
+    pub releases: ReleasesWire,
+    /// Sample size, at most [`MAX_SAMPLE`].
+    pub sample: usize,
+    /// The partitions asked for.
+    pub partitions: Vec<i32>,
+}
+
+/// What a change would do to the devices of some partitions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImpactAnswer {
+    /// The partitions answered: those asked for that the worker holds now.
+    pub partitions: Vec<i32>,
+    pub impact: Impact,
+}
+
 /// What to evaluate in memory.
 pub(crate) struct Asked {
     pub org: String,
@@ -177,10 +210,11 @@ pub(crate) async fn in_memory(
     .map_err(|e| ApiError::internal(&e))
 }
 
-/// The internal route, with its authorisation, body limit and request metrics.
+/// The internal routes, with their authorisation, body limit and request metrics.
 pub fn router(state: InternalState, max_body_bytes: usize) -> Router {
     Router::new()
         .route(EVALUATE_PATH, post(evaluate))
+        .route(IMPACT_PATH, post(impact))
         .route_layer(from_fn_with_state(state.clone(), authorise))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(from_fn(super::record_metrics))
@@ -222,6 +256,43 @@ async fn evaluate(
         partitions: Some(request.partitions),
     };
     let answer = in_memory(&state.view, &state.catalogue, &state.slots, asked).await?;
+    Ok(axum::Json(answer))
+}
+
+/// Counts a release's or withdrawal's impact over the devices held of the partitions asked for.
+async fn impact(
+    State(state): State<InternalState>,
+    Json(request): Json<ImpactRequest>,
+) -> Result<axum::Json<ImpactAnswer>, ApiError> {
+    if request.sample > MAX_SAMPLE {
+        return Err(ApiError::bad_request(format!(
+            "sample must be at most {MAX_SAMPLE}, got {}",
+            request.sample
+        )));
+    }
+    let Ok(_slot) = state.slots.clone().acquire_owned().await else {
+        return Err(ApiError::rate_limited(1));
+    };
+    let (view, catalogue) = (state.view.clone(), state.catalogue.clone());
+    let answer = tokio::task::spawn_blocking(move || {
+        let releases = Releases::from_wire(&request.releases);
+        let sample = request.sample;
+        let (partitions, parts) = view.for_each_device(
+            &catalogue,
+            &request.org,
+            request.group,
+            Some(&request.partitions),
+            || Impact::new(0),
+            |part, device, groups| releases.count(part, device, groups, sample),
+        );
+        let mut impact = Impact::new(0);
+        for part in parts {
+            impact.merge(part, sample);
+        }
+        ImpactAnswer { partitions, impact }
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?;
     Ok(axum::Json(answer))
 }
 

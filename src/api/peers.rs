@@ -1,9 +1,9 @@
-//! A preview's partitions held by other workers, evaluated in their memory: each owner found in
-//! `live_workers` is asked, all at once, for the partitions it owns ([`super::internal`]'s route), each
-//! within `api.peer_timeout_ms`. What a worker did not answer — it failed, took too long, or no longer
+//! A preview's (or a release impact's) partitions held by other workers, evaluated in their memory: each
+//! owner found in `live_workers` is asked, all at once, for the partitions it owns ([`super::internal`]'s
+//! routes), each within `api.peer_timeout_ms`. What a worker did not answer — it failed, took too long, or no longer
 //! holds the partition — is left to the caller, which reads it from PostgreSQL.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,28 +11,68 @@ use axum::body::Body;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
-use super::internal::{EvaluateAnswer, EvaluateRequest, EVALUATE_PATH};
+use super::internal::{EvaluateAnswer, ImpactAnswer};
 use crate::metrics as m;
 use crate::store::live_workers::LiveWorker;
 
 /// The most of a peer's answer read: a sample of 100 devices with their shown fields is far below it.
 const MAX_ANSWER_BYTES: usize = 16 << 20;
 
-/// Asks every worker in `owners` for its partitions (`question` with `partitions` set to each one's),
-/// concurrently, each within `timeout`; returns the answers that came, each restricted to the partitions
-/// asked of that worker.
-pub(crate) async fn ask(
+/// What a worker's internal route answers: it says which of the partitions asked it answered.
+pub(crate) trait Answered: DeserializeOwned {
+    fn answered(&mut self) -> &mut Vec<i32>;
+}
+
+impl Answered for EvaluateAnswer {
+    fn answered(&mut self) -> &mut Vec<i32> {
+        &mut self.partitions
+    }
+}
+
+impl Answered for ImpactAnswer {
+    fn answered(&mut self) -> &mut Vec<i32> {
+        &mut self.partitions
+    }
+}
+
+/// The live owners of the partitions in `owners` that are not `answered` yet, each with its partitions,
+/// by owner name; never `own` (this process's worker: what its view did not answer, it does not hold).
+pub(crate) fn to_ask(
+    owners: &[(i32, Option<LiveWorker>)],
+    answered: &BTreeSet<i32>,
+    own: Option<&str>,
+) -> BTreeMap<String, (LiveWorker, Vec<i32>)> {
+    let mut asked: BTreeMap<String, (LiveWorker, Vec<i32>)> = BTreeMap::new();
+    for (partition, owner) in owners {
+        let Some(owner) = owner else { continue };
+        if answered.contains(partition) || own == Some(owner.owner.as_str()) {
+            continue;
+        }
+        asked
+            .entry(owner.owner.clone())
+            .or_insert_with(|| (owner.clone(), Vec::new()))
+            .1
+            .push(*partition);
+    }
+    asked
+}
+
+/// Asks every worker in `owners` at `path` for its partitions (`question` of them), concurrently, each
+/// within `timeout`; returns the answers that came, each restricted to the partitions asked of that
+/// worker.
+pub(crate) async fn ask<Q: Serialize, A: Answered>(
     owners: BTreeMap<String, (LiveWorker, Vec<i32>)>,
-    question: &EvaluateRequest,
+    path: &str,
+    question: impl Fn(Vec<i32>) -> Q,
     timeout: Duration,
-) -> Vec<EvaluateAnswer> {
+) -> Vec<A> {
+    let question = &question;
     let asks = owners.into_values().map(|(worker, partitions)| async move {
-        let request = EvaluateRequest {
-            partitions: partitions.clone(),
-            ..question.clone()
-        };
-        let answer = match tokio::time::timeout(timeout, exchange(&worker, &request)).await {
+        let request = question(partitions.clone());
+        let answer = match tokio::time::timeout(timeout, exchange(&worker, path, &request)).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(anyhow::anyhow!("no answer within {timeout:?}")),
@@ -40,14 +80,14 @@ pub(crate) async fn ask(
         match answer {
             Ok(mut answer) => {
                 // A worker answers only what it was asked; anything else is ignored, not counted twice.
-                answer.partitions.retain(|p| partitions.contains(p));
+                A::answered(&mut answer).retain(|p| partitions.contains(p));
                 metrics::counter!(m::PREVIEW_PEER_REQUESTS, "outcome" => "answered").increment(1);
                 Some(answer)
             }
             Err(e) => {
                 metrics::counter!(m::PREVIEW_PEER_REQUESTS, "outcome" => "failed").increment(1);
-                tracing::warn!(owner = %worker.owner, address = %worker.address, ?partitions,
-                    error = format!("{e:#}"), "a peer worker did not answer a preview; reading its partitions from the database");
+                tracing::warn!(owner = %worker.owner, address = %worker.address, path, ?partitions,
+                    error = format!("{e:#}"), "a peer worker did not answer; reading its partitions from the database");
                 None
             }
         }
@@ -61,10 +101,11 @@ pub(crate) async fn ask(
 
 /// One call of a worker's internal route, on a connection of its own (closed when the answer is read or
 /// the call is dropped at its timeout).
-async fn exchange(
+async fn exchange<Q: Serialize, A: Answered>(
     worker: &LiveWorker,
-    request: &EvaluateRequest,
-) -> anyhow::Result<EvaluateAnswer> {
+    path: &str,
+    request: &Q,
+) -> anyhow::Result<A> {
     let stream = tokio::net::TcpStream::connect(worker.address.as_str())
         .await
         .context("failed to connect")?;
@@ -75,7 +116,7 @@ async fn exchange(
     let call = async {
         let request = Request::builder()
             .method(Method::POST)
-            .uri(EVALUATE_PATH)
+            .uri(path)
             .header(HOST, worker.address.as_str())
             .header(AUTHORIZATION, format!("Bearer {}", worker.token))
             .header(CONTENT_TYPE, "application/json")
@@ -93,7 +134,7 @@ async fn exchange(
             "answered {status}: {}",
             String::from_utf8_lossy(&bytes[..bytes.len().min(512)])
         );
-        serde_json::from_slice::<EvaluateAnswer>(&bytes).context("the answer is not an evaluation")
+        serde_json::from_slice::<A>(&bytes).context("the answer is not what the route answers")
     };
     // The connection is driven beside the call; once it ends, the call's own error says why.
     let driven = async {

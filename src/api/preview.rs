@@ -3,7 +3,7 @@
 //! filter (and site) it would have after a change not yet saved; `POST /groups/preview` previews a filter
 //! for a group not yet created.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::{Extension, State};
@@ -17,14 +17,16 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::error::{parse_json, require_json, ErrorBody, Json, Path, Query, RawBody};
 use super::groups::visible;
-use super::internal::{in_memory, Asked, EvaluateAnswer, EvaluateRequest, SampledDevice, SHOWN};
+use super::internal::{
+    in_memory, Asked, EvaluateAnswer, EvaluateRequest, SampledDevice, EVALUATE_PATH, SHOWN,
+};
 use super::members::display_text;
 use super::{page, peers, ApiError, ApiState};
 use crate::rules::time::format_millis;
 use crate::rules::{compile, Attributes, CompiledFilter, EpochMillis};
 use crate::store::api as queries;
 use crate::store::groups::GroupError;
-use crate::store::live_workers::{self, LiveWorker};
+use crate::store::live_workers;
 use crate::worker::presence::FRESH_WITHIN;
 
 /// `/preview` and `/{id}/preview`, under each group family's base path.
@@ -138,28 +140,20 @@ async fn run_preview(
     }
     let owners =
         live_workers::partition_owners(&state.pool, &state.input_topic, FRESH_WITHIN).await?;
-    let mut asked: BTreeMap<String, (LiveWorker, Vec<i32>)> = BTreeMap::new();
-    for (partition, owner) in &owners {
-        let Some(owner) = owner else { continue };
-        if answered.contains(partition) || state.owner.as_ref() == Some(&owner.owner) {
-            continue;
-        }
-        asked
-            .entry(owner.owner.clone())
-            .or_insert_with(|| (owner.clone(), Vec::new()))
-            .1
-            .push(*partition);
-    }
+    let asked = peers::to_ask(&owners, &answered, state.owner.as_deref());
     if !asked.is_empty() {
-        let question = EvaluateRequest {
+        let question = |partitions| EvaluateRequest {
             org: org_id.to_string(),
             site: site.map(str::to_string),
             filter_conditions: filter.clone(),
             now,
             limit,
-            partitions: Vec::new(),
+            partitions,
         };
-        for mut part in peers::ask(asked, &question, state.peer_timeout).await {
+        let timeout = state.peer_timeout;
+        let answers: Vec<EvaluateAnswer> =
+            peers::ask(asked, EVALUATE_PATH, question, timeout).await;
+        for mut part in answers {
             part.partitions.retain(|p| !answered.contains(p));
             answered.extend(part.partitions.iter().copied());
             parts.push(part);

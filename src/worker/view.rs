@@ -114,13 +114,15 @@ impl FleetView {
 
     /// Calls `each` with every held device of the org — only the members of `group`, when given — with
     /// its groups (a group the pipeline has not published yet is left out: a tombstone of a deleted
-    /// group, which carries no release), each partition on a thread of its own with its own state from
-    /// `start`. Returns the partitions answered and each one's state. Blocks the calling thread.
+    /// group, which carries no release), each partition (of `only`, when given) on a thread of its own
+    /// with its own state from `start`. Returns the partitions answered and each one's state. Blocks the
+    /// calling thread.
     pub fn for_each_device<T: Send>(
         &self,
         catalogue: &Catalogue,
         org: &str,
         group: Option<Uuid>,
+        only: Option<&[i32]>,
         start: impl Fn() -> T + Sync,
         each: impl Fn(&mut T, Facts<'_>, &[Uuid]) + Sync,
     ) -> (Vec<i32>, Vec<T>) {
@@ -128,7 +130,12 @@ impl FleetView {
         let slot = group.and_then(|g| groups.iter().position(|id| *id == g));
         if group.is_some() && slot.is_none() {
             // Not published yet: no held device is known to be a member.
-            return (self.held(), Vec::new());
+            let held = self.held();
+            let held = held
+                .into_iter()
+                .filter(|p| only.is_none_or(|only| only.contains(p)))
+                .collect();
+            return (held, Vec::new());
         }
         let running_field = catalogue.builtin("firmwareVersion");
         let one = |devices: &Devices| {
@@ -165,7 +172,7 @@ impl FleetView {
             }
             state
         };
-        self.each_partition(None, one)
+        self.each_partition(only, one)
     }
 
     /// Runs `one` on every partition held (of `only`, when given), each on a thread of its own; returns

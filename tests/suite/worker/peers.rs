@@ -1,7 +1,8 @@
 //! Previews evaluated in the memory of every worker holding a partition: two workers split the partitions
 //! and an API process without a worker (`cohort api`) answers previews from their memory, names exactly the
 //! devices the group then holds, and stays complete and equal when a worker stops (its partitions read from
-//! PostgreSQL until the other worker holds them). Workers' internal route accepts only their own token.
+//! PostgreSQL until the other worker holds them); release dry runs count their impact the same way. Workers'
+//! internal routes accept only their own token.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -73,13 +74,48 @@ async fn preview(client: &Client) -> anyhow::Result<(Vec<String>, u64, String)> 
 }
 
 /// Creates the group the preview previewed and checks that it holds exactly the previewed devices.
-async fn the_group_holds(h: &Harness, ids: &[String], count: u64) -> anyhow::Result<()> {
+async fn the_group_holds(h: &Harness, ids: &[String], count: u64) -> anyhow::Result<uuid::Uuid> {
     let group = h.group("over-400", uptime_over(400)).await?;
     h.control_applied().await?;
     let members: Vec<String> = h.members(group).await?.into_iter().map(|m| m.0).collect();
     assert_eq!(members, ids);
     assert_eq!(members.len() as u64, count);
+    Ok(group)
+}
+
+/// A release dry run through `client` to `group` answers the impact PostgreSQL alone answers, over some
+/// devices.
+async fn dry_run_is_the_databases(
+    h: &Harness,
+    client: &Client,
+    group: uuid::Uuid,
+) -> anyhow::Result<()> {
+    use cohort::store::firmware::{preview, Proposal, ReleaseTarget};
+    let answer = client
+        .post(
+            "/api/v1/releases",
+            json!({"groupId": group, "version": "2.0.0", "dryRun": true}),
+        )
+        .await?;
+    anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.body);
+    let proposal = Proposal::Release {
+        target: ReleaseTarget::Group(group),
+        version: "2.0.0".into(),
+    };
+    let stored = preview(h.pool(), ORG, &proposal, 20).await?;
+    assert_eq!(answer.body["impact"], serde_json::to_value(&stored)?);
+    assert!(stored.changed > 0);
     Ok(())
+}
+
+/// The id of one of the standard groups, by name.
+async fn standard_group(h: &Harness, name: &str) -> anyhow::Result<uuid::Uuid> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM device_groups WHERE name = $1")
+            .bind(name)
+            .fetch_one(h.pool())
+            .await?,
+    )
 }
 
 async fn stop_api(api: RunningApi) -> anyhow::Result<()> {
@@ -101,7 +137,15 @@ async fn a_preview_through_an_api_without_a_worker_is_evaluated_in_the_workers_m
         metric("cohort_api_preview_peer_requests_total{outcome=\"answered\"}")
             >= answered_before + 2.0
     );
-    the_group_holds(&h, &ids, count).await?;
+    let group = the_group_holds(&h, &ids, count).await?;
+    // A release's dry run counts the impact in the workers' memory too.
+    let answered_before = metric("cohort_api_preview_peer_requests_total{outcome=\"answered\"}");
+    dry_run_is_the_databases(&h, &client, group).await?;
+    dry_run_is_the_databases(&h, &client, standard_group(&h, "long-uptime").await?).await?;
+    assert!(
+        metric("cohort_api_preview_peer_requests_total{outcome=\"answered\"}")
+            >= answered_before + 4.0
+    );
     stop_api(api).await?;
     h.stop().await
 }
@@ -170,6 +214,7 @@ async fn with_a_worker_stopped_a_preview_reads_its_partitions_from_the_database_
         preview(&client).await?,
         (ids.clone(), count, "mixed".into())
     );
+    dry_run_is_the_databases(&h, &client, standard_group(&h, "long-uptime").await?).await?;
     // Once the other worker holds partition 1 too, every partition is in memory again.
     blocker.rollback().await?;
     let status = h.workers[0].status.clone();
@@ -182,7 +227,8 @@ async fn with_a_worker_stopped_a_preview_reads_its_partitions_from_the_database_
         preview(&client).await?,
         (ids.clone(), count, "memory".into())
     );
-    the_group_holds(&h, &ids, count).await?;
+    let group = the_group_holds(&h, &ids, count).await?;
+    dry_run_is_the_databases(&h, &client, group).await?;
     stop_api(api).await?;
     h.stop().await
 }
@@ -236,6 +282,19 @@ async fn a_workers_internal_route_answers_only_its_own_token() -> anyhow::Result
     assert_eq!(answer.body["partitions"], json!([0, 1]));
     assert_eq!(answer.body["matched"], 1);
     assert_eq!(answer.body["sample"][0]["id"], "dev-1");
+    let impact = json!({"org": ORG, "releases": {"before": {"groups": {}},
+        "after": {"groups": {}, "default": "2.0.0"}}, "sample": 5, "partitions": [0, 1]});
+    let refused = Client::new(address, Some(&other))
+        .post("/internal/v1/impact", impact.clone())
+        .await?;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let counted = Client::new(address, Some(&token))
+        .post("/internal/v1/impact", impact)
+        .await?;
+    assert_eq!(counted.status, StatusCode::OK, "{}", counted.body);
+    assert_eq!(counted.body["partitions"], json!([0, 1]));
+    assert_eq!(counted.body["impact"]["changed"], 1);
+    assert_eq!(counted.body["impact"]["sample"][0]["deviceId"], "dev-1");
     // Nothing else of the API is served by this worker.
     let groups = Client::new(address, Some(&token))
         .get("/api/v1/groups")
