@@ -65,11 +65,13 @@ pub(crate) fn to_ask(
 /// worker.
 pub(crate) async fn ask<Q: Serialize, A: Answered>(
     owners: BTreeMap<String, (LiveWorker, Vec<i32>)>,
-    path: &str,
+    path: &'static str,
     question: impl Fn(Vec<i32>) -> Q,
     timeout: Duration,
 ) -> Vec<A> {
     let question = &question;
+    // The route's last segment, `evaluate` or `impact`: a bounded label.
+    let route = path.rsplit('/').next().unwrap_or(path);
     let asks = owners.into_values().map(|(worker, partitions)| async move {
         let request = question(partitions.clone());
         let answer = match tokio::time::timeout(timeout, exchange(&worker, path, &request)).await {
@@ -81,11 +83,13 @@ pub(crate) async fn ask<Q: Serialize, A: Answered>(
             Ok(mut answer) => {
                 // A worker answers only what it was asked; anything else is ignored, not counted twice.
                 A::answered(&mut answer).retain(|p| partitions.contains(p));
-                metrics::counter!(m::PREVIEW_PEER_REQUESTS, "outcome" => "answered").increment(1);
+                metrics::counter!(m::PEER_REQUESTS, "outcome" => "answered", "route" => route)
+                    .increment(1);
                 Some(answer)
             }
             Err(e) => {
-                metrics::counter!(m::PREVIEW_PEER_REQUESTS, "outcome" => "failed").increment(1);
+                metrics::counter!(m::PEER_REQUESTS, "outcome" => "failed", "route" => route)
+                    .increment(1);
                 tracing::warn!(owner = %worker.owner, address = %worker.address, path, ?partitions,
                     error = format!("{e:#}"), "a peer worker did not answer; reading its partitions from the database");
                 None

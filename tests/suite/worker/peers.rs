@@ -17,6 +17,12 @@ use cohort_testkit::{eventually, Rng};
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
+/// Peer workers' answers to previews and to release impacts.
+const EVALUATIONS_ANSWERED: &str =
+    "cohort_api_peer_requests_total{outcome=\"answered\",route=\"evaluate\"}";
+const IMPACTS_ANSWERED: &str =
+    "cohort_api_peer_requests_total{outcome=\"answered\",route=\"impact\"}";
+
 fn uptime_over(threshold: i64) -> Value {
     json!({"operator": "AND", "conditions": [
         {"field": "uptimeSeconds", "operator": "greaterThan", "value": threshold}]})
@@ -128,24 +134,18 @@ async fn stop_api(api: RunningApi) -> anyhow::Result<()> {
 async fn a_preview_through_an_api_without_a_worker_is_evaluated_in_the_workers_memory(
 ) -> anyhow::Result<()> {
     let (h, api, client) = two_workers_and_an_api(90, 0x5EED_0101).await?;
-    let answered_before = metric("cohort_api_preview_peer_requests_total{outcome=\"answered\"}");
+    let answered_before = metric(EVALUATIONS_ANSWERED);
     let (ids, count, from) = preview(&client).await?;
     assert_eq!(from, "memory");
     assert!(count > 0 && count < 90, "{count}");
     // One call to each worker.
-    assert!(
-        metric("cohort_api_preview_peer_requests_total{outcome=\"answered\"}")
-            >= answered_before + 2.0
-    );
+    assert!(metric(EVALUATIONS_ANSWERED) >= answered_before + 2.0);
     let group = the_group_holds(&h, &ids, count).await?;
     // A release's dry run counts the impact in the workers' memory too.
-    let answered_before = metric("cohort_api_preview_peer_requests_total{outcome=\"answered\"}");
+    let answered_before = metric(IMPACTS_ANSWERED);
     dry_run_is_the_databases(&h, &client, group).await?;
     dry_run_is_the_databases(&h, &client, standard_group(&h, "long-uptime").await?).await?;
-    assert!(
-        metric("cohort_api_preview_peer_requests_total{outcome=\"answered\"}")
-            >= answered_before + 4.0
-    );
+    assert!(metric(IMPACTS_ANSWERED) >= answered_before + 4.0);
     stop_api(api).await?;
     h.stop().await
 }
