@@ -32,8 +32,8 @@ pub struct Application {
     max_body_bytes: usize,
     /// The address the HTTP listener bound, once it has (port 0 picks one).
     address: tokio::sync::watch::Sender<Option<SocketAddr>>,
-    /// The internal route peers call for previews ([`crate::api::internal`]), served whether or not the
-    /// API is.
+    /// The internal routes peers call for previews and impacts ([`crate::api::internal`]), served
+    /// whether or not the API is.
     internal: crate::api::internal::InternalState,
     /// The worker's name (`partition_positions.owner`), under which it registers in `live_workers`.
     owner: String,
@@ -158,12 +158,13 @@ impl Application {
             token: self.internal.token.to_string(),
         };
         // Registered before the worker claims a partition, so a preview finds every partition's worker.
-        if let Err(e) =
-            store::live_workers::register(&self.pool, &registered, presence::FRESH_WITHIN).await
-        {
-            tracing::warn!(error = %e, "cannot register this worker for previews yet; will retry");
+        match store::live_workers::register(&self.pool, &registered, presence::FRESH_WITHIN).await {
+            Ok(()) => tracing::info!(owner = %registered.owner, address = %registered.address,
+                "registered where peers reach this worker"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register this worker for peers yet; will retry")
+            }
         }
-        tracing::info!(owner = %registered.owner, address = %registered.address, "registered for peers' previews");
         let (stop_presence, presence_stopped) = tokio::sync::oneshot::channel::<()>();
         let presence = presence::run(self.pool.clone(), registered, async {
             let _ = presence_stopped.await;

@@ -1,7 +1,7 @@
 //! A preview's (or a release impact's) partitions held by other workers, evaluated in their memory: each
 //! owner found in `live_workers` is asked, all at once, for the partitions it owns ([`super::internal`]'s
-//! routes), each within `api.peer_timeout_ms`. What a worker did not answer — it failed, took too long, or no longer
-//! holds the partition — is left to the caller, which reads it from PostgreSQL.
+//! routes), each within `api.peer_timeout_ms`. What a worker did not answer — it failed, took too long,
+//! or no longer holds the partition — is left to the caller, which reads it from PostgreSQL.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

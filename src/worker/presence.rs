@@ -44,7 +44,7 @@ pub async fn run(pool: PgPool, worker: LiveWorker, stop: impl Future<Output = ()
             () = &mut stop => break,
             _ = ticks.tick() => {
                 if let Err(e) = live_workers::register(&pool, &worker, FRESH_WITHIN).await {
-                    tracing::warn!(owner = %worker.owner, error = %e, "cannot register this worker for previews; will retry");
+                    tracing::warn!(owner = %worker.owner, error = %e, "cannot register this worker for peers; will retry");
                 }
             }
         }
