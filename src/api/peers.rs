@@ -150,3 +150,37 @@ async fn exchange<Q: Serialize, A: Answered>(
         () = driven => unreachable!("pending never resolves"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(owner: &str) -> Option<LiveWorker> {
+        Some(LiveWorker {
+            owner: owner.into(),
+            address: format!("{owner}:8080"),
+            token: "t".into(),
+        })
+    }
+
+    #[test]
+    fn each_live_owner_is_asked_once_for_its_partitions_not_yet_answered() {
+        let owners = vec![
+            (0, worker("a")),
+            (1, worker("b")),
+            (2, worker("a")),
+            (3, None),
+            (4, worker("self")),
+            (5, worker("b")),
+        ];
+        let answered = BTreeSet::from([5]);
+        let asked = to_ask(&owners, &answered, Some("self"));
+        let asked: Vec<(&str, &[i32])> = asked
+            .iter()
+            .map(|(owner, (_, partitions))| (owner.as_str(), partitions.as_slice()))
+            .collect();
+        // Partition 3 has no live owner, 4 is this process's worker's, 5 is answered: none is asked.
+        assert_eq!(asked, vec![("a", &[0, 2][..]), ("b", &[1][..])]);
+        assert!(to_ask(&owners, &BTreeSet::from([0, 1, 2, 4, 5]), None).is_empty());
+    }
+}
