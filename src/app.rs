@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 use crate::config::Config;
 use crate::relay::{Relay, RelayStatus};
 use crate::rules::Catalogue;
 use crate::store;
-use crate::worker::{Clock, Status, SystemClock, Worker};
+use crate::store::live_workers::LiveWorker;
+use crate::worker::{presence, Clock, Status, SystemClock, Worker};
 
 /// A built application, ready to run.
 pub struct Application {
@@ -30,6 +32,11 @@ pub struct Application {
     max_body_bytes: usize,
     /// The address the HTTP listener bound, once it has (port 0 picks one).
     address: tokio::sync::watch::Sender<Option<SocketAddr>>,
+    /// The internal routes peers call for previews and impacts ([`crate::api::internal`]), served
+    /// whether or not the API is.
+    internal: crate::api::internal::InternalState,
+    /// The worker's name (`partition_positions.owner`), under which it registers in `live_workers`.
+    owner: String,
 }
 
 impl Application {
@@ -69,9 +76,21 @@ impl Application {
         } else {
             None
         };
-        let worker = Worker::build(config, brokers, pool.clone(), catalogue, clock);
-        // The API in a worker's process evaluates previews where the worker holds the devices.
-        let api = api.map(|api| api.with_view(worker.view()));
+        let worker = Worker::build(config, brokers, pool.clone(), catalogue.clone(), clock);
+        // The API in a worker's process evaluates previews where the worker holds the devices, and its
+        // peers' calls share the same bound on evaluations at once.
+        let slots = api.as_ref().map_or_else(
+            || Arc::new(Semaphore::new(crate::api::MEMORY_PREVIEW_SLOTS)),
+            |api| api.memory_preview_slots.clone(),
+        );
+        let api = api.map(|api| api.with_worker(worker.view(), worker.owner()));
+        let internal = crate::api::internal::InternalState {
+            token: presence::new_token().into(),
+            view: worker.view(),
+            catalogue,
+            slots,
+        };
+        let owner = worker.owner().to_string();
         let status = worker.status();
         Ok(Self {
             worker,
@@ -82,6 +101,8 @@ impl Application {
             http,
             max_body_bytes,
             address: tokio::sync::watch::channel(None).0,
+            internal,
+            owner,
         })
     }
 
@@ -102,16 +123,21 @@ impl Application {
 
     /// Serves the HTTP endpoints and runs the worker (and the embedded relay) until `shutdown` resolves.
     ///
-    /// The relay is stopped only after the worker has finished its in-flight batches, so it can still
-    /// publish what those batches wrote to the outbox. Each has `worker.shutdown_deadline_ms`, so shutdown
-    /// takes at most twice that.
+    /// Once its listener is bound the worker registers in `live_workers` (its peers find it there), and
+    /// refreshes its row while it runs ([`presence`]); a clean stop deletes the row once the worker has
+    /// stopped. The relay is stopped only after the worker has finished its in-flight batches, so it can
+    /// still publish what those batches wrote to the outbox. Each has `worker.shutdown_deadline_ms`, so
+    /// shutdown takes at most twice that.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let metrics = crate::metrics::install();
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let mut router = crate::http::router(metrics, Some(self.status.clone()), self.pool.clone());
+        let mut router =
+            crate::http::router(metrics, Some(self.status.clone()), self.pool.clone()).merge(
+                crate::api::internal::router(self.internal.clone(), self.max_body_bytes),
+            );
         if let Some(api) = self.api {
             router = router.merge(crate::api::router(api));
         }
@@ -122,9 +148,31 @@ impl Application {
         .with_context(|| format!("failed to listen on {}", self.http.listen))?;
         let _ = self.address.send(Some(addr));
         tracing::info!(%addr, "serving the API, /metrics, /healthz and /readyz");
+        if self.http.advertise.is_none() && addr.ip().is_unspecified() {
+            tracing::warn!(%addr, "http.advertise is not set and http.listen's address is unspecified: \
+                peers are told 127.0.0.1, which only processes on this host reach");
+        }
+        let registered = LiveWorker {
+            owner: self.owner.clone(),
+            address: self.http.advertised(addr),
+            token: self.internal.token.to_string(),
+        };
+        // Registered before the worker claims a partition, so a preview finds every partition's worker.
+        match store::live_workers::register(&self.pool, &registered, presence::FRESH_WITHIN).await {
+            Ok(()) => tracing::info!(owner = %registered.owner, address = %registered.address,
+                "registered where peers reach this worker"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register this worker for peers yet; will retry")
+            }
+        }
+        let (stop_presence, presence_stopped) = tokio::sync::oneshot::channel::<()>();
+        let presence = presence::run(self.pool.clone(), registered, async {
+            let _ = presence_stopped.await;
+        });
         let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
         let worker = async {
             let result = self.worker.run_until_stopped(shutdown).await;
+            let _ = stop_presence.send(());
             let _ = stop_relay.send(());
             result
         };
@@ -140,7 +188,7 @@ impl Application {
                 None => Ok(()),
             }
         };
-        let (result, relay_result) = tokio::join!(worker, relay);
+        let (result, relay_result, ()) = tokio::join!(worker, relay, presence);
         let _ = stop_http.send(());
         let _ = http.await;
         result.and(relay_result)

@@ -83,6 +83,10 @@ pub const API_REQUEST_SECONDS: &str = "cohort_api_request_duration_seconds";
 pub const API_RATE_LIMITED: &str = "cohort_api_rate_limited_total";
 /// Requests refused for a missing, malformed, unknown or revoked API key.
 pub const API_UNAUTHORIZED: &str = "cohort_api_unauthorized_total";
+/// Calls of peer workers' internal routes, by `outcome` — `answered` (its partitions were evaluated in
+/// its memory) or `failed` (an error, a refusal or no answer within `api.peer_timeout_ms`: its partitions
+/// were read from PostgreSQL) — and `route`: `evaluate` (a preview) or `impact` (a release's impact).
+pub const PEER_REQUESTS: &str = "cohort_api_peer_requests_total";
 /// Connections the HTTP listener closed without serving a request, by `reason`: `client_limit` (the
 /// client already had `http.max_connections_per_client` open; answered 503) or `no_request` (no request
 /// head within `http.first_request_timeout_ms`).
@@ -133,6 +137,7 @@ pub const ALL: &[&str] = &[
     API_REQUEST_SECONDS,
     API_RATE_LIMITED,
     API_UNAUTHORIZED,
+    PEER_REQUESTS,
     HTTP_CONNECTIONS_CLOSED,
     HTTP_BODIES_REFUSED,
     HTTP_BODY_BUFFER_WAITS,
@@ -229,6 +234,10 @@ pub fn describe() {
     describe_counter!(
         API_UNAUTHORIZED,
         "REST API requests refused for a missing or invalid API key"
+    );
+    describe_counter!(
+        PEER_REQUESTS,
+        "Calls of peer workers for previews, by outcome"
     );
     describe_counter!(
         HTTP_CONNECTIONS_CLOSED,

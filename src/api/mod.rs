@@ -16,8 +16,12 @@
 //! - [`devices`], [`releases`], [`orgs`]: the other handlers.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 //!
+//! - [`internal`]: the route a worker process serves its peers (not part of the public API): a preview's
+//!   evaluation over the partitions it holds; [`peers`] is the other side, asking the workers that hold a
+//!   preview's partitions.
+//!
 //! Every change workers must act on is written by the storage layer together with its control-log entry,
-//! in one transaction; the API never talks to workers directly. Device registrations (imports) go through
+//! in one transaction; the API talks to workers directly only to read (previews, [`peers`]). Device registrations (imports) go through
 //! the input topic instead, keyed like any device event, so the owning worker creates the device.
 
 pub mod auth;
@@ -26,10 +30,12 @@ pub mod device_scoped;
 pub mod devices;
 pub mod error;
 pub mod groups;
+pub mod internal;
 pub mod log;
 pub mod members;
 pub mod openapi;
 pub mod orgs;
+mod peers;
 pub mod preview;
 pub mod releases;
 pub mod thingspace;
@@ -69,13 +75,18 @@ pub struct ApiState {
     pub view: Option<crate::worker::FleetView>,
     /// Previews evaluated in memory at once; more wait for a slot.
     pub memory_preview_slots: Arc<tokio::sync::Semaphore>,
+    /// The name this process's worker claims partitions under, when it runs one: previews do not ask it
+    /// over the network for what its view did not answer.
+    pub owner: Option<String>,
+    /// How long a preview waits for a peer worker's answer (`api.peer_timeout_ms`).
+    pub peer_timeout: Duration,
 }
 
 /// Concurrent previews per process that read devices from PostgreSQL.
 pub const PREVIEW_SLOTS: usize = 2;
 
-/// Concurrent previews per process evaluated in the worker's memory (each takes tens of milliseconds of
-/// one core for a million devices).
+/// Concurrent previews per process evaluated in the worker's memory, its peers' calls included (each
+/// takes tens of milliseconds of one core for a million devices).
 pub const MEMORY_PREVIEW_SLOTS: usize = 4;
 
 impl ApiState {
@@ -99,13 +110,16 @@ impl ApiState {
             preview_slots: Arc::new(tokio::sync::Semaphore::new(PREVIEW_SLOTS)),
             view: None,
             memory_preview_slots: Arc::new(tokio::sync::Semaphore::new(MEMORY_PREVIEW_SLOTS)),
+            owner: None,
+            peer_timeout: Duration::from_millis(config.api.peer_timeout_ms),
         })
     }
 
-    /// The state of an API served by a worker's process: previews evaluate in its memory.
-    pub fn with_view(self, view: crate::worker::FleetView) -> Self {
+    /// The state of an API served by a worker's process: previews evaluate in its memory first.
+    pub fn with_worker(self, view: crate::worker::FleetView, owner: &str) -> Self {
         Self {
             view: Some(view),
+            owner: Some(owner.to_string()),
             ..self
         }
     }
@@ -150,7 +164,7 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Counts requests by route template and status class, and times them.
-async fn record_metrics(request: Request, next: Next) -> Response {
+pub(crate) async fn record_metrics(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -3,6 +3,7 @@
 //! filter (and site) it would have after a change not yet saved; `POST /groups/preview` previews a filter
 //! for a group not yet created.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::{Extension, State};
@@ -16,13 +17,17 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::Caller;
 use super::error::{parse_json, require_json, ErrorBody, Json, Path, Query, RawBody};
 use super::groups::visible;
+use super::internal::{
+    in_memory, Asked, EvaluateAnswer, EvaluateRequest, SampledDevice, EVALUATE_PATH, SHOWN,
+};
 use super::members::display_text;
-use super::{page, ApiError, ApiState};
+use super::{page, peers, ApiError, ApiState};
 use crate::rules::time::format_millis;
-use crate::rules::{compile, Attributes};
+use crate::rules::{compile, Attributes, CompiledFilter, EpochMillis};
 use crate::store::api as queries;
 use crate::store::groups::GroupError;
-use crate::worker::view::Question;
+use crate::store::live_workers;
+use crate::worker::presence::FRESH_WITHIN;
 
 /// `/preview` and `/{id}/preview`, under each group family's base path.
 pub fn routes() -> Router<ApiState> {
@@ -91,9 +96,10 @@ pub struct Preview {
     pub devices: Vec<PreviewDevice>,
     /// The instant the filter was evaluated at.
     pub evaluated_at: String,
-    /// Where the devices were evaluated: `memory` (every partition in the memory of the worker serving
-    /// this request), `database` (PostgreSQL's committed state) or `mixed` (the partitions this process's
-    /// worker holds in memory, the others from the database). See docs/api.md, "Previews".
+    /// Where the devices were evaluated: `memory` (every partition in the memory of the worker holding
+    /// it, this process's or another's), `database` (every partition from PostgreSQL's committed state)
+    /// or `mixed` (some partitions in workers' memory, the others — no worker answered for them — from
+    /// the database). See docs/api.md, "Previews".
     pub evaluated_from: String,
 }
 
@@ -103,12 +109,10 @@ pub struct PreviewAnswer {
     pub data: Preview,
 }
 
-/// What a preview's sample shows of each device.
-const SHOWN: [&str; 5] = ["hostname", "displayName", "osType", "status", "lastSeenAt"];
-
-/// Evaluates `filter` over the org's devices with the workers' evaluator: in the memory of the worker in
-/// this process for the partitions it holds, and from PostgreSQL for the rest (every partition, in an API
-/// process without a worker).
+/// Evaluates `filter` over the org's devices with the workers' evaluator, where the devices are: in the
+/// memory of the worker in this process for the partitions it holds, in the memory of the workers holding
+/// the others ([`super::peers`]), and from PostgreSQL for every partition no worker answered (every
+/// partition, when none did).
 async fn run_preview(
     state: &ApiState,
     org_id: &str,
@@ -118,78 +122,86 @@ async fn run_preview(
 ) -> Result<PreviewAnswer, ApiError> {
     let compiled = Arc::new(compile(filter, &state.catalogue).map_err(GroupError::Invalid)?);
     let now = chrono::Utc::now().timestamp_millis();
-    let mut preview = Preview {
-        total_count: 0,
-        examined: 0,
-        devices: Vec::new(),
-        evaluated_at: format_millis(now),
-        evaluated_from: "database".into(),
-    };
-    let mut held = Vec::new();
-    if let Some(view) = &state.view {
-        let held_now = view.held();
-        if !held_now.is_empty() {
-            let Ok(_slot) = state.memory_preview_slots.clone().acquire_owned().await else {
-                return Err(ApiError::rate_limited(1));
-            };
-            // (name, field) of each shown field the catalogue has.
-            let shown: Vec<(&str, _)> = SHOWN
-                .iter()
-                .filter_map(|&name| state.catalogue.builtin(name).map(|f| (name, f)))
-                .collect();
-            let fields: Vec<_> = shown.iter().map(|&(_, f)| f).collect();
-            let (view, catalogue, org, site, filter) = (
-                view.clone(),
-                state.catalogue.clone(),
-                org_id.to_string(),
-                site.map(str::to_string),
-                compiled.clone(),
-            );
-            let answer = tokio::task::spawn_blocking(move || {
-                view.evaluate(
-                    &catalogue,
-                    &Question {
-                        org: &org,
-                        site: site.as_deref(),
-                        filter: &filter,
-                        now,
-                        limit,
-                        shown: &fields,
-                    },
-                )
-            })
-            .await
-            .map_err(|e| ApiError::internal(&e))?;
-            preview.total_count = answer.matched;
-            preview.examined = answer.examined;
-            preview.devices = answer
-                .sample
-                .into_iter()
-                .map(|s| {
-                    // The shown values by name, as a stored document has them.
-                    let doc: Map<String, Value> = shown
-                        .iter()
-                        .zip(s.fields)
-                        .filter_map(|(&(name, _), value)| Some((name.to_string(), value?)))
-                        .collect();
-                    sample(s.id, &doc)
-                })
-                .collect();
-            held = answer.partitions;
-            preview.evaluated_from = "memory".into();
+    // Each part covers partitions no other part covers.
+    let mut parts = Vec::new();
+    let mut answered = BTreeSet::new();
+    if let Some(view) = state.view.as_ref().filter(|v| !v.held().is_empty()) {
+        let asked = Asked {
+            org: org_id.to_string(),
+            site: site.map(str::to_string),
+            filter: compiled.clone(),
+            now,
+            limit,
+            partitions: None,
+        };
+        let part = in_memory(view, &state.catalogue, &state.memory_preview_slots, asked).await?;
+        answered.extend(part.partitions.iter().copied());
+        parts.push(part);
+    }
+    let owners =
+        live_workers::partition_owners(&state.pool, &state.input_topic, FRESH_WITHIN).await?;
+    let asked = peers::to_ask(&owners, &answered, state.owner.as_deref());
+    if !asked.is_empty() {
+        let question = |partitions| EvaluateRequest {
+            org: org_id.to_string(),
+            site: site.map(str::to_string),
+            filter_conditions: filter.clone(),
+            now,
+            limit,
+            partitions,
+        };
+        let timeout = state.peer_timeout;
+        let answers: Vec<EvaluateAnswer> =
+            peers::ask(asked, EVALUATE_PATH, question, timeout).await;
+        for mut part in answers {
+            part.partitions.retain(|p| !answered.contains(p));
+            answered.extend(part.partitions.iter().copied());
+            parts.push(part);
         }
     }
-    let rest = if held.is_empty() {
-        None
-    } else {
-        let all = queries::input_partitions(&state.pool, &state.input_topic).await?;
-        let rest: Vec<i32> = all.into_iter().filter(|p| !held.contains(p)).collect();
-        if rest.is_empty() {
-            return Ok(PreviewAnswer { data: preview });
-        }
-        preview.evaluated_from = "mixed".into();
-        Some(rest)
+    let rest: Vec<i32> = owners
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !answered.contains(p))
+        .collect();
+    let evaluated_from = match (answered.is_empty(), rest.is_empty()) {
+        (true, _) => "database",
+        (false, true) => "memory",
+        (false, false) => "mixed",
     };
+    if answered.is_empty() {
+        // Every partition, and devices of a partition no worker has claimed yet.
+        parts.push(from_database(state, org_id, site, &compiled, now, limit, None).await?);
+    } else if !rest.is_empty() {
+        parts.push(from_database(state, org_id, site, &compiled, now, limit, Some(&rest)).await?);
+    }
+    let merged = EvaluateAnswer::merge(parts, limit);
+    Ok(PreviewAnswer {
+        data: Preview {
+            total_count: merged.matched,
+            examined: merged.examined,
+            devices: merged
+                .sample
+                .into_iter()
+                .map(|s| sample(s.id, &s.fields))
+                .collect(),
+            evaluated_at: format_millis(now),
+            evaluated_from: evaluated_from.into(),
+        },
+    })
+}
+
+/// Evaluates the filter over the devices PostgreSQL holds of `partitions` (all, when `None`), at most
+/// [`super::PREVIEW_SLOTS`] such reads at once per process (more answer 429).
+async fn from_database(
+    state: &ApiState,
+    org_id: &str,
+    site: Option<&str>,
+    compiled: &CompiledFilter,
+    now: EpochMillis,
+    limit: usize,
+    partitions: Option<&[i32]>,
+) -> Result<EvaluateAnswer, ApiError> {
     let Ok(_slot) = state.preview_slots.try_acquire() else {
         return Err(ApiError::rate_limited(1));
     };
@@ -200,34 +212,37 @@ async fn run_preview(
         }
     }
     let catalogue = state.catalogue.clone();
-    let mut sampled = Vec::new();
-    let (mut matched, mut examined) = (0, 0);
+    let mut part = EvaluateAnswer {
+        partitions: partitions.map(<[i32]>::to_vec).unwrap_or_default(),
+        ..EvaluateAnswer::default()
+    };
     queries::scan_devices(
         &state.pool,
         org_id,
         site,
-        rest.as_deref(),
+        partitions,
         &fields,
         |device_id, doc| {
-            examined += 1;
+            part.examined += 1;
             let attrs = Attributes::from_stored_json(&doc, &catalogue, |_, _| {});
             if compiled.evaluate(&attrs, now) {
-                matched += 1;
-                if sampled.len() < limit {
-                    sampled.push(sample(device_id, &doc));
+                part.matched += 1;
+                if part.sample.len() < limit {
+                    let fields = SHOWN
+                        .iter()
+                        .filter_map(|&f| doc.get(f).map(|v| (f.to_string(), v.clone())))
+                        .collect();
+                    part.sample.push(SampledDevice {
+                        id: device_id,
+                        fields,
+                    });
                 }
             }
             true
         },
     )
     .await?;
-    preview.total_count += matched;
-    preview.examined += examined;
-    // Both samples are the smallest ids of their part, in order: merged, the smallest of the whole.
-    preview.devices.extend(sampled);
-    preview.devices.sort_by(|a, b| a.id.cmp(&b.id));
-    preview.devices.truncate(limit);
-    Ok(PreviewAnswer { data: preview })
+    Ok(part)
 }
 
 fn sample(id: String, doc: &Map<String, Value>) -> PreviewDevice {

@@ -3,7 +3,9 @@
 //! change and which devices would download firmware, computed with the workers' resolution code) without
 //! writing. Both go through one decision in the store (`firmware::apply`).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
@@ -16,10 +18,15 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
-use super::{ApiError, ApiState};
+use super::internal::{ImpactAnswer, ImpactRequest, IMPACT_PATH};
+use super::{peers, ApiError, ApiState};
 use crate::rules::Catalogue;
 use crate::store::api as queries;
-use crate::store::firmware::{self, HeldDevices, Impact, Mode, Proposal, ReleaseTarget, Releases};
+use crate::store::firmware::{
+    self, Counting, HeldDevices, Impact, Mode, Proposal, ReleaseTarget, Releases,
+};
+use crate::store::live_workers::{self, LiveWorker};
+use crate::worker::presence::FRESH_WITHIN;
 use crate::worker::FleetView;
 
 pub fn routes() -> Router<ApiState> {
@@ -167,7 +174,7 @@ pub async fn create(
         &caller.actor(),
         IMPACT_SAMPLE,
         mode(body.dry_run),
-        held.as_ref().map(|h| h as &dyn HeldDevices),
+        Some(&held as &dyn HeldDevices),
     )
     .await?;
     if body.dry_run {
@@ -196,64 +203,94 @@ pub async fn create(
     ))
 }
 
-/// The devices the worker in this process holds, for the impact to be counted where they are (the
-/// partitions it does not hold are read from PostgreSQL); `None` without a worker, or while it holds none.
-async fn held_devices(state: &ApiState) -> Result<Option<InMemory>, ApiError> {
-    let Some(view) = &state.view else {
-        return Ok(None);
-    };
-    if view.held().is_empty() {
-        return Ok(None);
-    }
-    let all = queries::input_partitions(&state.pool, &state.input_topic).await?;
-    Ok(Some(InMemory {
-        view: view.clone(),
+/// Where the impact's devices are counted in memory: by the worker in this process for the partitions it
+/// holds, and by the workers holding the others (the partitions no worker counted are read from
+/// PostgreSQL).
+async fn held_devices(state: &ApiState) -> Result<InMemory, ApiError> {
+    let owners =
+        live_workers::partition_owners(&state.pool, &state.input_topic, FRESH_WITHIN).await?;
+    Ok(InMemory {
+        view: state.view.clone(),
         catalogue: state.catalogue.clone(),
-        all,
-    }))
+        owner: state.owner.clone(),
+        owners,
+        timeout: state.peer_timeout,
+    })
 }
 
-/// A worker's devices in this process, as the impact counts them.
+/// The workers' devices, as the impact counts them.
 struct InMemory {
-    view: FleetView,
+    /// The worker's in this process, if it runs one.
+    view: Option<FleetView>,
     catalogue: Arc<Catalogue>,
-    /// Every partition of the input topic.
-    all: Vec<i32>,
+    /// The name of the worker in this process.
+    owner: Option<String>,
+    /// Every partition of the input topic, with its owner if that worker is live.
+    owners: Vec<(i32, Option<LiveWorker>)>,
+    /// How long a peer worker may take (`api.peer_timeout_ms`).
+    timeout: Duration,
 }
 
 impl HeldDevices for InMemory {
-    fn count(
-        &self,
-        org_id: &str,
+    fn count<'a>(
+        &'a self,
+        org_id: &'a str,
         target: ReleaseTarget,
-        releases: &Releases,
-        impact: &mut Impact,
+        releases: &'a Releases,
+        impact: &'a mut Impact,
         sample: usize,
-    ) -> Option<Vec<i32>> {
-        let group = match target {
-            ReleaseTarget::Group(g) => Some(g),
-            ReleaseTarget::Default => None,
-        };
-        let (answered, parts) = self.view.for_each_device(
-            &self.catalogue,
-            org_id,
-            group,
-            || Impact::new(0),
-            |part, device, groups| releases.count(part, device, groups, sample),
-        );
-        for part in parts {
-            impact.merge(part, sample);
-        }
-        if answered.is_empty() {
-            return None;
-        }
-        Some(
-            self.all
-                .iter()
-                .copied()
-                .filter(|p| !answered.contains(p))
-                .collect(),
-        )
+    ) -> Counting<'a> {
+        Box::pin(async move {
+            let group = match target {
+                ReleaseTarget::Group(g) => Some(g),
+                ReleaseTarget::Default => None,
+            };
+            let mut answered = BTreeSet::new();
+            if let Some(view) = &self.view {
+                let (held, parts) = view.for_each_device(
+                    &self.catalogue,
+                    org_id,
+                    group,
+                    None,
+                    || Impact::new(0),
+                    |part, device, groups| releases.count(part, device, groups, sample),
+                );
+                for part in parts {
+                    impact.merge(part, sample);
+                }
+                answered.extend(held);
+            }
+            let asked = peers::to_ask(&self.owners, &answered, self.owner.as_deref());
+            if !asked.is_empty() {
+                let question = |partitions| ImpactRequest {
+                    org: org_id.to_string(),
+                    group,
+                    releases: releases.to_wire(),
+                    sample,
+                    partitions,
+                };
+                let answers: Vec<ImpactAnswer> =
+                    peers::ask(asked, IMPACT_PATH, question, self.timeout).await;
+                for mut part in answers {
+                    part.partitions.retain(|p| !answered.contains(p));
+                    if part.partitions.is_empty() {
+                        continue;
+                    }
+                    answered.extend(part.partitions);
+                    impact.merge(part.impact, sample);
+                }
+            }
+            if answered.is_empty() {
+                return None;
+            }
+            Some(
+                self.owners
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .filter(|p| !answered.contains(p))
+                    .collect(),
+            )
+        })
     }
 }
 
@@ -296,7 +333,7 @@ pub async fn withdraw(
         &caller.actor(),
         IMPACT_SAMPLE,
         mode(params.dry_run),
-        held.as_ref().map(|h| h as &dyn HeldDevices),
+        Some(&held as &dyn HeldDevices),
     )
     .await?;
     let row = if params.dry_run {

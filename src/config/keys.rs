@@ -97,6 +97,7 @@ pub(super) const KEYS: &[Key] = &[
     key!(relay.poll_interval_ms),
     key!(relay.retention_hours),
     key!(http.listen),
+    key!(http.advertise, show_advertise),
     key!(http.header_read_timeout_ms),
     key!(http.first_request_timeout_ms),
     key!(http.request_timeout_ms),
@@ -106,11 +107,21 @@ pub(super) const KEYS: &[Key] = &[
     key!(api.rate_limit_per_second),
     key!(api.rate_limit_burst),
     key!(api.max_body_bytes),
+    key!(api.peer_timeout_ms),
 ];
 
 /// `database.url` with its password redacted.
 fn show_database_url(config: &Config) -> String {
     redact_database_url(&config.database.url)
+}
+
+/// `http.advertise`, or where its default comes from.
+fn show_advertise(config: &Config) -> String {
+    config
+        .http
+        .advertise
+        .clone()
+        .unwrap_or_else(|| "(from http.listen)".to_owned())
 }
 
 /// `kafka.brokers`, or `(not configured)` when there are none (the demo then embeds a broker).
@@ -193,6 +204,16 @@ impl EnvValue for String {
 
     fn from_env(value: &str) -> Option<Self> {
         Some(value.to_owned())
+    }
+}
+
+/// An optional string: set by any value but an empty one.
+impl EnvValue for Option<String> {
+    const EXPECTED: &'static str = "a string";
+
+    fn from_env(value: &str) -> Option<Self> {
+        let value = value.trim();
+        Some((!value.is_empty()).then(|| value.to_owned()))
     }
 }
 

@@ -117,6 +117,15 @@ impl Config {
             "http.max_connections_per_client",
             self.http.max_connections_per_client as u64,
         )?;
+        if let Some(address) = &self.http.advertise {
+            if let Err(problem) = super::http::check_advertise(address) {
+                return Err(ConfigError::invalid(
+                    "http.advertise",
+                    format!("({address:?}) {problem}"),
+                ));
+            }
+        }
+        positive("api.peer_timeout_ms", self.api.peer_timeout_ms)?;
         positive("relay.batch_size", self.relay.batch_size as u64)?;
         positive("relay.poll_interval_ms", self.relay.poll_interval_ms)?;
         positive("relay.retention_hours", self.relay.retention_hours)?;

@@ -108,6 +108,7 @@ async fn start(config: HttpConfig) -> Server {
 fn limits(header_ms: u64, request_ms: u64, max_connections: usize) -> HttpConfig {
     HttpConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
+        advertise: None,
         header_read_timeout_ms: header_ms,
         first_request_timeout_ms: header_ms,
         request_timeout_ms: request_ms,

@@ -413,16 +413,6 @@ pub async fn scan_devices(
     Ok(())
 }
 
-/// The input topic's partitions, as the workers have claimed them.
-pub async fn input_partitions(pool: &PgPool, topic: &str) -> Result<Vec<i32>, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT partition FROM partition_positions WHERE topic = $1")
-            .bind(topic)
-            .fetch_all(pool)
-            .await?,
-    )
-}
-
 /// A firmware release as stored.
 #[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct ReleaseRow {

@@ -11,7 +11,9 @@ use crate::firmware::{Version, VersionError, VersionKind};
 
 mod impact;
 
-pub use impact::{DeviceImpact, Facts, HeldDevices, Impact, Releases};
+pub use impact::{
+    Counting, DeviceImpact, Facts, HeldDevices, Impact, ReleaseSide, Releases, ReleasesWire,
+};
 
 /// Why a release or withdrawal was refused.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@
 //! - [`api_keys`]: the REST API's keys (hashed, compared in constant time).
 //! - [`counts`]: group member counts maintained by triggers — the reads, the fold, the check and repair.
 //! - [`api`]: the REST API's queries (group listings, members, the membership log, previews).
+//! - [`live_workers`]: the worker processes running now, where their peers reach them (previews).
 
 pub mod api;
 pub mod api_keys;
@@ -21,6 +22,7 @@ pub mod control;
 pub mod counts;
 pub mod firmware;
 pub mod groups;
+pub mod live_workers;
 pub mod members;
 pub mod outbox;
 pub mod partition;

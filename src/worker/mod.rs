@@ -27,7 +27,8 @@
 //! drops revoked ones; [`refresh`] loads the group definitions and follows the control log; a partition's
 //! state is a [`partition`] of [`device`]s, evaluated against the [`registry`] of every org's groups.
 //! [`engine`] is the batch computation alone, for the benchmark's ceiling. [`Status`] and [`latency`] are
-//! what the worker lets others observe; [`Clock`] is where it reads the time.
+//! what the worker lets others observe, [`view`] the devices it holds (previews evaluate there) and
+//! [`presence`] where its peers reach it; [`Clock`] is where it reads the time.
 //!
 //! # Pipelining
 //!
@@ -60,6 +61,7 @@ pub mod flush;
 pub mod latency;
 pub mod partition;
 pub mod pipeline;
+pub mod presence;
 pub mod rebalance;
 pub mod refresh;
 // Public: the benchmark's public functions (`bench::seed`, `bench::verify`) take and return a `Registry`.

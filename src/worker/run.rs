@@ -40,8 +40,9 @@ pub struct Worker {
     catalogue: Arc<Catalogue>,
     clock: Arc<dyn Clock>,
     status: Arc<Status>,
-    /// The partitions it holds, for previews in this process.
+    /// The partitions it holds, for previews in this process and its peers.
     view: FleetView,
+    /// The name it claims partitions under, unique per worker.
     owner: String,
 }
 
@@ -54,10 +55,13 @@ impl Worker {
         catalogue: Arc<Catalogue>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        // Unique per worker, not only per process (tests run several workers in one process): peers find
+        // a partition's worker by this name (`live_workers`).
         let owner = format!(
-            "{}-{}",
+            "{}-{}-{}",
             std::env::var("HOSTNAME").unwrap_or_else(|_| "cohort".into()),
-            std::process::id()
+            std::process::id(),
+            super::presence::random_hex(4)
         );
         Self {
             config,
@@ -74,6 +78,11 @@ impl Worker {
     /// The worker's observable status.
     pub fn status(&self) -> Arc<Status> {
         self.status.clone()
+    }
+
+    /// The name it claims partitions under (`partition_positions.owner`).
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// The devices it holds, for previews evaluated where the devices are ([`super::view`]).

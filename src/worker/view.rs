@@ -7,8 +7,8 @@
 //! committed state or, while a batch commits, that batch's (never older than what is committed; a batch that
 //! then fails to commit is recomputed, so a device conflict can make a preview a batch early). Partitions
 //! this process does not hold — owned by another worker, or moving between owners, or not loaded yet — are
-//! not answered here: [`FleetView::evaluate`] says which it answered, and the caller reads the rest from
-//! PostgreSQL's committed state.
+//! not answered here: [`FleetView::evaluate`] says which it answered, and the caller asks the workers
+//! holding the rest (`crate::api::internal`) or reads them from PostgreSQL's committed state.
 
 use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::Arc;
@@ -84,6 +84,9 @@ pub struct Question<'a> {
     pub limit: usize,
     /// The fields each sampled device shows.
     pub shown: &'a [FieldId],
+    /// Only these partitions (those held among them), when given: a peer asks for the partitions it
+    /// did not answer itself.
+    pub partitions: Option<&'a [i32]>,
 }
 
 impl FleetView {
@@ -111,13 +114,15 @@ impl FleetView {
 
     /// Calls `each` with every held device of the org — only the members of `group`, when given — with
     /// its groups (a group the pipeline has not published yet is left out: a tombstone of a deleted
-    /// group, which carries no release), each partition on a thread of its own with its own state from
-    /// `start`. Returns the partitions answered and each one's state. Blocks the calling thread.
+    /// group, which carries no release), each partition (of `only`, when given) on a thread of its own
+    /// with its own state from `start`. Returns the partitions answered and each one's state. Blocks the
+    /// calling thread.
     pub fn for_each_device<T: Send>(
         &self,
         catalogue: &Catalogue,
         org: &str,
         group: Option<Uuid>,
+        only: Option<&[i32]>,
         start: impl Fn() -> T + Sync,
         each: impl Fn(&mut T, Facts<'_>, &[Uuid]) + Sync,
     ) -> (Vec<i32>, Vec<T>) {
@@ -125,7 +130,12 @@ impl FleetView {
         let slot = group.and_then(|g| groups.iter().position(|id| *id == g));
         if group.is_some() && slot.is_none() {
             // Not published yet: no held device is known to be a member.
-            return (self.held(), Vec::new());
+            let held = self.held();
+            let held = held
+                .into_iter()
+                .filter(|p| only.is_none_or(|only| only.contains(p)))
+                .collect();
+            return (held, Vec::new());
         }
         let running_field = catalogue.builtin("firmwareVersion");
         let one = |devices: &Devices| {
@@ -162,17 +172,22 @@ impl FleetView {
             }
             state
         };
-        self.each_partition(one)
+        self.each_partition(only, one)
     }
 
-    /// Runs `one` on every partition held, each on a thread of its own; returns the partitions and what
-    /// `one` gave for each (a partition whose thread panicked — none is reachable: evaluation does not
-    /// panic — gives nothing).
-    fn each_partition<T: Send>(&self, one: impl Fn(&Devices) -> T + Sync) -> (Vec<i32>, Vec<T>) {
+    /// Runs `one` on every partition held (of `only`, when given), each on a thread of its own; returns
+    /// the partitions and what `one` gave for each (a partition whose thread panicked — none is reachable:
+    /// evaluation does not panic — gives nothing).
+    fn each_partition<T: Send>(
+        &self,
+        only: Option<&[i32]>,
+        one: impl Fn(&Devices) -> T + Sync,
+    ) -> (Vec<i32>, Vec<T>) {
         let partitions: Vec<(i32, Devices)> = self
             .partitions
             .read()
             .iter()
+            .filter(|(p, _)| only.is_none_or(|only| only.contains(p)))
             .map(|(p, d)| (*p, d.clone()))
             .collect();
         let results = std::thread::scope(|scope| {
@@ -190,12 +205,13 @@ impl FleetView {
         self.partitions.read().keys().copied().collect()
     }
 
-    /// Evaluates a filter over every partition held, each on a thread of its own and under its read lock
-    /// (the worker waits at most one partition's evaluation to install a batch). Blocks the calling
-    /// thread: call it from a blocking task.
+    /// Evaluates a filter over every partition held (of `question.partitions`, when given), each on a
+    /// thread of its own and under its read lock (the worker waits at most one partition's evaluation to
+    /// install a batch). Blocks the calling thread: call it from a blocking task.
     pub fn evaluate(&self, catalogue: &Catalogue, question: &Question<'_>) -> Evaluated {
-        let (partitions, parts) =
-            self.each_partition(|devices| evaluate_partition(devices, catalogue, question));
+        let (partitions, parts) = self.each_partition(question.partitions, |devices| {
+            evaluate_partition(devices, catalogue, question)
+        });
         let mut answer = Evaluated {
             partitions,
             ..Evaluated::default()
@@ -315,6 +331,7 @@ mod tests {
             now: 0,
             limit: 4,
             shown: &[status],
+            partitions: None,
         };
         let answer = view.evaluate(&catalogue, &question);
         assert_eq!(answer.partitions, vec![0, 1, 2]);
@@ -331,6 +348,17 @@ mod tests {
             },
         );
         assert_eq!((scoped.examined, scoped.matched), (18, 9));
+        // Asked for some partitions: those held among them.
+        let some = view.evaluate(
+            &catalogue,
+            &Question {
+                partitions: Some(&[2, 5]),
+                ..question
+            },
+        );
+        assert_eq!(some.partitions, vec![2]);
+        assert_eq!((some.examined, some.matched), (10, 5));
+        assert_eq!(some.sample[0].id, "d20");
         view.remove(1);
         assert_eq!(view.held(), vec![0, 2]);
     }

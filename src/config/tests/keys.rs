@@ -90,6 +90,7 @@ fn every_key_is_set_by_its_environment_variable_and_shown_in_its_section_of_the_
             "database.wal_compression" => "zstd".to_owned(),
             "kafka.brokers" => "other:9092".to_owned(),
             "http.listen" => "0.0.0.0:9".to_owned(),
+            "http.advertise" => "worker-1.cohort:8080".to_owned(),
             "worker.embedded_relay" | "worker.embedded_api" => "false".to_owned(),
             name if name.ends_with("topic") || name.ends_with("group_id") => "other".to_owned(),
             // Numbers: every default is valid, and so is one more.

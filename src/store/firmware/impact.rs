@@ -2,6 +2,8 @@
 //! will download firmware because their new target is not the version they report running.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -10,7 +12,7 @@ use super::{Admitted, Change, ReleaseError, ReleaseTarget};
 use crate::firmware::{resolve, DeviceFacts, GroupRelease, Target, Version};
 
 /// One device whose target would change.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceImpact {
     pub device_id: String,
@@ -23,7 +25,7 @@ pub struct DeviceImpact {
 }
 
 /// What a proposal would do.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Impact {
     /// Devices examined (the group's members, or the org's devices for the default).
@@ -131,7 +133,81 @@ pub struct Releases {
     after_default: Option<GroupRelease>,
 }
 
+/// [`Releases`] as a worker is sent them to count its devices: each side's group releases and default, as
+/// released.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasesWire {
+    pub before: ReleaseSide,
+    pub after: ReleaseSide,
+}
+
+/// One side of [`ReleasesWire`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSide {
+    /// Each group's live release.
+    pub groups: BTreeMap<Uuid, String>,
+    /// The org's default release.
+    #[serde(default)]
+    pub default: Option<String>,
+}
+
+/// A release as resolution reads it; `None` for a version that does not parse (as from the database).
+fn as_release(group: Uuid, version: &str) -> Option<GroupRelease> {
+    Version::parse(version).ok().map(|v| GroupRelease {
+        group,
+        version: v,
+        label: version.into(),
+    })
+}
+
+impl ReleaseSide {
+    fn of(groups: &HashMap<Uuid, GroupRelease>, default: &Option<GroupRelease>) -> Self {
+        Self {
+            groups: groups
+                .iter()
+                .map(|(g, r)| (*g, r.label.to_string()))
+                .collect(),
+            default: default.as_ref().map(|r| r.label.to_string()),
+        }
+    }
+
+    fn releases(&self) -> (HashMap<Uuid, GroupRelease>, Option<GroupRelease>) {
+        let groups = self
+            .groups
+            .iter()
+            .filter_map(|(g, v)| Some((*g, as_release(*g, v)?)))
+            .collect();
+        let default = self
+            .default
+            .as_deref()
+            .and_then(|v| as_release(Uuid::nil(), v));
+        (groups, default)
+    }
+}
+
 impl Releases {
+    /// As sent to a worker.
+    pub fn to_wire(&self) -> ReleasesWire {
+        ReleasesWire {
+            before: ReleaseSide::of(&self.before_groups, &self.before_default),
+            after: ReleaseSide::of(&self.after_groups, &self.after_default),
+        }
+    }
+
+    /// As a worker received them.
+    pub fn from_wire(wire: &ReleasesWire) -> Self {
+        let (before_groups, before_default) = wire.before.releases();
+        let (after_groups, after_default) = wire.after.releases();
+        Self {
+            before_groups,
+            before_default,
+            after_groups,
+            after_default,
+        }
+    }
+
     /// Counts one device: its development flag, lock, reported version and groups.
     pub fn count(&self, impact: &mut Impact, device: Facts<'_>, member_of: &[Uuid], sample: usize) {
         let facts = DeviceFacts {
@@ -163,20 +239,23 @@ pub struct Facts<'a> {
     pub running: Option<&'a str>,
 }
 
-/// Devices held in memory (a worker's, in the same process), counted there instead of read from
-/// PostgreSQL.
+/// What [`HeldDevices::count`] returns: the partitions still to be read from PostgreSQL, or `None`.
+pub type Counting<'a> = Pin<Box<dyn Future<Output = Option<Vec<i32>>> + Send + 'a>>;
+
+/// Devices held in memory (by the worker in the same process, and by its peers), counted there instead of
+/// read from PostgreSQL.
 pub trait HeldDevices: Sync {
     /// Counts the devices held that the change can affect — of `target`'s group, or of the whole org for
-    /// the default — into `impact`. Returns the partitions still to be read from PostgreSQL (those not
-    /// held), or `None` if it counted nothing (read every partition).
-    fn count(
-        &self,
-        org_id: &str,
+    /// the default — into `impact`. Returns the partitions still to be read from PostgreSQL (those no
+    /// worker counted), or `None` if it counted nothing (read every partition).
+    fn count<'a>(
+        &'a self,
+        org_id: &'a str,
         target: ReleaseTarget,
-        releases: &Releases,
-        impact: &mut Impact,
+        releases: &'a Releases,
+        impact: &'a mut Impact,
         sample: usize,
-    ) -> Option<Vec<i32>>;
+    ) -> Counting<'a>;
 }
 
 /// A device as the impact reads it: id, development flag, lock, reported `firmwareVersion`, groups.
@@ -200,13 +279,6 @@ pub(super) async fn compute(
     .bind(org_id)
     .fetch_all(&mut *conn)
     .await?;
-    let as_release = |group: Uuid, version: &str| -> Option<GroupRelease> {
-        Version::parse(version).ok().map(|v| GroupRelease {
-            group,
-            version: v,
-            label: version.into(),
-        })
-    };
     let mut groups: HashMap<Uuid, GroupRelease> = HashMap::new();
     let mut default: Option<GroupRelease> = None;
     for (group, version) in &rows {
@@ -245,7 +317,13 @@ pub(super) async fn compute(
     };
     let mut impact = Impact::new(0);
     // The devices held in memory first; then those of every other partition from the database.
-    let rest = held.and_then(|h| h.count(org_id, admitted.target, &releases, &mut impact, sample));
+    let rest = match held {
+        Some(held) => {
+            held.count(org_id, admitted.target, &releases, &mut impact, sample)
+                .await
+        }
+        None => None,
+    };
     if rest.as_ref().is_some_and(Vec::is_empty) {
         return Ok(impact);
     }
@@ -305,6 +383,36 @@ mod tests {
 
     fn default(version: &str) -> Target {
         target(Some(version), Reason::Default)
+    }
+
+    #[test]
+    fn releases_sent_to_a_worker_resolve_as_they_did_here() {
+        let group = Uuid::from_u128(7);
+        let releases = Releases {
+            before_groups: HashMap::from([(group, as_release(group, "1.0.0").unwrap())]),
+            before_default: as_release(Uuid::nil(), "0.9.0"),
+            after_groups: HashMap::new(),
+            after_default: as_release(Uuid::nil(), "2.0.0"),
+        };
+        let wire = releases.to_wire();
+        assert_eq!(wire.before.groups[&group], "1.0.0");
+        let json = serde_json::to_value(&wire).unwrap();
+        let back = Releases::from_wire(&serde_json::from_value(json).unwrap());
+        let counted = |releases: &Releases| {
+            let mut impact = Impact::new(0);
+            for (id, groups) in [("a", vec![group]), ("b", vec![])] {
+                let facts = Facts {
+                    id,
+                    development: false,
+                    lock: None,
+                    running: Some("1.0.0"),
+                };
+                releases.count(&mut impact, facts, &groups, 10);
+            }
+            impact
+        };
+        assert_eq!(counted(&back), counted(&releases));
+        assert_eq!(counted(&back).changed, 2);
     }
 
     #[test]

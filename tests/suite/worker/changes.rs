@@ -231,7 +231,7 @@ fn preview_of(answer: &Value) -> (Vec<String>, u64, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_preview_from_memory_or_mixed_names_exactly_the_devices_the_group_then_holds(
+async fn a_preview_from_one_or_two_workers_memory_names_exactly_the_devices_the_group_then_holds(
 ) -> anyhow::Result<()> {
     use cohort::store::api_keys;
     use cohort_testkit::app::ORG;
@@ -248,7 +248,7 @@ async fn a_preview_from_memory_or_mixed_names_exactly_the_devices_the_group_then
     let (ids, count, from) = preview_of(&memory.body);
     assert_eq!(from, "memory", "{}", memory.body);
     assert!(count > 0 && count < 90, "{count}");
-    // A second worker: the first then holds one partition, and reads the other from PostgreSQL.
+    // A second worker: the first then holds one partition, and asks the second for the other.
     h.add_worker().await?;
     h.all_partitions_owned(2).await?;
     let status = h.status.clone();
@@ -257,12 +257,12 @@ async fn a_preview_from_memory_or_mixed_names_exactly_the_devices_the_group_then
         async move { Ok((status.partitions.load(SeqCst) == 1).then_some(())) }
     })
     .await?;
-    let mixed = client
+    let both = client
         .post("/api/v1/groups/preview?limit=100", body)
         .await?;
     assert_eq!(
-        preview_of(&mixed.body),
-        (ids.clone(), count, "mixed".to_string())
+        preview_of(&both.body),
+        (ids.clone(), count, "memory".to_string())
     );
     let group = h.group("busy", uptime_over(400)).await?;
     h.control_applied().await?;

@@ -4,6 +4,7 @@
 mod changes;
 mod counts;
 mod devices;
+mod peers;
 mod reconcile;
 mod recovery;
 mod sessions;
