@@ -19,10 +19,15 @@ pub const MAX_ARRAY_ITEMS: usize = 256;
 /// Most attributes one device document may carry.
 pub const MAX_ATTRIBUTES: usize = 512;
 
-/// One typed attribute value. Strings are boxed to keep the enum at 24 bytes.
+/// A string attribute value: up to 24 bytes inline (ids, versions, sites, tags, hostnames — most values
+/// a device reports), longer ones on the heap. A device is copied for every batch that touches it, so an
+/// inline string makes that copy, and dropping the state it replaced, free of allocation.
+pub type AttrStr = compact_str::CompactString;
+
+/// One typed attribute value, 24 bytes (the tag lives in the inline string's spare byte values).
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttrValue {
-    Str(Box<str>),
+    Str(AttrStr),
     /// Always finite (JSON cannot carry NaN or infinities).
     Num(f64),
     Bool(bool),
@@ -30,8 +35,10 @@ pub enum AttrValue {
     Enum(u16),
     /// UTC instant, milliseconds since the Unix epoch.
     Time(EpochMillis),
-    StrList(Box<[Box<str>]>),
+    StrList(Box<[AttrStr]>),
 }
+
+const _: () = assert!(std::mem::size_of::<AttrValue>() == 24);
 
 /// A device's attributes, sorted by field for binary-search lookup with no allocation.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -267,7 +274,7 @@ fn parse_value(
     }
 }
 
-fn checked_string(name: &str, s: &str) -> Result<Box<str>, String> {
+fn checked_string(name: &str, s: &str) -> Result<AttrStr, String> {
     if s.len() > MAX_STRING_BYTES {
         Err(format!(
             "Value for field {name} is too long (maximum {MAX_STRING_BYTES} bytes)"

@@ -24,7 +24,7 @@ use super::time::{format_millis, parse_datetime};
 /// Whether `items` (in any order, with repeats) hold exactly the strings of `set` (sorted, de-duplicated).
 /// Does not allocate.
 #[inline]
-pub(crate) fn same_set(items: &[Box<str>], set: &[Box<str>]) -> bool {
+pub(crate) fn same_set(items: &[impl std::ops::Deref<Target = str>], set: &[Box<str>]) -> bool {
     // Each of the set's strings needs an item, so fewer items than strings cannot be equal.
     items.len() >= set.len()
         && items
