@@ -73,6 +73,9 @@ impl Attributes {
         match self.entries.binary_search_by_key(&field, |(f, _)| *f) {
             Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
             Err(i) => {
+                // Exactly one more: a device's attributes live as long as the device, and the doubling
+                // `insert` would do left half the vector unused in every device that gained a field.
+                self.entries.reserve_exact(1);
                 self.entries.insert(i, (field, value));
                 None
             }

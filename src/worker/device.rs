@@ -106,7 +106,11 @@ impl Device {
             .binary_search_by_key(&member.slot, |m| m.slot)
         {
             Ok(i) => self.memberships[i] = member,
-            Err(i) => self.memberships.insert(i, member),
+            Err(i) => {
+                // Exactly one more, as for attributes: no slack kept for the device's lifetime.
+                self.memberships.reserve_exact(1);
+                self.memberships.insert(i, member);
+            }
         }
     }
 
