@@ -6,11 +6,9 @@ use cohort::bench::{self, BenchOptions};
 use cohort::synthetic::fleet::Mix;
 use cohort_testkit::TestDatabase;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_run_passes_its_check_and_each_group_change_settles_with_its_counts(
-) -> anyhow::Result<()> {
-    let db = TestDatabase::new().await?;
-    let options = BenchOptions {
+/// A run small enough for the suite: 3,000 devices in two orgs, 40 groups.
+fn small(db: &TestDatabase) -> BenchOptions {
+    BenchOptions {
         devices: 3_000,
         orgs: 2,
         groups: 40,
@@ -20,7 +18,14 @@ async fn a_small_run_passes_its_check_and_each_group_change_settles_with_its_cou
         ceiling_events: 2_000,
         database_url: db.url().to_owned(),
         ..BenchOptions::default()
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_run_passes_its_check_and_each_group_change_settles_with_its_counts(
+) -> anyhow::Result<()> {
+    let db = TestDatabase::new().await?;
+    let options = small(&db);
     let report = bench::run(&options).await?;
     assert!(report.correctness.ok(), "{:?}", report.correctness);
     let text = bench::render(&report);
@@ -80,18 +85,11 @@ async fn a_heartbeat_run_writes_device_rows_and_almost_no_membership_changes() -
 {
     let db = TestDatabase::new().await?;
     let options = BenchOptions {
-        devices: 3_000,
-        orgs: 2,
-        groups: 40,
-        events: 3_000,
         latency_seconds: 1,
-        latency_warmup_seconds: 1,
-        ceiling_events: 2_000,
         mix: Mix::Heartbeat,
         rate: Some(500.0),
         skip_changes: true,
-        database_url: db.url().to_owned(),
-        ..BenchOptions::default()
+        ..small(&db)
     };
     let report = bench::run(&options).await?;
     assert!(report.correctness.ok(), "{:?}", report.correctness);

@@ -301,14 +301,20 @@ async fn a_filter_change_moves_members_with_only_the_diff_logged() -> anyhow::Re
 /// Waits until some session of this test's database waits on a lock: a batch blocked by a row the test
 /// holds (`what` names it in the failure).
 async fn a_batch_waits_on_a_lock(h: &Harness, what: &str) -> anyhow::Result<()> {
+    a_statement_waits_on_a_lock(h, what, "%").await
+}
+
+/// Waits until a statement whose text is `LIKE pattern` waits for a lock.
+async fn a_statement_waits_on_a_lock(h: &Harness, what: &str, pattern: &str) -> anyhow::Result<()> {
     let pool = h.pool().clone();
     eventually(LIMIT, what, || {
         let pool = pool.clone();
         async move {
             let waiting: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1",
             )
+            .bind(pattern)
             .fetch_one(&pool)
             .await?;
             Ok((waiting > 0).then_some(()))

@@ -192,22 +192,10 @@ async fn with_a_worker_stopped_a_preview_reads_its_partitions_from_the_database_
         .await?;
     assert_eq!(registered, 0);
     // The other worker, assigned both partitions, has taken partition 0 again and waits for the row.
-    let pool = h.pool().clone();
-    eventually(
-        LIMIT,
+    super::a_statement_waits_on_a_lock(
+        &h,
         "the other worker's claim waits for the held row",
-        || {
-            let pool = pool.clone();
-            async move {
-                let waiting: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO partition_positions%'",
-                )
-                .fetch_one(&pool)
-                .await?;
-                Ok((waiting > 0).then_some(()))
-            }
-        },
+        "INSERT INTO partition_positions%",
     )
     .await?;
     assert_eq!(

@@ -248,19 +248,11 @@ async fn a_device_taken_over_while_its_old_partition_commits_is_recomputed_from_
     // The device's next event arrives on the other partition, which takes it over: that batch waits for
     // the old partition's.
     let moved = send_on(&mut h, 1 - home, "dev-1", json!({"status": "offline"})).await?;
-    let pool = h.pool().clone();
-    eventually(LIMIT, "the taking-over batch waits for the old partition's", || {
-        let pool = pool.clone();
-        async move {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND wait_event_type = 'Lock' AND query LIKE '%FROM partition_positions p%FOR SHARE%'",
-            )
-            .fetch_one(&pool)
-            .await?;
-            Ok((waiting > 0).then_some(()))
-        }
-    })
+    super::a_statement_waits_on_a_lock(
+        &h,
+        "the taking-over batch waits for the old partition's",
+        "%FROM partition_positions p%FOR SHARE%",
+    )
     .await?;
     old_owner.commit().await?;
     // It then finds the memberships it read no longer stored, and recomputes from them: the membership
