@@ -205,15 +205,19 @@ pub async fn create(
 
 /// Where the impact's devices are counted in memory: by the worker in this process for the partitions it
 /// holds, and by the workers holding the others (the partitions no worker counted are read from
-/// PostgreSQL).
+/// PostgreSQL). A partition whose worker has not yet applied every control-log entry committed before
+/// this request — a static member just added, a pin, another release — is read from PostgreSQL, which
+/// already holds them: an impact counts every change committed before it was asked for.
 async fn held_devices(state: &ApiState) -> Result<InMemory, ApiError> {
     let owners =
         live_workers::partition_owners(&state.pool, &state.input_topic, FRESH_WITHIN).await?;
+    let behind = live_workers::partitions_behind(&state.pool, &state.input_topic).await?;
     Ok(InMemory {
         view: state.view.clone(),
         catalogue: state.catalogue.clone(),
         owner: state.owner.clone(),
         owners,
+        behind,
         timeout: state.peer_timeout,
     })
 }
@@ -227,6 +231,9 @@ struct InMemory {
     owner: Option<String>,
     /// Every partition of the input topic, with its owner if that worker is live.
     owners: Vec<(i32, Option<LiveWorker>)>,
+    /// The partitions whose workers have not applied every control-log entry committed before the
+    /// request: counted from PostgreSQL, not from memory.
+    behind: Vec<i32>,
     /// How long a peer worker may take (`api.peer_timeout_ms`).
     timeout: Duration,
 }
@@ -246,12 +253,18 @@ impl HeldDevices for InMemory {
                 ReleaseTarget::Default => None,
             };
             let mut answered = BTreeSet::new();
+            let current: Vec<i32> = self
+                .owners
+                .iter()
+                .map(|(p, _)| *p)
+                .filter(|p| !self.behind.contains(p))
+                .collect();
             if let Some(view) = &self.view {
                 let (held, parts) = view.for_each_device(
                     &self.catalogue,
                     org_id,
                     group,
-                    None,
+                    Some(&current),
                     || Impact::new(0),
                     |part, device, groups| releases.count(part, device, groups, sample),
                 );
@@ -260,7 +273,9 @@ impl HeldDevices for InMemory {
                 }
                 answered.extend(held);
             }
-            let asked = peers::to_ask(&self.owners, &answered, self.owner.as_deref());
+            // A partition behind counts as answered for the asking: no worker is asked for it.
+            let skipped: BTreeSet<i32> = answered.iter().chain(&self.behind).copied().collect();
+            let asked = peers::to_ask(&self.owners, &skipped, self.owner.as_deref());
             if !asked.is_empty() {
                 let question = |partitions| ImpactRequest {
                     org: org_id.to_string(),

@@ -57,6 +57,20 @@ pub async fn deregister(pool: &PgPool, worker: &LiveWorker) -> Result<(), StoreE
     Ok(())
 }
 
+/// The partitions of `topic` whose owners have not yet applied every control-log entry committed now (their
+/// `control_position` is below the log's last id): their workers' memory may not hold a change the API
+/// has just committed, such as a static member added.
+pub async fn partitions_behind(pool: &PgPool, topic: &str) -> Result<Vec<i32>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT partition FROM partition_positions \
+         WHERE topic = $1 AND control_position < (SELECT coalesce(max(id), 0) FROM control_log) \
+         ORDER BY partition",
+    )
+    .bind(topic)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Every partition of `topic` the workers have claimed, in order, with its owner when that owner's row
 /// was refreshed within `fresh_within`.
 pub async fn partition_owners(
