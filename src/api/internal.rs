@@ -210,6 +210,42 @@ pub(crate) async fn in_memory(
     .map_err(|e| ApiError::internal(&e))
 }
 
+/// Counts a release's or withdrawal's impact over the devices `view` holds of `partitions` — of `group`'s
+/// members, or of the whole org for the default — on a blocking thread, once one of `slots` is free.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn impact_in_memory(
+    view: &FleetView,
+    catalogue: &Arc<Catalogue>,
+    slots: &Arc<Semaphore>,
+    org: String,
+    group: Option<Uuid>,
+    partitions: Vec<i32>,
+    releases: Releases,
+    sample: usize,
+) -> Result<ImpactAnswer, ApiError> {
+    let Ok(_slot) = slots.clone().acquire_owned().await else {
+        return Err(ApiError::rate_limited(1));
+    };
+    let (view, catalogue) = (view.clone(), catalogue.clone());
+    tokio::task::spawn_blocking(move || {
+        let (partitions, parts) = view.for_each_device(
+            &catalogue,
+            &org,
+            group,
+            Some(&partitions),
+            || Impact::new(0),
+            |part, device, groups| releases.count(part, device, groups, sample),
+        );
+        let mut impact = Impact::new(0);
+        for part in parts {
+            impact.merge(part, sample);
+        }
+        ImpactAnswer { partitions, impact }
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))
+}
+
 /// The internal routes, with their authorisation, body limit and request metrics.
 pub fn router(state: InternalState, max_body_bytes: usize) -> Router {
     Router::new()
@@ -270,29 +306,17 @@ async fn impact(
             request.sample
         )));
     }
-    let Ok(_slot) = state.slots.clone().acquire_owned().await else {
-        return Err(ApiError::rate_limited(1));
-    };
-    let (view, catalogue) = (state.view.clone(), state.catalogue.clone());
-    let answer = tokio::task::spawn_blocking(move || {
-        let releases = Releases::from_wire(&request.releases);
-        let sample = request.sample;
-        let (partitions, parts) = view.for_each_device(
-            &catalogue,
-            &request.org,
-            request.group,
-            Some(&request.partitions),
-            || Impact::new(0),
-            |part, device, groups| releases.count(part, device, groups, sample),
-        );
-        let mut impact = Impact::new(0);
-        for part in parts {
-            impact.merge(part, sample);
-        }
-        ImpactAnswer { partitions, impact }
-    })
-    .await
-    .map_err(|e| ApiError::internal(&e))?;
+    let answer = impact_in_memory(
+        &state.view,
+        &state.catalogue,
+        &state.slots,
+        request.org,
+        request.group,
+        request.partitions,
+        Releases::from_wire(&request.releases),
+        request.sample,
+    )
+    .await?;
     Ok(axum::Json(answer))
 }
 

@@ -60,10 +60,49 @@ pub(crate) fn to_ask(
     asked
 }
 
+/// Asks the live owners of the partitions neither `answered` nor in `skip` (never `own`) for them, and
+/// returns the parts that answered partitions not answered yet, each restricted to those; `answered`
+/// gains them. What is still unanswered is [`unanswered`].
+pub(crate) async fn ask_the_rest<Q: Serialize, A: Answered>(
+    owners: &[(i32, Option<LiveWorker>)],
+    answered: &mut BTreeSet<i32>,
+    skip: &[i32],
+    own: Option<&str>,
+    path: &'static str,
+    question: impl Fn(Vec<i32>) -> Q,
+    timeout: Duration,
+) -> Vec<A> {
+    let not_asked: BTreeSet<i32> = answered.iter().chain(skip).copied().collect();
+    let asked = to_ask(owners, &not_asked, own);
+    if asked.is_empty() {
+        return Vec::new();
+    }
+    let mut parts: Vec<A> = ask(asked, path, question, timeout).await;
+    parts.retain_mut(|part| {
+        let partitions = part.answered();
+        partitions.retain(|p| !answered.contains(p));
+        answered.extend(partitions.iter().copied());
+        !partitions.is_empty()
+    });
+    parts
+}
+
+/// The partitions of `owners` not in `answered`: those to read from PostgreSQL.
+pub(crate) fn unanswered(
+    owners: &[(i32, Option<LiveWorker>)],
+    answered: &BTreeSet<i32>,
+) -> Vec<i32> {
+    owners
+        .iter()
+        .map(|(p, _)| *p)
+        .filter(|p| !answered.contains(p))
+        .collect()
+}
+
 /// Asks every worker in `owners` at `path` for its partitions (`question` of them), concurrently, each
 /// within `timeout`; returns the answers that came, each restricted to the partitions asked of that
 /// worker.
-pub(crate) async fn ask<Q: Serialize, A: Answered>(
+async fn ask<Q: Serialize, A: Answered>(
     owners: BTreeMap<String, (LiveWorker, Vec<i32>)>,
     path: &'static str,
     question: impl Fn(Vec<i32>) -> Q,

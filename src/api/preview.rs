@@ -140,30 +140,26 @@ async fn run_preview(
     }
     let owners =
         live_workers::partition_owners(&state.pool, &state.input_topic, FRESH_WITHIN).await?;
-    let asked = peers::to_ask(&owners, &answered, state.owner.as_deref());
-    if !asked.is_empty() {
-        let question = |partitions| EvaluateRequest {
-            org: org_id.to_string(),
-            site: site.map(str::to_string),
-            filter_conditions: filter.clone(),
-            now,
-            limit,
-            partitions,
-        };
-        let timeout = state.peer_timeout;
-        let answers: Vec<EvaluateAnswer> =
-            peers::ask(asked, EVALUATE_PATH, question, timeout).await;
-        for mut part in answers {
-            part.partitions.retain(|p| !answered.contains(p));
-            answered.extend(part.partitions.iter().copied());
-            parts.push(part);
-        }
-    }
-    let rest: Vec<i32> = owners
-        .iter()
-        .map(|(p, _)| *p)
-        .filter(|p| !answered.contains(p))
-        .collect();
+    let question = |partitions| EvaluateRequest {
+        org: org_id.to_string(),
+        site: site.map(str::to_string),
+        filter_conditions: filter.clone(),
+        now,
+        limit,
+        partitions,
+    };
+    let others: Vec<EvaluateAnswer> = peers::ask_the_rest(
+        &owners,
+        &mut answered,
+        &[],
+        state.owner.as_deref(),
+        EVALUATE_PATH,
+        question,
+        state.peer_timeout,
+    )
+    .await;
+    parts.extend(others);
+    let rest = peers::unanswered(&owners, &answered);
     let evaluated_from = match (answered.is_empty(), rest.is_empty()) {
         (true, _) => "database",
         (false, true) => "memory",

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
-use super::internal::{ImpactAnswer, ImpactRequest, IMPACT_PATH};
+use super::internal::{self, ImpactAnswer, ImpactRequest, IMPACT_PATH};
 use super::{peers, ApiError, ApiState};
 use crate::rules::Catalogue;
 use crate::store::api as queries;
@@ -219,6 +219,7 @@ async fn held_devices(state: &ApiState) -> Result<InMemory, ApiError> {
         owners,
         behind,
         timeout: state.peer_timeout,
+        slots: state.memory_preview_slots.clone(),
     })
 }
 
@@ -236,6 +237,8 @@ struct InMemory {
     behind: Vec<i32>,
     /// How long a peer worker may take (`api.peer_timeout_ms`).
     timeout: Duration,
+    /// This process's bound on evaluations in memory (`ApiState::memory_preview_slots`).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl HeldDevices for InMemory {
@@ -260,51 +263,49 @@ impl HeldDevices for InMemory {
                 .filter(|p| !self.behind.contains(p))
                 .collect();
             if let Some(view) = &self.view {
-                let (held, parts) = view.for_each_device(
+                // Counted on a blocking thread under the process's bound on in-memory evaluations; if
+                // that fails, these partitions are read from PostgreSQL like any unanswered one.
+                let own = internal::impact_in_memory(
+                    view,
                     &self.catalogue,
-                    org_id,
+                    &self.slots,
+                    org_id.to_string(),
                     group,
-                    Some(&current),
-                    || Impact::new(0),
-                    |part, device, groups| releases.count(part, device, groups, sample),
-                );
-                for part in parts {
-                    impact.merge(part, sample);
-                }
-                answered.extend(held);
-            }
-            // A partition behind counts as answered for the asking: no worker is asked for it.
-            let skipped: BTreeSet<i32> = answered.iter().chain(&self.behind).copied().collect();
-            let asked = peers::to_ask(&self.owners, &skipped, self.owner.as_deref());
-            if !asked.is_empty() {
-                let question = |partitions| ImpactRequest {
-                    org: org_id.to_string(),
-                    group,
-                    releases: releases.to_wire(),
+                    current,
+                    releases.clone(),
                     sample,
-                    partitions,
-                };
-                let answers: Vec<ImpactAnswer> =
-                    peers::ask(asked, IMPACT_PATH, question, self.timeout).await;
-                for mut part in answers {
-                    part.partitions.retain(|p| !answered.contains(p));
-                    if part.partitions.is_empty() {
-                        continue;
-                    }
-                    answered.extend(part.partitions);
-                    impact.merge(part.impact, sample);
+                )
+                .await;
+                if let Ok(own) = own {
+                    impact.merge(own.impact, sample);
+                    answered.extend(own.partitions);
                 }
+            }
+            let question = |partitions| ImpactRequest {
+                org: org_id.to_string(),
+                group,
+                releases: releases.to_wire(),
+                sample,
+                partitions,
+            };
+            // A partition behind is asked of no worker.
+            let others: Vec<ImpactAnswer> = peers::ask_the_rest(
+                &self.owners,
+                &mut answered,
+                &self.behind,
+                self.owner.as_deref(),
+                IMPACT_PATH,
+                question,
+                self.timeout,
+            )
+            .await;
+            for part in others {
+                impact.merge(part.impact, sample);
             }
             if answered.is_empty() {
                 return None;
             }
-            Some(
-                self.owners
-                    .iter()
-                    .map(|(p, _)| *p)
-                    .filter(|p| !answered.contains(p))
-                    .collect(),
-            )
+            Some(peers::unanswered(&self.owners, &answered))
         })
     }
 }
