@@ -262,7 +262,7 @@ impl HeldDevices for InMemory {
                 .map(|(p, _)| *p)
                 .filter(|p| !self.behind.contains(p))
                 .collect();
-            if let Some(view) = &self.view {
+            if let Some(view) = self.view.as_ref().filter(|v| !v.held().is_empty()) {
                 // Counted on a blocking thread under the process's bound on in-memory evaluations; if
                 // that fails, these partitions are read from PostgreSQL like any unanswered one.
                 let own = internal::impact_in_memory(

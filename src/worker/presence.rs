@@ -32,12 +32,14 @@ pub fn new_token() -> String {
     random_hex(32)
 }
 
-/// Registers `worker`, refreshes its row every [`REFRESH_EVERY`] until `stop` resolves, then deletes it.
-/// A failed write is logged and tried again at the next refresh: the worker runs whether or not its peers
+/// Refreshes `worker`'s row every [`REFRESH_EVERY`] until `stop` resolves, then deletes it. The caller
+/// registers it first (before the worker claims a partition), so the first refresh is one period later. A
+/// failed write is logged and tried again at the next refresh: the worker runs whether or not its peers
 /// can find it (previews then read its partitions from PostgreSQL).
 pub async fn run(pool: PgPool, worker: LiveWorker, stop: impl Future<Output = ()>) {
     tokio::pin!(stop);
-    let mut ticks = tokio::time::interval(REFRESH_EVERY);
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + REFRESH_EVERY, REFRESH_EVERY);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
