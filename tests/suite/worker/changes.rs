@@ -249,14 +249,16 @@ async fn a_preview_from_one_or_two_workers_memory_names_exactly_the_devices_the_
     assert_eq!(from, "memory", "{}", memory.body);
     assert!(count > 0 && count < 90, "{count}");
     // A second worker: the first then holds one partition, and asks the second for the other.
+    // The first worker gives its partition up before the second has loaded (and claimed) it, so wait for
+    // the first to hold one, then for the two to hold both.
     h.add_worker().await?;
-    h.all_partitions_owned(2).await?;
     let status = h.status.clone();
     eventually(LIMIT, "the first worker holds one partition", || {
         let status = status.clone();
         async move { Ok((status.partitions.load(SeqCst) == 1).then_some(())) }
     })
     .await?;
+    h.all_partitions_owned(2).await?;
     let both = client
         .post("/api/v1/groups/preview?limit=100", body)
         .await?;
