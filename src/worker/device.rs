@@ -180,8 +180,12 @@ impl Device {
     }
 
     /// Computes the device's next wake-up (the next instant after `now` at which a time-based condition of
-    /// its org's groups can change truth) and keeps it. Returns the instant if it differs from the one
-    /// before: a timer to schedule (an unchanged instant is left to the timer already there).
+    /// its org's groups can change truth) and keeps it. Returns the instant when it needs a timer of its
+    /// own: when there was none before, when it is earlier than the one before, or when the one before was
+    /// due by `now` (its timer taken). A later instant needs none: the earlier timer, still pending, finds
+    /// the device not yet due and schedules it again for its wake-up then
+    /// ([`crate::worker::partition::Partition::due_timers`]). So a device whose heartbeats keep moving its
+    /// wake-up later holds one timer, not one per heartbeat.
     pub(crate) fn reschedule(
         &mut self,
         registry: &Registry,
@@ -192,12 +196,7 @@ impl Device {
             .org(&self.org)
             .and_then(|(_, org)| org.next_wakeup(&self.attrs, now));
         self.wake_at = next.unwrap_or(NEVER);
-        next.filter(|at| previous != Some(*at))
-    }
-
-    /// Whether a timer for `at` is the device's current one (a timer whose instant is not is stale).
-    pub(crate) fn wakes_at(&self, at: EpochMillis) -> bool {
-        self.wake_at == at
+        next.filter(|at| previous.is_none_or(|previous| *at < previous || previous <= now))
     }
 
     /// Adds a stored membership while a partition is loaded row by row; [`Device::loaded`] then sorts them.

@@ -23,8 +23,9 @@ pub(crate) struct Partition {
     pub(crate) claim: Claim,
     /// Shared with previews in the same process ([`crate::worker::view`]); the pipeline is its only writer.
     pub(crate) devices: Devices,
-    /// (instant, device): when to re-evaluate a device's time-dependent groups. Entries whose instant no
-    /// longer equals the device's `next_flip` are stale and skipped.
+    /// (instant, device): when to re-evaluate a device's time-dependent groups. Every device with a pending
+    /// wake-up has an entry at or before it ([`Device::reschedule`]); an entry that comes due before its
+    /// device's wake-up is pushed again for it, and one of a device with none, or gone, is dropped.
     pub(crate) timers: BinaryHeap<Reverse<(EpochMillis, Box<str>)>>,
     /// Control-log entries this partition still has to apply, in order.
     pub(crate) pending_control: VecDeque<Positioned>,
@@ -107,9 +108,12 @@ impl Partition {
         }
     }
 
-    /// Removes and returns the devices whose timers are due at `now`, each once, skipping stale entries.
+    /// Removes and returns the devices due at `now` (their wake-up has come), each once, at most `limit`.
+    /// A timer that comes due before its device's wake-up (the device's wake-up moved later since) is
+    /// pushed again for the wake-up; one of a device gone, or with no wake-up left, is dropped.
     pub(crate) fn due_timers(&mut self, now: EpochMillis, limit: usize) -> Vec<Box<str>> {
         let mut due = Vec::new();
+        let mut later = Vec::new();
         let mut seen = HashSet::new();
         let devices = self.devices.read();
         while due.len() < limit {
@@ -117,13 +121,23 @@ impl Partition {
                 Some(Reverse((at, _))) if *at <= now => {}
                 _ => break,
             }
-            let Some(Reverse((at, id))) = self.timers.pop() else {
+            let Some(Reverse((_, id))) = self.timers.pop() else {
                 break;
             };
-            if devices.get(&id).is_some_and(|d| d.wakes_at(at)) && seen.insert(id.clone()) {
+            let Some(wake) = devices.get(&id).and_then(|d| d.next_flip()) else {
+                continue;
+            };
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if wake <= now {
                 due.push(id);
+            } else {
+                later.push(Reverse((wake, id)));
             }
         }
+        drop(devices);
+        self.timers.extend(later);
         due
     }
 
@@ -229,7 +243,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unchanged_wake_up_keeps_its_timer_and_pushes_no_other() {
+    fn a_device_keeps_one_timer_while_heartbeats_move_its_wake_up_later() {
         let registry = registry();
         let org = registry.org("o").unwrap().0.clone();
         let mut p = Partition::new(0, claim());
@@ -242,15 +256,30 @@ mod tests {
             attrs(json!({"lastSeenAt": iso(NOW - HOUR / 2), "hostname": "a"}));
         p.schedule("d", &registry, NOW + 1);
         assert_eq!(p.timers.len(), 1);
-        // A heartbeat moves it: the old timer is stale and skipped when it comes due.
-        p.devices.write().get_mut("d").unwrap().attrs = attrs(json!({"lastSeenAt": iso(NOW)}));
-        p.schedule("d", &registry, NOW + 2);
-        assert_eq!(p.timers.len(), 2);
+        // Heartbeats move it later: no timer is added; the first, when it comes due, finds the device not
+        // yet due and is pushed again for its wake-up.
+        for minute in 0..10 {
+            p.devices.write().get_mut("d").unwrap().attrs =
+                attrs(json!({"lastSeenAt": iso(NOW + minute * 60_000)}));
+            p.schedule("d", &registry, NOW + 2 + minute * 60_000);
+        }
+        assert_eq!(p.timers.len(), 1);
         assert_eq!(p.next_timer(), Some(NOW + HOUR / 2 + 1));
         assert!(p.due_timers(NOW + HOUR / 2 + 1, 10).is_empty());
-        assert_eq!(
-            p.due_timers(NOW + HOUR + 1, 10),
-            vec![Box::<str>::from("d")]
-        );
+        assert_eq!(p.timers.len(), 1);
+        let wake = NOW + 9 * 60_000 + HOUR + 1;
+        assert_eq!(p.next_timer(), Some(wake));
+        assert!(p.due_timers(wake - 1, 10).is_empty());
+        assert_eq!(p.due_timers(wake, 10), vec![Box::<str>::from("d")]);
+        assert!(p.timers.is_empty());
+        // A wake-up moved earlier gets a timer of its own; the later one is dropped once the device has
+        // been woken (its wake-up is then past, or none).
+        p.devices.write().get_mut("d").unwrap().attrs = attrs(json!({"lastSeenAt": iso(NOW)}));
+        p.schedule("d", &registry, NOW + 10);
+        p.devices.write().get_mut("d").unwrap().attrs =
+            attrs(json!({"lastSeenAt": iso(NOW - HOUR / 2)}));
+        p.schedule("d", &registry, NOW + 20);
+        assert_eq!(p.timers.len(), 2);
+        assert_eq!(p.next_timer(), Some(NOW + HOUR / 2 + 1));
     }
 }
