@@ -8,6 +8,7 @@ use super::contract::{
     MAX_EVENT_ID_CHARS, MAX_FIRMWARE_LOCK_CHARS, MAX_ORG_ID_CHARS, MAX_REMOVED, NOT_WITH_REGISTER,
 };
 use super::detail::{describe, join_bounded, json_type, snippet, truncate, SNIPPET_CHARS};
+use super::plain::decode_plain;
 use super::strict_json::parse_json;
 use crate::rules::attrs::{parse_attribute, MAX_ATTRIBUTES};
 use crate::rules::catalogue::Catalogue;
@@ -54,6 +55,22 @@ pub fn decode(
             ),
         )
     })?;
+    // Most events are plain and valid: decoded straight from the text. Anything else is decoded, and
+    // refused with its reason, by the checked path below (see `super::plain`).
+    match decode_plain(key, text, catalogue) {
+        Some(event) => Ok(event),
+        None => checked(key, text, catalogue),
+    }
+}
+
+/// Decodes the JSON text of a message with every check of the contract, in order (see the module
+/// documentation of [`crate::event`]).
+pub(super) fn checked(
+    key: Option<&[u8]>,
+    text: &str,
+    catalogue: &Catalogue,
+) -> Result<DeviceEvent, DecodeError> {
+    use DeadLetterReason::*;
     let value = parse_json(text)?;
     let Value::Object(mut obj) = value else {
         return Err(invalid(format!(
@@ -276,6 +293,6 @@ fn id(obj: &mut Map<String, Value>, key: &str, max_chars: usize) -> Result<Strin
     }
 }
 
-fn valid_id(s: &str, max_chars: usize) -> bool {
+pub(super) fn valid_id(s: &str, max_chars: usize) -> bool {
     !s.is_empty() && s.chars().count() <= max_chars && !s.chars().any(char::is_control)
 }

@@ -41,6 +41,8 @@
 //! - `contract`: the limits, the keys, [`DeviceEvent`], [`DeviceEventJson`], [`DeadLetterReason`] and
 //!   [`DecodeError`].
 //! - `decode`: [`decode`](fn@decode), the envelope's checks and the attributes'.
+//! - `plain`: the fast path for plain, valid events, which gives up on anything else and leaves it to
+//!   `decode`'s checks.
 //! - `strict_json`: JSON parsing that refuses duplicate keys.
 //! - `detail`: bounded, escaped detail strings.
 //! - `dead_letter`: [`dead_letter`](fn@dead_letter), the outbox message for a message that cannot be
@@ -50,6 +52,7 @@ mod contract;
 mod dead_letter;
 mod decode;
 mod detail;
+mod plain;
 mod strict_json;
 #[cfg(test)]
 mod tests;
