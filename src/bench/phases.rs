@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 use super::cpu;
 use super::options::BenchOptions;
 use super::readings::{
-    crossing, last_log_id, proc_status, stage_snapshots, wait_committed, wait_quiet, Windows,
+    crossing, last_log_id, proc_status, reset_peak_rss, stage_snapshots, wait_committed,
+    wait_quiet, Windows,
 };
 use super::report::{LatencyReport, LoadReport, StageReport, ThroughputReport};
 use super::server::{self, ServerActivity};
@@ -48,7 +49,7 @@ pub struct Worker {
 }
 
 /// The load: the worker started with `config` on `clock` and waited for until it owns all `--partitions`;
-/// resident memory is read before it starts and once it holds every device.
+/// resident memory is read before it starts and once it holds every device, and its peak reset.
 pub async fn load(
     config: &Config,
     clock: &ManualClock,
@@ -76,6 +77,10 @@ pub async fn load(
     }
     let load_seconds = load_started.elapsed().as_secs_f64();
     let rss_after = proc_status("VmRSS:");
+    // The peak read at the stop is then the operating worker's, not the seeding's or the load's.
+    if !reset_peak_rss() {
+        tracing::warn!("cannot reset the peak resident memory; the reported peak includes seeding");
+    }
     let load = LoadReport {
         seconds: load_seconds,
         devices: options.devices,
@@ -123,7 +128,7 @@ pub struct Stopped {
     /// The worker's counters once it was quiet.
     pub records_committed: u64,
     pub rehomed: u64,
-    /// The process's peak resident memory (`VmHWM`), broker included.
+    /// The process's peak resident memory (`VmHWM`) since the load, broker included.
     pub peak_rss_bytes: u64,
 }
 
@@ -292,6 +297,8 @@ impl Rig {
             producing.await.context("the producer thread stopped")??;
         let overall = phase_started.elapsed().as_secs_f64();
         let cpu = cpu_before.per_event(&cpu::CpuSample::now(), events as u64);
+        let rss_after_bytes = proc_status("VmRSS:");
+        let devices_reported = stream.last_sequence.iter().filter(|&&s| s > 0).count();
         let counters_after = server::counters(pool).await;
         let log_rows_per_event = last_log_id(pool)
             .await
@@ -313,6 +320,8 @@ impl Rig {
             batches_caught_up: status.batches_caught_up.load(Ordering::SeqCst) - caught_up_before,
             cpu,
             log_rows_per_event,
+            rss_after_bytes,
+            devices_reported,
         };
         tracing::info!(
             events_per_second = throughput.events_per_second as u64,

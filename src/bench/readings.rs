@@ -152,6 +152,12 @@ pub(super) fn crossing(samples: &[(f64, u64)], target: u64) -> f64 {
     samples.last().map_or(0.0, |s| s.0)
 }
 
+/// Resets this process's peak resident memory (`VmHWM`) to its current resident memory (Linux's
+/// `clear_refs`), so that a later reading is the peak from now on. Returns whether it could.
+pub(super) fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// A `/proc/self/status` figure (given in kB) in bytes; 0 where there is no such file.
 pub(super) fn proc_status(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")

@@ -17,6 +17,7 @@ use crate::synthetic::seed::SeedReport;
 const GOAL_CEILING_SHARE: f64 = 0.70;
 const GOAL_P99_MS: u64 = 250;
 const GOAL_BYTES_PER_DEVICE: f64 = 1024.0;
+const GOAL_PEAK_BYTES_PER_DEVICE: f64 = 1200.0;
 
 /// Everything measured, and the check.
 #[derive(Clone, Debug, Serialize)]
@@ -43,7 +44,8 @@ pub struct BenchReport {
     /// phase (`None` where the server does not offer its counters).
     pub server_throughput: Option<ServerActivity>,
     pub server_latency: Option<ServerActivity>,
-    /// The process's peak resident memory by the end of the worker phases (`VmHWM`), broker included.
+    /// The process's peak resident memory from the end of the load to the worker's stop (`VmHWM`, reset
+    /// once the partitions are loaded), the in-process broker's retained messages included.
     pub peak_rss_bytes: u64,
     /// The API's reads, previews and group changes under events at the paced rate (`None` with
     /// `--skip-changes`).
@@ -67,6 +69,13 @@ pub struct LoadReport {
     pub rss_before_bytes: u64,
     pub rss_after_bytes: u64,
     pub bytes_per_device: f64,
+}
+
+impl LoadReport {
+    /// Resident memory `rss` less what the process held before the worker started, per device.
+    pub fn per_device(&self, rss: u64) -> f64 {
+        rss.saturating_sub(self.rss_before_bytes) as f64 / self.devices.max(1) as f64
+    }
 }
 
 /// The sustained rate.
@@ -93,6 +102,11 @@ pub struct ThroughputReport {
     /// highest id before and after, to set beside the ceiling's: the ceiling's events come later in the
     /// stream, and this shows whether they were as heavy as the worker's.
     pub log_rows_per_event: Option<f64>,
+    /// Resident memory once the phase's events are committed, and how many distinct devices the events
+    /// reached by then (a heartbeat or realistic stream reaches every device once `--events` is at least
+    /// `--devices`; a churn stream picks devices at random).
+    pub rss_after_bytes: u64,
+    pub devices_reported: usize,
 }
 
 /// Latency at the paced rate (half the sustained rate unless `--rate`).
@@ -134,8 +148,14 @@ pub struct Goals {
     pub throughput: bool,
     /// p99 < 250 ms at the paced rate.
     pub latency: bool,
-    /// Less than 1 KiB resident per device.
+    /// Less than 1 KiB resident per device once loaded.
     pub memory: bool,
+    /// Less than 1 KiB resident per device once every device has reported (`None` when the throughput
+    /// phase's events did not reach every device).
+    pub memory_reported: Option<bool>,
+    /// Less than 1,200 B resident per device at the peak from the load to the stop (group changes
+    /// included).
+    pub memory_peak: bool,
 }
 
 impl Goals {
@@ -145,12 +165,16 @@ impl Goals {
         latency: &LatencyReport,
         load: &LoadReport,
         ceiling: &CeilingReport,
+        peak_rss_bytes: u64,
     ) -> Self {
         let best = ceiling.one_connection.max(ceiling.many_connections);
         Self {
             throughput: throughput.events_per_second >= GOAL_CEILING_SHARE * best,
             latency: latency.p99_ms < GOAL_P99_MS,
             memory: load.bytes_per_device < GOAL_BYTES_PER_DEVICE,
+            memory_reported: (throughput.devices_reported >= load.devices)
+                .then(|| load.per_device(throughput.rss_after_bytes) < GOAL_BYTES_PER_DEVICE),
+            memory_peak: load.per_device(peak_rss_bytes) < GOAL_PEAK_BYTES_PER_DEVICE,
         }
     }
 }
@@ -275,10 +299,31 @@ pub fn render(r: &BenchReport) -> String {
         thousands(r.load.bytes_per_device),
         mark(r.goals.memory)
     );
+    match r.goals.memory_reported {
+        Some(met) => {
+            let _ = writeln!(
+                s,
+                "| — once every device has reported | {} B | < 1,024 B: {} |",
+                thousands(r.load.per_device(r.throughput.rss_after_bytes)),
+                mark(met)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "| — after the throughput phase ({} of {} devices reported) | {} B | |",
+                thousands(r.throughput.devices_reported as f64),
+                thousands(r.load.devices as f64),
+                thousands(r.load.per_device(r.throughput.rss_after_bytes)),
+            );
+        }
+    }
     let _ = writeln!(
         s,
-        "| peak RSS (VmHWM, in-process broker included) | {} MiB | |",
-        thousands(r.peak_rss_bytes as f64 / 1_048_576.0)
+        "| — at the peak from the load to the stop (VmHWM: {} MiB, in-process broker included) | {} B | < 1,200 B: {} |",
+        thousands(r.peak_rss_bytes as f64 / 1_048_576.0),
+        thousands(r.load.per_device(r.peak_rss_bytes)),
+        mark(r.goals.memory_peak)
     );
     let _ = writeln!(
         s,

@@ -142,7 +142,13 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     let broker_name = broker.describe();
     drop(broker);
 
-    let goals = Goals::judge(&throughput, &latency, &load, &ceiling);
+    let goals = Goals::judge(
+        &throughput,
+        &latency,
+        &load,
+        &ceiling,
+        stopped.peak_rss_bytes,
+    );
     Ok(BenchReport {
         broker: broker_name,
         partitions: options.partitions,
