@@ -11,7 +11,7 @@
 //! - [`eval`]: evaluation (allocation-free).
 //! - [`explain`]: explanations: why each condition is true or false.
 //! - [`flip`]: time flips: when a result can next change with no attribute change.
-//! - [`index`]: field → groups, with value indexing for equality conditions.
+//! - [`index`]: field → groups: a value index for equality, an interval index for thresholds, a scan for the rest.
 //!
 //! Dependencies run one way, in the order listed: a module uses only modules above it.
 //!

@@ -275,3 +275,108 @@ fn a_group_matching_several_changed_fields_is_returned_once() {
     ];
     assert_eq!(query(&index, &changes), [1]);
 }
+
+#[test]
+fn shared_regexes_are_matched_together_and_survive_removals() {
+    let c = Catalogue::default();
+    let host = c.resolve("hostname").unwrap();
+    let mut index = FieldIndex::new();
+    let regex = |pattern: &str| {
+        filter(
+            &c,
+            json!([{"field": "hostname", "operator": "matches", "value": pattern}]),
+        )
+    };
+    index.upsert(1, &regex("^a"));
+    index.upsert(2, &regex("^a"));
+    index.upsert(3, &regex("b$"));
+    index.upsert(
+        4,
+        &filter(
+            &c,
+            json!([{"field": "hostname", "operator": "contains", "value": "X"}]),
+        ),
+    );
+    let s = |v: &str| AttrValue::Str(v.into());
+    let change = |index: &FieldIndex<u32>, old: &AttrValue, new: &AttrValue| {
+        query(
+            index,
+            &[FieldChange {
+                field: host,
+                old: Some(old),
+                new: Some(new),
+            }],
+        )
+    };
+    assert_eq!(change(&index, &s("ax"), &s("zz")), [1, 2, 4]);
+    assert_eq!(change(&index, &s("ab"), &s("zb")), [1, 2]);
+    assert_eq!(change(&index, &s("ab"), &s("a")), [3]);
+    index.remove(1);
+    assert_eq!(change(&index, &s("ax"), &s("zz")), [2, 4]);
+    index.remove(3);
+    assert!(change(&index, &s("ab"), &s("a")).is_empty());
+    assert_eq!(
+        query(
+            &index,
+            &[FieldChange {
+                field: host,
+                old: Some(&s("ab")),
+                new: Some(&AttrValue::Num(1.0)),
+            }]
+        ),
+        [2],
+        "a value of another type matches no regex"
+    );
+}
+
+#[test]
+fn each_condition_on_a_field_is_found_by_its_own_structure() {
+    let c = Catalogue::default();
+    let up = c.resolve("uptimeSeconds").unwrap();
+    let mut index = FieldIndex::new();
+    index.upsert(
+        1,
+        &filter(
+            &c,
+            json!([
+                {"field": "uptimeSeconds", "operator": "in", "value": [5]},
+                {"field": "uptimeSeconds", "operator": "greaterThan", "value": 10}
+            ]),
+        ),
+    );
+    index.upsert(
+        2,
+        &filter(
+            &c,
+            json!([{"field": "uptimeSeconds", "operator": "between", "value": {"from": 2, "to": 4}}]),
+        ),
+    );
+    let n = AttrValue::Num;
+    let change = |old: f64, new: f64| {
+        query(
+            &index,
+            &[FieldChange {
+                field: up,
+                old: Some(&n(old)),
+                new: Some(&n(new)),
+            }],
+        )
+    };
+    assert_eq!(change(1.0, 5.0), [1], "by value");
+    assert_eq!(change(1.0, 3.0), [2], "into the interval");
+    assert_eq!(change(4.0, 4.5), [2], "past its inclusive end");
+    assert_eq!(change(10.0, 11.0), [1], "past the threshold");
+    assert!(change(1.0, 9.0).is_empty(), "across both ends: unchanged");
+    assert!(change(11.0, 99.0).is_empty());
+    assert_eq!(
+        query(
+            &index,
+            &[FieldChange {
+                field: up,
+                old: None,
+                new: Some(&n(3.0)),
+            }]
+        ),
+        [2]
+    );
+}

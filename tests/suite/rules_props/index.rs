@@ -3,14 +3,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cohort::rules::{Attributes, CompiledFilter, FieldChange, FieldId, FieldIndex, Scratch};
+use cohort::rules::time::format_millis;
+use cohort::rules::{
+    AttrValue, Attributes, CompiledFilter, FieldChange, FieldId, FieldIndex, Scratch,
+};
 use cohort_testkit::rules::gen;
 use cohort_testkit::rules::gen::catalogue;
 use cohort_testkit::rules::reference::{Kind, FIELDS};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
-use serde_json::{Map, Value};
+use serde_json::{json, Map, Value};
 
 use super::flips::flip_case;
 use super::{attributes, compiled, config};
@@ -233,6 +236,187 @@ fn index_and_flip_cases_are_not_vacuous() {
         some * 4 >= total && none * 20 >= total,
         "{some} flips, {none} without"
     );
+}
+
+// -------------------------------------------------------------------------------------------------------
+// Interval indexes: every numeric and absolute datetime operator, at and around equal thresholds.
+
+/// Numbers the thresholds and the values are both drawn from, so that values often sit exactly on a
+/// threshold (inclusive and exclusive ends), and thresholds often coincide.
+const EDGE_NUMBERS: &[f64] = &[
+    -1e9, -1.0, -0.5, -0.0, 0.0, 0.5, 1.0, 2.5, 3.0, 7.0, 100.0, 1e15,
+];
+
+/// Offsets (ms) from an anchor instant: thresholds and values one millisecond apart and equal.
+const EDGE_OFFSETS: &[i64] = &[-86_400_000, -1_000, -2, -1, 0, 1, 2, 1_000, 86_400_000];
+const ANCHOR: i64 = 1_718_452_800_000; // 2024-06-15T12:00:00Z
+
+const NUM_FIELDS: &[&str] = &["uptimeSeconds", "custom.cpu"];
+const TIME_FIELDS: &[&str] = &["lastSeenAt", "custom.installedAt"];
+
+fn edge_number() -> BoxedStrategy<f64> {
+    prop::sample::select(EDGE_NUMBERS).boxed()
+}
+
+fn edge_instant() -> BoxedStrategy<i64> {
+    prop::sample::select(EDGE_OFFSETS)
+        .prop_map(|d| ANCHOR + d)
+        .boxed()
+}
+
+fn instant_json(t: i64) -> Value {
+    Value::from(format_millis(t))
+}
+
+/// A condition on a number or datetime field with any operator the field type takes.
+fn threshold_leaf() -> BoxedStrategy<Value> {
+    let num = (
+        prop::sample::select(NUM_FIELDS),
+        prop::sample::select(vec![
+            "equals",
+            "notEquals",
+            "greaterThan",
+            "greaterThanOrEquals",
+            "lessThan",
+            "lessThanOrEquals",
+            "between",
+            "in",
+            "notIn",
+            "isNull",
+            "isNotNull",
+        ]),
+        edge_number(),
+        edge_number(),
+        prop::collection::vec(edge_number(), 0..=3),
+    )
+        .prop_map(|(field, op, a, b, set)| match op {
+            "between" => {
+                json!({"field": field, "operator": op, "value": {"from": a.min(b), "to": a.max(b)}})
+            }
+            "in" | "notIn" => json!({"field": field, "operator": op, "value": set}),
+            "isNull" | "isNotNull" => json!({"field": field, "operator": op}),
+            _ => json!({"field": field, "operator": op, "value": a}),
+        });
+    let time = (
+        prop::sample::select(TIME_FIELDS),
+        prop::sample::select(vec![
+            "equals",
+            "notEquals",
+            "greaterThan",
+            "greaterThanOrEquals",
+            "lessThan",
+            "lessThanOrEquals",
+            "before",
+            "after",
+            "between",
+            "withinLast",
+            "notWithinLast",
+            "isNull",
+            "isNotNull",
+        ]),
+        edge_instant(),
+        edge_instant(),
+        any::<bool>(),
+    )
+        .prop_map(|(field, op, a, b, relative)| match op {
+            "between" => json!({"field": field, "operator": op,
+                "value": {"from": instant_json(a.min(b)), "to": instant_json(a.max(b))}}),
+            "withinLast" | "notWithinLast" => {
+                json!({"field": field, "operator": op, "value": {"amount": 1, "unit": "days"}})
+            }
+            "before" | "after" if relative => {
+                json!({"field": field, "operator": op, "value": {"amount": 1, "unit": "days"}})
+            }
+            "isNull" | "isNotNull" => json!({"field": field, "operator": op}),
+            _ => json!({"field": field, "operator": op, "value": instant_json(a)}),
+        });
+    prop_oneof![num, time].boxed()
+}
+
+/// A stored value of any type (a catalogue change can leave a value of another type than the field's), or
+/// none.
+fn any_value() -> BoxedStrategy<Option<AttrValue>> {
+    prop_oneof![
+        6 => edge_number().prop_map(|x| Some(AttrValue::Num(x))),
+        6 => edge_instant().prop_map(|t| Some(AttrValue::Time(t))),
+        2 => Just(None),
+        1 => Just(Some(AttrValue::Str("3".into()))),
+        1 => any::<bool>().prop_map(|b| Some(AttrValue::Bool(b))),
+    ]
+    .boxed()
+}
+
+#[derive(Clone, Debug)]
+struct ThresholdCase {
+    now: i64,
+    filters: Vec<Value>,
+    /// Per field of `NUM_FIELDS` then `TIME_FIELDS`: the value before and after.
+    values: Vec<(Option<AttrValue>, Option<AttrValue>)>,
+    /// Groups removed after every group was added.
+    removed: Vec<u32>,
+}
+
+fn threshold_case() -> impl Strategy<Value = ThresholdCase> {
+    (
+        prop::sample::select(EDGE_OFFSETS).prop_map(|d| ANCHOR + 86_400_000 + d),
+        prop::collection::vec(gen::filter_of(threshold_leaf()), 1..=16),
+        prop::collection::vec((any_value(), any_value()), 4),
+        prop::collection::vec(0u32..16, 0..=3),
+    )
+        .prop_map(|(now, filters, values, removed)| ThresholdCase {
+            now,
+            filters,
+            values,
+            removed,
+        })
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    #[test]
+    fn threshold_conditions_are_found_whenever_their_group_changes(case in threshold_case()) {
+        let c = catalogue();
+        let fields: Vec<FieldId> = NUM_FIELDS
+            .iter()
+            .chain(TIME_FIELDS)
+            .map(|name| c.resolve(name).unwrap())
+            .collect();
+        let mut index = FieldIndex::new();
+        let mut live = BTreeMap::new();
+        for (g, filter) in case.filters.iter().enumerate() {
+            let f = compiled(filter, c);
+            index.upsert(g as u32, &f);
+            live.insert(g as u32, f);
+        }
+        for g in &case.removed {
+            index.remove(*g);
+            live.remove(g);
+        }
+        let (mut before, mut after) = (Attributes::new(), Attributes::new());
+        for (field, (old, new)) in fields.iter().zip(&case.values) {
+            if let Some(v) = old {
+                before.set(*field, v.clone());
+            }
+            if let Some(v) = new {
+                after.set(*field, v.clone());
+            }
+        }
+        let changes: Vec<FieldChange<'_>> = fields
+            .iter()
+            .map(|f| FieldChange { field: *f, old: before.get(*f), new: after.get(*f) })
+            .collect();
+        let mut candidates = Vec::new();
+        index.candidates(&changes, case.now, &mut Scratch::default(), &mut candidates);
+        let unique: BTreeSet<u32> = candidates.iter().copied().collect();
+        prop_assert_eq!(unique.len(), candidates.len(), "candidates repeat a group");
+        for (g, f) in &live {
+            if f.evaluate(&before, case.now) != f.evaluate(&after, case.now) {
+                prop_assert!(unique.contains(g), "group {} ({}) changed but is not a candidate", g, f.source());
+            }
+        }
+        prop_assert!(unique.iter().all(|g| live.contains_key(g)), "a removed group is a candidate");
+    }
 }
 
 // -------------------------------------------------------------------------------------------------------
