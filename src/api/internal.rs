@@ -1,5 +1,5 @@
 //! The routes a worker process serves to the other cohort processes, whether or not it serves the API,
-//! for work served by another process over the partitions it holds in memory ([`super::peers`] asks
+//! for work served by another process over the partitions it holds in memory (the API's `peers` module asks
 //! them): `POST /internal/v1/evaluate` evaluates a preview's filter, `POST /internal/v1/impact` counts a
 //! release's or withdrawal's impact. They are not part of the public API (the OpenAPI document does not
 //! list them).

@@ -17,11 +17,11 @@
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 //!
 //! - [`internal`]: the route a worker process serves its peers (not part of the public API): a preview's
-//!   evaluation over the partitions it holds; [`peers`] is the other side, asking the workers that hold a
+//!   evaluation over the partitions it holds; `peers` is the other side, asking the workers that hold a
 //!   preview's partitions.
 //!
 //! Every change workers must act on is written by the storage layer together with its control-log entry,
-//! in one transaction; the API talks to workers directly only to read (previews, [`peers`]). Device registrations (imports) go through
+//! in one transaction; the API talks to workers directly only to read (previews, `peers`). Device registrations (imports) go through
 //! the input topic instead, keyed like any device event, so the owning worker creates the device.
 
 pub mod auth;

@@ -11,11 +11,13 @@
 //!    per event.
 //! 2. **load**: the worker (the same [`Application`](crate::app::Application) `cohort worker` runs,
 //!    embedded relay included) joins the consumer group and loads its partitions; resident memory is read
-//!    before and after (`/proc/self/status`), giving bytes per device held.
+//!    before and after (`/proc/self/status`), giving bytes per device held, and its peak is reset, so the
+//!    peak read at the stop is the operating worker's.
 //! 3. **throughput**: `--events` events are produced as fast as the broker takes them; the sustained rate
 //!    is the committed rate between 10% and 90% of them (the worker's [`Status`](crate::worker::Status)
 //!    counters, sampled by [`readings`]); the CPU the phase used per event is read from `/proc` by role
-//!    ([`cpu`]), the log rows it wrote per event from the log's ids.
+//!    ([`cpu`]), the log rows it wrote per event from the log's ids, and resident memory once they are
+//!    committed (with a heartbeat or realistic mix, `--events` ≥ `--devices` has every device report).
 //! 4. **latency**: events are produced at half the sustained rate (or `--rate`) for `--latency-seconds`; the latency of
 //!    each is from its Kafka timestamp (set when produced) to just after its batch commits.
 //! 5. **changes** ([`changes`], unless `--skip-changes`): events go on at the same rate while

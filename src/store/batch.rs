@@ -15,7 +15,7 @@
 //! dirties its page and writes a WAL record, about a third of a definition change's cost per member).
 //! What orders such a batch against a worker taking the device over is the partition's position row
 //! instead: a batch taking devices over from other partitions first locks those partitions' position rows
-//! `FOR SHARE` ([`lock_previous_owners`]), so it waits for any batch of theirs in flight (which holds its
+//! `FOR SHARE` (`lock_previous_owners`), so it waits for any batch of theirs in flight (which holds its
 //! position row from its first statement to its commit), and a batch of theirs that starts later waits for
 //! it. Whichever commits second sees the first: the old owner's version check finds the row rewritten, or
 //! the new owner's check ([`BatchWrite::taken_over`]) finds the memberships it read no longer stored. One

@@ -300,9 +300,9 @@ impl Fleet {
     }
 
     /// An attribute change of `mix` — for a random device in a churn stream; in a heartbeat or realistic
-    /// one, for each device in turn, as a fleet heartbeats (see [`Fleet::in_turn`]) — with sequence `sequence` (callers hand out
-    /// increasing sequences, so every event is newer than anything its device has seen) and `now` as the
-    /// heartbeat.
+    /// one, for each device in turn, as a fleet heartbeats (see `Fleet::in_turn`) — with sequence
+    /// `sequence` (callers hand out increasing sequences, so every event is newer than anything its
+    /// device has seen) and `now` as the heartbeat.
     pub fn event(
         &self,
         mix: Mix,

@@ -93,8 +93,14 @@ async fn a_heartbeat_run_writes_device_rows_and_almost_no_membership_changes() -
     };
     let report = bench::run(&options).await?;
     assert!(report.correctness.ok(), "{:?}", report.correctness);
-    assert!(bench::render(&report).contains("heartbeat events"));
+    let text = bench::render(&report);
+    assert!(text.contains("heartbeat events"));
     assert!((400.0..600.0).contains(&report.latency.achieved_rate));
+    // Heartbeats reach the devices in turn: as many events as devices have every one report, and the
+    // memory then is reported against its goal.
+    assert_eq!(report.throughput.devices_reported, options.devices);
+    assert!(report.goals.memory_reported.is_some());
+    assert!(text.contains("once every device has reported"), "{text}");
     // A heartbeat rewrites its device and changes a membership only where a growing uptime crosses a
     // threshold: a few seconds of growth cross almost none. (The ceiling's events share one instant, so
     // a device's second heartbeat in a run repeats its first and writes nothing: on 3,000 devices, many.)

@@ -2,7 +2,7 @@
 //! concerns every device of its org the partition holds: the change *sweeps* them, in a fixed order taken
 //! when it starts, and each batch carries at most one chunk of it — until the chunk has written
 //! `worker.change_chunk_rows` changes (membership changes and firmware re-resolutions) or visited
-//! [`VISITS_PER_BATCH`] devices — beside the partition's events, so that a change of a million devices
+//! `VISITS_PER_BATCH` devices — beside the partition's events, so that a change of a million devices
 //! neither holds the partition's events back nor makes one transaction of it.
 //!
 //! Each chunk writes only the diff (a device whose memberships already follow the definition writes

@@ -9,7 +9,7 @@ use cohort::rules::{
 };
 use cohort_testkit::rules::gen;
 use cohort_testkit::rules::gen::catalogue;
-use cohort_testkit::rules::reference::{Kind, FIELDS};
+use cohort_testkit::rules::reference::{operators, Kind, FIELDS};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
@@ -76,15 +76,21 @@ struct IndexRun {
     reverse_candidates: Vec<u32>,
 }
 
-fn run_index_case(case: &IndexCase) -> IndexRun {
-    let c = catalogue();
+/// The filters compiled, by group number, and indexed.
+fn indexed(filters: &[Value]) -> (FieldIndex<u32>, BTreeMap<u32, CompiledFilter>) {
     let mut index = FieldIndex::new();
     let mut live = BTreeMap::new();
-    for (g, filter) in case.filters.iter().enumerate() {
-        let f = compiled(filter, c);
+    for (g, filter) in filters.iter().enumerate() {
+        let f = compiled(filter, catalogue());
         index.upsert(g as u32, &f);
         live.insert(g as u32, f);
     }
+    (index, live)
+}
+
+fn run_index_case(case: &IndexCase) -> IndexRun {
+    let c = catalogue();
+    let (mut index, mut live) = indexed(&case.filters);
     for (g, edit) in &case.edits {
         match edit {
             Some(filter) => {
@@ -272,19 +278,7 @@ fn instant_json(t: i64) -> Value {
 fn threshold_leaf() -> BoxedStrategy<Value> {
     let num = (
         prop::sample::select(NUM_FIELDS),
-        prop::sample::select(vec![
-            "equals",
-            "notEquals",
-            "greaterThan",
-            "greaterThanOrEquals",
-            "lessThan",
-            "lessThanOrEquals",
-            "between",
-            "in",
-            "notIn",
-            "isNull",
-            "isNotNull",
-        ]),
+        prop::sample::select(operators(Kind::Num)),
         edge_number(),
         edge_number(),
         prop::collection::vec(edge_number(), 0..=3),
@@ -299,21 +293,7 @@ fn threshold_leaf() -> BoxedStrategy<Value> {
         });
     let time = (
         prop::sample::select(TIME_FIELDS),
-        prop::sample::select(vec![
-            "equals",
-            "notEquals",
-            "greaterThan",
-            "greaterThanOrEquals",
-            "lessThan",
-            "lessThanOrEquals",
-            "before",
-            "after",
-            "between",
-            "withinLast",
-            "notWithinLast",
-            "isNull",
-            "isNotNull",
-        ]),
+        prop::sample::select(operators(Kind::Time)),
         edge_instant(),
         edge_instant(),
         any::<bool>(),
@@ -382,13 +362,7 @@ proptest! {
             .chain(TIME_FIELDS)
             .map(|name| c.resolve(name).unwrap())
             .collect();
-        let mut index = FieldIndex::new();
-        let mut live = BTreeMap::new();
-        for (g, filter) in case.filters.iter().enumerate() {
-            let f = compiled(filter, c);
-            index.upsert(g as u32, &f);
-            live.insert(g as u32, f);
-        }
+        let (mut index, mut live) = indexed(&case.filters);
         for g in &case.removed {
             index.remove(*g);
             live.remove(g);
