@@ -276,3 +276,16 @@ impl DecodeError {
 pub(super) fn invalid(detail: impl AsRef<str>) -> DecodeError {
     DecodeError::new(DeadLetterReason::InvalidEvent, detail)
 }
+
+/// Puts an event's changes in the order [`DeviceEvent`] promises: `set` sorted by field, `removed` sorted
+/// and de-duplicated.
+pub(super) fn in_field_order(set: &mut [(FieldId, AttrValue)], removed: &mut Vec<FieldId>) {
+    set.sort_by_key(|(field, _)| *field);
+    removed.sort_unstable();
+    removed.dedup();
+}
+
+/// Whether `s` is a valid id: 1 to `max_chars` characters, none of them a control character.
+pub(super) fn valid_id(s: &str, max_chars: usize) -> bool {
+    !s.is_empty() && s.chars().count() <= max_chars && !s.chars().any(char::is_control)
+}

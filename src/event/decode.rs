@@ -4,8 +4,9 @@
 use serde_json::{Map, Value};
 
 use super::contract::{
-    invalid, DeadLetterReason, DecodeError, DeviceEvent, EVENT_KEYS, MAX_DEVICE_ID_CHARS,
-    MAX_EVENT_ID_CHARS, MAX_FIRMWARE_LOCK_CHARS, MAX_ORG_ID_CHARS, MAX_REMOVED, NOT_WITH_REGISTER,
+    in_field_order, invalid, valid_id, DeadLetterReason, DecodeError, DeviceEvent, EVENT_KEYS,
+    MAX_DEVICE_ID_CHARS, MAX_EVENT_ID_CHARS, MAX_FIRMWARE_LOCK_CHARS, MAX_ORG_ID_CHARS,
+    MAX_REMOVED, NOT_WITH_REGISTER,
 };
 use super::detail::{describe, join_bounded, json_type, snippet, truncate, SNIPPET_CHARS};
 use super::plain::decode_plain;
@@ -264,9 +265,7 @@ pub(super) fn checked(
         }
     }
 
-    set.sort_by_key(|(field, _)| *field);
-    removed.sort_unstable();
-    removed.dedup();
+    in_field_order(&mut set, &mut removed);
     Ok(DeviceEvent {
         event_id,
         org_id,
@@ -291,8 +290,4 @@ fn id(obj: &mut Map<String, Value>, key: &str, max_chars: usize) -> Result<Strin
             describe(&other)
         ))),
     }
-}
-
-pub(super) fn valid_id(s: &str, max_chars: usize) -> bool {
-    !s.is_empty() && s.chars().count() <= max_chars && !s.chars().any(char::is_control)
 }

@@ -18,9 +18,9 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::contract::{
-    DeviceEvent, MAX_DEVICE_ID_CHARS, MAX_EVENT_ID_CHARS, MAX_FIRMWARE_LOCK_CHARS, MAX_ORG_ID_CHARS,
+    in_field_order, valid_id, DeviceEvent, MAX_DEVICE_ID_CHARS, MAX_EVENT_ID_CHARS,
+    MAX_FIRMWARE_LOCK_CHARS, MAX_ORG_ID_CHARS,
 };
-use super::decode::valid_id;
 use crate::rules::attrs::{parse_attribute, MAX_ATTRIBUTES};
 use crate::rules::catalogue::Catalogue;
 use crate::rules::time::parse_datetime;
@@ -53,9 +53,7 @@ pub(super) fn decode_plain(
             (field, None) => removed.push(field),
         }
     }
-    set.sort_by_key(|(field, _)| *field);
-    removed.sort_unstable();
-    removed.dedup();
+    in_field_order(&mut set, &mut removed);
     Some(DeviceEvent {
         event_id: envelope.event_id?,
         org_id: envelope.org_id?,
