@@ -295,8 +295,9 @@ impl Fleet {
     /// prime larger than any fleet, so coprime with its size).
     fn in_turn(&self, sequence: i64) -> usize {
         const STRIDE: u64 = 1_000_000_007;
-        let n = self.devices.max(1) as u64;
-        ((sequence.unsigned_abs() % n) * (STRIDE % n) % n) as usize
+        let n = self.devices.max(1) as u128;
+        // In u128: the product of two residues of a fleet above 2^32 devices would overflow u64.
+        ((u128::from(sequence.unsigned_abs()) % n) * (u128::from(STRIDE) % n) % n) as usize
     }
 
     /// An attribute change of `mix` — for a random device in a churn stream; in a heartbeat or realistic
