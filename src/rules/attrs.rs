@@ -174,6 +174,56 @@ impl Attributes {
         let _ = serde_json::to_writer(out, &DocumentJson(self, catalogue));
     }
 
+    /// Writes what changed from `before` to `self` as a JSON object to merge into the stored document
+    /// `before` renders (`jsonb ||`): every attribute that is new or different, and `null` for every one
+    /// removed. Returns whether it holds a removal, for which the merged document must drop its `null`s
+    /// (`jsonb_strip_nulls`). A heartbeat changes one or two of a device's attributes, so this is a few
+    /// dozen bytes where the whole document is hundreds.
+    pub fn write_json_patch(
+        &self,
+        before: &Attributes,
+        catalogue: &Catalogue,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let mut entries: Vec<(FieldId, Option<&AttrValue>)> = Vec::new();
+        let (mut old, mut new) = (
+            before.entries.iter().peekable(),
+            self.entries.iter().peekable(),
+        );
+        loop {
+            match (old.peek(), new.peek()) {
+                (None, None) => break,
+                (Some((f, _)), None) => {
+                    entries.push((*f, None));
+                    old.next();
+                }
+                (None, Some((f, v))) => {
+                    entries.push((*f, Some(v)));
+                    new.next();
+                }
+                (Some((fo, vo)), Some((fn_, vn))) => {
+                    if fo < fn_ {
+                        entries.push((*fo, None));
+                        old.next();
+                    } else if fn_ < fo {
+                        entries.push((*fn_, Some(vn)));
+                        new.next();
+                    } else {
+                        if vo != vn {
+                            entries.push((*fn_, Some(vn)));
+                        }
+                        old.next();
+                        new.next();
+                    }
+                }
+            }
+        }
+        let removes = entries.iter().any(|(_, v)| v.is_none());
+        // Serializing to a Vec cannot fail: names and values are strings, numbers and booleans.
+        let _ = serde_json::to_writer(out, &PatchJson(&entries, catalogue));
+        removes
+    }
+
     /// Renders the attributes back to a device document (datetimes as RFC 3339 UTC with milliseconds).
     pub fn to_json(&self, catalogue: &Catalogue) -> Map<String, Value> {
         self.iter()
@@ -323,6 +373,23 @@ impl Serialize for ValueJson<'_> {
     }
 }
 
+/// A patch: changed attributes, and `null` for removed ones.
+struct PatchJson<'a>(&'a [(FieldId, Option<&'a AttrValue>)], &'a Catalogue);
+
+impl Serialize for PatchJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let PatchJson(entries, catalogue) = *self;
+        let mut map = serializer.serialize_map(Some(entries.len()))?;
+        for (field, value) in entries {
+            catalogue.with_name(*field, |name| match value {
+                Some(value) => map.serialize_entry(name, &ValueJson(catalogue, *field, value)),
+                None => map.serialize_entry(name, &()),
+            })?;
+        }
+        map.end()
+    }
+}
+
 /// The whole document, in field order.
 struct DocumentJson<'a>(&'a Attributes, &'a Catalogue);
 
@@ -346,6 +413,66 @@ mod tests {
 
     fn parse(doc: Value) -> Result<Attributes, Vec<AttributeError>> {
         Attributes::from_json(doc.as_object().unwrap(), &Catalogue::default())
+    }
+
+    /// Merges `patch` into `doc` as PostgreSQL's `jsonb ||` does, dropping `null`s if `strip`.
+    fn merged(doc: &Value, patch: &Value, strip: bool) -> Value {
+        let mut out = doc.as_object().unwrap().clone();
+        for (k, v) in patch.as_object().unwrap() {
+            out.insert(k.clone(), v.clone());
+        }
+        if strip {
+            out.retain(|_, v| !v.is_null());
+        }
+        Value::Object(out)
+    }
+
+    #[test]
+    fn a_patch_holds_only_what_changed_and_merges_into_the_new_document() {
+        let c = Catalogue::default();
+        let parse = |doc: Value| Attributes::from_json(doc.as_object().unwrap(), &c);
+        let before = parse(
+            json!({"lastSeenAt": "2026-01-01T00:00:00.000Z", "uptimeSeconds": 5,
+            "custom.rack": "a", "tags": ["x"]}),
+        )
+        .unwrap();
+        let cases = [
+            (
+                json!({"lastSeenAt": "2026-01-01T00:01:00.000Z", "uptimeSeconds": 5,
+                "custom.rack": "a", "tags": ["x"]}),
+                json!({"lastSeenAt": "2026-01-01T00:01:00.000Z"}),
+                false,
+            ),
+            (
+                json!({"uptimeSeconds": 65, "custom.rack": "a", "tags": ["x"], "custom.zone": "b"}),
+                json!({"lastSeenAt": null, "uptimeSeconds": 65.0, "custom.zone": "b"}),
+                true,
+            ),
+            (
+                json!({}),
+                json!({"lastSeenAt": null, "uptimeSeconds": null, "custom.rack": null,
+                "tags": null}),
+                true,
+            ),
+            (
+                json!({"lastSeenAt": "2026-01-01T00:00:00.000Z", "uptimeSeconds": 5,
+                "custom.rack": "a", "tags": ["x"]}),
+                json!({}),
+                false,
+            ),
+        ];
+        for (after, expected, removes) in cases {
+            let after = parse(after).unwrap();
+            let mut out = Vec::new();
+            assert_eq!(after.write_json_patch(&before, &c, &mut out), removes);
+            let patch: Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(patch, expected);
+            let doc = Value::Object(before.to_json(&c));
+            assert_eq!(
+                merged(&doc, &patch, removes),
+                Value::Object(after.to_json(&c))
+            );
+        }
     }
 
     #[test]

@@ -36,8 +36,10 @@ pub struct DeviceRow {
     pub id: String,
     /// Shared with the worker's interned org (no copy per row).
     pub org_id: std::sync::Arc<str>,
-    /// The attributes document as JSON text (stored as `jsonb`).
+    /// JSON text (stored as `jsonb`): the whole attributes document, or for [`AttributesWrite::Merge`]
+    /// and [`AttributesWrite::MergeRemoving`] the changed attributes to merge into the stored one.
     pub attributes: String,
+    pub attributes_write: AttributesWrite,
     pub sequence: i64,
     pub expected_version: i64,
     pub is_development: bool,
@@ -47,6 +49,35 @@ pub struct DeviceRow {
     pub target_reason: &'static str,
     pub target_group: Option<Uuid>,
     pub target_sequence: i64,
+}
+
+/// How a device row's `attributes` text is written.
+///
+/// A device the worker holds is stored exactly as its held state says (every write is guarded by the
+/// version it was computed from), so an update need only send what changed: a heartbeat changes one or two
+/// attributes of a document of dozens. PostgreSQL merges the patch (`jsonb ||`), dropping the `null`s that
+/// stand for removed attributes (`jsonb_strip_nulls`, only when there are any). An attribute stored that
+/// the catalogue no longer accepts (skipped when the device was read) is kept, not dropped by the next
+/// event's write. New devices, and devices read from the database for the batch, are written whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttributesWrite {
+    /// `attributes` is the whole document.
+    Replace,
+    /// `attributes` holds the changed attributes; none was removed.
+    Merge,
+    /// `attributes` holds the changed attributes, and `null` for each removed one.
+    MergeRemoving,
+}
+
+impl AttributesWrite {
+    /// The code the statement's `CASE` reads.
+    fn code(self) -> i16 {
+        match self {
+            AttributesWrite::Replace => 0,
+            AttributesWrite::Merge => 1,
+            AttributesWrite::MergeRemoving => 2,
+        }
+    }
 }
 
 /// A membership to insert.
@@ -159,19 +190,24 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         lock_previous_owners(&mut tx, batch).await?;
     }
     let mut conflicts = Vec::new();
-    // Both statements take the same columns ($1–$11, and $12 the partition), bound by `write_devices`;
-    // each uses the ones it needs.
-    let updates = "UPDATE devices d SET attributes = u.attributes::jsonb, sequence = u.sequence, version = d.version + 1, \
+    // Both statements take the same columns ($1–$11 and $13, and $12 the partition), bound by
+    // `write_devices`; each uses the ones it needs.
+    let updates = "UPDATE devices d SET attributes = CASE u.aw WHEN 0 THEN u.attributes::jsonb \
+             WHEN 1 THEN d.attributes || u.attributes::jsonb \
+             ELSE jsonb_strip_nulls(d.attributes || u.attributes::jsonb) END, \
+           sequence = u.sequence, version = d.version + 1, \
            partition = $12, is_development = u.dev, firmware_lock = u.lock, target_version = u.tv, \
            target_reason = u.tr, target_group = u.tg, target_sequence = u.ts, updated_at = now() \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[], $7::text[], \
-                     $8::text[], $9::text[], $10::uuid[], $11::int8[]) AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts) \
+                     $8::text[], $9::text[], $10::uuid[], $11::int8[], $13::int2[]) \
+           AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts, aw) \
          WHERE d.id = u.id AND d.version = u.expected RETURNING d.id";
     let inserts = "INSERT INTO devices (id, org_id, attributes, sequence, partition, version, is_development, \
            firmware_lock, target_version, target_reason, target_group, target_sequence) \
          SELECT u.id, u.org, u.attributes::jsonb, u.sequence, $12, 1, u.dev, u.lock, u.tv, u.tr, u.tg, u.ts \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[], $7::text[], \
-                     $8::text[], $9::text[], $10::uuid[], $11::int8[]) AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts) \
+                     $8::text[], $9::text[], $10::uuid[], $11::int8[], $13::int2[]) \
+           AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts, aw) \
          ON CONFLICT (id) DO NOTHING RETURNING id";
     for (sql, rows) in [
         (updates, &batch.device_updates),
@@ -365,6 +401,11 @@ async fn write_devices(
         .bind(rows.iter().map(|r| r.target_group).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.target_sequence).collect::<Vec<_>>())
         .bind(partition)
+        .bind(
+            rows.iter()
+                .map(|r| r.attributes_write.code())
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut **tx)
         .await?)
 }

@@ -8,7 +8,7 @@ use super::diff::{diff_memberships, row_equal, stored_equal};
 use super::sweep::ControlProgress;
 use super::work::{Origin, Stats, Work};
 use crate::kafka::Decoded;
-use crate::store::batch::{BatchWrite, DeviceRow};
+use crate::store::batch::{AttributesWrite, BatchWrite, DeviceRow};
 use crate::store::control::Positioned;
 use crate::worker::device::Device;
 
@@ -97,15 +97,32 @@ impl Work<'_> {
                     write.taken_over.push((id.to_string(), basis));
                 }
             }
+            // A held device's row is as its starting state says (the version guard holds it so): only
+            // what changed is sent (see `AttributesWrite`).
+            let catalogue = registry.catalogue();
+            let mut json = Vec::with_capacity(if is_held { 64 } else { 512 });
+            let attributes_write = match original.filter(|_| is_held && current.stored) {
+                Some(original) => {
+                    if current
+                        .attrs
+                        .write_json_patch(&original.attrs, catalogue, &mut json)
+                    {
+                        AttributesWrite::MergeRemoving
+                    } else {
+                        AttributesWrite::Merge
+                    }
+                }
+                None => {
+                    current.attrs.write_json(catalogue, &mut json);
+                    AttributesWrite::Replace
+                }
+            };
             let row = DeviceRow {
                 id: id.to_string(),
                 org_id: current.org.clone(),
-                attributes: {
-                    let mut json = Vec::with_capacity(512);
-                    current.attrs.write_json(registry.catalogue(), &mut json);
-                    // Valid UTF-8: JSON text written from strings.
-                    String::from_utf8(json).unwrap_or_default()
-                },
+                // Valid UTF-8: JSON text written from strings.
+                attributes: String::from_utf8(json).unwrap_or_default(),
+                attributes_write,
                 // -1 for a device that only was registered: its first real event, whatever its sequence,
                 // applies.
                 sequence: current.sequence,
