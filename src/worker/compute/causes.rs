@@ -10,10 +10,19 @@ use crate::rules::time::format_millis;
 use crate::rules::EpochMillis;
 use crate::store::control::Positioned;
 
-/// What caused a change (a log row's `cause`, a rollout-target event's): rendered to JSON once per event
-/// or control entry and shared by every row it causes, so no row builds or serializes a document of its
-/// own.
-pub(super) type Cause = Arc<RawValue>;
+/// A cause's JSON document (a log row's `cause`, a rollout-target event's): rendered once per event or
+/// control entry and shared by every row it causes, so no row builds or serializes a document of its own.
+pub(super) type Document = Arc<RawValue>;
+
+/// What caused a change, as a batch carries it. An event's document is rendered only when a row or a
+/// rollout-target event needs it ([`crate::worker::compute::work::Work::document`]): most events — a
+/// fleet's heartbeats — change no membership and no target, and need none.
+#[derive(Clone, Debug)]
+pub(super) enum Cause {
+    Rendered(Document),
+    /// The event of the batch's record at this index.
+    Record(usize),
+}
 
 /// The causes' documents, as stored: `{"type": "event", "eventId", "partition", "offset"}`,
 /// `{"type": "control", "controlId", "kind"}` or `{"type": "timer", "at"}`.
@@ -37,7 +46,7 @@ enum CauseDoc<'a> {
 }
 
 impl CauseDoc<'_> {
-    fn render(&self) -> Cause {
+    fn render(&self) -> Document {
         // Strings and integers only: serializing cannot fail.
         let raw = serde_json::value::to_raw_value(self).expect("a cause document serializes");
         Arc::from(raw)
@@ -46,15 +55,17 @@ impl CauseDoc<'_> {
 
 /// The cause of changes a control-log entry made.
 pub(super) fn control_cause(entry: &Positioned) -> Cause {
-    CauseDoc::Control {
-        control_id: entry.id,
-        kind: entry.entry.kind(),
-    }
-    .render()
+    Cause::Rendered(
+        CauseDoc::Control {
+            control_id: entry.id,
+            kind: entry.entry.kind(),
+        }
+        .render(),
+    )
 }
 
 /// The cause of changes an event made: its id and position.
-pub(super) fn event_cause(event_id: &str, partition: i32, offset: i64) -> Cause {
+pub(super) fn event_cause(event_id: &str, partition: i32, offset: i64) -> Document {
     CauseDoc::Event {
         event_id,
         partition,
@@ -64,7 +75,7 @@ pub(super) fn event_cause(event_id: &str, partition: i32, offset: i64) -> Cause 
 }
 
 /// The cause of changes made by the clock alone, at `now`.
-pub(super) fn timer_cause(now: EpochMillis) -> Cause {
+pub(super) fn timer_cause(now: EpochMillis) -> Document {
     CauseDoc::Timer {
         at: &format_millis(now),
     }

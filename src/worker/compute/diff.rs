@@ -14,13 +14,14 @@ pub(super) fn stored_equal(a: &Device, b: &Device) -> bool {
 
 /// Whether two states of a device store the same device row (memberships aside).
 pub(super) fn row_equal(a: &Device, b: &Device) -> bool {
-    a.attrs == b.attrs
-        && a.sequence == b.sequence
+    // The scalars first: an event always moves `sequence`, so its device's attributes are not compared.
+    a.sequence == b.sequence
         && a.development == b.development
+        && a.target_sequence == b.target_sequence
         && a.firmware_lock == b.firmware_lock
         && a.target == b.target
-        && a.target_sequence == b.target_sequence
         && a.org == b.org
+        && a.attrs == b.attrs
 }
 
 /// The membership rows to write: the net difference between the batch's start and end states.

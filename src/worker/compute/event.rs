@@ -15,7 +15,12 @@ use crate::worker::device::Device;
 
 impl Work<'_> {
     /// Applies one input record (see the module's documentation).
-    pub(super) fn record(&mut self, record: &Decoded, foreign: &mut HashMap<Box<str>, Device>) {
+    pub(super) fn record(
+        &mut self,
+        index: usize,
+        record: &Decoded,
+        foreign: &mut HashMap<Box<str>, Device>,
+    ) {
         let event = match &record.event {
             Ok(event) => event,
             Err(error) => return self.dead_letter(record, error),
@@ -30,7 +35,7 @@ impl Work<'_> {
         };
         let id: &str = &event.device_id;
         if event.register {
-            return self.register(record, event, org, &org_groups.dynamic, foreign);
+            return self.register(index, record, event, org, &org_groups.dynamic, foreign);
         }
         // Find the device: in the batch, held, read from the database for this batch, or new.
         let mut evaluate_all = false;
@@ -86,7 +91,7 @@ impl Work<'_> {
             device.firmware_lock = lock.as_deref().map(Into::into);
         }
         device.sequence = event.sequence;
-        let cause = self.event_cause(record, event);
+        let cause = self.event_cause(index);
         self.record_cause(id, &cause);
         let mut candidates = std::mem::take(&mut self.candidates);
         candidates.clear();
@@ -132,6 +137,7 @@ impl Work<'_> {
     /// org mismatch, as for any event.
     fn register(
         &mut self,
+        index: usize,
         record: &Decoded,
         event: &DeviceEvent,
         org: &Arc<str>,
@@ -153,7 +159,7 @@ impl Work<'_> {
         self.stats.applied += 1;
         self.devices
             .insert(id.into(), (Origin::New, Device::new(org.clone())));
-        let cause = self.event_cause(record, event);
+        let cause = self.event_cause(index);
         self.record_cause(id, &cause);
         self.reconcile_slots(id, dynamic, &cause);
     }

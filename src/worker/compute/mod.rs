@@ -65,11 +65,11 @@ pub(crate) fn batch(
     ctx: &BatchContext<'_>,
 ) -> Computed {
     let held = partition.devices.read();
-    let mut work = Work::new(registry, partition, &held, ctx);
+    let mut work = Work::new(registry, partition, &held, ctx, records);
     let mut foreign = foreign;
     let progress = work.control_entries(control, &mut foreign, ctx.change_chunk_rows);
-    for record in records {
-        work.record(record, &mut foreign);
+    for (index, record) in records.iter().enumerate() {
+        work.record(index, record, &mut foreign);
     }
     for id in due {
         work.timer(id);

@@ -19,13 +19,14 @@ impl Work<'_> {
         target: &Target,
         cause: &Cause,
     ) {
+        let cause = self.document(cause);
         let event = RolloutTarget {
             org_id: org,
             device_id: id,
             sequence,
             previous,
             target,
-            cause: cause.as_ref(),
+            cause: &cause,
             at: self.ctx.now,
         };
         self.stats.rollouts += 1;

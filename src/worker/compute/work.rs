@@ -4,8 +4,8 @@
 
 use foldhash::{HashMap, HashMapExt};
 
-use super::causes::{self, Cause};
-use crate::event::{DeadLetterReason, DeviceEvent};
+use super::causes::{self, Cause, Document};
+use crate::event::DeadLetterReason;
 use crate::kafka::Decoded;
 use crate::outbox::Message;
 use crate::rules::{EpochMillis, Scratch};
@@ -67,6 +67,10 @@ pub(super) struct Work<'a> {
     /// The partition's devices, read-locked for the batch's computation.
     pub(super) held: &'a DeviceMap,
     pub(super) ctx: &'a BatchContext<'a>,
+    /// The batch's input records (what [`Cause::Record`] indexes).
+    pub(super) records: &'a [Decoded],
+    /// The documents of the records' causes rendered so far, by record index.
+    pub(super) rendered: HashMap<usize, Document>,
     /// (state at batch start, or None for a device not stored; current state).
     pub(super) devices: HashMap<Box<str>, (Origin, Device)>,
     pub(super) log: Vec<LogRow>,
@@ -82,7 +86,7 @@ pub(super) struct Work<'a> {
     /// changes), with the cause.
     pub(super) resolve: Vec<(Box<str>, Cause)>,
     /// See [`Work::timer_cause`].
-    pub(super) timer_cause: Option<Cause>,
+    pub(super) timer_cause: Option<Document>,
 }
 
 impl<'a> Work<'a> {
@@ -92,12 +96,15 @@ impl<'a> Work<'a> {
         partition: &'a Partition,
         held: &'a DeviceMap,
         ctx: &'a BatchContext<'a>,
+        records: &'a [Decoded],
     ) -> Self {
         Work {
             registry,
             partition,
             held,
             ctx,
+            records,
+            rendered: HashMap::new(),
             devices: HashMap::new(),
             log: Vec::new(),
             outbox: Vec::new(),
@@ -160,27 +167,51 @@ impl Work<'_> {
     ) {
         *self.stats.changes.entry(reason).or_default() += 1;
         self.record_cause(id, cause);
+        let document = self.document(cause);
         self.log.push(LogRow {
             group_id: self.registry.group(slot).id,
             device_id: id.to_string(),
             action,
             reason,
-            cause: cause.clone(),
+            cause: document,
             group_version: version,
         });
     }
 
-    /// The cause of changes an event made: its id and position.
-    pub(super) fn event_cause(&self, record: &Decoded, event: &DeviceEvent) -> Cause {
-        causes::event_cause(&event.event_id, self.partition.id, record.offset)
+    /// The cause of changes the event of the batch's record at `index` made (rendered when needed).
+    pub(super) fn event_cause(&self, index: usize) -> Cause {
+        Cause::Record(index)
     }
 
     /// The cause of changes made by the clock alone: the batch's instant (one document per batch).
     pub(super) fn timer_cause(&mut self) -> Cause {
         let now = self.ctx.now;
-        self.timer_cause
-            .get_or_insert_with(|| causes::timer_cause(now))
-            .clone()
+        Cause::Rendered(
+            self.timer_cause
+                .get_or_insert_with(|| causes::timer_cause(now))
+                .clone(),
+        )
+    }
+
+    /// The document of `cause`: an event's — its id and position — rendered on first use and shared.
+    pub(super) fn document(&mut self, cause: &Cause) -> Document {
+        let index = match cause {
+            Cause::Rendered(document) => return document.clone(),
+            Cause::Record(index) => *index,
+        };
+        if let Some(document) = self.rendered.get(&index) {
+            return document.clone();
+        }
+        let document = match self.records.get(index).map(|r| (r, &r.event)) {
+            Some((record, Ok(event))) => {
+                causes::event_cause(&event.event_id, self.partition.id, record.offset)
+            }
+            // Only an applied event is ever a cause; should another be named, the batch's instant is the
+            // truthful one.
+            _ => causes::timer_cause(self.ctx.now),
+        };
+        self.rendered.insert(index, document.clone());
+        document
     }
 
     /// Records `cause` as the last to touch device `id` (its key allocated only on the first).
