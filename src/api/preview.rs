@@ -138,8 +138,9 @@ async fn run_preview(
         answered.extend(part.partitions.iter().copied());
         parts.push(part);
     }
-    let owners =
-        live_workers::partition_owners(&state.pool, &state.input_topic, FRESH_WITHIN).await?;
+    let owners = live_workers::partition_owners(&state.pool, &state.input_topic, FRESH_WITHIN)
+        .await?
+        .owners;
     let question = |partitions| EvaluateRequest {
         org: org_id.to_string(),
         site: site.map(str::to_string),

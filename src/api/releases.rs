@@ -209,9 +209,8 @@ pub async fn create(
 /// this request — a static member just added, a pin, another release — is read from PostgreSQL, which
 /// already holds them: an impact counts every change committed before it was asked for.
 async fn held_devices(state: &ApiState) -> Result<InMemory, ApiError> {
-    let owners =
+    let live_workers::PartitionOwners { owners, behind } =
         live_workers::partition_owners(&state.pool, &state.input_topic, FRESH_WITHIN).await?;
-    let behind = live_workers::partitions_behind(&state.pool, &state.input_topic).await?;
     Ok(InMemory {
         view: state.view.clone(),
         catalogue: state.catalogue.clone(),

@@ -57,31 +57,33 @@ pub async fn deregister(pool: &PgPool, worker: &LiveWorker) -> Result<(), StoreE
     Ok(())
 }
 
-/// The partitions of `topic` whose owners have not yet applied every control-log entry committed now (their
-/// `control_position` is below the log's last id): their workers' memory may not hold a change the API
-/// has just committed, such as a static member added.
-pub async fn partitions_behind(pool: &PgPool, topic: &str) -> Result<Vec<i32>, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT partition FROM partition_positions \
-         WHERE topic = $1 AND control_position < (SELECT coalesce(max(id), 0) FROM control_log) \
-         ORDER BY partition",
-    )
-    .bind(topic)
-    .fetch_all(pool)
-    .await?)
+/// The partitions of a topic as the workers hold them: read in one statement, so both lists describe the
+/// same moment.
+#[derive(Debug, Default)]
+pub struct PartitionOwners {
+    /// Every partition the workers have claimed, in order, with its owner when that owner's row was
+    /// refreshed recently enough.
+    pub owners: Vec<(i32, Option<LiveWorker>)>,
+    /// The partitions whose owners have not yet applied every control-log entry committed now (their
+    /// `control_position` is below the log's last id): their workers' memory may not hold a change the
+    /// API has just committed, such as a static member added.
+    pub behind: Vec<i32>,
 }
 
-/// Every partition of `topic` the workers have claimed, in order, with its owner when that owner's row
-/// was refreshed within `fresh_within`.
+/// Every partition of `topic` the workers have claimed, with its owner when that owner's row was
+/// refreshed within `fresh_within`, and which of them are behind the control log.
 pub async fn partition_owners(
     pool: &PgPool,
     topic: &str,
     fresh_within: Duration,
-) -> Result<Vec<(i32, Option<LiveWorker>)>, StoreError> {
-    // (partition, owner, address, token), the last three null unless the owner is live.
-    type Row = (i32, Option<String>, Option<String>, Option<String>);
+) -> Result<PartitionOwners, StoreError> {
+    // (partition, behind, owner, address, token), the last three null unless the owner is live.
+    type Row = (i32, bool, Option<String>, Option<String>, Option<String>);
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT p.partition, w.owner, w.address, w.token FROM partition_positions p \
+        "SELECT p.partition, \
+           p.control_position < (SELECT coalesce(max(id), 0) FROM control_log), \
+           w.owner, w.address, w.token \
+         FROM partition_positions p \
          LEFT JOIN live_workers w ON w.owner = p.owner \
            AND w.refreshed_at > now() - make_interval(secs => $2) \
          WHERE p.topic = $1 ORDER BY p.partition",
@@ -90,18 +92,20 @@ pub async fn partition_owners(
     .bind(fresh_within.as_secs_f64())
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(partition, owner, address, token)| {
-            let worker = match (owner, address, token) {
-                (Some(owner), Some(address), Some(token)) => Some(LiveWorker {
-                    owner,
-                    address,
-                    token,
-                }),
-                _ => None,
-            };
-            (partition, worker)
-        })
-        .collect())
+    let mut answer = PartitionOwners::default();
+    for (partition, behind, owner, address, token) in rows {
+        let worker = match (owner, address, token) {
+            (Some(owner), Some(address), Some(token)) => Some(LiveWorker {
+                owner,
+                address,
+                token,
+            }),
+            _ => None,
+        };
+        answer.owners.push((partition, worker));
+        if behind {
+            answer.behind.push(partition);
+        }
+    }
+    Ok(answer)
 }

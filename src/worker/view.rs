@@ -128,18 +128,14 @@ impl FleetView {
     ) -> (Vec<i32>, Vec<T>) {
         let groups = self.groups.read().clone();
         let slot = group.and_then(|g| groups.iter().position(|id| *id == g));
-        if group.is_some() && slot.is_none() {
-            // Not published yet: no held device is known to be a member.
-            let held = self.held();
-            let held = held
-                .into_iter()
-                .filter(|p| only.is_none_or(|only| only.contains(p)))
-                .collect();
-            return (held, Vec::new());
-        }
+        // A group not published yet: no held device is known to be a member.
+        let unpublished = group.is_some() && slot.is_none();
         let running_field = catalogue.builtin("firmwareVersion");
         let one = |devices: &Devices| {
             let mut state = start();
+            if unpublished {
+                return state;
+            }
             let mut member_of = Vec::new();
             let devices = devices.read();
             for (id, device) in devices.iter() {
