@@ -5,12 +5,15 @@
 //! reused thread-local buffer. Explanations ([`super::explain`]), time flips ([`super::flip`]) and the field
 //! index ([`super::index`]) evaluate leaves with the same functions.
 
+mod known;
+
 use std::cell::RefCell;
 
 use super::attrs::{AttrValue, Attributes};
 use super::compare::same_set;
 use super::compiled::{norm, CompiledFilter, Leaf, Needle, Node, NumPred, Test};
 use super::time::{EpochMillis, DAY_MS};
+pub use known::LeafTruths;
 
 impl CompiledFilter {
     /// Whether a device with these attributes matches at `now`.

@@ -34,6 +34,56 @@ impl PartialEq for FieldKeys {
 #[derive(Clone, Debug)]
 pub struct LeafTest {
     pub(super) route: Route,
+    /// Its number in the filter (conditions in written order, from 0), so that the index can report its
+    /// truth ([`crate::rules::LeafTruths`]).
+    pub(super) leaf: u16,
+    /// Whether the condition is the negation of the route's positive test.
+    pub(super) negate: bool,
+}
+
+/// One listing of a group under a field: the group's slot, and the condition it stands for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Listing {
+    pub(super) slot: u32,
+    /// The condition's number in the filter, or [`Listing::NO_LEAF`] for a listing that stands for no
+    /// single condition ([`FieldKeys::Any`], [`FieldKeys::Values`]).
+    pub(super) leaf: u16,
+    /// Whether the condition negates the positive test the index checks.
+    pub(super) negate: bool,
+}
+
+impl Listing {
+    pub(super) const NO_LEAF: u16 = u16::MAX;
+
+    /// A listing of the group in `slot` that stands for no single condition.
+    pub(super) fn group(slot: u32) -> Self {
+        Self {
+            slot,
+            leaf: Self::NO_LEAF,
+            negate: false,
+        }
+    }
+
+    /// The listing of condition `test` of the group in `slot`.
+    pub(super) fn leaf(slot: u32, test: &LeafTest) -> Self {
+        Self {
+            slot,
+            leaf: test.leaf,
+            negate: test.negate,
+        }
+    }
+}
+
+/// What the index learnt about a listed condition's positive test for a change's new value.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Truth {
+    /// Nothing: the condition is evaluated.
+    Unknown,
+    /// The positive test's truth for the new value.
+    Is(bool),
+    /// The condition names the old value: its positive test is false for the new value unless it also
+    /// names the new one, which is reported first.
+    NamesOld,
 }
 
 /// Where the index keeps a condition.
@@ -51,13 +101,18 @@ pub(super) enum Route {
 }
 
 impl LeafTest {
-    fn new(test: &Test) -> Self {
+    fn new(test: &Test, leaf: usize, negate: bool) -> Self {
         let route = match (value_keys(test), threshold(test)) {
             (Some(values), _) => Route::Values(values),
             (None, Some(route)) => route,
             (None, None) => Route::Scan(test.clone()),
         };
-        Self { route }
+        Self {
+            route,
+            // Filters have at most 256 conditions (`MAX_CONDITIONS`); a larger number is never known.
+            leaf: u16::try_from(leaf).unwrap_or(Listing::NO_LEAF),
+            negate,
+        }
     }
 }
 
@@ -111,18 +166,34 @@ fn threshold(test: &Test) -> Option<Route> {
 }
 
 impl CompiledFilter {
-    /// For each field the filter references, how the field index should list the filter.
+    /// For each field the filter references, how the field index should list the filter: by value when
+    /// every condition on the field is an equality or membership test, else condition by condition.
     pub fn index_keys(&self) -> Vec<(FieldId, FieldKeys)> {
+        self.keys(false)
+    }
+
+    /// For each field the filter references, every condition on it ([`FieldKeys::Leaves`]), each naming
+    /// its place in the filter: listed so, a group is found by the same lookups as with
+    /// [`CompiledFilter::index_keys`], and the index can also say which of its conditions changed truth
+    /// and how ([`crate::rules::FieldIndex::candidates_with_truths`]). What
+    /// [`crate::rules::FieldIndex::upsert`] lists.
+    pub fn leaf_keys(&self) -> Vec<(FieldId, FieldKeys)> {
+        self.keys(true)
+    }
+
+    fn keys(&self, by_leaf: bool) -> Vec<(FieldId, FieldKeys)> {
         let mut per_field: HashMap<FieldId, FieldKeys> = HashMap::new();
         collect_keys(&self.root, &mut per_field);
         // A field listed by leaf lists every condition on it: gather them in a second pass, so that
         // conditions seen before the field stopped being value-indexable are included.
-        for tests in per_field.values_mut() {
-            if let FieldKeys::Leaves(tests) = tests {
-                tests.clear();
+        for keys in per_field.values_mut() {
+            match keys {
+                FieldKeys::Leaves(tests) => tests.clear(),
+                _ if by_leaf => *keys = FieldKeys::Leaves(Vec::new()),
+                _ => {}
             }
         }
-        collect_leaves(&self.root, &mut per_field);
+        collect_leaves(&self.root, &mut per_field, &mut 0);
         let mut keys: Vec<(FieldId, FieldKeys)> = per_field.into_iter().collect();
         keys.sort_by_key(|(f, _)| *f);
         keys
@@ -152,15 +223,17 @@ fn collect_keys(node: &Node, out: &mut HashMap<FieldId, FieldKeys>) {
     }
 }
 
-fn collect_leaves(node: &Node, out: &mut HashMap<FieldId, FieldKeys>) {
+/// Lists the conditions of the fields listed by leaf; `number` counts every condition in written order.
+fn collect_leaves(node: &Node, out: &mut HashMap<FieldId, FieldKeys>, number: &mut usize) {
     match node {
         Node::All(children) | Node::Any(children) => {
-            children.iter().for_each(|c| collect_leaves(c, out))
+            children.iter().for_each(|c| collect_leaves(c, out, number))
         }
         Node::Leaf(leaf) => {
             if let Some(FieldKeys::Leaves(tests)) = out.get_mut(&leaf.field) {
-                tests.push(LeafTest::new(&leaf.test));
+                tests.push(LeafTest::new(&leaf.test, *number, leaf.negate));
             }
+            *number += 1;
         }
     }
 }
