@@ -1,6 +1,7 @@
 //! Evaluating compiled filters: the hot path.
 //!
-//! [`CompiledFilter::evaluate`] short-circuits and does not allocate: attribute lookup is a binary search,
+//! [`CompiledFilter::evaluate`] walks the filter's flat layout (one allocation, nodes in written order),
+//! short-circuits and does not allocate: attribute lookup is a binary search,
 //! case-insensitive ASCII comparisons work byte-wise, and the rare non-ASCII `contains` lower-cases into a
 //! reused thread-local buffer. Explanations ([`super::explain`]), time flips ([`super::flip`]) and the field
 //! index ([`super::index`]) evaluate leaves with the same functions.
@@ -11,7 +12,7 @@ use std::cell::RefCell;
 
 use super::attrs::{AttrValue, Attributes};
 use super::compare::same_set;
-use super::compiled::{norm, CompiledFilter, Leaf, Needle, Node, NumPred, Test};
+use super::compiled::{children, norm, CompiledFilter, Leaf, Needle, Node, NumPred, Test};
 use super::time::{EpochMillis, DAY_MS};
 pub use known::LeafTruths;
 
@@ -19,16 +20,17 @@ impl CompiledFilter {
     /// Whether a device with these attributes matches at `now`.
     #[inline]
     pub fn evaluate(&self, attrs: &Attributes, now: EpochMillis) -> bool {
-        eval_node(&self.root, attrs, now)
+        eval_at(&self.nodes, 0, attrs, now)
     }
 }
 
+/// The result of the node at `at` of a flat layout.
 #[inline]
-fn eval_node(node: &Node, attrs: &Attributes, now: EpochMillis) -> bool {
-    match node {
-        Node::All(children) => children.iter().all(|c| eval_node(c, attrs, now)),
-        Node::Any(children) => children.iter().any(|c| eval_node(c, attrs, now)),
+fn eval_at(nodes: &[Node], at: usize, attrs: &Attributes, now: EpochMillis) -> bool {
+    match &nodes[at] {
         Node::Leaf(leaf) => eval_leaf(leaf, attrs, now),
+        Node::All(_) => children(nodes, at).all(|c| eval_at(nodes, c, attrs, now)),
+        Node::Any(_) => children(nodes, at).any(|c| eval_at(nodes, c, attrs, now)),
     }
 }
 

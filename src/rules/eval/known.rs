@@ -6,9 +6,9 @@
 //! attribute lookup; only where the known truths do not decide the result are the other conditions
 //! evaluated, and a condition whose truth is known is never evaluated again.
 
-use super::eval_leaf;
+use super::{eval_at, eval_leaf};
 use crate::rules::attrs::Attributes;
-use crate::rules::compiled::{CompiledFilter, Node};
+use crate::rules::compiled::{children, CompiledFilter, Extent, Node};
 use crate::rules::time::EpochMillis;
 
 /// The truth of some of a filter's conditions for a device's current attributes, known without
@@ -56,6 +56,16 @@ impl LeafTruths {
     pub fn is_empty(self) -> bool {
         self.known == 0
     }
+
+    /// Whether the truth of some condition of a group is known.
+    #[inline]
+    fn any_in(self, span: &Extent) -> bool {
+        let below = |n: u16| match 1u64.checked_shl(u32::from(n)) {
+            Some(bit) => bit - 1,
+            None => u64::MAX,
+        };
+        self.known & below(span.end_leaf) & !below(span.first_leaf) != 0
+    }
 }
 
 impl CompiledFilter {
@@ -70,82 +80,62 @@ impl CompiledFilter {
         if known.is_empty() {
             return self.evaluate(attrs, now);
         }
-        let mut leaf = 0;
-        eval_known(&self.root, attrs, now, known, &mut leaf)
+        eval_known(&self.nodes, 0, attrs, now, known)
     }
 }
 
-/// The result decided by the known truths alone, or `None`; advances `leaf` past the node's conditions.
-fn partial(node: &Node, known: LeafTruths, leaf: &mut usize) -> Option<bool> {
-    match node {
-        Node::Leaf(_) => {
-            let truth = known.get(*leaf);
-            *leaf += 1;
-            truth
-        }
-        Node::All(children) | Node::Any(children) => {
-            // Kleene logic: an AND is false if a child is false, true if every child is true.
-            let deciding = matches!(node, Node::Any(_));
-            let mut decided = false;
-            let mut unknown = false;
-            for child in children.iter() {
-                match partial(child, known, leaf) {
-                    Some(truth) if truth == deciding => decided = true,
-                    Some(_) => {}
-                    None => unknown = true,
-                }
-            }
-            if decided {
-                Some(deciding)
-            } else if unknown {
-                None
-            } else {
-                Some(!deciding)
-            }
+/// The result of the node at `at` decided by the known truths alone, or `None`.
+fn partial(nodes: &[Node], at: usize, known: LeafTruths) -> Option<bool> {
+    let (span, deciding) = match &nodes[at] {
+        Node::Leaf(leaf) => return known.get(usize::from(leaf.number)),
+        Node::All(span) => (span, false),
+        Node::Any(span) => (span, true),
+    };
+    if !known.any_in(span) {
+        return None;
+    }
+    // Kleene logic: an AND is false if a child is false and true if every child is true (an OR the
+    // reverse).
+    let mut unknown = false;
+    for child in children(nodes, at) {
+        match partial(nodes, child, known) {
+            Some(truth) if truth == deciding => return Some(deciding),
+            Some(_) => {}
+            None => unknown = true,
         }
     }
-}
-
-/// Advances `leaf` past the node's conditions.
-fn skip(node: &Node, leaf: &mut usize) {
-    match node {
-        Node::Leaf(_) => *leaf += 1,
-        Node::All(children) | Node::Any(children) => children.iter().for_each(|c| skip(c, leaf)),
-    }
+    (!unknown).then_some(!deciding)
 }
 
 fn eval_known(
-    node: &Node,
+    nodes: &[Node],
+    at: usize,
     attrs: &Attributes,
     now: EpochMillis,
     known: LeafTruths,
-    leaf: &mut usize,
 ) -> bool {
-    match node {
-        Node::Leaf(l) => {
-            let truth = known.get(*leaf).unwrap_or_else(|| eval_leaf(l, attrs, now));
-            *leaf += 1;
-            truth
+    let (span, deciding) = match &nodes[at] {
+        Node::Leaf(leaf) => {
+            return known
+                .get(usize::from(leaf.number))
+                .unwrap_or_else(|| eval_leaf(leaf, attrs, now))
         }
-        Node::All(children) | Node::Any(children) => {
-            let first = *leaf;
-            if let Some(truth) = partial(node, known, leaf) {
-                return truth;
-            }
-            *leaf = first;
-            // Undecided: no child is known to decide, so evaluate the children in order until one does.
-            let deciding = matches!(node, Node::Any(_));
-            let mut result = !deciding;
-            for child in children.iter() {
-                if result == deciding {
-                    skip(child, leaf);
-                } else if eval_known(child, attrs, now, known, leaf) == deciding {
-                    result = deciding;
-                }
-            }
-            result
+        Node::All(span) => (span, false),
+        Node::Any(span) => (span, true),
+    };
+    if !known.any_in(span) {
+        return eval_at(nodes, at, attrs, now);
+    }
+    if let Some(truth) = partial(nodes, at, known) {
+        return truth;
+    }
+    // Undecided: no child is known to decide, so evaluate the children in order until one does.
+    for child in children(nodes, at) {
+        if eval_known(nodes, child, attrs, now, known) == deciding {
+            return deciding;
         }
     }
+    !deciding
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use super::intervals::{Cut, Interval};
 use crate::rules::catalogue::FieldId;
-use crate::rules::compiled::{norm, CompiledFilter, Node, NumPred, Test, TimeRef};
+use crate::rules::compiled::{norm, CompiledFilter, Node, NodeRef, NumPred, Test, TimeRef};
 use crate::rules::time::EpochMillis;
 
 /// How a group is listed under one field.
@@ -101,7 +101,7 @@ pub(super) enum Route {
 }
 
 impl LeafTest {
-    fn new(test: &Test, leaf: usize, negate: bool) -> Self {
+    fn new(test: &Test, leaf: u16, negate: bool) -> Self {
         let route = match (value_keys(test), threshold(test)) {
             (Some(values), _) => Route::Values(values),
             (None, Some(route)) => route,
@@ -109,8 +109,7 @@ impl LeafTest {
         };
         Self {
             route,
-            // Filters have at most 256 conditions (`MAX_CONDITIONS`); a larger number is never known.
-            leaf: u16::try_from(leaf).unwrap_or(Listing::NO_LEAF),
+            leaf,
             negate,
         }
     }
@@ -131,7 +130,7 @@ pub enum ValueKey {
 /// The values an equality or membership test names; `None` for any other test.
 fn value_keys(test: &Test) -> Option<Vec<ValueKey>> {
     Some(match test {
-        Test::StrEq(s) => vec![ValueKey::Str(s.clone())],
+        Test::StrEq(s) => vec![ValueKey::Str(s.as_str().into())],
         Test::StrIn(set) => set.iter().map(|s| ValueKey::Str(s.clone())).collect(),
         Test::EnumEq(e) => vec![ValueKey::Enum(*e)],
         Test::EnumIn(set) => set.iter().map(|e| ValueKey::Enum(*e)).collect(),
@@ -183,7 +182,7 @@ impl CompiledFilter {
 
     fn keys(&self, by_leaf: bool) -> Vec<(FieldId, FieldKeys)> {
         let mut per_field: HashMap<FieldId, FieldKeys> = HashMap::new();
-        collect_keys(&self.root, &mut per_field);
+        collect_keys(self.root(), &mut per_field);
         // A field listed by leaf lists every condition on it: gather them in a second pass, so that
         // conditions seen before the field stopped being value-indexable are included.
         for keys in per_field.values_mut() {
@@ -193,18 +192,16 @@ impl CompiledFilter {
                 _ => {}
             }
         }
-        collect_leaves(&self.root, &mut per_field, &mut 0);
+        collect_leaves(self.root(), &mut per_field);
         let mut keys: Vec<(FieldId, FieldKeys)> = per_field.into_iter().collect();
         keys.sort_by_key(|(f, _)| *f);
         keys
     }
 }
 
-fn collect_keys(node: &Node, out: &mut HashMap<FieldId, FieldKeys>) {
-    match node {
-        Node::All(children) | Node::Any(children) => {
-            children.iter().for_each(|c| collect_keys(c, out))
-        }
+fn collect_keys(node: NodeRef<'_>, out: &mut HashMap<FieldId, FieldKeys>) {
+    match node.node() {
+        Node::All(_) | Node::Any(_) => node.children().for_each(|c| collect_keys(c, out)),
         Node::Leaf(leaf) => {
             let entry = out
                 .entry(leaf.field)
@@ -223,17 +220,14 @@ fn collect_keys(node: &Node, out: &mut HashMap<FieldId, FieldKeys>) {
     }
 }
 
-/// Lists the conditions of the fields listed by leaf; `number` counts every condition in written order.
-fn collect_leaves(node: &Node, out: &mut HashMap<FieldId, FieldKeys>, number: &mut usize) {
-    match node {
-        Node::All(children) | Node::Any(children) => {
-            children.iter().for_each(|c| collect_leaves(c, out, number))
-        }
+/// Lists the conditions of the fields listed by leaf.
+fn collect_leaves(node: NodeRef<'_>, out: &mut HashMap<FieldId, FieldKeys>) {
+    match node.node() {
+        Node::All(_) | Node::Any(_) => node.children().for_each(|c| collect_leaves(c, out)),
         Node::Leaf(leaf) => {
             if let Some(FieldKeys::Leaves(tests)) = out.get_mut(&leaf.field) {
-                tests.push(LeafTest::new(&leaf.test, *number, leaf.negate));
+                tests.push(LeafTest::new(&leaf.test, leaf.number, leaf.negate));
             }
-            *number += 1;
         }
     }
 }

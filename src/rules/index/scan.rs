@@ -38,11 +38,11 @@ enum Key {
 
 fn key(t: &Test) -> Option<Key> {
     Some(match t {
-        Test::StrContains(n) => Key::Contains(n.lower.clone()),
-        Test::StrStartsWith(n) => Key::StartsWith(n.lower.clone()),
-        Test::StrEndsWith(n) => Key::EndsWith(n.lower.clone()),
+        Test::StrContains(n) => Key::Contains(n.lower.as_str().into()),
+        Test::StrStartsWith(n) => Key::StartsWith(n.lower.as_str().into()),
+        Test::StrEndsWith(n) => Key::EndsWith(n.lower.as_str().into()),
         Test::StrMatches(re) => Key::Matches(re.as_str().into()),
-        Test::ListContains(n) => Key::ListContains(n.lower.clone()),
+        Test::ListContains(n) => Key::ListContains(n.lower.as_str().into()),
         Test::StrEmpty => Key::StrEmpty,
         Test::ListEmpty => Key::ListEmpty,
         Test::IsNull => Key::IsNull,
