@@ -12,7 +12,7 @@ use std::cell::RefCell;
 
 use super::attrs::{AttrValue, Attributes};
 use super::compare::same_set;
-use super::compiled::{children, norm, CompiledFilter, Leaf, Needle, Node, NumPred, Test};
+use super::compiled::{norm, CompiledFilter, Leaf, Needle, Node, NumPred, Test};
 use super::time::{EpochMillis, DAY_MS};
 pub use known::LeafTruths;
 
@@ -27,11 +27,41 @@ impl CompiledFilter {
 /// The result of the node at `at` of a flat layout.
 #[inline]
 fn eval_at(nodes: &[Node], at: usize, attrs: &Attributes, now: EpochMillis) -> bool {
-    match &nodes[at] {
-        Node::Leaf(leaf) => eval_leaf(leaf, attrs, now),
-        Node::All(_) => children(nodes, at).all(|c| eval_at(nodes, c, attrs, now)),
-        Node::Any(_) => children(nodes, at).any(|c| eval_at(nodes, c, attrs, now)),
+    match nodes.get(at) {
+        Some(Node::Leaf(leaf)) => eval_leaf(leaf, attrs, now),
+        Some(Node::All(extent)) => eval_group(nodes, at, extent.end as usize, false, attrs, now),
+        Some(Node::Any(extent)) => eval_group(nodes, at, extent.end as usize, true, attrs, now),
+        None => false,
     }
+}
+
+/// The result of the group at `at`, whose nodes end at `end`: an AND (`deciding` false) is false as soon
+/// as a child is, an OR (`deciding` true) true as soon as a child is. Leaf children are evaluated in
+/// place, group children by recursion, each followed by a jump past its nodes.
+#[inline]
+fn eval_group(
+    nodes: &[Node],
+    at: usize,
+    end: usize,
+    deciding: bool,
+    attrs: &Attributes,
+    now: EpochMillis,
+) -> bool {
+    let mut child = at + 1;
+    while child < end {
+        let (truth, next) = match nodes.get(child) {
+            Some(Node::Leaf(leaf)) => (eval_leaf(leaf, attrs, now), child + 1),
+            Some(Node::All(extent) | Node::Any(extent)) => {
+                (eval_at(nodes, child, attrs, now), extent.end as usize)
+            }
+            None => break,
+        };
+        if truth == deciding {
+            return deciding;
+        }
+        child = next;
+    }
+    !deciding
 }
 
 #[inline]
