@@ -40,7 +40,8 @@ pub enum AttrValue {
 
 const _: () = assert!(std::mem::size_of::<AttrValue>() == 24);
 
-/// A device's attributes, sorted by field for binary-search lookup with no allocation.
+/// A device's attributes, sorted by field for lookup by position guess and binary search, with no
+/// allocation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Attributes {
     entries: Vec<(FieldId, AttrValue)>,

@@ -1,10 +1,12 @@
 //! Evaluating compiled filters: the hot path.
 //!
 //! [`CompiledFilter::evaluate`] walks the filter's flat layout (one allocation, nodes in written order),
-//! short-circuits and does not allocate: attribute lookup is a binary search,
-//! case-insensitive ASCII comparisons work byte-wise, and the rare non-ASCII `contains` lower-cases into a
-//! reused thread-local buffer. Explanations ([`super::explain`]), time flips ([`super::flip`]) and the field
-//! index ([`super::index`]) evaluate leaves with the same functions.
+//! short-circuits and does not allocate: attribute lookup guesses the position from the field id and
+//! binary-searches only when the guess misses, case-insensitive ASCII comparisons work byte-wise, and the
+//! rare non-ASCII `contains` lower-cases into a reused thread-local buffer.
+//! [`CompiledFilter::evaluate_with`] evaluates a candidate given the truths the field index found.
+//! Explanations ([`super::explain`]), time flips ([`super::flip`]) and the field index ([`super::index`])
+//! evaluate leaves with the same functions.
 
 mod known;
 
