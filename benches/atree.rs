@@ -1,35 +1,37 @@
-//! cohort's field index against a published structure for the same problem: the `a-tree` crate, an
-//! implementation of the A-Tree (Ji, Lim, Chen et al., SIGMOD 2021), which indexes boolean expressions and
-//! answers which of them one event satisfies (results and reproduction commands in BENCHMARKS.md).
+//! cohort's field index against the `a-tree` crate (an A-Tree: an index of boolean expressions that answers
+//! which expressions one whole event matches). Results and the command in BENCHMARKS.md.
 //!
-//! Both run cohort's rule shapes — 10,000 groups in one org, each an AND or an OR of two conditions over
-//! 200 fields (100 numbers, 100 strings), so each field is referenced by ~1% of the groups — restricted to
-//! the operators both languages have: `greaterThan`, `lessThanOrEquals`, `between`, `in` and `notEquals` on
-//! numbers; `equals`, `in` and `notEquals` on strings (the A-Tree's language has no `startsWith`,
-//! `contains` or regular expressions). Per event, 1–3 random attributes of a random device (of 2,000)
-//! change, and each structure brings the device's memberships up to date:
+//! Both answer, for one device event, which of 10,000 dynamic groups the device is in now, and count the
+//! membership changes:
 //!
-//! - `cohort_index`: the field index names the groups a condition of which can change truth between the
-//!   old and the new values; those are evaluated.
-//! - `a_tree_search`: the A-Tree is searched with the device's whole attribute set (it indexes events,
-//!   not changes, so every attribute is an input), and the matches replace the memberships.
+//! - `atree_vs_index/atree_search_whole_device`: the device's 200 attributes are made into an a-tree event
+//!   and searched; the matches are the device's groups.
+//! - `atree_vs_index/atree_search_prebuilt_event`: the search alone, on events built beforehand (one per
+//!   device, with no change applied): what a-tree costs even when the event arrives ready.
+//! - `atree_vs_index/index_and_truths`: cohort's field index finds the groups the changed fields can
+//!   affect, and evaluates each only as far as the truths it found leave it undecided.
 //!
-//! Both are checked against each other on every run (`cargo test` runs this file with small sizes), so
-//! the comparison is between two correct answers.
+//! The groups are `event_pipeline`'s in `benches/rules.rs` (the same generator and seed: an AND or OR of
+//! two random conditions over 100 number and 100 string fields), restricted to what a-tree expresses.
+//! a-tree has no `startsWith`, `contains` or regular expressions; the benchmark's strings come from a
+//! closed set of 20 words, so each such condition is written as the `in` (or, for `notContains`,
+//! `not in`) list of the words it holds for, which gives the same result on every device here (a real
+//! fleet's strings are open-ended, where no such translation exists). Both sides index the same translated
+//! groups, and the benchmark checks that they agree on every device's groups before it measures.
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use a_tree::{ATree, AttributeDefinition, Event};
 use cohort::rules::catalogue::{CatalogueConfig, CustomFieldConfig, DeclaredType};
 use cohort::rules::{
-    compile, AttrValue, Attributes, Catalogue, CompiledFilter, FieldChange, FieldId, FieldIndex,
-    Scratch,
+    compile, AttrValue, Attributes, Candidate, Catalogue, CompiledFilter, FieldChange, FieldId,
+    FieldIndex, Scratch,
 };
-use cohort_testkit::rng::Rng;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::{json, Value};
 
-const NOW: i64 = 1_718_452_800_000;
+const NOW: i64 = 1_718_452_800_000; // 2024-06-15T12:00:00Z
 const NUMBER_FIELDS: usize = 100;
 const STRING_FIELDS: usize = 100;
 const WORDS: &[&str] = &[
@@ -37,16 +39,135 @@ const WORDS: &[&str] = &[
     "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
 ];
 
-/// Full sizes when benchmarking (`cargo bench` passes `--bench`); small ones when `cargo test` only checks.
+/// Full sizes when benchmarking (`cargo bench` passes `--bench`); small ones when `cargo test` only checks
+/// that the benchmark runs.
 fn benchmarking() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
-fn sizes() -> (usize, usize) {
-    if benchmarking() {
-        (10_000, 2_000)
+/// SplitMix64, as in `benches/rules.rs`: the same seed draws the same groups.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn word(&mut self) -> &'static str {
+        WORDS[self.below(WORDS.len())]
+    }
+}
+
+/// A condition in both languages: cohort's JSON and a-tree's expression.
+struct Condition {
+    json: Value,
+    atree: String,
+}
+
+/// The words a text condition holds for, as a list in both languages.
+fn words_where(keep: impl Fn(&str) -> bool) -> (Vec<&'static str>, String) {
+    let words: Vec<&'static str> = WORDS.iter().copied().filter(|w| keep(w)).collect();
+    let list = words
+        .iter()
+        .map(|w| format!("\"{w}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    (words, format!("[{list}]"))
+}
+
+/// `benches/rules.rs`'s random condition (the same draws), translated for a-tree.
+fn condition(rng: &mut Rng, field: usize) -> Condition {
+    if field < NUMBER_FIELDS {
+        let (f, a) = (format!("custom.n{field}"), format!("n{field}"));
+        let x = rng.below(100);
+        let (json, atree) = match rng.below(5) {
+            0 => (
+                json!({"field": f, "operator": "greaterThan", "value": x}),
+                format!("{a} > {x}"),
+            ),
+            1 => (
+                json!({"field": f, "operator": "lessThanOrEquals", "value": x}),
+                format!("{a} <= {x}"),
+            ),
+            2 => (
+                json!({"field": f, "operator": "between", "value": {"from": x, "to": x + 20}}),
+                format!("({a} >= {x} and {a} <= {})", x + 20),
+            ),
+            3 => {
+                let set = [x, (x + 7) % 100, (x + 31) % 100];
+                (
+                    json!({"field": f, "operator": "in", "value": set}),
+                    format!("{a} in [{}, {}, {}]", set[0], set[1], set[2]),
+                )
+            }
+            _ => (
+                json!({"field": f, "operator": "notEquals", "value": x}),
+                format!("{a} <> {x}"),
+            ),
+        };
+        Condition { json, atree }
     } else {
-        (500, 50)
+        let i = field - NUMBER_FIELDS;
+        let (f, a) = (format!("custom.s{i}"), format!("s{i}"));
+        let (json, atree) = match rng.below(6) {
+            0 => {
+                let w = rng.word();
+                (
+                    json!({"field": f, "operator": "equals", "value": w}),
+                    format!("{a} = \"{w}\""),
+                )
+            }
+            1 => {
+                let (v, w) = (rng.word(), rng.word());
+                (
+                    json!({"field": f, "operator": "in", "value": [v, w]}),
+                    format!("{a} in [\"{v}\", \"{w}\"]"),
+                )
+            }
+            2 => {
+                // startsWith the word's first two letters.
+                let prefix = &rng.word()[..2];
+                let (words, list) = words_where(|w| w.starts_with(prefix));
+                (
+                    json!({"field": f, "operator": "in", "value": words}),
+                    format!("{a} in {list}"),
+                )
+            }
+            3 => {
+                // contains two of the word's letters.
+                let needle = &rng.word()[1..3];
+                let (words, list) = words_where(|w| w.contains(needle));
+                (
+                    json!({"field": f, "operator": "in", "value": words}),
+                    format!("{a} in {list}"),
+                )
+            }
+            4 => {
+                // matches `^<first letter>`.
+                let first = &rng.word()[..1];
+                let (words, list) = words_where(|w| w.starts_with(first));
+                (
+                    json!({"field": f, "operator": "in", "value": words}),
+                    format!("{a} in {list}"),
+                )
+            }
+            _ => {
+                // notContains two of the word's letters.
+                let needle = &rng.word()[1..3];
+                let (words, list) = words_where(|w| w.contains(needle));
+                (
+                    json!({"field": f, "operator": "notIn", "value": words}),
+                    format!("{a} not in {list}"),
+                )
+            }
+        };
+        Condition { json, atree }
     }
 }
 
@@ -68,116 +189,70 @@ fn catalogue() -> Catalogue {
     .expect("valid catalogue")
 }
 
-fn word(rng: &mut Rng) -> &'static str {
-    WORDS[rng.below(WORDS.len() as u64) as usize]
-}
-
-/// A random condition on field `i`, in cohort's language and in the A-Tree's.
-fn condition(rng: &mut Rng, i: usize) -> (Value, String) {
-    if i < NUMBER_FIELDS {
-        let (f, n) = (format!("custom.n{i}"), format!("n{i}"));
-        let x = rng.below(100);
-        match rng.below(5) {
-            0 => (
-                json!({"field": f, "operator": "greaterThan", "value": x}),
-                format!("{n} > {x}"),
-            ),
-            1 => (
-                json!({"field": f, "operator": "lessThanOrEquals", "value": x}),
-                format!("{n} <= {x}"),
-            ),
-            2 => (
-                json!({"field": f, "operator": "between", "value": {"from": x, "to": x + 20}}),
-                format!("({n} >= {x} and {n} <= {})", x + 20),
-            ),
-            3 => {
-                let (a, b) = ((x + 7) % 100, (x + 31) % 100);
-                (
-                    json!({"field": f, "operator": "in", "value": [x, a, b]}),
-                    format!("{n} in [{x}, {a}, {b}]"),
-                )
-            }
-            _ => (
-                json!({"field": f, "operator": "notEquals", "value": x}),
-                format!("{n} <> {x}"),
-            ),
-        }
-    } else {
-        let k = i - NUMBER_FIELDS;
-        let (f, n) = (format!("custom.s{k}"), format!("s{k}"));
-        let w = word(rng);
-        match rng.below(3) {
-            0 => (
-                json!({"field": f, "operator": "equals", "value": w}),
-                format!("{n} = '{w}'"),
-            ),
-            1 => {
-                let v = word(rng);
-                (
-                    json!({"field": f, "operator": "in", "value": [w, v]}),
-                    format!("{n} in ['{w}', '{v}']"),
-                )
-            }
-            _ => (
-                json!({"field": f, "operator": "notEquals", "value": w}),
-                format!("{n} <> '{w}'"),
-            ),
-        }
+/// The groups, compiled for cohort and inserted in an a-tree.
+fn groups(c: &Catalogue) -> (Vec<CompiledFilter>, ATree<u32>) {
+    let definitions: Vec<AttributeDefinition> = (0..NUMBER_FIELDS)
+        .map(|i| AttributeDefinition::integer(&format!("n{i}")))
+        .chain((0..STRING_FIELDS).map(|i| AttributeDefinition::string(&format!("s{i}"))))
+        .collect();
+    let mut atree = ATree::new(&definitions).expect("valid attributes");
+    let mut rng = Rng(7);
+    let fields = NUMBER_FIELDS + STRING_FIELDS;
+    let count = if benchmarking() { 10_000 } else { 500 };
+    let mut filters = Vec::with_capacity(count);
+    let mut expressions = Vec::with_capacity(count);
+    for _ in 0..count {
+        let a = rng.below(fields);
+        let b = (a + 1 + rng.below(fields - 1)) % fields;
+        let and = rng.below(2) == 0;
+        let (x, y) = (condition(&mut rng, a), condition(&mut rng, b));
+        let op = if and { "AND" } else { "OR" };
+        let filter = json!({"operator": op, "conditions": [x.json, y.json]});
+        filters.push(compile(&filter, c).expect("valid filter"));
+        let op = if and { "and" } else { "or" };
+        expressions.push(format!("({}) {op} ({})", x.atree, y.atree));
     }
+    for (g, expression) in expressions.iter().enumerate() {
+        atree
+            .insert(&(g as u32), expression)
+            .unwrap_or_else(|e| panic!("a-tree refuses {expression}: {e:?}"));
+    }
+    (filters, atree)
 }
 
-/// The groups, compiled for cohort and as A-Tree expressions.
-fn groups(rng: &mut Rng, c: &Catalogue, count: usize) -> (Vec<CompiledFilter>, Vec<String>) {
-    let fields = (NUMBER_FIELDS + STRING_FIELDS) as u64;
-    (0..count)
-        .map(|_| {
-            let a = rng.below(fields) as usize;
-            let b = ((a as u64 + 1 + rng.below(fields - 1)) % fields) as usize;
-            let (ca, ta) = condition(rng, a);
-            let (cb, tb) = condition(rng, b);
-            let (op, top) = if rng.below(2) == 0 {
-                ("AND", "and")
-            } else {
-                ("OR", "or")
-            };
-            let filter = json!({"operator": op, "conditions": [ca, cb]});
-            let compiled = compile(&filter, c).expect("valid filter");
-            (compiled, format!("({ta}) {top} ({tb})"))
-        })
-        .unzip()
-}
-
-fn value(rng: &mut Rng, i: usize) -> AttrValue {
-    if i < NUMBER_FIELDS {
+fn random_value(rng: &mut Rng, field: usize) -> AttrValue {
+    if field < NUMBER_FIELDS {
         AttrValue::Num(rng.below(100) as f64)
     } else {
-        AttrValue::Str(word(rng).into())
+        AttrValue::Str(rng.word().into())
     }
 }
 
-/// The fleet: each device's attributes and its memberships, one bit per group.
+/// The devices and each one's groups, one bit per group.
 struct Fleet {
-    fields: Vec<FieldId>,
+    field_ids: Vec<FieldId>,
     devices: Vec<Attributes>,
-    members: Vec<Vec<u64>>,
+    memberships: Vec<Vec<u64>>,
 }
 
-fn fleet(rng: &mut Rng, c: &Catalogue, filters: &[CompiledFilter], count: usize) -> Fleet {
-    let fields: Vec<FieldId> = (0..NUMBER_FIELDS)
+fn fleet(c: &Catalogue, filters: &[CompiledFilter]) -> Fleet {
+    let mut rng = Rng(11);
+    let field_ids: Vec<FieldId> = (0..NUMBER_FIELDS)
         .map(|i| format!("custom.n{i}"))
         .chain((0..STRING_FIELDS).map(|i| format!("custom.s{i}")))
         .map(|name| c.resolve(&name).expect("declared"))
         .collect();
+    let count = if benchmarking() { 2_000 } else { 50 };
     let devices: Vec<Attributes> = (0..count)
         .map(|_| {
             let mut attrs = Attributes::new();
-            for (i, id) in fields.iter().enumerate() {
-                attrs.set(*id, value(rng, i));
+            for (i, id) in field_ids.iter().enumerate() {
+                attrs.set(*id, random_value(&mut rng, i));
             }
             attrs
         })
         .collect();
-    let members = devices
+    let memberships = devices
         .iter()
         .map(|d| {
             let mut bits = vec![0u64; filters.len().div_ceil(64)];
@@ -190,163 +265,174 @@ fn fleet(rng: &mut Rng, c: &Catalogue, filters: &[CompiledFilter], count: usize)
         })
         .collect();
     Fleet {
-        fields,
+        field_ids,
         devices,
-        members,
+        memberships,
     }
 }
 
-/// The A-Tree's event for a device: every attribute.
-fn a_tree_event(tree: &ATree<u64>, fleet: &Fleet, d: usize) -> Event {
-    let mut event = tree.make_event();
-    for (i, id) in fleet.fields.iter().enumerate() {
-        let done = match fleet.devices[d].get(*id) {
-            Some(AttrValue::Num(n)) => event.with_integer(&format!("n{i}"), *n as i64),
-            Some(AttrValue::Str(s)) => {
-                event.with_string(&format!("s{}", i - NUMBER_FIELDS), s.as_str())
-            }
+/// The a-tree attribute name of each field, in `Fleet::field_ids` order.
+fn atree_names() -> Vec<String> {
+    (0..NUMBER_FIELDS)
+        .map(|i| format!("n{i}"))
+        .chain((0..STRING_FIELDS).map(|i| format!("s{i}")))
+        .collect()
+}
+
+/// The device's groups by a-tree search over its whole attribute set, one bit per group in `out`.
+fn atree_groups(
+    atree: &ATree<u32>,
+    fields: (&[FieldId], &[String]),
+    device: &Attributes,
+    out: &mut [u64],
+) {
+    let event = atree_event(atree, fields, device);
+    search(atree, &event, out);
+}
+
+/// The a-tree event for a device: its whole attribute set.
+fn atree_event(
+    atree: &ATree<u32>,
+    (field_ids, names): (&[FieldId], &[String]),
+    device: &Attributes,
+) -> Event {
+    let mut event = atree.make_event();
+    for (id, name) in field_ids.iter().zip(names) {
+        let set = match device.get(*id) {
+            Some(AttrValue::Num(x)) => event.with_integer(name, *x as i64),
+            Some(AttrValue::Str(s)) => event.with_string(name, s.as_str()),
             _ => Ok(()),
         };
-        done.expect("a defined attribute");
+        set.expect("declared attribute");
     }
-    event.build().expect("every attribute set")
+    event.build().expect("complete event")
 }
 
-/// How a structure brings a device's memberships up to date after a change.
-enum Structure<'a> {
-    Cohort(&'a FieldIndex<u32>, &'a [CompiledFilter]),
-    ATree(&'a ATree<u64>),
+/// The groups matching `event`, one bit per group in `out`.
+fn search(atree: &ATree<u32>, event: &Event, out: &mut [u64]) {
+    let report = atree.search(event).expect("search");
+    out.iter_mut().for_each(|w| *w = 0);
+    for g in report.matches() {
+        out[**g as usize / 64] |= 1 << (**g % 64);
+    }
 }
 
-/// Applies one random event (1–3 changed attributes) and updates the device's memberships; returns how
-/// many changed.
-fn apply_event(
-    rng: &mut Rng,
-    fleet: &mut Fleet,
-    structure: &Structure<'_>,
-    scratch: &mut Scratch,
-) -> u32 {
-    let d = rng.below(fleet.devices.len() as u64) as usize;
-    let mut olds: Vec<(FieldId, Option<AttrValue>)> = Vec::with_capacity(3);
+/// Changes 1–3 random fields of a random device; returns the device and the old values.
+fn change(rng: &mut Rng, fleet: &mut Fleet, olds: &mut Vec<(FieldId, Option<AttrValue>)>) -> usize {
+    let d = rng.below(fleet.devices.len());
+    olds.clear();
     for _ in 0..1 + rng.below(3) {
-        let i = rng.below(fleet.fields.len() as u64) as usize;
-        let id = fleet.fields[i];
-        let old = fleet.devices[d].set(id, value(rng, i));
+        let f = rng.below(fleet.field_ids.len());
+        let id = fleet.field_ids[f];
+        let old = fleet.devices[d].set(id, random_value(rng, f));
         olds.push((id, old));
     }
-    match structure {
-        Structure::Cohort(index, filters) => {
-            let attrs = &fleet.devices[d];
-            let changes: Vec<FieldChange<'_>> = olds
-                .iter()
-                .map(|(field, old)| FieldChange {
-                    field: *field,
-                    old: old.as_ref(),
-                    new: attrs.get(*field),
-                })
-                .collect();
-            let mut candidates = Vec::new();
-            index.candidates(&changes, NOW, scratch, &mut candidates);
-            let members = &mut fleet.members[d];
-            let mut changed = 0;
-            for g in candidates {
-                let now_in = filters[g as usize].evaluate(attrs, NOW);
-                let (word, bit) = (g as usize / 64, 1u64 << (g % 64));
-                if (members[word] & bit != 0) != now_in {
-                    members[word] ^= bit;
-                    changed += 1;
-                }
-            }
-            changed
-        }
-        Structure::ATree(tree) => {
-            let event = a_tree_event(tree, fleet, d);
-            let report = tree.search(&event).expect("a valid event");
-            let mut bits = vec![0u64; fleet.members[d].len()];
-            for g in report.matches() {
-                bits[**g as usize / 64] |= 1 << (**g % 64);
-            }
-            let members = &mut fleet.members[d];
-            let changed = members
-                .iter()
-                .zip(&bits)
-                .map(|(a, b)| (a ^ b).count_ones())
-                .sum();
-            *members = bits;
-            changed
-        }
-    }
+    d
 }
 
-fn compare(c: &mut Criterion) {
+fn atree_vs_index(c: &mut Criterion) {
     let cat = catalogue();
-    let (groups_count, devices_count) = sizes();
-    let (filters, expressions) = groups(&mut Rng::new(7), &cat, groups_count);
+    let (filters, atree) = groups(&cat);
     let mut index = FieldIndex::new();
     for (g, f) in filters.iter().enumerate() {
         index.upsert(g as u32, f);
     }
-    let definitions: Vec<AttributeDefinition> = (0..NUMBER_FIELDS)
-        .map(|i| AttributeDefinition::integer(&format!("n{i}")))
-        .chain((0..STRING_FIELDS).map(|i| AttributeDefinition::string(&format!("s{i}"))))
-        .collect();
-    let mut tree = ATree::new(&definitions).expect("valid attributes");
-    for (g, expression) in expressions.iter().enumerate() {
-        tree.insert(&(g as u64), expression)
-            .unwrap_or_else(|e| panic!("{expression}: {e:?}"));
-    }
-
-    // The two structures agree: the same events leave the same memberships.
-    let mut scratch = Scratch::default();
-    let mut by_cohort = fleet(&mut Rng::new(11), &cat, &filters, devices_count);
-    let mut by_tree = fleet(&mut Rng::new(11), &cat, &filters, devices_count);
-    let (mut events_a, mut events_b) = (Rng::new(13), Rng::new(13));
-    let mut changed = 0;
-    for _ in 0..2_000 {
-        changed += apply_event(
-            &mut events_a,
-            &mut by_cohort,
-            &Structure::Cohort(&index, &filters),
-            &mut scratch,
-        );
-        apply_event(
-            &mut events_b,
-            &mut by_tree,
-            &Structure::ATree(&tree),
-            &mut scratch,
+    let mut fleet = fleet(&cat, &filters);
+    let names = atree_names();
+    // Both answer the same question: check it on every device before measuring.
+    let mut found = vec![0u64; filters.len().div_ceil(64)];
+    for (d, device) in fleet.devices.iter().enumerate() {
+        atree_groups(&atree, (&fleet.field_ids, &names), device, &mut found);
+        assert_eq!(
+            found, fleet.memberships[d],
+            "a-tree and cohort disagree on device {d}"
         );
     }
-    assert!(changed > 0, "the events change memberships");
-    assert!(
-        by_cohort.members == by_tree.members,
-        "cohort's index and the A-Tree disagree on the memberships"
+    let total: u32 = fleet
+        .memberships
+        .iter()
+        .flatten()
+        .map(|w| w.count_ones())
+        .sum();
+    eprintln!(
+        "{} devices, {} groups, {:.0} groups per device",
+        fleet.devices.len(),
+        filters.len(),
+        f64::from(total) / fleet.devices.len() as f64
     );
-
     const EVENTS: u64 = 1_000;
-    let mut group = c.benchmark_group("published_structures");
+    let mut group = c.benchmark_group("atree_vs_index");
     group.throughput(Throughput::Elements(EVENTS));
-    for (name, structure) in [
-        ("cohort_index", Structure::Cohort(&index, &filters)),
-        ("a_tree_search", Structure::ATree(&tree)),
-    ] {
-        let mut fleet = fleet(&mut Rng::new(11), &cat, &filters, devices_count);
-        let mut rng = Rng::new(17);
-        group.bench_function(BenchmarkId::from_parameter(name), |b| {
-            b.iter(|| {
-                let mut changed = 0;
-                for _ in 0..EVENTS {
-                    changed += apply_event(&mut rng, &mut fleet, &structure, &mut scratch);
+    let mut olds = Vec::new();
+    let mut rng = Rng(13);
+    group.bench_function("atree_search_whole_device", |b| {
+        b.iter(|| {
+            let mut changes = 0;
+            for _ in 0..EVENTS {
+                let d = change(&mut rng, &mut fleet, &mut olds);
+                let fields = (fleet.field_ids.as_slice(), names.as_slice());
+                atree_groups(&atree, fields, &fleet.devices[d], &mut found);
+                for (old, new) in fleet.memberships[d].iter_mut().zip(&found) {
+                    changes += (*old ^ *new).count_ones();
+                    *old = *new;
                 }
-                black_box(changed)
-            })
-        });
-    }
+            }
+            black_box(changes)
+        })
+    });
+    let events: Vec<Event> = fleet
+        .devices
+        .iter()
+        .map(|d| atree_event(&atree, (&fleet.field_ids, &names), d))
+        .collect();
+    group.bench_function("atree_search_prebuilt_event", |b| {
+        b.iter(|| {
+            let mut matched = 0;
+            for _ in 0..EVENTS {
+                let d = rng.below(events.len());
+                search(&atree, &events[d], &mut found);
+                matched += found.iter().map(|w| w.count_ones()).sum::<u32>();
+            }
+            black_box(matched)
+        })
+    });
+    let (mut scratch, mut candidates) = (Scratch::default(), Vec::new());
+    let mut rng = Rng(17);
+    group.bench_function("index_and_truths", |b| {
+        b.iter(|| {
+            let mut changes = 0;
+            for _ in 0..EVENTS {
+                let d = change(&mut rng, &mut fleet, &mut olds);
+                let attrs = &fleet.devices[d];
+                let field_changes: Vec<FieldChange<'_>> = olds
+                    .iter()
+                    .map(|(field, old)| FieldChange {
+                        field: *field,
+                        old: old.as_ref(),
+                        new: attrs.get(*field),
+                    })
+                    .collect();
+                candidates.clear();
+                index.candidates_with_truths(&field_changes, NOW, &mut scratch, &mut candidates);
+                let members = &mut fleet.memberships[d];
+                for Candidate { group, truths } in &candidates {
+                    let now_in = filters[*group as usize].evaluate_with(attrs, NOW, *truths);
+                    let (word, bit) = (*group as usize / 64, 1u64 << (*group % 64));
+                    if (members[word] & bit != 0) != now_in {
+                        members[word] ^= bit;
+                        changes += 1;
+                    }
+                }
+            }
+            black_box(changes)
+        })
+    });
     group.finish();
 }
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(10);
-    targets = compare
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(20);
+    targets = atree_vs_index
 }
 criterion_main!(benches);

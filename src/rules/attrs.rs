@@ -40,7 +40,8 @@ pub enum AttrValue {
 
 const _: () = assert!(std::mem::size_of::<AttrValue>() == 24);
 
-/// A device's attributes, sorted by field for binary-search lookup with no allocation.
+/// A device's attributes, sorted by field for lookup by position guess and binary search, with no
+/// allocation.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Attributes {
     entries: Vec<(FieldId, AttrValue)>,
@@ -62,15 +63,52 @@ impl Attributes {
     /// The value of `field`, if present.
     #[inline]
     pub fn get(&self, field: FieldId) -> Option<&AttrValue> {
-        match self.entries.binary_search_by_key(&field, |(f, _)| *f) {
-            Ok(i) => Some(&self.entries[i].1),
+        match self.position(field) {
+            Ok(i) => self.entries.get(i).map(|(_, v)| v),
             Err(_) => None,
+        }
+    }
+
+    /// Where `field` is (`Ok`) or would be inserted (`Err`), as a binary search says.
+    ///
+    /// Field ids are dense (the catalogue numbers fields as it learns them) and devices of one fleet
+    /// report mostly the same fields, so a device's ids are often consecutive: the position is first
+    /// guessed by interpolating between the first and the last id, which finds it with one probe when
+    /// they are, instead of a binary search's eight or so over 200 attributes (each probe a cache miss on
+    /// a device not seen lately). When the guess misses, the search continues on the side of it where the
+    /// field lies.
+    #[inline]
+    fn position(&self, field: FieldId) -> Result<usize, usize> {
+        let entries = &self.entries;
+        let (Some((first, _)), Some((last, _))) = (entries.first(), entries.last()) else {
+            return Err(0);
+        };
+        if field < *first {
+            return Err(0);
+        }
+        if field > *last {
+            return Err(entries.len());
+        }
+        let span = u64::from(last.0 - first.0).max(1);
+        let offset = u64::from(field.0 - first.0) * (entries.len() as u64 - 1) / span;
+        let guess = usize::try_from(offset).unwrap_or(0).min(entries.len() - 1);
+        let at = entries[guess].0;
+        let by_field = |(f, _): &(FieldId, AttrValue)| *f;
+        if at == field {
+            Ok(guess)
+        } else if at < field {
+            let rest = &entries[guess + 1..];
+            rest.binary_search_by_key(&field, by_field)
+                .map(|i| i + guess + 1)
+                .map_err(|i| i + guess + 1)
+        } else {
+            entries[..guess].binary_search_by_key(&field, by_field)
         }
     }
 
     /// Sets `field`, returning the previous value.
     pub fn set(&mut self, field: FieldId, value: AttrValue) -> Option<AttrValue> {
-        match self.entries.binary_search_by_key(&field, |(f, _)| *f) {
+        match self.position(field) {
             Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
             Err(i) => {
                 // Exactly one more: a device's attributes live as long as the device, and the doubling
@@ -84,7 +122,7 @@ impl Attributes {
 
     /// Removes `field`, returning the previous value.
     pub fn remove(&mut self, field: FieldId) -> Option<AttrValue> {
-        match self.entries.binary_search_by_key(&field, |(f, _)| *f) {
+        match self.position(field) {
             Ok(i) => Some(self.entries.remove(i).1),
             Err(_) => None,
         }
@@ -472,6 +510,43 @@ mod tests {
                 merged(&doc, &patch, removes),
                 Value::Object(after.to_json(&c))
             );
+        }
+    }
+
+    #[test]
+    fn lookups_find_every_field_whether_ids_are_consecutive_or_not() {
+        // Consecutive ids, ids with gaps, clusters far apart, and a single one.
+        let layouts: [Vec<u32>; 4] = [
+            (10..210).collect(),
+            (0..200).map(|i| i * 3 + i % 7).collect(),
+            (0..20).chain(5000..5030).chain(90_000..90_005).collect(),
+            vec![42],
+        ];
+        for ids in layouts {
+            let mut attrs = Attributes::new();
+            for id in &ids {
+                attrs.set(FieldId(*id), AttrValue::Num(f64::from(*id)));
+            }
+            let max = ids.iter().max().copied().unwrap_or(0);
+            for probe in (0..max + 3).chain([90_002, u32::MAX]) {
+                let expected = ids
+                    .contains(&probe)
+                    .then(|| AttrValue::Num(f64::from(probe)));
+                assert_eq!(attrs.get(FieldId(probe)), expected.as_ref(), "id {probe}");
+            }
+            // Inserting and removing through the same search keeps the order.
+            for probe in [1, max / 2 + 1, max + 1] {
+                let had = attrs.get(FieldId(probe)).cloned();
+                attrs.set(FieldId(probe), AttrValue::Bool(true));
+                assert_eq!(attrs.get(FieldId(probe)), Some(&AttrValue::Bool(true)));
+                let fields: Vec<FieldId> = attrs.iter().map(|(f, _)| f).collect();
+                assert!(fields.windows(2).all(|w| w[0] < w[1]), "sorted");
+                assert_eq!(attrs.remove(FieldId(probe)), Some(AttrValue::Bool(true)));
+                if let Some(v) = had {
+                    attrs.set(FieldId(probe), v);
+                }
+            }
+            assert_eq!(attrs.len(), ids.len());
         }
     }
 

@@ -10,6 +10,7 @@
 //! ([`super::explain`]), time flips ([`super::flip`]) and the field index ([`super::index`]) read it; the
 //! validator ([`super::filter`]) builds it.
 
+use compact_str::CompactString;
 use regex::Regex;
 use serde_json::Value;
 
@@ -175,7 +176,13 @@ impl Operator {
 /// A validated, compiled filter: evaluate it with [`CompiledFilter::evaluate`].
 #[derive(Clone, Debug)]
 pub struct CompiledFilter {
-    pub(crate) root: Node,
+    /// The filter's nodes in one allocation, in written order (each group before its conditions, depth
+    /// first), operands inline where they fit: evaluating touches one contiguous run of memory, not a
+    /// tree of boxes. Never empty: the root group comes first.
+    pub(crate) nodes: Box<[Node]>,
+    /// What explanations show of each condition, by condition number: only explanations read it, so it is
+    /// kept apart from what evaluation reads.
+    pub(crate) meta: Box<[LeafMeta]>,
     /// Stored fields the result depends on (a computed field counts as its source), sorted.
     fields_used: Vec<FieldId>,
     /// The same, as names, sorted: what is stored as `filter_fields_used`.
@@ -188,12 +195,23 @@ pub struct CompiledFilter {
     source: Value,
 }
 
-/// A node of the compiled tree.
+/// A node of the flat layout ([`CompiledFilter::nodes`]): a group, followed by its children, each followed
+/// by its own nodes.
 #[derive(Clone, Debug)]
 pub(crate) enum Node {
-    All(Box<[Node]>),
-    Any(Box<[Node]>),
+    All(Extent),
+    Any(Extent),
     Leaf(Leaf),
+}
+
+/// The extent of a group in the flat layout.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Extent {
+    /// One past the group's last node.
+    pub(crate) end: u32,
+    /// The numbers of its conditions: `first_leaf..end_leaf` (conditions are numbered in written order).
+    pub(crate) first_leaf: u16,
+    pub(crate) end_leaf: u16,
 }
 
 /// A compiled leaf: the field, the positive test, and whether the result is negated.
@@ -201,9 +219,103 @@ pub(crate) enum Node {
 pub(crate) struct Leaf {
     pub(crate) field: FieldId,
     pub(crate) negate: bool,
+    /// Its number among the filter's conditions, in written order from 0: its [`LeafMeta`], and its place
+    /// in [`crate::rules::LeafTruths`].
+    pub(crate) number: u16,
     pub(crate) test: Test,
-    /// Only read by explanations, so kept out of line.
-    pub(crate) meta: Box<LeafMeta>,
+}
+
+/// The filter as the compiler builds it, before [`CompiledFilter::new`] lays it out flat.
+#[derive(Debug)]
+pub(crate) enum Tree {
+    All(Vec<Tree>),
+    Any(Vec<Tree>),
+    Leaf(Leaf, LeafMeta),
+}
+
+/// A node of a compiled filter, for the walks that recurse (explanations, time flips, index keys).
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct NodeRef<'a> {
+    nodes: &'a [Node],
+    at: usize,
+}
+
+impl<'a> NodeRef<'a> {
+    /// The node itself.
+    #[inline]
+    pub(crate) fn node(self) -> &'a Node {
+        &self.nodes[self.at]
+    }
+
+    /// Its children, in order (none for a leaf).
+    #[inline]
+    pub(crate) fn children(self) -> impl Iterator<Item = NodeRef<'a>> {
+        let nodes = self.nodes;
+        children(nodes, self.at).map(move |at| NodeRef { nodes, at })
+    }
+}
+
+/// The positions of the children of the node at `at` (none for a leaf).
+#[inline]
+pub(crate) fn children(nodes: &[Node], at: usize) -> impl Iterator<Item = usize> + '_ {
+    let end = subtree_end(nodes, at);
+    let mut next = at + 1;
+    std::iter::from_fn(move || {
+        (next < end).then(|| {
+            let child = next;
+            next = subtree_end(nodes, child);
+            child
+        })
+    })
+}
+
+/// One past the last node of the subtree at `at`.
+#[inline]
+fn subtree_end(nodes: &[Node], at: usize) -> usize {
+    match nodes.get(at) {
+        Some(Node::All(span) | Node::Any(span)) => span.end as usize,
+        _ => at + 1,
+    }
+}
+
+/// Lays `tree` out in written order, numbering its conditions.
+fn flatten(tree: Tree, nodes: &mut Vec<Node>, meta: &mut Vec<LeafMeta>) {
+    let (and, children) = match tree {
+        Tree::Leaf(mut leaf, m) => {
+            leaf.number = number(meta.len());
+            meta.push(m);
+            nodes.push(Node::Leaf(leaf));
+            return;
+        }
+        Tree::All(children) => (true, children),
+        Tree::Any(children) => (false, children),
+    };
+    let at = nodes.len();
+    let first_leaf = number(meta.len());
+    // Its extent is known once its children are laid out.
+    nodes.push(Node::All(Extent {
+        end: 0,
+        first_leaf,
+        end_leaf: first_leaf,
+    }));
+    for child in children {
+        flatten(child, nodes, meta);
+    }
+    let extent = Extent {
+        end: u32::try_from(nodes.len()).unwrap_or(u32::MAX),
+        first_leaf,
+        end_leaf: number(meta.len()),
+    };
+    nodes[at] = if and {
+        Node::All(extent)
+    } else {
+        Node::Any(extent)
+    };
+}
+
+/// A condition number. Filters have at most 256 conditions, far below the type's range.
+fn number(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 
 /// What an explanation shows about a leaf.
@@ -216,16 +328,17 @@ pub(crate) struct LeafMeta {
 }
 
 /// A positive test on one attribute value. A test on a missing attribute is false, except `IsNull` and the
-/// `…Empty` tests.
+/// `…Empty` tests. Strings of up to 24 bytes are held inline.
 #[derive(Clone, Debug)]
 pub(crate) enum Test {
-    StrEq(Box<str>),
+    StrEq(CompactString),
     /// Sorted and de-duplicated, for binary search.
     StrIn(Box<[Box<str>]>),
     StrContains(Needle),
     StrStartsWith(Needle),
     StrEndsWith(Needle),
-    StrMatches(Regex),
+    /// Boxed: a regex is larger than every other operand, and rare.
+    StrMatches(Box<Regex>),
     /// Missing or `""`.
     StrEmpty,
     EnumEq(u16),
@@ -290,10 +403,10 @@ impl TimeRef {
 }
 
 /// A case-insensitive needle, lower-cased once at compile time (char-wise simple lower-casing, the same
-/// mapping as `char::to_lowercase`).
+/// mapping as `char::to_lowercase`); inline up to 24 bytes.
 #[derive(Clone, Debug)]
 pub(crate) struct Needle {
-    pub(crate) lower: Box<str>,
+    pub(crate) lower: CompactString,
 }
 
 impl Needle {
@@ -354,44 +467,108 @@ impl CompiledFilter {
         &self.source
     }
 
-    /// A compiled filter from its validated parts, with the leaves whose truth can change with time alone
-    /// collected from the tree.
+    /// A compiled filter from its validated parts: the tree laid out flat, and the leaves whose truth can
+    /// change with time alone collected from it.
     pub(super) fn new(
-        root: Node,
+        root: Tree,
         fields_used: Vec<FieldId>,
         field_names: Vec<String>,
         time_dependent: bool,
         source: Value,
     ) -> Self {
-        let mut time_leaves = Vec::new();
-        collect_time_leaves(&root, &mut time_leaves);
+        let (mut nodes, mut meta) = (Vec::new(), Vec::new());
+        flatten(root, &mut nodes, &mut meta);
+        let time_leaves = nodes
+            .iter()
+            .filter_map(|node| match node {
+                Node::Leaf(leaf) if is_timed(leaf) => Some(leaf.clone()),
+                _ => None,
+            })
+            .collect();
         Self {
-            root,
+            nodes: nodes.into(),
+            meta: meta.into(),
             fields_used,
             field_names,
             time_dependent,
-            time_leaves: time_leaves.into(),
+            time_leaves,
             source,
         }
     }
 }
 
-/// Collects the leaves whose truth can change with time alone: those [`super::flip`] computes flips for.
-fn collect_time_leaves(node: &Node, out: &mut Vec<Leaf>) {
-    match node {
-        Node::All(children) | Node::Any(children) => {
-            children.iter().for_each(|c| collect_time_leaves(c, out))
+/// Whether the leaf's truth can change with time alone: those [`super::flip`] computes flips for.
+fn is_timed(leaf: &Leaf) -> bool {
+    let relative = |at: &TimeRef| !matches!(at, TimeRef::At(_));
+    match &leaf.test {
+        Test::WithinLast(_) | Test::DaysSince(_) => true,
+        Test::Before(at) | Test::After(at) => relative(at),
+        _ => false,
+    }
+}
+
+impl CompiledFilter {
+    /// The root group.
+    #[inline]
+    pub(crate) fn root(&self) -> NodeRef<'_> {
+        NodeRef {
+            nodes: &self.nodes,
+            at: 0,
         }
-        Node::Leaf(leaf) => {
-            let relative = |at: &TimeRef| !matches!(at, TimeRef::At(_));
-            let timed = match &leaf.test {
-                Test::WithinLast(_) | Test::DaysSince(_) => true,
-                Test::Before(at) | Test::After(at) => relative(at),
-                _ => false,
-            };
-            if timed {
-                out.push(leaf.clone());
-            }
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::filter::compile;
+    use serde_json::json;
+
+    #[test]
+    fn a_filter_is_laid_out_flat_in_written_order() {
+        let c = Catalogue::default();
+        let f = compile(
+            &json!({"operator": "OR", "conditions": [
+                {"operator": "AND", "conditions": [
+                    {"field": "status", "operator": "equals", "value": "online"},
+                    {"field": "tags", "operator": "contains", "value": "prod"}
+                ]},
+                {"field": "osType", "operator": "equals", "value": "rtos"}
+            ]}),
+            &c,
+        )
+        .unwrap();
+        let shape: Vec<String> = f
+            .nodes
+            .iter()
+            .map(|n| match n {
+                Node::All(e) => format!("all..{} {}..{}", e.end, e.first_leaf, e.end_leaf),
+                Node::Any(e) => format!("any..{} {}..{}", e.end, e.first_leaf, e.end_leaf),
+                Node::Leaf(l) => format!("leaf {} {}", l.number, f.meta[l.number as usize].path),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                "any..5 0..3",
+                "all..4 0..2",
+                "leaf 0 $.conditions[0].conditions[0]",
+                "leaf 1 $.conditions[0].conditions[1]",
+                "leaf 2 $.conditions[1]",
+            ]
+        );
+        let root: Vec<usize> = children(&f.nodes, 0).collect();
+        assert_eq!(root, [1, 4]);
+        assert_eq!(children(&f.nodes, 1).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(children(&f.nodes, 2).count(), 0);
+    }
+
+    #[test]
+    fn nodes_stay_small_enough_to_share_cache_lines() {
+        assert!(
+            std::mem::size_of::<Node>() <= 48,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
     }
 }

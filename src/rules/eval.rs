@@ -1,9 +1,14 @@
 //! Evaluating compiled filters: the hot path.
 //!
-//! [`CompiledFilter::evaluate`] short-circuits and does not allocate: attribute lookup is a binary search,
-//! case-insensitive ASCII comparisons work byte-wise, and the rare non-ASCII `contains` lower-cases into a
-//! reused thread-local buffer. Explanations ([`super::explain`]), time flips ([`super::flip`]) and the field
-//! index ([`super::index`]) evaluate leaves with the same functions.
+//! [`CompiledFilter::evaluate`] walks the filter's flat layout (one allocation, nodes in written order),
+//! short-circuits and does not allocate: attribute lookup guesses the position from the field id and
+//! binary-searches only when the guess misses, case-insensitive ASCII comparisons work byte-wise, and the
+//! rare non-ASCII `contains` lower-cases into a reused thread-local buffer.
+//! [`CompiledFilter::evaluate_with`] evaluates a candidate given the truths the field index found.
+//! Explanations ([`super::explain`]), time flips ([`super::flip`]) and the field index ([`super::index`])
+//! evaluate leaves with the same functions.
+
+mod known;
 
 use std::cell::RefCell;
 
@@ -11,22 +16,62 @@ use super::attrs::{AttrValue, Attributes};
 use super::compare::same_set;
 use super::compiled::{norm, CompiledFilter, Leaf, Needle, Node, NumPred, Test};
 use super::time::{EpochMillis, DAY_MS};
+pub use known::LeafTruths;
 
 impl CompiledFilter {
     /// Whether a device with these attributes matches at `now`.
     #[inline]
     pub fn evaluate(&self, attrs: &Attributes, now: EpochMillis) -> bool {
-        eval_node(&self.root, attrs, now)
+        eval_at(&self.nodes, 0, attrs, now)
+    }
+
+    /// Reads the first node of the filter's layout, so that a caller about to evaluate many filters (an
+    /// event's candidates) can call this on each first: the reads do not depend on each other, so their
+    /// cache misses overlap, where evaluating one filter after another waits for each in turn.
+    #[inline]
+    pub fn prefetch(&self) {
+        std::hint::black_box(matches!(self.nodes.first(), Some(Node::Leaf(_))));
     }
 }
 
+/// The result of the node at `at` of a flat layout.
 #[inline]
-fn eval_node(node: &Node, attrs: &Attributes, now: EpochMillis) -> bool {
-    match node {
-        Node::All(children) => children.iter().all(|c| eval_node(c, attrs, now)),
-        Node::Any(children) => children.iter().any(|c| eval_node(c, attrs, now)),
-        Node::Leaf(leaf) => eval_leaf(leaf, attrs, now),
+fn eval_at(nodes: &[Node], at: usize, attrs: &Attributes, now: EpochMillis) -> bool {
+    match nodes.get(at) {
+        Some(Node::Leaf(leaf)) => eval_leaf(leaf, attrs, now),
+        Some(Node::All(extent)) => eval_group(nodes, at, extent.end as usize, false, attrs, now),
+        Some(Node::Any(extent)) => eval_group(nodes, at, extent.end as usize, true, attrs, now),
+        None => false,
     }
+}
+
+/// The result of the group at `at`, whose nodes end at `end`: an AND (`deciding` false) is false as soon
+/// as a child is, an OR (`deciding` true) true as soon as a child is. Leaf children are evaluated in
+/// place, group children by recursion, each followed by a jump past its nodes.
+#[inline]
+fn eval_group(
+    nodes: &[Node],
+    at: usize,
+    end: usize,
+    deciding: bool,
+    attrs: &Attributes,
+    now: EpochMillis,
+) -> bool {
+    let mut child = at + 1;
+    while child < end {
+        let (truth, next) = match nodes.get(child) {
+            Some(Node::Leaf(leaf)) => (eval_leaf(leaf, attrs, now), child + 1),
+            Some(Node::All(extent) | Node::Any(extent)) => {
+                (eval_at(nodes, child, attrs, now), extent.end as usize)
+            }
+            None => break,
+        };
+        if truth == deciding {
+            return deciding;
+        }
+        child = next;
+    }
+    !deciding
 }
 
 #[inline]

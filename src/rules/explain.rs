@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::attrs::{value_to_json, AttrValue, Attributes};
 use super::catalogue::Catalogue;
 use super::compare::normalised;
-use super::compiled::{CompiledFilter, Leaf, Node, Test, TimeRef};
+use super::compiled::{CompiledFilter, Leaf, LeafMeta, Node, NodeRef, Test, TimeRef};
 use super::eval::{days_since, eval_leaf};
 use super::time::{format_millis, EpochMillis};
 
@@ -21,7 +21,7 @@ impl CompiledFilter {
         now: EpochMillis,
         catalogue: &Catalogue,
     ) -> Explanation {
-        let root = explain_node(&self.root, attrs, now, catalogue, "$");
+        let root = explain_node(self.root(), &self.meta, attrs, now, catalogue, "$");
         Explanation {
             matches: root.result(),
             evaluated_at: format_millis(now),
@@ -75,21 +75,23 @@ impl ExplainNode {
 }
 
 fn explain_node(
-    node: &Node,
+    node: NodeRef<'_>,
+    metas: &[LeafMeta],
     attrs: &Attributes,
     now: EpochMillis,
     catalogue: &Catalogue,
     path: &str,
 ) -> ExplainNode {
-    match node {
-        Node::All(children) | Node::Any(children) => {
-            let and = matches!(node, Node::All(_));
+    match node.node() {
+        Node::All(_) | Node::Any(_) => {
+            let and = matches!(node.node(), Node::All(_));
             // Paths of children come from their own metadata (leaves) or are derived by position (groups).
-            let conditions: Vec<ExplainNode> = children
-                .iter()
+            let conditions: Vec<ExplainNode> = node
+                .children()
                 .enumerate()
                 .map(|(i, c)| {
-                    explain_node(c, attrs, now, catalogue, &format!("{path}.conditions[{i}]"))
+                    let path = format!("{path}.conditions[{i}]");
+                    explain_node(c, metas, attrs, now, catalogue, &path)
                 })
                 .collect();
             let result = if and {
@@ -104,17 +106,23 @@ fn explain_node(
                 conditions,
             }
         }
-        Node::Leaf(leaf) => explain_leaf(leaf, attrs, now, catalogue),
+        Node::Leaf(leaf) => explain_leaf(
+            leaf,
+            &metas[usize::from(leaf.number)],
+            attrs,
+            now,
+            catalogue,
+        ),
     }
 }
 
 fn explain_leaf(
     leaf: &Leaf,
+    meta: &LeafMeta,
     attrs: &Attributes,
     now: EpochMillis,
     catalogue: &Catalogue,
 ) -> ExplainNode {
-    let meta = &leaf.meta;
     let value = attrs.get(leaf.field);
     let result = eval_leaf(leaf, attrs, now);
     let op = meta.operator.name();

@@ -39,7 +39,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value};
 
 use super::catalogue::{Catalogue, FieldId, FieldLookupError, FieldType};
-use super::compiled::{CompiledFilter, Leaf, LeafMeta, Needle, Node, Operator, Test, TimeRef};
+use super::compiled::{CompiledFilter, Leaf, LeafMeta, Needle, Operator, Test, TimeRef, Tree};
 
 mod values;
 
@@ -175,7 +175,7 @@ impl Ctx<'_> {
         self.errors.len() > MAX_ERRORS
     }
 
-    fn node(&mut self, v: &Value, path: String, depth: usize) -> Option<Node> {
+    fn node(&mut self, v: &Value, path: String, depth: usize) -> Option<Tree> {
         if self.full() {
             return None;
         }
@@ -202,7 +202,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn group(&mut self, obj: &Map<String, Value>, path: String, depth: usize) -> Option<Node> {
+    fn group(&mut self, obj: &Map<String, Value>, path: String, depth: usize) -> Option<Tree> {
         self.unknown_keys(obj, &path, &["operator", "conditions"]);
         let logic = match obj.get("operator").and_then(Value::as_str) {
             Some("AND") => Some(Logic::And),
@@ -246,14 +246,13 @@ impl Ctx<'_> {
                 children.push(node);
             }
         }
-        let children = children.into_boxed_slice();
         match logic? {
-            Logic::And => Some(Node::All(children)),
-            Logic::Or => Some(Node::Any(children)),
+            Logic::And => Some(Tree::All(children)),
+            Logic::Or => Some(Tree::Any(children)),
         }
     }
 
-    fn condition(&mut self, obj: &Map<String, Value>, path: String) -> Option<Node> {
+    fn condition(&mut self, obj: &Map<String, Value>, path: String) -> Option<Tree> {
         self.conditions += 1;
         self.unknown_keys(obj, &path, &["field", "operator", "value"]);
         let field_path = format!("{path}.field");
@@ -336,17 +335,21 @@ impl Ctx<'_> {
             ),
         };
         self.fields.insert(field);
-        Some(Node::Leaf(Leaf {
-            field,
-            negate,
-            test,
-            meta: Box::new(LeafMeta {
+        Some(Tree::Leaf(
+            Leaf {
+                field,
+                negate,
+                // Numbered when the tree is laid out.
+                number: 0,
+                test,
+            },
+            LeafMeta {
                 path,
                 field_name: field_name.to_string(),
                 operator,
                 value: value.cloned().unwrap_or(Value::Null),
-            }),
-        }))
+            },
+        ))
     }
 
     fn test(
@@ -362,7 +365,7 @@ impl Ctx<'_> {
             (IsNull, _) => Test::IsNull,
             (IsEmpty, FieldType::StringArray) => Test::ListEmpty,
             (IsEmpty, _) => Test::StrEmpty,
-            (Equals, FieldType::String) => Test::StrEq(self.string(value?, path, field)?),
+            (Equals, FieldType::String) => Test::StrEq((*self.string(value?, path, field)?).into()),
             (Equals, FieldType::Enum(values)) => {
                 Test::EnumEq(self.enum_value(value?, path, field, values)?)
             }
@@ -400,7 +403,7 @@ impl Ctx<'_> {
             }
             (StartsWith, _) => Test::StrStartsWith(Needle::new(&self.string(value?, path, field)?)),
             (EndsWith, _) => Test::StrEndsWith(Needle::new(&self.string(value?, path, field)?)),
-            (Matches, _) => Test::StrMatches(self.regex(value?, path)?),
+            (Matches, _) => Test::StrMatches(Box::new(self.regex(value?, path)?)),
             (Contains, FieldType::StringArray) => {
                 Test::ListContains(Needle::new(&self.string(value?, path, field)?))
             }

@@ -5,7 +5,7 @@
 
 use super::attrs::{AttrValue, Attributes};
 use super::catalogue::FieldId;
-use super::compiled::{CompiledFilter, Leaf, Node, NumPred, Test, TimeRef};
+use super::compiled::{CompiledFilter, Leaf, Node, NodeRef, NumPred, Test, TimeRef};
 use super::eval::{days_since, eval_leaf, num};
 use super::time::{first_true_after, EpochMillis, Unit, DAY_MS, MAX_MILLIS};
 
@@ -17,7 +17,7 @@ impl CompiledFilter {
         if !self.is_time_dependent() {
             return None;
         }
-        node_flip(&self.root, attrs, now).1
+        node_flip(self.root(), attrs, now).1
     }
 }
 
@@ -152,11 +152,15 @@ fn leaf_offsets(leaf: &Leaf, out: &mut Vec<EpochMillis>) -> bool {
 }
 
 /// `(result at now, earliest instant after now at which the result can change)`.
-fn node_flip(node: &Node, attrs: &Attributes, now: EpochMillis) -> (bool, Option<EpochMillis>) {
-    match node {
+fn node_flip(
+    node: NodeRef<'_>,
+    attrs: &Attributes,
+    now: EpochMillis,
+) -> (bool, Option<EpochMillis>) {
+    match node.node() {
         Node::Leaf(leaf) => (eval_leaf(leaf, attrs, now), leaf_flip(leaf, attrs, now)),
-        Node::All(children) | Node::Any(children) => {
-            let and = matches!(node, Node::All(_));
+        Node::All(_) | Node::Any(_) => {
+            let and = matches!(node.node(), Node::All(_));
             // The children that decide the result: for AND those that are false, for OR those that are true.
             // The result holds until every deciding child has changed (the latest of their flips, or never
             // if one of them never changes); with no deciding child, every child agrees with the result, and
@@ -166,7 +170,7 @@ fn node_flip(node: &Node, attrs: &Attributes, now: EpochMillis) -> (bool, Option
             let mut deciding_never = false;
             let mut deciding_latest = EpochMillis::MIN;
             let mut earliest: Option<EpochMillis> = None;
-            for child in children {
+            for child in node.children() {
                 let (r, f) = node_flip(child, attrs, now);
                 if r != and {
                     deciding = true;

@@ -42,9 +42,11 @@ use std::hash::Hash;
 use super::attrs::AttrValue;
 use super::catalogue::FieldId;
 use super::compiled::CompiledFilter;
+use super::eval::LeafTruths;
 use super::time::EpochMillis;
 use entry::FieldEntry;
 pub use keys::{FieldKeys, LeafTest, ValueKey};
+use keys::{Listing, Truth};
 
 /// One changed attribute: the field and its values before and after (`None` = missing).
 #[derive(Copy, Clone, Debug)]
@@ -57,8 +59,36 @@ pub struct FieldChange<'a> {
 /// Reusable scratch space for [`FieldIndex::candidates`], so a query does not allocate.
 #[derive(Default, Debug)]
 pub struct Scratch {
+    /// Per slot: the query that last returned it, so that no group is returned twice.
     stamps: Vec<u32>,
+    /// Per slot: its place in the answer of the query in `stamps` (for [`FieldIndex::candidates_with_truths`]).
+    positions: Vec<u32>,
     epoch: u32,
+}
+
+impl Scratch {
+    /// Starts a query over `slots` slots: the epoch that marks the slots it returns.
+    fn start(&mut self, slots: usize) -> u32 {
+        if self.stamps.len() < slots {
+            self.stamps.resize(slots, 0);
+            self.positions.resize(slots, 0);
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.stamps.iter_mut().for_each(|s| *s = 0);
+            self.epoch = 1;
+        }
+        self.epoch
+    }
+}
+
+/// A group whose result may have changed, and the truth of those of its conditions the index checked.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Candidate<G> {
+    pub group: G,
+    /// The truth of the group's conditions that changed truth (and of some that did not), for the values
+    /// the changes left: what [`CompiledFilter::evaluate_with`] needs not read again.
+    pub truths: LeafTruths,
 }
 
 /// field → dynamic groups of one org. `G` is the caller's group id.
@@ -99,12 +129,14 @@ impl<G: Copy + Eq + Hash> FieldIndex<G> {
         self.groups.is_empty()
     }
 
-    /// Adds a group, or replaces its registration if it is already indexed (a filter edit).
+    /// Adds a group, or replaces its registration if it is already indexed (a filter edit). The group is
+    /// listed condition by condition ([`CompiledFilter::leaf_keys`]).
     pub fn upsert(&mut self, group: G, filter: &CompiledFilter) {
-        self.upsert_keys(group, filter.index_keys());
+        self.upsert_keys(group, filter.leaf_keys());
     }
 
-    /// Adds or replaces a group with explicit keys (what [`CompiledFilter::index_keys`] returns).
+    /// Adds or replaces a group with explicit keys (what [`CompiledFilter::index_keys`] or
+    /// [`CompiledFilter::leaf_keys`] returns, with any of the caller's own).
     pub fn upsert_keys(&mut self, group: G, keys: Vec<(FieldId, FieldKeys)>) {
         self.remove(group);
         let slot = match self.free.pop() {
@@ -154,27 +186,79 @@ impl<G: Copy + Eq + Hash> FieldIndex<G> {
         scratch: &mut Scratch,
         out: &mut Vec<G>,
     ) {
-        if scratch.stamps.len() < self.slots.len() {
-            scratch.stamps.resize(self.slots.len(), 0);
-        }
-        scratch.epoch = scratch.epoch.wrapping_add(1);
-        if scratch.epoch == 0 {
-            scratch.stamps.iter_mut().for_each(|s| *s = 0);
-            scratch.epoch = 1;
-        }
-        let epoch = scratch.epoch;
-        let mut emit = |slot: u32, out: &mut Vec<G>| {
-            let stamp = &mut scratch.stamps[slot as usize];
+        let epoch = scratch.start(self.slots.len());
+        self.visit(changes, now, |listing, _| {
+            let stamp = &mut scratch.stamps[listing.slot as usize];
             if *stamp != epoch {
                 *stamp = epoch;
-                if let Some(group) = self.slots[slot as usize] {
+                if let Some(group) = self.slots[listing.slot as usize] {
                     out.push(group);
                 }
             }
-        };
+        });
+    }
+
+    /// Appends to `out` (without duplicates) every group whose result may change under `changes` at `now`,
+    /// as [`FieldIndex::candidates`] does, each with the truth of the conditions the index checked for the
+    /// new values (for a group listed by [`CompiledFilter::leaf_keys`]). Evaluating each candidate with
+    /// [`CompiledFilter::evaluate_with`] on the attributes the changes left gives its result while reading
+    /// only the conditions those truths leave undecided.
+    ///
+    /// Each change's `new` must be the field's value in the attributes the candidates are then evaluated
+    /// on (a field changed twice is listed with its latest value both times).
+    pub fn candidates_with_truths(
+        &self,
+        changes: &[FieldChange<'_>],
+        now: EpochMillis,
+        scratch: &mut Scratch,
+        out: &mut Vec<Candidate<G>>,
+    ) {
+        let epoch = scratch.start(self.slots.len());
+        self.visit(changes, now, |listing, truth| {
+            let slot = listing.slot as usize;
+            let position = if scratch.stamps[slot] == epoch {
+                scratch.positions[slot] as usize
+            } else {
+                scratch.stamps[slot] = epoch;
+                let Some(group) = self.slots[slot] else {
+                    return;
+                };
+                scratch.positions[slot] = out.len() as u32;
+                out.push(Candidate {
+                    group,
+                    truths: LeafTruths::NONE,
+                });
+                out.len() - 1
+            };
+            let Some(candidate) = out.get_mut(position) else {
+                return;
+            };
+            if listing.leaf == Listing::NO_LEAF {
+                return;
+            }
+            let leaf = usize::from(listing.leaf);
+            let positive = match truth {
+                Truth::Unknown => return,
+                Truth::Is(is) => is,
+                // Listed under the new value too (reported first): true, and already recorded.
+                Truth::NamesOld if candidate.truths.get(leaf).is_some() => return,
+                Truth::NamesOld => false,
+            };
+            candidate.truths.set(leaf, positive != listing.negate);
+        });
+    }
+
+    /// Calls `emit` with every listing a change reaches, and what the index learnt of its condition.
+    #[inline]
+    fn visit(
+        &self,
+        changes: &[FieldChange<'_>],
+        now: EpochMillis,
+        mut emit: impl FnMut(Listing, Truth),
+    ) {
         for change in changes {
             if let Some(entry) = self.fields.get(&change.field) {
-                entry.changed(change.old, change.new, now, |slot| emit(slot, out));
+                entry.changed(change.old, change.new, now, &mut emit);
             }
         }
     }

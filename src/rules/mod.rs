@@ -8,7 +8,7 @@
 //! - [`compare`]: equality on every type (sets of strings, instants) and order on datetimes.
 //! - [`compiled`]: the compiled form of a filter, and the operators.
 //! - [`filter`]: the filter tree operators write, its validation with JSON paths, and its compilation.
-//! - [`eval`]: evaluation (allocation-free).
+//! - [`eval`]: evaluation (allocation-free), also of a candidate given the truth of its changed conditions.
 //! - [`explain`]: explanations: why each condition is true or false.
 //! - [`flip`]: time flips: when a result can next change with no attribute change.
 //! - [`index`]: field → groups: a value index for equality, an interval index for thresholds, a scan for the rest.
@@ -44,8 +44,9 @@ pub mod time;
 pub use attrs::{AttrValue, Attributes};
 pub use catalogue::{Catalogue, CatalogueConfig, FieldId};
 pub use compiled::{CompiledFilter, Operator};
+pub use eval::LeafTruths;
 pub use explain::{ExplainNode, Explanation};
 pub use filter::{compile, validate, ValidationError};
 pub use flip::FlipTable;
-pub use index::{FieldChange, FieldIndex, FieldKeys, Scratch, ValueKey};
+pub use index::{Candidate, FieldChange, FieldIndex, FieldKeys, Scratch, ValueKey};
 pub use time::EpochMillis;

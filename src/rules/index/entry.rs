@@ -3,13 +3,14 @@
 use foldhash::HashMap;
 
 use super::intervals::Thresholds;
-use super::keys::{FieldKeys, Route, ValueKey};
+use super::keys::{FieldKeys, Listing, Route, Truth, ValueKey};
 use super::scan::Scan;
 use crate::rules::attrs::AttrValue;
 use crate::rules::compiled::norm;
 use crate::rules::time::EpochMillis;
 
-/// Groups listed under one field. Every list holds dense slots, not group ids.
+/// Groups listed under one field. Every list holds dense slots (with the condition each listing stands
+/// for), not group ids.
 #[derive(Default, Debug)]
 pub(super) struct FieldEntry {
     /// Groups for which any change of the field counts.
@@ -20,11 +21,11 @@ pub(super) struct FieldEntry {
     nums: Thresholds<f64>,
     /// Absolute datetime thresholds, by the instants where their truth changes.
     times: Thresholds<EpochMillis>,
-    by_str: HashMap<Box<str>, Vec<u32>>,
-    by_num: HashMap<u64, Vec<u32>>,
-    by_bool: [Vec<u32>; 2],
-    by_enum: HashMap<u16, Vec<u32>>,
-    by_time: HashMap<i64, Vec<u32>>,
+    by_str: HashMap<Box<str>, Vec<Listing>>,
+    by_num: HashMap<u64, Vec<Listing>>,
+    by_bool: [Vec<Listing>; 2],
+    by_enum: HashMap<u16, Vec<Listing>>,
+    by_time: HashMap<i64, Vec<Listing>>,
 }
 
 /// The key a stored value is looked up under; `None` for values that are never value-indexed.
@@ -68,20 +69,21 @@ impl FieldEntry {
             FieldKeys::Any => self.any.push(slot),
             FieldKeys::Values(values) => {
                 for value in values {
-                    self.bucket_mut(value).push(slot);
+                    self.bucket_mut(value).push(Listing::group(slot));
                 }
             }
             FieldKeys::Leaves(tests) => {
                 for leaf in tests {
+                    let listing = Listing::leaf(slot, leaf);
                     match &leaf.route {
                         Route::Values(values) => {
                             for value in values {
-                                self.bucket_mut(value).push(slot);
+                                self.bucket_mut(value).push(listing);
                             }
                         }
-                        Route::Num(interval) => self.nums.insert(slot, *interval),
-                        Route::Time(interval) => self.times.insert(slot, *interval),
-                        Route::Scan(test) => self.scan.insert(slot, test),
+                        Route::Num(interval) => self.nums.insert(listing, *interval),
+                        Route::Time(interval) => self.times.insert(listing, *interval),
+                        Route::Scan(test) => self.scan.insert(listing, test),
                     }
                 }
             }
@@ -109,7 +111,7 @@ impl FieldEntry {
     fn remove_values(&mut self, slot: u32, values: &[ValueKey]) {
         for value in values {
             let bucket = self.bucket_mut(value);
-            bucket.retain(|s| *s != slot);
+            bucket.retain(|l| l.slot != slot);
             if bucket.is_empty() {
                 match value {
                     ValueKey::Str(s) => {
@@ -130,17 +132,20 @@ impl FieldEntry {
         }
     }
 
-    /// Calls `emit` with every slot whose result may change when the field goes from `old` to `new` at
-    /// `now` (a slot may repeat).
+    /// Calls `emit` with every listing whose group's result may change when the field goes from `old` to
+    /// `new` at `now` (a slot may repeat), and what is known of the listed condition's positive test for `new`.
+    /// Listings under the new value are reported before those under the old one.
     #[inline]
     pub(super) fn changed(
         &self,
         old: Option<&AttrValue>,
         new: Option<&AttrValue>,
         now: EpochMillis,
-        mut emit: impl FnMut(u32),
+        mut emit: impl FnMut(Listing, Truth),
     ) {
-        self.any.iter().for_each(|s| emit(*s));
+        self.any
+            .iter()
+            .for_each(|s| emit(Listing::group(*s), Truth::Unknown));
         if !self.nums.is_empty() {
             self.nums.changed(as_num(old), as_num(new), &mut emit);
         }
@@ -154,15 +159,25 @@ impl FieldEntry {
         let new = new.map(lookup_key);
         if matches!(old, Some(None)) || matches!(new, Some(None)) {
             // A value of a type that is never value-indexed (a catalogue change): be conservative.
-            self.all_value_buckets().for_each(|s| emit(*s));
+            self.all_value_buckets()
+                .for_each(|l| emit(*l, Truth::Unknown));
             return;
         }
-        for key in [old.flatten(), new.flatten()].into_iter().flatten() {
-            self.bucket(key).iter().for_each(|s| emit(*s));
+        // A value condition is true for the new value exactly when it names it: those listed under the
+        // new value are true, those listed only under the old one false.
+        if let Some(key) = new.flatten() {
+            self.bucket(key)
+                .iter()
+                .for_each(|l| emit(*l, Truth::Is(true)));
+        }
+        if let Some(key) = old.flatten() {
+            self.bucket(key)
+                .iter()
+                .for_each(|l| emit(*l, Truth::NamesOld));
         }
     }
 
-    fn bucket_mut(&mut self, key: &ValueKey) -> &mut Vec<u32> {
+    fn bucket_mut(&mut self, key: &ValueKey) -> &mut Vec<Listing> {
         match key {
             ValueKey::Str(s) => self.by_str.entry(s.clone()).or_default(),
             ValueKey::Num(n) => self.by_num.entry(*n).or_default(),
@@ -172,7 +187,7 @@ impl FieldEntry {
         }
     }
 
-    fn bucket(&self, key: KeyRef<'_>) -> &[u32] {
+    fn bucket(&self, key: KeyRef<'_>) -> &[Listing] {
         let found = match key {
             KeyRef::Str(s) => self.by_str.get(s),
             KeyRef::Num(n) => self.by_num.get(&n),
@@ -183,7 +198,7 @@ impl FieldEntry {
         found.map_or(&[], Vec::as_slice)
     }
 
-    fn all_value_buckets(&self) -> impl Iterator<Item = &u32> {
+    fn all_value_buckets(&self) -> impl Iterator<Item = &Listing> {
         self.by_str
             .values()
             .chain(self.by_num.values())

@@ -12,6 +12,8 @@
 
 use std::cmp::Ordering;
 
+use super::keys::{Listing, Truth};
+
 /// A value type with an order and values below and above every value an attribute can hold.
 pub(crate) trait Point: Copy + PartialEq + PartialOrd + std::fmt::Debug {
     /// Below every attribute value: a lower end here excludes nothing.
@@ -120,7 +122,7 @@ impl<T: Point> Interval<T> {
 #[derive(Clone, Debug)]
 struct End<T> {
     cut: Cut<T>,
-    slot: u32,
+    listing: Listing,
     interval: Interval<T>,
 }
 
@@ -131,8 +133,8 @@ pub(crate) struct Thresholds<T> {
 }
 
 impl<T: Point> Thresholds<T> {
-    /// Lists a condition of the group in `slot`.
-    pub(crate) fn insert(&mut self, slot: u32, interval: Interval<T>) {
+    /// Lists a condition of a group.
+    pub(crate) fn insert(&mut self, listing: Listing, interval: Interval<T>) {
         for cut in [interval.lower, interval.upper] {
             if !cut.is_finite() {
                 continue;
@@ -144,7 +146,7 @@ impl<T: Point> Thresholds<T> {
                 at,
                 End {
                     cut,
-                    slot,
+                    listing,
                     interval,
                 },
             );
@@ -153,17 +155,23 @@ impl<T: Point> Thresholds<T> {
 
     /// Removes every condition of the group in `slot`.
     pub(crate) fn remove(&mut self, slot: u32) {
-        self.ends.retain(|e| e.slot != slot);
+        self.ends.retain(|e| e.listing.slot != slot);
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
 
-    /// Calls `emit` with the slot of each condition whose truth differs between `old` and `new` (`None`:
-    /// missing or of another type). Each such condition is emitted at least once; a slot may repeat.
+    /// Calls `emit` with each condition whose truth differs between `old` and `new` (`None`: missing or
+    /// of another type), and its truth for `new`. Each such condition is emitted at least once; a slot may
+    /// repeat.
     #[inline]
-    pub(crate) fn changed(&self, old: Option<T>, new: Option<T>, mut emit: impl FnMut(u32)) {
+    pub(crate) fn changed(
+        &self,
+        old: Option<T>,
+        new: Option<T>,
+        mut emit: impl FnMut(Listing, Truth),
+    ) {
         let ends: &[End<T>] = match (old, new) {
             (Some(a), Some(b)) => {
                 let (lo, hi) = match a.order(b) {
@@ -181,8 +189,9 @@ impl<T: Point> Thresholds<T> {
             _ => &self.ends,
         };
         for end in ends {
-            if end.interval.contains(old) != end.interval.contains(new) {
-                emit(end.slot);
+            let is = end.interval.contains(new);
+            if end.interval.contains(old) != is {
+                emit(end.listing, Truth::Is(is));
             }
         }
     }
@@ -194,7 +203,7 @@ mod tests {
 
     fn changed(t: &Thresholds<f64>, old: Option<f64>, new: Option<f64>) -> Vec<u32> {
         let mut out = Vec::new();
-        t.changed(old, new, |s| out.push(s));
+        t.changed(old, new, |l, _| out.push(l.slot));
         out.sort_unstable();
         out.dedup();
         out
@@ -203,11 +212,11 @@ mod tests {
     #[test]
     fn a_change_reaches_only_the_conditions_whose_ends_it_crosses() {
         let mut t = Thresholds::default();
-        t.insert(1, Interval::from(Cut::above(10.0))); // > 10
-        t.insert(2, Interval::from(Cut::below(10.0))); // >= 10
-        t.insert(3, Interval::to(Cut::below(10.0))); // < 10
-        t.insert(4, Interval::to(Cut::above(10.0))); // <= 10
-        t.insert(5, Interval::closed(10.0, 20.0));
+        t.insert(Listing::group(1), Interval::from(Cut::above(10.0))); // > 10
+        t.insert(Listing::group(2), Interval::from(Cut::below(10.0))); // >= 10
+        t.insert(Listing::group(3), Interval::to(Cut::below(10.0))); // < 10
+        t.insert(Listing::group(4), Interval::to(Cut::above(10.0))); // <= 10
+        t.insert(Listing::group(5), Interval::closed(10.0, 20.0));
         assert_eq!(changed(&t, Some(0.0), Some(5.0)), Vec::<u32>::new());
         assert_eq!(changed(&t, Some(5.0), Some(10.0)), [2, 3, 5]);
         assert_eq!(changed(&t, Some(10.0), Some(11.0)), [1, 4]);
@@ -227,11 +236,14 @@ mod tests {
     #[test]
     fn integer_ends_at_the_extremes_are_never_crossed() {
         let mut t = Thresholds::default();
-        t.insert(1, Interval::<i64>::from(Cut::below(i64::MIN)));
-        t.insert(2, Interval::<i64>::to(Cut::above(i64::MAX)));
+        t.insert(
+            Listing::group(1),
+            Interval::<i64>::from(Cut::below(i64::MIN)),
+        );
+        t.insert(Listing::group(2), Interval::<i64>::to(Cut::above(i64::MAX)));
         assert!(t.is_empty());
         let mut out = Vec::new();
-        t.changed(Some(i64::MIN), Some(i64::MAX), |s| out.push(s));
+        t.changed(Some(i64::MIN), Some(i64::MAX), |l, _| out.push(l.slot));
         assert!(out.is_empty());
     }
 }

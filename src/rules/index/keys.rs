@@ -5,7 +5,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use super::intervals::{Cut, Interval};
 use crate::rules::catalogue::FieldId;
-use crate::rules::compiled::{norm, CompiledFilter, Node, NumPred, Test, TimeRef};
+use crate::rules::compiled::{norm, CompiledFilter, Node, NodeRef, NumPred, Test, TimeRef};
 use crate::rules::time::EpochMillis;
 
 /// How a group is listed under one field.
@@ -34,6 +34,56 @@ impl PartialEq for FieldKeys {
 #[derive(Clone, Debug)]
 pub struct LeafTest {
     pub(super) route: Route,
+    /// Its number in the filter (conditions in written order, from 0), so that the index can report its
+    /// truth ([`crate::rules::LeafTruths`]).
+    pub(super) leaf: u16,
+    /// Whether the condition is the negation of the route's positive test.
+    pub(super) negate: bool,
+}
+
+/// One listing of a group under a field: the group's slot, and the condition it stands for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Listing {
+    pub(super) slot: u32,
+    /// The condition's number in the filter, or [`Listing::NO_LEAF`] for a listing that stands for no
+    /// single condition ([`FieldKeys::Any`], [`FieldKeys::Values`]).
+    pub(super) leaf: u16,
+    /// Whether the condition negates the positive test the index checks.
+    pub(super) negate: bool,
+}
+
+impl Listing {
+    pub(super) const NO_LEAF: u16 = u16::MAX;
+
+    /// A listing of the group in `slot` that stands for no single condition.
+    pub(super) fn group(slot: u32) -> Self {
+        Self {
+            slot,
+            leaf: Self::NO_LEAF,
+            negate: false,
+        }
+    }
+
+    /// The listing of condition `test` of the group in `slot`.
+    pub(super) fn leaf(slot: u32, test: &LeafTest) -> Self {
+        Self {
+            slot,
+            leaf: test.leaf,
+            negate: test.negate,
+        }
+    }
+}
+
+/// What the index learnt about a listed condition's positive test for a change's new value.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Truth {
+    /// Nothing: the condition is evaluated.
+    Unknown,
+    /// The positive test's truth for the new value.
+    Is(bool),
+    /// The condition names the old value: its positive test is false for the new value unless it also
+    /// names the new one, which is reported first.
+    NamesOld,
 }
 
 /// Where the index keeps a condition.
@@ -51,13 +101,17 @@ pub(super) enum Route {
 }
 
 impl LeafTest {
-    fn new(test: &Test) -> Self {
+    fn new(test: &Test, leaf: u16, negate: bool) -> Self {
         let route = match (value_keys(test), threshold(test)) {
             (Some(values), _) => Route::Values(values),
             (None, Some(route)) => route,
             (None, None) => Route::Scan(test.clone()),
         };
-        Self { route }
+        Self {
+            route,
+            leaf,
+            negate,
+        }
     }
 }
 
@@ -76,7 +130,7 @@ pub enum ValueKey {
 /// The values an equality or membership test names; `None` for any other test.
 fn value_keys(test: &Test) -> Option<Vec<ValueKey>> {
     Some(match test {
-        Test::StrEq(s) => vec![ValueKey::Str(s.clone())],
+        Test::StrEq(s) => vec![ValueKey::Str(s.as_str().into())],
         Test::StrIn(set) => set.iter().map(|s| ValueKey::Str(s.clone())).collect(),
         Test::EnumEq(e) => vec![ValueKey::Enum(*e)],
         Test::EnumIn(set) => set.iter().map(|e| ValueKey::Enum(*e)).collect(),
@@ -111,29 +165,43 @@ fn threshold(test: &Test) -> Option<Route> {
 }
 
 impl CompiledFilter {
-    /// For each field the filter references, how the field index should list the filter.
+    /// For each field the filter references, how the field index should list the filter: by value when
+    /// every condition on the field is an equality or membership test, else condition by condition.
     pub fn index_keys(&self) -> Vec<(FieldId, FieldKeys)> {
+        self.keys(false)
+    }
+
+    /// For each field the filter references, every condition on it ([`FieldKeys::Leaves`]), each naming
+    /// its place in the filter: listed so, a group is found by the same lookups as with
+    /// [`CompiledFilter::index_keys`], and the index can also say which of its conditions changed truth
+    /// and how ([`crate::rules::FieldIndex::candidates_with_truths`]). What
+    /// [`crate::rules::FieldIndex::upsert`] lists.
+    pub fn leaf_keys(&self) -> Vec<(FieldId, FieldKeys)> {
+        self.keys(true)
+    }
+
+    fn keys(&self, by_leaf: bool) -> Vec<(FieldId, FieldKeys)> {
         let mut per_field: HashMap<FieldId, FieldKeys> = HashMap::new();
-        collect_keys(&self.root, &mut per_field);
+        collect_keys(self.root(), &mut per_field);
         // A field listed by leaf lists every condition on it: gather them in a second pass, so that
         // conditions seen before the field stopped being value-indexable are included.
-        for tests in per_field.values_mut() {
-            if let FieldKeys::Leaves(tests) = tests {
-                tests.clear();
+        for keys in per_field.values_mut() {
+            match keys {
+                FieldKeys::Leaves(tests) => tests.clear(),
+                _ if by_leaf => *keys = FieldKeys::Leaves(Vec::new()),
+                _ => {}
             }
         }
-        collect_leaves(&self.root, &mut per_field);
+        collect_leaves(self.root(), &mut per_field);
         let mut keys: Vec<(FieldId, FieldKeys)> = per_field.into_iter().collect();
         keys.sort_by_key(|(f, _)| *f);
         keys
     }
 }
 
-fn collect_keys(node: &Node, out: &mut HashMap<FieldId, FieldKeys>) {
-    match node {
-        Node::All(children) | Node::Any(children) => {
-            children.iter().for_each(|c| collect_keys(c, out))
-        }
+fn collect_keys(node: NodeRef<'_>, out: &mut HashMap<FieldId, FieldKeys>) {
+    match node.node() {
+        Node::All(_) | Node::Any(_) => node.children().for_each(|c| collect_keys(c, out)),
         Node::Leaf(leaf) => {
             let entry = out
                 .entry(leaf.field)
@@ -152,14 +220,13 @@ fn collect_keys(node: &Node, out: &mut HashMap<FieldId, FieldKeys>) {
     }
 }
 
-fn collect_leaves(node: &Node, out: &mut HashMap<FieldId, FieldKeys>) {
-    match node {
-        Node::All(children) | Node::Any(children) => {
-            children.iter().for_each(|c| collect_leaves(c, out))
-        }
+/// Lists the conditions of the fields listed by leaf.
+fn collect_leaves(node: NodeRef<'_>, out: &mut HashMap<FieldId, FieldKeys>) {
+    match node.node() {
+        Node::All(_) | Node::Any(_) => node.children().for_each(|c| collect_leaves(c, out)),
         Node::Leaf(leaf) => {
             if let Some(FieldKeys::Leaves(tests)) = out.get_mut(&leaf.field) {
-                tests.push(LeafTest::new(&leaf.test));
+                tests.push(LeafTest::new(&leaf.test, leaf.number, leaf.negate));
             }
         }
     }

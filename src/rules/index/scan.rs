@@ -9,6 +9,7 @@
 use foldhash::HashMap;
 use regex::{RegexSet, RegexSetBuilder};
 
+use super::keys::{Listing, Truth};
 use crate::rules::attrs::AttrValue;
 use crate::rules::compiled::Test;
 use crate::rules::eval::test;
@@ -37,11 +38,11 @@ enum Key {
 
 fn key(t: &Test) -> Option<Key> {
     Some(match t {
-        Test::StrContains(n) => Key::Contains(n.lower.clone()),
-        Test::StrStartsWith(n) => Key::StartsWith(n.lower.clone()),
-        Test::StrEndsWith(n) => Key::EndsWith(n.lower.clone()),
+        Test::StrContains(n) => Key::Contains(n.lower.as_str().into()),
+        Test::StrStartsWith(n) => Key::StartsWith(n.lower.as_str().into()),
+        Test::StrEndsWith(n) => Key::EndsWith(n.lower.as_str().into()),
         Test::StrMatches(re) => Key::Matches(re.as_str().into()),
-        Test::ListContains(n) => Key::ListContains(n.lower.clone()),
+        Test::ListContains(n) => Key::ListContains(n.lower.as_str().into()),
         Test::StrEmpty => Key::StrEmpty,
         Test::ListEmpty => Key::ListEmpty,
         Test::IsNull => Key::IsNull,
@@ -53,8 +54,8 @@ fn key(t: &Test) -> Option<Key> {
 #[derive(Clone, Debug)]
 struct Shared {
     test: Test,
-    /// Slots of the groups with this condition (a group with it twice is listed twice).
-    slots: Vec<u32>,
+    /// The groups with this condition (a group with it twice is listed twice).
+    listings: Vec<Listing>,
     /// Its position in the field's regex set, when it is a regex in the set.
     in_set: Option<usize>,
 }
@@ -71,12 +72,12 @@ pub(super) struct Scan {
 }
 
 impl Scan {
-    /// Lists condition `t` of the group in `slot`.
-    pub(super) fn insert(&mut self, slot: u32, t: &Test) {
+    /// Lists condition `t` of a group.
+    pub(super) fn insert(&mut self, listing: Listing, t: &Test) {
         let key = key(t);
         if let Some(i) = key.as_ref().and_then(|k| self.positions.get(k)) {
             if let Some(shared) = self.shared.get_mut(*i) {
-                shared.slots.push(slot);
+                shared.listings.push(listing);
                 return;
             }
         }
@@ -86,7 +87,7 @@ impl Scan {
         let regex = matches!(t, Test::StrMatches(_));
         self.shared.push(Shared {
             test: t.clone(),
-            slots: vec![slot],
+            listings: vec![listing],
             in_set: None,
         });
         if regex {
@@ -98,9 +99,9 @@ impl Scan {
     pub(super) fn remove(&mut self, slot: u32) {
         let before = self.shared.len();
         for shared in &mut self.shared {
-            shared.slots.retain(|s| *s != slot);
+            shared.listings.retain(|l| l.slot != slot);
         }
-        self.shared.retain(|s| !s.slots.is_empty());
+        self.shared.retain(|s| !s.listings.is_empty());
         if self.shared.len() != before {
             self.positions.clear();
             for (i, shared) in self.shared.iter().enumerate() {
@@ -145,15 +146,15 @@ impl Scan {
         self.regexes = Some(set);
     }
 
-    /// Calls `emit` with the slot of every group one of whose conditions differs in truth between `old`
-    /// and `new` at `now` (a slot may repeat).
+    /// Calls `emit` with every listed condition whose positive test differs in truth between `old` and
+    /// `new` at `now`, and its truth for `new` (a slot may repeat).
     #[inline]
     pub(super) fn changed(
         &self,
         old: Option<&AttrValue>,
         new: Option<&AttrValue>,
         now: EpochMillis,
-        mut emit: impl FnMut(u32),
+        mut emit: impl FnMut(Listing, Truth),
     ) {
         let matched = |value: Option<&AttrValue>| match (&self.regexes, value) {
             (Some(set), Some(AttrValue::Str(s))) => Some(set.matches(s.as_str())),
@@ -161,17 +162,16 @@ impl Scan {
         };
         let (old_set, new_set) = (matched(old), matched(new));
         for shared in &self.shared {
-            let differs = match (shared.in_set, &old_set, &new_set) {
-                (Some(i), old_set, new_set) => {
+            let (was, is) = match (shared.in_set, &old_set, &new_set) {
+                (Some(i), old_set, new_set) => (
                     // A value that is not a string matches no regex (as `test` says).
-                    let was = old_set.as_ref().is_some_and(|m| m.matched(i));
-                    let is = new_set.as_ref().is_some_and(|m| m.matched(i));
-                    was != is
-                }
-                (None, _, _) => test(&shared.test, old, now) != test(&shared.test, new, now),
+                    old_set.as_ref().is_some_and(|m| m.matched(i)),
+                    new_set.as_ref().is_some_and(|m| m.matched(i)),
+                ),
+                (None, _, _) => (test(&shared.test, old, now), test(&shared.test, new, now)),
             };
-            if differs {
-                shared.slots.iter().for_each(|s| emit(*s));
+            if was != is {
+                shared.listings.iter().for_each(|l| emit(*l, Truth::Is(is)));
             }
         }
     }

@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cohort::rules::time::format_millis;
 use cohort::rules::{
-    AttrValue, Attributes, CompiledFilter, FieldChange, FieldId, FieldIndex, Scratch,
+    AttrValue, Attributes, Candidate, CompiledFilter, ExplainNode, FieldChange, FieldId,
+    FieldIndex, Scratch,
 };
 use cohort_testkit::rules::gen;
 use cohort_testkit::rules::gen::catalogue;
-use cohort_testkit::rules::reference::{operators, Kind, FIELDS};
+use cohort_testkit::rules::reference::{operators, reference_eval, Kind, FIELDS};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
@@ -70,10 +71,16 @@ struct IndexRun {
     live: BTreeMap<u32, CompiledFilter>,
     before: Attributes,
     after: Attributes,
+    /// The device documents before and after the changes, for the reference evaluator.
+    before_doc: Map<String, Value>,
+    after_doc: Map<String, Value>,
     changed: Vec<FieldId>,
     candidates: Vec<u32>,
     /// Candidates for the reverse change (after → before), with the same scratch.
     reverse_candidates: Vec<u32>,
+    /// The same queries, with the truths the index found.
+    with_truths: Vec<Candidate<u32>>,
+    reverse_with_truths: Vec<Candidate<u32>>,
 }
 
 /// The filters compiled, by group number, and indexed.
@@ -139,14 +146,82 @@ fn run_index_case(case: &IndexCase) -> IndexRun {
     let (mut candidates, mut reverse_candidates) = (Vec::new(), Vec::new());
     index.candidates(&forward, case.now, &mut scratch, &mut candidates);
     index.candidates(&backward, case.now, &mut scratch, &mut reverse_candidates);
+    let (mut with_truths, mut reverse_with_truths) = (Vec::new(), Vec::new());
+    index.candidates_with_truths(&forward, case.now, &mut scratch, &mut with_truths);
+    index.candidates_with_truths(&backward, case.now, &mut scratch, &mut reverse_with_truths);
     IndexRun {
         live,
         before,
         after,
+        before_doc: case.device.clone(),
+        after_doc: doc,
         changed,
         candidates,
         reverse_candidates,
+        with_truths,
+        reverse_with_truths,
     }
+}
+
+/// The truth of each condition of an explanation, in written order (the numbering of `LeafTruths`).
+fn leaf_results(node: &ExplainNode, out: &mut Vec<bool>) {
+    match node {
+        ExplainNode::Condition { result, .. } => out.push(*result),
+        ExplainNode::Group { conditions, .. } => {
+            conditions.iter().for_each(|c| leaf_results(c, out))
+        }
+    }
+}
+
+/// Each candidate's known truths are the truths of those conditions for `attrs` at `now`, and evaluating
+/// it with them gives the full evaluation's result (and the reference's, on `doc`, when given).
+fn truths_hold(
+    live: &BTreeMap<u32, CompiledFilter>,
+    candidates: &[Candidate<u32>],
+    attrs: &Attributes,
+    doc: Option<&Map<String, Value>>,
+    now: i64,
+) -> Result<(), TestCaseError> {
+    for Candidate { group, truths } in candidates {
+        let f = &live[group];
+        let explanation = f.explain(attrs, now, catalogue());
+        let mut leaves = Vec::new();
+        leaf_results(&explanation.root, &mut leaves);
+        for (i, result) in leaves.iter().enumerate() {
+            if let Some(known) = truths.get(i) {
+                prop_assert_eq!(
+                    known,
+                    *result,
+                    "condition {} of group {} ({})",
+                    i,
+                    group,
+                    f.source()
+                );
+            }
+        }
+        prop_assert!(
+            (leaves.len()..64).all(|i| truths.get(i).is_none()),
+            "a truth for a condition group {} does not have",
+            group
+        );
+        let full = f.evaluate(attrs, now);
+        prop_assert_eq!(
+            f.evaluate_with(attrs, now, *truths),
+            full,
+            "group {} ({}) with {:?}",
+            group,
+            f.source(),
+            truths
+        );
+        if let Some(doc) = doc {
+            prop_assert_eq!(
+                full,
+                reference_eval(f.source(), doc, now),
+                "the reference disagrees"
+            );
+        }
+    }
+    Ok(())
 }
 
 proptest! {
@@ -189,6 +264,20 @@ proptest! {
     }
 
     #[test]
+    fn candidates_evaluated_with_the_truths_found_match_full_evaluation(case in index_case()) {
+        let run = run_index_case(&case);
+        for (plain, with_truths) in [
+            (&run.candidates, &run.with_truths),
+            (&run.reverse_candidates, &run.reverse_with_truths),
+        ] {
+            let groups: Vec<u32> = with_truths.iter().map(|c| c.group).collect();
+            prop_assert_eq!(&groups, plain, "the same candidates, in the same order");
+        }
+        truths_hold(&run.live, &run.with_truths, &run.after, Some(&run.after_doc), case.now)?;
+        truths_hold(&run.live, &run.reverse_with_truths, &run.before, Some(&run.before_doc), case.now)?;
+    }
+
+    #[test]
     fn no_candidate_is_unrelated_to_the_changed_fields(case in index_case()) {
         let run = run_index_case(&case);
         for g in run.candidates.iter().chain(&run.reverse_candidates) {
@@ -208,6 +297,7 @@ fn index_and_flip_cases_are_not_vacuous() {
     let c = catalogue();
     let mut runner = TestRunner::deterministic();
     let (mut changed, mut pruned, total) = (0, 0, 150);
+    let (mut candidates, mut known) = (0, 0);
     for _ in 0..total {
         let case = index_case().new_tree(&mut runner).unwrap().current();
         let run = run_index_case(&case);
@@ -221,11 +311,22 @@ fn index_and_flip_cases_are_not_vacuous() {
         if run.candidates.len() < run.live.len() {
             pruned += 1;
         }
+        for c in &run.with_truths {
+            candidates += 1;
+            if !c.truths.is_empty() {
+                known += 1;
+            }
+        }
     }
     eprintln!("index cases: {changed}/{total} change a membership, {pruned}/{total} prune");
+    eprintln!("candidates: {candidates}, {known} with a known truth");
     assert!(
         changed * 3 >= total,
         "only {changed} of {total} index cases change a membership"
+    );
+    assert!(
+        known * 2 >= candidates,
+        "only {known} of {candidates} candidates come with a known truth"
     );
     let (mut some, mut none, total) = (0, 0, 500);
     for _ in 0..total {
@@ -390,6 +491,11 @@ proptest! {
             }
         }
         prop_assert!(unique.iter().all(|g| live.contains_key(g)), "a removed group is a candidate");
+        let mut with_truths = Vec::new();
+        index.candidates_with_truths(&changes, case.now, &mut Scratch::default(), &mut with_truths);
+        let groups: Vec<u32> = with_truths.iter().map(|c| c.group).collect();
+        prop_assert_eq!(groups, candidates);
+        truths_hold(&live, &with_truths, &after, None, case.now)?;
     }
 }
 
