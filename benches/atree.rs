@@ -23,46 +23,16 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use a_tree::{ATree, AttributeDefinition, Event};
-use cohort::rules::catalogue::{CatalogueConfig, CustomFieldConfig, DeclaredType};
 use cohort::rules::{
     compile, AttrValue, Attributes, Candidate, Catalogue, CompiledFilter, FieldChange, FieldId,
     FieldIndex, Scratch,
 };
+use cohort_testkit::rules::shapes::{
+    benchmarking, catalogue, memberships, random_value, Rng, NOW, NUMBER_FIELDS, STRING_FIELDS,
+    WORDS,
+};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::{json, Value};
-
-const NOW: i64 = 1_718_452_800_000; // 2024-06-15T12:00:00Z
-const NUMBER_FIELDS: usize = 100;
-const STRING_FIELDS: usize = 100;
-const WORDS: &[&str] = &[
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
-    "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
-];
-
-/// Full sizes when benchmarking (`cargo bench` passes `--bench`); small ones when `cargo test` only checks
-/// that the benchmark runs.
-fn benchmarking() -> bool {
-    std::env::args().any(|a| a == "--bench")
-}
-
-/// SplitMix64, as in `benches/rules.rs`: the same seed draws the same groups.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn word(&mut self) -> &'static str {
-        WORDS[self.below(WORDS.len())]
-    }
-}
 
 /// A condition in both languages: cohort's JSON and a-tree's expression.
 struct Condition {
@@ -171,24 +141,6 @@ fn condition(rng: &mut Rng, field: usize) -> Condition {
     }
 }
 
-fn catalogue() -> Catalogue {
-    let custom_fields = (0..NUMBER_FIELDS)
-        .map(|i| (format!("n{i}"), DeclaredType::Number))
-        .chain((0..STRING_FIELDS).map(|i| (format!("s{i}"), DeclaredType::String)))
-        .map(|(key, ty)| CustomFieldConfig {
-            key,
-            ty,
-            values: vec![],
-            description: String::new(),
-        })
-        .collect();
-    Catalogue::from_config(&CatalogueConfig {
-        custom_fields,
-        ..Default::default()
-    })
-    .expect("valid catalogue")
-}
-
 /// The groups, compiled for cohort and inserted in an a-tree.
 fn groups(c: &Catalogue) -> (Vec<CompiledFilter>, ATree<u32>) {
     let definitions: Vec<AttributeDefinition> = (0..NUMBER_FIELDS)
@@ -196,7 +148,7 @@ fn groups(c: &Catalogue) -> (Vec<CompiledFilter>, ATree<u32>) {
         .chain((0..STRING_FIELDS).map(|i| AttributeDefinition::string(&format!("s{i}"))))
         .collect();
     let mut atree = ATree::new(&definitions).expect("valid attributes");
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let fields = NUMBER_FIELDS + STRING_FIELDS;
     let count = if benchmarking() { 10_000 } else { 500 };
     let mut filters = Vec::with_capacity(count);
@@ -220,14 +172,6 @@ fn groups(c: &Catalogue) -> (Vec<CompiledFilter>, ATree<u32>) {
     (filters, atree)
 }
 
-fn random_value(rng: &mut Rng, field: usize) -> AttrValue {
-    if field < NUMBER_FIELDS {
-        AttrValue::Num(rng.below(100) as f64)
-    } else {
-        AttrValue::Str(rng.word().into())
-    }
-}
-
 /// The devices and each one's groups, one bit per group.
 struct Fleet {
     field_ids: Vec<FieldId>,
@@ -236,7 +180,7 @@ struct Fleet {
 }
 
 fn fleet(c: &Catalogue, filters: &[CompiledFilter]) -> Fleet {
-    let mut rng = Rng(11);
+    let mut rng = Rng::new(11);
     let field_ids: Vec<FieldId> = (0..NUMBER_FIELDS)
         .map(|i| format!("custom.n{i}"))
         .chain((0..STRING_FIELDS).map(|i| format!("custom.s{i}")))
@@ -252,18 +196,7 @@ fn fleet(c: &Catalogue, filters: &[CompiledFilter]) -> Fleet {
             attrs
         })
         .collect();
-    let memberships = devices
-        .iter()
-        .map(|d| {
-            let mut bits = vec![0u64; filters.len().div_ceil(64)];
-            for (g, f) in filters.iter().enumerate() {
-                if f.evaluate(d, NOW) {
-                    bits[g / 64] |= 1 << (g % 64);
-                }
-            }
-            bits
-        })
-        .collect();
+    let memberships = devices.iter().map(|d| memberships(filters, d)).collect();
     Fleet {
         field_ids,
         devices,
@@ -364,7 +297,7 @@ fn atree_vs_index(c: &mut Criterion) {
     let mut group = c.benchmark_group("atree_vs_index");
     group.throughput(Throughput::Elements(EVENTS));
     let mut olds = Vec::new();
-    let mut rng = Rng(13);
+    let mut rng = Rng::new(13);
     group.bench_function("atree_search_whole_device", |b| {
         b.iter(|| {
             let mut changes = 0;
@@ -397,7 +330,7 @@ fn atree_vs_index(c: &mut Criterion) {
         })
     });
     let (mut scratch, mut candidates) = (Scratch::default(), Vec::new());
-    let mut rng = Rng(17);
+    let mut rng = Rng::new(17);
     group.bench_function("index_and_truths", |b| {
         b.iter(|| {
             let mut changes = 0;

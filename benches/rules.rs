@@ -14,20 +14,15 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use cohort::rules::catalogue::{CatalogueConfig, CustomFieldConfig, DeclaredType};
 use cohort::rules::{
     compile, AttrValue, Attributes, Candidate, Catalogue, CompiledFilter, FieldChange, FieldId,
     FieldIndex, FieldKeys, Scratch,
 };
+use cohort_testkit::rules::shapes::{
+    benchmarking, catalogue, memberships, random_value, Rng, NOW, NUMBER_FIELDS, STRING_FIELDS,
+};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::{json, Value};
-
-const NOW: i64 = 1_718_452_800_000; // 2024-06-15T12:00:00Z
-/// Full sizes when benchmarking (`cargo bench` passes `--bench`); small ones when `cargo test` only checks
-/// that the benchmarks run.
-fn benchmarking() -> bool {
-    std::env::args().any(|a| a == "--bench")
-}
 
 fn groups_count() -> usize {
     if benchmarking() {
@@ -43,49 +38,6 @@ fn devices_count() -> usize {
     } else {
         50
     }
-}
-const NUMBER_FIELDS: usize = 100;
-const STRING_FIELDS: usize = 100;
-const WORDS: &[&str] = &[
-    "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet",
-    "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango",
-];
-
-/// SplitMix64: a tiny deterministic generator, so runs are comparable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn word(&mut self) -> &'static str {
-        WORDS[self.below(WORDS.len())]
-    }
-}
-
-fn catalogue() -> Catalogue {
-    let custom_fields = (0..NUMBER_FIELDS)
-        .map(|i| (format!("n{i}"), DeclaredType::Number))
-        .chain((0..STRING_FIELDS).map(|i| (format!("s{i}"), DeclaredType::String)))
-        .map(|(key, ty)| CustomFieldConfig {
-            key,
-            ty,
-            values: vec![],
-            description: String::new(),
-        })
-        .collect();
-    Catalogue::from_config(&CatalogueConfig {
-        custom_fields,
-        ..Default::default()
-    })
-    .expect("valid catalogue")
 }
 
 /// A random condition on `custom.n<i>` or `custom.s<i>`, drawn from the whole operator set for its type.
@@ -130,14 +82,6 @@ fn groups(rng: &mut Rng, c: &Catalogue) -> Vec<CompiledFilter> {
         .collect()
 }
 
-fn random_value(rng: &mut Rng, field: usize) -> AttrValue {
-    if field < NUMBER_FIELDS {
-        AttrValue::Num(rng.below(100) as f64)
-    } else {
-        AttrValue::Str(rng.word().into())
-    }
-}
-
 struct Fleet {
     field_ids: Vec<FieldId>,
     devices: Vec<Attributes>,
@@ -161,18 +105,7 @@ fn fleet(rng: &mut Rng, c: &Catalogue, filters: &[CompiledFilter]) -> Fleet {
             attrs
         })
         .collect();
-    let memberships: Vec<Vec<u64>> = devices
-        .iter()
-        .map(|d| {
-            let mut bits = vec![0u64; filters.len().div_ceil(64)];
-            for (g, f) in filters.iter().enumerate() {
-                if f.evaluate(d, NOW) {
-                    bits[g / 64] |= 1 << (g % 64);
-                }
-            }
-            bits
-        })
-        .collect();
+    let memberships: Vec<Vec<u64>> = devices.iter().map(|d| memberships(filters, d)).collect();
     let total: u32 = memberships.iter().flatten().map(|w| w.count_ones()).sum();
     eprintln!(
         "fleet: {} devices, {} groups, {:.0} memberships per device",
@@ -340,7 +273,7 @@ fn filter_eval(c: &mut Criterion) {
 
 fn event_pipeline(c: &mut Criterion) {
     let cat = catalogue();
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     let filters = groups(&mut rng, &cat);
     let mut index = FieldIndex::new();
     for (g, f) in filters.iter().enumerate() {
@@ -354,9 +287,9 @@ fn event_pipeline(c: &mut Criterion) {
         ("10k_groups_with_index_and_truths", Mode::Truths(&index)),
         ("10k_groups_evaluate_all", Mode::All),
     ] {
-        let mut fleet = fleet(&mut Rng(11), &cat, &filters);
+        let mut fleet = fleet(&mut Rng::new(11), &cat, &filters);
         let mut buffers = Buffers::default();
-        let mut rng = Rng(13);
+        let mut rng = Rng::new(13);
         let (mut evaluated, mut events) = (0usize, 0usize);
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {
@@ -417,7 +350,7 @@ fn value_index(c: &mut Criterion) {
         ("equals_on_one_field_by_value", &by_value),
         ("equals_on_one_field_by_field", &by_field),
     ] {
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         let (mut scratch, mut cands) = (Scratch::default(), Vec::new());
         group.bench_function(name, |b| {
             b.iter(|| {
