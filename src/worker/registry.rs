@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::firmware::{resolve, DeviceFacts, GroupRelease, Target, Version};
 use crate::rules::{
     compile, AttrValue, Attributes, Catalogue, CompiledFilter, EpochMillis, FieldId, FieldIndex,
-    FieldKeys, FlipTable, ValueKey,
+    FieldKeys, FlipTable, LeafTruths, ValueKey,
 };
 use crate::store::control::GroupDefinition;
 
@@ -265,6 +265,18 @@ impl Registry {
     /// groups and tombstones).
     #[inline]
     pub fn matches(&self, slot: u32, attrs: &Attributes, now: EpochMillis) -> bool {
+        self.matches_with(slot, attrs, now, LeafTruths::NONE)
+    }
+
+    /// [`Registry::matches`], with the truths of conditions already known (from the field index's
+    /// candidates, for these attributes at `now`): only what they leave undecided is evaluated.
+    pub fn matches_with(
+        &self,
+        slot: u32,
+        attrs: &Attributes,
+        now: EpochMillis,
+        known: LeafTruths,
+    ) -> bool {
         let group = &self.groups[slot as usize];
         let Some(filter) = &group.filter else {
             return false;
@@ -275,7 +287,19 @@ impl Registry {
                 _ => return false,
             }
         }
-        filter.evaluate(attrs, now)
+        filter.evaluate_with(attrs, now, known)
+    }
+
+    /// Starts reading the filter of the group in `slot` into the cache, so that evaluating several
+    /// candidates overlaps their misses.
+    pub fn prefetch(&self, slot: u32) {
+        if let Some(filter) = self
+            .groups
+            .get(slot as usize)
+            .and_then(|g| g.filter.as_ref())
+        {
+            filter.prefetch();
+        }
     }
 
     /// Records a release change: the group's (or, with no group, the org's default) current version.

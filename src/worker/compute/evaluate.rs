@@ -3,22 +3,52 @@
 
 use super::causes::Cause;
 use super::work::Work;
+use crate::rules::{Candidate, LeafTruths};
 use crate::worker::device::{AddedBy, Device, Member};
 
 impl Work<'_> {
-    /// Re-evaluates `slots` for one held device: the device is looked up once and every group evaluated
-    /// against the same attributes (one group's result never depends on another's membership), then the
-    /// changes are applied — the device copied only if there are any — and logged in slot order.
+    /// Re-evaluates `slots` for one held device (see [`Work::reconcile_groups`]).
     pub(super) fn reconcile_slots(&mut self, id: &str, slots: &[u32], cause: &Cause) {
-        self.stats.groups_evaluated += slots.len() as u64;
+        let groups = slots.iter().map(|&slot| (slot, LeafTruths::NONE));
+        self.reconcile_groups(id, groups, cause);
+    }
+
+    /// Re-evaluates the field index's candidates for one held device, each only as far as the truths the
+    /// index found leave it undecided; their filters are read into the cache together first.
+    pub(super) fn reconcile_candidates(
+        &mut self,
+        id: &str,
+        found: &[Candidate<u32>],
+        cause: &Cause,
+    ) {
+        for candidate in found {
+            self.registry.prefetch(candidate.group);
+        }
+        let groups = found.iter().map(|c| (c.group, c.truths));
+        self.reconcile_groups(id, groups, cause);
+    }
+
+    /// Re-evaluates `groups` (slots, with the truths of conditions already known) for one held device:
+    /// the device is looked up once and every group evaluated against the same attributes (one group's
+    /// result never depends on another's membership), then the changes are applied — the device copied
+    /// only if there are any — and logged in the order given.
+    fn reconcile_groups(
+        &mut self,
+        id: &str,
+        groups: impl ExactSizeIterator<Item = (u32, LeafTruths)>,
+        cause: &Cause,
+    ) {
+        self.stats.groups_evaluated += groups.len() as u64;
         let mut changes = std::mem::take(&mut self.changes);
         changes.clear();
         let Some(device) = self.current(id) else {
             self.changes = changes;
             return;
         };
-        for &slot in slots {
-            let should = self.registry.matches(slot, &device.attrs, self.ctx.now);
+        for (slot, known) in groups {
+            let should = self
+                .registry
+                .matches_with(slot, &device.attrs, self.ctx.now, known);
             if let Some((action, reason)) = membership_change(device.member(slot), should) {
                 changes.push((slot, action, reason));
             }

@@ -10,7 +10,7 @@ use foldhash::HashMap;
 use super::work::{Origin, Work};
 use crate::event::{DeadLetterReason, DecodeError, DeviceEvent};
 use crate::kafka::Decoded;
-use crate::rules::{AttrValue, FieldChange, FieldId};
+use crate::rules::{AttrValue, Candidate, FieldChange, FieldId, LeafTruths};
 use crate::worker::device::Device;
 
 impl Work<'_> {
@@ -93,41 +93,46 @@ impl Work<'_> {
         device.sequence = event.sequence;
         let cause = self.event_cause(index);
         self.record_cause(id, &cause);
-        let mut candidates = std::mem::take(&mut self.candidates);
-        candidates.clear();
         if fresh {
-            candidates.extend_from_slice(&org_groups.dynamic);
-        } else {
-            let device = match self.devices.get(id) {
-                Some((_, d)) => d,
-                None => return,
-            };
-            let changes: Vec<FieldChange<'_>> = olds
-                .iter()
-                .filter(|(field, old)| old.as_ref() != device.attrs.get(*field))
-                .map(|(field, old)| FieldChange {
-                    field: *field,
-                    old: old.as_ref(),
-                    new: device.attrs.get(*field),
-                })
-                .collect();
-            org_groups
-                .index
-                .candidates(&changes, now, &mut self.scratch, &mut candidates);
-            drop(changes);
-            // A time flip already due whose timer this batch did not take (more were due than a batch
-            // takes): evaluated here, as the device's timer is rescheduled when the batch installs.
-            if device.next_flip().is_some_and(|t| t <= now) {
-                candidates.extend_from_slice(&org_groups.time_groups);
-                candidates.sort_unstable();
-                candidates.dedup();
-            }
-            if candidates.is_empty() {
-                self.stats.no_candidates += 1;
-            }
+            return self.reconcile_slots(id, &org_groups.dynamic, &cause);
         }
-        self.reconcile_slots(id, &candidates, &cause);
-        self.candidates = candidates;
+        let mut found = std::mem::take(&mut self.found);
+        found.clear();
+        let device = match self.devices.get(id) {
+            Some((_, d)) => d,
+            None => return,
+        };
+        let changes: Vec<FieldChange<'_>> = olds
+            .iter()
+            .filter(|(field, old)| old.as_ref() != device.attrs.get(*field))
+            .map(|(field, old)| FieldChange {
+                field: *field,
+                old: old.as_ref(),
+                new: device.attrs.get(*field),
+            })
+            .collect();
+        org_groups
+            .index
+            .candidates_with_truths(&changes, now, &mut self.scratch, &mut found);
+        drop(changes);
+        // A time flip already due whose timer this batch did not take (more were due than a batch
+        // takes): evaluated here, as the device's timer is rescheduled when the batch installs.
+        if device.next_flip().is_some_and(|t| t <= now) {
+            for &group in &org_groups.time_groups {
+                if !found.iter().any(|c| c.group == group) {
+                    found.push(Candidate {
+                        group,
+                        truths: LeafTruths::NONE,
+                    });
+                }
+            }
+            found.sort_unstable_by_key(|c| c.group);
+        }
+        if found.is_empty() {
+            self.stats.no_candidates += 1;
+        }
+        self.reconcile_candidates(id, &found, &cause);
+        self.found = found;
     }
 
     /// A registration: creates the device — no attributes, sequence -1 so that its first real event applies

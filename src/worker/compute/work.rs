@@ -8,7 +8,7 @@ use super::causes::{self, Cause, Document};
 use crate::event::DeadLetterReason;
 use crate::kafka::Decoded;
 use crate::outbox::Message;
-use crate::rules::{EpochMillis, Scratch};
+use crate::rules::{Candidate, EpochMillis, Scratch};
 use crate::store::batch::LogRow;
 use crate::worker::device::Device;
 use crate::worker::partition::{DeviceMap, Partition};
@@ -77,7 +77,8 @@ pub(super) struct Work<'a> {
     pub(super) outbox: Vec<Message>,
     pub(super) stats: Stats,
     pub(super) scratch: Scratch,
-    pub(super) candidates: Vec<u32>,
+    /// Reused by [`Work::record`]: the field index's candidates for an event, with known truths.
+    pub(super) found: Vec<Candidate<u32>>,
     /// Reused by [`Work::reconcile_slots`]: (slot, action, reason) of each membership change.
     pub(super) changes: Vec<(u32, &'static str, &'static str)>,
     /// The last cause that touched each device in this batch (carried by its rollout-target event).
@@ -110,7 +111,7 @@ impl<'a> Work<'a> {
             outbox: Vec::new(),
             stats: Stats::default(),
             scratch: Scratch::default(),
-            candidates: Vec::new(),
+            found: Vec::new(),
             changes: Vec::new(),
             causes: HashMap::new(),
             resolve: Vec::new(),
