@@ -478,12 +478,9 @@ impl CompiledFilter {
     ) -> Self {
         let (mut nodes, mut meta) = (Vec::new(), Vec::new());
         flatten(root, &mut nodes, &mut meta);
-        let time_leaves = nodes
-            .iter()
-            .filter_map(|node| match node {
-                Node::Leaf(leaf) if is_timed(leaf) => Some(leaf.clone()),
-                _ => None,
-            })
+        let time_leaves = leaves(&nodes)
+            .filter(|leaf| is_timed(leaf))
+            .cloned()
             .collect();
         Self {
             nodes: nodes.into(),
@@ -516,6 +513,20 @@ impl CompiledFilter {
             at: 0,
         }
     }
+
+    /// The filter's conditions in written order (the layout's order, a depth-first walk's), for the
+    /// passes that read conditions alone, not how they combine.
+    pub(crate) fn leaves(&self) -> impl Iterator<Item = &Leaf> {
+        leaves(&self.nodes)
+    }
+}
+
+/// The conditions of a flat layout, in order.
+fn leaves(nodes: &[Node]) -> impl Iterator<Item = &Leaf> {
+    nodes.iter().filter_map(|node| match node {
+        Node::Leaf(leaf) => Some(leaf),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

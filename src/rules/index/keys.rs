@@ -5,7 +5,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use super::intervals::{Cut, Interval};
 use crate::rules::catalogue::FieldId;
-use crate::rules::compiled::{norm, CompiledFilter, Node, NodeRef, NumPred, Test, TimeRef};
+use crate::rules::compiled::{norm, CompiledFilter, NumPred, Test, TimeRef};
 use crate::rules::time::EpochMillis;
 
 /// How a group is listed under one field.
@@ -182,7 +182,21 @@ impl CompiledFilter {
 
     fn keys(&self, by_leaf: bool) -> Vec<(FieldId, FieldKeys)> {
         let mut per_field: HashMap<FieldId, FieldKeys> = HashMap::new();
-        collect_keys(self.root(), &mut per_field);
+        for leaf in self.leaves() {
+            let entry = per_field
+                .entry(leaf.field)
+                .or_insert(FieldKeys::Values(Vec::new()));
+            match (&mut *entry, value_keys(&leaf.test)) {
+                (FieldKeys::Values(existing), Some(mut values)) => {
+                    existing.append(&mut values);
+                    existing.dedup();
+                }
+                // Filled in the second pass below, so that every condition on the field is included,
+                // also those seen while it still looked value-indexable.
+                (FieldKeys::Values(_), None) => *entry = FieldKeys::Leaves(Vec::new()),
+                (FieldKeys::Leaves(_) | FieldKeys::Any, _) => {}
+            }
+        }
         // A field listed by leaf lists every condition on it: gather them in a second pass, so that
         // conditions seen before the field stopped being value-indexable are included.
         for keys in per_field.values_mut() {
@@ -192,42 +206,13 @@ impl CompiledFilter {
                 _ => {}
             }
         }
-        collect_leaves(self.root(), &mut per_field);
-        let mut keys: Vec<(FieldId, FieldKeys)> = per_field.into_iter().collect();
-        keys.sort_by_key(|(f, _)| *f);
-        keys
-    }
-}
-
-fn collect_keys(node: NodeRef<'_>, out: &mut HashMap<FieldId, FieldKeys>) {
-    match node.node() {
-        Node::All(_) | Node::Any(_) => node.children().for_each(|c| collect_keys(c, out)),
-        Node::Leaf(leaf) => {
-            let entry = out
-                .entry(leaf.field)
-                .or_insert(FieldKeys::Values(Vec::new()));
-            match (&mut *entry, value_keys(&leaf.test)) {
-                (FieldKeys::Values(existing), Some(mut values)) => {
-                    existing.append(&mut values);
-                    existing.dedup();
-                }
-                // Filled by `collect_leaves` in a second pass, so that every condition on the field is
-                // included, also those seen while it still looked value-indexable.
-                (FieldKeys::Values(_), None) => *entry = FieldKeys::Leaves(Vec::new()),
-                (FieldKeys::Leaves(_) | FieldKeys::Any, _) => {}
-            }
-        }
-    }
-}
-
-/// Lists the conditions of the fields listed by leaf.
-fn collect_leaves(node: NodeRef<'_>, out: &mut HashMap<FieldId, FieldKeys>) {
-    match node.node() {
-        Node::All(_) | Node::Any(_) => node.children().for_each(|c| collect_leaves(c, out)),
-        Node::Leaf(leaf) => {
-            if let Some(FieldKeys::Leaves(tests)) = out.get_mut(&leaf.field) {
+        for leaf in self.leaves() {
+            if let Some(FieldKeys::Leaves(tests)) = per_field.get_mut(&leaf.field) {
                 tests.push(LeafTest::new(&leaf.test, leaf.number, leaf.negate));
             }
         }
+        let mut keys: Vec<(FieldId, FieldKeys)> = per_field.into_iter().collect();
+        keys.sort_by_key(|(f, _)| *f);
+        keys
     }
 }
