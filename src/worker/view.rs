@@ -128,14 +128,14 @@ impl FleetView {
     ) -> (Vec<i32>, Vec<T>) {
         let groups = self.groups.read().clone();
         let slot = group.and_then(|g| groups.iter().position(|id| *id == g));
-        // A group not published yet: no held device is known to be a member.
-        let unpublished = group.is_some() && slot.is_none();
+        if group.is_some() && slot.is_none() {
+            // Not published yet: no held device is known to be a member.
+            let held = self.held_among(only).into_iter().map(|(p, _)| p).collect();
+            return (held, Vec::new());
+        }
         let running_field = catalogue.builtin("firmwareVersion");
         let one = |devices: &Devices| {
             let mut state = start();
-            if unpublished {
-                return state;
-            }
             let mut member_of = Vec::new();
             let devices = devices.read();
             for (id, device) in devices.iter() {
@@ -179,13 +179,7 @@ impl FleetView {
         only: Option<&[i32]>,
         one: impl Fn(&Devices) -> T + Sync,
     ) -> (Vec<i32>, Vec<T>) {
-        let partitions: Vec<(i32, Devices)> = self
-            .partitions
-            .read()
-            .iter()
-            .filter(|(p, _)| only.is_none_or(|only| only.contains(p)))
-            .map(|(p, d)| (*p, d.clone()))
-            .collect();
+        let partitions = self.held_among(only);
         let results = std::thread::scope(|scope| {
             let running: Vec<_> = partitions
                 .iter()
@@ -194,6 +188,16 @@ impl FleetView {
             running.into_iter().filter_map(|r| r.join().ok()).collect()
         });
         (partitions.into_iter().map(|(p, _)| p).collect(), results)
+    }
+
+    /// The partitions held now (of `only`, when given), with their devices.
+    fn held_among(&self, only: Option<&[i32]>) -> Vec<(i32, Devices)> {
+        self.partitions
+            .read()
+            .iter()
+            .filter(|(p, _)| only.is_none_or(|only| only.contains(p)))
+            .map(|(p, d)| (*p, d.clone()))
+            .collect()
     }
 
     /// The partitions held now.

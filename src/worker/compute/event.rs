@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use foldhash::HashMap;
 
+use super::causes::Cause;
 use super::work::{Origin, Work};
 use crate::event::{DeadLetterReason, DecodeError, DeviceEvent};
 use crate::kafka::Decoded;
@@ -91,7 +92,7 @@ impl Work<'_> {
             device.firmware_lock = lock.as_deref().map(Into::into);
         }
         device.sequence = event.sequence;
-        let cause = self.event_cause(index);
+        let cause = Cause::Record(index);
         self.record_cause(id, &cause);
         if fresh {
             return self.reconcile_slots(id, &org_groups.dynamic, &cause);
@@ -164,7 +165,7 @@ impl Work<'_> {
         self.stats.applied += 1;
         self.devices
             .insert(id.into(), (Origin::New, Device::new(org.clone())));
-        let cause = self.event_cause(index);
+        let cause = Cause::Record(index);
         self.record_cause(id, &cause);
         self.reconcile_slots(id, dynamic, &cause);
     }

@@ -179,11 +179,6 @@ impl Work<'_> {
         });
     }
 
-    /// The cause of changes the event of the batch's record at `index` made (rendered when needed).
-    pub(super) fn event_cause(&self, index: usize) -> Cause {
-        Cause::Record(index)
-    }
-
     /// The cause of changes made by the clock alone: the batch's instant (one document per batch).
     pub(super) fn timer_cause(&mut self) -> Cause {
         let now = self.ctx.now;
