@@ -256,10 +256,7 @@ impl Attributes {
                 }
             }
         }
-        let removes = entries.iter().any(|(_, v)| v.is_none());
-        // Serializing to a Vec cannot fail: names and values are strings, numbers and booleans.
-        let _ = serde_json::to_writer(out, &PatchJson(&entries, catalogue));
-        removes
+        write_json_changes(&entries, catalogue, out)
     }
 
     /// Renders the attributes back to a device document (datetimes as RFC 3339 UTC with milliseconds).
@@ -409,6 +406,19 @@ impl Serialize for ValueJson<'_> {
             AttrValue::StrList(items) => serializer.collect_seq(items.iter().map(|s| &**s)),
         }
     }
+}
+
+/// Writes attribute changes — (field, value now, or `None` for removed) — as a JSON object to merge into
+/// the stored document (see [`Attributes::write_json_patch`]). Returns whether it holds a removal.
+pub fn write_json_changes(
+    changes: &[(FieldId, Option<&AttrValue>)],
+    catalogue: &Catalogue,
+    out: &mut Vec<u8>,
+) -> bool {
+    let removes = changes.iter().any(|(_, v)| v.is_none());
+    // Serializing to a Vec cannot fail: names and values are strings, numbers and booleans.
+    let _ = serde_json::to_writer(out, &PatchJson(changes, catalogue));
+    removes
 }
 
 /// A patch: changed attributes, and `null` for removed ones.

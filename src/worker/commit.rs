@@ -1,7 +1,8 @@
 //! Commit: each batch commits in one fenced transaction ([`crate::store::batch`]) on a task of its own,
 //! retried with backoff until it succeeds, is fenced, or meets a device conflict. A partition's batches
-//! commit in order: the next waits for the previous one's signal. The pipeline installs a batch's state
-//! when its commit starts, keeping what it replaced (its `Undo`); when the commit ends, the batch is settled
+//! commit in order: the next waits for the previous one's signal. A batch changes its partition's devices
+//! as it is computed, and the pipeline installs the rest of its state when its commit starts, keeping what
+//! puts it all back (its `Undo`); when the commit ends, the batch is settled
 //! (offsets, metrics, counters), or the partition is dropped (fenced), or the batch and every one behind it
 //! are put back and recomputed (a device conflict).
 
@@ -13,8 +14,8 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::compute::sweep::ControlProgress;
+use super::compute::touched::TouchedDevices;
 use super::compute::Stats;
-use super::device::Device;
 use super::partition::Partition;
 use super::pipeline::{Completion, Outcome, Pipeline, Rebalances, Undo};
 use super::registry::Registry;
@@ -249,13 +250,14 @@ impl Pipeline {
     }
 }
 
-/// Installs a computed batch in its partition's state: its devices (rescheduling their time flips, and
-/// those of the devices its definition changes visited), its positions, the control entries it applied
-/// taken off the queue, and the definition change it leaves under way. Returns what it replaced.
+/// Installs a computed batch in its partition's state — its devices are already changed in place — by
+/// rescheduling the time flips of the devices it touched and of those its definition changes visited,
+/// moving its positions, taking the control entries it applied off the queue, and keeping the definition
+/// change it leaves under way. Returns what puts the partition back.
 pub(super) fn install(
     state: &mut Partition,
     registry: &Registry,
-    devices: foldhash::HashMap<Box<str>, Box<Device>>,
+    touched: TouchedDevices,
     control: ControlProgress,
     (next_offset, control_position): (i64, i64),
     now: EpochMillis,
@@ -267,36 +269,11 @@ pub(super) fn install(
         state.pending_control.pop_front();
     }
     let sweep = std::mem::replace(&mut state.sweep, control.sweep);
-    // Each touched device with its state before the batch (what a rollback restores). A held device's
-    // entry keeps its key: only a device new to the partition needs a copy of its id.
-    let mut held = state.devices.write();
-    let touched: Vec<(Box<str>, Option<Box<Device>>)> = devices
-        .into_iter()
-        .map(|(id, device)| {
-            let before = match held.get_mut(&id) {
-                Some(held) => Some(std::mem::replace(held, device)),
-                None => {
-                    held.insert(id.clone(), device);
-                    None
-                }
-            };
-            (id, before)
-        })
-        .collect();
-    drop(held);
     let visited = control
         .visited
         .iter()
-        .flat_map(|(ids, range)| ids[range.clone()].iter());
-    state.schedule_all(
-        touched
-            .iter()
-            .map(|(id, _)| id)
-            .chain(visited)
-            .map(|id| &**id),
-        registry,
-        now,
-    );
+        .flat_map(|(ids, range)| ids[range.clone()].iter().map(|id| &**id));
+    state.schedule_all(touched.ids().chain(visited), registry, now);
     Undo {
         devices: touched,
         next_offset: undo_positions.0,
@@ -306,10 +283,8 @@ pub(super) fn install(
     }
 }
 
-/// Puts back what [`install`] replaced: the devices as they were, the positions, the sweep under way, and
-/// the control entries the batch applied (the first of `control`) at the head of the queue. A restored
-/// device's flip is pushed again, in case its timer was taken while the batch's state was installed (a
-/// duplicate timer is harmless: the device is due once).
+/// Puts back what a batch changed: the devices as they were, the positions, the sweep under way, and the
+/// control entries the batch applied (the first of `control`) at the head of the queue.
 fn uninstall(state: &mut Partition, undo: Undo, control: &[Positioned]) {
     state.claim.next_offset = undo.next_offset;
     state.claim.control_position = undo.control_position;
@@ -317,20 +292,8 @@ fn uninstall(state: &mut Partition, undo: Undo, control: &[Positioned]) {
     for entry in control[..undo.control_applied].iter().rev() {
         state.pending_control.push_front(entry.clone());
     }
-    let mut held = state.devices.write();
-    for (id, before) in undo.devices {
-        match before {
-            Some(device) => {
-                if let Some(at) = device.next_flip() {
-                    state.timers.push(std::cmp::Reverse((at, id.clone())));
-                }
-                held.insert(id, device);
-            }
-            None => {
-                held.remove(&id);
-            }
-        }
-    }
+    let mut devices = state.devices.write();
+    undo.devices.restore(&mut devices, &mut state.timers);
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ const NEVER: EpochMillis = EpochMillis::MAX;
 
 /// A device as its owning worker holds it.
 #[derive(Clone, Debug)]
+#[cfg_attr(test, derive(PartialEq))]
 pub(crate) struct Device {
     /// The org, interned in the registry.
     pub(crate) org: Arc<str>,
@@ -101,23 +102,11 @@ impl Device {
     }
 
     pub(crate) fn set_member(&mut self, member: Member) {
-        match self
-            .memberships
-            .binary_search_by_key(&member.slot, |m| m.slot)
-        {
-            Ok(i) => self.memberships[i] = member,
-            Err(i) => {
-                // Exactly one more, as for attributes: no slack kept for the device's lifetime.
-                self.memberships.reserve_exact(1);
-                self.memberships.insert(i, member);
-            }
-        }
+        set_member(&mut self.memberships, member);
     }
 
     pub(crate) fn remove_member(&mut self, slot: u32) {
-        if let Ok(i) = self.memberships.binary_search_by_key(&slot, |m| m.slot) {
-            self.memberships.remove(i);
-        }
+        remove_member(&mut self.memberships, slot);
     }
 
     /// Builds a device from its stored row, parsing attributes leniently: an attribute that no longer parses
@@ -169,6 +158,88 @@ impl Device {
             },
             target_sequence: row.target_sequence,
         })
+    }
+}
+
+/// Sets a membership in a list sorted by slot.
+pub(crate) fn set_member(memberships: &mut Vec<Member>, member: Member) {
+    match memberships.binary_search_by_key(&member.slot, |m| m.slot) {
+        Ok(i) => memberships[i] = member,
+        Err(i) => {
+            // Exactly one more, as for attributes: no slack kept for the device's lifetime.
+            memberships.reserve_exact(1);
+            memberships.insert(i, member);
+        }
+    }
+}
+
+/// Removes a membership from a list sorted by slot.
+pub(crate) fn remove_member(memberships: &mut Vec<Member>, slot: u32) {
+    if let Ok(i) = memberships.binary_search_by_key(&slot, |m| m.slot) {
+        memberships.remove(i);
+    }
+}
+
+/// A device's state of fixed size — all but its org, attributes and memberships — as a batch saves it to
+/// put the device back ([`crate::worker::compute::touched`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Scalars {
+    sequence: i64,
+    version: i64,
+    stored: bool,
+    development: bool,
+    firmware_lock: Option<Box<str>>,
+    wake_at: EpochMillis,
+    target: Target,
+    target_sequence: i64,
+}
+
+impl Scalars {
+    /// Whether `device` stores the same row as these, attributes aside.
+    pub(crate) fn row_equal(&self, device: &Device) -> bool {
+        self.sequence == device.sequence
+            && self.development == device.development
+            && self.target_sequence == device.target_sequence
+            && self.firmware_lock == device.firmware_lock
+            && self.target == device.target
+    }
+}
+
+impl Device {
+    /// The scalars to put back with [`Device::restore`].
+    pub(crate) fn scalars(&self) -> Scalars {
+        Scalars {
+            sequence: self.sequence,
+            version: self.version,
+            stored: self.stored,
+            development: self.development,
+            firmware_lock: self.firmware_lock.clone(),
+            wake_at: self.wake_at,
+            target: self.target.clone(),
+            target_sequence: self.target_sequence,
+        }
+    }
+
+    /// Puts back scalars saved by [`Device::scalars`].
+    pub(crate) fn restore(&mut self, scalars: Scalars) {
+        let Scalars {
+            sequence,
+            version,
+            stored,
+            development,
+            firmware_lock,
+            wake_at,
+            target,
+            target_sequence,
+        } = scalars;
+        self.sequence = sequence;
+        self.version = version;
+        self.stored = stored;
+        self.development = development;
+        self.firmware_lock = firmware_lock;
+        self.wake_at = wake_at;
+        self.target = target;
+        self.target_sequence = target_sequence;
     }
 }
 

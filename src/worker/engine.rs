@@ -102,13 +102,8 @@ impl<'a> Engine<'a> {
             foldhash::HashMap::default(),
             &ctx,
         );
+        // The batch changed the devices in place, to the versions their rows have after the commit.
         state.claim.next_offset = computed.write.next_offset;
-        // The batch's copies already carry the versions their rows have after the commit.
-        let mut devices = state.devices.write();
-        for (id, device) in computed.devices {
-            devices.insert(id, device);
-        }
-        drop(devices);
         Some(Batch {
             write: computed.write,
             applied: computed.stats.applied,

@@ -1,8 +1,8 @@
 //! Flush: a partition's batch closes when it is full, old enough, or has control entries or timers due.
-//! The batch is computed ([`super::compute`]) on the partition's state, after the devices it names that
-//! the partition does not hold are read from the database; its commit then starts on a task of its own
-//! ([`super::commit`]) and its end state is installed at once, so that the next batch can be computed
-//! behind it.
+//! The batch is computed ([`super::compute`]) on the partition's state, which it changes in place, after
+//! the devices it names that the partition does not hold are read from the database; its commit then
+//! starts on a task of its own ([`super::commit`]) and the rest of its state is installed at once, so that
+//! the next batch can be computed behind it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -273,7 +273,7 @@ impl Pipeline {
         let undo = install(
             state,
             &self.registry,
-            computed.devices,
+            computed.touched,
             computed.control,
             positions,
             inputs.now,

@@ -12,7 +12,7 @@
 //!    dead letter) and buffers them per partition.
 //! 2. **Flush.** [`flush`] closes a partition's batch when it is full, old enough, or has control entries or
 //!    timers due, and reads the devices it names that the partition does not hold (re-homed or new ones).
-//! 3. **Compute.** [`compute`] computes the batch on copies of the devices it touches, one module per input
+//! 3. **Compute.** [`compute`] computes the batch on the devices it touches, in place, one module per input
 //!    kind — [`compute::control`] (control-log entries), [`compute::event`] (the records: each event applied
 //!    to its device, and the org's field index naming the candidate groups), [`compute::timer`] (due time
 //!    flips) — then [`compute::evaluate`] (the candidates' filters), [`compute::diff`] (membership rows),
@@ -38,7 +38,7 @@
 //! partition that is behind does not idle its connection while a batch is computed. One that is not waits
 //! for the commit instead, and its next batch gathers what arrives meanwhile: computing it early would
 //! split that into two smaller commits. The in-memory state moves on when a batch is computed; each batch
-//! in flight keeps what it replaced, so that a batch which does not commit, and every batch after it, can
+//! in flight keeps what puts its changes back, so that a batch which does not commit, and every batch after it, can
 //! be put back.
 //! A batch whose inputs include control entries is computed only when nothing of its partition is in
 //! flight (a reconciliation re-reads devices from the database, which must hold every earlier batch).

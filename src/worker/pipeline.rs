@@ -1,6 +1,6 @@
 //! The pipeline's state: what the run loop and every stage work on — the registry, the owned partitions
 //! with the records buffered for them, and their batches in flight, each with what it was computed from
-//! and what installing it replaced.
+//! and what puts its changes back.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -12,8 +12,8 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::clock::Clock;
+use super::compute::touched::TouchedDevices;
 use super::compute::Stats;
-use super::device::Device;
 use super::partition::Partition;
 use super::registry::Registry;
 use super::status::Status;
@@ -126,7 +126,7 @@ pub(crate) struct InFlight {
     pub(super) retrying: Arc<AtomicBool>,
     /// Resolves when this batch has committed: the partition's next batch waits on it before committing.
     pub(super) committed: Option<oneshot::Receiver<()>>,
-    /// What installing the batch replaced.
+    /// What puts the batch's changes back.
     pub(super) undo: Undo,
     /// What the batch did, recorded as metrics once it commits.
     pub(super) stats: Stats,
@@ -136,10 +136,10 @@ pub(crate) struct InFlight {
     pub(super) inputs: BatchInputs,
 }
 
-/// What a batch replaced in its partition's state when it was installed.
+/// What puts back a batch's changes to its partition's state.
 pub(crate) struct Undo {
-    /// Each device the batch touched, with its state before (None: the partition did not hold it).
-    pub(super) devices: Vec<(Box<str>, Option<Box<Device>>)>,
+    /// Each device the batch touched, with what it started from.
+    pub(super) devices: TouchedDevices,
     /// The partition's positions before the batch.
     pub(super) next_offset: i64,
     pub(super) control_position: i64,

@@ -6,9 +6,10 @@
 use foldhash::HashMap;
 
 use super::causes::{control_cause, Cause};
-use super::work::{Origin, Work};
+use super::touched::Origin;
+use super::work::Work;
 use crate::store::control::{ControlEntry, Positioned};
-use crate::worker::device::{AddedBy, Device, Member};
+use crate::worker::device::{remove_member, set_member, AddedBy, Device, Member};
 
 impl Work<'_> {
     /// Applies one control-log entry that concerns single devices (pins, static memberships, device
@@ -128,8 +129,8 @@ impl Work<'_> {
     }
 
     /// Mirrors a `static_members` entry: the API has written the rows and the log, so the change goes into
-    /// both the batch's starting copy and the working copy of each device this partition holds (the diff
-    /// then writes nothing for it), and the device's firmware is re-resolved with the entry as the cause.
+    /// each device this partition holds and into what the batch diffs it against (the diff then writes
+    /// nothing for it), and the device's firmware is re-resolved with the entry as the cause.
     /// Devices already in the stated state are not touched, so applying the entry again changes nothing.
     fn static_members(&mut self, slot: u32, added: &[String], removed: &[String], cause: &Cause) {
         let changes = added
@@ -143,42 +144,34 @@ impl Work<'_> {
             if device.member(slot).is_some() == member {
                 continue;
             }
-            self.mirror(id, cause, |device| {
+            self.mirror(id, cause, |members| {
                 if member {
-                    device.set_member(Member {
-                        slot,
-                        pinned: false,
-                        added_by: AddedBy::Manual,
-                    });
+                    set_member(
+                        members,
+                        Member {
+                            slot,
+                            pinned: false,
+                            added_by: AddedBy::Manual,
+                        },
+                    );
                 } else {
-                    device.remove_member(slot);
+                    remove_member(members, slot);
                 }
             });
         }
     }
 
-    /// Applies a change the API has already written to both the batch's starting copy and the working copy
-    /// of a held device, so the diff writes nothing for it; the device's firmware is re-resolved with
+    /// Applies a membership change the API has already written to a held device and to what the batch
+    /// diffs it against, so the diff writes nothing for it; the device's firmware is re-resolved with
     /// `cause`.
-    pub(super) fn mirror(&mut self, id: &str, cause: &Cause, change: impl Fn(&mut Device)) {
-        self.held(id);
-        let Some((origin, current)) = self.devices.get_mut(id) else {
+    pub(super) fn mirror(&mut self, id: &str, cause: &Cause, change: impl Fn(&mut Vec<Member>)) {
+        let Some(index) = self.touch(id) else {
             return;
         };
-        // The starting state is mirrored too (the API wrote these rows): a held device's is copied from
-        // the partition first.
-        if let Origin::Held = origin {
-            if let Some(held) = self.held.get(id) {
-                *origin = Origin::Copy(held.clone());
-            }
+        if let Some(device) = self.devices.get_mut(id) {
+            change(&mut device.memberships);
         }
-        let original = match origin {
-            Origin::Copy(d) => Some(&mut **d),
-            _ => None,
-        };
-        for device in original.into_iter().chain(std::iter::once(current)) {
-            change(device);
-        }
+        self.touched.mirror(index, change);
         self.record_cause(id, cause);
     }
 
@@ -195,15 +188,15 @@ impl Work<'_> {
         let registry = self.registry;
         let cause = control_cause(entry);
         for id in device_ids {
-            if !self.held.contains_key(id.as_str()) {
-                continue;
-            }
-            if !self.devices.contains_key(id.as_str()) {
-                if let Some(stored) = reread.remove(id.as_str()) {
-                    self.devices.insert(
-                        id.as_str().into(),
-                        (Origin::Copy(Box::new(stored.clone())), stored),
-                    );
+            let id = id.as_str();
+            if self.touched.index_of(id).is_none() {
+                if let Some(stored) = reread.remove(id) {
+                    let Some(held) = self.devices.get_mut(id) else {
+                        continue;
+                    };
+                    let previous = std::mem::replace(held, Box::new(stored.clone()));
+                    let stored = Box::new(stored);
+                    self.touched.insert(id, Origin::Reread { previous, stored });
                 }
             }
             let Some(device) = self.current(id) else {
@@ -227,7 +220,7 @@ impl Work<'_> {
             }
             self.reconcile_slots(id, &org.dynamic, &cause);
             self.record_cause(id, &cause);
-            self.resolve.push((id.as_str().into(), cause.clone()));
+            self.resolve.push((id.into(), cause.clone()));
         }
     }
 }

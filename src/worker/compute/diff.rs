@@ -2,18 +2,25 @@
 //! its state at the batch's start and at its end — inserts, deletes and pin changes — however many changes
 //! the batch made in between.
 
+use super::touched::Start;
 use crate::store::batch::{BatchWrite, MembershipRow};
 use crate::worker::device::{Device, Member};
 use crate::worker::registry::Registry;
 
-/// Whether two states of a device store the same row and memberships (the in-memory extras — timers,
-/// the version itself — aside).
-pub(super) fn stored_equal(a: &Device, b: &Device) -> bool {
-    row_equal(a, b) && a.memberships == b.memberships
+/// Whether a device stores the same row (memberships aside) at the end of the batch as at its start.
+pub(super) fn row_unchanged(start: &Start<'_>, current: &Device) -> bool {
+    match start {
+        // The scalars first: an event always moves `sequence`, so its attributes are not compared.
+        Start::Saved { scalars, .. } => {
+            scalars.row_equal(current) && start.changed_attributes(current).is_empty()
+        }
+        Start::Device(stored) => row_equal(stored, current),
+        Start::Nothing => false,
+    }
 }
 
 /// Whether two states of a device store the same device row (memberships aside).
-pub(super) fn row_equal(a: &Device, b: &Device) -> bool {
+fn row_equal(a: &Device, b: &Device) -> bool {
     // The scalars first: an event always moves `sequence`, so its device's attributes are not compared.
     a.sequence == b.sequence
         && a.development == b.development
@@ -28,11 +35,10 @@ pub(super) fn row_equal(a: &Device, b: &Device) -> bool {
 pub(super) fn diff_memberships(
     registry: &Registry,
     id: &str,
-    original: Option<&Device>,
+    before: &[Member],
     current: &Device,
     write: &mut BatchWrite,
 ) {
-    let before: &[Member] = original.map_or(&[], |d| &d.memberships);
     let after = &current.memberships;
     let (mut i, mut j) = (0, 0);
     while i < before.len() || j < after.len() {

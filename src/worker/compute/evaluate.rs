@@ -30,8 +30,8 @@ impl Work<'_> {
 
     /// Re-evaluates `groups` (slots, with the truths of conditions already known) for one held device:
     /// the device is looked up once and every group evaluated against the same attributes (one group's
-    /// result never depends on another's membership), then the changes are applied — the device copied
-    /// only if there are any — and logged in the order given.
+    /// result never depends on another's membership), then the changes are applied — the device taken
+    /// into the batch only if there are any — and logged in the order given.
     fn reconcile_groups(
         &mut self,
         id: &str,

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use foldhash::HashMap;
 
 use super::causes::Cause;
-use super::work::{Origin, Work};
+use super::touched::Origin;
+use super::work::Work;
 use crate::event::{DeadLetterReason, DecodeError, DeviceEvent};
 use crate::kafka::Decoded;
-use crate::rules::{AttrValue, Candidate, FieldChange, FieldId, LeafTruths};
+use crate::rules::{Candidate, FieldChange, LeafTruths};
 use crate::worker::device::Device;
 
 impl Work<'_> {
@@ -38,9 +39,10 @@ impl Work<'_> {
         if event.register {
             return self.register(index, record, event, org, &org_groups.dynamic, foreign);
         }
-        // Find the device: in the batch, held, read from the database for this batch, or new.
+        // Find the device: held (or already added by the batch), read from the database for this batch,
+        // or new.
         let mut evaluate_all = false;
-        if !self.devices.contains_key(id) && !self.held.contains_key(id) {
+        if !self.devices.contains_key(id) {
             // A device stored under another partition is taken over (re-homed) only by an event that applies
             // to it: one of another org, or not newer than the stored device, is refused or skipped without
             // moving the device (else a misrouted or replayed event would steal it from its owner).
@@ -53,16 +55,16 @@ impl Work<'_> {
                     return self.skip(event.sequence, stored.sequence);
                 }
             }
-            let (origin, device) = match foreign.remove(id) {
+            match foreign.remove(id) {
                 Some(device) => {
                     self.stats.rehomed += 1;
-                    (Origin::Copy(Box::new(device.clone())), device)
+                    let origin = Origin::Foreign(Box::new(device.clone()));
+                    self.adopt(id, device, origin);
                 }
-                None => (Origin::New, Device::new(org.clone())),
-            };
+                None => self.adopt(id, Device::new(org.clone()), Origin::New),
+            }
             // New here: its memberships were computed elsewhere (or never), so evaluate every group.
             evaluate_all = true;
-            self.devices.insert(id.into(), (origin, device));
         }
         let current = self.current(id).expect("inserted above");
         if *current.org != *event.org_id {
@@ -75,15 +77,22 @@ impl Work<'_> {
         }
         self.stats.applied += 1;
         let now = self.ctx.now;
-        let device = self.held(id).expect("present");
+        let Some(at) = self.touch(id) else {
+            return;
+        };
+        let Some(device) = self.devices.get_mut(id) else {
+            return;
+        };
         let fresh = evaluate_all || device.sequence < 0;
-        let mut olds: Vec<(FieldId, Option<AttrValue>)> =
-            Vec::with_capacity(event.set.len() + event.removed.len());
+        // The values replaced, kept for the batch's diff and for putting the device back.
+        let from = self.touched.olds_len();
         for (field, value) in &event.set {
-            olds.push((*field, device.attrs.set(*field, value.clone())));
+            let old = device.attrs.set(*field, value.clone());
+            self.touched.push_old(at, *field, old);
         }
         for field in &event.removed {
-            olds.push((*field, device.attrs.remove(*field)));
+            let old = device.attrs.remove(*field);
+            self.touched.push_old(at, *field, old);
         }
         if let Some(dev) = event.development {
             device.development = dev;
@@ -99,17 +108,17 @@ impl Work<'_> {
         }
         let mut found = std::mem::take(&mut self.found);
         found.clear();
-        let device = match self.devices.get(id) {
-            Some((_, d)) => d,
-            None => return,
+        let Some(device) = self.devices.get(id) else {
+            return;
         };
-        let changes: Vec<FieldChange<'_>> = olds
-            .iter()
-            .filter(|(field, old)| old.as_ref() != device.attrs.get(*field))
+        let changes: Vec<FieldChange<'_>> = self
+            .touched
+            .olds_since(from)
+            .filter(|(field, old)| *old != device.attrs.get(*field))
             .map(|(field, old)| FieldChange {
-                field: *field,
-                old: old.as_ref(),
-                new: device.attrs.get(*field),
+                field,
+                old,
+                new: device.attrs.get(field),
             })
             .collect();
         org_groups
@@ -163,8 +172,7 @@ impl Work<'_> {
             return;
         }
         self.stats.applied += 1;
-        self.devices
-            .insert(id.into(), (Origin::New, Device::new(org.clone())));
+        self.adopt(id, Device::new(org.clone()), Origin::New);
         let cause = Cause::Record(index);
         self.record_cause(id, &cause);
         self.reconcile_slots(id, dynamic, &cause);
@@ -299,7 +307,7 @@ mod tests {
             HashMap::default(),
             &ctx,
         );
-        assert!(computed.devices["d"].memberships.is_empty());
+        assert!(p.devices.read()["d"].memberships.is_empty());
         assert_eq!(computed.write.log.len(), 1);
         assert_eq!(
             (computed.write.log[0].action, computed.write.log[0].reason),

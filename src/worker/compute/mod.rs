@@ -1,5 +1,5 @@
-//! The computation of a batch: what a partition's next batch writes, computed from its inputs on copies of
-//! the devices it touches, with no IO.
+//! The computation of a batch: what a partition's next batch writes, computed from its inputs on the
+//! partition's devices, changed in place under its write lock, with no IO.
 //!
 //! A batch's inputs come in this order, each kind in its own module:
 //! 1. the control-log entries the partition has still to apply: definition changes, swept over their
@@ -14,17 +14,18 @@
 //! batch's start and end states into membership rows, and [`write`](mod@write) renders the device and log
 //! rows into one `BatchWrite` ([`crate::store::batch`]). [`outbox`] renders the outbox rows (rollout-target
 //! events and dead letters) and [`causes`] the cause documents the log rows and events carry. [`work`]
-//! holds the batch's working state.
+//! holds the batch's working state and [`touched`] what its devices started from.
 //!
-//! The partition's state is not changed here: the batch returns the devices' end states, which the
-//! pipeline installs when it starts the batch's commit, keeping what they replaced so that a batch that does
-//! not commit is put back ([`crate::worker::commit`]). A retry recomputes from that state: every input has
+//! The batch changes the devices it touches where the partition holds them and keeps, in [`touched`], only
+//! what each started with: a held device's scalars, memberships and replaced attribute values. Its rows are
+//! the difference between that start and the end state, and a batch that does not commit is put back from
+//! the same record ([`crate::worker::commit`]). A retry recomputes from the state put back: every input has
 //! its effect exactly once.
 //!
 //! Membership rules: a dynamic group's membership follows its filter, except that a pinned member stays when
 //! it stops matching. Static groups' memberships are written by the API (`crate::store::members`), never
-//! here: a `static_members` control entry is mirrored in memory — in the batch's starting copy as well as
-//! the working one, so the batch's membership diff writes nothing for it — because firmware resolution uses
+//! here: a `static_members` control entry is mirrored in memory — in what the batch diffs against as well as
+//! in the device, so the batch's membership diff writes nothing for it — because firmware resolution uses
 //! every membership. A device new to this partition (first event, registration, or re-homed from another
 //! partition) is evaluated against every dynamic group of its org; afterwards only the candidate groups from
 //! the field index are.
@@ -38,6 +39,7 @@ pub mod outbox;
 pub mod resolve;
 pub mod sweep;
 pub mod timer;
+pub mod touched;
 pub mod work;
 pub mod write;
 
@@ -64,8 +66,8 @@ pub(crate) fn batch(
     foreign: HashMap<Box<str>, Device>,
     ctx: &BatchContext<'_>,
 ) -> Computed {
-    let held = partition.devices.read();
-    let mut work = Work::new(registry, partition, &held, ctx, records);
+    let mut devices = partition.devices.write();
+    let mut work = Work::new(registry, partition, &mut devices, ctx, records);
     let mut foreign = foreign;
     let progress = work.control_entries(control, &mut foreign, ctx.change_chunk_rows);
     for (index, record) in records.iter().enumerate() {

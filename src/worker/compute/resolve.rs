@@ -4,6 +4,8 @@
 
 use foldhash::{HashSet, HashSetExt};
 
+use crate::firmware::Target;
+
 use super::causes::Cause;
 use super::work::Work;
 
@@ -11,51 +13,64 @@ impl Work<'_> {
     /// Re-resolves the firmware target of every device the batch touched or a release change affects; a
     /// changed target is stored, and a changed *version* is a rollout-target event in the outbox.
     pub(super) fn resolve_firmware(&mut self) {
-        let registry = self.registry;
-        let mut ids: Vec<(Box<str>, Option<Cause>)> =
-            self.devices.keys().map(|id| (id.clone(), None)).collect();
-        // Each device once: the batch's devices are distinct keys; a release change's devices are added
-        // unless the batch already holds them or one of them came earlier.
+        // Each device once: the batch's devices (those the batch touched before this point), then a release
+        // change's devices unless the batch holds them already or one of them came earlier.
+        let touched = self.touched.len();
+        for index in 0..touched {
+            let Some((id, _)) = self.touched.get(index) else {
+                continue;
+            };
+            if let Some(target) = self.changed_target(id) {
+                let id: Box<str> = id.into();
+                self.retarget(&id, target, None);
+            }
+        }
         let mut seen = HashSet::new();
         for (id, cause) in std::mem::take(&mut self.resolve) {
-            if !self.devices.contains_key(&id) && seen.insert(id.clone()) {
-                ids.push((id, Some(cause)));
+            let first = self.touched.index_of(&id).is_none_or(|i| i >= touched);
+            if first && seen.insert(id.clone()) {
+                if let Some(target) = self.changed_target(&id) {
+                    self.retarget(&id, target, Some(cause));
+                }
             }
         }
-        for (id, cause) in ids {
-            let Some(device) = self.current(&id) else {
-                continue;
-            };
-            let target = registry.resolve(
-                &device.org,
-                device.development,
-                device.firmware_lock.as_deref(),
-                device.memberships.iter().map(|m| m.slot),
-            );
-            if target == device.target {
-                continue;
-            }
-            let previous = device.target.clone();
-            let cause = self
-                .causes
-                .get(&id)
-                .cloned()
-                .or(cause)
-                // Every path that touches a device records its cause; should one not, the instant of
-                // re-resolution is the truthful cause.
-                .unwrap_or_else(|| self.timer_cause());
-            let Some(device) = self.held(&id) else {
-                continue;
-            };
-            let rollout = previous.is_rollout_change(&target);
-            device.target = target.clone();
-            if !rollout {
-                continue;
-            }
-            device.target_sequence += 1;
-            let sequence = device.target_sequence;
-            let org = device.org.clone();
-            self.rollout(&org, &id, sequence, &previous, &target, &cause);
+    }
+
+    /// Device `id`'s resolved target, if it differs from the one it has.
+    fn changed_target(&self, id: &str) -> Option<Target> {
+        let device = self.current(id)?;
+        let target = self.registry.resolve(
+            &device.org,
+            device.development,
+            device.firmware_lock.as_deref(),
+            device.memberships.iter().map(|m| m.slot),
+        );
+        (target != device.target).then_some(target)
+    }
+
+    /// Stores a device's new target; a changed version is a rollout-target event, carrying the last cause
+    /// that touched the device in the batch (else `cause`).
+    fn retarget(&mut self, id: &str, target: Target, cause: Option<Cause>) {
+        let last = self
+            .touched
+            .index_of(id)
+            .and_then(|i| self.touched.get(i))
+            .and_then(|(_, t)| t.cause.clone());
+        let cause = last
+            .or(cause)
+            // Every path that touches a device records its cause; should one not, the instant of
+            // re-resolution is the truthful cause.
+            .unwrap_or_else(|| self.timer_cause());
+        let Some(device) = self.held(id) else {
+            return;
+        };
+        let previous = std::mem::replace(&mut device.target, target.clone());
+        if !previous.is_rollout_change(&target) {
+            return;
         }
+        device.target_sequence += 1;
+        let sequence = device.target_sequence;
+        let org = device.org.clone();
+        self.rollout(&org, id, sequence, &previous, &target, &cause);
     }
 }

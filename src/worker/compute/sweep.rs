@@ -23,7 +23,7 @@ use foldhash::HashMap;
 use super::causes::{control_cause, Cause};
 use super::work::Work;
 use crate::store::control::{ControlEntry, Positioned};
-use crate::worker::device::{AddedBy, Device, Member};
+use crate::worker::device::{set_member, AddedBy, Device, Member};
 use crate::worker::partition::Sweep;
 
 /// Most devices one batch's chunk visits: evaluating a group on a device takes tens of nanoseconds, so a
@@ -161,12 +161,15 @@ impl Work<'_> {
                     .and_then(|d| d.member(slot))
                     .is_some_and(|m| m.pinned || m.added_by != AddedBy::Manual);
                 if converts {
-                    self.mirror(id, cause, |device| {
-                        device.set_member(Member {
-                            slot,
-                            pinned: false,
-                            added_by: AddedBy::Manual,
-                        });
+                    self.mirror(id, cause, |members| {
+                        set_member(
+                            members,
+                            Member {
+                                slot,
+                                pinned: false,
+                                added_by: AddedBy::Manual,
+                            },
+                        );
                     });
                 }
             }

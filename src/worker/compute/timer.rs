@@ -19,6 +19,6 @@ impl Work<'_> {
         // Taken into the batch even when nothing changed: a flip instant is when the result *may* change,
         // and the device's next flip must be scheduled from here either way (installing the batch does it).
         // A device the batch leaves as stored is not written.
-        self.held(id);
+        self.touch(id);
     }
 }

@@ -1,10 +1,11 @@
-//! A batch's working state: the settings it is computed with, the devices it touched with where each
-//! started from, the rows it has rendered so far, its counters and the buffers it reuses; and the lookups
-//! every input kind shares.
+//! A batch's working state: the settings it is computed with, the partition's devices it changes in
+//! place and what each touched one started from, the rows it has rendered so far, its counters and the
+//! buffers it reuses; and the lookups every input kind shares.
 
 use foldhash::{HashMap, HashMapExt};
 
 use super::causes::{self, Cause, Document};
+use super::touched::{Origin, TouchedDevices};
 use crate::event::DeadLetterReason;
 use crate::kafka::Decoded;
 use crate::outbox::Message;
@@ -48,31 +49,19 @@ pub(crate) struct Stats {
     pub(crate) caught_up: bool,
 }
 
-/// Where a device of the batch started from: what its memberships are diffed against, and whether its row
-/// changed.
-pub(super) enum Origin {
-    /// The partition's copy (`Partition::devices`), unchanged while the batch is computed.
-    Held,
-    /// A copy: a device read from the database for this batch, or a held one whose starting state the
-    /// batch mirrors an API write into.
-    Copy(Box<Device>),
-    /// A device not stored anywhere yet.
-    New,
-}
-
 /// A batch being computed.
 pub(super) struct Work<'a> {
     pub(super) registry: &'a Registry,
     pub(super) partition: &'a Partition,
-    /// The partition's devices, read-locked for the batch's computation.
-    pub(super) held: &'a DeviceMap,
+    /// The partition's devices, write-locked for the batch's computation, which changes them in place.
+    pub(super) devices: &'a mut DeviceMap,
     pub(super) ctx: &'a BatchContext<'a>,
     /// The batch's input records (what [`Cause::Record`] indexes).
     pub(super) records: &'a [Decoded],
     /// The documents of the records' causes rendered so far, by record index.
     pub(super) rendered: HashMap<usize, Document>,
-    /// (state at batch start, or None for a device not stored; current state).
-    pub(super) devices: HashMap<Box<str>, (Origin, Device)>,
+    /// The devices the batch touched, with what each started from.
+    pub(super) touched: TouchedDevices,
     pub(super) log: Vec<LogRow>,
     pub(super) outbox: Vec<Message>,
     pub(super) stats: Stats,
@@ -81,8 +70,6 @@ pub(super) struct Work<'a> {
     pub(super) found: Vec<Candidate<u32>>,
     /// Reused by [`Work::reconcile_slots`]: (slot, action, reason) of each membership change.
     pub(super) changes: Vec<(u32, &'static str, &'static str)>,
-    /// The last cause that touched each device in this batch (carried by its rollout-target event).
-    pub(super) causes: HashMap<Box<str>, Cause>,
     /// Devices whose firmware must be re-resolved although the batch may not otherwise touch them (release
     /// changes), with the cause.
     pub(super) resolve: Vec<(Box<str>, Cause)>,
@@ -95,25 +82,24 @@ impl<'a> Work<'a> {
     pub(super) fn new(
         registry: &'a Registry,
         partition: &'a Partition,
-        held: &'a DeviceMap,
+        devices: &'a mut DeviceMap,
         ctx: &'a BatchContext<'a>,
         records: &'a [Decoded],
     ) -> Self {
         Work {
             registry,
             partition,
-            held,
+            devices,
             ctx,
             records,
             rendered: HashMap::new(),
-            devices: HashMap::new(),
+            touched: TouchedDevices::default(),
             log: Vec::new(),
             outbox: Vec::new(),
             stats: Stats::default(),
             scratch: Scratch::default(),
             found: Vec::new(),
             changes: Vec::new(),
-            causes: HashMap::new(),
             resolve: Vec::new(),
             timer_cause: None,
         }
@@ -121,39 +107,40 @@ impl<'a> Work<'a> {
 }
 
 impl Work<'_> {
-    /// The working copy of a device held by the partition (cloned on first touch).
+    /// A device the partition holds, taken into the batch (what it starts with saved) to be changed.
     pub(super) fn held(&mut self, id: &str) -> Option<&mut Device> {
-        if !self.devices.contains_key(id) {
-            let device: &Device = self.held.get(id)?;
-            self.devices
-                .insert(id.into(), (Origin::Held, device.clone()));
-        }
-        self.devices.get_mut(id).map(|(_, current)| current)
+        self.touch(id)?;
+        self.devices.get_mut(id).map(|d| &mut **d)
     }
 
-    /// Ids of the org's devices, held by the partition or already in the batch.
+    /// Takes a device the partition holds into the batch, saving what it starts with, once. Its index
+    /// among the batch's devices; None if the partition does not hold it.
+    pub(super) fn touch(&mut self, id: &str) -> Option<usize> {
+        if let Some(index) = self.touched.index_of(id) {
+            return Some(index);
+        }
+        let device = self.devices.get(id)?;
+        Some(self.touched.hold(id, device))
+    }
+
+    /// Adds a device the partition did not hold (read for the batch, or new) and takes it in.
+    pub(super) fn adopt(&mut self, id: &str, device: Device, origin: Origin) {
+        self.devices.insert(id.into(), Box::new(device));
+        self.touched.insert(id, origin);
+    }
+
+    /// Ids of the org's devices the partition holds (with those the batch added).
     pub(super) fn org_devices(&self, org: &str) -> Vec<Box<str>> {
-        let mut ids: Vec<Box<str>> = self
-            .held
+        self.devices
             .iter()
             .filter(|(_, d)| &*d.org == org)
             .map(|(id, _)| id.clone())
-            .collect();
-        ids.extend(
-            self.devices
-                .iter()
-                .filter(|(id, (_, d))| &*d.org == org && !self.held.contains_key(&**id))
-                .map(|(id, _)| id.clone()),
-        );
-        ids
+            .collect()
     }
 
-    /// A device's state in the batch: its working copy, or the partition's if the batch has not touched it.
+    /// A device's state in the batch.
     pub(super) fn current(&self, id: &str) -> Option<&Device> {
-        self.devices
-            .get(id)
-            .map(|(_, d)| d)
-            .or_else(|| self.held.get(id).map(|d| &**d))
+        self.devices.get(id).map(|d| &**d)
     }
 
     /// Logs a membership change of device `id` in the group at `slot`, with its cause.
@@ -210,13 +197,10 @@ impl Work<'_> {
         document
     }
 
-    /// Records `cause` as the last to touch device `id` (its key allocated only on the first).
+    /// Records `cause` as the last to touch device `id`, taking the device into the batch.
     pub(super) fn record_cause(&mut self, id: &str, cause: &Cause) {
-        match self.causes.get_mut(id) {
-            Some(last) => *last = cause.clone(),
-            None => {
-                self.causes.insert(id.into(), cause.clone());
-            }
+        if let Some(touched) = self.touch(id).and_then(|i| self.touched.get_mut(i)) {
+            touched.cause = Some(cause.clone());
         }
     }
 }

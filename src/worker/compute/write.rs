@@ -1,23 +1,25 @@
 //! Rendering a computed batch: its device rows (inserted or updated, guarded by version), membership rows
 //! ([`super::diff`]), log rows and outbox rows in one `BatchWrite`, with the partition's positions after
-//! it; and the state every device the batch touched has once it commits.
+//! it; each device written takes the version its row has once the batch commits.
 
-use foldhash::{HashMap, HashMapExt, HashSet};
+use foldhash::HashSet;
 
-use super::diff::{diff_memberships, row_equal, stored_equal};
+use super::diff::{diff_memberships, row_unchanged};
 use super::sweep::ControlProgress;
-use super::work::{Origin, Stats, Work};
+use super::touched::{Origin, Start, TouchedDevices};
+use super::work::{Stats, Work};
 use crate::kafka::Decoded;
+use crate::rules::attrs::write_json_changes;
 use crate::store::batch::{AttributesWrite, BatchWrite, DeviceRow};
 use crate::store::control::Positioned;
-use crate::worker::device::Device;
 
-/// What a computed batch will write, and the state the partition takes (at once: see [`crate::worker`]).
-#[derive(Debug)]
+/// What a computed batch will write, and what the partition's state, already changed, was before it (see
+/// [`crate::worker`]).
 pub(crate) struct Computed {
     pub(crate) write: BatchWrite,
-    /// Final state of every device the batch touched, as it is once the batch commits (versions included).
-    pub(crate) devices: HashMap<Box<str>, Box<Device>>,
+    /// The devices the batch changed in the partition (versions included, as they are once it commits),
+    /// with what putting each back restores.
+    pub(crate) touched: TouchedDevices,
     pub(crate) stats: Stats,
     /// What the batch did with its control entries: how many it applied, the definition change it leaves
     /// under way, and the devices whose time flips it must recompute.
@@ -25,7 +27,8 @@ pub(crate) struct Computed {
 }
 
 impl Work<'_> {
-    /// The batch's write and end states, once every input is applied and firmware re-resolved.
+    /// The batch's write, once every input is applied and firmware re-resolved; each device written takes
+    /// the version its row has once the batch commits.
     pub(super) fn render(
         self,
         records: &[Decoded],
@@ -35,9 +38,9 @@ impl Work<'_> {
         let Work {
             registry,
             partition,
-            held,
+            devices,
             ctx,
-            devices: touched,
+            mut touched,
             log,
             outbox,
             stats,
@@ -57,65 +60,67 @@ impl Work<'_> {
             ..Default::default()
         };
         write.outbox = outbox;
+        touched.seal();
         let logged: HashSet<&str> = log.iter().map(|r| r.device_id.as_str()).collect();
-        let mut devices = HashMap::with_capacity(touched.len());
-        for (id, (origin, mut current)) in touched {
-            let original = match &origin {
-                Origin::Held => held.get(&id).map(|d| &**d),
-                Origin::Copy(d) => Some(&**d),
-                Origin::New => None,
+        let catalogue = registry.catalogue();
+        for index in 0..touched.len() {
+            let Some((id, entry)) = touched.get(index) else {
+                continue;
             };
+            let Some(current) = devices.get_mut(id) else {
+                continue;
+            };
+            let start = touched.started(index);
+            let is_held = matches!(entry.origin, Origin::Held(_) | Origin::Reread { .. });
+            let row_same = row_unchanged(&start, current);
             // A held device the batch leaves as stored (a replayed or mirrored control entry that changed
             // no stored column) is not written. Anything else is, also to take the version guard: no two
             // owners ever write a device's memberships or log.
-            let is_held = held.contains_key(&id);
-            let untouched = original.is_some_and(|o| stored_equal(o, &current))
-                && is_held
-                && !logged.contains(&*id);
-            if untouched {
-                devices.insert(id, Box::new(current));
+            if is_held && row_same && start.members() == current.memberships && !logged.contains(id)
+            {
                 continue;
             }
-            diff_memberships(registry, &id, original, &current, &mut write);
-            if is_held && current.stored && original.is_some_and(|o| row_equal(o, &current)) {
+            diff_memberships(registry, id, start.members(), current, &mut write);
+            if is_held && current.stored && row_same {
                 // Only its memberships (or log) change: the row is not rewritten, only checked to be at
                 // the version this batch was computed from (`crate::store::batch`).
                 write.device_checks.push((id.to_string(), current.version));
-                devices.insert(id, Box::new(current));
                 continue;
             }
-            if !is_held && current.stored {
-                if let Some(original) = original {
-                    // Taken over from another partition: its memberships as read, which the commit checks
-                    // are still what is stored once it holds the row.
-                    let mut basis: Vec<(uuid::Uuid, bool)> = original
-                        .memberships
-                        .iter()
-                        .map(|m| (registry.group(m.slot).id, m.pinned))
-                        .collect();
-                    basis.sort_unstable();
-                    write.taken_over.push((id.to_string(), basis));
-                }
+            if let (false, true, Start::Device(stored)) = (is_held, current.stored, &start) {
+                // Taken over from another partition: its memberships as read, which the commit checks
+                // are still what is stored once it holds the row.
+                let mut basis: Vec<(uuid::Uuid, bool)> = stored
+                    .memberships
+                    .iter()
+                    .map(|m| (registry.group(m.slot).id, m.pinned))
+                    .collect();
+                basis.sort_unstable();
+                write.taken_over.push((id.to_string(), basis));
             }
             // A held device's row is as its starting state says (the version guard holds it so): only
             // what changed is sent (see `AttributesWrite`).
-            let catalogue = registry.catalogue();
             let mut json = Vec::with_capacity(if is_held { 64 } else { 512 });
-            let attributes_write = match original.filter(|_| is_held && current.stored) {
-                Some(original) => {
-                    if current
+            let removes = match &start {
+                Start::Saved { .. } if current.stored => Some(write_json_changes(
+                    &start.changed_attributes(current),
+                    catalogue,
+                    &mut json,
+                )),
+                Start::Device(stored) if is_held && current.stored => Some(
+                    current
                         .attrs
-                        .write_json_patch(&original.attrs, catalogue, &mut json)
-                    {
-                        AttributesWrite::MergeRemoving
-                    } else {
-                        AttributesWrite::Merge
-                    }
-                }
-                None => {
+                        .write_json_patch(&stored.attrs, catalogue, &mut json),
+                ),
+                _ => {
                     current.attrs.write_json(catalogue, &mut json);
-                    AttributesWrite::Replace
+                    None
                 }
+            };
+            let attributes_write = match removes {
+                Some(true) => AttributesWrite::MergeRemoving,
+                Some(false) => AttributesWrite::Merge,
+                None => AttributesWrite::Replace,
             };
             let row = DeviceRow {
                 id: id.to_string(),
@@ -146,13 +151,12 @@ impl Work<'_> {
                 1
             };
             current.stored = true;
-            devices.insert(id, Box::new(current));
         }
         drop(logged);
         write.log = log;
         Computed {
             write,
-            devices,
+            touched,
             stats,
             control: progress,
         }
