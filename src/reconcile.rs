@@ -25,9 +25,10 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::firmware::{resolve, DeviceFacts, GroupRelease, Reason, Target, Version};
+use crate::firmware::{resolve, DeviceFacts, GroupRelease, Reason, Target};
 use crate::rules::{compile, AttrValue, Attributes, Catalogue, CompiledFilter, EpochMillis};
 use crate::store::counts::{self, CountDrift};
+use crate::store::firmware::org_live_releases;
 use crate::store::StoreError;
 
 /// What to check.
@@ -131,23 +132,11 @@ async fn org_rules(
             }
         }
     }
-    let releases: Vec<(Option<Uuid>, String)> = sqlx::query_as(
-        "SELECT r.group_id, r.version FROM firmware_releases r LEFT JOIN device_groups g ON g.id = r.group_id \
-         WHERE r.org_id = $1 AND r.withdrawn_at IS NULL AND (r.group_id IS NULL OR g.deleted_at IS NULL)",
-    )
-    .bind(org)
-    .fetch_all(pool)
-    .await?;
-    for (group, label) in releases {
-        let Ok(version) = Version::parse(&label) else {
+    for live in org_live_releases(pool, org).await? {
+        let Some(release) = live.resolution() else {
             continue;
         };
-        let release = GroupRelease {
-            group: group.unwrap_or(Uuid::nil()),
-            version,
-            label: label.into(),
-        };
-        match group {
+        match live.group_id {
             Some(g) => {
                 rules.releases.insert(g, release);
             }
@@ -233,6 +222,7 @@ fn check_device(
         }
     }
     let facts = DeviceFacts {
+        id: &row.id,
         development: row.is_development,
         lock: row.firmware_lock.as_deref(),
     };

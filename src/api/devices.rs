@@ -18,10 +18,11 @@ use super::auth::Caller;
 use super::error::{Detail, ErrorBody, Json, Path};
 use super::members::{Accepted, MAX_BATCH};
 use super::{ApiError, ApiState, PRODUCE_TIMEOUT};
-use crate::firmware::Version;
+use crate::firmware::{stage_bucket, Version};
 use crate::rules::{compile, AttrValue, Attributes};
 use crate::store::api as queries;
 use crate::store::control::LockChange;
+use crate::store::firmware::{self, LiveRelease};
 use crate::store::members;
 
 pub fn routes() -> Router<ApiState> {
@@ -192,6 +193,75 @@ pub struct FirmwareView {
     pub target_sequence: i64,
     pub firmware_lock: Option<String>,
     pub is_development: bool,
+    /// Every live release that can target the device — those of its groups, and the org's default — with
+    /// whether its current stage selects the device, and why.
+    pub releases: Vec<ReleaseSelection>,
+}
+
+/// A live release that can target a device, and whether its stage selects it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseSelection {
+    pub release_id: Uuid,
+    /// `null` for the org's default.
+    pub group_id: Option<Uuid>,
+    pub version: String,
+    /// The release's current stage (0 is the first) and the share of its target it selects, in percent.
+    pub stage: i32,
+    pub percentage: f64,
+    /// Where the device falls in the release, in percent: a stage selects the devices below its share.
+    pub position: f64,
+    pub selected: bool,
+    /// Whether this release decided the device's target.
+    pub deciding: bool,
+    pub why: String,
+}
+
+/// Each of `releases` that can target a device of `groups` (its memberships), and whether it selects it.
+fn release_selections(
+    device: &str,
+    groups: &[Uuid],
+    target: (&str, Option<Uuid>),
+    releases: Vec<LiveRelease>,
+) -> Vec<ReleaseSelection> {
+    let mut out: Vec<ReleaseSelection> = releases
+        .into_iter()
+        .filter(|r| r.group_id.is_none_or(|g| groups.contains(&g)))
+        .map(|r| {
+            let bucket = stage_bucket(r.group_id.unwrap_or(Uuid::nil()), &r.version, device);
+            let selected = r.resolution().is_some_and(|g| g.selects(device));
+            let percentage = f64::from(r.share) / 100.0;
+            let position = f64::from(bucket) / 100.0;
+            let why = if percentage >= 100.0 {
+                "the release's stage selects every device of its target".to_string()
+            } else if selected {
+                format!("selected: the device's position, {position}%, is below the stage's {percentage}%")
+            } else {
+                format!(
+                    "not yet selected: the device's position, {position}%, is not below the stage's \
+                     {percentage}%; it resolves as if this release did not exist"
+                )
+            };
+            let deciding = match target {
+                ("group", Some(g)) => r.group_id == Some(g),
+                ("default", _) => r.group_id.is_none(),
+                _ => false,
+            };
+            ReleaseSelection {
+                release_id: r.id,
+                group_id: r.group_id,
+                version: r.version,
+                stage: r.stage,
+                percentage,
+                position,
+                selected,
+                deciding,
+                why,
+            }
+        })
+        .collect();
+    out.sort_by_key(|r| (r.group_id.is_none(), r.group_id));
+    out
 }
 
 /// Everything about a device.
@@ -237,6 +307,16 @@ pub async fn view(
     let device = visible_device(&state, &caller, &id).await?;
     let memberships = queries::device_memberships(&state.pool, &id).await?;
     let groups = queries::dynamic_groups(&state.pool, &device.org_id).await?;
+    let member_of: Vec<Uuid> = memberships.iter().map(|m| m.group_id).collect();
+    let releases = firmware::org_live_releases(&state.pool, &device.org_id)
+        .await
+        .map_err(crate::store::StoreError::from)?;
+    let releases = release_selections(
+        &device.id,
+        &member_of,
+        (&device.target_reason, device.target_group),
+        releases,
+    );
     let catalogue = &state.catalogue;
     let doc = device.attributes.as_object().cloned().unwrap_or_default();
     let attrs = Attributes::from_stored_json(&doc, catalogue, |_, _| {});
@@ -289,6 +369,7 @@ pub async fn view(
             target_sequence: device.target_sequence,
             firmware_lock: device.firmware_lock,
             is_development: device.is_development,
+            releases,
         },
         dynamic_groups,
         evaluated_at: crate::rules::time::format_millis(now),

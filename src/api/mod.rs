@@ -37,6 +37,7 @@ pub mod openapi;
 pub mod orgs;
 mod peers;
 pub mod preview;
+pub mod release_stages;
 pub mod releases;
 pub mod thingspace;
 

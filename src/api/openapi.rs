@@ -11,8 +11,8 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    device_groups, device_scoped, devices, error, groups, log, members, orgs, preview, releases,
-    thingspace,
+    device_groups, device_scoped, devices, error, groups, log, members, orgs, preview,
+    release_stages, releases, thingspace,
 };
 
 #[derive(OpenApi)]
@@ -38,7 +38,7 @@ use super::{
         device_groups::remove_batch, device_groups::add_one, device_groups::remove_one,
         thingspace::create,
         devices::import, devices::view, devices::lock, devices::unlock, devices::development,
-        releases::list, releases::create, releases::withdraw,
+        releases::list, releases::create, releases::withdraw, release_stages::advance,
         orgs::list, orgs::create,
     ),
     components(schemas(error::ErrorBody, thingspace::ThingSpaceError, groups::GroupType, log::LogAction)),

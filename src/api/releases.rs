@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
 use super::internal::{self, ImpactAnswer, ImpactRequest, IMPACT_PATH};
-use super::{peers, ApiError, ApiState};
+use super::{peers, release_stages, ApiError, ApiState};
 use crate::rules::Catalogue;
 use crate::store::api as queries;
 use crate::store::firmware::{
@@ -33,10 +33,11 @@ pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/", get(list).post(create))
         .route("/{id}", delete(withdraw))
+        .route("/{id}/advance", post(release_stages::advance))
 }
 
 /// Devices listed in an impact preview.
-const IMPACT_SAMPLE: usize = 20;
+pub(super) const IMPACT_SAMPLE: usize = 20;
 
 /// A release.
 #[derive(Debug, Serialize, ToSchema)]
@@ -50,10 +51,21 @@ pub struct ReleaseView {
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub withdrawn_at: Option<DateTime<Utc>>,
+    /// Each stage's share of the target's devices, in percent, increasing (`[100]`: all at once).
+    pub stages: Vec<f64>,
+    /// The current stage (0 is the first).
+    pub stage: i32,
+    /// The share of the target's devices the current stage selects, in percent.
+    pub percentage: f64,
 }
 
 impl From<queries::ReleaseRow> for ReleaseView {
     fn from(r: queries::ReleaseRow) -> Self {
+        let current = usize::try_from(r.stage)
+            .ok()
+            .and_then(|i| r.stages.get(i))
+            .copied()
+            .unwrap_or(10_000);
         Self {
             id: r.id,
             org_id: r.org_id,
@@ -62,6 +74,13 @@ impl From<queries::ReleaseRow> for ReleaseView {
             created_by: r.created_by,
             created_at: r.created_at,
             withdrawn_at: r.withdrawn_at,
+            stages: r
+                .stages
+                .iter()
+                .map(|s| release_stages::percent(*s))
+                .collect(),
+            stage: r.stage,
+            percentage: release_stages::percent(current),
         }
     }
 }
@@ -113,6 +132,12 @@ pub struct CreateRelease {
     /// An integer or a semantic version; an org's releases all use one kind.
     #[schema(min_length = 1, max_length = 128)]
     pub version: String,
+    /// Release in stages: each the percentage of the target's devices selected (increasing, up to 10, to a
+    /// hundredth), chosen by a stable hash of the release and the device. The release starts at the first;
+    /// `POST /api/v1/releases/{id}/advance` moves it on. Default: all at once.
+    pub stages: Option<Vec<f64>>,
+    /// One stage of this percentage (instead of `stages`).
+    pub percentage: Option<f64>,
     /// Decide the release exactly as without it — the same refusals — but write nothing: answer the impact.
     #[serde(default, alias = "dry_run")]
     pub dry_run: bool,
@@ -162,9 +187,11 @@ pub async fn create(
             ))
         }
     };
+    let stages = release_stages::requested(body.stages.as_deref(), body.percentage)?;
     let proposal = Proposal::Release {
         target,
         version: body.version.trim().to_string(),
+        stages,
     };
     let held = held_devices(&state).await?;
     let applied = firmware::apply_counting(
@@ -208,7 +235,7 @@ pub async fn create(
 /// PostgreSQL). A partition whose worker has not yet applied every control-log entry committed before
 /// this request — a static member just added, a pin, another release — is read from PostgreSQL, which
 /// already holds them: an impact counts every change committed before it was asked for.
-async fn held_devices(state: &ApiState) -> Result<InMemory, ApiError> {
+pub(super) async fn held_devices(state: &ApiState) -> Result<InMemory, ApiError> {
     let live_workers::PartitionOwners { owners, behind } =
         live_workers::partition_owners(&state.pool, &state.input_topic, FRESH_WITHIN).await?;
     Ok(InMemory {
@@ -223,7 +250,7 @@ async fn held_devices(state: &ApiState) -> Result<InMemory, ApiError> {
 }
 
 /// The workers' devices, as the impact counts them.
-struct InMemory {
+pub(super) struct InMemory {
     /// The worker's in this process, if it runs one.
     view: Option<FleetView>,
     catalogue: Arc<Catalogue>,
@@ -310,7 +337,7 @@ impl HeldDevices for InMemory {
 }
 
 /// A request's `dry_run` flag as the store's mode: the same decision either way, written only without it.
-fn mode(dry_run: bool) -> Mode {
+pub(super) fn mode(dry_run: bool) -> Mode {
     if dry_run {
         Mode::DryRun
     } else {

@@ -240,17 +240,91 @@ pub struct GroupRelease {
     pub version: Version,
     /// As written by the operator (what the event carries).
     pub label: Arc<str>,
+    /// Which of the target's devices it selects.
+    pub staging: Staging,
+}
+
+impl GroupRelease {
+    /// A release of `label` (parsed: `version`) to `group` (nil for the default) that selects every
+    /// device of it.
+    pub fn whole(group: Uuid, version: Version, label: Arc<str>) -> Self {
+        Self {
+            group,
+            version,
+            label,
+            staging: Staging::WHOLE,
+        }
+    }
+
+    /// Whether the release's current stage selects device `device_id` (see [`stage_bucket`]).
+    pub fn selects(&self, device_id: &str) -> bool {
+        self.staging.share >= WHOLE_SHARE
+            || stage_bucket(self.group, &self.label, device_id) < self.staging.share
+    }
+}
+
+/// A release's stage: which share of its target's devices it selects, by a stable hash of the release and
+/// the device ([`stage_bucket`]). Raising the share only adds devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Staging {
+    /// The release's id (what its rollout-target events name; nil when unknown).
+    pub release: Uuid,
+    /// The current stage: an index into the release's stages.
+    pub stage: u16,
+    /// The share of the target's devices the stage selects, in basis points (10,000: every device).
+    pub share: u16,
+}
+
+/// Basis points of a whole target.
+pub const WHOLE_SHARE: u16 = 10_000;
+
+impl Staging {
+    /// Every device of the target, at once.
+    pub const WHOLE: Staging = Staging {
+        release: Uuid::nil(),
+        stage: 0,
+        share: WHOLE_SHARE,
+    };
+}
+
+/// Where a device falls in a release's stages: a number below 10,000, the same on every worker, in every
+/// process and every version of cohort. The release is named by its target and version — the group's id
+/// (the nil UUID for the org's default) and the version as released — so a dry run, made before the
+/// release has an id, selects exactly the devices the release will. It is FNV-1a (64 bits) over the
+/// group id's 16 bytes, the version's UTF-8 bytes, a zero byte and the device id's UTF-8 bytes, mixed by
+/// SplitMix64's finalizer, modulo 10,000. A stage whose share is `s` basis points selects the devices
+/// whose bucket is below `s`: a device selected at 10% stays selected at 50%, and another version (or
+/// another group) selects another 10%.
+pub fn stage_bucket(group: Uuid, version: &str, device_id: &str) -> u16 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = group
+        .as_bytes()
+        .iter()
+        .chain(version.as_bytes())
+        .chain(&[0]);
+    for byte in bytes.chain(device_id.as_bytes()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let mut z = hash.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z % u64::from(WHOLE_SHARE)) as u16
 }
 
 /// What resolution needs to know about a device.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceFacts<'a> {
+    /// The device's id (which stages of a staged release select it).
+    pub id: &'a str,
     pub development: bool,
     pub lock: Option<&'a str>,
 }
 
 /// Resolves a device's target from its facts, the releases of the groups it belongs to, and the org's
-/// default release (`(version, label)`).
+/// default release. A staged release whose current stage does not select the device is passed over, as if
+/// it did not exist.
 pub fn resolve<'r>(
     facts: &DeviceFacts<'_>,
     releases: impl IntoIterator<Item = &'r GroupRelease>,
@@ -270,11 +344,14 @@ pub fn resolve<'r>(
             group: None,
         };
     }
-    let best = releases.into_iter().max_by(|a, b| {
-        a.version
-            .cmp(&b.version)
-            .then_with(|| b.group.cmp(&a.group))
-    });
+    let best = releases
+        .into_iter()
+        .filter(|r| r.selects(facts.id))
+        .max_by(|a, b| {
+            a.version
+                .cmp(&b.version)
+                .then_with(|| b.group.cmp(&a.group))
+        });
     if let Some(best) = best {
         return Target {
             version: Some(best.label.clone()),
@@ -282,7 +359,7 @@ pub fn resolve<'r>(
             group: Some(best.group),
         };
     }
-    match default {
+    match default.filter(|d| d.selects(facts.id)) {
         Some(d) => Target {
             version: Some(d.label.clone()),
             reason: Reason::Default,
@@ -301,10 +378,85 @@ mod tests {
     }
 
     fn release(group: u128, version: &str) -> GroupRelease {
-        GroupRelease {
-            group: Uuid::from_u128(group),
-            version: v(version),
-            label: version.into(),
+        GroupRelease::whole(Uuid::from_u128(group), v(version), version.into())
+    }
+
+    /// The bucket of a device in a release, as documented: FNV-1a 64 over the group id's bytes, the
+    /// version's, a zero byte and the device id's, SplitMix64's finalizer, modulo 10,000 (written out again
+    /// here as the reference).
+    fn reference_bucket(group: Uuid, version: &str, device: &str) -> u16 {
+        let mut bytes = group.as_bytes().to_vec();
+        bytes.extend_from_slice(version.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(device.as_bytes());
+        let mut h: u64 = 14695981039346656037;
+        for b in &bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(1099511628211);
+        }
+        let mut z = h.wrapping_add(0x9E3779B97F4A7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        ((z ^ (z >> 31)) % 10_000) as u16
+    }
+
+    #[test]
+    fn a_stage_selects_the_devices_hashed_below_its_share_and_a_larger_one_only_adds() {
+        let group = Uuid::from_u128(1);
+        let devices: Vec<String> = (0..20_000).map(|i| format!("dev-{i:05}")).collect();
+        let staged = |share| GroupRelease {
+            staging: Staging {
+                release: Uuid::from_u128(0x5eed),
+                stage: 0,
+                share,
+            },
+            ..release(1, "2")
+        };
+        let (ten, half) = (staged(1_000), staged(5_000));
+        let mut selected = 0;
+        for device in &devices {
+            let bucket = reference_bucket(group, "2", device);
+            assert_eq!(stage_bucket(group, "2", device), bucket);
+            assert_eq!(ten.selects(device), bucket < 1_000);
+            assert!(!ten.selects(device) || half.selects(device), "{device}");
+            selected += usize::from(ten.selects(device));
+        }
+        // About a tenth, and a different tenth for another version.
+        assert!((1_800..2_200).contains(&selected), "{selected}");
+        let moved = devices
+            .iter()
+            .filter(|d| {
+                (stage_bucket(group, "2", d) < 1_000) != (stage_bucket(group, "3", d) < 1_000)
+            })
+            .count();
+        assert!(moved > 3_000, "{moved}");
+        assert!(devices.iter().all(|d| release(1, "2").selects(d)));
+    }
+
+    #[test]
+    fn a_device_a_stage_does_not_select_resolves_as_if_the_release_did_not_exist() {
+        let staged = GroupRelease {
+            staging: Staging {
+                release: Uuid::from_u128(7),
+                stage: 0,
+                share: 2_500,
+            },
+            ..release(1, "3")
+        };
+        let bucket = |device: &str| stage_bucket(Uuid::from_u128(1), "3", device);
+        let releases = [staged, release(2, "2")];
+        let default = release(0, "1");
+        for i in 0..200 {
+            let device = format!("d{i}");
+            let facts = DeviceFacts {
+                id: &device,
+                ..DeviceFacts::default()
+            };
+            let t = resolve(&facts, &releases, Some(&default));
+            let want = if bucket(&device) < 2_500 { "3" } else { "2" };
+            assert_eq!(t.version.as_deref(), Some(want));
+            let t = resolve(&facts, &releases[..1], Some(&default));
+            let want = if bucket(&device) < 2_500 { "3" } else { "1" };
+            assert_eq!(t.version.as_deref(), Some(want));
         }
     }
 
@@ -341,6 +493,7 @@ mod tests {
         let dev = DeviceFacts {
             development: true,
             lock: Some("3"),
+            ..DeviceFacts::default()
         };
         assert_eq!(
             resolve(&dev, &releases, Some(&default)).reason,
@@ -349,6 +502,7 @@ mod tests {
         let locked = DeviceFacts {
             development: false,
             lock: Some("3"),
+            ..DeviceFacts::default()
         };
         let t = resolve(&locked, &releases, Some(&default));
         assert_eq!(

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-use super::Target;
+use super::{Staging, Target};
 use crate::outbox::Message;
 use crate::rules::time::{format_millis, EpochMillis};
 
@@ -86,6 +86,8 @@ pub struct RolloutTarget<'a> {
     pub previous: &'a Target,
     /// The target after it.
     pub target: &'a Target,
+    /// The release whose stage selected the device for its new target, if one decided it.
+    pub release: Option<Staging>,
     /// What caused the change: the JSON document also stored in the membership log.
     pub cause: &'a RawValue,
     /// When the change was computed (the event's `time`).
@@ -100,7 +102,7 @@ impl RolloutTarget<'_> {
 
     /// The CloudEvents document.
     pub fn document(&self) -> Value {
-        rollout_event(
+        let mut document = rollout_event(
             self.org_id,
             self.device_id,
             self.sequence,
@@ -108,7 +110,15 @@ impl RolloutTarget<'_> {
             self.target,
             self.cause,
             &format_millis(self.at),
-        )
+        );
+        if let (Some(release), Some(data)) = (self.release, document.get_mut("data")) {
+            data["release"] = json!({
+                "id": release.release,
+                "stage": release.stage,
+                "percentage": f64::from(release.share) / 100.0,
+            });
+        }
+        document
     }
 
     /// The outbox message publishing the event to `topic`: key the device id, value the document (compact
@@ -166,6 +176,11 @@ mod tests {
             sequence: 4,
             previous: &previous,
             target: &target,
+            release: Some(Staging {
+                release: Uuid::from_u128(9),
+                stage: 1,
+                share: 2_500,
+            }),
             cause: &cause,
             at: 1_718_452_800_000,
         };
@@ -173,7 +188,7 @@ mod tests {
         assert_eq!(message.topic, "rollout-targets");
         assert_eq!(message.key.as_deref(), Some(&b"gw-17"[..]));
         let id = event_id("gw-17", 4).to_string();
-        let expected = rollout_event(
+        let mut expected = rollout_event(
             "acme",
             "gw-17",
             4,
@@ -182,6 +197,9 @@ mod tests {
             &json!({"type": "control", "controlId": 118}),
             "2024-06-15T12:00:00.000Z",
         );
+        // The release whose stage selected the device, with the stage's share in percent.
+        expected["data"]["release"] =
+            json!({"id": Uuid::from_u128(9), "stage": 1, "percentage": 25.0});
         assert_eq!(message.payload, expected.to_string().into_bytes());
         assert_eq!(
             message.header_pairs(),

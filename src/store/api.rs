@@ -423,6 +423,10 @@ pub struct ReleaseRow {
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub withdrawn_at: Option<DateTime<Utc>>,
+    /// Each stage's share of the target's devices, in basis points.
+    pub stages: Vec<i32>,
+    /// The current stage (an index into `stages`).
+    pub stage: i32,
 }
 
 /// An org's releases, newest first (live ones only unless `include_withdrawn`).
@@ -432,7 +436,8 @@ pub async fn list_releases(
     include_withdrawn: bool,
 ) -> Result<Vec<ReleaseRow>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, org_id, version, group_id, created_by, created_at, withdrawn_at FROM firmware_releases \
+        "SELECT id, org_id, version, group_id, created_by, created_at, withdrawn_at, stages, stage \
+         FROM firmware_releases \
          WHERE org_id = $1 AND ($2 OR withdrawn_at IS NULL) ORDER BY created_at DESC, id LIMIT 1000",
     )
     .bind(org_id)
@@ -444,7 +449,8 @@ pub async fn list_releases(
 /// A release by id.
 pub async fn get_release(pool: &PgPool, id: Uuid) -> Result<Option<ReleaseRow>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, org_id, version, group_id, created_by, created_at, withdrawn_at FROM firmware_releases \
+        "SELECT id, org_id, version, group_id, created_by, created_at, withdrawn_at, stages, stage \
+         FROM firmware_releases \
          WHERE id = $1",
     )
     .bind(id)

@@ -30,6 +30,29 @@ pub struct GroupDefinition {
     pub filter: Option<Value>,
 }
 
+/// A release's stage in a [`ControlEntry::ReleaseChanged`] entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StagingEntry {
+    pub release_id: Uuid,
+    pub stage: u16,
+    /// Basis points of the target's devices selected.
+    pub share: u16,
+}
+
+impl StagingEntry {
+    /// As resolution reads it; `None` (an entry without stages) selects the whole target.
+    pub fn of(entry: Option<&StagingEntry>) -> crate::firmware::Staging {
+        entry.map_or(crate::firmware::Staging::WHOLE, |s| {
+            crate::firmware::Staging {
+                release: s.release_id,
+                stage: s.stage,
+                share: s.share,
+            }
+        })
+    }
+}
+
 /// One control-log entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -59,6 +82,10 @@ pub enum ControlEntry {
         org_id: String,
         group_id: Option<Uuid>,
         version: Option<String>,
+        /// The release, its current stage and the share of the target the stage selects (absent: the
+        /// whole target, as for an entry written before releases had stages).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        staging: Option<StagingEntry>,
     },
     /// The API added devices to (or removed them from) a static group, and has already written the
     /// membership and log rows in the entry's transaction. The owning workers only mirror the change in

@@ -5,9 +5,9 @@
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::control::{self, ControlEntry};
+use super::control::{self, ControlEntry, StagingEntry};
 use super::StoreError;
-use crate::firmware::{Version, VersionError, VersionKind};
+use crate::firmware::{GroupRelease, Staging, Version, VersionError, VersionKind, WHOLE_SHARE};
 
 mod impact;
 
@@ -26,6 +26,12 @@ pub enum ReleaseError {
     NotFound,
     #[error("version {0:?} cannot become the org default: no device of the org reports running it (release it to a group first)")]
     NoDeviceRunsIt(String),
+    /// Stages that are not 1 to 10 increasing shares of 1 to 10,000 basis points.
+    #[error("{0}")]
+    Stages(String),
+    /// A stage advance the release cannot make (it is at its last stage, or the stage named is not ahead).
+    #[error("{0}")]
+    Stage(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -59,6 +65,28 @@ pub struct Release {
     pub org_id: String,
     pub version: String,
     pub target: ReleaseTarget,
+    /// Its stages: each the share of the target's devices selected, in basis points, increasing.
+    pub stages: Vec<u16>,
+    /// The current stage (an index into `stages`).
+    pub stage: u16,
+}
+
+/// The most stages a release has.
+pub const MAX_STAGES: usize = 10;
+
+/// Checks a release's stages: 1 to [`MAX_STAGES`] shares, each 1 to 10,000 basis points, increasing.
+pub fn check_stages(stages: &[u16]) -> Result<(), ReleaseError> {
+    let refuse = |why: &str| Err(ReleaseError::Stages(format!("stages: {why}")));
+    if stages.is_empty() || stages.len() > MAX_STAGES {
+        return refuse("1 to 10 stages are allowed");
+    }
+    if stages.iter().any(|s| *s == 0 || *s > WHOLE_SHARE) {
+        return refuse("each stage is a share above 0% and at most 100%");
+    }
+    if stages.windows(2).any(|w| w[0] >= w[1]) {
+        return refuse("each stage must select more devices than the one before");
+    }
+    Ok(())
 }
 
 /// The kind of versions the org's live releases use, if any.
@@ -91,13 +119,17 @@ async fn lock_org(conn: &mut PgConnection, org_id: &str) -> Result<(), sqlx::Err
 /// A proposed change of an org's releases: what [`apply`] decides, and writes or only answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Proposal {
-    /// Release `version` to the target, replacing its current release.
+    /// Release `version` to the target, replacing its current release, in `stages` (basis points of the
+    /// target's devices; `[10000]`: all at once). The release starts at its first stage.
     Release {
         target: ReleaseTarget,
         version: String,
+        stages: Vec<u16>,
     },
     /// Withdraw this live release; its target then has no release.
     Withdraw { release: Uuid },
+    /// Move this live release to stage `stage` (`None`: the next one), selecting more devices.
+    Advance { release: Uuid, stage: Option<u16> },
 }
 
 /// Whether [`apply`] writes the change or only answers what writing it would do.
@@ -128,23 +160,76 @@ struct Admitted {
 }
 
 enum Change {
-    Release { version: String, parsed: Version },
-    Withdraw { id: Uuid, version: String },
+    Release {
+        version: String,
+        parsed: Version,
+        stages: Vec<u16>,
+    },
+    Withdraw {
+        live: LiveStages,
+    },
+    Advance {
+        live: LiveStages,
+        parsed: Version,
+        to: u16,
+    },
+}
+
+/// A live release's id, version and stages, as a withdrawal or an advance reads it.
+struct LiveStages {
+    id: Uuid,
+    version: String,
+    stages: Vec<u16>,
+    stage: u16,
 }
 
 impl Admitted {
-    /// The release named by a dry run (a new release has no id until written).
+    /// The release named by a dry run (a new release has no id until written), as it would be after.
     fn existing(&self) -> Option<Release> {
-        match &self.change {
-            Change::Release { .. } => None,
-            Change::Withdraw { id, version } => Some(Release {
-                id: *id,
-                org_id: self.org_id.clone(),
-                version: version.clone(),
-                target: self.target,
-            }),
-        }
+        let (live, stage) = match &self.change {
+            Change::Release { .. } => return None,
+            Change::Withdraw { live } => (live, live.stage),
+            Change::Advance { live, to, .. } => (live, *to),
+        };
+        Some(Release {
+            id: live.id,
+            org_id: self.org_id.clone(),
+            version: live.version.clone(),
+            target: self.target,
+            stages: live.stages.clone(),
+            stage,
+        })
     }
+}
+
+/// Reads a live release of the org for a change, locking its row.
+async fn live_stages(
+    conn: &mut PgConnection,
+    org_id: &str,
+    release: Uuid,
+) -> Result<(LiveStages, ReleaseTarget), ReleaseError> {
+    let row: Option<(String, Option<Uuid>, Vec<i32>, i32)> = sqlx::query_as(
+        "SELECT version, group_id, stages, stage FROM firmware_releases \
+         WHERE id = $1 AND org_id = $2 AND withdrawn_at IS NULL FOR UPDATE",
+    )
+    .bind(release)
+    .bind(org_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (version, group, stages, stage) = row.ok_or(ReleaseError::NotFound)?;
+    let live = LiveStages {
+        id: release,
+        version,
+        stages: stages
+            .iter()
+            .map(|s| (*s).clamp(0, i32::from(WHOLE_SHARE)) as u16)
+            .collect(),
+        stage: stage.clamp(0, i32::from(u16::MAX)) as u16,
+    };
+    Ok((
+        live,
+        group.map_or(ReleaseTarget::Default, ReleaseTarget::Group),
+    ))
 }
 
 /// Decides whether the org may make the change — the only place that does, for writes and dry runs alike —
@@ -155,9 +240,14 @@ async fn admit(
     proposal: &Proposal,
 ) -> Result<Admitted, ReleaseError> {
     match proposal {
-        Proposal::Release { target, version } => {
+        Proposal::Release {
+            target,
+            version,
+            stages,
+        } => {
             let version = version.trim();
             let parsed = Version::parse(version)?;
+            check_stages(stages)?;
             lock_org(conn, org_id).await?;
             if let Some(kind) = org_kind(conn, org_id).await? {
                 Version::parse_as(version, kind)?;
@@ -194,27 +284,42 @@ async fn admit(
                 change: Change::Release {
                     version: version.to_string(),
                     parsed,
+                    stages: stages.clone(),
                 },
             })
         }
         Proposal::Withdraw { release } => {
             lock_org(conn, org_id).await?;
-            let row: Option<(String, Option<Uuid>)> = sqlx::query_as(
-                "SELECT version, group_id FROM firmware_releases \
-                 WHERE id = $1 AND org_id = $2 AND withdrawn_at IS NULL FOR UPDATE",
-            )
-            .bind(release)
-            .bind(org_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-            let (version, group) = row.ok_or(ReleaseError::NotFound)?;
+            let (live, target) = live_stages(conn, org_id, *release).await?;
             Ok(Admitted {
                 org_id: org_id.to_string(),
-                target: group.map_or(ReleaseTarget::Default, ReleaseTarget::Group),
-                change: Change::Withdraw {
-                    id: *release,
-                    version,
-                },
+                target,
+                change: Change::Withdraw { live },
+            })
+        }
+        Proposal::Advance { release, stage } => {
+            lock_org(conn, org_id).await?;
+            let (live, target) = live_stages(conn, org_id, *release).await?;
+            let last = live.stages.len().saturating_sub(1) as u16;
+            let to = stage.unwrap_or(live.stage.saturating_add(1));
+            if live.stage >= last {
+                return Err(ReleaseError::Stage(format!(
+                    "the release is at its last stage ({} of {})",
+                    live.stage + 1,
+                    live.stages.len()
+                )));
+            }
+            if to <= live.stage || to > last {
+                return Err(ReleaseError::Stage(format!(
+                    "stage {to} is not ahead of the release's stage {} (stages 0 to {last})",
+                    live.stage
+                )));
+            }
+            let parsed = Version::parse(&live.version)?;
+            Ok(Admitted {
+                org_id: org_id.to_string(),
+                target,
+                change: Change::Advance { live, parsed, to },
             })
         }
     }
@@ -227,8 +332,12 @@ async fn write(
     actor: &str,
 ) -> Result<Release, ReleaseError> {
     let (org_id, target) = (admitted.org_id.as_str(), admitted.target);
-    let (id, version, released) = match &admitted.change {
-        Change::Release { version, parsed } => {
+    let (id, version, released, stages, stage) = match &admitted.change {
+        Change::Release {
+            version,
+            parsed,
+            stages,
+        } => {
             sqlx::query(
                 "UPDATE firmware_releases SET withdrawn_at = now() WHERE org_id = $1 AND withdrawn_at IS NULL \
                  AND group_id IS NOT DISTINCT FROM $2",
@@ -238,9 +347,10 @@ async fn write(
             .execute(&mut **tx)
             .await?;
             let id = Uuid::new_v4();
+            let stored: Vec<i32> = stages.iter().map(|s| i32::from(*s)).collect();
             sqlx::query(
-                "INSERT INTO firmware_releases (id, org_id, version, version_kind, group_id, created_by) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO firmware_releases (id, org_id, version, version_kind, group_id, created_by, stages) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
             )
             .bind(id)
             .bind(org_id)
@@ -248,22 +358,51 @@ async fn write(
             .bind(parsed.kind().as_str())
             .bind(target.group())
             .bind(actor)
+            .bind(&stored)
             .execute(&mut **tx)
             .await?;
-            (id, version.clone(), Some(version.clone()))
+            (id, version.clone(), true, stages.clone(), 0)
         }
-        Change::Withdraw { id, version } => {
+        Change::Withdraw { live } => {
             sqlx::query("UPDATE firmware_releases SET withdrawn_at = now() WHERE id = $1")
-                .bind(id)
+                .bind(live.id)
                 .execute(&mut **tx)
                 .await?;
-            (*id, version.clone(), None)
+            (
+                live.id,
+                live.version.clone(),
+                false,
+                live.stages.clone(),
+                live.stage,
+            )
+        }
+        Change::Advance { live, to, .. } => {
+            sqlx::query("UPDATE firmware_releases SET stage = $2 WHERE id = $1")
+                .bind(live.id)
+                .bind(i32::from(*to))
+                .execute(&mut **tx)
+                .await?;
+            (
+                live.id,
+                live.version.clone(),
+                true,
+                live.stages.clone(),
+                *to,
+            )
         }
     };
     let entry = ControlEntry::ReleaseChanged {
         org_id: org_id.to_string(),
         group_id: target.group(),
-        version: released,
+        version: released.then(|| version.clone()),
+        staging: released.then(|| StagingEntry {
+            release_id: id,
+            stage,
+            share: stages
+                .get(usize::from(stage))
+                .copied()
+                .unwrap_or(WHOLE_SHARE),
+        }),
     };
     control::append(tx, org_id, &entry).await?;
     Ok(Release {
@@ -271,6 +410,8 @@ async fn write(
         org_id: org_id.to_string(),
         version,
         target,
+        stages,
+        stage,
     })
 }
 
@@ -352,6 +493,7 @@ pub async fn release(
     let proposal = Proposal::Release {
         target,
         version: version.to_string(),
+        stages: vec![WHOLE_SHARE],
     };
     write_only(pool, org_id, &proposal, actor).await
 }
@@ -370,15 +512,67 @@ pub async fn withdraw(pool: &PgPool, release_id: Uuid) -> Result<Release, Releas
     write_only(pool, &org_id, &proposal, "").await
 }
 
-/// Every live release: (org, group or `None` for the default, version).
-pub async fn live_releases(
-    pool: &PgPool,
-) -> Result<Vec<(String, Option<Uuid>, String)>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT r.org_id, r.group_id, r.version FROM firmware_releases r \
+/// A live release as resolution reads it.
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct LiveRelease {
+    pub id: Uuid,
+    pub org_id: String,
+    /// `None` for the org's default.
+    pub group_id: Option<Uuid>,
+    pub version: String,
+    pub stage: i32,
+    /// The share of the target its current stage selects, in basis points.
+    pub share: i32,
+}
+
+impl LiveRelease {
+    /// Its current stage, as resolution reads it.
+    pub fn staging(&self) -> Staging {
+        Staging {
+            release: self.id,
+            stage: self.stage.clamp(0, i32::from(u16::MAX)) as u16,
+            share: self.share.clamp(0, i32::from(WHOLE_SHARE)) as u16,
+        }
+    }
+
+    /// As resolution reads it; `None` for a version that does not parse.
+    pub fn resolution(&self) -> Option<GroupRelease> {
+        let version = Version::parse(&self.version).ok()?;
+        Some(GroupRelease {
+            group: self.group_id.unwrap_or(Uuid::nil()),
+            version,
+            label: self.version.as_str().into(),
+            staging: self.staging(),
+        })
+    }
+}
+
+/// The columns of [`LiveRelease`], of `firmware_releases r`.
+const LIVE_RELEASE_COLUMNS: &str =
+    "r.id, r.org_id, r.group_id, r.version, r.stage, r.stages[r.stage + 1] AS share";
+
+/// An org's live releases (to groups not deleted, and its default), read through `executor` (a pool, or
+/// a change's own transaction).
+pub async fn org_live_releases<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    org_id: &str,
+) -> Result<Vec<LiveRelease>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {LIVE_RELEASE_COLUMNS} FROM firmware_releases r LEFT JOIN device_groups g ON g.id = r.group_id \
+         WHERE r.org_id = $1 AND r.withdrawn_at IS NULL AND (r.group_id IS NULL OR g.deleted_at IS NULL)"
+    ))
+    .bind(org_id)
+    .fetch_all(executor)
+    .await
+}
+
+/// Every live release (of a group not deleted, or an org's default).
+pub async fn live_releases(pool: &PgPool) -> Result<Vec<LiveRelease>, StoreError> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {LIVE_RELEASE_COLUMNS} FROM firmware_releases r \
          LEFT JOIN device_groups g ON g.id = r.group_id \
-         WHERE r.withdrawn_at IS NULL AND (r.group_id IS NULL OR g.deleted_at IS NULL)",
-    )
+         WHERE r.withdrawn_at IS NULL AND (r.group_id IS NULL OR g.deleted_at IS NULL)"
+    ))
     .fetch_all(pool)
     .await?)
 }

@@ -276,6 +276,7 @@ mod tests {
                 reason: Reason::Default,
                 group: None,
             },
+            release: None,
             cause: &cause,
             at: 1_718_452_800_000,
         }

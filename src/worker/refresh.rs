@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use sqlx::postgres::PgListener;
 
 use super::pipeline::Pipeline;
-use crate::store::control::{self, ControlEntry};
+use crate::store::control::{self, ControlEntry, StagingEntry};
 use crate::store::{self, StoreError};
 
 impl Pipeline {
@@ -34,8 +34,13 @@ impl Pipeline {
             })
             .await
             .context("failed to load firmware releases")?;
-        for (org, group, version) in &releases {
-            self.registry.set_release(org, *group, Some(version));
+        for release in &releases {
+            self.registry.set_release(
+                &release.org_id,
+                release.group_id,
+                Some(&release.version),
+                release.staging(),
+            );
         }
         self.registry.position = head;
         tracing::info!(
@@ -85,9 +90,11 @@ impl Pipeline {
                         org_id,
                         group_id,
                         version,
+                        staging,
                     } => {
+                        let staging = StagingEntry::of(staging.as_ref());
                         self.registry
-                            .set_release(org_id, *group_id, version.as_deref());
+                            .set_release(org_id, *group_id, version.as_deref(), staging);
                     }
                     // Per-device entries: only the partitions holding the devices act on them.
                     ControlEntry::Pinned { .. }

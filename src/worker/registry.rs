@@ -10,7 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::firmware::{resolve, DeviceFacts, GroupRelease, Target, Version};
+use crate::firmware::{resolve, DeviceFacts, GroupRelease, Reason, Staging, Target, Version};
 use crate::rules::{
     compile, AttrValue, Attributes, Catalogue, CompiledFilter, EpochMillis, FieldId, FieldIndex,
     FieldKeys, FlipTable, LeafTruths, ValueKey,
@@ -302,13 +302,14 @@ impl Registry {
         }
     }
 
-    /// Records a release change: the group's (or, with no group, the org's default) current version.
-    /// Returns the group's slot when it is a group release.
+    /// Records a release change: the group's (or, with no group, the org's default) current version and
+    /// stage. Returns the group's slot when it is a group release.
     pub fn set_release(
         &mut self,
         org: &str,
         group: Option<Uuid>,
         version: Option<&str>,
+        staging: Staging,
     ) -> Option<u32> {
         let label = version.map(|v| self.intern(v));
         let release = |group: Uuid| {
@@ -317,6 +318,7 @@ impl Registry {
                 group,
                 version: parsed,
                 label,
+                staging,
             })
         };
         match group {
@@ -335,15 +337,19 @@ impl Registry {
         }
     }
 
-    /// Resolves a device's firmware target from its facts and memberships.
+    /// Resolves device `id`'s firmware target from its facts and memberships.
     pub fn resolve(
         &self,
         org: &str,
-        development: bool,
-        lock: Option<&str>,
+        id: &str,
+        (development, lock): (bool, Option<&str>),
         member_of: impl Iterator<Item = u32>,
     ) -> Target {
-        let facts = DeviceFacts { development, lock };
+        let facts = DeviceFacts {
+            id,
+            development,
+            lock,
+        };
         let releases = member_of.filter_map(|slot| {
             self.groups
                 .get(slot as usize)
@@ -351,6 +357,18 @@ impl Registry {
         });
         let default = self.orgs.get(org).and_then(|o| o.default_release.as_ref());
         resolve(&facts, releases, default)
+    }
+
+    /// The release that decided `target` for a device of `org`: its group's, or the org's default.
+    pub fn deciding_release(&self, org: &str, target: &Target) -> Option<&GroupRelease> {
+        match target.reason {
+            Reason::Group => {
+                let slot = self.slot(&target.group?)?;
+                self.groups.get(slot as usize)?.release.as_ref()
+            }
+            Reason::Default => self.orgs.get(org)?.default_release.as_ref(),
+            _ => None,
+        }
     }
 
     /// Number of group slots (live, deleted and tombstones).

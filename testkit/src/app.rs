@@ -502,20 +502,17 @@ async fn check_targets(
     pool: &PgPool,
     memberships: &BTreeSet<(Uuid, String)>,
 ) -> anyhow::Result<()> {
-    use cohort::firmware::{resolve, DeviceFacts, GroupRelease, Version};
-    let releases: Vec<(String, Option<Uuid>, String)> =
-        cohort::store::firmware::live_releases(pool).await?;
+    use cohort::firmware::{resolve, DeviceFacts};
+    let releases = cohort::store::firmware::live_releases(pool).await?;
     let mut by_group = HashMap::new();
     let mut defaults = HashMap::new();
-    for (org, group, version) in releases {
-        let release = GroupRelease {
-            group: group.unwrap_or(Uuid::nil()),
-            version: Version::parse(&version)?,
-            label: version.into(),
-        };
-        match group {
+    for live in releases {
+        let release = live
+            .resolution()
+            .ok_or_else(|| anyhow::anyhow!("release {} has no version", live.id))?;
+        match live.group_id {
             Some(g) => by_group.insert(g, release),
-            None => defaults.insert(org, release),
+            None => defaults.insert(live.org_id, release),
         };
     }
     let mut groups_of: HashMap<&str, Vec<Uuid>> = HashMap::new();
@@ -530,6 +527,7 @@ async fn check_targets(
     .await?;
     for (id, org, development, lock, version, reason) in devices {
         let facts = DeviceFacts {
+            id: &id,
             development,
             lock: lock.as_deref(),
         };

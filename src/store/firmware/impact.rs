@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{Admitted, Change, ReleaseError, ReleaseTarget};
-use crate::firmware::{resolve, DeviceFacts, GroupRelease, Target, Version};
+use crate::firmware::{resolve, DeviceFacts, GroupRelease, Staging, Target, Version, WHOLE_SHARE};
 
 /// One device whose target would change.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -147,19 +147,45 @@ pub struct ReleasesWire {
 #[serde(deny_unknown_fields)]
 pub struct ReleaseSide {
     /// Each group's live release.
-    pub groups: BTreeMap<Uuid, String>,
+    pub groups: BTreeMap<Uuid, WireRelease>,
     /// The org's default release.
     #[serde(default)]
-    pub default: Option<String>,
+    pub default: Option<WireRelease>,
+}
+
+/// A release in [`ReleaseSide`]: its version, and its stage's share of the target (basis points).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireRelease {
+    pub version: String,
+    pub share: u16,
 }
 
 /// A release as resolution reads it; `None` for a version that does not parse (as from the database).
-fn as_release(group: Uuid, version: &str) -> Option<GroupRelease> {
+fn as_release(group: Uuid, version: &str, staging: Staging) -> Option<GroupRelease> {
     Version::parse(version).ok().map(|v| GroupRelease {
         group,
         version: v,
         label: version.into(),
+        staging,
     })
+}
+
+impl WireRelease {
+    fn of(release: &GroupRelease) -> Self {
+        Self {
+            version: release.label.to_string(),
+            share: release.staging.share,
+        }
+    }
+
+    fn release(&self, group: Uuid) -> Option<GroupRelease> {
+        let staging = Staging {
+            share: self.share,
+            ..Staging::WHOLE
+        };
+        as_release(group, &self.version, staging)
+    }
 }
 
 impl ReleaseSide {
@@ -167,9 +193,9 @@ impl ReleaseSide {
         Self {
             groups: groups
                 .iter()
-                .map(|(g, r)| (*g, r.label.to_string()))
+                .map(|(g, r)| (*g, WireRelease::of(r)))
                 .collect(),
-            default: default.as_ref().map(|r| r.label.to_string()),
+            default: default.as_ref().map(WireRelease::of),
         }
     }
 
@@ -177,12 +203,9 @@ impl ReleaseSide {
         let groups = self
             .groups
             .iter()
-            .filter_map(|(g, v)| Some((*g, as_release(*g, v)?)))
+            .filter_map(|(g, r)| Some((*g, r.release(*g)?)))
             .collect();
-        let default = self
-            .default
-            .as_deref()
-            .and_then(|v| as_release(Uuid::nil(), v));
+        let default = self.default.as_ref().and_then(|r| r.release(Uuid::nil()));
         (groups, default)
     }
 }
@@ -211,6 +234,7 @@ impl Releases {
     /// Counts one device: its development flag, lock, reported version and groups.
     pub fn count(&self, impact: &mut Impact, device: Facts<'_>, member_of: &[Uuid], sample: usize) {
         let facts = DeviceFacts {
+            id: device.id,
             development: device.development,
             lock: device.lock,
         };
@@ -272,33 +296,50 @@ pub(super) async fn compute(
 ) -> Result<Impact, ReleaseError> {
     let org_id = admitted.org_id.as_str();
     // Current releases of the org, then the change applied to them.
-    let rows: Vec<(Option<Uuid>, String)> = sqlx::query_as(
-        "SELECT r.group_id, r.version FROM firmware_releases r LEFT JOIN device_groups g ON g.id = r.group_id \
-         WHERE r.org_id = $1 AND r.withdrawn_at IS NULL AND (r.group_id IS NULL OR g.deleted_at IS NULL)",
-    )
-    .bind(org_id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = super::org_live_releases(&mut *conn, org_id).await?;
     let mut groups: HashMap<Uuid, GroupRelease> = HashMap::new();
     let mut default: Option<GroupRelease> = None;
-    for (group, version) in &rows {
-        match group {
-            Some(g) => {
-                if let Some(r) = as_release(*g, version) {
-                    groups.insert(*g, r);
-                }
+    for row in &rows {
+        match (row.group_id, row.resolution()) {
+            (Some(g), Some(r)) => {
+                groups.insert(g, r);
             }
-            None => default = as_release(Uuid::nil(), version),
+            (Some(_), None) => {}
+            (None, r) => default = r,
         }
     }
     let (mut after_groups, mut after_default) = (groups.clone(), default.clone());
+    let group = admitted.target.group().unwrap_or(Uuid::nil());
     let released = match &admitted.change {
-        Change::Release { version, parsed } => Some(GroupRelease {
-            group: admitted.target.group().unwrap_or(Uuid::nil()),
+        Change::Release {
+            version,
+            parsed,
+            stages,
+        } => Some(GroupRelease {
+            group,
             version: parsed.clone(),
             label: version.as_str().into(),
+            staging: Staging {
+                release: Uuid::nil(),
+                stage: 0,
+                share: stages.first().copied().unwrap_or(WHOLE_SHARE),
+            },
         }),
         Change::Withdraw { .. } => None,
+        Change::Advance { live, parsed, to } => Some(GroupRelease {
+            group,
+            version: parsed.clone(),
+            label: live.version.as_str().into(),
+            staging: Staging {
+                release: live.id,
+                stage: *to,
+                share: live
+                    .stages
+                    .get(usize::from(*to))
+                    .copied()
+                    .unwrap_or(WHOLE_SHARE),
+            },
+        }),
     };
     match (admitted.target, released) {
         (ReleaseTarget::Group(g), Some(r)) => {
@@ -388,14 +429,19 @@ mod tests {
     #[test]
     fn releases_sent_to_a_worker_resolve_as_they_did_here() {
         let group = Uuid::from_u128(7);
+        let half = Staging {
+            share: 5_000,
+            ..Staging::WHOLE
+        };
         let releases = Releases {
-            before_groups: HashMap::from([(group, as_release(group, "1.0.0").unwrap())]),
-            before_default: as_release(Uuid::nil(), "0.9.0"),
+            before_groups: HashMap::from([(group, as_release(group, "1.0.0", half).unwrap())]),
+            before_default: as_release(Uuid::nil(), "0.9.0", Staging::WHOLE),
             after_groups: HashMap::new(),
-            after_default: as_release(Uuid::nil(), "2.0.0"),
+            after_default: as_release(Uuid::nil(), "2.0.0", Staging::WHOLE),
         };
         let wire = releases.to_wire();
-        assert_eq!(wire.before.groups[&group], "1.0.0");
+        assert_eq!(wire.before.groups[&group].version, "1.0.0");
+        assert_eq!(wire.before.groups[&group].share, 5_000);
         let json = serde_json::to_value(&wire).unwrap();
         let back = Releases::from_wire(&serde_json::from_value(json).unwrap());
         let counted = |releases: &Releases| {

@@ -26,6 +26,10 @@ impl Work<'_> {
             sequence,
             previous,
             target,
+            release: self
+                .registry
+                .deciding_release(org, target)
+                .map(|r| r.staging),
             cause: &cause,
             at: self.ctx.now,
         };

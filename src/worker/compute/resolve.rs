@@ -41,8 +41,8 @@ impl Work<'_> {
         let device = self.current(id)?;
         let target = self.registry.resolve(
             &device.org,
-            device.development,
-            device.firmware_lock.as_deref(),
+            id,
+            (device.development, device.firmware_lock.as_deref()),
             device.memberships.iter().map(|m| m.slot),
         );
         (target != device.target).then_some(target)

@@ -287,6 +287,7 @@ mod tests {
     use serde_json::{json, Value};
     use uuid::Uuid;
 
+    use crate::firmware::Staging;
     use crate::kafka::{Decoded, Record};
     use crate::rules::{Attributes, Catalogue};
     use crate::store::batch::AttributesWrite;
@@ -319,7 +320,7 @@ mod tests {
             version: 1,
             filter: None,
         });
-        registry.set_release("o", Some(fixed), Some("2"));
+        registry.set_release("o", Some(fixed), Some("2"), Staging::WHOLE);
         (registry, dynamic, fixed)
     }
 

@@ -355,7 +355,8 @@ async fn drive(run: &Run, sizes: &Sizes, started: Instant) -> anyhow::Result<Str
          - events: {} ({} duplicates, {} stale) over {} devices, seed {:#x}\n\
          - kills: {} in total ({}); starts: worker-0 {}, worker-1 {}, relay {}\n\
          - operator actions: {} groups created, {} filters changed, {} groups deleted, {} pins, {} unpins, \
-           {} static adds, {} static removes, {} group releases, {} default releases, {} withdrawals, \
+           {} static adds, {} static removes, {} group releases ({} staged, {} stages advanced), \
+           {} default releases, {} withdrawals, \
            {} device settings; {pins} pins and {releases} live releases at the end\n\
          - checked: {devices} devices, {memberships} memberships, {log_rows} log rows, {} rollout events \
            for {} devices ({} messages on the topic), {previews} groups' previews\n\
@@ -380,6 +381,8 @@ async fn drive(run: &Run, sizes: &Sizes, started: Instant) -> anyhow::Result<Str
         c.static_adds,
         c.static_removes,
         c.releases,
+        c.staged_releases,
+        c.advances,
         c.default_releases,
         c.withdrawals,
         c.settings,

@@ -73,6 +73,10 @@ pub struct Counts {
     pub static_adds: u64,
     pub static_removes: u64,
     pub releases: u64,
+    /// Of `releases`, those made in stages.
+    pub staged_releases: u64,
+    /// Stages advanced.
+    pub advances: u64,
     pub default_releases: u64,
     pub withdrawals: u64,
     pub settings: u64,

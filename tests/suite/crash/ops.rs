@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 use cohort::rules::Catalogue;
 use cohort::store::control::LockChange;
-use cohort::store::firmware::{self, ReleaseError, ReleaseTarget};
+use cohort::store::firmware::{self, Mode, Proposal, ReleaseError, ReleaseTarget};
 use cohort::store::groups::{self, NewGroup};
 use cohort::store::members::{self, MemberError};
 use cohort_testkit::Rng;
@@ -165,12 +165,24 @@ pub async fn random_action(
             let groups = model.dynamic.iter().chain(model.statics.keys()).copied();
             if let Some(group) = pick_set(rng, groups) {
                 let version = *rng.pick(VERSIONS);
-                let release =
-                    firmware::release(pool, ORG, ReleaseTarget::Group(group), version, &actor)
-                        .await
-                        .context("failed to release to a group")?;
-                model.releases.insert(Some(group), release.id);
+                // Half the group releases are staged: a quarter of the group, then all of it.
+                let staged = rng.chance(50);
+                let release = Proposal::Release {
+                    target: ReleaseTarget::Group(group),
+                    version: version.to_string(),
+                    stages: if staged {
+                        vec![2_500, 10_000]
+                    } else {
+                        vec![10_000]
+                    },
+                };
+                let applied = firmware::apply(pool, ORG, &release, &actor, 0, Mode::Write)
+                    .await
+                    .context("failed to release to a group")?;
+                let id = applied.release.context("a release written")?.id;
+                model.releases.insert(Some(group), id);
                 model.counts.releases += 1;
+                model.counts.staged_releases += u64::from(staged);
             }
         }
         10 => {
@@ -187,11 +199,22 @@ pub async fn random_action(
         }
         11 => {
             if let Some((target, id)) = pick_set(rng, model.releases.clone()) {
-                firmware::withdraw(pool, id)
-                    .await
-                    .context("failed to withdraw a release")?;
-                model.releases.remove(&target);
-                model.counts.withdrawals += 1;
+                // A staged release short of its last stage advances; any other is withdrawn.
+                let advance = Proposal::Advance {
+                    release: id,
+                    stage: None,
+                };
+                match firmware::apply(pool, ORG, &advance, &actor, 0, Mode::Write).await {
+                    Ok(_) => model.counts.advances += 1,
+                    Err(ReleaseError::Stage(_)) => {
+                        firmware::withdraw(pool, id)
+                            .await
+                            .context("failed to withdraw a release")?;
+                        model.releases.remove(&target);
+                        model.counts.withdrawals += 1;
+                    }
+                    Err(e) => return Err(e).context("failed to advance a release"),
+                }
             }
         }
         _ => {

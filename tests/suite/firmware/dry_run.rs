@@ -209,6 +209,7 @@ async fn a_dry_run_is_refused_exactly_as_the_real_request_and_writes_nothing() -
         &Proposal::Release {
             target: ReleaseTarget::Default,
             version: "2".into(),
+            stages: vec![10_000],
         },
         5,
     )
@@ -240,6 +241,7 @@ async fn release(h: &Harness, target: ReleaseTarget, version: &str) -> anyhow::R
     let proposal = Proposal::Release {
         target,
         version: version.into(),
+        stages: vec![10_000],
     };
     let dry = firmware::apply(h.pool(), ORG, &proposal, "ops", 100, Mode::DryRun).await?;
     assert_eq!(dry.release, None, "a dry run creates no release");

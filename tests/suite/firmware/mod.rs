@@ -5,6 +5,7 @@
 mod dry_run;
 mod releases;
 mod rollouts;
+mod stages;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -152,6 +153,7 @@ async fn releasing_to_a_prerelease_group_emits_one_event_per_affected_device_as_
         &Proposal::Release {
             target: ReleaseTarget::Group(prerelease),
             version: "2".into(),
+            stages: vec![10_000],
         },
         100,
     )

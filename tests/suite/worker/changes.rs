@@ -282,6 +282,7 @@ async fn a_preview_from_one_or_two_workers_memory_names_exactly_the_devices_the_
     let proposal = cohort::store::firmware::Proposal::Release {
         target: cohort::store::firmware::ReleaseTarget::Group(group),
         version: "2.0.0".into(),
+        stages: vec![10_000],
     };
     let stored = cohort::store::firmware::preview(h.pool(), ORG, &proposal, 20).await?;
     assert_eq!(dry.body["impact"], serde_json::to_value(&stored)?);

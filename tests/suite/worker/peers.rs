@@ -107,6 +107,7 @@ async fn dry_run_is_the_databases(
     let proposal = Proposal::Release {
         target: ReleaseTarget::Group(group),
         version: "2.0.0".into(),
+        stages: vec![10_000],
     };
     let stored = preview(h.pool(), ORG, &proposal, 20).await?;
     assert_eq!(answer.body["impact"], serde_json::to_value(&stored)?);
@@ -271,7 +272,7 @@ async fn a_workers_internal_route_answers_only_its_own_token() -> anyhow::Result
     assert_eq!(answer.body["matched"], 1);
     assert_eq!(answer.body["sample"][0]["id"], "dev-1");
     let impact = json!({"org": ORG, "releases": {"before": {"groups": {}},
-        "after": {"groups": {}, "default": "2.0.0"}}, "sample": 5, "partitions": [0, 1]});
+        "after": {"groups": {}, "default": {"version": "2.0.0", "share": 10000}}}, "sample": 5, "partitions": [0, 1]});
     let refused = Client::new(address, Some(&other))
         .post("/internal/v1/impact", impact.clone())
         .await?;

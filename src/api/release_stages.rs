@@ -1,0 +1,146 @@
+//! Staged releases over the API: a release's stages given as percentages of its target's devices
+//! (`stages: [5, 25, 100]`, or `percentage: 10` for one stage), and `POST /api/v1/releases/{id}/advance`,
+//! which moves a live release to its next stage (or the one named), with `dryRun` answering the impact —
+//! the devices the larger stage adds — through the same decision as every release change.
+
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::Caller;
+use super::error::{ErrorBody, Json, Path};
+use super::releases::{held_devices, mode, ReleaseOutcome, IMPACT_SAMPLE};
+use super::{ApiError, ApiState};
+use crate::firmware::WHOLE_SHARE;
+use crate::store::api as queries;
+use crate::store::firmware::{self, HeldDevices, Proposal, MAX_STAGES};
+
+/// A release's stages from a request: `stages` (percentages, increasing), or `percentage` (one stage), or
+/// neither (the whole target at once). Percentages are kept to a hundredth of a percent (basis points).
+pub(super) fn requested(
+    stages: Option<&[f64]>,
+    percentage: Option<f64>,
+) -> Result<Vec<u16>, ApiError> {
+    let percents: &[f64] = match (stages, &percentage) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("Give stages or percentage, not both"))
+        }
+        (Some(stages), None) => stages,
+        (None, Some(p)) => std::slice::from_ref(p),
+        (None, None) => return Ok(vec![WHOLE_SHARE]),
+    };
+    if percents.is_empty() || percents.len() > MAX_STAGES {
+        return Err(ApiError::bad_request(format!(
+            "stages: 1 to {MAX_STAGES} percentages are allowed"
+        )));
+    }
+    percents.iter().map(|p| basis_points(*p)).collect()
+}
+
+/// A percentage above 0 and at most 100, to a hundredth, as basis points.
+fn basis_points(percent: f64) -> Result<u16, ApiError> {
+    let points = percent * 100.0;
+    let rounded = points.round();
+    if !(percent > 0.0 && percent <= 100.0) || (points - rounded).abs() > 1e-6 {
+        return Err(ApiError::bad_request(format!(
+            "stages: {percent} is not a percentage above 0 and at most 100, to a hundredth"
+        )));
+    }
+    Ok(rounded as u16)
+}
+
+/// Basis points as a percentage.
+pub(super) fn percent(points: i32) -> f64 {
+    f64::from(points) / 100.0
+}
+
+/// Move a release to a later stage.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AdvanceRelease {
+    /// The stage to move to (0 is the first); default the next one.
+    pub stage: Option<u16>,
+    /// Decide the advance exactly as without it, but write nothing: answer the impact.
+    #[serde(default, alias = "dry_run")]
+    pub dry_run: bool,
+}
+
+/// Advance a live release to its next stage, or to a later one (`dryRun`: only the impact, the devices it
+/// would add). Refused (400) when the release is at its last stage or the stage named is not ahead.
+#[utoipa::path(post, path = "/api/v1/releases/{id}/advance", tag = "releases",
+    params(("id" = Uuid, Path)), request_body = Option<AdvanceRelease>,
+    responses((status = 200, body = ReleaseOutcome), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn advance(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<Uuid>,
+    body: Bytes,
+) -> Result<Json<ReleaseOutcome>, ApiError> {
+    // The body is optional: none advances to the next stage.
+    let body: AdvanceRelease = if body.iter().all(u8::is_ascii_whitespace) {
+        AdvanceRelease::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?
+    };
+    let row = match queries::get_release(&state.pool, id).await? {
+        Some(r) if caller.sees(&r.org_id) && r.withdrawn_at.is_none() => r,
+        _ => return Err(ApiError::not_found("Release not found")),
+    };
+    let held = held_devices(&state).await?;
+    let proposal = Proposal::Advance {
+        release: id,
+        stage: body.stage,
+    };
+    let applied = firmware::apply_counting(
+        &state.pool,
+        &row.org_id,
+        &proposal,
+        &caller.actor(),
+        IMPACT_SAMPLE,
+        mode(body.dry_run),
+        Some(&held as &dyn HeldDevices),
+    )
+    .await?;
+    let mut release = match body.dry_run {
+        true => row,
+        false => queries::get_release(&state.pool, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("Release not found"))?,
+    };
+    if let (true, Some(after)) = (body.dry_run, &applied.release) {
+        // As it would be after the advance.
+        release.stage = i32::from(after.stage);
+    }
+    Ok(Json(ReleaseOutcome {
+        dry_run: body.dry_run,
+        release: Some(release.into()),
+        impact: applied.impact,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentages_become_basis_points_and_anything_else_is_refused() {
+        assert_eq!(requested(None, None).unwrap(), vec![10_000]);
+        assert_eq!(requested(None, Some(10.0)).unwrap(), vec![1_000]);
+        let stages = [0.5, 5.0, 25.0, 100.0];
+        assert_eq!(
+            requested(Some(&stages), None).unwrap(),
+            vec![50, 500, 2_500, 10_000]
+        );
+        for bad in [0.0, -1.0, 100.5, 12.345, f64::NAN] {
+            assert!(requested(None, Some(bad)).is_err(), "{bad}");
+        }
+        assert!(requested(Some(&[]), None).is_err());
+        assert!(requested(Some(&[1.0; 11]), None).is_err());
+        assert!(requested(Some(&[5.0]), Some(5.0)).is_err());
+        assert_eq!(percent(2_500), 25.0);
+    }
+}
