@@ -199,16 +199,23 @@ pub async fn update(
     ))
 }
 
-/// Delete a device group: its devices stay registered and only leave this group.
+/// Delete a device group: its devices stay registered and only leave this group. `dry_run=true` answers
+/// the deletion's firmware impact instead; one over the org's retarget cap needs `Cohort-Confirm` (as on
+/// `DELETE /api/v1/groups/{id}`).
 #[utoipa::path(delete, path = "/api/v1/device-groups/{group_id}", tag = "device-groups",
-    params(("group_id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("group_id" = String, Path), super::retarget_cap::DryRunParams,
+        ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the deletion retargets more devices than the org's retarget cap")),
+    responses((status = 204), (status = 200, body = groups::DeletionOutcome), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn delete(
     state: State<ApiState>,
     caller: Extension<Caller>,
     id: Path<String>,
-) -> Result<StatusCode, ApiError> {
-    groups::delete(state, caller, id).await
+    params: Query<super::retarget_cap::DryRunParams>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
+    groups::delete(state, caller, id, params, headers).await
 }
 
 super::members::member_record!(

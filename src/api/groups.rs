@@ -5,7 +5,7 @@
 
 use axum::extract::FromRequest;
 use axum::extract::{Extension, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -17,8 +17,11 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{Detail, ErrorBody, Json, Path, Query, RawBody};
+use super::releases::{held_devices, mode, IMPACT_SAMPLE};
+use super::retarget_cap::{confirmation, DryRunParams};
 use super::{page, ApiError, ApiState};
 use crate::store::api::{self as queries, GroupQuery, GroupRow};
+use crate::store::firmware::{HeldDevices, Impact};
 use crate::store::groups::{self, GroupKind, GroupPatch, NewGroup};
 
 /// `/api/v1/groups`: the groups themselves; members, pins, previews and the log are merged in by
@@ -525,15 +528,56 @@ pub async fn put(
     ))
 }
 
-/// Delete a group: workers remove its memberships (each removal logged); its log is kept.
-#[utoipa::path(delete, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+/// What a group deletion's dry run answers.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeletionOutcome {
+    pub dry_run: bool,
+    /// The deletion's firmware impact, as a release's: the members whose resolved version changes because
+    /// they leave the group (and so its release), by `transitions`, with `impacted`, `downloads` and a
+    /// `sample`. A group without a live release retargets no device.
+    #[schema(value_type = Object)]
+    pub impact: Impact,
+    /// When the impact exceeds the org's retarget cap: send the deletion again with this in the
+    /// `Cohort-Confirm` header, within five minutes, to make it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub confirmation_token: Option<String>,
+}
+
+/// Delete a group: workers remove its memberships (each removal logged); its log is kept. `dryRun=true`
+/// answers the deletion's firmware impact instead (200); a deletion that retargets more devices than the
+/// org's retarget cap needs the dry run's token in `Cohort-Confirm`.
+#[utoipa::path(delete, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path), DryRunParams,
+        ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the deletion retargets more devices than the org's retarget cap")),
+    responses((status = 204), (status = 200, body = DeletionOutcome), (status = 404, body = ErrorBody),
+        (status = 409, description = "Child groups, or over the org's retarget cap without a valid Cohort-Confirm token (`retarget_cap_exceeded`, with `cap` and `impact`)", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
+    Query(params): Query<DryRunParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let group = visible(&state, &caller, &id).await?;
-    groups::delete_group(&state.pool, group.id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let held = held_devices(&state).await?;
+    let deletion = groups::delete_group_confirmed(
+        &state.pool,
+        group.id,
+        IMPACT_SAMPLE,
+        Some(&held as &dyn HeldDevices),
+        &confirmation(&headers),
+        mode(params.dry_run),
+    )
+    .await?;
+    if !params.dry_run {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    Ok(Json(DeletionOutcome {
+        dry_run: true,
+        impact: deletion.impact,
+        confirmation_token: deletion.confirmation_token,
+    })
+    .into_response())
 }

@@ -14,6 +14,8 @@
 //!   rejection into it, so bad input never yields a 500 or a stack trace.
 //! - [`auth`]: API keys (`Authorization: Bearer`), org scoping, the per-key rate limit.
 //! - [`devices`], [`releases`], [`orgs`]: the other handlers.
+//! - [`retarget_cap`]: an org's settings (its retarget cap), the `Cohort-Confirm` header that confirms a
+//!   change over the cap, and the 409 that refuses one without.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 //!
 //! - [`internal`]: the route a worker process serves its peers (not part of the public API): a preview's
@@ -38,6 +40,7 @@ pub mod orgs;
 mod peers;
 pub mod preview;
 pub mod releases;
+pub mod retarget_cap;
 pub mod thingspace;
 
 use std::sync::Arc;
@@ -151,7 +154,7 @@ pub fn router(state: ApiState) -> Router {
         .nest("/api/v1/devices/groups", device_scoped::routes())
         .nest("/api/v1/devices", devices::routes())
         .nest("/api/v1/releases", releases::routes())
-        .nest("/api/v1/orgs", orgs::routes())
+        .nest("/api/v1/orgs", orgs::routes().merge(retarget_cap::routes()))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     authenticated
         .nest("/api/m2m/v1/groups", thingspace)

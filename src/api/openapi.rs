@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     device_groups, device_scoped, devices, error, groups, log, members, orgs, preview, releases,
-    thingspace,
+    retarget_cap, thingspace,
 };
 
 #[derive(OpenApi)]
@@ -39,7 +39,7 @@ use super::{
         thingspace::create,
         devices::import, devices::view, devices::lock, devices::unlock, devices::development,
         releases::list, releases::create, releases::withdraw,
-        orgs::list, orgs::create,
+        orgs::list, orgs::create, retarget_cap::get_settings, retarget_cap::patch_settings,
     ),
     components(schemas(error::ErrorBody, thingspace::ThingSpaceError, groups::GroupType, log::LogAction)),
     modifiers(&BearerAuth, &Aliases, &UniqueOperationIds, &CommonResponses),
@@ -52,7 +52,7 @@ use super::{
         (name = "thingspace", description = "ThingSpace's device group creation"),
         (name = "devices", description = "Devices: import, view, locks, the development flag"),
         (name = "releases", description = "Firmware releases"),
-        (name = "orgs", description = "Orgs"),
+        (name = "orgs", description = "Orgs and their settings"),
     )
 )]
 struct ApiDoc;

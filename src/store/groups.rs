@@ -6,6 +6,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::control::{self, ControlEntry, GroupDefinition};
+use super::firmware::{self, HeldDevices, Impact, Mode, ReleaseError};
+use super::retarget_cap::{self, CapExceeded, Confirmation, GateError};
 use super::StoreError;
 use crate::rules::{compile, Catalogue, ValidationError};
 
@@ -24,8 +26,31 @@ pub enum GroupError {
     /// The request itself is wrong (400): a parent in another org, a cycle, a filter on a static group…
     #[error("{0}")]
     BadRequest(String),
+    /// The change retargets more devices than the org's cap, and no token confirmed it (409).
+    #[error("the change retargets more devices than the org's retarget cap: {}", .0.why)]
+    CapExceeded(Box<CapExceeded>),
     #[error(transparent)]
     Store(StoreError),
+}
+
+impl From<GateError> for GroupError {
+    fn from(e: GateError) -> Self {
+        match e {
+            GateError::Exceeded(refused) => GroupError::CapExceeded(refused),
+            GateError::Store(e) => GroupError::Store(e),
+        }
+    }
+}
+
+impl From<ReleaseError> for GroupError {
+    fn from(e: ReleaseError) -> Self {
+        match e {
+            ReleaseError::CapExceeded(refused) => GroupError::CapExceeded(refused),
+            ReleaseError::Store(e) => GroupError::Store(e),
+            ReleaseError::GroupNotFound | ReleaseError::NotFound => GroupError::NotFound,
+            other => GroupError::BadRequest(other.to_string()),
+        }
+    }
 }
 
 impl From<StoreError> for GroupError {
@@ -365,9 +390,74 @@ pub async fn update_filter(
     update_group(pool, catalogue, group_id, &patch).await
 }
 
-/// Deletes a group (soft delete); workers remove its memberships, the log keeps its history.
+/// Deletes a group (soft delete); workers remove its memberships, the log keeps its history. Not gated by
+/// the org's retarget cap: [`delete_group_confirmed`] is the API's way, which is.
 pub async fn delete_group(pool: &PgPool, group_id: Uuid) -> Result<(), GroupError> {
     let mut tx = pool.begin().await?;
+    check_deletable(&mut tx, group_id).await?;
+    write_deletion(&mut tx, group_id).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// What deleting a group does, or would do, to firmware targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deletion {
+    /// Its members whose resolved firmware changes (they leave the group, and so its release).
+    pub impact: Impact,
+    /// A dry run's token confirming the deletion with this impact, when it exceeds the org's retarget cap.
+    pub confirmation_token: Option<String>,
+}
+
+/// Deletes a group as [`delete_group`] does, gated by the org's retarget cap: in one transaction, holding
+/// the org's release lock, it computes which members' targets change (up to `sample` listed; the devices
+/// `held` in memory counted there), refuses as the deletion would (a group with children), passes the
+/// gate, then writes — or, [`Mode::DryRun`], only answers the impact (and a token when it is over the cap).
+pub async fn delete_group_confirmed(
+    pool: &PgPool,
+    group_id: Uuid,
+    sample: usize,
+    held: Option<&dyn HeldDevices>,
+    confirmation: &Confirmation,
+    mode: Mode,
+) -> Result<Deletion, GroupError> {
+    let org_id: Option<String> =
+        sqlx::query_scalar("SELECT org_id FROM device_groups WHERE id = $1 AND deleted_at IS NULL")
+            .bind(group_id)
+            .fetch_optional(pool)
+            .await?;
+    let org_id = org_id.ok_or(GroupError::NotFound)?;
+    let mut tx = pool.begin().await?;
+    // The release lock first (as releases take it), then the group's row.
+    let impact = firmware::group_removal_impact(&mut tx, &org_id, group_id, sample, held).await?;
+    check_deletable(&mut tx, group_id).await?;
+    let change = format!("delete group {group_id}");
+    let confirmation_token =
+        retarget_cap::gate(pool, &mut tx, &org_id, &change, &impact, confirmation, mode).await?;
+    match mode {
+        Mode::DryRun => tx.rollback().await?,
+        Mode::Write => {
+            write_deletion(&mut tx, group_id).await?;
+            tx.commit().await?;
+        }
+    }
+    Ok(Deletion {
+        impact,
+        confirmation_token,
+    })
+}
+
+/// Refuses to delete a group that has live children (409), or that is gone (404).
+async fn check_deletable(tx: &mut sqlx::PgConnection, group_id: Uuid) -> Result<(), GroupError> {
+    let live: Option<i64> = sqlx::query_scalar(
+        "SELECT 1::int8 FROM device_groups WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
+    )
+    .bind(group_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if live.is_none() {
+        return Err(GroupError::NotFound);
+    }
     let children: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM device_groups WHERE parent_id = $1 AND deleted_at IS NULL",
     )
@@ -379,16 +469,24 @@ pub async fn delete_group(pool: &PgPool, group_id: Uuid) -> Result<(), GroupErro
             "Cannot delete group with child groups".into(),
         ));
     }
+    Ok(())
+}
+
+/// Marks the group deleted and tells the workers, who remove its memberships.
+async fn write_deletion(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    group_id: Uuid,
+) -> Result<(), GroupError> {
     let org_id: Option<String> = sqlx::query_scalar(
         "UPDATE device_groups SET deleted_at = now(), version = version + 1 WHERE id = $1 AND deleted_at IS NULL \
          RETURNING org_id",
     )
     .bind(group_id)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut **tx)
     .await?;
     let org_id = org_id.ok_or(GroupError::NotFound)?;
     control::append(
-        &mut tx,
+        tx,
         &org_id,
         &ControlEntry::GroupDeleted {
             group_id,
@@ -396,7 +494,6 @@ pub async fn delete_group(pool: &PgPool, group_id: Uuid) -> Result<(), GroupErro
         },
     )
     .await?;
-    tx.commit().await?;
     Ok(())
 }
 
