@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
+use super::group_changes;
 use super::groups::{self, group_id, visible, CreateGroup, ListParams, UpdateGroup};
 use super::members::{self, MemberBatch, PageParams};
 use super::{page, ApiError, ApiState};
@@ -184,19 +185,21 @@ pub async fn get_one(
 /// Update a device group's metadata (name, description, tags) — and, as with PATCH, any other field
 /// given: fields left out keep their values.
 #[utoipa::path(put, path = "/api/v1/device-groups/{group_id}", tag = "device-groups",
-    params(("group_id" = String, Path)), request_body = UpdateGroup,
+    params(("group_id" = String, Path), ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
+    request_body = UpdateGroup,
     responses((status = 200, body = DeviceGroup), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn update(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     Json(body): Json<UpdateGroup>,
-) -> Result<Json<DeviceGroup>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let id = group_id(&id)?;
-    Ok(Json(
-        groups::update(&state, &caller, id, body).await?.into(),
-    ))
+    let changed = group_changes::update(&state, &caller, id, body, &headers).await?;
+    Ok(changed.answer(DeviceGroup::from))
 }
 
 /// Delete a device group: its devices stay registered and only leave this group. `dry_run=true` answers
@@ -206,7 +209,7 @@ pub async fn update(
     params(("group_id" = String, Path), super::retarget_cap::DryRunParams,
         ("Cohort-Confirm" = Option<String>, Header,
         description = "A dry run's confirmationToken: needed when the deletion retargets more devices than the org's retarget cap")),
-    responses((status = 204), (status = 200, body = groups::DeletionOutcome), (status = 404, body = ErrorBody),
+    responses((status = 204), (status = 200, body = group_changes::GroupDryRun), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn delete(
     state: State<ApiState>,
@@ -215,7 +218,7 @@ pub async fn delete(
     params: Query<super::retarget_cap::DryRunParams>,
     headers: axum::http::HeaderMap,
 ) -> Result<axum::response::Response, ApiError> {
-    groups::delete(state, caller, id, params, headers).await
+    group_changes::delete(state, caller, id, params, headers).await
 }
 
 super::members::member_record!(

@@ -1,11 +1,12 @@
 //! Groups at `/api/v1/groups` (Breeze's primary endpoints, camelCase) and the group operations every
-//! family of routes shares: list, create (also ThingSpace's body, see [`super::thingspace`]), get, update
-//! (PATCH and PUT, including a change of type) and delete. A group id that is not one of cohort's is an
-//! unknown group (404), whatever its form.
+//! family of routes shares: list, create (also ThingSpace's body, see [`super::thingspace`]) and get; the
+//! changes that can retarget devices — update (PATCH and PUT, including a change of type) and delete —
+//! are in [`super::group_changes`]. A group id that is not one of cohort's is an unknown group (404),
+//! whatever its form.
 
 use axum::extract::FromRequest;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -17,12 +18,10 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{Detail, ErrorBody, Json, Path, Query, RawBody};
-use super::releases::{held_devices, mode, IMPACT_SAMPLE};
-use super::retarget_cap::{confirmation, DryRunParams};
+use super::group_changes::{delete, patch, put};
 use super::{page, ApiError, ApiState};
 use crate::store::api::{self as queries, GroupQuery, GroupRow};
-use crate::store::firmware::{HeldDevices, Impact};
-use crate::store::groups::{self, GroupKind, GroupPatch, NewGroup};
+use crate::store::groups::{self, GroupKind, NewGroup};
 
 /// `/api/v1/groups`: the groups themselves; members, pins, previews and the log are merged in by
 /// [`super::router`].
@@ -182,6 +181,10 @@ pub struct UpdateGroup {
     #[serde(alias = "filter_conditions", alias = "filter")]
     #[schema(value_type = Option<Object>)]
     pub filter_conditions: Option<Value>,
+    /// Decide the change exactly as without it — the same refusals — but write nothing: answer its
+    /// firmware impact (and, over the org's retarget cap, a `confirmationToken`).
+    #[serde(default, alias = "dry_run")]
+    pub dry_run: bool,
 }
 
 /// A group's replacement (PUT): `name` is required, and `filterConditions` for a dynamic group; absent
@@ -209,6 +212,9 @@ pub struct ReplaceGroup {
     #[serde(alias = "filter_conditions", alias = "filter")]
     #[schema(value_type = Option<Object>)]
     pub filter_conditions: Option<Value>,
+    /// As with PATCH: answer the firmware impact only.
+    #[serde(default, alias = "dry_run")]
+    pub dry_run: bool,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -224,7 +230,7 @@ const MAX_TAGS: usize = 100;
 const MAX_TAG: usize = 64;
 const MAX_SITE: usize = 128;
 
-fn check_descriptive(
+pub(crate) fn check_descriptive(
     name: Option<&str>,
     description: Option<&str>,
     tags: Option<&[String]>,
@@ -448,136 +454,4 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<GroupView>, ApiError> {
     Ok(Json(visible(&state, &caller, &id).await?.into()))
-}
-
-/// Applies a change to a group and reads it back.
-pub(crate) async fn update(
-    state: &ApiState,
-    caller: &Caller,
-    id: Uuid,
-    body: UpdateGroup,
-) -> Result<GroupRow, ApiError> {
-    visible_group(state, caller, id).await?;
-    let kind = body.kind.as_deref().map(parse_kind).transpose()?;
-    check_descriptive(
-        body.name.as_deref(),
-        body.description.as_deref(),
-        body.tags.as_deref(),
-        body.site_id.clone().flatten().as_deref(),
-    )?;
-    let patch = GroupPatch {
-        name: body.name.map(|n| n.trim().to_string()),
-        description: body.description,
-        tags: body.tags,
-        site_id: body.site_id,
-        parent_id: body.parent_id,
-        filter: body.filter_conditions,
-        kind,
-        actor: Some(caller.actor()),
-    };
-    groups::update_group(&state.pool, &state.catalogue, id, &patch).await?;
-    visible_group(state, caller, id).await
-}
-
-/// Update some fields of a group. `type` changes the group's type: a dynamic group turned static keeps
-/// its current members (now manual, each logged); a static group turned dynamic needs `filterConditions`.
-#[utoipa::path(patch, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
-    request_body = UpdateGroup,
-    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
-pub async fn patch(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Json(body): Json<UpdateGroup>,
-) -> Result<Json<GroupView>, ApiError> {
-    let id = group_id(&id)?;
-    Ok(Json(update(&state, &caller, id, body).await?.into()))
-}
-
-/// Replace a group: absent optional fields are cleared (description, tags, siteId, parentId); `name` is
-/// required, and `filterConditions` for a dynamic group.
-#[utoipa::path(put, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
-    request_body = ReplaceGroup,
-    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
-pub async fn put(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Json(body): Json<ReplaceGroup>,
-) -> Result<Json<GroupView>, ApiError> {
-    let group = visible(&state, &caller, &id).await?;
-    let dynamic = body.kind.as_deref().unwrap_or(&group.kind) == "dynamic";
-    if dynamic && body.filter_conditions.is_none() {
-        return Err(ApiError::bad_request(
-            "filterConditions is required for a dynamic group",
-        ));
-    }
-    let change = UpdateGroup {
-        name: Some(body.name),
-        description: Some(body.description),
-        tags: Some(body.tags),
-        site_id: Some(body.site_id),
-        parent_id: Some(body.parent_id),
-        kind: body.kind,
-        filter_conditions: body.filter_conditions,
-    };
-    Ok(Json(
-        update(&state, &caller, group.id, change).await?.into(),
-    ))
-}
-
-/// What a group deletion's dry run answers.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct DeletionOutcome {
-    pub dry_run: bool,
-    /// The deletion's firmware impact, as a release's: the members whose resolved version changes because
-    /// they leave the group (and so its release), by `transitions`, with `impacted`, `downloads` and a
-    /// `sample`. A group without a live release retargets no device.
-    #[schema(value_type = Object)]
-    pub impact: Impact,
-    /// When the impact exceeds the org's retarget cap: send the deletion again with this in the
-    /// `Cohort-Confirm` header, within five minutes, to make it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(required = false)]
-    pub confirmation_token: Option<String>,
-}
-
-/// Delete a group: workers remove its memberships (each removal logged); its log is kept. `dryRun=true`
-/// answers the deletion's firmware impact instead (200); a deletion that retargets more devices than the
-/// org's retarget cap needs the dry run's token in `Cohort-Confirm`.
-#[utoipa::path(delete, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path), DryRunParams,
-        ("Cohort-Confirm" = Option<String>, Header,
-        description = "A dry run's confirmationToken: needed when the deletion retargets more devices than the org's retarget cap")),
-    responses((status = 204), (status = 200, body = DeletionOutcome), (status = 404, body = ErrorBody),
-        (status = 409, description = "Child groups, or over the org's retarget cap without a valid Cohort-Confirm token (`retarget_cap_exceeded`, with `cap` and `impact`)", body = ErrorBody)))]
-pub async fn delete(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Query(params): Query<DryRunParams>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let group = visible(&state, &caller, &id).await?;
-    let held = held_devices(&state).await?;
-    let deletion = groups::delete_group_confirmed(
-        &state.pool,
-        group.id,
-        IMPACT_SAMPLE,
-        Some(&held as &dyn HeldDevices),
-        &confirmation(&headers),
-        mode(params.dry_run),
-    )
-    .await?;
-    if !params.dry_run {
-        return Ok(StatusCode::NO_CONTENT.into_response());
-    }
-    Ok(Json(DeletionOutcome {
-        dry_run: true,
-        impact: deletion.impact,
-        confirmation_token: deletion.confirmation_token,
-    })
-    .into_response())
 }

@@ -3,8 +3,8 @@
 //!
 //! The groups are served in the words of each document cohort is specified by, so a client written
 //! against any of them works unchanged (docs/api.md says which paths serve which):
-//! - Breeze's group API at `/api/v1/groups` ([`groups`], [`members`], [`preview`], [`log`]) and its
-//!   device-scoped routes at `/api/v1/devices/groups` ([`device_scoped`]);
+//! - Breeze's group API at `/api/v1/groups` ([`groups`], [`group_changes`], [`members`], [`preview`],
+//!   [`log`]) and its device-scoped routes at `/api/v1/devices/groups` ([`device_scoped`]);
 //! - the device-groups API at `/api/v1/device-groups` ([`device_groups`]), snake_case;
 //! - ThingSpace's group creation at `/api/m2m/v1/groups` ([`thingspace`]), also accepted on
 //!   `POST /api/v1/groups`.
@@ -31,6 +31,7 @@ pub mod device_groups;
 pub mod device_scoped;
 pub mod devices;
 pub mod error;
+pub mod group_changes;
 pub mod groups;
 pub mod internal;
 pub mod log;

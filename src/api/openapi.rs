@@ -11,8 +11,8 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    device_groups, device_scoped, devices, error, groups, log, members, orgs, preview, releases,
-    retarget_cap, thingspace,
+    device_groups, device_scoped, devices, error, group_changes, groups, log, members, orgs,
+    preview, releases, retarget_cap, thingspace,
 };
 
 #[derive(OpenApi)]
@@ -29,7 +29,8 @@ use super::{
         license(name = "Apache-2.0")
     ),
     paths(
-        groups::list, groups::create, groups::get_one, groups::patch, groups::put, groups::delete,
+        groups::list, groups::create, groups::get_one, group_changes::patch, group_changes::put,
+        group_changes::delete,
         preview::preview_group, preview::preview_filter, log::membership_log,
         members::list, members::add, members::remove_one, members::pin, members::unpin,
         device_scoped::list, members::add_bulk, members::remove_bulk,

@@ -75,8 +75,9 @@ pub struct DryRunParams {
 #[serde(rename_all = "camelCase")]
 pub struct OrgSettingsView {
     pub org_id: String,
-    /// How many devices one change (a release, a withdrawal, a group deletion) may retarget — change the
-    /// resolved firmware version of — without confirmation; `null`: no cap (the default).
+    /// How many devices one change (a release, a withdrawal, a group's deletion or new definition) may
+    /// retarget — change the resolved firmware version of — without confirmation; `null`: no cap (the
+    /// default).
     pub retarget_cap: Option<i64>,
     /// When the settings were last changed (`null`: never, the defaults).
     pub updated_at: Option<DateTime<Utc>>,

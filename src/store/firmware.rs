@@ -13,7 +13,8 @@ use crate::firmware::{Version, VersionError, VersionKind};
 mod impact;
 
 pub use impact::{
-    Counting, DeviceImpact, Facts, HeldDevices, Impact, ReleaseSide, Releases, ReleasesWire,
+    definition_impact, Counting, DeviceImpact, Facts, HeldDevices, Impact, NewDefinition,
+    ReleaseSide, Releases, ReleasesWire,
 };
 
 /// Why a release or withdrawal was refused.
@@ -93,7 +94,7 @@ async fn org_kind(tx: &mut PgConnection, org_id: &str) -> Result<Option<VersionK
 
 /// Serialises the org's releases and withdrawals: the kind check, the replacement of a target's release and
 /// the impact computed for them must not race another change of the org's releases.
-async fn lock_org(conn: &mut PgConnection, org_id: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn lock_org(conn: &mut PgConnection, org_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('cohort-release:' || $1))")
         .bind(org_id)
         .execute(conn)

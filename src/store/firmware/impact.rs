@@ -11,6 +11,10 @@ use uuid::Uuid;
 use super::{Admitted, Change, ReleaseError, ReleaseTarget};
 use crate::firmware::{resolve, DeviceFacts, GroupRelease, Target, Version};
 
+mod moves;
+
+pub use moves::{definition_impact, NewDefinition};
+
 /// One device whose target would change.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -210,18 +214,30 @@ impl Releases {
 
     /// Counts one device: its development flag, lock, reported version and groups.
     pub fn count(&self, impact: &mut Impact, device: Facts<'_>, member_of: &[Uuid], sample: usize) {
+        self.count_moved(impact, device, member_of, member_of, sample);
+    }
+
+    /// Counts one device whose groups change too: `before` the change and `after` it.
+    fn count_moved(
+        &self,
+        impact: &mut Impact,
+        device: Facts<'_>,
+        before: &[Uuid],
+        after: &[Uuid],
+        sample: usize,
+    ) {
         let facts = DeviceFacts {
             development: device.development,
             lock: device.lock,
         };
         let from = resolve(
             &facts,
-            member_of.iter().filter_map(|g| self.before_groups.get(g)),
+            before.iter().filter_map(|g| self.before_groups.get(g)),
             self.before_default.as_ref(),
         );
         let to = resolve(
             &facts,
-            member_of.iter().filter_map(|g| self.after_groups.get(g)),
+            after.iter().filter_map(|g| self.after_groups.get(g)),
             self.after_default.as_ref(),
         );
         impact.examined += 1;
@@ -258,20 +274,11 @@ pub trait HeldDevices: Sync {
     ) -> Counting<'a>;
 }
 
-/// A device as the impact reads it: id, development flag, lock, reported `firmwareVersion`, groups.
-type DeviceRow = (String, bool, Option<String>, Option<String>, Vec<Uuid>);
-
-/// Whose resolved firmware an admitted change would change, and which of those devices would download
-/// firmware — with the same resolution code the workers use, from the devices and memberships stored in
-/// PostgreSQL, read in the change's own transaction.
-pub(super) async fn compute(
+/// The org's live releases (of live groups, and its default), as resolution reads them.
+async fn current_releases(
     conn: &mut PgConnection,
-    admitted: &Admitted,
-    sample: usize,
-    held: Option<&dyn HeldDevices>,
-) -> Result<Impact, ReleaseError> {
-    let org_id = admitted.org_id.as_str();
-    // Current releases of the org, then the change applied to them.
+    org_id: &str,
+) -> Result<(HashMap<Uuid, GroupRelease>, Option<GroupRelease>), sqlx::Error> {
     let rows: Vec<(Option<Uuid>, String)> = sqlx::query_as(
         "SELECT r.group_id, r.version FROM firmware_releases r LEFT JOIN device_groups g ON g.id = r.group_id \
          WHERE r.org_id = $1 AND r.withdrawn_at IS NULL AND (r.group_id IS NULL OR g.deleted_at IS NULL)",
@@ -291,6 +298,24 @@ pub(super) async fn compute(
             None => default = as_release(Uuid::nil(), version),
         }
     }
+    Ok((groups, default))
+}
+
+/// A device as the impact reads it: id, development flag, lock, reported `firmwareVersion`, groups.
+type DeviceRow = (String, bool, Option<String>, Option<String>, Vec<Uuid>);
+
+/// Whose resolved firmware an admitted change would change, and which of those devices would download
+/// firmware — with the same resolution code the workers use, from the devices and memberships stored in
+/// PostgreSQL, read in the change's own transaction.
+pub(super) async fn compute(
+    conn: &mut PgConnection,
+    admitted: &Admitted,
+    sample: usize,
+    held: Option<&dyn HeldDevices>,
+) -> Result<Impact, ReleaseError> {
+    let org_id = admitted.org_id.as_str();
+    // Current releases of the org, then the change applied to them.
+    let (groups, default) = current_releases(conn, org_id).await?;
     let (mut after_groups, mut after_default) = (groups.clone(), default.clone());
     let released = match &admitted.change {
         Change::Release { version, parsed } => Some(GroupRelease {

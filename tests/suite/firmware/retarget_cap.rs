@@ -310,3 +310,87 @@ async fn a_change_under_the_cap_needs_no_token() -> anyhow::Result<()> {
     settled(&h, 12).await?;
     h.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filter_edit_that_would_retarget_devices_is_capped_like_a_release() -> anyhow::Result<()>
+{
+    let h = Harness::start().await?;
+    let c = client(&h).await?;
+    let canary = h.group("canary", tags_filter("canary")).await?;
+    for i in 0..10 {
+        let tags = if i < 2 {
+            json!(["fleet", "canary"])
+        } else {
+            json!(["fleet"])
+        };
+        let attributes = json!({"firmwareVersion": "1", "tags": tags});
+        enrol(&h, &format!("dev-{i:02}"), attributes, json!({})).await?;
+    }
+    devices_applied(&h, 10, 1).await?;
+    h.wait_members(canary, &[("dev-00", false), ("dev-01", false)])
+        .await?;
+    let made = c
+        .post(
+            "/api/v1/releases",
+            json!({"groupId": canary, "version": "2"}),
+        )
+        .await?;
+    assert_eq!(made.status, 201, "{made:?}");
+    settled(&h, 2).await?;
+    assert_eq!(set_cap(&c, json!(3)).await?.status, 200);
+
+    // Widening the canary's filter to the whole fleet would bring 8 devices onto its release.
+    let nothing = written(&h).await?;
+    let path = format!("/api/v1/groups/{canary}");
+    let widen = json!({"filterConditions": tags_filter("fleet")});
+    let refused = c.patch(&path, widen.clone()).await?;
+    assert_capped(&refused, 3, 8, "Confirmation needed");
+    assert_eq!(
+        refused.body["impact"]["transitions"],
+        json!({"none -> 2": 8})
+    );
+    assert_eq!(refused.body["impact"]["examined"], 10);
+    let mut dry_body = widen.clone();
+    dry_body["dryRun"] = json!(true);
+    let dry = c.patch(&path, dry_body).await?;
+    assert_eq!(dry.status, 200, "{dry:?}");
+    assert_eq!(dry.body["dryRun"], true);
+    assert_eq!(dry.body["impact"], refused.body["impact"]);
+    assert_eq!(written(&h).await?, nothing, "neither writes anything");
+    assert_eq!(c.get(&path).await?.body["version"], 1);
+    let widening = token_of(&dry);
+    let widened = confirmed(&c, Method::PATCH, &path, Some(&widen), &widening).await?;
+    assert_eq!(widened.status, 200, "{widened:?}");
+    assert_eq!(widened.body["version"], 2);
+    settled(&h, 10).await?;
+
+    // Narrowing it back, on the device-groups route, would take 8 off it: capped alike there.
+    let other = format!("/api/v1/device-groups/{canary}");
+    let narrow = json!({"filter_conditions": tags_filter("canary")});
+    let refused = c.patch(&other, narrow.clone()).await?;
+    assert_capped(&refused, 3, 8, "Confirmation needed");
+    assert_eq!(
+        refused.body["impact"]["transitions"],
+        json!({"2 -> none": 8})
+    );
+    let mut dry_body = narrow.clone();
+    dry_body["dry_run"] = json!(true);
+    let dry = c.patch(&other, dry_body).await?;
+    // The widening's token confirms no other change.
+    let stale = confirmed(&c, Method::PATCH, &other, Some(&narrow), &widening).await?;
+    assert_capped(&stale, 3, 8, "does not confirm this change");
+    let narrowed = confirmed(&c, Method::PATCH, &other, Some(&narrow), &token_of(&dry)).await?;
+    assert_eq!(narrowed.status, 200, "{narrowed:?}");
+    assert_eq!(narrowed.body["id"], json!(canary), "{narrowed:?}");
+    assert_eq!(narrowed.body["version"], 3, "{narrowed:?}");
+    settled(&h, 18).await?;
+
+    // Changes that move no device onto or off the release need no token: a new name, and turning the
+    // group static (its members stay).
+    let renamed = c.patch(&path, json!({"name": "canaries"})).await?;
+    assert_eq!(renamed.status, 200, "{renamed:?}");
+    let fixed = c.patch(&path, json!({"type": "static"})).await?;
+    assert_eq!(fixed.status, 200, "{fixed:?}");
+    assert_eq!(fixed.body["deviceCount"], 2, "{fixed:?}");
+    h.stop().await
+}
