@@ -2,8 +2,8 @@
 -- with (docs/firmware.md, "Retarget cap").
 --
 -- - `org_settings`: one row per org that has set anything; an org without one has the defaults.
---   `retarget_cap` is how many devices one change (a release, a withdrawal, a group's deletion or new
---   definition) may retarget without confirmation; `NULL`, the default, is no cap. Bounded so a typo cannot read as "no cap" by
+--   `retarget_cap` is how many devices one change (a release, a withdrawal, a group's deletion, new
+--   definition or static batch) may retarget without confirmation; `NULL`, the default, is no cap. Bounded so a typo cannot read as "no cap" by
 --   overflowing anything that compares with it.
 -- - `server_secrets`: secrets every API process shares, by name. `retarget_confirmation` signs the tokens
 --   a dry run answers (HMAC-SHA256), so whichever process serves the real request can check them; nothing

@@ -378,6 +378,7 @@ impl From<MemberError> for ApiError {
         match e {
             MemberError::GroupNotFound => ApiError::not_found("Group not found"),
             MemberError::DeviceNotFound => ApiError::not_found("Device not found"),
+            MemberError::CapExceeded(refused) => super::retarget_cap::refusal(*refused),
             MemberError::Store(e) => e.into(),
             other => ApiError::bad_request(other.to_string()),
         }

@@ -1,8 +1,9 @@
 //! The group changes that can retarget devices, on every family's routes: an update (PATCH and PUT: a new
-//! filter, site or type moves devices in or out of the group) and a deletion. Each takes a dry run
-//! (`"dryRun": true` in an update's body, `?dryRun=true` on a deletion) answering its firmware impact, and
-//! each is gated by the org's retarget cap: over it, the change needs the dry run's token in
-//! `Cohort-Confirm` (see [`super::retarget_cap`]).
+//! filter, site or type moves devices in or out of the group), a deletion, and a static change (its
+//! routes are in [`super::members`] and [`super::device_groups`]; [`gated_change`] is what they share).
+//! Each takes a dry run (`"dryRun": true` in a body, `?dryRun=true` on a route without one) answering its
+//! firmware impact, and each is gated by the org's retarget cap: over it, the change needs the dry run's
+//! token in `Cohort-Confirm` (see [`super::retarget_cap`]).
 
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -17,12 +18,14 @@ use super::groups::{
     check_descriptive, group_id, parse_kind, visible, visible_group, GroupView, ReplaceGroup,
     UpdateGroup,
 };
+use super::members::refusal;
 use super::releases::{held_devices, mode, IMPACT_SAMPLE};
 use super::retarget_cap::{confirmation, DryRunParams};
 use super::{ApiError, ApiState};
 use crate::store::api::GroupRow;
 use crate::store::firmware::{HeldDevices, Impact};
 use crate::store::groups::{self, GroupPatch};
+use crate::store::members::{self, Partial, StaticChange};
 
 /// What a group change's dry run answers.
 #[derive(Debug, Serialize, ToSchema)]
@@ -196,4 +199,57 @@ pub async fn delete(
         confirmation_token: deletion.confirmation_token,
     })
     .into_response())
+}
+
+/// A static change made, or (a dry run) only answered.
+pub(crate) struct Batched {
+    /// What was changed (for a dry run, what would be), for the checks a route makes of it.
+    pub change: StaticChange,
+    /// A dry run's answer.
+    pub dry_run: Option<GroupDryRun>,
+}
+
+impl Batched {
+    /// The answer: the change in the family's words (`view`), or the dry run's.
+    pub(crate) fn answer<T: Serialize>(self, view: impl FnOnce(StaticChange) -> T) -> Response {
+        match self.dry_run {
+            None => Json(view(self.change)).into_response(),
+            Some(dry) => Json(dry).into_response(),
+        }
+    }
+}
+
+/// Adds (or removes) devices to (from) a static group, gated by the org's retarget cap (`Cohort-Confirm`
+/// in `headers`), or only answers the impact (`dry_run`).
+pub(crate) async fn gated_change(
+    state: &ApiState,
+    group: &GroupRow,
+    ids: &[String],
+    actor: &str,
+    partial: Partial,
+    removal: bool,
+    (dry_run, headers): (bool, &HeaderMap),
+) -> Result<Batched, ApiError> {
+    let confirmed = members::change_static_confirmed(
+        &state.pool,
+        &group.org_id,
+        group.id,
+        ids,
+        actor,
+        partial,
+        removal,
+        IMPACT_SAMPLE,
+        &confirmation(headers),
+        mode(dry_run),
+    )
+    .await
+    .map_err(refusal)?;
+    Ok(Batched {
+        change: confirmed.change,
+        dry_run: dry_run.then_some(GroupDryRun {
+            dry_run: true,
+            impact: confirmed.impact,
+            confirmation_token: confirmed.confirmation_token,
+        }),
+    })
 }

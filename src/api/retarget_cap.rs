@@ -75,8 +75,8 @@ pub struct DryRunParams {
 #[serde(rename_all = "camelCase")]
 pub struct OrgSettingsView {
     pub org_id: String,
-    /// How many devices one change (a release, a withdrawal, a group's deletion or new definition) may
-    /// retarget — change the resolved firmware version of — without confirmation; `null`: no cap (the
+    /// How many devices one change (a release, a withdrawal, a group's deletion, new definition or static
+    /// batch) may retarget — change the resolved firmware version of — without confirmation; `null`: no cap (the
     /// default).
     pub retarget_cap: Option<i64>,
     /// When the settings were last changed (`null`: never, the defaults).

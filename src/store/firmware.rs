@@ -13,8 +13,8 @@ use crate::firmware::{Version, VersionError, VersionKind};
 mod impact;
 
 pub use impact::{
-    definition_impact, Counting, DeviceImpact, Facts, HeldDevices, Impact, NewDefinition,
-    ReleaseSide, Releases, ReleasesWire,
+    batch_impact, definition_impact, Counting, DeviceImpact, Facts, HeldDevices, Impact,
+    NewDefinition, ReleaseSide, Releases, ReleasesWire,
 };
 
 /// Why a release or withdrawal was refused.

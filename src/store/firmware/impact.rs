@@ -13,7 +13,7 @@ use crate::firmware::{resolve, DeviceFacts, GroupRelease, Target, Version};
 
 mod moves;
 
-pub use moves::{definition_impact, NewDefinition};
+pub use moves::{batch_impact, definition_impact, NewDefinition};
 
 /// One device whose target would change.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -394,3 +394,93 @@ async fn a_filter_edit_that_would_retarget_devices_is_capped_like_a_release() ->
     assert_eq!(fixed.body["deviceCount"], 2, "{fixed:?}");
     h.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_batch_onto_a_released_group_is_capped_like_a_release() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let c = client(&h).await?;
+    let pilot = h.static_group("pilot").await?;
+    fleet(&h, "fleet", 0, 8).await?;
+    devices_applied(&h, 8, 1).await?;
+    let made = c
+        .post(
+            "/api/v1/releases",
+            json!({"groupId": pilot, "version": "2"}),
+        )
+        .await?;
+    assert_eq!(made.status, 201, "{made:?}");
+    assert_eq!(set_cap(&c, json!(3)).await?.status, 200);
+    let ids: Vec<String> = (0..8).map(|i| format!("fleet-{i:02}")).collect();
+
+    // Adding all 8 would put them on the pilot's release: refused, and nothing is written.
+    let nothing = written(&h).await?;
+    let path = format!("/api/v1/groups/{pilot}/devices");
+    let body = json!({ "deviceIds": ids });
+    let refused = c.post(&path, body.clone()).await?;
+    assert_capped(&refused, 3, 8, "Confirmation needed");
+    assert_eq!(
+        refused.body["impact"]["transitions"],
+        json!({"none -> 2": 8})
+    );
+    let dry = c
+        .post(&path, json!({ "deviceIds": ids, "dryRun": true }))
+        .await?;
+    assert_eq!(dry.status, 200, "{dry:?}");
+    assert_eq!(dry.body["impact"], refused.body["impact"]);
+    assert_eq!(written(&h).await?, nothing, "neither writes anything");
+    assert!(h.members(pilot).await?.is_empty());
+    let added = confirmed(&c, Method::POST, &path, Some(&body), &token_of(&dry)).await?;
+    assert_eq!(added.status, 200, "{added:?}");
+    assert_eq!(added.body["data"]["added"], 8, "{added:?}");
+    settled(&h, 8).await?;
+
+    // Removing two is under the cap: no token.
+    let bulk = format!("/api/v1/devices/groups/{pilot}/members");
+    let two = json!({"deviceIds": ["fleet-00", "fleet-01"]});
+    let removed = c
+        .send(Method::DELETE, &bulk, Some(two.to_string().into_bytes()))
+        .await?;
+    assert_eq!(removed.status, 200, "{removed:?}");
+    assert_eq!(removed.body["data"]["removed"], 2, "{removed:?}");
+    settled(&h, 10).await?;
+
+    // Removing the other six, on the device-groups route, is capped there too.
+    let batch = format!("/api/v1/device-groups/{pilot}/devices");
+    let six = json!({ "device_ids": &ids[2..] });
+    let refused = c
+        .send(Method::DELETE, &batch, Some(six.to_string().into_bytes()))
+        .await?;
+    assert_capped(&refused, 3, 6, "Confirmation needed");
+    assert_eq!(
+        refused.body["impact"]["transitions"],
+        json!({"2 -> none": 6})
+    );
+    let mut dry_six = six.clone();
+    dry_six["dry_run"] = json!(true);
+    let dry = c
+        .send(
+            Method::DELETE,
+            &batch,
+            Some(dry_six.to_string().into_bytes()),
+        )
+        .await?;
+    assert_eq!(dry.status, 200, "{dry:?}");
+    let removed = confirmed(&c, Method::DELETE, &batch, Some(&six), &token_of(&dry)).await?;
+    assert_eq!(removed.status, 200, "{removed:?}");
+    assert_eq!(removed.body["removed"].as_array().map(Vec::len), Some(6));
+    settled(&h, 16).await?;
+
+    // With a cap of 0, even one device needs confirmation.
+    assert_eq!(set_cap(&c, json!(0)).await?.status, 200);
+    let one = format!("/api/v1/device-groups/{pilot}/devices/fleet-00");
+    let refused = c.send(Method::POST, &one, None).await?;
+    assert_capped(&refused, 0, 1, "Confirmation needed");
+    let dry = c
+        .send(Method::POST, &format!("{one}?dry_run=true"), None)
+        .await?;
+    assert_eq!(dry.status, 200, "{dry:?}");
+    let added = confirmed(&c, Method::POST, &one, None, &token_of(&dry)).await?;
+    assert_eq!(added.status, 201, "{added:?}");
+    settled(&h, 17).await?;
+    h.stop().await
+}

@@ -116,3 +116,55 @@ pub async fn definition_impact(
     }
     Ok(impact)
 }
+
+/// A device as a batch's impact reads it: id, development flag, lock, reported `firmwareVersion`, groups.
+type BatchRow = (String, bool, Option<String>, Option<String>, Vec<Uuid>);
+
+/// Whose resolved firmware changes because `devices` were just added to (or, `removal`, removed from)
+/// `group` in `conn`'s transaction, which already holds the change: each device's groups are read as
+/// they are now, and as they were without (with) the group. None, without reading a device, when the
+/// group carries no live release.
+pub async fn batch_impact(
+    conn: &mut PgConnection,
+    org_id: &str,
+    group: Uuid,
+    devices: &[String],
+    removal: bool,
+    sample: usize,
+) -> Result<Impact, ReleaseError> {
+    let (groups, default) = current_releases(conn, org_id).await?;
+    if devices.is_empty() || !groups.contains_key(&group) {
+        return Ok(Impact::new(0));
+    }
+    let releases = Releases {
+        before_groups: groups.clone(),
+        before_default: default.clone(),
+        after_groups: groups,
+        after_default: default,
+    };
+    let rows: Vec<BatchRow> = sqlx::query_as(
+        "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
+           ARRAY(SELECT m.group_id FROM device_group_memberships m WHERE m.device_id = d.id) \
+         FROM devices d WHERE d.org_id = $1 AND d.id = ANY($2) ORDER BY d.id",
+    )
+    .bind(org_id)
+    .bind(devices)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut impact = Impact::new(0);
+    for (id, development, lock, running, now) in &rows {
+        let before: Vec<Uuid> = if removal {
+            now.iter().copied().chain([group]).collect()
+        } else {
+            now.iter().copied().filter(|g| *g != group).collect()
+        };
+        let facts = Facts {
+            id,
+            development: *development,
+            lock: lock.as_deref(),
+            running: running.as_deref(),
+        };
+        releases.count_moved(&mut impact, facts, &before, now, sample);
+    }
+    Ok(impact)
+}
