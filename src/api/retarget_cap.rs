@@ -38,6 +38,12 @@ pub fn confirmation(headers: &HeaderMap) -> Confirmation {
 /// The 409 for a change over the cap: the cap, the impact, and what to do.
 pub(crate) fn refusal(refused: CapExceeded) -> ApiError {
     let CapExceeded { cap, impact, why } = refused;
+    let reason = match why {
+        Unconfirmed::Missing => "unconfirmed",
+        Unconfirmed::Expired => "expired",
+        Unconfirmed::Mismatch => "mismatch",
+    };
+    metrics::counter!(crate::metrics::API_RETARGET_CAP_REFUSALS, "reason" => reason).increment(1);
     let over = format!(
         "this change would retarget {} device{}, more than the org's retarget cap of {cap}",
         impact.changed,

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use cohort::firmware::confirm::{self, Confirmable};
 use cohort::store::retarget_cap;
-use cohort_testkit::app::{Harness, ORG};
+use cohort_testkit::app::{metric, Harness, ORG};
 use cohort_testkit::http::{Answer, Client};
 use hyper::Method;
 use serde_json::{json, Value};
@@ -87,6 +87,16 @@ async fn a_release_over_the_cap_needs_the_token_of_a_dry_run_with_the_same_impac
     assert_eq!(capped.status, 200, "{capped:?}");
     assert_eq!(capped.body["retargetCap"], 5);
     let nothing = written(&h).await?;
+    let refusals = |reason: &str| {
+        metric(&format!(
+            "cohort_api_retarget_cap_refusals_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    let counted = [
+        refusals("unconfirmed"),
+        refusals("expired"),
+        refusals("mismatch"),
+    ];
 
     // Without a token: refused with the impact, and nothing is written.
     let body = json!({"groupId": group, "version": "2"});
@@ -139,6 +149,10 @@ async fn a_release_over_the_cap_needs_the_token_of_a_dry_run_with_the_same_impac
     let answer = confirmed(&c, Method::POST, "/api/v1/releases", Some(&body), &expired).await?;
     assert_capped(&answer, 5, 12, "expired");
     assert_eq!(written(&h).await?, nothing, "no refusal writes anything");
+    // Each refusal is counted by its reason (other tests may count too: at least these).
+    assert!(refusals("unconfirmed") >= counted[0] + 1.0);
+    assert!(refusals("expired") >= counted[1] + 1.0);
+    assert!(refusals("mismatch") >= counted[2] + 4.0);
 
     // A device joins the group after the dry run: its token no longer confirms the release.
     fleet(&h, "fleet", 12, 1).await?;
