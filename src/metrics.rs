@@ -83,6 +83,10 @@ pub const API_REQUEST_SECONDS: &str = "cohort_api_request_duration_seconds";
 pub const API_RATE_LIMITED: &str = "cohort_api_rate_limited_total";
 /// Requests refused for a missing, malformed, unknown or revoked API key.
 pub const API_UNAUTHORIZED: &str = "cohort_api_unauthorized_total";
+/// Changes refused for retargeting more devices than the org's retarget cap, by `reason`: `unconfirmed`
+/// (no `Cohort-Confirm` token), `expired` (the token's time was up) or `mismatch` (the impact changed
+/// since the dry run, or the token was for another change, or not one cohort issued).
+pub const API_RETARGET_CAP_REFUSALS: &str = "cohort_api_retarget_cap_refusals_total";
 /// Calls of peer workers' internal routes, by `outcome` — `answered` (its partitions were evaluated in
 /// its memory) or `failed` (an error, a refusal or no answer within `api.peer_timeout_ms`: its partitions
 /// were read from PostgreSQL) — and `route`: `evaluate` (a preview) or `impact` (a release's impact).
@@ -137,6 +141,7 @@ pub const ALL: &[&str] = &[
     API_REQUEST_SECONDS,
     API_RATE_LIMITED,
     API_UNAUTHORIZED,
+    API_RETARGET_CAP_REFUSALS,
     PEER_REQUESTS,
     HTTP_CONNECTIONS_CLOSED,
     HTTP_BODIES_REFUSED,
@@ -234,6 +239,10 @@ pub fn describe() {
     describe_counter!(
         API_UNAUTHORIZED,
         "REST API requests refused for a missing or invalid API key"
+    );
+    describe_counter!(
+        API_RETARGET_CAP_REFUSALS,
+        "Changes refused for retargeting more devices than the org's cap, by reason"
     );
     describe_counter!(
         PEER_REQUESTS,

@@ -6,8 +6,8 @@
 //! `/api/v1/groups`.
 
 use axum::extract::{Extension, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -18,11 +18,13 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
+use super::group_changes::{self, GroupDryRun};
 use super::groups::{self, group_id, visible, CreateGroup, ListParams, UpdateGroup};
 use super::members::{self, MemberBatch, PageParams};
+use super::retarget_cap::DryRunParams;
 use super::{page, ApiError, ApiState};
 use crate::store::api::GroupRow;
-use crate::store::members as store;
+use crate::store::members::{Partial, StaticChange};
 
 /// `/api/v1/device-groups` (previews, pins and the log are merged in by [`super::router`]).
 pub fn routes() -> Router<ApiState> {
@@ -184,31 +186,40 @@ pub async fn get_one(
 /// Update a device group's metadata (name, description, tags) — and, as with PATCH, any other field
 /// given: fields left out keep their values.
 #[utoipa::path(put, path = "/api/v1/device-groups/{group_id}", tag = "device-groups",
-    params(("group_id" = String, Path)), request_body = UpdateGroup,
+    params(("group_id" = String, Path), ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
+    request_body = UpdateGroup,
     responses((status = 200, body = DeviceGroup), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn update(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(body): Json<UpdateGroup>,
-) -> Result<Json<DeviceGroup>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = group_id(&id)?;
-    Ok(Json(
-        groups::update(&state, &caller, id, body).await?.into(),
-    ))
+    let changed = group_changes::update(&state, &caller, id, body, &headers).await?;
+    Ok(changed.answer(DeviceGroup::from))
 }
 
-/// Delete a device group: its devices stay registered and only leave this group.
+/// Delete a device group: its devices stay registered and only leave this group. `dry_run=true` answers
+/// the deletion's firmware impact instead; one over the org's retarget cap needs `Cohort-Confirm` (as on
+/// `DELETE /api/v1/groups/{id}`).
 #[utoipa::path(delete, path = "/api/v1/device-groups/{group_id}", tag = "device-groups",
-    params(("group_id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    params(("group_id" = String, Path), DryRunParams,
+        ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the deletion retargets more devices than the org's retarget cap")),
+    responses((status = 204), (status = 200, body = GroupDryRun), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn delete(
     state: State<ApiState>,
     caller: Extension<Caller>,
     id: Path<String>,
-) -> Result<StatusCode, ApiError> {
-    groups::delete(state, caller, id).await
+    params: Query<DryRunParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    group_changes::delete(state, caller, id, params, headers).await
 }
 
 super::members::member_record!(
@@ -266,7 +277,7 @@ pub struct BatchResult {
 }
 
 impl BatchResult {
-    fn new(group: &GroupRow, change: store::StaticChange, removal: bool) -> Self {
+    fn new(group: &GroupRow, change: StaticChange, removal: bool) -> Self {
         let done = Some(change.changed);
         Self {
             group_id: group.id,
@@ -282,61 +293,69 @@ async fn batch(
     state: &ApiState,
     caller: &Caller,
     id: &str,
-    batch: MemberBatch,
+    (batch, headers): (MemberBatch, &HeaderMap),
     removal: bool,
-) -> Result<Json<BatchResult>, ApiError> {
-    let (group, change) = members::apply_batch(state, caller, id, batch, removal).await?;
-    Ok(Json(BatchResult::new(&group, change, removal)))
+) -> Result<Response, ApiError> {
+    let (group, change) = members::apply_batch(state, caller, id, batch, removal, headers).await?;
+    Ok(change.answer(|change| BatchResult::new(&group, change, removal)))
 }
 
 /// Add devices to a static group in one request (`device_ids`, `added_by`). A device unknown in the org
 /// refuses the batch (400, each listed).
 #[utoipa::path(post, path = "/api/v1/device-groups/{group_id}/devices", tag = "device-groups",
-    params(("group_id" = String, Path)), request_body = MemberBatch,
-    responses((status = 200, body = BatchResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("group_id" = String, Path), ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")), request_body = MemberBatch,
+    responses((status = 200, body = BatchResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn add_batch(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(body): Json<MemberBatch>,
-) -> Result<Json<BatchResult>, ApiError> {
-    batch(&state, &caller, &id, body, false).await
+) -> Result<Response, ApiError> {
+    batch(&state, &caller, &id, (body, &headers), false).await
 }
 
 /// Remove devices from a static group in one request (`device_ids`).
 #[utoipa::path(delete, path = "/api/v1/device-groups/{group_id}/devices", tag = "device-groups",
-    params(("group_id" = String, Path)), request_body = MemberBatch,
-    responses((status = 200, body = BatchResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("group_id" = String, Path), ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")), request_body = MemberBatch,
+    responses((status = 200, body = BatchResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn remove_batch(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(body): Json<MemberBatch>,
-) -> Result<Json<BatchResult>, ApiError> {
-    batch(&state, &caller, &id, body, true).await
+) -> Result<Response, ApiError> {
+    batch(&state, &caller, &id, (body, &headers), true).await
 }
 
 /// Add a single device to a static group (201 when added, 200 when it already was a member, 404 for a
-/// device unknown in the org).
+/// device unknown in the org; `dry_run=true`: only its firmware impact).
 #[utoipa::path(post, path = "/api/v1/device-groups/{group_id}/devices/{device_id}", tag = "device-groups",
-    params(("group_id" = String, Path), ("device_id" = String, Path)),
+    params(("group_id" = String, Path), ("device_id" = String, Path), DryRunParams, ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
     responses((status = 201, body = BatchResult), (status = 200, body = BatchResult), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn add_one(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path((id, device_id)): Path<(String, String)>,
-) -> Result<impl IntoResponse, ApiError> {
+    Query(params): Query<DryRunParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let group = visible(&state, &caller, &id).await?;
     members::check_device_id(&device_id).map_err(ApiError::bad_request)?;
-    let change = store::add_static(
-        &state.pool,
-        &group.org_id,
-        group.id,
-        std::slice::from_ref(&device_id),
-        &caller.actor(),
-    )
-    .await?;
+    let ids = [device_id];
+    let how = (params.dry_run, &headers);
+    let actor = caller.actor();
+    let batched =
+        group_changes::gated_change(&state, &group, &ids, &actor, Partial::Allowed, false, how)
+            .await?;
+    let change = &batched.change;
     if !change.not_found.is_empty() {
         return Err(ApiError::not_found("Device not found"));
     }
@@ -350,19 +369,35 @@ pub async fn add_one(
     } else {
         StatusCode::CREATED
     };
-    Ok((status, Json(BatchResult::new(&group, change, false))))
+    if batched.dry_run.is_some() {
+        return Ok(batched.answer(|_| ()));
+    }
+    Ok((
+        status,
+        Json(BatchResult::new(&group, batched.change, false)),
+    )
+        .into_response())
 }
 
-/// Remove a single device from a static group (404 when it is not a member).
+/// Remove a single device from a static group (404 when it is not a member; `dry_run=true`: only its
+/// firmware impact).
 #[utoipa::path(delete, path = "/api/v1/device-groups/{group_id}/devices/{device_id}", tag = "device-groups",
-    params(("group_id" = String, Path), ("device_id" = String, Path)),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("group_id" = String, Path), ("device_id" = String, Path), DryRunParams, ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
+    responses((status = 204), (status = 200, body = GroupDryRun), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn remove_one(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path((id, device_id)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+    Query(params): Query<DryRunParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let group = visible(&state, &caller, &id).await?;
-    members::remove_member(&state, &caller, &group, &device_id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let how = (params.dry_run, &headers);
+    let batched = members::remove_member(&state, &caller, &group, &device_id, how).await?;
+    if batched.dry_run.is_some() {
+        return Ok(batched.answer(|_| ()));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

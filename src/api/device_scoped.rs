@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Query};
+use super::group_changes;
 use super::groups::{self, GroupView, ListParams};
 use super::members;
 use super::{ApiError, ApiState};
@@ -22,8 +23,8 @@ pub fn routes() -> Router<ApiState> {
         .route(
             "/{id}",
             get(groups::get_one)
-                .patch(groups::patch)
-                .delete(groups::delete),
+                .patch(group_changes::patch)
+                .delete(group_changes::delete),
         )
         .route(
             "/{id}/members",

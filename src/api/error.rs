@@ -1,6 +1,7 @@
 //! One error shape for every answer that is not a success:
-//! `{"error": "bad_request"|"unauthorized"|"not_found"|"conflict"|"rate_limited"|"request_timeout"|"internal_error",
-//!   "message": "...", "details": [...]}`.
+//! `{"error": "bad_request"|"unauthorized"|"not_found"|"conflict"|"retarget_cap_exceeded"|"rate_limited"|
+//!   "request_timeout"|"internal_error", "message": "...", "details": [...]}` (`retarget_cap_exceeded` adds
+//! `cap` and `impact`).
 //!
 //! Rejections of axum's extractors (bad JSON, wrong types, unknown fields, bodies over the limit, bad path or
 //! query parameters) are mapped here, so a client error is always a 4xx with a clear message. Internal
@@ -21,7 +22,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::store::api_keys::KeyError;
-use crate::store::firmware::ReleaseError;
+use crate::store::firmware::{Impact, ReleaseError};
 use crate::store::groups::GroupError;
 use crate::store::members::MemberError;
 use crate::store::StoreError;
@@ -153,8 +154,9 @@ pub fn snippet(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
 /// The error body.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// `bad_request`, `unauthorized`, `not_found`, `conflict`, `rate_limited`, `request_timeout` (the body
-    /// did not arrive within `http.request_timeout_ms`) or `internal_error`.
+    /// `bad_request`, `unauthorized`, `not_found`, `conflict`, `retarget_cap_exceeded` (a change over the
+    /// org's retarget cap, without a dry run's token confirming it), `rate_limited`, `request_timeout` (the
+    /// body did not arrive within `http.request_timeout_ms`) or `internal_error`.
     pub error: &'static str,
     /// What went wrong, for a person.
     #[schema(max_length = 2048)]
@@ -163,6 +165,15 @@ pub struct ErrorBody {
     /// are more, a last detail (with only a `message`) says so.
     #[schema(max_items = 101)]
     pub details: Vec<Detail>,
+    /// Only with `retarget_cap_exceeded`: the org's retarget cap the change exceeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub cap: Option<i64>,
+    /// Only with `retarget_cap_exceeded`: the change's impact, as a dry run answers it (its `sample` at
+    /// most 20 devices).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object, required = false)]
+    pub impact: Option<Impact>,
 }
 
 /// An error answer.
@@ -175,6 +186,8 @@ pub struct ApiError {
     pub details: Vec<Detail>,
     /// Seconds, for 429.
     pub retry_after: Option<u64>,
+    /// A change over the org's retarget cap: the cap and the change's impact (409).
+    pub cap: Option<Box<(i64, Impact)>>,
 }
 
 impl ApiError {
@@ -185,6 +198,15 @@ impl ApiError {
             message: bounded(message.into(), MAX_MESSAGE_BYTES),
             details: Vec::new(),
             retry_after: None,
+            cap: None,
+        }
+    }
+
+    /// A change that retargets more devices than the org's cap, with the cap and the impact (409).
+    pub fn cap_exceeded(message: impl Into<String>, cap: i64, impact: Impact) -> Self {
+        Self {
+            cap: Some(Box::new((cap, impact))),
+            ..Self::new(StatusCode::CONFLICT, "retarget_cap_exceeded", message)
         }
     }
 
@@ -260,10 +282,16 @@ impl IntoResponse for ApiError {
         // The fields are public: bound them again here, where every answer passes.
         let mut details = self.details;
         details.truncate(MAX_DETAILS + 1);
+        let (cap, impact) = match self.cap {
+            Some(refused) => (Some(refused.0), Some(refused.1)),
+            None => (None, None),
+        };
         let body = ErrorBody {
             error: self.code,
             message: bounded(self.message, MAX_MESSAGE_BYTES),
             details,
+            cap,
+            impact,
         };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
@@ -339,6 +367,7 @@ impl From<GroupError> for ApiError {
             GroupError::NotFound => ApiError::not_found("Group not found"),
             GroupError::Refused(message) => ApiError::conflict(message),
             GroupError::BadRequest(message) => ApiError::bad_request(message),
+            GroupError::CapExceeded(refused) => super::retarget_cap::refusal(*refused),
             GroupError::Store(e) => e.into(),
         }
     }
@@ -349,6 +378,7 @@ impl From<MemberError> for ApiError {
         match e {
             MemberError::GroupNotFound => ApiError::not_found("Group not found"),
             MemberError::DeviceNotFound => ApiError::not_found("Device not found"),
+            MemberError::CapExceeded(refused) => super::retarget_cap::refusal(*refused),
             MemberError::Store(e) => e.into(),
             other => ApiError::bad_request(other.to_string()),
         }
@@ -360,6 +390,7 @@ impl From<ReleaseError> for ApiError {
         match e {
             ReleaseError::GroupNotFound => ApiError::not_found("Group not found"),
             ReleaseError::NotFound => ApiError::not_found("Release not found"),
+            ReleaseError::CapExceeded(refused) => super::retarget_cap::refusal(*refused),
             ReleaseError::Store(e) => e.into(),
             other => ApiError::bad_request(other.to_string()),
         }

@@ -1,7 +1,8 @@
 //! Groups at `/api/v1/groups` (Breeze's primary endpoints, camelCase) and the group operations every
-//! family of routes shares: list, create (also ThingSpace's body, see [`super::thingspace`]), get, update
-//! (PATCH and PUT, including a change of type) and delete. A group id that is not one of cohort's is an
-//! unknown group (404), whatever its form.
+//! family of routes shares: list, create (also ThingSpace's body, see [`super::thingspace`]) and get; the
+//! changes that can retarget devices — update (PATCH and PUT, including a change of type) and delete —
+//! are in [`super::group_changes`]. A group id that is not one of cohort's is an unknown group (404),
+//! whatever its form.
 
 use axum::extract::FromRequest;
 use axum::extract::{Extension, State};
@@ -17,9 +18,10 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{Detail, ErrorBody, Json, Path, Query, RawBody};
+use super::group_changes::{delete, patch, put};
 use super::{page, ApiError, ApiState};
 use crate::store::api::{self as queries, GroupQuery, GroupRow};
-use crate::store::groups::{self, GroupKind, GroupPatch, NewGroup};
+use crate::store::groups::{self, GroupKind, NewGroup};
 
 /// `/api/v1/groups`: the groups themselves; members, pins, previews and the log are merged in by
 /// [`super::router`].
@@ -179,6 +181,10 @@ pub struct UpdateGroup {
     #[serde(alias = "filter_conditions", alias = "filter")]
     #[schema(value_type = Option<Object>)]
     pub filter_conditions: Option<Value>,
+    /// Decide the change exactly as without it — the same refusals — but write nothing: answer its
+    /// firmware impact (and, over the org's retarget cap, a `confirmationToken`).
+    #[serde(default, alias = "dry_run")]
+    pub dry_run: bool,
 }
 
 /// A group's replacement (PUT): `name` is required, and `filterConditions` for a dynamic group; absent
@@ -206,6 +212,9 @@ pub struct ReplaceGroup {
     #[serde(alias = "filter_conditions", alias = "filter")]
     #[schema(value_type = Option<Object>)]
     pub filter_conditions: Option<Value>,
+    /// As with PATCH: answer the firmware impact only.
+    #[serde(default, alias = "dry_run")]
+    pub dry_run: bool,
 }
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`).
@@ -221,7 +230,7 @@ const MAX_TAGS: usize = 100;
 const MAX_TAG: usize = 64;
 const MAX_SITE: usize = 128;
 
-fn check_descriptive(
+pub(crate) fn check_descriptive(
     name: Option<&str>,
     description: Option<&str>,
     tags: Option<&[String]>,
@@ -445,95 +454,4 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<GroupView>, ApiError> {
     Ok(Json(visible(&state, &caller, &id).await?.into()))
-}
-
-/// Applies a change to a group and reads it back.
-pub(crate) async fn update(
-    state: &ApiState,
-    caller: &Caller,
-    id: Uuid,
-    body: UpdateGroup,
-) -> Result<GroupRow, ApiError> {
-    visible_group(state, caller, id).await?;
-    let kind = body.kind.as_deref().map(parse_kind).transpose()?;
-    check_descriptive(
-        body.name.as_deref(),
-        body.description.as_deref(),
-        body.tags.as_deref(),
-        body.site_id.clone().flatten().as_deref(),
-    )?;
-    let patch = GroupPatch {
-        name: body.name.map(|n| n.trim().to_string()),
-        description: body.description,
-        tags: body.tags,
-        site_id: body.site_id,
-        parent_id: body.parent_id,
-        filter: body.filter_conditions,
-        kind,
-        actor: Some(caller.actor()),
-    };
-    groups::update_group(&state.pool, &state.catalogue, id, &patch).await?;
-    visible_group(state, caller, id).await
-}
-
-/// Update some fields of a group. `type` changes the group's type: a dynamic group turned static keeps
-/// its current members (now manual, each logged); a static group turned dynamic needs `filterConditions`.
-#[utoipa::path(patch, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
-    request_body = UpdateGroup,
-    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
-pub async fn patch(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Json(body): Json<UpdateGroup>,
-) -> Result<Json<GroupView>, ApiError> {
-    let id = group_id(&id)?;
-    Ok(Json(update(&state, &caller, id, body).await?.into()))
-}
-
-/// Replace a group: absent optional fields are cleared (description, tags, siteId, parentId); `name` is
-/// required, and `filterConditions` for a dynamic group.
-#[utoipa::path(put, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
-    request_body = ReplaceGroup,
-    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody)))]
-pub async fn put(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Json(body): Json<ReplaceGroup>,
-) -> Result<Json<GroupView>, ApiError> {
-    let group = visible(&state, &caller, &id).await?;
-    let dynamic = body.kind.as_deref().unwrap_or(&group.kind) == "dynamic";
-    if dynamic && body.filter_conditions.is_none() {
-        return Err(ApiError::bad_request(
-            "filterConditions is required for a dynamic group",
-        ));
-    }
-    let change = UpdateGroup {
-        name: Some(body.name),
-        description: Some(body.description),
-        tags: Some(body.tags),
-        site_id: Some(body.site_id),
-        parent_id: Some(body.parent_id),
-        kind: body.kind,
-        filter_conditions: body.filter_conditions,
-    };
-    Ok(Json(
-        update(&state, &caller, group.id, change).await?.into(),
-    ))
-}
-
-/// Delete a group: workers remove its memberships (each removal logged); its log is kept.
-#[utoipa::path(delete, path = "/api/v1/groups/{id}", tag = "groups", params(("id" = String, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
-pub async fn delete(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let group = visible(&state, &caller, &id).await?;
-    groups::delete_group(&state.pool, group.id).await?;
-    Ok(StatusCode::NO_CONTENT)
 }

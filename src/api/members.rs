@@ -3,7 +3,8 @@
 //! batch validation, cellular identifiers, and pins.
 
 use axum::extract::{Extension, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use serde::{Deserialize, Serialize};
@@ -12,7 +13,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::{snippet, Detail, ErrorBody, Json, Path, Query};
+use super::group_changes::{gated_change, Batched};
 use super::groups::visible;
+use super::retarget_cap::DryRunParams;
 use super::{next_cursor, page, ApiError, ApiState};
 use crate::store::api::{self as queries, GroupRow, MemberRow};
 use crate::store::groups;
@@ -193,6 +196,10 @@ pub struct MemberBatch {
     #[serde(rename = "addedBy")]
     #[schema(min_length = 1, max_length = 255)]
     pub added_by: Option<String>,
+    /// Decide the batch exactly as without it — the same refusals — but write nothing: answer its
+    /// firmware impact (and, over the org's retarget cap, a `confirmationToken`).
+    #[serde(default, rename = "dryRun", alias = "dry_run")]
+    pub dry_run: bool,
 }
 
 /// The counts Breeze answers a batch with.
@@ -336,16 +343,12 @@ async fn change_static(
     group: &GroupRow,
     batch: MemberBatch,
     removal: bool,
-) -> Result<StaticChange, ApiError> {
+    headers: &HeaderMap,
+) -> Result<Batched, ApiError> {
     let actor = actor(caller, batch.added_by)?;
     let ids = resolve_batch(state, &group.org_id, batch.device_ids, batch.identifiers).await?;
-    let (pool, org, id) = (&state.pool, &group.org_id, group.id);
-    let change = if removal {
-        members::remove_static_with(pool, org, id, &ids, &actor, Partial::Refused).await
-    } else {
-        members::add_static_with(pool, org, id, &ids, &actor, Partial::Refused).await
-    };
-    change.map_err(refusal)
+    let how = (batch.dry_run, headers);
+    gated_change(state, group, &ids, &actor, Partial::Refused, removal, how).await
 }
 
 /// A batch refused because some devices are unknown in the org (or of another site): every one listed.
@@ -378,9 +381,10 @@ pub(crate) async fn apply_batch(
     id: &str,
     batch: MemberBatch,
     removal: bool,
-) -> Result<(GroupRow, StaticChange), ApiError> {
+    headers: &HeaderMap,
+) -> Result<(GroupRow, Batched), ApiError> {
     let group = visible(state, caller, id).await?;
-    let change = change_static(state, caller, &group, batch, removal).await?;
+    let change = change_static(state, caller, &group, batch, removal, headers).await?;
     Ok((group, change))
 }
 
@@ -389,88 +393,101 @@ async fn batch(
     state: &ApiState,
     caller: &Caller,
     id: &str,
-    batch: MemberBatch,
+    (batch, headers): (MemberBatch, &HeaderMap),
     removal: bool,
-) -> Result<Json<BatchAnswer>, ApiError> {
-    let (_, change) = apply_batch(state, caller, id, batch, removal).await?;
-    Ok(Json(BatchAnswer::new(&change, removal)))
+) -> Result<Response, ApiError> {
+    let (_, change) = apply_batch(state, caller, id, batch, removal, headers).await?;
+    Ok(change.answer(|change| BatchAnswer::new(&change, removal)))
 }
 
 /// Add devices to a static group (duplicates and members already are skipped). Every addition is logged
 /// with reason `manual`; workers then re-resolve the devices' firmware.
-#[utoipa::path(post, path = "/api/v1/groups/{id}/devices", tag = "members", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/api/v1/groups/{id}/devices", tag = "members", params(("id" = String, Path),
+        ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
     request_body = MemberBatch,
-    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn add(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(body): Json<MemberBatch>,
-) -> Result<Json<BatchAnswer>, ApiError> {
-    batch(&state, &caller, &id, body, false).await
+) -> Result<Response, ApiError> {
+    batch(&state, &caller, &id, (body, &headers), false).await
 }
 
-/// Removes one device from a static group; 404 when it is not a member.
+/// Removes one device from a static group (or, `dry_run`, answers what that does); 404 when it is not a
+/// member.
 pub(crate) async fn remove_member(
     state: &ApiState,
     caller: &Caller,
     group: &GroupRow,
     device_id: &str,
-) -> Result<StaticChange, ApiError> {
-    let change = members::remove_static(
-        &state.pool,
-        &group.org_id,
-        group.id,
-        &[device_id.to_string()],
-        &caller.actor(),
-    )
-    .await?;
-    if change.changed.is_empty() {
+    how: (bool, &HeaderMap),
+) -> Result<Batched, ApiError> {
+    let ids = [device_id.to_string()];
+    let actor = caller.actor();
+    let batched = gated_change(state, group, &ids, &actor, Partial::Allowed, true, how).await?;
+    if batched.change.changed.is_empty() {
         return Err(ApiError::not_found(
             "Device not found, or not a member of this group",
         ));
     }
-    Ok(change)
+    Ok(batched)
 }
 
-/// Remove one device from a static group.
+/// Remove one device from a static group (`dryRun=true`: only its firmware impact).
 #[utoipa::path(delete, path = "/api/v1/groups/{id}/devices/{device_id}", tag = "members",
-    params(("id" = String, Path), ("device_id" = String, Path)),
-    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path), ("device_id" = String, Path), DryRunParams,
+        ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
+    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn remove_one(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path((id, device_id)): Path<(String, String)>,
-) -> Result<Json<BatchAnswer>, ApiError> {
+    Query(params): Query<DryRunParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let group = visible(&state, &caller, &id).await?;
-    let change = remove_member(&state, &caller, &group, &device_id).await?;
-    Ok(Json(BatchAnswer::new(&change, true)))
+    let how = (params.dry_run, &headers);
+    let change = remove_member(&state, &caller, &group, &device_id, how).await?;
+    Ok(change.answer(|change| BatchAnswer::new(&change, true)))
 }
 
 /// Add devices to a static group in bulk (the device-scoped route).
 #[utoipa::path(post, path = "/api/v1/devices/groups/{id}/members", tag = "device-scoped",
-    params(("id" = String, Path)), request_body = MemberBatch,
-    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path), ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")), request_body = MemberBatch,
+    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn add_bulk(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(body): Json<MemberBatch>,
-) -> Result<Json<BatchAnswer>, ApiError> {
-    batch(&state, &caller, &id, body, false).await
+) -> Result<Response, ApiError> {
+    batch(&state, &caller, &id, (body, &headers), false).await
 }
 
 /// Remove devices from a static group in bulk (devices that are not members are skipped).
 #[utoipa::path(delete, path = "/api/v1/devices/groups/{id}/members", tag = "device-scoped",
-    params(("id" = String, Path)), request_body = MemberBatch,
-    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    params(("id" = String, Path), ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")), request_body = MemberBatch,
+    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn remove_bulk(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(body): Json<MemberBatch>,
-) -> Result<Json<BatchAnswer>, ApiError> {
-    batch(&state, &caller, &id, body, true).await
+) -> Result<Response, ApiError> {
+    batch(&state, &caller, &id, (body, &headers), true).await
 }
 
 /// A pin or unpin accepted: the owning worker applies it in order with the device's events.

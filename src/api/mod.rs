@@ -3,8 +3,8 @@
 //!
 //! The groups are served in the words of each document cohort is specified by, so a client written
 //! against any of them works unchanged (docs/api.md says which paths serve which):
-//! - Breeze's group API at `/api/v1/groups` ([`groups`], [`members`], [`preview`], [`log`]) and its
-//!   device-scoped routes at `/api/v1/devices/groups` ([`device_scoped`]);
+//! - Breeze's group API at `/api/v1/groups` ([`groups`], [`group_changes`], [`members`], [`preview`],
+//!   [`log`]) and its device-scoped routes at `/api/v1/devices/groups` ([`device_scoped`]);
 //! - the device-groups API at `/api/v1/device-groups` ([`device_groups`]), snake_case;
 //! - ThingSpace's group creation at `/api/m2m/v1/groups` ([`thingspace`]), also accepted on
 //!   `POST /api/v1/groups`.
@@ -14,6 +14,8 @@
 //!   rejection into it, so bad input never yields a 500 or a stack trace.
 //! - [`auth`]: API keys (`Authorization: Bearer`), org scoping, the per-key rate limit.
 //! - [`devices`], [`releases`], [`orgs`]: the other handlers.
+//! - [`retarget_cap`]: an org's settings (its retarget cap), the `Cohort-Confirm` header that confirms a
+//!   change over the cap, and the 409 that refuses one without.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
 //!
 //! - [`internal`]: the route a worker process serves its peers (not part of the public API): a preview's
@@ -29,6 +31,7 @@ pub mod device_groups;
 pub mod device_scoped;
 pub mod devices;
 pub mod error;
+pub mod group_changes;
 pub mod groups;
 pub mod internal;
 pub mod log;
@@ -39,6 +42,7 @@ mod peers;
 pub mod preview;
 pub mod release_stages;
 pub mod releases;
+pub mod retarget_cap;
 pub mod thingspace;
 
 use std::sync::Arc;
@@ -152,7 +156,7 @@ pub fn router(state: ApiState) -> Router {
         .nest("/api/v1/devices/groups", device_scoped::routes())
         .nest("/api/v1/devices", devices::routes())
         .nest("/api/v1/releases", releases::routes())
-        .nest("/api/v1/orgs", orgs::routes())
+        .nest("/api/v1/orgs", orgs::routes().merge(retarget_cap::routes()))
         .route_layer(from_fn_with_state(state.clone(), auth::authenticate));
     authenticated
         .nest("/api/m2m/v1/groups", thingspace)

@@ -11,8 +11,8 @@ use utoipa::openapi::OpenApi as Document;
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    device_groups, device_scoped, devices, error, groups, log, members, orgs, preview,
-    release_stages, releases, thingspace,
+    device_groups, device_scoped, devices, error, group_changes, groups, log, members, orgs,
+    preview, release_stages, releases, retarget_cap, thingspace,
 };
 
 #[derive(OpenApi)]
@@ -29,7 +29,8 @@ use super::{
         license(name = "Apache-2.0")
     ),
     paths(
-        groups::list, groups::create, groups::get_one, groups::patch, groups::put, groups::delete,
+        groups::list, groups::create, groups::get_one, group_changes::patch, group_changes::put,
+        group_changes::delete,
         preview::preview_group, preview::preview_filter, log::membership_log,
         members::list, members::add, members::remove_one, members::pin, members::unpin,
         device_scoped::list, members::add_bulk, members::remove_bulk,
@@ -39,7 +40,7 @@ use super::{
         thingspace::create,
         devices::import, devices::view, devices::lock, devices::unlock, devices::development,
         releases::list, releases::create, releases::withdraw, release_stages::advance,
-        orgs::list, orgs::create,
+        orgs::list, orgs::create, retarget_cap::get_settings, retarget_cap::patch_settings,
     ),
     components(schemas(error::ErrorBody, thingspace::ThingSpaceError, groups::GroupType, log::LogAction)),
     modifiers(&BearerAuth, &Aliases, &UniqueOperationIds, &CommonResponses),
@@ -52,7 +53,7 @@ use super::{
         (name = "thingspace", description = "ThingSpace's device group creation"),
         (name = "devices", description = "Devices: import, view, locks, the development flag"),
         (name = "releases", description = "Firmware releases"),
-        (name = "orgs", description = "Orgs"),
+        (name = "orgs", description = "Orgs and their settings"),
     )
 )]
 struct ApiDoc;

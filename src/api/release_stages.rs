@@ -5,6 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Extension, State};
+use axum::http::HeaderMap;
 use serde::Deserialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -12,6 +13,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path};
 use super::releases::{held_devices, mode, ReleaseOutcome, IMPACT_SAMPLE};
+use super::retarget_cap::confirmation;
 use super::{ApiError, ApiState};
 use crate::firmware::WHOLE_SHARE;
 use crate::store::api as queries;
@@ -70,13 +72,17 @@ pub struct AdvanceRelease {
 /// Advance a live release to its next stage, or to a later one (`dryRun`: only the impact, the devices it
 /// would add). Refused (400) when the release is at its last stage or the stage named is not ahead.
 #[utoipa::path(post, path = "/api/v1/releases/{id}/advance", tag = "releases",
-    params(("id" = Uuid, Path)), request_body = Option<AdvanceRelease>,
+    params(("id" = Uuid, Path), ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the advance retargets more devices than the org's retarget cap")),
+    request_body = Option<AdvanceRelease>,
     responses((status = 200, body = ReleaseOutcome), (status = 400, body = ErrorBody),
-        (status = 404, body = ErrorBody)))]
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Over the org's retarget cap without a valid Cohort-Confirm token (`retarget_cap_exceeded`, with `cap` and `impact`)", body = ErrorBody)))]
 pub async fn advance(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<Uuid>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ReleaseOutcome>, ApiError> {
     // The body is optional: none advances to the next stage.
@@ -103,6 +109,7 @@ pub async fn advance(
         IMPACT_SAMPLE,
         mode(body.dry_run),
         Some(&held as &dyn HeldDevices),
+        &confirmation(&headers),
     )
     .await?;
     let mut release = match body.dry_run {
@@ -119,6 +126,7 @@ pub async fn advance(
         dry_run: body.dry_run,
         release: Some(release.into()),
         impact: applied.impact,
+        confirmation_token: applied.confirmation_token,
     }))
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Extension, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
@@ -19,6 +19,7 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
 use super::internal::{self, ImpactAnswer, ImpactRequest, IMPACT_PATH};
+use super::retarget_cap::confirmation;
 use super::{peers, release_stages, ApiError, ApiState};
 use crate::rules::Catalogue;
 use crate::store::api as queries;
@@ -37,7 +38,7 @@ pub fn routes() -> Router<ApiState> {
 }
 
 /// Devices listed in an impact preview.
-pub(super) const IMPACT_SAMPLE: usize = 20;
+pub(crate) const IMPACT_SAMPLE: usize = 20;
 
 /// A release.
 #[derive(Debug, Serialize, ToSchema)]
@@ -138,7 +139,8 @@ pub struct CreateRelease {
     pub stages: Option<Vec<f64>>,
     /// One stage of this percentage (instead of `stages`).
     pub percentage: Option<f64>,
-    /// Decide the release exactly as without it — the same refusals — but write nothing: answer the impact.
+    /// Decide the release exactly as without it — the same refusals — but write nothing: answer the impact
+    /// (and, over the org's retarget cap, a `confirmationToken`).
     #[serde(default, alias = "dry_run")]
     pub dry_run: bool,
 }
@@ -158,15 +160,25 @@ pub struct ReleaseOutcome {
     /// (`deviceId`, `from`, `to`, `running`, `impacted`).
     #[schema(value_type = Object)]
     pub impact: Impact,
+    /// A dry run's answer when the impact exceeds the org's retarget cap: send the change again with this
+    /// in the `Cohort-Confirm` header, within five minutes, to make it. It confirms this change with this
+    /// impact only: if the impact differs when the change is made, it is refused again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(required = false)]
+    pub confirmation_token: Option<String>,
 }
 
 /// Release firmware to a group or as the org default (`dry_run`: only the impact).
 #[utoipa::path(post, path = "/api/v1/releases", tag = "releases", request_body = CreateRelease,
+    params(("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the release retargets more devices than the org's retarget cap")),
     responses((status = 201, body = ReleaseOutcome), (status = 200, body = ReleaseOutcome),
-        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Over the org's retarget cap without a valid Cohort-Confirm token (`retarget_cap_exceeded`, with `cap` and `impact`)", body = ErrorBody)))]
 pub async fn create(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Json(body): Json<CreateRelease>,
 ) -> Result<(StatusCode, Json<ReleaseOutcome>), ApiError> {
     let (org_id, target) = match (body.group_id, body.default) {
@@ -202,6 +214,7 @@ pub async fn create(
         IMPACT_SAMPLE,
         mode(body.dry_run),
         Some(&held as &dyn HeldDevices),
+        &confirmation(&headers),
     )
     .await?;
     if body.dry_run {
@@ -211,6 +224,7 @@ pub async fn create(
                 dry_run: true,
                 release: None,
                 impact: applied.impact,
+                confirmation_token: applied.confirmation_token,
             }),
         ));
     }
@@ -226,6 +240,7 @@ pub async fn create(
             dry_run: false,
             release: Some(row.into()),
             impact: applied.impact,
+            confirmation_token: None,
         }),
     ))
 }
@@ -235,7 +250,7 @@ pub async fn create(
 /// PostgreSQL). A partition whose worker has not yet applied every control-log entry committed before
 /// this request — a static member just added, a pin, another release — is read from PostgreSQL, which
 /// already holds them: an impact counts every change committed before it was asked for.
-pub(super) async fn held_devices(state: &ApiState) -> Result<InMemory, ApiError> {
+pub(crate) async fn held_devices(state: &ApiState) -> Result<InMemory, ApiError> {
     let live_workers::PartitionOwners { owners, behind } =
         live_workers::partition_owners(&state.pool, &state.input_topic, FRESH_WITHIN).await?;
     Ok(InMemory {
@@ -250,7 +265,7 @@ pub(super) async fn held_devices(state: &ApiState) -> Result<InMemory, ApiError>
 }
 
 /// The workers' devices, as the impact counts them.
-pub(super) struct InMemory {
+pub(crate) struct InMemory {
     /// The worker's in this process, if it runs one.
     view: Option<FleetView>,
     catalogue: Arc<Catalogue>,
@@ -337,7 +352,7 @@ impl HeldDevices for InMemory {
 }
 
 /// A request's `dry_run` flag as the store's mode: the same decision either way, written only without it.
-pub(super) fn mode(dry_run: bool) -> Mode {
+pub(crate) fn mode(dry_run: bool) -> Mode {
     if dry_run {
         Mode::DryRun
     } else {
@@ -355,13 +370,17 @@ pub struct WithdrawParams {
 }
 
 /// Withdraw a live release (`dryRun=true`: only the impact).
-#[utoipa::path(delete, path = "/api/v1/releases/{id}", tag = "releases", params(("id" = Uuid, Path), WithdrawParams),
-    responses((status = 200, body = ReleaseOutcome), (status = 404, body = ErrorBody)))]
+#[utoipa::path(delete, path = "/api/v1/releases/{id}", tag = "releases", params(("id" = Uuid, Path), WithdrawParams,
+        ("Cohort-Confirm" = Option<String>, Header,
+        description = "A dry run's confirmationToken: needed when the withdrawal retargets more devices than the org's retarget cap")),
+    responses((status = 200, body = ReleaseOutcome), (status = 404, body = ErrorBody),
+        (status = 409, description = "Over the org's retarget cap without a valid Cohort-Confirm token (`retarget_cap_exceeded`, with `cap` and `impact`)", body = ErrorBody)))]
 pub async fn withdraw(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<Uuid>,
     Query(params): Query<WithdrawParams>,
+    headers: HeaderMap,
 ) -> Result<Json<ReleaseOutcome>, ApiError> {
     let row = match queries::get_release(&state.pool, id).await? {
         Some(r) if caller.sees(&r.org_id) && r.withdrawn_at.is_none() => r,
@@ -376,6 +395,7 @@ pub async fn withdraw(
         IMPACT_SAMPLE,
         mode(params.dry_run),
         Some(&held as &dyn HeldDevices),
+        &confirmation(&headers),
     )
     .await?;
     let row = if params.dry_run {
@@ -389,5 +409,6 @@ pub async fn withdraw(
         dry_run: params.dry_run,
         release: Some(row.into()),
         impact: applied.impact,
+        confirmation_token: applied.confirmation_token,
     }))
 }

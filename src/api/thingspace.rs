@@ -232,6 +232,7 @@ pub async fn errors_as_thingspace(request: Request, next: Next) -> Response {
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok()),
+        cap: None,
     });
     if let Some(allow) = parts.headers.get(header::ALLOW) {
         rewritten.headers_mut().insert(header::ALLOW, allow.clone());

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+pub mod confirm;
 pub mod rollout;
 
 pub use rollout::{event_id, rollout_event, RolloutTarget, EVENT_TYPE};

@@ -6,13 +6,15 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::control::{self, ControlEntry, StagingEntry};
+use super::retarget_cap::{self, CapExceeded, Confirmation, GateError};
 use super::StoreError;
 use crate::firmware::{GroupRelease, Staging, Version, VersionError, VersionKind, WHOLE_SHARE};
 
 mod impact;
 
 pub use impact::{
-    Counting, DeviceImpact, Facts, HeldDevices, Impact, ReleaseSide, Releases, ReleasesWire,
+    batch_impact, definition_impact, Counting, DeviceImpact, Facts, HeldDevices, Impact,
+    NewDefinition, ReleaseSide, Releases, ReleasesWire,
 };
 
 /// Why a release or withdrawal was refused.
@@ -32,8 +34,20 @@ pub enum ReleaseError {
     /// A stage advance the release cannot make (it is at its last stage, or the stage named is not ahead).
     #[error("{0}")]
     Stage(String),
+    /// The change retargets more devices than the org's cap, and no token confirmed it.
+    #[error("the change retargets more devices than the org's retarget cap: {}", .0.why)]
+    CapExceeded(Box<CapExceeded>),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<GateError> for ReleaseError {
+    fn from(e: GateError) -> Self {
+        match e {
+            GateError::Exceeded(refused) => ReleaseError::CapExceeded(refused),
+            GateError::Store(e) => ReleaseError::Store(e),
+        }
+    }
 }
 
 impl From<sqlx::Error> for ReleaseError {
@@ -108,7 +122,7 @@ async fn org_kind(tx: &mut PgConnection, org_id: &str) -> Result<Option<VersionK
 
 /// Serialises the org's releases and withdrawals: the kind check, the replacement of a target's release and
 /// the impact computed for them must not race another change of the org's releases.
-async fn lock_org(conn: &mut PgConnection, org_id: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn lock_org(conn: &mut PgConnection, org_id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('cohort-release:' || $1))")
         .bind(org_id)
         .execute(conn)
@@ -150,6 +164,9 @@ pub struct Applied {
     pub release: Option<Release>,
     /// Computed in the transaction that writes the change, just before writing it.
     pub impact: Impact,
+    /// A dry run's token confirming this change with this impact, when the impact exceeds the org's
+    /// retarget cap (the write then needs it); `None` otherwise, and for a write.
+    pub confirmation_token: Option<String>,
 }
 
 /// A proposal [`admit`] accepted, with what writing it needs.
@@ -184,6 +201,22 @@ struct LiveStages {
 }
 
 impl Admitted {
+    /// The change in canonical words, as a confirmation token names it: the same change always reads
+    /// the same, whoever asks and however the request spelled it.
+    fn describe(&self) -> String {
+        let target = match self.target {
+            ReleaseTarget::Group(g) => format!("group {g}"),
+            ReleaseTarget::Default => "default".to_string(),
+        };
+        match &self.change {
+            Change::Release {
+                version, stages, ..
+            } => format!("release {target} {version} stages {stages:?}"),
+            Change::Withdraw { live } => format!("withdraw {}", live.id),
+            Change::Advance { live, to, .. } => format!("advance {} to stage {to}", live.id),
+        }
+    }
+
     /// The release named by a dry run (a new release has no id until written), as it would be after.
     fn existing(&self) -> Option<Release> {
         let (live, stage) = match &self.change {
@@ -426,11 +459,24 @@ pub async fn apply(
     sample: usize,
     mode: Mode,
 ) -> Result<Applied, ReleaseError> {
-    apply_counting(pool, org_id, proposal, actor, sample, mode, None).await
+    let confirmation = Confirmation::none();
+    apply_counting(
+        pool,
+        org_id,
+        proposal,
+        actor,
+        sample,
+        mode,
+        None,
+        &confirmation,
+    )
+    .await
 }
 
 /// [`apply`], with the impact over the devices `held` in memory counted there, and only the rest read
-/// from PostgreSQL.
+/// from PostgreSQL; a change over the org's retarget cap passes only with a dry run's token in
+/// `confirmation` (see [`retarget_cap::gate`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn apply_counting(
     pool: &PgPool,
     org_id: &str,
@@ -439,12 +485,51 @@ pub async fn apply_counting(
     sample: usize,
     mode: Mode,
     held: Option<&dyn HeldDevices>,
+    confirmation: &Confirmation,
 ) -> Result<Applied, ReleaseError> {
     let mut tx = pool.begin().await?;
     let admitted = admit(&mut tx, org_id, proposal).await?;
     let impact = impact::compute(&mut tx, &admitted, sample, held).await?;
+    let change = admitted.describe();
+    let confirmation_token =
+        retarget_cap::gate(pool, &mut tx, org_id, &change, &impact, confirmation, mode).await?;
     let release = finish(tx, &admitted, actor, mode).await?;
-    Ok(Applied { release, impact })
+    Ok(Applied {
+        release,
+        impact,
+        confirmation_token,
+    })
+}
+
+/// What removing every member of `group` does to firmware targets, computed in `conn`'s transaction
+/// holding the org's release lock (kept until it ends, so no release of the group races the change): a
+/// group's members resolve through it only by its live release, so this is the impact of withdrawing
+/// that release — none when it has none.
+pub async fn group_removal_impact(
+    conn: &mut PgConnection,
+    org_id: &str,
+    group: Uuid,
+    sample: usize,
+    held: Option<&dyn HeldDevices>,
+) -> Result<Impact, ReleaseError> {
+    lock_org(conn, org_id).await?;
+    let release: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM firmware_releases WHERE org_id = $1 AND group_id = $2 AND withdrawn_at IS NULL",
+    )
+    .bind(org_id)
+    .bind(group)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(id) = release else {
+        return Ok(Impact::new(0));
+    };
+    let (live, target) = live_stages(conn, org_id, id).await?;
+    let admitted = Admitted {
+        org_id: org_id.to_string(),
+        target,
+        change: Change::Withdraw { live },
+    };
+    impact::compute(conn, &admitted, sample, held).await
 }
 
 /// Ends the transaction of an admitted change: writes and commits it, or (a dry run) rolls it back.

@@ -6,8 +6,14 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::control::{self, ControlEntry, GroupDefinition};
+use super::firmware::ReleaseError;
+use super::retarget_cap::{CapExceeded, GateError};
 use super::StoreError;
-use crate::rules::{compile, Catalogue, ValidationError};
+
+mod gated;
+
+use crate::rules::{compile, Catalogue, CompiledFilter, ValidationError};
+pub use gated::{delete_group_confirmed, update_group_confirmed, Deletion, Updated};
 
 /// Why a group change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +30,31 @@ pub enum GroupError {
     /// The request itself is wrong (400): a parent in another org, a cycle, a filter on a static group…
     #[error("{0}")]
     BadRequest(String),
+    /// The change retargets more devices than the org's cap, and no token confirmed it (409).
+    #[error("the change retargets more devices than the org's retarget cap: {}", .0.why)]
+    CapExceeded(Box<CapExceeded>),
     #[error(transparent)]
     Store(StoreError),
+}
+
+impl From<GateError> for GroupError {
+    fn from(e: GateError) -> Self {
+        match e {
+            GateError::Exceeded(refused) => GroupError::CapExceeded(refused),
+            GateError::Store(e) => GroupError::Store(e),
+        }
+    }
+}
+
+impl From<ReleaseError> for GroupError {
+    fn from(e: ReleaseError) -> Self {
+        match e {
+            ReleaseError::CapExceeded(refused) => GroupError::CapExceeded(refused),
+            ReleaseError::Store(e) => GroupError::Store(e),
+            ReleaseError::GroupNotFound | ReleaseError::NotFound => GroupError::NotFound,
+            other => GroupError::BadRequest(other.to_string()),
+        }
+    }
 }
 
 impl From<StoreError> for GroupError {
@@ -231,11 +260,50 @@ pub async fn update_group(
     group_id: Uuid,
     patch: &GroupPatch,
 ) -> Result<GroupDefinition, GroupError> {
-    let compiled = match &patch.filter {
-        Some(filter) => Some(compile(filter, catalogue).map_err(GroupError::Invalid)?),
-        None => None,
-    };
+    let compiled = compile_patch(patch, catalogue)?;
     let mut tx = pool.begin().await?;
+    let planned = plan_update(&mut tx, group_id, patch, compiled.as_ref()).await?;
+    update_row(&mut tx, group_id, patch, &planned).await?;
+    let def = announce_update(&mut tx, group_id, patch, &planned).await?;
+    tx.commit().await?;
+    Ok(def)
+}
+
+/// The patch's new filter, validated and compiled (`None` without one).
+fn compile_patch(
+    patch: &GroupPatch,
+    catalogue: &Catalogue,
+) -> Result<Option<CompiledFilter>, GroupError> {
+    match &patch.filter {
+        Some(filter) => Ok(Some(
+            compile(filter, catalogue).map_err(GroupError::Invalid)?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// An update decided: what the group's definition becomes.
+struct Planned {
+    org_id: String,
+    current: GroupKind,
+    target: GroupKind,
+    /// The site and filter after the update.
+    site: Option<String>,
+    filter: Option<Value>,
+    /// Whether the site, filter or type changes (workers then re-evaluate the group).
+    definition_changed: bool,
+    /// The version after the update.
+    version: i64,
+    fields_used: Option<Vec<String>>,
+}
+
+/// Locks the group's row for the rest of the transaction and decides the update (refusing what it must).
+async fn plan_update(
+    tx: &mut sqlx::PgConnection,
+    group_id: Uuid,
+    patch: &GroupPatch,
+    compiled: Option<&CompiledFilter>,
+) -> Result<Planned, GroupError> {
     /// (org, site, version, type, filter).
     type Current = (String, Option<String>, i64, String, Option<Value>);
     let row: Option<Current> = sqlx::query_as(
@@ -267,7 +335,7 @@ pub async fn update_group(
         _ => {}
     }
     if let Some(Some(parent)) = patch.parent_id {
-        check_parent(&mut tx, &org_id, group_id, parent).await?;
+        check_parent(tx, &org_id, group_id, parent).await?;
     }
     let new_site = patch.site_id.clone().unwrap_or_else(|| site_id.clone());
     let new_filter = match target {
@@ -275,15 +343,32 @@ pub async fn update_group(
         GroupKind::Dynamic => patch.filter.clone().or_else(|| filter.clone()),
     };
     let definition_changed = new_site != site_id || new_filter != filter || target != current;
-    let new_version = if definition_changed {
-        version + 1
-    } else {
-        version
-    };
-    let fields_used: Option<Vec<String>> = match target {
-        GroupKind::Static => Some(Vec::new()),
-        GroupKind::Dynamic => compiled.as_ref().map(|c| c.field_names().to_vec()),
-    };
+    Ok(Planned {
+        org_id,
+        current,
+        target,
+        site: new_site,
+        filter: new_filter,
+        definition_changed,
+        version: if definition_changed {
+            version + 1
+        } else {
+            version
+        },
+        fields_used: match target {
+            GroupKind::Static => Some(Vec::new()),
+            GroupKind::Dynamic => compiled.map(|c| c.field_names().to_vec()),
+        },
+    })
+}
+
+/// Writes the planned update to the group's row (refused there if the new name is taken).
+async fn update_row(
+    tx: &mut sqlx::PgConnection,
+    group_id: Uuid,
+    patch: &GroupPatch,
+    planned: &Planned,
+) -> Result<(), GroupError> {
     sqlx::query(
         "UPDATE device_groups SET \
            name = COALESCE($2, name), description = COALESCE($3, description), tags = COALESCE($4, tags), \
@@ -296,29 +381,40 @@ pub async fn update_group(
     .bind(&patch.name)
     .bind(&patch.description)
     .bind(&patch.tags)
-    .bind(&new_site)
+    .bind(&planned.site)
     .bind(patch.parent_id.is_some())
     .bind(patch.parent_id.flatten())
-    .bind(&new_filter)
-    .bind(&fields_used)
-    .bind(new_version)
-    .bind(target.as_str())
+    .bind(&planned.filter)
+    .bind(&planned.fields_used)
+    .bind(planned.version)
+    .bind(planned.target.as_str())
     .execute(&mut *tx)
     .await?;
-    if (current, target) == (GroupKind::Dynamic, GroupKind::Static) {
-        convert_members_to_static(&mut tx, group_id, new_version, patch.actor.as_deref()).await?;
+    Ok(())
+}
+
+/// Writes what follows the row: a dynamic group turned static keeps its members as manual ones, and a new
+/// definition is announced to the workers in the control log.
+async fn announce_update(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    group_id: Uuid,
+    patch: &GroupPatch,
+    planned: &Planned,
+) -> Result<GroupDefinition, GroupError> {
+    if (planned.current, planned.target) == (GroupKind::Dynamic, GroupKind::Static) {
+        convert_members_to_static(tx, group_id, planned.version, patch.actor.as_deref()).await?;
     }
     let def = GroupDefinition {
         group_id,
-        org_id: org_id.clone(),
-        site_id: new_site,
-        version: new_version,
-        filter: new_filter,
+        org_id: planned.org_id.clone(),
+        site_id: planned.site.clone(),
+        version: planned.version,
+        filter: planned.filter.clone(),
     };
-    if definition_changed {
-        control::append(&mut tx, &org_id, &ControlEntry::GroupUpserted(def.clone())).await?;
+    if planned.definition_changed {
+        let entry = ControlEntry::GroupUpserted(def.clone());
+        control::append(tx, &planned.org_id, &entry).await?;
     }
-    tx.commit().await?;
     Ok(def)
 }
 
@@ -365,37 +461,12 @@ pub async fn update_filter(
     update_group(pool, catalogue, group_id, &patch).await
 }
 
-/// Deletes a group (soft delete); workers remove its memberships, the log keeps its history.
+/// Deletes a group (soft delete); workers remove its memberships, the log keeps its history. Not gated by
+/// the org's retarget cap: [`delete_group_confirmed`] is the API's way, which is.
 pub async fn delete_group(pool: &PgPool, group_id: Uuid) -> Result<(), GroupError> {
     let mut tx = pool.begin().await?;
-    let children: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM device_groups WHERE parent_id = $1 AND deleted_at IS NULL",
-    )
-    .bind(group_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if children > 0 {
-        return Err(GroupError::Refused(
-            "Cannot delete group with child groups".into(),
-        ));
-    }
-    let org_id: Option<String> = sqlx::query_scalar(
-        "UPDATE device_groups SET deleted_at = now(), version = version + 1 WHERE id = $1 AND deleted_at IS NULL \
-         RETURNING org_id",
-    )
-    .bind(group_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let org_id = org_id.ok_or(GroupError::NotFound)?;
-    control::append(
-        &mut tx,
-        &org_id,
-        &ControlEntry::GroupDeleted {
-            group_id,
-            org_id: org_id.clone(),
-        },
-    )
-    .await?;
+    gated::check_deletable(&mut tx, group_id).await?;
+    gated::write_deletion(&mut tx, group_id).await?;
     tx.commit().await?;
     Ok(())
 }

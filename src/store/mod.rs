@@ -14,6 +14,7 @@
 //! - [`counts`]: group member counts maintained by triggers — the reads, the fold, the check and repair.
 //! - [`api`]: the REST API's queries (group listings, members, the membership log, previews).
 //! - [`live_workers`]: the worker processes running now, where their peers reach them (previews).
+//! - [`retarget_cap`]: an org's retarget cap and the gate (with its confirmation tokens) capped changes pass.
 
 pub mod api;
 pub mod api_keys;
@@ -26,6 +27,7 @@ pub mod live_workers;
 pub mod members;
 pub mod outbox;
 pub mod partition;
+pub mod retarget_cap;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

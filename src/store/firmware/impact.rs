@@ -11,6 +11,10 @@ use uuid::Uuid;
 use super::{Admitted, Change, ReleaseError, ReleaseTarget};
 use crate::firmware::{resolve, DeviceFacts, GroupRelease, Staging, Target, Version, WHOLE_SHARE};
 
+mod moves;
+
+pub use moves::{batch_impact, definition_impact, NewDefinition};
+
 /// One device whose target would change.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -233,6 +237,18 @@ impl Releases {
 
     /// Counts one device: its development flag, lock, reported version and groups.
     pub fn count(&self, impact: &mut Impact, device: Facts<'_>, member_of: &[Uuid], sample: usize) {
+        self.count_moved(impact, device, member_of, member_of, sample);
+    }
+
+    /// Counts one device whose groups change too: `before` the change and `after` it.
+    fn count_moved(
+        &self,
+        impact: &mut Impact,
+        device: Facts<'_>,
+        before: &[Uuid],
+        after: &[Uuid],
+        sample: usize,
+    ) {
         let facts = DeviceFacts {
             id: device.id,
             development: device.development,
@@ -240,12 +256,12 @@ impl Releases {
         };
         let from = resolve(
             &facts,
-            member_of.iter().filter_map(|g| self.before_groups.get(g)),
+            before.iter().filter_map(|g| self.before_groups.get(g)),
             self.before_default.as_ref(),
         );
         let to = resolve(
             &facts,
-            member_of.iter().filter_map(|g| self.after_groups.get(g)),
+            after.iter().filter_map(|g| self.after_groups.get(g)),
             self.after_default.as_ref(),
         );
         impact.examined += 1;
@@ -282,6 +298,26 @@ pub trait HeldDevices: Sync {
     ) -> Counting<'a>;
 }
 
+/// The org's live releases (of live groups, and its default), as resolution reads them.
+async fn current_releases(
+    conn: &mut PgConnection,
+    org_id: &str,
+) -> Result<(HashMap<Uuid, GroupRelease>, Option<GroupRelease>), sqlx::Error> {
+    let rows = super::org_live_releases(&mut *conn, org_id).await?;
+    let mut groups: HashMap<Uuid, GroupRelease> = HashMap::new();
+    let mut default: Option<GroupRelease> = None;
+    for row in &rows {
+        match (row.group_id, row.resolution()) {
+            (Some(g), Some(r)) => {
+                groups.insert(g, r);
+            }
+            (Some(_), None) => {}
+            (None, r) => default = r,
+        }
+    }
+    Ok((groups, default))
+}
+
 /// A device as the impact reads it: id, development flag, lock, reported `firmwareVersion`, groups.
 type DeviceRow = (String, bool, Option<String>, Option<String>, Vec<Uuid>);
 
@@ -296,18 +332,7 @@ pub(super) async fn compute(
 ) -> Result<Impact, ReleaseError> {
     let org_id = admitted.org_id.as_str();
     // Current releases of the org, then the change applied to them.
-    let rows = super::org_live_releases(&mut *conn, org_id).await?;
-    let mut groups: HashMap<Uuid, GroupRelease> = HashMap::new();
-    let mut default: Option<GroupRelease> = None;
-    for row in &rows {
-        match (row.group_id, row.resolution()) {
-            (Some(g), Some(r)) => {
-                groups.insert(g, r);
-            }
-            (Some(_), None) => {}
-            (None, r) => default = r,
-        }
-    }
+    let (groups, default) = current_releases(conn, org_id).await?;
     let (mut after_groups, mut after_default) = (groups.clone(), default.clone());
     let group = admitted.target.group().unwrap_or(Uuid::nil());
     let released = match &admitted.change {

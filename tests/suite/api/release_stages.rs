@@ -1,8 +1,9 @@
-//! Staged releases over the API: stages given as percentages, shown on the release, advanced one stage
-//! at a time (a dry run first, counting the devices the next stage adds), refused past the last one or
-//! with stages that are not increasing percentages.
+//! Staged releases over the API: stages given as percentages, shown on the release and on each device's
+//! view, advanced one stage at a time (a dry run first, counting the devices the next stage adds; over the
+//! org's retarget cap, confirmed with the dry run's token), refused past the last one or with stages that
+//! are not increasing percentages.
 
-use hyper::StatusCode;
+use hyper::{Method, StatusCode};
 use serde_json::json;
 
 use super::{create_group, devices, expect, expect_error, Api};
@@ -106,7 +107,25 @@ async fn a_release_in_stages_is_created_shown_and_advanced_stage_by_stage() -> a
     assert_eq!(advanced.body["release"]["stage"], 1);
     assert_eq!(advanced.body["release"]["percentage"], 50.0);
     assert_eq!(advanced.body["impact"]["changed"].as_u64(), Some(second));
-    let last = c.post(&path, json!({"stage": 2})).await?;
+    // An advance that retargets more devices than the org's cap needs its dry run's token.
+    let cap = c
+        .patch("/api/v1/orgs/acme/settings", json!({"retargetCap": 1}))
+        .await?;
+    expect(&cap, StatusCode::OK);
+    let capped = c.post(&path, json!({"stage": 2})).await?;
+    expect_error(&capped, StatusCode::CONFLICT, "retarget_cap_exceeded");
+    let dry = c.post(&path, json!({"stage": 2, "dryRun": true})).await?;
+    expect(&dry, StatusCode::OK);
+    let token = dry.body["confirmationToken"].as_str().unwrap().to_string();
+    let body = json!({"stage": 2}).to_string().into_bytes();
+    let last = c
+        .send_with(
+            Method::POST,
+            &path,
+            Some(body),
+            &[("cohort-confirm", &token)],
+        )
+        .await?;
     expect(&last, StatusCode::OK);
     assert_eq!(
         first + second + last.body["impact"]["changed"].as_u64().unwrap(),

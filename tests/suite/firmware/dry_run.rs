@@ -16,7 +16,12 @@ use super::{devices_applied, settled, tags_filter};
 
 /// Enrols `device` with its first event: `attributes`, plus `extra` top-level fields (`development`,
 /// `firmwareLock`).
-async fn enrol(h: &Harness, device: &str, attributes: Value, extra: Value) -> anyhow::Result<()> {
+pub(super) async fn enrol(
+    h: &Harness,
+    device: &str,
+    attributes: Value,
+    extra: Value,
+) -> anyhow::Result<()> {
     let mut event = json!({"eventId": format!("{device}-1"), "orgId": ORG, "deviceId": device,
                            "sequence": 1, "attributes": attributes});
     if let (Some(event), Some(extra)) = (event.as_object_mut(), extra.as_object()) {
@@ -27,14 +32,14 @@ async fn enrol(h: &Harness, device: &str, attributes: Value, extra: Value) -> an
 }
 
 /// A client of the worker's API with a key of the org.
-async fn client(h: &Harness) -> anyhow::Result<Client> {
+pub(super) async fn client(h: &Harness) -> anyhow::Result<Client> {
     let addr = h.http_address().await?;
     let (_, key) = api_keys::create(h.pool(), Some(ORG), "dry-run").await?;
     Ok(Client::new(addr, Some(&key)))
 }
 
 /// What the release endpoints write: release rows (live or withdrawn) and control-log entries.
-async fn written(h: &Harness) -> anyhow::Result<(i64, i64, i64)> {
+pub(super) async fn written(h: &Harness) -> anyhow::Result<(i64, i64, i64)> {
     Ok(sqlx::query_as(
         "SELECT (SELECT count(*) FROM firmware_releases), \
                 (SELECT count(*) FROM firmware_releases WHERE withdrawn_at IS NULL), \
@@ -44,7 +49,7 @@ async fn written(h: &Harness) -> anyhow::Result<(i64, i64, i64)> {
     .await?)
 }
 
-fn with_dry_run(body: &Value) -> Value {
+pub(super) fn with_dry_run(body: &Value) -> Value {
     let mut body = body.clone();
     body["dry_run"] = json!(true);
     body

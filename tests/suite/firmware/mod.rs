@@ -4,6 +4,7 @@
 
 mod dry_run;
 mod releases;
+mod retarget_cap;
 mod rollouts;
 mod stages;
 
