@@ -18,7 +18,18 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
-use super::group_changes::{self, GroupDryRun};
+use super::group_changes::{self, or_dry_run, GroupDryRun};
+
+or_dry_run!(
+    /// A device group, or (`"dry_run": true`) what changing it would do.
+    DeviceGroupOrDryRun,
+    DeviceGroup
+);
+or_dry_run!(
+    /// A batch's result, or (`"dry_run": true`) what the batch would do.
+    BatchResultOrDryRun,
+    BatchResult
+);
 use super::groups::{self, group_id, visible, CreateGroup, ListParams, UpdateGroup};
 use super::members::{self, MemberBatch, PageParams};
 use super::retarget_cap::DryRunParams;
@@ -189,7 +200,7 @@ pub async fn get_one(
     params(("group_id" = String, Path), ("Cohort-Confirm" = Option<String>, Header,
         description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
     request_body = UpdateGroup,
-    responses((status = 200, body = DeviceGroup), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = DeviceGroupOrDryRun), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn update(
     State(state): State<ApiState>,
@@ -305,7 +316,7 @@ async fn batch(
 #[utoipa::path(post, path = "/api/v1/device-groups/{group_id}/devices", tag = "device-groups",
     params(("group_id" = String, Path), ("Cohort-Confirm" = Option<String>, Header,
         description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")), request_body = MemberBatch,
-    responses((status = 200, body = BatchResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = BatchResultOrDryRun), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn add_batch(
     State(state): State<ApiState>,
@@ -321,7 +332,7 @@ pub async fn add_batch(
 #[utoipa::path(delete, path = "/api/v1/device-groups/{group_id}/devices", tag = "device-groups",
     params(("group_id" = String, Path), ("Cohort-Confirm" = Option<String>, Header,
         description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")), request_body = MemberBatch,
-    responses((status = 200, body = BatchResult), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = BatchResultOrDryRun), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn remove_batch(
     State(state): State<ApiState>,
@@ -338,7 +349,7 @@ pub async fn remove_batch(
 #[utoipa::path(post, path = "/api/v1/device-groups/{group_id}/devices/{device_id}", tag = "device-groups",
     params(("group_id" = String, Path), ("device_id" = String, Path), DryRunParams, ("Cohort-Confirm" = Option<String>, Header,
         description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
-    responses((status = 201, body = BatchResult), (status = 200, body = BatchResult), (status = 400, body = ErrorBody),
+    responses((status = 201, body = BatchResult), (status = 200, body = BatchResultOrDryRun), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn add_one(
     State(state): State<ApiState>,

@@ -44,6 +44,28 @@ pub struct GroupDryRun {
     pub confirmation_token: Option<String>,
 }
 
+/// Declares the schema of a route's 200 answer that is either `$done` or, for a dry run, a
+/// [`GroupDryRun`]: the OpenAPI document's `oneOf`. Only described, never built.
+macro_rules! or_dry_run {
+    ($(#[$doc:meta])* $name:ident, $done:ty) => {
+        $(#[$doc])*
+        #[derive(serde::Serialize, utoipa::ToSchema)]
+        #[serde(untagged)]
+        #[allow(dead_code)]
+        pub enum $name {
+            Done($done),
+            DryRun($crate::api::group_changes::GroupDryRun),
+        }
+    };
+}
+pub(crate) use or_dry_run;
+
+or_dry_run!(
+    /// A group, or (`"dryRun": true`) what changing it would do.
+    GroupOrDryRun,
+    GroupView
+);
+
 /// A change made, or (a dry run) only answered.
 pub(crate) enum Changed {
     Written(GroupRow),
@@ -114,7 +136,7 @@ pub(crate) async fn update(
         ("Cohort-Confirm" = Option<String>, Header,
         description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
     request_body = UpdateGroup,
-    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = GroupOrDryRun), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "A name taken, or over the org's retarget cap without a valid Cohort-Confirm token (`retarget_cap_exceeded`, with `cap` and `impact`)", body = ErrorBody)))]
 pub async fn patch(
     State(state): State<ApiState>,
@@ -134,7 +156,7 @@ pub async fn patch(
         ("Cohort-Confirm" = Option<String>, Header,
         description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
     request_body = ReplaceGroup,
-    responses((status = 200, body = GroupView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = GroupOrDryRun), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn put(
     State(state): State<ApiState>,

@@ -13,7 +13,13 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::auth::Caller;
 use super::error::{snippet, Detail, ErrorBody, Json, Path, Query};
-use super::group_changes::{gated_change, Batched};
+use super::group_changes::{gated_change, or_dry_run, Batched};
+
+or_dry_run!(
+    /// A batch's answer, or (`"dryRun": true`) what the batch would do.
+    BatchAnswerOrDryRun,
+    BatchAnswer
+);
 use super::groups::visible;
 use super::retarget_cap::DryRunParams;
 use super::{next_cursor, page, ApiError, ApiState};
@@ -406,7 +412,7 @@ async fn batch(
         ("Cohort-Confirm" = Option<String>, Header,
         description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
     request_body = MemberBatch,
-    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = BatchAnswerOrDryRun), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn add(
     State(state): State<ApiState>,
@@ -443,7 +449,7 @@ pub(crate) async fn remove_member(
     params(("id" = String, Path), ("device_id" = String, Path), DryRunParams,
         ("Cohort-Confirm" = Option<String>, Header,
         description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")),
-    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = BatchAnswerOrDryRun), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn remove_one(
     State(state): State<ApiState>,
@@ -462,7 +468,7 @@ pub async fn remove_one(
 #[utoipa::path(post, path = "/api/v1/devices/groups/{id}/members", tag = "device-scoped",
     params(("id" = String, Path), ("Cohort-Confirm" = Option<String>, Header,
         description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")), request_body = MemberBatch,
-    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = BatchAnswerOrDryRun), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn add_bulk(
     State(state): State<ApiState>,
@@ -478,7 +484,7 @@ pub async fn add_bulk(
 #[utoipa::path(delete, path = "/api/v1/devices/groups/{id}/members", tag = "device-scoped",
     params(("id" = String, Path), ("Cohort-Confirm" = Option<String>, Header,
         description = "A dry run's confirmationToken: needed when the change retargets more devices than the org's retarget cap")), request_body = MemberBatch,
-    responses((status = 200, body = BatchAnswer), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = BatchAnswerOrDryRun), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 pub async fn remove_bulk(
     State(state): State<ApiState>,

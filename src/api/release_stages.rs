@@ -12,12 +12,11 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path};
-use super::releases::{held_devices, mode, ReleaseOutcome, IMPACT_SAMPLE};
-use super::retarget_cap::confirmation;
+use super::releases::{decide, ReleaseOutcome};
 use super::{ApiError, ApiState};
 use crate::firmware::WHOLE_SHARE;
 use crate::store::api as queries;
-use crate::store::firmware::{self, HeldDevices, Proposal, MAX_STAGES};
+use crate::store::firmware::{Proposal, MAX_STAGES};
 
 /// A release's stages from a request: `stages` (percentages, increasing), or `percentage` (one stage), or
 /// neither (the whole target at once). Percentages are kept to a hundredth of a percent (basis points).
@@ -96,20 +95,17 @@ pub async fn advance(
         Some(r) if caller.sees(&r.org_id) && r.withdrawn_at.is_none() => r,
         _ => return Err(ApiError::not_found("Release not found")),
     };
-    let held = held_devices(&state).await?;
     let proposal = Proposal::Advance {
         release: id,
         stage: body.stage,
     };
-    let applied = firmware::apply_counting(
-        &state.pool,
+    let applied = decide(
+        &state,
+        &caller,
         &row.org_id,
         &proposal,
-        &caller.actor(),
-        IMPACT_SAMPLE,
-        mode(body.dry_run),
-        Some(&held as &dyn HeldDevices),
-        &confirmation(&headers),
+        body.dry_run,
+        &headers,
     )
     .await?;
     let mut release = match body.dry_run {

@@ -205,18 +205,7 @@ pub async fn create(
         version: body.version.trim().to_string(),
         stages,
     };
-    let held = held_devices(&state).await?;
-    let applied = firmware::apply_counting(
-        &state.pool,
-        &org_id,
-        &proposal,
-        &caller.actor(),
-        IMPACT_SAMPLE,
-        mode(body.dry_run),
-        Some(&held as &dyn HeldDevices),
-        &confirmation(&headers),
-    )
-    .await?;
+    let applied = decide(&state, &caller, &org_id, &proposal, body.dry_run, &headers).await?;
     if body.dry_run {
         return Ok((
             StatusCode::OK,
@@ -243,6 +232,31 @@ pub async fn create(
             confirmation_token: None,
         }),
     ))
+}
+
+/// Decides a change of the org's releases through the store's one decision (`firmware::apply_counting`):
+/// its impact counted where the devices are held, written unless `dry_run`, and gated by the org's
+/// retarget cap with the request's `Cohort-Confirm` token.
+pub(super) async fn decide(
+    state: &ApiState,
+    caller: &Caller,
+    org_id: &str,
+    proposal: &Proposal,
+    dry_run: bool,
+    headers: &HeaderMap,
+) -> Result<firmware::Applied, ApiError> {
+    let held = held_devices(state).await?;
+    Ok(firmware::apply_counting(
+        &state.pool,
+        org_id,
+        proposal,
+        &caller.actor(),
+        IMPACT_SAMPLE,
+        mode(dry_run),
+        Some(&held as &dyn HeldDevices),
+        &confirmation(headers),
+    )
+    .await?)
 }
 
 /// Where the impact's devices are counted in memory: by the worker in this process for the partitions it
@@ -386,16 +400,14 @@ pub async fn withdraw(
         Some(r) if caller.sees(&r.org_id) && r.withdrawn_at.is_none() => r,
         _ => return Err(ApiError::not_found("Release not found")),
     };
-    let held = held_devices(&state).await?;
-    let applied = firmware::apply_counting(
-        &state.pool,
+    let proposal = Proposal::Withdraw { release: id };
+    let applied = decide(
+        &state,
+        &caller,
         &row.org_id,
-        &Proposal::Withdraw { release: id },
-        &caller.actor(),
-        IMPACT_SAMPLE,
-        mode(params.dry_run),
-        Some(&held as &dyn HeldDevices),
-        &confirmation(&headers),
+        &proposal,
+        params.dry_run,
+        &headers,
     )
     .await?;
     let row = if params.dry_run {

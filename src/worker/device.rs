@@ -45,6 +45,17 @@ pub(crate) struct Member {
     pub(crate) added_by: AddedBy,
 }
 
+impl Member {
+    /// A membership the API wrote: manual, not pinned.
+    pub(crate) fn manual(slot: u32) -> Self {
+        Member {
+            slot,
+            pinned: false,
+            added_by: AddedBy::Manual,
+        }
+    }
+}
+
 /// `Device::wake_at` of a device none of whose conditions can change truth with time alone.
 const NEVER: EpochMillis = EpochMillis::MAX;
 

@@ -146,14 +146,7 @@ impl Work<'_> {
             }
             self.mirror(id, cause, |members| {
                 if member {
-                    set_member(
-                        members,
-                        Member {
-                            slot,
-                            pinned: false,
-                            added_by: AddedBy::Manual,
-                        },
-                    );
+                    set_member(members, Member::manual(slot));
                 } else {
                     remove_member(members, slot);
                 }

@@ -162,14 +162,7 @@ impl Work<'_> {
                     .is_some_and(|m| m.pinned || m.added_by != AddedBy::Manual);
                 if converts {
                     self.mirror(id, cause, |members| {
-                        set_member(
-                            members,
-                            Member {
-                                slot,
-                                pinned: false,
-                                added_by: AddedBy::Manual,
-                            },
-                        );
+                        set_member(members, Member::manual(slot))
                     });
                 }
             }

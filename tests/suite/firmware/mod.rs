@@ -26,6 +26,8 @@ struct Rollout {
     from: Option<String>,
     to: Option<String>,
     reason: String,
+    /// `data.release`: the release and stage that selected the device (`null` when none decided).
+    release: Value,
 }
 
 async fn rollouts(h: &Harness) -> anyhow::Result<Vec<Rollout>> {
@@ -50,6 +52,7 @@ async fn rollouts(h: &Harness) -> anyhow::Result<Vec<Rollout>> {
                     .as_str()
                     .unwrap_or_default()
                     .to_string(),
+                release: e["data"]["release"].clone(),
             })
         })
         .collect()

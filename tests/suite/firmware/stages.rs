@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 
 use cohort::store::firmware::{self, Mode, Proposal, ReleaseError, ReleaseTarget};
 use cohort_testkit::app::{check_oracle, Harness, ORG};
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 
-use super::{devices_applied, settled, tags_filter};
+use super::{devices_applied, settled, tags_filter, Rollout};
 
 /// The documented bucket: FNV-1a 64 over the group id's bytes, the version's, a zero byte and the device
 /// id's, mixed by SplitMix64's finalizer, modulo 10,000.
@@ -27,22 +27,6 @@ fn bucket(group: Uuid, version: &str, device: &str) -> u16 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
     ((z ^ (z >> 31)) % 10_000) as u16
-}
-
-/// The rollout events in the outbox, in order: (device, the event's `data.release`).
-async fn released(h: &Harness) -> anyhow::Result<Vec<(String, Value)>> {
-    let rows: Vec<(Vec<u8>,)> =
-        sqlx::query_as("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id")
-            .bind(&h.config.kafka.output_topic)
-            .fetch_all(h.pool())
-            .await?;
-    rows.into_iter()
-        .map(|(payload,)| {
-            let e: Value = serde_json::from_slice(&payload)?;
-            let device = e["subject"].as_str().unwrap_or_default().to_string();
-            Ok((device, e["data"]["release"].clone()))
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,18 +61,17 @@ async fn a_staged_release_selects_the_hashed_share_and_each_stage_adds_only_new_
     assert_eq!(dry.impact.changed, ten.len());
     let applied = firmware::apply(h.pool(), ORG, &release, "ops", 0, Mode::Write).await?;
     let id = applied.release.expect("written").id;
-    settled(&h, ten.len()).await?;
-    let first = released(&h).await?;
-    let devices_of = |events: &[(String, Value)]| -> BTreeSet<String> {
-        events.iter().map(|(d, _)| d.clone()).collect()
+    let first = settled(&h, ten.len()).await?;
+    let devices_of = |events: &[Rollout]| -> BTreeSet<String> {
+        events.iter().map(|r| r.device.clone()).collect()
     };
     assert_eq!(
         devices_of(&first),
         ten,
         "the 10% stage selects the hashed set"
     );
-    for (_, release) in &first {
-        assert_eq!(*release, json!({"id": id, "stage": 0, "percentage": 10.0}));
+    for r in &first {
+        assert_eq!(r.release, json!({"id": id, "stage": 0, "percentage": 10.0}));
     }
 
     let advance = Proposal::Advance {
@@ -98,14 +81,13 @@ async fn a_staged_release_selects_the_hashed_share_and_each_stage_adds_only_new_
     let dry = firmware::apply(h.pool(), ORG, &advance, "ops", 1_000, Mode::DryRun).await?;
     assert_eq!(dry.impact.changed, half.len() - ten.len());
     firmware::apply(h.pool(), ORG, &advance, "ops", 0, Mode::Write).await?;
-    settled(&h, half.len()).await?;
-    let second = released(&h).await?.split_off(ten.len());
+    let second = settled(&h, half.len()).await?.split_off(ten.len());
     let added: BTreeSet<String> = half.difference(&ten).cloned().collect();
     assert_eq!(second.len(), added.len(), "one event per device added");
     assert_eq!(devices_of(&second), added, "50% adds only new devices");
     assert!(second
         .iter()
-        .all(|(_, r)| *r == json!({"id": id, "stage": 1, "percentage": 50.0})));
+        .all(|r| r.release == json!({"id": id, "stage": 1, "percentage": 50.0})));
 
     let last = Proposal::Advance {
         release: id,

@@ -38,6 +38,25 @@ type DeviceRow = (
 /// PostgreSQL in `conn`'s transaction: a device joins the group when it matches (and is of the group's
 /// site), and leaves it when it does not, unless pinned — as the workers decide membership. None, without
 /// reading a device, when the group carries no live release. The devices are streamed, so memory stays
+/// The org's releases, the same on both sides — what moving devices into or out of `group` is counted
+/// against — or `None` when `group` carries no live release (then no move through it retargets a device).
+async fn unchanged_releases(
+    conn: &mut PgConnection,
+    org_id: &str,
+    group: Uuid,
+) -> Result<Option<Releases>, sqlx::Error> {
+    let (groups, default) = current_releases(conn, org_id).await?;
+    if !groups.contains_key(&group) {
+        return Ok(None);
+    }
+    Ok(Some(Releases {
+        before_groups: groups.clone(),
+        before_default: default.clone(),
+        after_groups: groups,
+        after_default: default,
+    }))
+}
+
 /// flat whatever the org's size; the read takes the time a preview from PostgreSQL takes.
 pub async fn definition_impact(
     conn: &mut PgConnection,
@@ -46,15 +65,8 @@ pub async fn definition_impact(
     catalogue: &Catalogue,
     sample: usize,
 ) -> Result<Impact, ReleaseError> {
-    let (groups, default) = current_releases(conn, org_id).await?;
-    if !groups.contains_key(&definition.group) {
+    let Some(releases) = unchanged_releases(conn, org_id, definition.group).await? else {
         return Ok(Impact::new(0));
-    }
-    let releases = Releases {
-        before_groups: groups.clone(),
-        before_default: default.clone(),
-        after_groups: groups,
-        after_default: default,
     };
     let mut fields = definition.filter.stored_field_names(catalogue);
     if !fields.iter().any(|f| f == "siteId") {
@@ -132,15 +144,11 @@ pub async fn batch_impact(
     removal: bool,
     sample: usize,
 ) -> Result<Impact, ReleaseError> {
-    let (groups, default) = current_releases(conn, org_id).await?;
-    if devices.is_empty() || !groups.contains_key(&group) {
+    if devices.is_empty() {
         return Ok(Impact::new(0));
     }
-    let releases = Releases {
-        before_groups: groups.clone(),
-        before_default: default.clone(),
-        after_groups: groups,
-        after_default: default,
+    let Some(releases) = unchanged_releases(conn, org_id, group).await? else {
+        return Ok(Impact::new(0));
     };
     let rows: Vec<BatchRow> = sqlx::query_as(
         "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
