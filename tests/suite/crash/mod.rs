@@ -23,8 +23,9 @@
 //!   mock broker, which keeps only 5 MiB per partition, never prunes an unread input).
 //! - Between chunks, operator actions through the store functions the REST API calls: create dynamic
 //!   groups, change their filters, delete them; pin and unpin devices; add and remove static members;
-//!   release firmware to groups and as the org default, and withdraw releases; set another fifth of the
-//!   devices' development flag and lock through the API (`device_settings`).
+//!   release firmware to groups (half in two stages) and as the org default, advance staged releases and
+//!   withdraw releases; set another fifth of the devices' development flag and lock through the API
+//!   (`device_settings`).
 //!
 //! # What is killed, and when
 //! The stream is cut into as many equal stretches of events as kills are wanted, and a killer task delivers
