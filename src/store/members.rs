@@ -157,11 +157,48 @@ pub async fn add_static_with(
     actor: &str,
     partial: Partial,
 ) -> Result<StaticChange, MemberError> {
+    change_static(pool, (org_id, group_id), device_ids, actor, partial, false).await
+}
+
+/// Adds (`removal: false`) or removes devices to or from a static group of the org, with the control-log
+/// entry the owning workers mirror, in one transaction.
+async fn change_static(
+    pool: &PgPool,
+    (org_id, group_id): (&str, Uuid),
+    device_ids: &[String],
+    actor: &str,
+    partial: Partial,
+    removal: bool,
+) -> Result<StaticChange, MemberError> {
     let mut tx = pool.begin().await?;
-    let change = add_in(&mut tx, org_id, group_id, device_ids, actor, partial).await?;
-    announce(&mut tx, org_id, group_id, &change, false).await?;
+    let change = static_in(
+        &mut tx,
+        (org_id, group_id),
+        device_ids,
+        actor,
+        partial,
+        removal,
+    )
+    .await?;
+    announce(&mut tx, org_id, group_id, &change, removal).await?;
     tx.commit().await?;
     Ok(change)
+}
+
+/// [`add_in`] or (`removal`) [`remove_in`].
+async fn static_in(
+    tx: &mut Transaction<'_, Postgres>,
+    (org_id, group_id): (&str, Uuid),
+    device_ids: &[String],
+    actor: &str,
+    partial: Partial,
+    removal: bool,
+) -> Result<StaticChange, MemberError> {
+    if removal {
+        remove_in(tx, org_id, group_id, device_ids, actor, partial).await
+    } else {
+        add_in(tx, org_id, group_id, device_ids, actor, partial).await
+    }
 }
 
 /// [`add_static_with`]'s writes, in `tx`, without the control-log entry ([`announce`]).
@@ -260,11 +297,7 @@ pub async fn remove_static_with(
     actor: &str,
     partial: Partial,
 ) -> Result<StaticChange, MemberError> {
-    let mut tx = pool.begin().await?;
-    let change = remove_in(&mut tx, org_id, group_id, device_ids, actor, partial).await?;
-    announce(&mut tx, org_id, group_id, &change, true).await?;
-    tx.commit().await?;
-    Ok(change)
+    change_static(pool, (org_id, group_id), device_ids, actor, partial, true).await
 }
 
 /// [`remove_static_with`]'s writes, in `tx`, without the control-log entry ([`announce`]).

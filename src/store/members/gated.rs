@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{add_in, announce, remove_in, MemberError, Partial, StaticChange};
+use super::{announce, static_in, MemberError, Partial, StaticChange};
 use crate::store::firmware::{self, Impact, Mode};
 use crate::store::retarget_cap::{self, Confirmation};
 
@@ -41,11 +41,8 @@ pub async fn change_static_confirmed(
 ) -> Result<StaticConfirmed, MemberError> {
     let mut tx = pool.begin().await?;
     firmware::lock_org(&mut tx, org_id).await?;
-    let change = if removal {
-        remove_in(&mut tx, org_id, group_id, device_ids, actor, partial).await?
-    } else {
-        add_in(&mut tx, org_id, group_id, device_ids, actor, partial).await?
-    };
+    let target = (org_id, group_id);
+    let change = static_in(&mut tx, target, device_ids, actor, partial, removal).await?;
     let impact =
         firmware::batch_impact(&mut tx, org_id, group_id, &change.changed, removal, sample).await?;
     let described = format!(

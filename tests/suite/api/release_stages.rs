@@ -10,7 +10,8 @@ use super::{create_group, devices, expect, expect_error, Api};
 
 #[tokio::test]
 async fn a_release_in_stages_is_created_shown_and_advanced_stage_by_stage() -> anyhow::Result<()> {
-    let api = Api::start().await?;
+    // A hundred device views and more in a burst: above the default rate limit per key.
+    let api = Api::start_with(|c| c.api.rate_limit_burst = 1_000).await?;
     let rows: Vec<(String, &str, serde_json::Value)> = (0..100)
         .map(|i| (format!("s-{i:03}"), "acme", json!({"firmwareVersion": "1"})))
         .collect();
