@@ -1,6 +1,6 @@
 //! The group changes that can retarget devices, on every family's routes: an update (PATCH and PUT: a new
 //! filter, site or type moves devices in or out of the group), a deletion, and a static change (its
-//! routes are in [`super::members`] and [`super::device_groups`]; [`gated_change`] is what they share).
+//! routes are in [`super::members`] and [`super::device_groups`]; `gated_change` is what they share).
 //! Each takes a dry run (`"dryRun": true` in a body, `?dryRun=true` on a route without one) answering its
 //! firmware impact, and each is gated by the org's retarget cap: over it, the change needs the dry run's
 //! token in `Cohort-Confirm` (see [`super::retarget_cap`]).

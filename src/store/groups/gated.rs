@@ -25,7 +25,7 @@ pub struct Deletion {
     pub confirmation_token: Option<String>,
 }
 
-/// Deletes a group as [`delete_group`] does, gated by the org's retarget cap: in one transaction, holding
+/// Deletes a group as [`super::delete_group`] does, gated by the org's retarget cap: in one transaction, holding
 /// the org's release lock, it computes which members' targets change (up to `sample` listed; the devices
 /// `held` in memory counted there), refuses as the deletion would (a group with children), passes the
 /// gate, then writes — or, [`Mode::DryRun`], only answers the impact (and a token when it is over the cap).
