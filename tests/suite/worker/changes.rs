@@ -287,5 +287,23 @@ async fn a_preview_from_one_or_two_workers_memory_names_exactly_the_devices_the_
     let stored = cohort::store::firmware::preview(h.pool(), ORG, &proposal, 20).await?;
     assert_eq!(dry.body["impact"], serde_json::to_value(&stored)?);
     assert_eq!(stored.changed as u64, count);
+    // So does a staged release's: the memory and the database select the same devices for its stage.
+    let dry = client
+        .post(
+            "/api/v1/releases",
+            json!({"groupId": group, "version": "2.0.0", "stages": [30, 100], "dryRun": true}),
+        )
+        .await?;
+    let proposal = cohort::store::firmware::Proposal::Release {
+        target: cohort::store::firmware::ReleaseTarget::Group(group),
+        version: "2.0.0".into(),
+        stages: vec![3_000, 10_000],
+    };
+    let stored = cohort::store::firmware::preview(h.pool(), ORG, &proposal, 20).await?;
+    assert_eq!(dry.body["impact"], serde_json::to_value(&stored)?);
+    assert!(
+        (stored.changed as u64) < count,
+        "a stage of 30% selects fewer"
+    );
     h.stop().await
 }
