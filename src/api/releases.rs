@@ -21,6 +21,7 @@ use super::error::{ErrorBody, Json, Path, Query};
 use super::internal::{self, ImpactAnswer, ImpactRequest, IMPACT_PATH};
 use super::retarget_cap::confirmation;
 use super::{peers, release_stages, ApiError, ApiState};
+use crate::firmware::WHOLE_SHARE;
 use crate::rules::Catalogue;
 use crate::store::api as queries;
 use crate::store::firmware::{
@@ -66,7 +67,7 @@ impl From<queries::ReleaseRow> for ReleaseView {
             .ok()
             .and_then(|i| r.stages.get(i))
             .copied()
-            .unwrap_or(10_000);
+            .unwrap_or(i32::from(WHOLE_SHARE));
         Self {
             id: r.id,
             org_id: r.org_id,

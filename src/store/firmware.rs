@@ -18,7 +18,7 @@ pub use impact::{
     NewDefinition, ReleaseSide, Releases, ReleasesWire,
 };
 pub use live::{check_stages, live_releases, org_live_releases, LiveRelease, MAX_STAGES};
-use live::{live_stages, LiveStages};
+use live::{live_stages, stage_share, LiveStages};
 
 /// Why a release or withdrawal was refused.
 #[derive(Debug, thiserror::Error)]
@@ -378,10 +378,7 @@ async fn write(
         staging: released.then(|| StagingEntry {
             release_id: id,
             stage,
-            share: stages
-                .get(usize::from(stage))
-                .copied()
-                .unwrap_or(WHOLE_SHARE),
+            share: stage_share(&stages, stage),
         }),
     };
     control::append(tx, org_id, &entry).await?;

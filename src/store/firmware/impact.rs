@@ -8,8 +8,8 @@ use std::pin::Pin;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{Admitted, Change, ReleaseError, ReleaseTarget};
-use crate::firmware::{resolve, DeviceFacts, GroupRelease, Staging, Target, Version, WHOLE_SHARE};
+use super::{stage_share, Admitted, Change, ReleaseError, ReleaseTarget};
+use crate::firmware::{resolve, DeviceFacts, GroupRelease, Staging, Target, Version};
 
 mod moves;
 
@@ -347,7 +347,7 @@ pub(super) async fn compute(
             staging: Staging {
                 release: Uuid::nil(),
                 stage: 0,
-                share: stages.first().copied().unwrap_or(WHOLE_SHARE),
+                share: stage_share(stages, 0),
             },
         }),
         Change::Withdraw { .. } => None,
@@ -358,11 +358,7 @@ pub(super) async fn compute(
             staging: Staging {
                 release: live.id,
                 stage: *to,
-                share: live
-                    .stages
-                    .get(usize::from(*to))
-                    .copied()
-                    .unwrap_or(WHOLE_SHARE),
+                share: stage_share(&live.stages, *to),
             },
         }),
     };

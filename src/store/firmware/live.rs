@@ -26,6 +26,15 @@ pub fn check_stages(stages: &[u16]) -> Result<(), ReleaseError> {
     Ok(())
 }
 
+/// The share of its target a release's stage `stage` selects, in basis points (every device past the last
+/// stage, which `check_stages` and the table's constraint never let a release reach).
+pub(super) fn stage_share(stages: &[u16], stage: u16) -> u16 {
+    stages
+        .get(usize::from(stage))
+        .copied()
+        .unwrap_or(WHOLE_SHARE)
+}
+
 /// A live release's id, version and stages, as a withdrawal or an advance reads it.
 pub(super) struct LiveStages {
     pub(super) id: Uuid,
