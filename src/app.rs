@@ -169,10 +169,15 @@ impl Application {
         let presence = presence::run(self.pool.clone(), registered, async {
             let _ = presence_stopped.await;
         });
+        let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();
+        let watch = crate::release_watch::run(self.pool.clone(), async {
+            let _ = watch_stopped.await;
+        });
         let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
         let worker = async {
             let result = self.worker.run_until_stopped(shutdown).await;
             let _ = stop_presence.send(());
+            let _ = stop_watch.send(());
             let _ = stop_relay.send(());
             result
         };
@@ -188,7 +193,7 @@ impl Application {
                 None => Ok(()),
             }
         };
-        let (result, relay_result, ()) = tokio::join!(worker, relay, presence);
+        let (result, relay_result, (), ()) = tokio::join!(worker, relay, presence, watch);
         let _ = stop_http.send(());
         let _ = http.await;
         result.and(relay_result)

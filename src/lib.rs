@@ -5,7 +5,8 @@
 //!
 //! - [`rules`]: the rule language — field catalogue, filter validation, compiled evaluation with
 //!   explanations, the field index, and time flips. Pure: no IO, no clock.
-//! - [`firmware`]: versions, the resolution precedence, rollout-target events (CloudEvents). Pure.
+//! - [`firmware`]: versions, the resolution precedence, rollout progress and halt thresholds, rollout-target
+//!   events (CloudEvents). Pure.
 //! - [`event`]: the `device-attribute-changes` input contract: strict decoding and dead letters.
 //! - [`outbox`]: the outgoing message (topic, key, value, headers) that rollout events and dead letters
 //!   are, as the transactional outbox holds it. Pure.
@@ -20,8 +21,10 @@
 //! - [`demo`]: `cohort demo` — the whole main job on a fresh machine (embedded broker, synthetic fleet,
 //!   worker, relay and API) with live progress and a summary.
 //! - [`metrics`]: every metric name and the Prometheus recorder.
-//! - [`reconcile`]: `cohort reconcile` — recomputes memberships and targets from PostgreSQL and reports
-//!   drift.
+//! - [`reconcile`]: `cohort reconcile` — recomputes memberships, targets, standings and release progress
+//!   from PostgreSQL and reports drift.
+//! - [`release_watch`]: advances staged releases whose soak time ran out, and publishes release progress
+//!   as metrics (every worker process runs it).
 //! - [`api`]: the REST API (groups, members, pins, previews, the log, devices, releases, keys, OpenAPI).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`]: `Application::build(config)` then `run_until_stopped(shutdown)`.
@@ -47,6 +50,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod reconcile;
 pub mod relay;
+pub mod release_watch;
 pub mod rules;
 pub mod store;
 pub mod synthetic;

@@ -87,6 +87,14 @@ pub const API_UNAUTHORIZED: &str = "cohort_api_unauthorized_total";
 /// (no `Cohort-Confirm` token), `expired` (the token's time was up) or `mismatch` (the impact changed
 /// since the dry run, or the token was for another change, or not one cohort issued).
 pub const API_RETARGET_CAP_REFUSALS: &str = "cohort_api_retarget_cap_refusals_total";
+/// Releases halted by one of their thresholds, by the `state` the halt left them in: `paused` or
+/// `rolled_back`.
+pub const RELEASE_HALTS: &str = "cohort_release_halts_total";
+/// Devices each live release targets, by `release` and `standing`: `targeted`, `running`, `previous`,
+/// `failed`, `reverted` (refreshed by every worker process from the stored counts).
+pub const RELEASE_DEVICES: &str = "cohort_release_devices";
+/// Stage advances made by a release's soak time running out while its health held.
+pub const RELEASE_AUTO_ADVANCES: &str = "cohort_release_auto_advances_total";
 /// Calls of peer workers' internal routes, by `outcome` — `answered` (its partitions were evaluated in
 /// its memory) or `failed` (an error, a refusal or no answer within `api.peer_timeout_ms`: its partitions
 /// were read from PostgreSQL) — and `route`: `evaluate` (a preview) or `impact` (a release's impact).
@@ -142,6 +150,9 @@ pub const ALL: &[&str] = &[
     API_RATE_LIMITED,
     API_UNAUTHORIZED,
     API_RETARGET_CAP_REFUSALS,
+    RELEASE_HALTS,
+    RELEASE_DEVICES,
+    RELEASE_AUTO_ADVANCES,
     PEER_REQUESTS,
     HTTP_CONNECTIONS_CLOSED,
     HTTP_BODIES_REFUSED,
@@ -243,6 +254,18 @@ pub fn describe() {
     describe_counter!(
         API_RETARGET_CAP_REFUSALS,
         "Changes refused for retargeting more devices than the org's cap, by reason"
+    );
+    describe_counter!(
+        RELEASE_HALTS,
+        "Releases halted by a threshold, by the state it left them in"
+    );
+    describe_gauge!(
+        RELEASE_DEVICES,
+        "Devices a live release targets, by release and standing"
+    );
+    describe_counter!(
+        RELEASE_AUTO_ADVANCES,
+        "Stage advances made after a release's soak time"
     );
     describe_counter!(
         PEER_REQUESTS,

@@ -25,10 +25,12 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::firmware::progress::standing;
 use crate::firmware::{resolve, DeviceFacts, GroupRelease, Reason, Target};
 use crate::rules::{compile, AttrValue, Attributes, Catalogue, CompiledFilter, EpochMillis};
 use crate::store::counts::{self, CountDrift};
 use crate::store::firmware::org_live_releases;
+use crate::store::firmware::progress::{self, ProgressDrift};
 use crate::store::StoreError;
 
 /// What to check.
@@ -68,10 +70,14 @@ pub struct Report {
     pub missing_memberships: u64,
     pub extra_memberships: u64,
     pub wrong_targets: u64,
+    /// Devices whose stored standing in their release differs from what they report.
+    pub wrong_standings: u64,
     /// Groups checked for their member count (deleted ones included).
     pub groups_counted: u64,
     /// Every group whose maintained member count differs from `count(*)` of its memberships.
     pub wrong_counts: Vec<CountDrift>,
+    /// Every release whose stored progress counts differ from a count of its devices' standings.
+    pub wrong_progress: Vec<ProgressDrift>,
     /// Devices with persistent drift, by org.
     pub drifted: Vec<(String, Vec<String>)>,
     pub examples: Vec<Drift>,
@@ -81,8 +87,13 @@ pub struct Report {
 impl Report {
     /// Whether anything drifted.
     pub fn has_drift(&self) -> bool {
-        self.missing_memberships + self.extra_memberships + self.wrong_targets > 0
+        self.missing_memberships
+            + self.extra_memberships
+            + self.wrong_targets
+            + self.wrong_standings
+            > 0
             || !self.wrong_counts.is_empty()
+            || !self.wrong_progress.is_empty()
     }
 }
 
@@ -103,6 +114,8 @@ struct OrgRules {
     live: HashSet<Uuid>,
     releases: HashMap<Uuid, GroupRelease>,
     default: Option<GroupRelease>,
+    /// Each live release's failure signal, by release id.
+    failures: HashMap<Uuid, (crate::rules::FieldId, AttrValue)>,
 }
 
 async fn org_rules(
@@ -121,6 +134,7 @@ async fn org_rules(
         live: HashSet::new(),
         releases: HashMap::new(),
         default: None,
+        failures: HashMap::new(),
     };
     for (id, site, filter) in groups {
         rules.live.insert(id);
@@ -133,6 +147,13 @@ async fn org_rules(
         }
     }
     for live in org_live_releases(pool, org).await? {
+        if let Some(failure) = &live.failure {
+            let parsed =
+                crate::rules::attrs::parse_attribute(catalogue, &failure.attribute, &failure.value);
+            if let Ok((field, Some(value))) = parsed {
+                rules.failures.insert(live.id, (field, value));
+            }
+        }
         let Some(release) = live.resolution() else {
             continue;
         };
@@ -156,12 +177,15 @@ struct DeviceRow {
     target_version: Option<String>,
     target_reason: String,
     target_group: Option<Uuid>,
+    target_release: Option<Uuid>,
+    target_standing: Option<String>,
+    target_reached: bool,
     groups: Vec<Uuid>,
     pinned: Vec<bool>,
 }
 
 const DEVICE_QUERY: &str = "SELECT d.id, d.attributes, d.is_development, d.firmware_lock, d.target_version, \
-     d.target_reason, d.target_group, \
+     d.target_reason, d.target_group, d.target_release, d.target_standing, d.target_reached, \
      ARRAY(SELECT m.group_id FROM device_group_memberships m WHERE m.device_id = d.id ORDER BY m.group_id) AS groups, \
      ARRAY(SELECT m.is_pinned FROM device_group_memberships m WHERE m.device_id = d.id ORDER BY m.group_id) AS pinned \
      FROM devices d";
@@ -225,6 +249,7 @@ fn check_device(
         id: &row.id,
         development: row.is_development,
         lock: row.firmware_lock.as_deref(),
+        current: row.target_release,
     };
     let expected = resolve(
         &facts,
@@ -238,6 +263,7 @@ fn check_device(
         version: row.target_version.as_deref().map(Into::into),
         reason: Reason::parse(&row.target_reason).unwrap_or(Reason::None),
         group: row.target_group,
+        release: row.target_release,
     };
     if expected != stored {
         push(
@@ -246,6 +272,25 @@ fn check_device(
             expected.to_json(),
             stored.to_json(),
         );
+    } else if let (Some(release), Some(version)) = (stored.release, stored.version.as_deref()) {
+        // Where it stands in the release, from what it reports (whether it reached the target before
+        // is what only the stored row can say).
+        let running = catalogue
+            .builtin("firmwareVersion")
+            .and_then(|f| match attrs.get(f) {
+                Some(AttrValue::Str(s)) => Some(s.as_str()),
+                _ => None,
+            });
+        let failed = rules
+            .failures
+            .get(&release)
+            .is_some_and(|(field, value)| attrs.get(*field) == Some(value));
+        let (standing, reached) = standing(version, running, failed, row.target_reached);
+        let expected = json!({"standing": standing.as_str(), "reached": reached});
+        let stored = json!({"standing": row.target_standing, "reached": row.target_reached});
+        if expected != stored {
+            push("wrong_standing", row.target_group, expected, stored);
+        }
     }
     drift
 }
@@ -338,6 +383,7 @@ pub async fn check(
                 match d.kind {
                     "missing_membership" => report.missing_memberships += 1,
                     "extra_membership" => report.extra_memberships += 1,
+                    "wrong_standing" => report.wrong_standings += 1,
                     _ => report.wrong_targets += 1,
                 }
                 if report.examples.len() < options.examples {
@@ -351,6 +397,7 @@ pub async fn check(
     }
     report.groups_counted = count_groups(pool, options.org.as_deref()).await?;
     report.wrong_counts = counts::drift(pool, options.org.as_deref()).await?;
+    report.wrong_progress = progress::drift(pool, options.org.as_deref()).await?;
     report.evaluated_at = crate::rules::time::format_millis(now);
     Ok(report)
 }
@@ -383,8 +430,8 @@ pub fn render(report: &Report) -> String {
     );
     if !report.has_drift() {
         out.push_str(
-            "no drift: every dynamic membership, firmware target and member count is what the rules \
-             and the memberships say\n",
+            "no drift: every dynamic membership, firmware target, standing, member count and release \
+             progress count is what the rules, the memberships and the devices' reports say\n",
         );
         return out;
     }
@@ -403,6 +450,18 @@ pub fn render(report: &Report) -> String {
             if more > 0 {
                 out.push_str(&format!("  … and {more} more\n"));
             }
+        }
+    }
+    if !report.wrong_progress.is_empty() {
+        out.push_str(&format!(
+            "DRIFT in the progress counts of {} release(s)\n",
+            report.wrong_progress.len()
+        ));
+        for d in report.wrong_progress.iter().take(COUNT_EXAMPLES) {
+            out.push_str(&format!(
+                "  {} release={} stored={:?} counted={:?}\n",
+                d.org_id, d.release_id, d.stored, d.counted
+            ));
         }
     }
     let devices: usize = report.drifted.iter().map(|(_, d)| d.len()).sum();

@@ -18,7 +18,7 @@ use super::auth::Caller;
 use super::error::{Detail, ErrorBody, Json, Path};
 use super::members::{Accepted, MAX_BATCH};
 use super::{ApiError, ApiState, PRODUCE_TIMEOUT};
-use crate::firmware::{stage_bucket, Version};
+use crate::firmware::{stage_bucket, DeviceFacts, Version};
 use crate::rules::{compile, AttrValue, Attributes};
 use crate::store::api as queries;
 use crate::store::control::LockChange;
@@ -189,6 +189,12 @@ pub struct FirmwareView {
     pub reason: String,
     /// The group whose release decided it (reason `group`).
     pub group_id: Option<Uuid>,
+    /// The release that decided it (reasons `group` and `default`).
+    pub release_id: Option<Uuid>,
+    /// Where the device stands in that release: `previous` (not yet reported running its target),
+    /// `running`, `failed` (reports the release's failure signal) or `reverted` (reported the target, then
+    /// another version).
+    pub standing: Option<String>,
     /// Rollout-target events emitted for the device so far.
     pub target_sequence: i64,
     pub firmware_lock: Option<String>,
@@ -222,17 +228,32 @@ fn release_selections(
     device: &str,
     groups: &[Uuid],
     target: (&str, Option<Uuid>),
+    current: Option<Uuid>,
     releases: Vec<LiveRelease>,
 ) -> Vec<ReleaseSelection> {
+    let facts = DeviceFacts {
+        id: device,
+        current,
+        ..DeviceFacts::default()
+    };
     let mut out: Vec<ReleaseSelection> = releases
         .into_iter()
         .filter(|r| r.group_id.is_none_or(|g| groups.contains(&g)))
         .map(|r| {
             let bucket = stage_bucket(r.group_id.unwrap_or(Uuid::nil()), &r.version, device);
-            let selected = r.resolution().is_some_and(|g| g.selects(device));
+            let selected = r.resolution().is_some_and(|g| g.selects(&facts));
             let percentage = f64::from(r.share) / 100.0;
             let position = f64::from(bucket) / 100.0;
-            let why = if percentage >= 100.0 {
+            let why = if r.state == "paused" {
+                if selected {
+                    "selected: the release is paused, and keeps the devices it already targets".to_string()
+                } else {
+                    "not selected: the release is paused, and selects no further device".to_string()
+                }
+            } else if r.state == "rolled_back" {
+                "not selected: the release was rolled back; it resolves as if this release did not exist"
+                    .to_string()
+            } else if percentage >= 100.0 {
                 "the release's stage selects every device of its target".to_string()
             } else if selected {
                 format!("selected: the device's position, {position}%, is below the stage's {percentage}%")
@@ -315,6 +336,7 @@ pub async fn view(
         &device.id,
         &member_of,
         (&device.target_reason, device.target_group),
+        device.target_release,
         releases,
     );
     let catalogue = &state.catalogue;
@@ -366,6 +388,8 @@ pub async fn view(
             target_version: device.target_version,
             reason: device.target_reason,
             group_id: device.target_group,
+            release_id: device.target_release,
+            standing: device.target_standing,
             target_sequence: device.target_sequence,
             firmware_lock: device.firmware_lock,
             is_development: device.is_development,

@@ -391,6 +391,7 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::GroupNotFound => ApiError::not_found("Group not found"),
             ReleaseError::NotFound => ApiError::not_found("Release not found"),
             ReleaseError::CapExceeded(refused) => super::retarget_cap::refusal(*refused),
+            ReleaseError::State(message) => ApiError::conflict(message),
             ReleaseError::Store(e) => e.into(),
             other => ApiError::bad_request(other.to_string()),
         }

@@ -13,7 +13,8 @@
 //! - [`error`]: the one error shape (`{"error", "message", "details"}`) and the extractors that map every
 //!   rejection into it, so bad input never yields a 500 or a stack trace.
 //! - [`auth`]: API keys (`Authorization: Bearer`), org scoping, the per-key rate limit.
-//! - [`devices`], [`releases`], [`orgs`]: the other handlers.
+//! - [`devices`], [`releases`], [`orgs`]: the other handlers; [`release_stages`] and [`release_health`]:
+//!   a release's stages, progress, pause and resume.
 //! - [`retarget_cap`]: an org's settings (its retarget cap), the `Cohort-Confirm` header that confirms a
 //!   change over the cap, and the 409 that refuses one without.
 //! - [`openapi`]: the OpenAPI document, generated from the handlers' annotations.
@@ -40,6 +41,7 @@ pub mod openapi;
 pub mod orgs;
 mod peers;
 pub mod preview;
+pub mod release_health;
 pub mod release_stages;
 pub mod releases;
 pub mod retarget_cap;

@@ -12,7 +12,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{
     device_groups, device_scoped, devices, error, group_changes, groups, log, members, orgs,
-    preview, release_stages, releases, retarget_cap, thingspace,
+    preview, release_health, release_stages, releases, retarget_cap, thingspace,
 };
 
 #[derive(OpenApi)]
@@ -40,6 +40,7 @@ use super::{
         thingspace::create,
         devices::import, devices::view, devices::lock, devices::unlock, devices::development,
         releases::list, releases::create, releases::withdraw, release_stages::advance,
+        release_health::get, release_health::progress, release_health::pause, release_health::resume,
         orgs::list, orgs::create, retarget_cap::get_settings, retarget_cap::patch_settings,
     ),
     components(schemas(error::ErrorBody, thingspace::ThingSpaceError, groups::GroupType, log::LogAction)),

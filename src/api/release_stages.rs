@@ -12,10 +12,10 @@ use uuid::Uuid;
 
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path};
-use super::releases::{decide, ReleaseOutcome};
+use super::release_health::{act, optional_body};
+use super::releases::ReleaseOutcome;
 use super::{ApiError, ApiState};
 use crate::firmware::WHOLE_SHARE;
-use crate::store::api as queries;
 use crate::store::firmware::{Proposal, MAX_STAGES};
 
 /// A release's stages from a request: `stages` (percentages, increasing), or `percentage` (one stage), or
@@ -85,45 +85,17 @@ pub async fn advance(
     body: Bytes,
 ) -> Result<Json<ReleaseOutcome>, ApiError> {
     // The body is optional: none advances to the next stage.
-    let body: AdvanceRelease = if body.iter().all(u8::is_ascii_whitespace) {
-        AdvanceRelease::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?
-    };
-    let row = match queries::get_release(&state.pool, id).await? {
-        Some(r) if caller.sees(&r.org_id) && r.withdrawn_at.is_none() => r,
-        _ => return Err(ApiError::not_found("Release not found")),
-    };
+    let body: AdvanceRelease = optional_body(&body)?;
     let proposal = Proposal::Advance {
         release: id,
         stage: body.stage,
     };
-    let applied = decide(
-        &state,
-        &caller,
-        &row.org_id,
-        &proposal,
-        body.dry_run,
-        &headers,
-    )
-    .await?;
-    let mut release = match body.dry_run {
-        true => row,
-        false => queries::get_release(&state.pool, id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("Release not found"))?,
-    };
+    let (mut release, applied) = act(&state, &caller, id, &headers, body.dry_run, proposal).await?;
     if let (true, Some(after)) = (body.dry_run, &applied.release) {
         // As it would be after the advance.
         release.stage = i32::from(after.stage);
     }
-    Ok(Json(ReleaseOutcome {
-        dry_run: body.dry_run,
-        release: Some(release.into()),
-        impact: applied.impact,
-        confirmation_token: applied.confirmation_token,
-    }))
+    Ok(Json(ReleaseOutcome::of(body.dry_run, release, applied)))
 }
 
 #[cfg(test)]

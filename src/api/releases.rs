@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::Router;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -19,8 +19,10 @@ use uuid::Uuid;
 use super::auth::Caller;
 use super::error::{ErrorBody, Json, Path, Query};
 use super::internal::{self, ImpactAnswer, ImpactRequest, IMPACT_PATH};
+use super::release_health::{self, ProgressView};
 use super::retarget_cap::confirmation;
 use super::{peers, release_stages, ApiError, ApiState};
+use crate::firmware::progress::{FailureSignal, Thresholds};
 use crate::firmware::WHOLE_SHARE;
 use crate::rules::Catalogue;
 use crate::store::api as queries;
@@ -34,8 +36,11 @@ use crate::worker::FleetView;
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/", get(list).post(create))
-        .route("/{id}", delete(withdraw))
+        .route("/{id}", get(release_health::get).delete(withdraw))
         .route("/{id}/advance", post(release_stages::advance))
+        .route("/{id}/progress", get(release_health::progress))
+        .route("/{id}/pause", post(release_health::pause))
+        .route("/{id}/resume", post(release_health::resume))
 }
 
 /// Devices listed in an impact preview.
@@ -59,6 +64,27 @@ pub struct ReleaseView {
     pub stage: i32,
     /// The share of the target's devices the current stage selects, in percent.
     pub percentage: f64,
+    /// `active` (selects what its stage selects), `paused` (selects no further device; those it targets
+    /// keep it) or `rolled_back` (selects none).
+    pub state: String,
+    /// What its devices report when an update failed.
+    #[schema(value_type = Option<Object>)]
+    pub failure: Option<FailureSignal>,
+    /// The thresholds that halt it.
+    #[schema(value_type = Option<Object>)]
+    pub halt: Option<Thresholds>,
+    /// Seconds each stage runs, its health holding, before the next starts by itself.
+    pub soak_seconds: Option<i32>,
+    /// When its current stage started.
+    pub stage_started_at: DateTime<Utc>,
+    /// When its next stage starts by itself, if it will (active, soak time set, not at its last stage).
+    pub next_advance_at: Option<DateTime<Utc>>,
+    /// Why it was paused or rolled back: `{"by": "threshold", "threshold", "counts", "deviceId", "cause",
+    /// "at"}`, or `{"by": "operator", "actor", "at"}`.
+    #[schema(value_type = Option<Object>)]
+    pub halted: Option<serde_json::Value>,
+    /// Its devices by standing, from what they report.
+    pub progress: ProgressView,
 }
 
 impl From<queries::ReleaseRow> for ReleaseView {
@@ -68,6 +94,14 @@ impl From<queries::ReleaseRow> for ReleaseView {
             .and_then(|i| r.stages.get(i))
             .copied()
             .unwrap_or(i32::from(WHOLE_SHARE));
+        let progress = ProgressView::of(&r);
+        let last = r.stage + 1 >= r.stages.len() as i32;
+        let next_advance_at = match (r.soak_seconds, r.state.as_str(), last, r.withdrawn_at) {
+            (Some(soak), "active", false, None) => {
+                Some(r.stage_started_at + chrono::Duration::seconds(i64::from(soak)))
+            }
+            _ => None,
+        };
         Self {
             id: r.id,
             org_id: r.org_id,
@@ -76,6 +110,14 @@ impl From<queries::ReleaseRow> for ReleaseView {
             created_by: r.created_by,
             created_at: r.created_at,
             withdrawn_at: r.withdrawn_at,
+            state: r.state,
+            failure: r.failure.map(|f| f.0),
+            halt: r.halt.map(|h| h.0),
+            soak_seconds: r.soak_seconds,
+            stage_started_at: r.stage_started_at,
+            next_advance_at,
+            halted: r.halted,
+            progress,
             stages: r
                 .stages
                 .iter()
@@ -140,6 +182,19 @@ pub struct CreateRelease {
     pub stages: Option<Vec<f64>>,
     /// One stage of this percentage (instead of `stages`).
     pub percentage: Option<f64>,
+    /// What a device reports when its update failed: a field of the catalogue and its value, e.g.
+    /// `{"attribute": "custom.otaStatus", "value": "failed"}`. Such devices count as `failed`.
+    #[schema(value_type = Option<Object>)]
+    pub failure: Option<FailureSignal>,
+    /// Thresholds that halt the release, any one reached: `failures` / `reverts` (counts), `failureRate`
+    /// / `revertRate` (shares of the targeted devices, above 0 and at most 1), and `rollback` (a halt
+    /// also rolls the release back: its devices resolve as if it did not exist). Without `rollback` a
+    /// halt pauses it: no further device is selected, those it targets keep it.
+    #[schema(value_type = Option<Object>)]
+    pub halt: Option<Thresholds>,
+    /// Seconds each stage runs before the release advances to the next by itself, if its health holds
+    /// (it is not paused). Default: stages advance only by hand.
+    pub soak_seconds: Option<u32>,
     /// Decide the release exactly as without it — the same refusals — but write nothing: answer the impact
     /// (and, over the org's retarget cap, a `confirmationToken`).
     #[serde(default, alias = "dry_run")]
@@ -167,6 +222,22 @@ pub struct ReleaseOutcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(required = false)]
     pub confirmation_token: Option<String>,
+}
+
+impl ReleaseOutcome {
+    /// The answer to a change of an existing release: the release as it is after (for a dry run, now).
+    pub(super) fn of(
+        dry_run: bool,
+        release: queries::ReleaseRow,
+        applied: firmware::Applied,
+    ) -> Self {
+        Self {
+            dry_run,
+            release: Some(release.into()),
+            impact: applied.impact,
+            confirmation_token: applied.confirmation_token,
+        }
+    }
 }
 
 /// Release firmware to a group or as the org default (`dry_run`: only the impact).
@@ -201,10 +272,18 @@ pub async fn create(
         }
     };
     let stages = release_stages::requested(body.stages.as_deref(), body.percentage)?;
+    if let Some(failure) = &body.failure {
+        release_health::check_failure(&state.catalogue, failure)?;
+    }
     let proposal = Proposal::Release {
         target,
         version: body.version.trim().to_string(),
         stages,
+        health: firmware::Health {
+            failure: body.failure,
+            halt: body.halt,
+            soak_seconds: body.soak_seconds,
+        },
     };
     let applied = decide(&state, &caller, &org_id, &proposal, body.dry_run, &headers).await?;
     if body.dry_run {
@@ -397,31 +476,8 @@ pub async fn withdraw(
     Query(params): Query<WithdrawParams>,
     headers: HeaderMap,
 ) -> Result<Json<ReleaseOutcome>, ApiError> {
-    let row = match queries::get_release(&state.pool, id).await? {
-        Some(r) if caller.sees(&r.org_id) && r.withdrawn_at.is_none() => r,
-        _ => return Err(ApiError::not_found("Release not found")),
-    };
     let proposal = Proposal::Withdraw { release: id };
-    let applied = decide(
-        &state,
-        &caller,
-        &row.org_id,
-        &proposal,
-        params.dry_run,
-        &headers,
-    )
-    .await?;
-    let row = if params.dry_run {
-        row
-    } else {
-        queries::get_release(&state.pool, id)
-            .await?
-            .ok_or_else(|| ApiError::not_found("Release not found"))?
-    };
-    Ok(Json(ReleaseOutcome {
-        dry_run: params.dry_run,
-        release: Some(row.into()),
-        impact: applied.impact,
-        confirmation_token: applied.confirmation_token,
-    }))
+    let (row, applied) =
+        release_health::act(&state, &caller, id, &headers, params.dry_run, proposal).await?;
+    Ok(Json(ReleaseOutcome::of(params.dry_run, row, applied)))
 }

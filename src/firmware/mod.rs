@@ -26,6 +26,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 pub mod confirm;
+pub mod progress;
 pub mod rollout;
 
 pub use rollout::{event_id, rollout_event, RolloutTarget, EVENT_TYPE};
@@ -190,6 +191,10 @@ pub struct Target {
     pub reason: Reason,
     /// The group whose release decided, for reason `group`.
     pub group: Option<Uuid>,
+    /// The release that decided, for reasons `group` and `default` (`None` when its id is not known, as
+    /// in a release's dry run): whose progress the device counts in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Uuid>,
 }
 
 impl Target {
@@ -199,6 +204,7 @@ impl Target {
             version: None,
             reason: Reason::None,
             group: None,
+            release: None,
         }
     }
 
@@ -257,10 +263,62 @@ impl GroupRelease {
         }
     }
 
-    /// Whether the release's current stage selects device `device_id` (see [`stage_bucket`]).
-    pub fn selects(&self, device_id: &str) -> bool {
+    /// Whether the release selects the device: an active release, when its current stage does (see
+    /// [`stage_bucket`]); a paused one, only when it already targets the device; one rolled back, never.
+    pub fn selects(&self, facts: &DeviceFacts<'_>) -> bool {
+        match self.staging.state {
+            ReleaseState::Active => self.stage_selects(facts.id),
+            ReleaseState::Paused => {
+                !self.staging.release.is_nil() && facts.current == Some(self.staging.release)
+            }
+            ReleaseState::RolledBack => false,
+        }
+    }
+
+    /// Whether the release's current stage selects device `device_id`, whatever its state.
+    pub fn stage_selects(&self, device_id: &str) -> bool {
         self.staging.share >= WHOLE_SHARE
             || stage_bucket(self.group, &self.label, device_id) < self.staging.share
+    }
+
+    /// Its id, when known.
+    pub fn id(&self) -> Option<Uuid> {
+        (!self.staging.release.is_nil()).then_some(self.staging.release)
+    }
+}
+
+/// Whether a release selects devices: an operator (or a halt threshold) may pause it, and a halt may roll
+/// it back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseState {
+    /// Selects the devices its stage selects.
+    #[default]
+    Active,
+    /// Selects no further device: only those it already targets keep it.
+    Paused,
+    /// Selects no device: every device it targeted resolves as if it did not exist.
+    RolledBack,
+}
+
+impl ReleaseState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseState::Active => "active",
+            ReleaseState::Paused => "paused",
+            ReleaseState::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<ReleaseState> {
+        Some(match s {
+            "active" => ReleaseState::Active,
+            "paused" => ReleaseState::Paused,
+            "rolled_back" => ReleaseState::RolledBack,
+            _ => return None,
+        })
     }
 }
 
@@ -274,6 +332,8 @@ pub struct Staging {
     pub stage: u16,
     /// The share of the target's devices the stage selects, in basis points (10,000: every device).
     pub share: u16,
+    /// Whether it selects devices at all.
+    pub state: ReleaseState,
 }
 
 /// Basis points of a whole target.
@@ -285,6 +345,7 @@ impl Staging {
         release: Uuid::nil(),
         stage: 0,
         share: WHOLE_SHARE,
+        state: ReleaseState::Active,
     };
 }
 
@@ -321,6 +382,8 @@ pub struct DeviceFacts<'a> {
     pub id: &'a str,
     pub development: bool,
     pub lock: Option<&'a str>,
+    /// The release that targets it now, if any (a paused release keeps the devices it targets).
+    pub current: Option<Uuid>,
 }
 
 /// Resolves a device's target from its facts, the releases of the groups it belongs to, and the org's
@@ -336,6 +399,7 @@ pub fn resolve<'r>(
             version: None,
             reason: Reason::Development,
             group: None,
+            release: None,
         };
     }
     if let Some(lock) = facts.lock {
@@ -343,11 +407,12 @@ pub fn resolve<'r>(
             version: Some(lock.into()),
             reason: Reason::Locked,
             group: None,
+            release: None,
         };
     }
     let best = releases
         .into_iter()
-        .filter(|r| r.selects(facts.id))
+        .filter(|r| r.selects(facts))
         .max_by(|a, b| {
             a.version
                 .cmp(&b.version)
@@ -358,13 +423,15 @@ pub fn resolve<'r>(
             version: Some(best.label.clone()),
             reason: Reason::Group,
             group: Some(best.group),
+            release: best.id(),
         };
     }
-    match default.filter(|d| d.selects(facts.id)) {
+    match default.filter(|d| d.selects(facts)) {
         Some(d) => Target {
             version: Some(d.label.clone()),
             reason: Reason::Default,
             group: None,
+            release: d.id(),
         },
         None => Target::none(),
     }
@@ -412,6 +479,7 @@ mod tests {
                 release: Uuid::from_u128(0x5eed),
                 stage: 0,
                 share,
+                state: ReleaseState::Active,
             },
             ..release(1, "2")
         };
@@ -419,9 +487,12 @@ mod tests {
         let mut selected = 0;
         for device in &devices {
             let bucket = stage_bucket(group, "2", device);
-            assert_eq!(ten.selects(device), bucket < 1_000);
-            assert!(!ten.selects(device) || half.selects(device), "{device}");
-            selected += usize::from(ten.selects(device));
+            assert_eq!(ten.stage_selects(device), bucket < 1_000);
+            assert!(
+                !ten.stage_selects(device) || half.stage_selects(device),
+                "{device}"
+            );
+            selected += usize::from(ten.stage_selects(device));
         }
         // About a tenth, and a different tenth for another version.
         assert!((1_800..2_200).contains(&selected), "{selected}");
@@ -432,7 +503,7 @@ mod tests {
             })
             .count();
         assert!(moved > 3_000, "{moved}");
-        assert!(devices.iter().all(|d| release(1, "2").selects(d)));
+        assert!(devices.iter().all(|d| release(1, "2").stage_selects(d)));
     }
 
     #[test]
@@ -442,6 +513,7 @@ mod tests {
                 release: Uuid::from_u128(7),
                 stage: 0,
                 share: 2_500,
+                state: ReleaseState::Active,
             },
             ..release(1, "3")
         };
@@ -543,11 +615,13 @@ mod tests {
             version: Some("2".into()),
             reason: Reason::Group,
             group: Some(Uuid::from_u128(1)),
+            release: None,
         };
         let b = Target {
             version: Some("2".into()),
             reason: Reason::Locked,
             group: None,
+            release: None,
         };
         assert!(!a.is_rollout_change(&b));
         assert!(a.is_rollout_change(&Target::none()));
@@ -572,6 +646,7 @@ mod tests {
             version: version.map(Into::into),
             reason: Reason::Default,
             group: None,
+            release: None,
         };
         assert!(!target(Some("1")).downloads_on(Some("1")));
         assert!(!target(Some("v1.0.0")).downloads_on(Some("1.0.0")));

@@ -166,6 +166,7 @@ mod tests {
             serde_json::value::to_raw_value(&json!({"type": "control", "controlId": 118})).unwrap();
         let previous = Target::none();
         let target = Target {
+            release: None,
             version: Some("2".into()),
             reason: Reason::Group,
             group: Some(Uuid::from_u128(7)),
@@ -177,6 +178,7 @@ mod tests {
             previous: &previous,
             target: &target,
             release: Some(Staging {
+                state: crate::firmware::ReleaseState::Active,
                 release: Uuid::from_u128(9),
                 stage: 1,
                 share: 2_500,

@@ -286,6 +286,9 @@ pub struct DeviceRecord {
     pub target_reason: String,
     pub target_group: Option<Uuid>,
     pub target_sequence: i64,
+    pub target_release: Option<Uuid>,
+    pub target_standing: Option<String>,
+    pub target_reached: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -294,7 +297,8 @@ pub struct DeviceRecord {
 pub async fn get_device(pool: &PgPool, id: &str) -> Result<Option<DeviceRecord>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT id, org_id, attributes, sequence, partition, is_development, firmware_lock, target_version, \
-           target_reason, target_group, target_sequence, created_at, updated_at FROM devices WHERE id = $1",
+           target_reason, target_group, target_sequence, target_release, target_standing, target_reached, \
+           created_at, updated_at FROM devices WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(pool)
@@ -427,7 +431,28 @@ pub struct ReleaseRow {
     pub stages: Vec<i32>,
     /// The current stage (an index into `stages`).
     pub stage: i32,
+    /// `active`, `paused` or `rolled_back`.
+    pub state: String,
+    pub failure: Option<sqlx::types::Json<crate::firmware::progress::FailureSignal>>,
+    pub halt: Option<sqlx::types::Json<crate::firmware::progress::Thresholds>>,
+    pub soak_seconds: Option<i32>,
+    pub stage_started_at: DateTime<Utc>,
+    /// Why it was paused or rolled back.
+    pub halted: Option<serde_json::Value>,
+    /// Its progress counts (the sum of their parts).
+    pub targeted: i64,
+    pub running: i64,
+    pub failed: i64,
+    pub reverted: i64,
 }
+
+/// The columns of [`ReleaseRow`], of `firmware_releases r` with its counts.
+const RELEASE_COLUMNS: &str = "r.id, r.org_id, r.version, r.group_id, r.created_by, r.created_at, \
+     r.withdrawn_at, r.stages, r.stage, r.state, r.failure, r.halt, r.soak_seconds, r.stage_started_at, \
+     r.halted, coalesce(p.targeted, 0)::int8 AS targeted, coalesce(p.running, 0)::int8 AS running, \
+     coalesce(p.failed, 0)::int8 AS failed, coalesce(p.reverted, 0)::int8 AS reverted \
+     FROM firmware_releases r LEFT JOIN LATERAL (SELECT sum(targeted) AS targeted, sum(running) AS running, \
+       sum(failed) AS failed, sum(reverted) AS reverted FROM release_progress WHERE release_id = r.id) p ON true";
 
 /// An org's releases, newest first (live ones only unless `include_withdrawn`).
 pub async fn list_releases(
@@ -435,11 +460,10 @@ pub async fn list_releases(
     org_id: &str,
     include_withdrawn: bool,
 ) -> Result<Vec<ReleaseRow>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT id, org_id, version, group_id, created_by, created_at, withdrawn_at, stages, stage \
-         FROM firmware_releases \
-         WHERE org_id = $1 AND ($2 OR withdrawn_at IS NULL) ORDER BY created_at DESC, id LIMIT 1000",
-    )
+    Ok(sqlx::query_as(&format!(
+        "SELECT {RELEASE_COLUMNS} WHERE r.org_id = $1 AND ($2 OR r.withdrawn_at IS NULL) \
+         ORDER BY r.created_at DESC, r.id LIMIT 1000"
+    ))
     .bind(org_id)
     .bind(include_withdrawn)
     .fetch_all(pool)
@@ -448,12 +472,10 @@ pub async fn list_releases(
 
 /// A release by id.
 pub async fn get_release(pool: &PgPool, id: Uuid) -> Result<Option<ReleaseRow>, StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT id, org_id, version, group_id, created_by, created_at, withdrawn_at, stages, stage \
-         FROM firmware_releases \
-         WHERE id = $1",
+    Ok(
+        sqlx::query_as(&format!("SELECT {RELEASE_COLUMNS} WHERE r.id = $1"))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
     )
-    .bind(id)
-    .fetch_optional(pool)
-    .await?)
 }

@@ -49,6 +49,11 @@ pub struct DeviceRow {
     pub target_reason: &'static str,
     pub target_group: Option<Uuid>,
     pub target_sequence: i64,
+    /// The release that decided the target, when known.
+    pub target_release: Option<Uuid>,
+    /// Where the device stands in it (see [`crate::firmware::progress`]).
+    pub target_standing: Option<&'static str>,
+    pub target_reached: bool,
 }
 
 /// How a device row's `attributes` text is written.
@@ -101,6 +106,25 @@ pub struct LogRow {
     pub group_version: i64,
 }
 
+/// What a batch moved in one release's progress.
+#[derive(Clone, Debug)]
+pub struct ReleaseProgress {
+    pub release: Uuid,
+    /// The change of its counts.
+    pub delta: crate::firmware::progress::Counts,
+    /// Devices that came to stand failed or reverted in it, in the order the batch made them.
+    pub increments: Vec<Increment>,
+}
+
+/// A device that came to stand failed or reverted in a release: what a halt names as its cause.
+#[derive(Clone, Debug)]
+pub struct Increment {
+    pub standing: crate::firmware::progress::Standing,
+    pub device_id: String,
+    /// The cause of the change (the event, control entry or instant), as the membership log has it.
+    pub cause: std::sync::Arc<serde_json::value::RawValue>,
+}
+
 /// Everything one batch writes.
 #[derive(Clone, Debug, Default)]
 pub struct BatchWrite {
@@ -124,6 +148,8 @@ pub struct BatchWrite {
     pub log: Vec<LogRow>,
     /// Rollout events and dead letters, inserted with [`super::outbox::insert`].
     pub outbox: Vec<Message>,
+    /// Releases whose progress counts the batch moved ([`super::firmware::progress`]).
+    pub progress: Vec<ReleaseProgress>,
     /// `backend_flush_after` for this transaction only, in kB (the pipeline sets it for a caught-up
     /// partition's batches; see [`crate::config::WorkerConfig::caught_up_flush_after_kb`]); `None` leaves
     /// the session's setting.
@@ -190,24 +216,29 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         lock_previous_owners(&mut tx, batch).await?;
     }
     let mut conflicts = Vec::new();
-    // Both statements take the same columns ($1–$11 and $13, and $12 the partition), bound by
+    // Both statements take the same columns ($1–$11 and $13–$16, and $12 the partition), bound by
     // `write_devices`; each uses the ones it needs.
     let updates = "UPDATE devices d SET attributes = CASE u.aw WHEN 0 THEN u.attributes::jsonb \
              WHEN 1 THEN d.attributes || u.attributes::jsonb \
              ELSE jsonb_strip_nulls(d.attributes || u.attributes::jsonb) END, \
            sequence = u.sequence, version = d.version + 1, \
            partition = $12, is_development = u.dev, firmware_lock = u.lock, target_version = u.tv, \
-           target_reason = u.tr, target_group = u.tg, target_sequence = u.ts, updated_at = now() \
+           target_reason = u.tr, target_group = u.tg, target_sequence = u.ts, target_release = u.trl, \
+           target_standing = u.tst, target_reached = u.trc, updated_at = now() \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[], $7::text[], \
-                     $8::text[], $9::text[], $10::uuid[], $11::int8[], $13::int2[]) \
-           AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts, aw) \
+                     $8::text[], $9::text[], $10::uuid[], $11::int8[], $13::int2[], $14::uuid[], \
+                     $15::text[], $16::bool[]) \
+           AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts, aw, trl, tst, trc) \
          WHERE d.id = u.id AND d.version = u.expected RETURNING d.id";
     let inserts = "INSERT INTO devices (id, org_id, attributes, sequence, partition, version, is_development, \
-           firmware_lock, target_version, target_reason, target_group, target_sequence) \
-         SELECT u.id, u.org, u.attributes::jsonb, u.sequence, $12, 1, u.dev, u.lock, u.tv, u.tr, u.tg, u.ts \
+           firmware_lock, target_version, target_reason, target_group, target_sequence, target_release, \
+           target_standing, target_reached) \
+         SELECT u.id, u.org, u.attributes::jsonb, u.sequence, $12, 1, u.dev, u.lock, u.tv, u.tr, u.tg, u.ts, \
+           u.trl, u.tst, u.trc \
          FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], $6::bool[], $7::text[], \
-                     $8::text[], $9::text[], $10::uuid[], $11::int8[], $13::int2[]) \
-           AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts, aw) \
+                     $8::text[], $9::text[], $10::uuid[], $11::int8[], $13::int2[], $14::uuid[], \
+                     $15::text[], $16::bool[]) \
+           AS u(id, org, attributes, sequence, expected, dev, lock, tv, tr, tg, ts, aw, trl, tst, trc) \
          ON CONFLICT (id) DO NOTHING RETURNING id";
     for (sql, rows) in [
         (updates, &batch.device_updates),
@@ -295,6 +326,9 @@ pub async fn commit(pool: &PgPool, batch: &BatchWrite) -> Result<(), StoreError>
         .await?;
     }
     super::outbox::insert(&mut tx, &batch.outbox).await?;
+    if !batch.progress.is_empty() {
+        super::firmware::progress::write(&mut tx, batch.partition, &batch.progress).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -406,6 +440,9 @@ async fn write_devices(
                 .map(|r| r.attributes_write.code())
                 .collect::<Vec<_>>(),
         )
+        .bind(rows.iter().map(|r| r.target_release).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.target_standing).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.target_reached).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?)
 }

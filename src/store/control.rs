@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::StoreError;
@@ -31,13 +31,23 @@ pub struct GroupDefinition {
 }
 
 /// A release's stage in a [`ControlEntry::ReleaseChanged`] entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StagingEntry {
     pub release_id: Uuid,
     pub stage: u16,
     /// Basis points of the target's devices selected.
     pub share: u16,
+    /// Whether it selects devices (absent: active).
+    #[serde(default, skip_serializing_if = "is_active")]
+    pub state: crate::firmware::ReleaseState,
+    /// What its devices report when an update failed (absent: nothing counts as failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::firmware::progress::FailureSignal>,
+}
+
+fn is_active(state: &crate::firmware::ReleaseState) -> bool {
+    *state == crate::firmware::ReleaseState::Active
 }
 
 impl StagingEntry {
@@ -48,6 +58,7 @@ impl StagingEntry {
                 release: s.release_id,
                 stage: s.stage,
                 share: s.share,
+                state: s.state,
             }
         })
     }
@@ -186,13 +197,13 @@ pub struct Positioned {
 
 /// Appends an entry inside `tx` and announces it; returns its id.
 pub async fn append(
-    tx: &mut Transaction<'_, Postgres>,
+    tx: &mut sqlx::PgConnection,
     org_id: &str,
     entry: &ControlEntry,
 ) -> Result<i64, StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(APPEND_LOCK)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     let payload = serde_json::to_value(entry)
         .map_err(|e| StoreError::Permanent(sqlx::Error::Decode(Box::new(e))))?;
@@ -202,11 +213,11 @@ pub async fn append(
     .bind(org_id)
     .bind(entry.kind())
     .bind(payload)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *tx)
     .await?;
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(CHANNEL)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?;
     Ok(id)
 }

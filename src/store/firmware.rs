@@ -5,20 +5,22 @@
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::control::{self, ControlEntry, StagingEntry};
+use super::control::{self, StagingEntry};
 use super::retarget_cap::{self, CapExceeded, Confirmation, GateError};
 use super::StoreError;
-use crate::firmware::{Version, VersionError, VersionKind, WHOLE_SHARE};
+use crate::firmware::progress::{FailureSignal, Thresholds};
+use crate::firmware::{ReleaseState, Version, VersionError, VersionKind, WHOLE_SHARE};
 
 mod impact;
 mod live;
+pub mod progress;
 
 pub use impact::{
     batch_impact, definition_impact, Counting, DeviceImpact, Facts, HeldDevices, Impact,
     NewDefinition, ReleaseSide, Releases, ReleasesWire,
 };
 pub use live::{check_stages, live_releases, org_live_releases, LiveRelease, MAX_STAGES};
-use live::{live_stages, stage_share, LiveStages};
+use live::{live_stages, release_entry, stage_share, LiveStages};
 
 /// Why a release or withdrawal was refused.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,12 @@ pub enum ReleaseError {
     /// A stage advance the release cannot make (it is at its last stage, or the stage named is not ahead).
     #[error("{0}")]
     Stage(String),
+    /// A release's health settings that cannot work (thresholds naming nothing, a rate above 1).
+    #[error("{0}")]
+    Health(String),
+    /// A pause or resume the release's state does not allow (pausing a paused release).
+    #[error("{0}")]
+    State(String),
     /// The change retargets more devices than the org's cap, and no token confirmed it.
     #[error("the change retargets more devices than the org's retarget cap: {}", .0.why)]
     CapExceeded(Box<CapExceeded>),
@@ -115,16 +123,81 @@ pub(crate) async fn lock_org(conn: &mut PgConnection, org_id: &str) -> Result<()
     Ok(())
 }
 
+/// How a release watches its devices: what they report when an update failed, the thresholds that halt
+/// it, and how long each stage runs before the next starts by itself.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Health {
+    pub failure: Option<FailureSignal>,
+    pub halt: Option<Thresholds>,
+    /// Seconds each stage runs, its health holding, before the release advances by itself (`None`: only
+    /// by hand).
+    pub soak_seconds: Option<u32>,
+}
+
+/// Longest soak time: a year.
+pub const MAX_SOAK_SECONDS: u32 = 31_536_000;
+
+impl Health {
+    /// Refuses settings that cannot work.
+    fn check(&self) -> Result<(), ReleaseError> {
+        if let Some(halt) = &self.halt {
+            halt.check().map_err(ReleaseError::Health)?;
+            let counts_failures = halt.failures.is_some() || halt.failure_rate.is_some();
+            if counts_failures && self.failure.is_none() {
+                return Err(ReleaseError::Health(
+                    "halt counts failures, but the release names no failure signal (failure)"
+                        .into(),
+                ));
+            }
+        }
+        if self
+            .soak_seconds
+            .is_some_and(|s| s == 0 || s > MAX_SOAK_SECONDS)
+        {
+            return Err(ReleaseError::Health(format!(
+                "soakSeconds must be 1 to {MAX_SOAK_SECONDS}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// In canonical words, as a confirmation token names the release (nothing for the default).
+    fn describe(&self) -> String {
+        if *self == Health::default() {
+            return String::new();
+        }
+        format!(
+            " failure {} halt {} soak {:?}",
+            self.failure
+                .as_ref()
+                .map_or("none".to_string(), |f| format!(
+                    "{} = {}",
+                    f.attribute, f.value
+                )),
+            self.halt.as_ref().map_or("none".to_string(), |h| {
+                serde_json::to_string(h).unwrap_or_default()
+            }),
+            self.soak_seconds
+        )
+    }
+}
+
 /// A proposed change of an org's releases: what [`apply`] decides, and writes or only answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Proposal {
     /// Release `version` to the target, replacing its current release, in `stages` (basis points of the
-    /// target's devices; `[10000]`: all at once). The release starts at its first stage.
+    /// target's devices; `[10000]`: all at once), watched as `health` says. The release starts at its
+    /// first stage.
     Release {
         target: ReleaseTarget,
         version: String,
         stages: Vec<u16>,
+        health: Health,
     },
+    /// Pause this live release: it selects no further device; those it targets keep it.
+    Pause { release: Uuid },
+    /// Resume this paused (or rolled-back) release at its current stage.
+    Resume { release: Uuid },
     /// Withdraw this live release; its target then has no release.
     Withdraw { release: Uuid },
     /// Move this live release to stage `stage` (`None`: the next one), selecting more devices.
@@ -166,6 +239,15 @@ enum Change {
         version: String,
         parsed: Version,
         stages: Vec<u16>,
+        health: Health,
+    },
+    Pause {
+        live: LiveStages,
+        parsed: Version,
+    },
+    Resume {
+        live: LiveStages,
+        parsed: Version,
     },
     Withdraw {
         live: LiveStages,
@@ -187,8 +269,16 @@ impl Admitted {
         };
         match &self.change {
             Change::Release {
-                version, stages, ..
-            } => format!("release {target} {version} stages {stages:?}"),
+                version,
+                stages,
+                health,
+                ..
+            } => format!(
+                "release {target} {version} stages {stages:?}{}",
+                health.describe()
+            ),
+            Change::Pause { live, .. } => format!("pause {}", live.id),
+            Change::Resume { live, .. } => format!("resume {}", live.id),
             Change::Withdraw { live } => format!("withdraw {}", live.id),
             Change::Advance { live, to, .. } => format!("advance {} to stage {to}", live.id),
         }
@@ -198,7 +288,9 @@ impl Admitted {
     fn existing(&self) -> Option<Release> {
         let (live, stage) = match &self.change {
             Change::Release { .. } => return None,
-            Change::Withdraw { live } => (live, live.stage),
+            Change::Withdraw { live }
+            | Change::Pause { live, .. }
+            | Change::Resume { live, .. } => (live, live.stage),
             Change::Advance { live, to, .. } => (live, *to),
         };
         Some(Release {
@@ -224,10 +316,12 @@ async fn admit(
             target,
             version,
             stages,
+            health,
         } => {
             let version = version.trim();
             let parsed = Version::parse(version)?;
             check_stages(stages)?;
+            health.check()?;
             lock_org(conn, org_id).await?;
             if let Some(kind) = org_kind(conn, org_id).await? {
                 Version::parse_as(version, kind)?;
@@ -265,7 +359,35 @@ async fn admit(
                     version: version.to_string(),
                     parsed,
                     stages: stages.clone(),
+                    health: health.clone(),
                 },
+            })
+        }
+        Proposal::Pause { release } | Proposal::Resume { release } => {
+            lock_org(conn, org_id).await?;
+            let (live, target) = live_stages(conn, org_id, *release).await?;
+            let pausing = matches!(proposal, Proposal::Pause { .. });
+            match (pausing, live.state) {
+                (true, ReleaseState::Active)
+                | (false, ReleaseState::Paused | ReleaseState::RolledBack) => {}
+                (true, state) => {
+                    return Err(ReleaseError::State(format!(
+                        "the release is already {}",
+                        state.as_str().replace('_', " ")
+                    )))
+                }
+                (false, _) => return Err(ReleaseError::State("the release is not paused".into())),
+            }
+            let parsed = Version::parse(&live.version)?;
+            let change = if pausing {
+                Change::Pause { live, parsed }
+            } else {
+                Change::Resume { live, parsed }
+            };
+            Ok(Admitted {
+                org_id: org_id.to_string(),
+                target,
+                change,
             })
         }
         Proposal::Withdraw { release } => {
@@ -280,6 +402,12 @@ async fn admit(
         Proposal::Advance { release, stage } => {
             lock_org(conn, org_id).await?;
             let (live, target) = live_stages(conn, org_id, *release).await?;
+            if live.state != ReleaseState::Active {
+                return Err(ReleaseError::State(format!(
+                    "the release is {}: resume it before advancing it",
+                    live.state.as_str().replace('_', " ")
+                )));
+            }
             let last = live.stages.len().saturating_sub(1) as u16;
             let to = stage.unwrap_or(live.stage.saturating_add(1));
             if live.stage >= last {
@@ -312,11 +440,13 @@ async fn write(
     actor: &str,
 ) -> Result<Release, ReleaseError> {
     let (org_id, target) = (admitted.org_id.as_str(), admitted.target);
-    let (id, version, released, stages, stage) = match &admitted.change {
+    // The release as it is once written, and whether it is still live.
+    let (id, version, live, stages, stage, state, failure) = match &admitted.change {
         Change::Release {
             version,
             parsed,
             stages,
+            health,
         } => {
             sqlx::query(
                 "UPDATE firmware_releases SET withdrawn_at = now() WHERE org_id = $1 AND withdrawn_at IS NULL \
@@ -329,8 +459,8 @@ async fn write(
             let id = Uuid::new_v4();
             let stored: Vec<i32> = stages.iter().map(|s| i32::from(*s)).collect();
             sqlx::query(
-                "INSERT INTO firmware_releases (id, org_id, version, version_kind, group_id, created_by, stages) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO firmware_releases (id, org_id, version, version_kind, group_id, created_by, stages, \
+                   failure, halt, soak_seconds) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(id)
             .bind(org_id)
@@ -339,48 +469,98 @@ async fn write(
             .bind(target.group())
             .bind(actor)
             .bind(&stored)
+            .bind(health.failure.as_ref().map(sqlx::types::Json))
+            .bind(health.halt.as_ref().map(sqlx::types::Json))
+            .bind(health.soak_seconds.map(|s| s as i32))
             .execute(&mut **tx)
             .await?;
-            (id, version.clone(), true, stages.clone(), 0)
+            let failure = health.failure.clone();
+            let state = ReleaseState::Active;
+            (id, version.clone(), true, stages.clone(), 0, state, failure)
         }
         Change::Withdraw { live } => {
             sqlx::query("UPDATE firmware_releases SET withdrawn_at = now() WHERE id = $1")
                 .bind(live.id)
                 .execute(&mut **tx)
                 .await?;
+            let stages = live.stages.clone();
+            let failure = live.failure.clone();
             (
                 live.id,
                 live.version.clone(),
                 false,
-                live.stages.clone(),
+                stages,
                 live.stage,
+                live.state,
+                failure,
             )
         }
         Change::Advance { live, to, .. } => {
-            sqlx::query("UPDATE firmware_releases SET stage = $2 WHERE id = $1")
-                .bind(live.id)
-                .bind(i32::from(*to))
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(
+                "UPDATE firmware_releases SET stage = $2, stage_started_at = now() WHERE id = $1",
+            )
+            .bind(live.id)
+            .bind(i32::from(*to))
+            .execute(&mut **tx)
+            .await?;
+            let stages = live.stages.clone();
+            let failure = live.failure.clone();
             (
                 live.id,
                 live.version.clone(),
                 true,
-                live.stages.clone(),
+                stages,
                 *to,
+                live.state,
+                failure,
+            )
+        }
+        Change::Pause { live, .. } | Change::Resume { live, .. } => {
+            let pausing = matches!(admitted.change, Change::Pause { .. });
+            let state = if pausing {
+                ReleaseState::Paused
+            } else {
+                ReleaseState::Active
+            };
+            // A pause records who paused it; a resume clears the halt and restarts the stage's soak.
+            sqlx::query(
+                "UPDATE firmware_releases SET state = $2, \
+                   halted = CASE WHEN $3 THEN jsonb_build_object('by', 'operator', 'actor', $4::text, 'at', now()) END, \
+                   stage_started_at = CASE WHEN $3 THEN stage_started_at ELSE now() END \
+                 WHERE id = $1",
+            )
+            .bind(live.id)
+            .bind(state.as_str())
+            .bind(pausing)
+            .bind(actor)
+            .execute(&mut **tx)
+            .await?;
+            let stages = live.stages.clone();
+            let failure = live.failure.clone();
+            (
+                live.id,
+                live.version.clone(),
+                true,
+                stages,
+                live.stage,
+                state,
+                failure,
             )
         }
     };
-    let entry = ControlEntry::ReleaseChanged {
-        org_id: org_id.to_string(),
-        group_id: target.group(),
-        version: released.then(|| version.clone()),
-        staging: released.then(|| StagingEntry {
-            release_id: id,
-            stage,
-            share: stage_share(&stages, stage),
-        }),
+    let staging = StagingEntry {
+        release_id: id,
+        stage,
+        share: stage_share(&stages, stage),
+        state,
+        failure,
     };
+    let entry = release_entry(
+        org_id,
+        target.group(),
+        live.then(|| version.clone()),
+        staging,
+    );
     control::append(tx, org_id, &entry).await?;
     Ok(Release {
         id,
@@ -523,6 +703,7 @@ pub async fn release(
         target,
         version: version.to_string(),
         stages: vec![WHOLE_SHARE],
+        health: Health::default(),
     };
     write_only(pool, org_id, &proposal, actor).await
 }

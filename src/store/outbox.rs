@@ -272,6 +272,7 @@ mod tests {
             sequence: 4,
             previous: &Target::none(),
             target: &Target {
+                release: None,
                 version: Some("2.4.1".into()),
                 reason: Reason::Default,
                 group: None,

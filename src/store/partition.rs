@@ -63,6 +63,12 @@ pub struct StoredDevice {
     pub target_reason: String,
     pub target_group: Option<Uuid>,
     pub target_sequence: i64,
+    /// The release that decided the target, if known.
+    pub target_release: Option<Uuid>,
+    /// Where the device stands in that release (`previous`, `running`, `failed`, `reverted`).
+    pub target_standing: Option<String>,
+    /// Whether it has reported running the target since that release came to target it.
+    pub target_reached: bool,
 }
 
 /// A membership row as stored.
@@ -87,6 +93,9 @@ type DeviceTuple = (
     String,
     Option<Uuid>,
     i64,
+    Option<Uuid>,
+    Option<String>,
+    bool,
 );
 
 fn device(row: DeviceTuple) -> StoredDevice {
@@ -103,12 +112,18 @@ fn device(row: DeviceTuple) -> StoredDevice {
         target_reason,
         target_group,
         target_sequence,
+        target_release,
+        target_standing,
+        target_reached,
     ) = row;
     StoredDevice {
         target_version,
         target_reason,
         target_group,
         target_sequence,
+        target_release,
+        target_standing,
+        target_reached,
         id,
         org_id,
         attributes,
@@ -122,7 +137,8 @@ fn device(row: DeviceTuple) -> StoredDevice {
 
 const DEVICE_COLUMNS: &str =
     "d.id, d.org_id, d.attributes, d.sequence, d.partition, d.version, d.is_development, \
-     d.firmware_lock, d.target_version, d.target_reason, d.target_group, d.target_sequence";
+     d.firmware_lock, d.target_version, d.target_reason, d.target_group, d.target_sequence, \
+     d.target_release, d.target_standing, d.target_reached";
 
 /// Calls `each` with every device owned by `partition`, as the rows arrive: a partition is loaded without
 /// ever holding all its stored rows at once (a `Vec` of them cost about 3 KB per device at the peak).

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::registry::Registry;
+use crate::firmware::progress::{self, Standing};
 use crate::firmware::{Reason, Target};
 use crate::rules::{Attributes, EpochMillis};
 use crate::store::partition::{StoredDevice, StoredMembership};
@@ -84,6 +85,11 @@ pub(crate) struct Device {
     wake_at: EpochMillis,
     /// The resolved firmware target as stored.
     pub(crate) target: Target,
+    /// Where it stands in the release its target names (`None` when none does): see
+    /// [`crate::firmware::progress`].
+    pub(crate) standing: Option<Standing>,
+    /// Whether it has reported running its target since that release came to target it.
+    pub(crate) reached: bool,
     /// Rollout-target events emitted for this device so far (numbers them; makes their ids deterministic).
     pub(crate) target_sequence: i64,
 }
@@ -101,8 +107,36 @@ impl Device {
             firmware_lock: None,
             wake_at: NEVER,
             target: Target::none(),
+            standing: None,
+            reached: false,
             target_sequence: 0,
         }
+    }
+
+    /// The release its target names and where it stands in it.
+    pub(crate) fn progress(&self) -> Option<(uuid::Uuid, Standing)> {
+        self.target.release.zip(self.standing)
+    }
+
+    /// Works out where it stands in the release its target names, from what it reports now: the version
+    /// it runs (field `running`, its `firmwareVersion`) and the release's failure signal, if any.
+    pub(crate) fn stand(&mut self, registry: &Registry, running: Option<crate::rules::FieldId>) {
+        let (Some(release), Some(version)) = (self.target.release, self.target.version.as_deref())
+        else {
+            self.standing = None;
+            self.reached = false;
+            return;
+        };
+        let runs = running.and_then(|f| match self.attrs.get(f) {
+            Some(crate::rules::AttrValue::Str(s)) => Some(s.as_str()),
+            _ => None,
+        });
+        let failed = registry
+            .failure_signal(release)
+            .is_some_and(|(field, value)| self.attrs.get(*field) == Some(value));
+        let (standing, reached) = progress::standing(version, runs, failed, self.reached);
+        self.standing = Some(standing);
+        self.reached = reached;
     }
 
     pub(crate) fn member(&self, slot: u32) -> Option<&Member> {
@@ -166,7 +200,10 @@ impl Device {
                 version: row.target_version.as_deref().map(|v| registry.intern(v)),
                 reason: Reason::parse(&row.target_reason).unwrap_or(Reason::None),
                 group: row.target_group,
+                release: row.target_release,
             },
+            standing: row.target_standing.as_deref().and_then(Standing::parse),
+            reached: row.target_reached,
             target_sequence: row.target_sequence,
         })
     }
@@ -202,6 +239,8 @@ pub(crate) struct Scalars {
     firmware_lock: Option<Box<str>>,
     wake_at: EpochMillis,
     target: Target,
+    standing: Option<Standing>,
+    reached: bool,
     target_sequence: i64,
 }
 
@@ -213,6 +252,13 @@ impl Scalars {
             && self.target_sequence == device.target_sequence
             && self.firmware_lock == device.firmware_lock
             && self.target == device.target
+            && self.standing == device.standing
+            && self.reached == device.reached
+    }
+
+    /// The release its target named and where it stood in it.
+    pub(crate) fn progress(&self) -> Option<(uuid::Uuid, Standing)> {
+        self.target.release.zip(self.standing)
     }
 }
 
@@ -227,6 +273,8 @@ impl Device {
             firmware_lock: self.firmware_lock.clone(),
             wake_at: self.wake_at,
             target: self.target.clone(),
+            standing: self.standing,
+            reached: self.reached,
             target_sequence: self.target_sequence,
         }
     }
@@ -241,6 +289,8 @@ impl Device {
             firmware_lock,
             wake_at,
             target,
+            standing,
+            reached,
             target_sequence,
         } = scalars;
         self.sequence = sequence;
@@ -250,6 +300,8 @@ impl Device {
         self.firmware_lock = firmware_lock;
         self.wake_at = wake_at;
         self.target = target;
+        self.standing = standing;
+        self.reached = reached;
         self.target_sequence = target_sequence;
     }
 }

@@ -40,6 +40,7 @@ impl Pipeline {
                 release.group_id,
                 Some(&release.version),
                 release.staging(),
+                release.failure.as_ref().map(|f| &f.0),
             );
         }
         self.registry.position = head;
@@ -92,9 +93,15 @@ impl Pipeline {
                         version,
                         staging,
                     } => {
+                        let failure = staging.as_ref().and_then(|s| s.failure.as_ref());
                         let staging = StagingEntry::of(staging.as_ref());
-                        self.registry
-                            .set_release(org_id, *group_id, version.as_deref(), staging);
+                        self.registry.set_release(
+                            org_id,
+                            *group_id,
+                            version.as_deref(),
+                            staging,
+                            failure,
+                        );
                     }
                     // Per-device entries: only the partitions holding the devices act on them.
                     ControlEntry::Pinned { .. }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::firmware::progress::FailureSignal;
 use crate::firmware::{resolve, DeviceFacts, GroupRelease, Reason, Staging, Target, Version};
 use crate::rules::{
     compile, AttrValue, Attributes, Catalogue, CompiledFilter, EpochMillis, FieldId, FieldIndex,
@@ -70,6 +71,8 @@ pub struct Registry {
     /// `labels.len()` after its last pruning.
     labels_pruned_at: usize,
     site_field: FieldId,
+    /// Each live release's failure signal, by release id, as the field and value a failed device reports.
+    failures: HashMap<Uuid, (FieldId, AttrValue)>,
 }
 
 impl Org {
@@ -96,6 +99,7 @@ impl Registry {
             labels: HashSet::new(),
             labels_pruned_at: 0,
             site_field,
+            failures: HashMap::new(),
         }
     }
 
@@ -302,14 +306,16 @@ impl Registry {
         }
     }
 
-    /// Records a release change: the group's (or, with no group, the org's default) current version and
-    /// stage. Returns the group's slot when it is a group release.
+    /// Records a release change: the group's (or, with no group, the org's default) current version,
+    /// stage and state, and the failure signal its devices report. Returns the group's slot when it is a
+    /// group release.
     pub fn set_release(
         &mut self,
         org: &str,
         group: Option<Uuid>,
         version: Option<&str>,
         staging: Staging,
+        failure: Option<&FailureSignal>,
     ) -> Option<u32> {
         let label = version.map(|v| self.intern(v));
         let release = |group: Uuid| {
@@ -321,20 +327,44 @@ impl Registry {
                 staging,
             })
         };
-        match group {
-            Some(id) => {
-                let slot = self.slot(&id)?;
-                self.groups[slot as usize].release = release(id);
-                Some(slot)
-            }
+        let slot = match group {
+            Some(id) => Some(self.slot(&id)?),
+            None => None,
+        };
+        let replaced = match slot {
+            Some(slot) => std::mem::replace(
+                &mut self.groups[slot as usize].release,
+                release(group.unwrap_or_default()),
+            ),
             None => {
                 self.add_org(org);
-                if let Some(o) = self.orgs.get_mut(org) {
-                    o.default_release = release(Uuid::nil());
-                }
-                None
+                let o = self.orgs.get_mut(org)?;
+                std::mem::replace(&mut o.default_release, release(Uuid::nil()))
+            }
+        };
+        if let Some(id) = replaced.and_then(|r| r.id()) {
+            self.failures.remove(&id);
+        }
+        let signal = failure.and_then(|f| {
+            match crate::rules::attrs::parse_attribute(&self.catalogue, &f.attribute, &f.value) {
+                Ok((field, Some(value))) => Some((field, value)),
+                _ => None,
+            }
+        });
+        if let (Some(id), Some(signal)) = (
+            (!staging.release.is_nil()).then_some(staging.release),
+            signal,
+        ) {
+            if version.is_some() {
+                self.failures.insert(id, signal);
             }
         }
+        slot
+    }
+
+    /// The failure signal of live release `release`: the field and the value its failed devices report.
+    pub fn failure_signal(&self, release: Uuid) -> Option<&(FieldId, AttrValue)> {
+        self.failures.get(&release)
     }
 
     /// Resolves device `id`'s firmware target from its facts and memberships.
@@ -343,12 +373,14 @@ impl Registry {
         org: &str,
         id: &str,
         (development, lock): (bool, Option<&str>),
+        current: Option<Uuid>,
         member_of: impl Iterator<Item = u32>,
     ) -> Target {
         let facts = DeviceFacts {
             id,
             development,
             lock,
+            current,
         };
         let releases = member_of.filter_map(|slot| {
             self.groups

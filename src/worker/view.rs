@@ -163,6 +163,7 @@ impl FleetView {
                     development: device.development,
                     lock: device.firmware_lock.as_deref(),
                     running,
+                    current: device.target.release,
                 };
                 each(&mut state, facts, &member_of);
             }

@@ -519,17 +519,27 @@ async fn check_targets(
     for (group, device) in memberships {
         groups_of.entry(device.as_str()).or_default().push(*group);
     }
-    type Row = (String, String, bool, Option<String>, Option<String>, String);
+    type Row = (
+        String,
+        String,
+        bool,
+        Option<String>,
+        Option<String>,
+        String,
+        Option<Uuid>,
+    );
     let devices: Vec<Row> = sqlx::query_as(
-        "SELECT id, org_id, is_development, firmware_lock, target_version, target_reason FROM devices",
+        "SELECT id, org_id, is_development, firmware_lock, target_version, target_reason, target_release \
+         FROM devices",
     )
     .fetch_all(pool)
     .await?;
-    for (id, org, development, lock, version, reason) in devices {
+    for (id, org, development, lock, version, reason, release) in devices {
         let facts = DeviceFacts {
             id: &id,
             development,
             lock: lock.as_deref(),
+            current: release,
         };
         let groups = groups_of.get(id.as_str()).map(Vec::as_slice).unwrap_or(&[]);
         let target = resolve(
@@ -538,11 +548,13 @@ async fn check_targets(
             defaults.get(&org),
         );
         anyhow::ensure!(
-            (target.version.as_deref(), target.reason.as_str())
-                == (version.as_deref(), reason.as_str()),
-            "device {id} targets {version:?} ({reason}), resolution gives {:?} ({})",
+            (target.version.as_deref(), target.reason.as_str(), target.release)
+                == (version.as_deref(), reason.as_str(), release),
+            "device {id} targets {version:?} ({reason}, release {release:?}), resolution gives {:?} \
+             ({}, release {:?})",
             target.version,
-            target.reason.as_str()
+            target.reason.as_str(),
+            target.release
         );
     }
     Ok(())

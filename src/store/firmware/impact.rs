@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{stage_share, Admitted, Change, ReleaseError, ReleaseTarget};
-use crate::firmware::{resolve, DeviceFacts, GroupRelease, Staging, Target, Version};
+use crate::firmware::{resolve, DeviceFacts, GroupRelease, ReleaseState, Staging, Target, Version};
 
 mod moves;
 
@@ -157,12 +157,17 @@ pub struct ReleaseSide {
     pub default: Option<WireRelease>,
 }
 
-/// A release in [`ReleaseSide`]: its version, and its stage's share of the target (basis points).
+/// A release in [`ReleaseSide`]: its version, its stage's share of the target (basis points), its id
+/// (nil for one not yet written) and its state.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WireRelease {
     pub version: String,
     pub share: u16,
+    #[serde(default)]
+    pub release: Uuid,
+    #[serde(default)]
+    pub state: ReleaseState,
 }
 
 /// A release as resolution reads it; `None` for a version that does not parse (as from the database).
@@ -180,12 +185,16 @@ impl WireRelease {
         Self {
             version: release.label.to_string(),
             share: release.staging.share,
+            release: release.staging.release,
+            state: release.staging.state,
         }
     }
 
     fn release(&self, group: Uuid) -> Option<GroupRelease> {
         let staging = Staging {
+            release: self.release,
             share: self.share,
+            state: self.state,
             ..Staging::WHOLE
         };
         as_release(group, &self.version, staging)
@@ -253,6 +262,7 @@ impl Releases {
             id: device.id,
             development: device.development,
             lock: device.lock,
+            current: device.current,
         };
         let from = resolve(
             &facts,
@@ -277,6 +287,8 @@ pub struct Facts<'a> {
     pub lock: Option<&'a str>,
     /// Its reported `firmwareVersion`.
     pub running: Option<&'a str>,
+    /// The release that targets it now (a paused release keeps only the devices it targets).
+    pub current: Option<Uuid>,
 }
 
 /// What [`HeldDevices::count`] returns: the partitions still to be read from PostgreSQL, or `None`.
@@ -318,8 +330,16 @@ async fn current_releases(
     Ok((groups, default))
 }
 
-/// A device as the impact reads it: id, development flag, lock, reported `firmwareVersion`, groups.
-type DeviceRow = (String, bool, Option<String>, Option<String>, Vec<Uuid>);
+/// A device as the impact reads it: id, development flag, lock, reported `firmwareVersion`, groups, and
+/// the release that targets it.
+type DeviceRow = (
+    String,
+    bool,
+    Option<String>,
+    Option<String>,
+    Vec<Uuid>,
+    Option<Uuid>,
+);
 
 /// Whose resolved firmware an admitted change would change, and which of those devices would download
 /// firmware — with the same resolution code the workers use, from the devices and memberships stored in
@@ -340,6 +360,7 @@ pub(super) async fn compute(
             version,
             parsed,
             stages,
+            ..
         } => Some(GroupRelease {
             group,
             version: parsed.clone(),
@@ -348,6 +369,7 @@ pub(super) async fn compute(
                 release: Uuid::nil(),
                 stage: 0,
                 share: stage_share(stages, 0),
+                state: ReleaseState::Active,
             },
         }),
         Change::Withdraw { .. } => None,
@@ -359,6 +381,21 @@ pub(super) async fn compute(
                 release: live.id,
                 stage: *to,
                 share: stage_share(&live.stages, *to),
+                state: live.state,
+            },
+        }),
+        Change::Pause { live, parsed } | Change::Resume { live, parsed } => Some(GroupRelease {
+            group,
+            version: parsed.clone(),
+            label: live.version.as_str().into(),
+            staging: Staging {
+                release: live.id,
+                stage: live.stage,
+                share: stage_share(&live.stages, live.stage),
+                state: match admitted.change {
+                    Change::Pause { .. } => ReleaseState::Paused,
+                    _ => ReleaseState::Active,
+                },
             },
         }),
     };
@@ -395,7 +432,8 @@ pub(super) async fn compute(
             ReleaseTarget::Group(g) => {
                 sqlx::query_as(
                     "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
-                       ARRAY(SELECT m2.group_id FROM device_group_memberships m2 WHERE m2.device_id = d.id) \
+                       ARRAY(SELECT m2.group_id FROM device_group_memberships m2 WHERE m2.device_id = d.id), \
+                       d.target_release \
                      FROM devices d JOIN device_group_memberships m ON m.device_id = d.id AND m.group_id = $2 \
                      WHERE d.org_id = $1 AND ($3::int4[] IS NULL OR d.partition = ANY($3)) ORDER BY d.id",
                 )
@@ -408,7 +446,8 @@ pub(super) async fn compute(
             ReleaseTarget::Default => {
                 sqlx::query_as(
                     "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
-                       ARRAY(SELECT m2.group_id FROM device_group_memberships m2 WHERE m2.device_id = d.id) \
+                       ARRAY(SELECT m2.group_id FROM device_group_memberships m2 WHERE m2.device_id = d.id), \
+                       d.target_release \
                      FROM devices d WHERE d.org_id = $1 AND ($2::int4[] IS NULL OR d.partition = ANY($2)) \
                      ORDER BY d.id",
                 )
@@ -418,12 +457,13 @@ pub(super) async fn compute(
                 .await?
             }
         };
-    for (id, development, lock, running, member_of) in &devices {
+    for (id, development, lock, running, member_of, current) in &devices {
         let facts = Facts {
             id,
             development: *development,
             lock: lock.as_deref(),
             running: running.as_deref(),
+            current: *current,
         };
         releases.count(&mut impact, facts, member_of, sample);
     }
@@ -437,6 +477,7 @@ mod tests {
 
     fn target(version: Option<&str>, reason: Reason) -> Target {
         Target {
+            release: None,
             version: version.map(Into::into),
             reason,
             group: None,
@@ -473,6 +514,7 @@ mod tests {
                     development: false,
                     lock: None,
                     running: Some("1.0.0"),
+                    current: None,
                 };
                 releases.count(&mut impact, facts, &groups, 10);
             }

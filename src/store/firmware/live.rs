@@ -5,7 +5,9 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{ReleaseError, ReleaseTarget};
-use crate::firmware::{GroupRelease, Staging, Version, WHOLE_SHARE};
+use crate::firmware::progress::FailureSignal;
+use crate::firmware::{GroupRelease, ReleaseState, Staging, Version, WHOLE_SHARE};
+use crate::store::control::{ControlEntry, StagingEntry};
 use crate::store::StoreError;
 
 /// The most stages a release has.
@@ -35,12 +37,30 @@ pub(super) fn stage_share(stages: &[u16], stage: u16) -> u16 {
         .unwrap_or(WHOLE_SHARE)
 }
 
+/// The control-log entry that tells the workers a target's release changed: `version` released (`None`:
+/// withdrawn, and `staging` is then left out) at `staging`'s stage and state.
+pub(super) fn release_entry(
+    org_id: &str,
+    group_id: Option<Uuid>,
+    version: Option<String>,
+    staging: StagingEntry,
+) -> ControlEntry {
+    ControlEntry::ReleaseChanged {
+        org_id: org_id.to_string(),
+        group_id,
+        staging: version.is_some().then_some(staging),
+        version,
+    }
+}
+
 /// A live release's id, version and stages, as a withdrawal or an advance reads it.
 pub(super) struct LiveStages {
     pub(super) id: Uuid,
     pub(super) version: String,
     pub(super) stages: Vec<u16>,
     pub(super) stage: u16,
+    pub(super) state: ReleaseState,
+    pub(super) failure: Option<FailureSignal>,
 }
 
 /// Reads a live release of the org for a change, locking its row.
@@ -49,15 +69,23 @@ pub(super) async fn live_stages(
     org_id: &str,
     release: Uuid,
 ) -> Result<(LiveStages, ReleaseTarget), ReleaseError> {
-    let row: Option<(String, Option<Uuid>, Vec<i32>, i32)> = sqlx::query_as(
-        "SELECT version, group_id, stages, stage FROM firmware_releases \
+    type Row = (
+        String,
+        Option<Uuid>,
+        Vec<i32>,
+        i32,
+        String,
+        Option<sqlx::types::Json<FailureSignal>>,
+    );
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT version, group_id, stages, stage, state, failure FROM firmware_releases \
          WHERE id = $1 AND org_id = $2 AND withdrawn_at IS NULL FOR UPDATE",
     )
     .bind(release)
     .bind(org_id)
     .fetch_optional(&mut *conn)
     .await?;
-    let (version, group, stages, stage) = row.ok_or(ReleaseError::NotFound)?;
+    let (version, group, stages, stage, state, failure) = row.ok_or(ReleaseError::NotFound)?;
     let live = LiveStages {
         id: release,
         version,
@@ -66,6 +94,8 @@ pub(super) async fn live_stages(
             .map(|s| (*s).clamp(0, i32::from(WHOLE_SHARE)) as u16)
             .collect(),
         stage: stage.clamp(0, i32::from(u16::MAX)) as u16,
+        state: ReleaseState::parse(&state).unwrap_or_default(),
+        failure: failure.map(|f| f.0),
     };
     Ok((
         live,
@@ -84,6 +114,10 @@ pub struct LiveRelease {
     pub stage: i32,
     /// The share of the target its current stage selects, in basis points.
     pub share: i32,
+    /// `active`, `paused` or `rolled_back`.
+    pub state: String,
+    /// What its devices report when an update failed.
+    pub failure: Option<sqlx::types::Json<FailureSignal>>,
 }
 
 impl LiveRelease {
@@ -93,6 +127,7 @@ impl LiveRelease {
             release: self.id,
             stage: self.stage.clamp(0, i32::from(u16::MAX)) as u16,
             share: self.share.clamp(0, i32::from(WHOLE_SHARE)) as u16,
+            state: ReleaseState::parse(&self.state).unwrap_or_default(),
         }
     }
 
@@ -110,7 +145,7 @@ impl LiveRelease {
 
 /// The columns of [`LiveRelease`], of `firmware_releases r`.
 const LIVE_RELEASE_COLUMNS: &str =
-    "r.id, r.org_id, r.group_id, r.version, r.stage, r.stages[r.stage + 1] AS share";
+    "r.id, r.org_id, r.group_id, r.version, r.stage, r.stages[r.stage + 1] AS share, r.state, r.failure";
 
 /// An org's live releases (to groups not deleted, and its default), read through `executor` (a pool, or
 /// a change's own transaction).

@@ -27,6 +27,8 @@ fn row_equal(a: &Device, b: &Device) -> bool {
         && a.target_sequence == b.target_sequence
         && a.firmware_lock == b.firmware_lock
         && a.target == b.target
+        && a.standing == b.standing
+        && a.reached == b.reached
         && a.org == b.org
         && a.attrs == b.attrs
 }

@@ -10,7 +10,8 @@
 //! 3. [`timer`]: the devices whose time flips came due.
 //!
 //! Then, for every device the batch touched: [`evaluate`] runs the candidate groups' filters and changes
-//! memberships, [`resolve`] re-resolves the firmware target, [`diff`] turns the difference between the
+//! memberships, [`resolve`] re-resolves the firmware target, [`progress`] moves the rollout progress of
+//! the releases it leaves and joins, [`diff`] turns the difference between the
 //! batch's start and end states into membership rows, and [`write`](mod@write) renders the device and log
 //! rows into one `BatchWrite` ([`crate::store::batch`]). [`outbox`] renders the outbox rows (rollout-target
 //! events and dead letters) and [`causes`] the cause documents the log rows and events carry. [`work`]
@@ -36,6 +37,7 @@ pub mod diff;
 pub mod evaluate;
 pub mod event;
 pub mod outbox;
+pub mod progress;
 pub mod resolve;
 pub mod sweep;
 pub mod timer;
@@ -77,5 +79,6 @@ pub(crate) fn batch(
         work.timer(id);
     }
     work.resolve_firmware();
+    work.track_progress();
     work.render(records, control, progress)
 }

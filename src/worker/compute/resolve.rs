@@ -43,6 +43,7 @@ impl Work<'_> {
             &device.org,
             id,
             (device.development, device.firmware_lock.as_deref()),
+            device.target.release,
             device.memberships.iter().map(|m| m.slot),
         );
         (target != device.target).then_some(target)
@@ -65,6 +66,10 @@ impl Work<'_> {
             return;
         };
         let previous = std::mem::replace(&mut device.target, target.clone());
+        if previous.release != target.release {
+            // Another release targets it: it has not reached this one's target yet.
+            device.reached = false;
+        }
         if !previous.is_rollout_change(&target) {
             return;
         }

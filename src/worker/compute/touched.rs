@@ -12,6 +12,7 @@ use std::ops::Range;
 use indexmap::IndexMap;
 
 use super::causes::Cause;
+use crate::firmware::progress::Standing;
 use crate::rules::{AttrValue, EpochMillis, FieldId};
 use crate::worker::device::{Device, Member, Scalars};
 use crate::worker::partition::DeviceMap;
@@ -178,6 +179,16 @@ impl TouchedDevices {
         }
     }
 
+    /// The release device `index`'s target named at the batch's start, and where it stood in it (sealed
+    /// or not: only its scalars are read).
+    pub(crate) fn progress_at_start(&self, index: usize) -> Option<(uuid::Uuid, Standing)> {
+        match &self.entries.get_index(index)?.1.origin {
+            Origin::Held(saved) => saved.scalars.progress(),
+            Origin::Reread { stored, .. } | Origin::Foreign(stored) => stored.progress(),
+            Origin::New => None,
+        }
+    }
+
     /// Puts every device back as the batch found it: a held one's attributes, memberships and scalars
     /// restored, a re-read one's previous state reinstalled, one the partition did not hold removed. A
     /// restored device's flip is pushed again onto `timers`, in case its timer was taken meanwhile (a
@@ -320,7 +331,7 @@ mod tests {
             version: 1,
             filter: None,
         });
-        registry.set_release("o", Some(fixed), Some("2"), Staging::WHOLE);
+        registry.set_release("o", Some(fixed), Some("2"), Staging::WHOLE, None);
         (registry, dynamic, fixed)
     }
 

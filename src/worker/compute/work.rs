@@ -10,7 +10,7 @@ use crate::event::DeadLetterReason;
 use crate::kafka::Decoded;
 use crate::outbox::Message;
 use crate::rules::{Candidate, EpochMillis, Scratch};
-use crate::store::batch::LogRow;
+use crate::store::batch::{LogRow, ReleaseProgress};
 use crate::worker::device::Device;
 use crate::worker::partition::{DeviceMap, Partition};
 use crate::worker::registry::Registry;
@@ -75,6 +75,8 @@ pub(super) struct Work<'a> {
     pub(super) resolve: Vec<(Box<str>, Cause)>,
     /// See [`Work::timer_cause`].
     pub(super) timer_cause: Option<Document>,
+    /// What the batch moved in each release's progress ([`Work::track_progress`]).
+    pub(super) progress: Vec<ReleaseProgress>,
 }
 
 impl<'a> Work<'a> {
@@ -102,6 +104,7 @@ impl<'a> Work<'a> {
             changes: Vec::new(),
             resolve: Vec::new(),
             timer_cause: None,
+            progress: Vec::new(),
         }
     }
 }

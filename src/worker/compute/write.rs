@@ -8,6 +8,7 @@ use super::diff::{diff_memberships, row_unchanged};
 use super::sweep::ControlProgress;
 use super::touched::{Origin, Start, TouchedDevices};
 use super::work::{Stats, Work};
+use crate::firmware::progress::Standing;
 use crate::kafka::Decoded;
 use crate::rules::attrs::write_json_changes;
 use crate::store::batch::{AttributesWrite, BatchWrite, DeviceRow};
@@ -44,6 +45,7 @@ impl Work<'_> {
             log,
             outbox,
             stats,
+            progress: release_progress,
             ..
         } = self;
         let mut write = BatchWrite {
@@ -60,6 +62,7 @@ impl Work<'_> {
             ..Default::default()
         };
         write.outbox = outbox;
+        write.progress = release_progress;
         touched.seal();
         let logged: HashSet<&str> = log.iter().map(|r| r.device_id.as_str()).collect();
         let catalogue = registry.catalogue();
@@ -138,6 +141,9 @@ impl Work<'_> {
                 target_reason: current.target.reason.as_str(),
                 target_group: current.target.group,
                 target_sequence: current.target_sequence,
+                target_release: current.target.release,
+                target_standing: current.standing.map(Standing::as_str),
+                target_reached: current.reached,
             };
             if current.stored {
                 write.device_updates.push(row);

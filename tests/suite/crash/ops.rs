@@ -168,6 +168,7 @@ pub async fn random_action(
                 // Half the group releases are staged: a quarter of the group, then all of it.
                 let staged = rng.chance(50);
                 let release = Proposal::Release {
+                    health: Default::default(),
                     target: ReleaseTarget::Group(group),
                     version: version.to_string(),
                     stages: if staged {

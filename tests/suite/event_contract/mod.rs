@@ -454,21 +454,25 @@ fn rollout_target_events_match_their_schema() {
     let targets = [
         Target::none(),
         Target {
+            release: None,
             version: Some("2.4.1".into()),
             reason: Reason::Group,
             group: Some(group),
         },
         Target {
+            release: None,
             version: Some("17".into()),
             reason: Reason::Default,
             group: None,
         },
         Target {
+            release: None,
             version: Some("3".into()),
             reason: Reason::Locked,
             group: None,
         },
         Target {
+            release: None,
             version: None,
             reason: Reason::Development,
             group: None,

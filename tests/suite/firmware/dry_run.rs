@@ -212,6 +212,7 @@ async fn a_dry_run_is_refused_exactly_as_the_real_request_and_writes_nothing() -
         h.pool(),
         ORG,
         &Proposal::Release {
+            health: Default::default(),
             target: ReleaseTarget::Default,
             version: "2".into(),
             stages: vec![10_000],
@@ -244,6 +245,7 @@ async fn a_dry_run_is_refused_exactly_as_the_real_request_and_writes_nothing() -
 /// Releases through [`firmware::apply`]: the dry run's impact, then the write's, which must be the same.
 async fn release(h: &Harness, target: ReleaseTarget, version: &str) -> anyhow::Result<Impact> {
     let proposal = Proposal::Release {
+        health: Default::default(),
         target,
         version: version.into(),
         stages: vec![10_000],

@@ -3,6 +3,7 @@
 //! outbox (written with the change) and on the topic (published by the relay).
 
 mod dry_run;
+mod progress;
 mod releases;
 mod retarget_cap;
 mod rollouts;
@@ -155,6 +156,7 @@ async fn releasing_to_a_prerelease_group_emits_one_event_per_affected_device_as_
         h.pool(),
         ORG,
         &Proposal::Release {
+            health: Default::default(),
             target: ReleaseTarget::Group(prerelease),
             version: "2".into(),
             stages: vec![10_000],

@@ -14,7 +14,7 @@ use super::{devices_applied, settled, tags_filter, Rollout};
 
 /// The documented bucket: FNV-1a 64 over the group id's bytes, the version's, a zero byte and the device
 /// id's, mixed by SplitMix64's finalizer, modulo 10,000.
-fn bucket(group: Uuid, version: &str, device: &str) -> u16 {
+pub(super) fn bucket(group: Uuid, version: &str, device: &str) -> u16 {
     let mut bytes = group.as_bytes().to_vec();
     bytes.extend_from_slice(version.as_bytes());
     bytes.push(0);
@@ -53,6 +53,7 @@ async fn a_staged_release_selects_the_hashed_share_and_each_stage_adds_only_new_
 
     // 10%, then 50%, then everyone: each stage's dry run counts exactly the devices it adds.
     let release = Proposal::Release {
+        health: Default::default(),
         target: ReleaseTarget::Group(group),
         version: "2".into(),
         stages: vec![1_000, 5_000, 10_000],
@@ -122,6 +123,7 @@ async fn devices_a_stage_does_not_select_keep_the_release_behind_it() -> anyhow:
     settled(&h, devices.len()).await?;
     // A quarter of the group moves to 2; the others stay on the default, with no event.
     let release = Proposal::Release {
+        health: Default::default(),
         target: ReleaseTarget::Group(group),
         version: "2".into(),
         stages: vec![2_500, 10_000],

@@ -280,6 +280,7 @@ async fn a_preview_from_one_or_two_workers_memory_names_exactly_the_devices_the_
         )
         .await?;
     let proposal = cohort::store::firmware::Proposal::Release {
+        health: Default::default(),
         target: cohort::store::firmware::ReleaseTarget::Group(group),
         version: "2.0.0".into(),
         stages: vec![10_000],
@@ -295,6 +296,7 @@ async fn a_preview_from_one_or_two_workers_memory_names_exactly_the_devices_the_
         )
         .await?;
     let proposal = cohort::store::firmware::Proposal::Release {
+        health: Default::default(),
         target: cohort::store::firmware::ReleaseTarget::Group(group),
         version: "2.0.0".into(),
         stages: vec![3_000, 10_000],

@@ -105,6 +105,7 @@ async fn dry_run_is_the_databases(
         .await?;
     anyhow::ensure!(answer.status == StatusCode::OK, "{}", answer.body);
     let proposal = Proposal::Release {
+        health: Default::default(),
         target: ReleaseTarget::Group(group),
         version: "2.0.0".into(),
         stages: vec![10_000],

@@ -32,6 +32,7 @@ type DeviceRow = (
     Vec<Uuid>,
     bool,
     Value,
+    Option<Uuid>,
 );
 
 /// Whose resolved firmware changes once the workers apply `definition` to the org's devices, read from
@@ -80,14 +81,14 @@ pub async fn definition_impact(
            COALESCE((SELECT m.is_pinned FROM device_group_memberships m \
                      WHERE m.device_id = d.id AND m.group_id = $2), false), \
            COALESCE((SELECT jsonb_object_agg(f, d.attributes -> f) FROM unnest($3::text[]) f \
-                     WHERE d.attributes ? f), '{}'::jsonb) \
+                     WHERE d.attributes ? f), '{}'::jsonb), d.target_release \
          FROM devices d WHERE d.org_id = $1 ORDER BY d.id",
     )
     .bind(org_id)
     .bind(definition.group)
     .bind(&fields)
     .fetch(&mut *conn);
-    while let Some((id, development, lock, running, member_of, pinned, doc)) =
+    while let Some((id, development, lock, running, member_of, pinned, doc, current)) =
         rows.try_next().await?
     {
         let doc = match doc {
@@ -123,6 +124,7 @@ pub async fn definition_impact(
             development,
             lock: lock.as_deref(),
             running: running.as_deref(),
+            current,
         };
         releases.count_moved(&mut impact, facts, &member_of, &after, sample);
     }
@@ -130,7 +132,14 @@ pub async fn definition_impact(
 }
 
 /// A device as a batch's impact reads it: id, development flag, lock, reported `firmwareVersion`, groups.
-type BatchRow = (String, bool, Option<String>, Option<String>, Vec<Uuid>);
+type BatchRow = (
+    String,
+    bool,
+    Option<String>,
+    Option<String>,
+    Vec<Uuid>,
+    Option<Uuid>,
+);
 
 /// Whose resolved firmware changes because `devices` were just added to (or, `removal`, removed from)
 /// `group` in `conn`'s transaction, which already holds the change: each device's groups are read as
@@ -152,7 +161,8 @@ pub async fn batch_impact(
     };
     let rows: Vec<BatchRow> = sqlx::query_as(
         "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
-           ARRAY(SELECT m.group_id FROM device_group_memberships m WHERE m.device_id = d.id) \
+           ARRAY(SELECT m.group_id FROM device_group_memberships m WHERE m.device_id = d.id), \
+           d.target_release \
          FROM devices d WHERE d.org_id = $1 AND d.id = ANY($2) ORDER BY d.id",
     )
     .bind(org_id)
@@ -160,7 +170,7 @@ pub async fn batch_impact(
     .fetch_all(&mut *conn)
     .await?;
     let mut impact = Impact::new(0);
-    for (id, development, lock, running, now) in &rows {
+    for (id, development, lock, running, now, current) in &rows {
         let before: Vec<Uuid> = if removal {
             now.iter().copied().chain([group]).collect()
         } else {
@@ -171,6 +181,7 @@ pub async fn batch_impact(
             development: *development,
             lock: lock.as_deref(),
             running: running.as_deref(),
+            current: *current,
         };
         releases.count_moved(&mut impact, facts, &before, now, sample);
     }
