@@ -212,7 +212,8 @@ pub async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
     );
     tracing::info!("emptying the database (--reset)");
     sqlx::raw_sql(
-        "TRUNCATE group_membership_log, device_group_memberships, group_member_counts, firmware_releases, \
+        "TRUNCATE group_membership_log, device_group_memberships, group_member_counts, release_progress, \
+         firmware_releases, \
          devices, device_groups, control_log, partition_positions, outbox, api_keys, device_identifiers, \
          device_firmware_versions, org_settings, orgs \
          RESTART IDENTITY",

@@ -265,6 +265,30 @@ pub async fn check_releases(pool: &PgPool, model: &Model) -> anyhow::Result<usiz
     Ok(live.len())
 }
 
+/// Every release's progress counts equal a recount of its devices' standings, and every device's standing
+/// is what it reports (reconcile's check, which also finds no other drift); returns how many releases
+/// were halted by a threshold.
+pub async fn check_progress(pool: &PgPool, catalogue: &Catalogue) -> anyhow::Result<i64> {
+    let drift = cohort::store::firmware::progress::drift(pool, None).await?;
+    anyhow::ensure!(drift.is_empty(), "release progress drifted: {drift:?}");
+    let options = cohort::reconcile::Options {
+        org: None,
+        examples: 10,
+        settle: std::time::Duration::from_millis(100),
+    };
+    let report = cohort::reconcile::check(pool, catalogue, &options).await?;
+    anyhow::ensure!(
+        !report.has_drift(),
+        "{}",
+        cohort::reconcile::render(&report)
+    );
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM firmware_releases WHERE halted ->> 'by' = 'threshold'",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 /// (b) No two membership-log rows with the same group, device, action and cause; returns the row count.
 pub async fn check_log(pool: &PgPool) -> anyhow::Result<i64> {
     let duplicates: Vec<(Uuid, String, String, Value, i64)> = sqlx::query_as(

@@ -336,6 +336,7 @@ async fn drive(run: &Run, sizes: &Sizes, started: Instant) -> anyhow::Result<Str
     checks::check_memberships(pool, &model, &catalogue, now).await?;
     let previews = previews::check_previews(&env, pool, &model, INPUT_PARTITIONS as usize).await?;
     cohort_testkit::app::check_oracle(pool, chrono::Utc::now().timestamp_millis()).await?;
+    let halts = checks::check_progress(pool, &catalogue).await?;
     let log_rows = checks::check_log(pool).await?;
     let messages = reader.finish().await?;
     let rollouts = checks::check_rollouts(pool, &run.output, &messages).await?;
@@ -356,10 +357,11 @@ async fn drive(run: &Run, sizes: &Sizes, started: Instant) -> anyhow::Result<Str
          - events: {} ({} duplicates, {} stale) over {} devices, seed {:#x}\n\
          - kills: {} in total ({}); starts: worker-0 {}, worker-1 {}, relay {}\n\
          - operator actions: {} groups created, {} filters changed, {} groups deleted, {} pins, {} unpins, \
-           {} static adds, {} static removes, {} group releases ({} staged, {} stages advanced), \
-           {} default releases, {} withdrawals, \
+           {} static adds, {} static removes, {} group releases ({} staged, {} stages advanced, {} with \
+           halt thresholds, {halts} halted, {} resumed), {} default releases, {} withdrawals, \
            {} device settings; {pins} pins and {releases} live releases at the end\n\
-         - checked: {devices} devices, {memberships} memberships, {log_rows} log rows, {} rollout events \
+         - checked: {devices} devices, {memberships} memberships, {log_rows} log rows, release progress \
+           against a recount, {} rollout events \
            for {} devices ({} messages on the topic), {previews} groups' previews\n\
          - child logs: {errors} ERROR and {warnings} WARN lines",
         started.elapsed(),
@@ -384,6 +386,8 @@ async fn drive(run: &Run, sizes: &Sizes, started: Instant) -> anyhow::Result<Str
         c.releases,
         c.staged_releases,
         c.advances,
+        c.watched_releases,
+        c.resumes,
         c.default_releases,
         c.withdrawals,
         c.settings,

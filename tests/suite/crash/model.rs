@@ -77,6 +77,10 @@ pub struct Counts {
     pub staged_releases: u64,
     /// Stages advanced.
     pub advances: u64,
+    /// Of `releases`, those with a failure signal and a halt threshold.
+    pub watched_releases: u64,
+    /// Halted releases resumed.
+    pub resumes: u64,
     pub default_releases: u64,
     pub withdrawals: u64,
     pub settings: u64,

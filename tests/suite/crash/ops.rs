@@ -2,9 +2,10 @@
 //! firmware}`), each recorded in the [`Model`] only once the call has committed.
 
 use anyhow::Context as _;
+use cohort::firmware::progress::{FailureSignal, Thresholds};
 use cohort::rules::Catalogue;
 use cohort::store::control::LockChange;
-use cohort::store::firmware::{self, Mode, Proposal, ReleaseError, ReleaseTarget};
+use cohort::store::firmware::{self, Health, Mode, Proposal, ReleaseError, ReleaseTarget};
 use cohort::store::groups::{self, NewGroup};
 use cohort::store::members::{self, MemberError};
 use cohort_testkit::Rng;
@@ -165,10 +166,29 @@ pub async fn random_action(
             let groups = model.dynamic.iter().chain(model.statics.keys()).copied();
             if let Some(group) = pick_set(rng, groups) {
                 let version = *rng.pick(VERSIONS);
-                // Half the group releases are staged: a quarter of the group, then all of it.
+                // Half the group releases are staged: a quarter of the group, then all of it. Half
+                // count devices reporting maintenance as failed and halt after a few (a third of those
+                // rolling back).
                 let staged = rng.chance(50);
+                let watched = rng.chance(50);
+                let health = if watched {
+                    Health {
+                        failure: Some(FailureSignal {
+                            attribute: "status".into(),
+                            value: serde_json::json!("maintenance"),
+                        }),
+                        halt: Some(Thresholds {
+                            failures: Some(2 + rng.below(10)),
+                            rollback: rng.chance(33),
+                            ..Thresholds::default()
+                        }),
+                        soak_seconds: None,
+                    }
+                } else {
+                    Health::default()
+                };
                 let release = Proposal::Release {
-                    health: Default::default(),
+                    health,
                     target: ReleaseTarget::Group(group),
                     version: version.to_string(),
                     stages: if staged {
@@ -184,6 +204,7 @@ pub async fn random_action(
                 model.releases.insert(Some(group), id);
                 model.counts.releases += 1;
                 model.counts.staged_releases += u64::from(staged);
+                model.counts.watched_releases += u64::from(watched);
             }
         }
         10 => {
@@ -207,7 +228,15 @@ pub async fn random_action(
                 };
                 match firmware::apply(pool, ORG, &advance, &actor, 0, Mode::Write).await {
                     Ok(_) => model.counts.advances += 1,
-                    Err(ReleaseError::Stage(_)) => {
+                    // Halted (paused or rolled back): half are resumed.
+                    Err(ReleaseError::State(_)) if rng.chance(50) => {
+                        let resume = Proposal::Resume { release: id };
+                        firmware::apply(pool, ORG, &resume, &actor, 0, Mode::Write)
+                            .await
+                            .context("failed to resume a release")?;
+                        model.counts.resumes += 1;
+                    }
+                    Err(ReleaseError::Stage(_) | ReleaseError::State(_)) => {
                         firmware::withdraw(pool, id)
                             .await
                             .context("failed to withdraw a release")?;
