@@ -40,6 +40,10 @@ pub struct BenchOptions {
     /// compared under the same load.
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
+    /// Run with a rollout under way: every org's devices targeted by a default release that watches a
+    /// failure signal (`status = "maintenance"`), so every event also moves release progress.
+    #[arg(long)]
+    pub rollout: bool,
     /// Leave out the group-changes phase (the API's reads, previews and a group created, edited and
     /// deleted while events flow at half the sustained rate).
     #[arg(long)]
@@ -108,6 +112,7 @@ impl Default for BenchOptions {
             ceiling_events: 300_000,
             mix: Mix::Churn,
             rate: None,
+            rollout: false,
             skip_changes: false,
             partitions: 2,
             database_url: "postgres://postgres@127.0.0.1:5432/cohort_bench".into(),

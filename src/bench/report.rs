@@ -26,6 +26,8 @@ pub struct BenchReport {
     pub partitions: i32,
     /// What the events changed (`--mix`).
     pub mix: Mix,
+    /// Whether a rollout was under way (`--rollout`): every device targeted by a release keeping progress.
+    pub rollout: bool,
     pub cpus: usize,
     /// `/proc/loadavg`'s one-minute figure when the run started and ended (the machine is shared).
     pub load_average_start: f64,
@@ -210,14 +212,19 @@ pub fn render(r: &BenchReport) -> String {
     let c = &r.correctness;
     let _ = writeln!(
         s,
-        "cohort bench: {} devices, {} orgs, {} dynamic groups ({} time-dependent, {} site-scoped), {} partitions, {} events",
+        "cohort bench: {} devices, {} orgs, {} dynamic groups ({} time-dependent, {} site-scoped), {} partitions, {} events{}",
         thousands(r.seed.devices as f64),
         r.seed.orgs,
         thousands(r.seed.groups as f64),
         r.seed.time_dependent_groups,
         r.seed.site_scoped_groups,
         r.partitions,
-        r.mix.name()
+        r.mix.name(),
+        if r.rollout {
+            ", a rollout under way (every device targeted by a release keeping progress)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         s,

@@ -58,6 +58,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         memberships = seed.memberships,
         "fleet seeded"
     );
+    if options.rollout {
+        let targeted = crate::synthetic::rollout::seed_rollout(&pool, &fleet, &topic).await?;
+        tracing::info!(targeted, "a rollout is under way: every device targeted by a release");
+    }
 
     // The worker, as `cohort worker` runs it.
     let config = worker_config(options, &broker, &topic)?;
@@ -153,6 +157,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
         broker: broker_name,
         partitions: options.partitions,
         mix: options.mix,
+        rollout: options.rollout,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_average_start,
         load_average_end: load_average(),

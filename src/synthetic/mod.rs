@@ -13,6 +13,7 @@
 
 pub mod broker;
 pub mod fleet;
+pub mod rollout;
 pub mod seed;
 
 use std::time::{Duration, Instant};

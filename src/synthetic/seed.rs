@@ -43,7 +43,8 @@ pub struct SeedReport {
     pub seconds: f64,
 }
 
-/// The worker's view of the stored definitions: every org and group, at the control-log head.
+/// The worker's view of the stored definitions: every org and group, and every live release, at the
+/// control-log head.
 pub async fn load_registry(pool: &PgPool, catalogue: Arc<Catalogue>) -> anyhow::Result<Registry> {
     let (definitions, orgs, head) = groups::load_definitions(pool)
         .await
@@ -55,6 +56,10 @@ pub async fn load_registry(pool: &PgPool, catalogue: Arc<Catalogue>) -> anyhow::
     for def in &definitions {
         registry.upsert(def);
     }
+    let releases = crate::store::firmware::live_releases(pool)
+        .await
+        .context("failed to load firmware releases")?;
+    registry.load_releases(&releases);
     registry.position = head;
     Ok(registry)
 }

@@ -34,15 +34,7 @@ impl Pipeline {
             })
             .await
             .context("failed to load firmware releases")?;
-        for release in &releases {
-            self.registry.set_release(
-                &release.org_id,
-                release.group_id,
-                Some(&release.version),
-                release.staging(),
-                release.failure.as_ref().map(|f| &f.0),
-            );
-        }
+        self.registry.load_releases(&releases);
         self.registry.position = head;
         tracing::info!(
             orgs = orgs.len(),

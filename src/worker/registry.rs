@@ -362,6 +362,20 @@ impl Registry {
         slot
     }
 
+    /// Records every live release as read from the database (at start-up; the control log then keeps
+    /// them current).
+    pub fn load_releases(&mut self, releases: &[crate::store::firmware::LiveRelease]) {
+        for release in releases {
+            self.set_release(
+                &release.org_id,
+                release.group_id,
+                Some(&release.version),
+                release.staging(),
+                release.failure.as_ref().map(|f| &f.0),
+            );
+        }
+    }
+
     /// The failure signal of live release `release`: the field and the value its failed devices report.
     pub fn failure_signal(&self, release: Uuid) -> Option<&(FieldId, AttrValue)> {
         self.failures.get(&release)
