@@ -60,7 +60,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<BenchReport> {
     );
     if options.rollout {
         let targeted = crate::synthetic::rollout::seed_rollout(&pool, &fleet, &topic).await?;
-        tracing::info!(targeted, "a rollout is under way: every device targeted by a release");
+        tracing::info!(
+            targeted,
+            "a rollout is under way: every device targeted by a release"
+        );
     }
 
     // The worker, as `cohort worker` runs it.

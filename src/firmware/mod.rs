@@ -536,6 +536,46 @@ mod tests {
     }
 
     #[test]
+    fn a_paused_release_keeps_only_its_devices_and_a_rolled_back_one_none() {
+        let id = Uuid::from_u128(0x77);
+        let with_state = |state| GroupRelease {
+            staging: Staging {
+                release: id,
+                state,
+                ..Staging::WHOLE
+            },
+            ..release(1, "3")
+        };
+        let default = release(0, "1");
+        let facts = |current| DeviceFacts {
+            id: "d",
+            current,
+            ..DeviceFacts::default()
+        };
+        let version = |state, current| {
+            let t = resolve(&facts(current), &[with_state(state)], Some(&default));
+            (t.version.as_deref().map(str::to_string), t.release)
+        };
+        let (three, one) = (Some("3".to_string()), Some("1".to_string()));
+        assert_eq!(
+            version(ReleaseState::Active, None),
+            (three.clone(), Some(id))
+        );
+        assert_eq!(version(ReleaseState::Paused, Some(id)), (three, Some(id)));
+        assert_eq!(version(ReleaseState::Paused, None), (one.clone(), None));
+        let other = Some(Uuid::from_u128(0x78));
+        assert_eq!(version(ReleaseState::Paused, other), (one.clone(), None));
+        assert_eq!(version(ReleaseState::RolledBack, Some(id)), (one, None));
+        for state in [
+            ReleaseState::Active,
+            ReleaseState::Paused,
+            ReleaseState::RolledBack,
+        ] {
+            assert_eq!(ReleaseState::parse(state.as_str()), Some(state));
+        }
+    }
+
+    #[test]
     fn integers_compare_numerically_and_semvers_by_precedence() {
         assert!(v("10") > v("9"));
         assert!(v("2.10.0") > v("2.9.9"));

@@ -82,6 +82,8 @@ pub async fn seed_rollout(pool: &PgPool, fleet: &Fleet, topic: &str) -> anyhow::
     .bind(topic)
     .execute(pool)
     .await?;
-    sqlx::raw_sql("VACUUM (ANALYZE) devices").execute(pool).await?;
+    sqlx::raw_sql("VACUUM (ANALYZE) devices")
+        .execute(pool)
+        .await?;
     Ok(targeted)
 }

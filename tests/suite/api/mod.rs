@@ -13,6 +13,7 @@ mod isolation;
 mod member_counts;
 mod membership;
 mod probe;
+mod release_health;
 mod release_stages;
 
 use cohort::config::Config;
