@@ -274,6 +274,12 @@ fn reconcile(args: ReconcileArgs) -> ExitCode {
                     repair.counts_reset
                 );
             }
+            if repair.progress_reset > 0 {
+                eprintln!(
+                    "progress counts reset to a recount in {} release(s)",
+                    repair.progress_reset
+                );
+            }
             if !repair.entries.is_empty() {
                 eprintln!(
                     "repair requested: {} control-log entr{} for the owning workers; run `cohort reconcile` again to verify",

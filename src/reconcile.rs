@@ -12,9 +12,13 @@
 //! Every group's maintained member count ([`crate::store::counts`]) is compared with `count(*)` of its
 //! memberships, in one statement (one snapshot, so a writer running meanwhile is no false alarm).
 //!
-//! [`repair`] has the owning workers rewrite drifted devices through their normal path, and resets each
-//! drifted count to the true one directly ([`counts::reset`]), holding off membership writers for that
-//! short transaction.
+//! [`repair`] has the owning workers rewrite drifted devices through their normal path (a device whose
+//! stored standing drifted stands again, moving its release's counts), and resets each drifted count to
+//! the true one directly ([`counts::reset`], [`progress::reset`]), holding off the writers for that short
+//! transaction.
+//!
+//! Each device's standing in the release its target names is checked against what it reports, and each
+//! release's progress counts against a recount of its devices' standings ([`progress::drift`]).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -104,6 +108,8 @@ pub struct Repair {
     pub entries: Vec<i64>,
     /// Groups whose member count was reset to the true count.
     pub counts_reset: usize,
+    /// Releases whose progress counts were reset to a recount of their devices' standings.
+    pub progress_reset: usize,
 }
 
 /// An org's definitions as the check needs them.
@@ -496,6 +502,8 @@ const REPAIR_CHUNK: usize = 1000;
 pub async fn repair(pool: &PgPool, report: &Report, actor: &str) -> Result<Repair, StoreError> {
     let groups: Vec<Uuid> = report.wrong_counts.iter().map(|d| d.group_id).collect();
     counts::reset(pool, &groups).await?;
+    let releases: Vec<Uuid> = report.wrong_progress.iter().map(|d| d.release_id).collect();
+    progress::reset(pool, &releases).await?;
     let mut ids = Vec::new();
     for (org, devices) in &report.drifted {
         for chunk in devices.chunks(REPAIR_CHUNK) {
@@ -512,6 +520,7 @@ pub async fn repair(pool: &PgPool, report: &Report, actor: &str) -> Result<Repai
     Ok(Repair {
         entries: ids,
         counts_reset: groups.len(),
+        progress_reset: releases.len(),
     })
 }
 

@@ -289,3 +289,33 @@ pub async fn drift(
         })
         .collect())
 }
+
+/// Resets the counts of `releases` to a recount of their devices' stored standings. Workers' batches are
+/// held off meanwhile (`LOCK TABLE … IN EXCLUSIVE MODE` waits for those that have moved counts and not yet
+/// committed, and makes later ones wait), so the recount sees every committed device, and a batch still
+/// to move counts adds its change after the reset: the reset loses none.
+pub async fn reset(pool: &sqlx::PgPool, releases: &[Uuid]) -> Result<(), StoreError> {
+    if releases.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+    sqlx::query("LOCK TABLE release_progress IN EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM release_progress WHERE release_id = ANY($1)")
+        .bind(releases)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO release_progress (release_id, partition, targeted, running, failed, reverted) \
+         SELECT target_release, 0, count(*), count(*) FILTER (WHERE target_standing = 'running'), \
+           count(*) FILTER (WHERE target_standing = 'failed'), \
+           count(*) FILTER (WHERE target_standing = 'reverted') \
+         FROM devices WHERE target_release = ANY($1) GROUP BY target_release",
+    )
+    .bind(releases)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}

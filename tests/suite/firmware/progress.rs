@@ -339,3 +339,72 @@ async fn a_stage_advances_by_itself_after_its_soak_time_while_healthy() -> anyho
     counts_reach(&h, id, counts(40, 0, 0, 0)).await?;
     h.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_finds_drifted_progress_and_standings_and_repair_mends_both() -> anyhow::Result<()>
+{
+    let h = Harness::start().await?;
+    let (group, devices) = fleet(&h, 5).await?;
+    let health = Health {
+        failure: Some(failure()),
+        ..Health::default()
+    };
+    let id = release(&h, group, vec![10_000], health).await?;
+    settled(&h, devices.len()).await?;
+    report(&h, &devices[0], 2, json!({"firmwareVersion": "2"})).await?;
+    counts_reach(&h, id, counts(5, 1, 0, 0)).await?;
+    no_drift(&h).await?;
+    // A count and a device's standing drift behind the workers' backs.
+    sqlx::query(
+        "UPDATE release_progress SET targeted = targeted + 7 WHERE release_id = $1 \
+         AND partition = (SELECT min(partition) FROM release_progress WHERE release_id = $1)",
+    )
+    .bind(id)
+    .execute(h.pool())
+    .await?;
+    sqlx::query("UPDATE devices SET target_standing = 'failed' WHERE id = $1")
+        .bind(&devices[1])
+        .execute(h.pool())
+        .await?;
+    let options = cohort::reconcile::Options {
+        org: None,
+        examples: 10,
+        settle: std::time::Duration::from_millis(100),
+    };
+    let drift = cohort::reconcile::check(h.pool(), &h.catalogue, &options).await?;
+    assert_eq!(drift.wrong_standings, 1);
+    assert_eq!(drift.wrong_progress.len(), 1);
+    assert_eq!(drift.wrong_progress[0].release_id, id);
+    assert_eq!(drift.wrong_progress[0].stored.targeted, 12);
+    // The stored standing counts one failure that the device does not report.
+    assert_eq!(drift.wrong_progress[0].counted, counts(5, 1, 1, 0));
+    let text = cohort::reconcile::render(&drift);
+    assert!(
+        text.contains("DRIFT in the progress counts of 1 release(s)"),
+        "{text}"
+    );
+    let repair = cohort::reconcile::repair(h.pool(), &drift, "test").await?;
+    assert_eq!(repair.progress_reset, 1);
+    assert_eq!(
+        repair.entries.len(),
+        1,
+        "the drifted device is re-evaluated"
+    );
+    // The worker stands the device again, moving the reset counts back to the truth.
+    counts_reach(&h, id, counts(5, 1, 0, 0)).await?;
+    let pool = h.pool().clone();
+    eventually(LIMIT, "no drift after the repair", || {
+        let pool = pool.clone();
+        async move {
+            let drift = firmware::progress::drift(&pool, None).await?;
+            let standing: Option<String> =
+                sqlx::query_scalar("SELECT target_standing FROM devices WHERE id = 'dev-01'")
+                    .fetch_one(&pool)
+                    .await?;
+            Ok((drift.is_empty() && standing.as_deref() == Some("previous")).then_some(()))
+        }
+    })
+    .await?;
+    no_drift(&h).await?;
+    h.stop().await
+}
