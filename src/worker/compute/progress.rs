@@ -8,7 +8,9 @@ use foldhash::HashMap;
 use uuid::Uuid;
 
 use super::causes::Cause;
+use super::touched::Start;
 use super::work::Work;
+use crate::rules::FieldId;
 use crate::firmware::progress::{Counts, Standing};
 use crate::store::batch::{Increment, ReleaseProgress};
 
@@ -18,10 +20,17 @@ impl Work<'_> {
         let running = self.registry.catalogue().builtin("firmwareVersion");
         let mut by_release: HashMap<Uuid, usize> = HashMap::default();
         let mut increments: Vec<(usize, Standing, usize, Option<Cause>)> = Vec::new();
+        // Every input is applied: the recorded old values are final, and sorted they say per device
+        // which attributes the batch changed.
+        self.touched.seal();
         for index in 0..self.touched.len() {
             let Some((id, touched)) = self.touched.get(index) else {
                 continue;
             };
+            if !touched.retargeted && self.inputs_unchanged(index, running) {
+                // Same target, same report: the same standing (a fleet's heartbeats end here).
+                continue;
+            }
             let Some(device) = self.devices.get_mut(id) else {
                 continue;
             };
@@ -67,5 +76,19 @@ impl Work<'_> {
             });
         }
         self.progress.retain(|p| !p.delta.is_zero());
+    }
+
+    /// Whether held device `index` changed none of what its standing reads in the batch: the version it
+    /// reports (field `running`) and its release's failure signal.
+    fn inputs_unchanged(&self, index: usize, running: Option<FieldId>) -> bool {
+        let Start::Saved { scalars, olds, .. } = self.touched.started(index) else {
+            return false;
+        };
+        let signal = scalars
+            .progress()
+            .and_then(|(release, _)| self.registry.failure_signal(release))
+            .map(|(field, _)| *field);
+        olds.iter()
+            .all(|(_, field, _)| Some(*field) != running && Some(*field) != signal)
     }
 }

@@ -62,7 +62,13 @@ impl Work<'_> {
             // Every path that touches a device records its cause; should one not, the instant of
             // re-resolution is the truthful cause.
             .unwrap_or_else(|| self.timer_cause());
-        let Some(device) = self.held(id) else {
+        let Some(index) = self.touch(id) else {
+            return;
+        };
+        if let Some(touched) = self.touched.get_mut(index) {
+            touched.retargeted = true;
+        }
+        let Some(device) = self.devices.get_mut(id) else {
             return;
         };
         let previous = std::mem::replace(&mut device.target, target.clone());

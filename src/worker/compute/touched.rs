@@ -50,6 +50,8 @@ pub(crate) struct Touched {
     pub(super) origin: Origin,
     /// The last cause that touched it (carried by its rollout-target event).
     pub(super) cause: Option<Cause>,
+    /// Whether the batch changed its resolved target (its release included).
+    pub(super) retargeted: bool,
 }
 
 /// An attribute's value before an event set or removed it: (device's index, field, old value).
@@ -108,6 +110,7 @@ impl TouchedDevices {
         let touched = Touched {
             origin,
             cause: None,
+            retargeted: false,
         };
         self.entries.insert_full(id.into(), touched).0
     }
