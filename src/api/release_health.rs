@@ -152,6 +152,20 @@ pub(super) fn optional_body<T: Default + serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
 }
 
+/// Decides a change of a live release of the caller's org and answers with the release as it is
+/// afterwards (for a dry run, as it is now) and the impact.
+pub(super) async fn answer(
+    state: &ApiState,
+    caller: &Caller,
+    id: Uuid,
+    headers: &HeaderMap,
+    dry_run: bool,
+    proposal: Proposal,
+) -> Result<Json<ReleaseOutcome>, ApiError> {
+    let (row, applied) = act(state, caller, id, headers, dry_run, proposal).await?;
+    Ok(Json(ReleaseOutcome::of(dry_run, row, applied)))
+}
+
 /// Decides a change of a live release of the caller's org: the release as it is afterwards (for a dry
 /// run, as it is now) and what the decision answered.
 pub(super) async fn act(
@@ -189,10 +203,16 @@ pub async fn pause(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ReleaseOutcome>, ApiError> {
-    let body: DryRunBody = optional_body(&body)?;
-    let proposal = Proposal::Pause { release: id };
-    let (row, applied) = act(&state, &caller, id, &headers, body.dry_run, proposal).await?;
-    Ok(Json(ReleaseOutcome::of(body.dry_run, row, applied)))
+    let dry_run = optional_body::<DryRunBody>(&body)?.dry_run;
+    answer(
+        &state,
+        &caller,
+        id,
+        &headers,
+        dry_run,
+        Proposal::Pause { release: id },
+    )
+    .await
 }
 
 /// Resume a paused or rolled-back release at its current stage: it selects what its stage selects again
@@ -211,8 +231,14 @@ pub async fn resume(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<ReleaseOutcome>, ApiError> {
-    let body: DryRunBody = optional_body(&body)?;
-    let proposal = Proposal::Resume { release: id };
-    let (row, applied) = act(&state, &caller, id, &headers, body.dry_run, proposal).await?;
-    Ok(Json(ReleaseOutcome::of(body.dry_run, row, applied)))
+    let dry_run = optional_body::<DryRunBody>(&body)?.dry_run;
+    answer(
+        &state,
+        &caller,
+        id,
+        &headers,
+        dry_run,
+        Proposal::Resume { release: id },
+    )
+    .await
 }

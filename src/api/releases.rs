@@ -477,7 +477,5 @@ pub async fn withdraw(
     headers: HeaderMap,
 ) -> Result<Json<ReleaseOutcome>, ApiError> {
     let proposal = Proposal::Withdraw { release: id };
-    let (row, applied) =
-        release_health::act(&state, &caller, id, &headers, params.dry_run, proposal).await?;
-    Ok(Json(ReleaseOutcome::of(params.dry_run, row, applied)))
+    release_health::answer(&state, &caller, id, &headers, params.dry_run, proposal).await
 }

@@ -5,7 +5,6 @@
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::control::{self, StagingEntry};
 use super::retarget_cap::{self, CapExceeded, Confirmation, GateError};
 use super::StoreError;
 use crate::firmware::progress::{FailureSignal, Thresholds};
@@ -14,13 +13,15 @@ use crate::firmware::{ReleaseState, Version, VersionError, VersionKind, WHOLE_SH
 mod impact;
 mod live;
 pub mod progress;
+mod write;
 
 pub use impact::{
     batch_impact, definition_impact, Counting, DeviceImpact, Facts, HeldDevices, Impact,
     NewDefinition, ReleaseSide, Releases, ReleasesWire,
 };
 pub use live::{check_stages, live_releases, org_live_releases, LiveRelease, MAX_STAGES};
-use live::{live_stages, release_entry, stage_share, LiveStages};
+use live::{live_stages, stage_share, LiveStages};
+use write::write;
 
 /// Why a release or withdrawal was refused.
 #[derive(Debug, thiserror::Error)]
@@ -431,145 +432,6 @@ async fn admit(
             })
         }
     }
-}
-
-/// Writes an admitted change and its control-log entry (the workers re-resolve the devices it can affect).
-async fn write(
-    tx: &mut Transaction<'_, Postgres>,
-    admitted: &Admitted,
-    actor: &str,
-) -> Result<Release, ReleaseError> {
-    let (org_id, target) = (admitted.org_id.as_str(), admitted.target);
-    // The release as it is once written, and whether it is still live.
-    let (id, version, live, stages, stage, state, failure) = match &admitted.change {
-        Change::Release {
-            version,
-            parsed,
-            stages,
-            health,
-        } => {
-            sqlx::query(
-                "UPDATE firmware_releases SET withdrawn_at = now() WHERE org_id = $1 AND withdrawn_at IS NULL \
-                 AND group_id IS NOT DISTINCT FROM $2",
-            )
-            .bind(org_id)
-            .bind(target.group())
-            .execute(&mut **tx)
-            .await?;
-            let id = Uuid::new_v4();
-            let stored: Vec<i32> = stages.iter().map(|s| i32::from(*s)).collect();
-            sqlx::query(
-                "INSERT INTO firmware_releases (id, org_id, version, version_kind, group_id, created_by, stages, \
-                   failure, halt, soak_seconds) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(id)
-            .bind(org_id)
-            .bind(version)
-            .bind(parsed.kind().as_str())
-            .bind(target.group())
-            .bind(actor)
-            .bind(&stored)
-            .bind(health.failure.as_ref().map(sqlx::types::Json))
-            .bind(health.halt.as_ref().map(sqlx::types::Json))
-            .bind(health.soak_seconds.map(|s| s as i32))
-            .execute(&mut **tx)
-            .await?;
-            let failure = health.failure.clone();
-            let state = ReleaseState::Active;
-            (id, version.clone(), true, stages.clone(), 0, state, failure)
-        }
-        Change::Withdraw { live } => {
-            sqlx::query("UPDATE firmware_releases SET withdrawn_at = now() WHERE id = $1")
-                .bind(live.id)
-                .execute(&mut **tx)
-                .await?;
-            let stages = live.stages.clone();
-            let failure = live.failure.clone();
-            (
-                live.id,
-                live.version.clone(),
-                false,
-                stages,
-                live.stage,
-                live.state,
-                failure,
-            )
-        }
-        Change::Advance { live, to, .. } => {
-            sqlx::query(
-                "UPDATE firmware_releases SET stage = $2, stage_started_at = now() WHERE id = $1",
-            )
-            .bind(live.id)
-            .bind(i32::from(*to))
-            .execute(&mut **tx)
-            .await?;
-            let stages = live.stages.clone();
-            let failure = live.failure.clone();
-            (
-                live.id,
-                live.version.clone(),
-                true,
-                stages,
-                *to,
-                live.state,
-                failure,
-            )
-        }
-        Change::Pause { live, .. } | Change::Resume { live, .. } => {
-            let pausing = matches!(admitted.change, Change::Pause { .. });
-            let state = if pausing {
-                ReleaseState::Paused
-            } else {
-                ReleaseState::Active
-            };
-            // A pause records who paused it; a resume clears the halt and restarts the stage's soak.
-            sqlx::query(
-                "UPDATE firmware_releases SET state = $2, \
-                   halted = CASE WHEN $3 THEN jsonb_build_object('by', 'operator', 'actor', $4::text, 'at', now()) END, \
-                   stage_started_at = CASE WHEN $3 THEN stage_started_at ELSE now() END \
-                 WHERE id = $1",
-            )
-            .bind(live.id)
-            .bind(state.as_str())
-            .bind(pausing)
-            .bind(actor)
-            .execute(&mut **tx)
-            .await?;
-            let stages = live.stages.clone();
-            let failure = live.failure.clone();
-            (
-                live.id,
-                live.version.clone(),
-                true,
-                stages,
-                live.stage,
-                state,
-                failure,
-            )
-        }
-    };
-    let staging = StagingEntry {
-        release_id: id,
-        stage,
-        share: stage_share(&stages, stage),
-        state,
-        failure,
-    };
-    let entry = release_entry(
-        org_id,
-        target.group(),
-        live.then(|| version.clone()),
-        staging,
-    );
-    control::append(tx, org_id, &entry).await?;
-    Ok(Release {
-        id,
-        org_id: org_id.to_string(),
-        version,
-        target,
-        stages,
-        stage,
-    })
 }
 
 /// Decides `proposal` for the org, computes its impact (up to `sample` devices listed) in the same

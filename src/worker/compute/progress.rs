@@ -10,8 +10,8 @@ use uuid::Uuid;
 use super::causes::Cause;
 use super::touched::Start;
 use super::work::Work;
-use crate::rules::FieldId;
 use crate::firmware::progress::{Counts, Standing};
+use crate::rules::FieldId;
 use crate::store::batch::{Increment, ReleaseProgress};
 
 impl Work<'_> {

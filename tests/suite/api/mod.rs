@@ -134,6 +134,26 @@ async fn create_group(client: &Client, body: Value) -> anyhow::Result<String> {
     Ok(answer.body["id"].as_str().unwrap().to_string())
 }
 
+/// `n` acme devices reporting firmware `1` (`{prefix}-000`, …), all members of a new group `fleet`, as a
+/// worker would hold them (no worker runs beside this API); the group's id.
+async fn fleet_group(api: &Api, prefix: &str, n: usize) -> anyhow::Result<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:03}")).collect();
+    let rows: Vec<(&str, &str, Value)> = ids
+        .iter()
+        .map(|id| (id.as_str(), "acme", json!({"firmwareVersion": "1"})))
+        .collect();
+    devices(api.pool(), &rows).await?;
+    let group = create_group(&api.acme, json!({"name": "fleet"})).await?;
+    sqlx::query(
+        "INSERT INTO device_group_memberships (group_id, device_id, added_by) \
+         SELECT $1::uuid, id, 'manual' FROM devices WHERE org_id = 'acme'",
+    )
+    .bind(&group)
+    .execute(api.pool())
+    .await?;
+    Ok(group)
+}
+
 #[tokio::test]
 async fn requests_without_a_valid_key_are_refused_with_401() -> anyhow::Result<()> {
     let api = Api::start().await?;

@@ -5,29 +5,14 @@
 use hyper::StatusCode;
 use serde_json::json;
 
-use super::{create_group, devices, expect, expect_error, Api};
+use super::{expect, expect_error, fleet_group, Api};
 
 #[tokio::test]
 async fn a_release_is_created_with_its_health_shown_with_progress_paused_and_resumed(
 ) -> anyhow::Result<()> {
     let api = Api::start().await?;
-    let rows: Vec<(String, serde_json::Value)> = (0..10)
-        .map(|i| (format!("h-{i}"), json!({"firmwareVersion": "1"})))
-        .collect();
-    let rows: Vec<(&str, &str, serde_json::Value)> = rows
-        .iter()
-        .map(|(id, attrs)| (id.as_str(), "acme", attrs.clone()))
-        .collect();
-    devices(api.pool(), &rows).await?;
     let c = &api.acme;
-    let group = create_group(c, json!({"name": "fleet"})).await?;
-    sqlx::query(
-        "INSERT INTO device_group_memberships (group_id, device_id, added_by) \
-         SELECT $1::uuid, id, 'manual' FROM devices WHERE org_id = 'acme'",
-    )
-    .bind(&group)
-    .execute(api.pool())
-    .await?;
+    let group = fleet_group(&api, "h", 10).await?;
     let failure = json!({"attribute": "custom.otaStatus", "value": "failed"});
     for (bad, says) in [
         (json!({"halt": {}}), "no threshold"),

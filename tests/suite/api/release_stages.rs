@@ -6,30 +6,14 @@
 use hyper::{Method, StatusCode};
 use serde_json::json;
 
-use super::{create_group, devices, expect, expect_error, Api};
+use super::{expect, expect_error, fleet_group, Api};
 
 #[tokio::test]
 async fn a_release_in_stages_is_created_shown_and_advanced_stage_by_stage() -> anyhow::Result<()> {
     // A hundred device views and more in a burst: above the default rate limit per key.
     let api = Api::start_with(|c| c.api.rate_limit_burst = 1_000).await?;
-    let rows: Vec<(String, &str, serde_json::Value)> = (0..100)
-        .map(|i| (format!("s-{i:03}"), "acme", json!({"firmwareVersion": "1"})))
-        .collect();
-    let rows: Vec<(&str, &str, serde_json::Value)> = rows
-        .iter()
-        .map(|(id, org, attrs)| (id.as_str(), *org, attrs.clone()))
-        .collect();
-    devices(api.pool(), &rows).await?;
     let c = &api.acme;
-    let group = create_group(c, json!({"name": "fleet"})).await?;
-    // Memberships as a worker would hold them.
-    sqlx::query(
-        "INSERT INTO device_group_memberships (group_id, device_id, added_by) \
-         SELECT $1::uuid, id, 'manual' FROM devices WHERE org_id = 'acme'",
-    )
-    .bind(&group)
-    .execute(api.pool())
-    .await?;
+    let group = fleet_group(&api, "s", 100).await?;
     for bad in [
         json!({"stages": [50, 10]}),
         json!({"stages": [0, 100]}),
