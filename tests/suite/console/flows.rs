@@ -102,14 +102,18 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
 
     // A value of the wrong type is flagged as it is typed, and nothing is previewed until it is fixed.
     c.find(Locator::Id("add-condition")).await?.click().await?;
-    let second = ".bcond:nth-of-type(2)";
-    c.find(Locator::Css(&format!("{second} select.field"))).await?.select_by_value("uptimeSeconds").await?;
-    c.find(Locator::Css(&format!("{second} select.operator"))).await?.select_by_value("greaterThan").await?;
-    c.find(Locator::Css(&format!("{second} input.value-a"))).await?.send_keys("abc").await?;
-    console.wait_text(&format!("{second} .problem"), "the value must be a number").await?;
+    let second = || async {
+        let rows = c.find_all(Locator::Css("#builder .bcond")).await?;
+        anyhow::ensure!(rows.len() == 2, "expected two conditions, found {}", rows.len());
+        anyhow::Ok(rows[1].clone())
+    };
+    second().await?.find(Locator::Css("select.field")).await?.select_by_value("uptimeSeconds").await?;
+    second().await?.find(Locator::Css("select.operator")).await?.select_by_value("greaterThan").await?;
+    second().await?.find(Locator::Css("input.value-a")).await?.send_keys("abc").await?;
+    console.wait_text("#builder .bcond + .bcond .problem", "the value must be a number").await?;
     console.wait_text("#preview-count", "—").await?;
     console.shot("builder-invalid").await?;
-    let value = c.find(Locator::Css(&format!("{second} input.value-a"))).await?;
+    let value = second().await?.find(Locator::Css("input.value-a")).await?;
     value.clear().await?;
     value.send_keys("5000").await?;
     let narrower = json!({"operator": "AND", "conditions": [
@@ -122,7 +126,7 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
     assert_eq!(narrower_count, 2, "{preview:?}");
     console.wait_text("#preview-count", "2").await?;
     console.shot("builder").await?;
-    c.find(Locator::Css(&format!("{second} button.remove"))).await?.click().await?;
+    second().await?.find(Locator::Css("button.remove")).await?.click().await?;
     console.wait_text("#preview-count", &expected.to_string()).await?;
 
     // Saved, it fills as the worker evaluates it.

@@ -164,17 +164,25 @@ impl Console {
     /// Waits until the element `css` exists and its text is `expected`, reloading nothing.
     pub async fn wait_text(&self, css: &str, expected: &str) -> anyhow::Result<()> {
         let c = self.c().clone();
+        let last = std::sync::Mutex::new(None::<String>);
         let what = format!("{css} reads {expected:?}");
-        eventually(LIMIT, &what, || {
+        let found = eventually(LIMIT, &what, || {
             let c = c.clone();
+            let last = &last;
             async move {
                 Ok(match c.find(Locator::Css(css)).await {
-                    Ok(e) => (e.text().await?.trim() == expected).then_some(()),
+                    Ok(e) => {
+                        let text = e.text().await?.trim().to_string();
+                        let done = text == expected;
+                        *last.lock().unwrap() = Some(text);
+                        done.then_some(())
+                    }
                     Err(_) => None,
                 })
             }
         })
-        .await
+        .await;
+        found.with_context(|| format!("last read {:?}", last.lock().unwrap()))
     }
 
     /// Reloads `path` until the element `css` reads `expected` (the worker applies changes eventually).
