@@ -65,6 +65,9 @@ pub fn routes() -> Router<ApiState> {
             get(releases::withdraw_page).post(releases::withdraw),
         )
         .route("/console/{*rest}", any(not_found))
+        // Set here, before the API's own (which only fills fallbacks not yet set), so a console page's
+        // 405 is a console page, with the console's headers.
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(from_fn(session::security_headers))
 }
 
@@ -82,6 +85,14 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+async fn method_not_allowed() -> Response {
+    layout::error_page(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "This page does not take that method",
+        None,
+    )
 }
 
 async fn not_found() -> Response {

@@ -21,7 +21,8 @@ async fn fleet(console: &mut Console, n: usize) -> anyhow::Result<Vec<String>> {
             linux.push(device.clone());
         }
         let attributes = json!({"osType": os, "hostname": format!("host-{i:02}"), "status": "online",
-            "uptimeSeconds": 1000 * i, "firmwareVersion": "1.0.0", "tags": ["edge"]});
+            "uptimeSeconds": 1000 * i, "firmwareVersion": "1.0.0", "tags": ["edge"],
+            "imei": format!("3548000000000{i:02}")});
         let seq = console.h.send(&device, attributes).await?;
         last.push((device, seq));
     }
@@ -157,6 +158,14 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
         .reload_until(&path, "#device-count", &(expected + 1).to_string())
         .await?;
 
+    // Edited, the builder starts from the saved filter and previews it.
+    c.find(Locator::Id("edit-group")).await?.click().await?;
+    console.wait_text("#preview-count", &(expected).to_string()).await?;
+    let field = c.find(Locator::Css("#builder .bcond select.field")).await?;
+    assert_eq!(field.prop("value").await?.as_deref(), Some("osType"));
+    console.shot("builder-edit").await?;
+    console.goto(&path).await?;
+
     // A member's page says why it matches, condition by condition.
     c.find(Locator::Css("#members tbody tr a")).await?.click().await?;
     console.wait_text("#device-id", &linux[0]).await?;
@@ -168,6 +177,27 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
     // And a device that does not match, why not.
     console.goto("/console/devices/dev-01").await?;
     console.wait_text(&format!("{section} .verdict"), "does not match").await?;
+
+    // A static group takes devices by id and by cellular identifier, and gives them back.
+    console.goto(&format!("/console/groups/{lab}")).await?;
+    c.find(Locator::Id("device-ids")).await?.send_keys("dev-01\ndev-02").await?;
+    c.find(Locator::Id("identifiers")).await?.send_keys("IMEI:354800000000004").await?;
+    c.find(Locator::Id("add-members")).await?.click().await?;
+    console.wait_text("#notice", "Added 3 devices, 0 skipped; 3 members now").await?;
+    console.wait_text("#device-count", "3").await?;
+    let lab_id: Uuid = lab.parse()?;
+    let members: Vec<String> = console.h.members(lab_id).await?.into_iter().map(|(d, _)| d).collect();
+    assert_eq!(members, ["dev-01", "dev-02", "dev-04"]);
+    console.shot("group-static").await?;
+    c.find(Locator::Id("device-ids")).await?.send_keys("dev-02").await?;
+    c.find(Locator::Id("remove-members")).await?.click().await?;
+    console.wait_text("#notice", "Removed 1 device, 0 skipped; 2 members now").await?;
+    // An identifier no device reports refuses the batch, saying which.
+    c.find(Locator::Id("identifiers")).await?.send_keys("imei:999").await?;
+    c.find(Locator::Id("add-members")).await?.click().await?;
+    let problem = console.text("#problem").await?;
+    assert!(problem.contains("not found"), "{problem}");
+    assert_eq!(console.h.members(lab_id).await?.len(), 2);
 
     console.finish().await
 }
@@ -199,6 +229,7 @@ async fn a_release_is_made_from_its_confirmation_screen_and_emits_its_rollout_ev
     let c = console.c();
     c.find(Locator::Id("target")).await?.select_by_value(&group.to_string()).await?;
     c.find(Locator::Id("version")).await?.send_keys("2.0.0").await?;
+    console.shot("release-new").await?;
     c.find(Locator::Id("dry-run")).await?.click().await?;
     console.wait_text("#confirm-version", "2.0.0").await?;
     console.wait_text("#confirm-target", "linux").await?;

@@ -125,6 +125,10 @@ async fn every_answer_carries_the_security_headers_and_a_change_needs_the_csrf_t
         assert_eq!(h["referrer-policy"], "no-referrer", "{path}");
         assert_eq!(h["cache-control"], "no-store", "{path}");
     }
+    // A method a page does not take is refused with the same headers.
+    let put = plain(addr, Method::PUT, "/console/groups", None, None, &[]).await?;
+    assert_eq!(put.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(put.headers.contains_key("content-security-policy"));
     let sign_in = plain(addr, Method::GET, "/console/sign-in", None, None, &[]).await?;
     assert!(!sign_in.body.contains("<script>") && !sign_in.body.contains("style="));
 
