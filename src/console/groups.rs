@@ -78,8 +78,12 @@ pub async fn list(
         search: Some(q.search.clone()).filter(|s| !s.is_empty()),
         org_id: None,
     };
-    let Json(listed) =
-        api_groups::list(State(state), Extension(signed.caller.clone()), Query(params)).await?;
+    let Json(listed) = api_groups::list(
+        State(state),
+        Extension(signed.caller.clone()),
+        Query(params),
+    )
+    .await?;
     let on_page: HashSet<Uuid> = listed.groups.iter().map(|g| g.id).collect();
     let mut children: BTreeMap<Option<Uuid>, Vec<&GroupView>> = BTreeMap::new();
     for g in &listed.groups {
@@ -314,14 +318,13 @@ fn identifiers(raw: &str) -> Result<Vec<DeviceIdentifier>, Failure> {
         .enumerate()
         .map(|(i, line)| {
             let (kind, value) = line.split_once(':').unwrap_or((line, ""));
-            serde_json::from_value(json!({"kind": kind.trim(), "identifier": value.trim()})).map_err(
-                |e| {
+            serde_json::from_value(json!({"kind": kind.trim(), "identifier": value.trim()}))
+                .map_err(|e| {
                     Failure::new(
                         StatusCode::BAD_REQUEST,
                         format!("Identifier line {}: {e}", i + 1),
                     )
-                },
-            )
+                })
         })
         .collect()
 }
@@ -357,14 +360,24 @@ pub async fn batch(
         added_by: Some("console".into()),
         dry_run: false,
     };
-    let (group, done) =
-        api_members::apply_batch(&state, &signed.caller, &id, batch, removal, &HeaderMap::new())
-            .await?;
+    let (group, done) = api_members::apply_batch(
+        &state,
+        &signed.caller,
+        &id,
+        batch,
+        removal,
+        &HeaderMap::new(),
+    )
+    .await?;
     let notice = format!(
         "{} {} device{}, {} skipped; {} members now",
         if removal { "Removed" } else { "Added" },
         done.change.changed.len(),
-        if done.change.changed.len() == 1 { "" } else { "s" },
+        if done.change.changed.len() == 1 {
+            ""
+        } else {
+            "s"
+        },
         done.change.skipped.len(),
         done.change.total
     );

@@ -164,7 +164,10 @@ pub fn text(value: &Value) -> String {
 
 /// A filter as a readable tree: each group says whether all or any of its conditions must hold.
 pub fn filter_tree(filter: &Value) -> Markup {
-    let conditions = filter["conditions"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    let conditions = filter["conditions"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[]);
     if filter.get("conditions").is_some() {
         let all = filter["operator"].as_str() != Some("OR");
         html! {

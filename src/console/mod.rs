@@ -37,7 +37,10 @@ const SCRIPT: &str = include_str!("../../assets/console/console.js");
 /// so it shares its listener, body limit and request metrics.
 pub fn routes() -> Router<ApiState> {
     Router::new()
-        .route("/console", get(|| async { Redirect::to("/console/groups") }))
+        .route(
+            "/console",
+            get(|| async { Redirect::to("/console/groups") }),
+        )
         .route("/console/assets/console.css", get(style))
         .route("/console/assets/console.js", get(script))
         .route(
@@ -57,7 +60,10 @@ pub fn routes() -> Router<ApiState> {
         .route("/console/groups/{id}/pins", post(groups::pin))
         .route("/console/devices", get(devices::find))
         .route("/console/devices/{id}", get(devices::show))
-        .route("/console/releases", get(releases::list).post(releases::confirm))
+        .route(
+            "/console/releases",
+            get(releases::list).post(releases::confirm),
+        )
         .route("/console/releases/new", get(releases::new_page))
         .route("/console/releases/dry-run", post(releases::dry_run))
         .route(

@@ -178,7 +178,10 @@ fn confirm_headers(token: &str) -> Result<HeaderMap, Failure> {
     let mut headers = HeaderMap::new();
     if !token.is_empty() {
         let value = HeaderValue::from_str(token).map_err(|_| {
-            Failure::new(StatusCode::BAD_REQUEST, "The confirmation token is not valid")
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                "The confirmation token is not valid",
+            )
         })?;
         headers.insert(CONFIRM_HEADER, value);
     }
@@ -274,7 +277,7 @@ pub async fn confirm(
         Json(f.request(false)?),
     )
     .await?;
-    Ok(done(&state, &signed, "Released", outcome).await?)
+    done(&state, &signed, "Released", outcome).await
 }
 
 /// The answer to a release or withdrawal made.

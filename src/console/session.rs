@@ -36,7 +36,8 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 
 /// The Content-Security-Policy of every console answer: the console's own script and stylesheet only,
 /// nothing inline, no frames, forms posting back to the console only.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+pub const CSP: &str =
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
 connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// Adds the security headers to every console answer.

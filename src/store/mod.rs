@@ -19,8 +19,8 @@
 
 pub mod api;
 pub mod api_keys;
-pub mod console_sessions;
 pub mod batch;
+pub mod console_sessions;
 pub mod control;
 pub mod counts;
 pub mod firmware;

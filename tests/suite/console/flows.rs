@@ -59,7 +59,10 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
     let api = Api::new(console.addr, Some(&console.key));
     // A small hierarchy for the tree.
     let lab = api
-        .post("/api/v1/groups", json!({"name": "lab", "type": "static", "tags": ["bench"]}))
+        .post(
+            "/api/v1/groups",
+            json!({"name": "lab", "type": "static", "tags": ["bench"]}),
+        )
         .await?;
     let lab = lab.body["id"].as_str().unwrap().to_string();
     let child = api
@@ -86,32 +89,73 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
     // The builder: one condition on an enum field, chosen from its values.
     console.goto("/console/groups/new").await?;
     let c = console.c();
-    c.find(Locator::Id("name")).await?.send_keys("linux fleet").await?;
+    c.find(Locator::Id("name"))
+        .await?
+        .send_keys("linux fleet")
+        .await?;
     c.find(Locator::Id("add-condition")).await?.click().await?;
-    c.find(Locator::Css(".bcond select.field")).await?.select_by_value("osType").await?;
-    c.find(Locator::Css(".bcond select.operator")).await?.select_by_value("equals").await?;
-    c.find(Locator::Css(".bcond select.value-a")).await?.select_by_value("linux").await?;
+    c.find(Locator::Css(".bcond select.field"))
+        .await?
+        .select_by_value("osType")
+        .await?;
+    c.find(Locator::Css(".bcond select.operator"))
+        .await?
+        .select_by_value("equals")
+        .await?;
+    c.find(Locator::Css(".bcond select.value-a"))
+        .await?
+        .select_by_value("linux")
+        .await?;
     let filter = json!({"operator": "AND", "conditions": [
         {"field": "osType", "operator": "equals", "value": "linux"}]});
     let preview = api
-        .post("/api/v1/groups/preview", json!({"filterConditions": filter}))
+        .post(
+            "/api/v1/groups/preview",
+            json!({"filterConditions": filter}),
+        )
         .await?;
     let expected = preview.body["data"]["totalCount"].as_u64().unwrap();
     assert_eq!(expected, linux.len() as u64);
-    console.wait_text("#preview-count", &expected.to_string()).await?;
+    console
+        .wait_text("#preview-count", &expected.to_string())
+        .await?;
     console.wait_text("#preview-examined", "12").await?;
 
     // A value of the wrong type is flagged as it is typed, and nothing is previewed until it is fixed.
     c.find(Locator::Id("add-condition")).await?.click().await?;
     let second = || async {
         let rows = c.find_all(Locator::Css("#builder .bcond")).await?;
-        anyhow::ensure!(rows.len() == 2, "expected two conditions, found {}", rows.len());
+        anyhow::ensure!(
+            rows.len() == 2,
+            "expected two conditions, found {}",
+            rows.len()
+        );
         anyhow::Ok(rows[1].clone())
     };
-    second().await?.find(Locator::Css("select.field")).await?.select_by_value("uptimeSeconds").await?;
-    second().await?.find(Locator::Css("select.operator")).await?.select_by_value("greaterThan").await?;
-    second().await?.find(Locator::Css("input.value-a")).await?.send_keys("abc").await?;
-    console.wait_text("#builder .bcond + .bcond .problem", "the value must be a number").await?;
+    second()
+        .await?
+        .find(Locator::Css("select.field"))
+        .await?
+        .select_by_value("uptimeSeconds")
+        .await?;
+    second()
+        .await?
+        .find(Locator::Css("select.operator"))
+        .await?
+        .select_by_value("greaterThan")
+        .await?;
+    second()
+        .await?
+        .find(Locator::Css("input.value-a"))
+        .await?
+        .send_keys("abc")
+        .await?;
+    console
+        .wait_text(
+            "#builder .bcond + .bcond .problem",
+            "the value must be a number",
+        )
+        .await?;
     console.wait_text("#preview-count", "—").await?;
     console.shot("builder-invalid").await?;
     let value = second().await?.find(Locator::Css("input.value-a")).await?;
@@ -121,14 +165,24 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
         {"field": "osType", "operator": "equals", "value": "linux"},
         {"field": "uptimeSeconds", "operator": "greaterThan", "value": 5000}]});
     let preview = api
-        .post("/api/v1/groups/preview", json!({"filterConditions": narrower}))
+        .post(
+            "/api/v1/groups/preview",
+            json!({"filterConditions": narrower}),
+        )
         .await?;
     let narrower_count = preview.body["data"]["totalCount"].as_u64().unwrap();
     assert_eq!(narrower_count, 2, "{preview:?}");
     console.wait_text("#preview-count", "2").await?;
     console.shot("builder").await?;
-    second().await?.find(Locator::Css("button.remove")).await?.click().await?;
-    console.wait_text("#preview-count", &expected.to_string()).await?;
+    second()
+        .await?
+        .find(Locator::Css("button.remove"))
+        .await?
+        .click()
+        .await?;
+    console
+        .wait_text("#preview-count", &expected.to_string())
+        .await?;
 
     // Saved, it fills as the worker evaluates it.
     c.find(Locator::Id("save-group")).await?.click().await?;
@@ -136,7 +190,9 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
     let url = c.current_url().await?;
     let group: Uuid = url.path().rsplit('/').next().unwrap().parse()?;
     let path = format!("/console/groups/{group}");
-    console.reload_until(&path, "#device-count", &expected.to_string()).await?;
+    console
+        .reload_until(&path, "#device-count", &expected.to_string())
+        .await?;
     let rows = c.find_all(Locator::Css("#members tbody tr")).await?;
     let mut shown = Vec::new();
     for row in rows {
@@ -152,7 +208,10 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
     console.shot("group").await?;
 
     // Pin a device that does not match: it joins, and says so.
-    c.find(Locator::Id("pin-device")).await?.send_keys("dev-01").await?;
+    c.find(Locator::Id("pin-device"))
+        .await?
+        .send_keys("dev-01")
+        .await?;
     c.find(Locator::Id("pin")).await?.click().await?;
     console
         .reload_until(&path, "#device-count", &(expected + 1).to_string())
@@ -160,40 +219,74 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
 
     // Edited, the builder starts from the saved filter and previews it.
     c.find(Locator::Id("edit-group")).await?.click().await?;
-    console.wait_text("#preview-count", &(expected).to_string()).await?;
+    console
+        .wait_text("#preview-count", &(expected).to_string())
+        .await?;
     let field = c.find(Locator::Css("#builder .bcond select.field")).await?;
     assert_eq!(field.prop("value").await?.as_deref(), Some("osType"));
     console.shot("builder-edit").await?;
     console.goto(&path).await?;
 
     // A member's page says why it matches, condition by condition.
-    c.find(Locator::Css("#members tbody tr a")).await?.click().await?;
+    c.find(Locator::Css("#members tbody tr a"))
+        .await?
+        .click()
+        .await?;
     console.wait_text("#device-id", &linux[0]).await?;
     let section = format!("section.explain[data-group='{group}']");
-    console.wait_text(&format!("{section} .verdict"), "matches").await?;
+    console
+        .wait_text(&format!("{section} .verdict"), "matches")
+        .await?;
     let reason = console.text(&format!("{section} .cond")).await?;
-    assert!(reason.contains("osType") && reason.contains("linux"), "{reason}");
+    assert!(
+        reason.contains("osType") && reason.contains("linux"),
+        "{reason}"
+    );
     console.shot("device").await?;
     // And a device that does not match, why not.
     console.goto("/console/devices/dev-01").await?;
-    console.wait_text(&format!("{section} .verdict"), "does not match").await?;
+    console
+        .wait_text(&format!("{section} .verdict"), "does not match")
+        .await?;
 
     // A static group takes devices by id and by cellular identifier, and gives them back.
     console.goto(&format!("/console/groups/{lab}")).await?;
-    c.find(Locator::Id("device-ids")).await?.send_keys("dev-01\ndev-02").await?;
-    c.find(Locator::Id("identifiers")).await?.send_keys("IMEI:354800000000004").await?;
+    c.find(Locator::Id("device-ids"))
+        .await?
+        .send_keys("dev-01\ndev-02")
+        .await?;
+    c.find(Locator::Id("identifiers"))
+        .await?
+        .send_keys("IMEI:354800000000004")
+        .await?;
     c.find(Locator::Id("add-members")).await?.click().await?;
-    console.wait_text("#notice", "Added 3 devices, 0 skipped; 3 members now").await?;
+    console
+        .wait_text("#notice", "Added 3 devices, 0 skipped; 3 members now")
+        .await?;
     console.wait_text("#device-count", "3").await?;
     let lab_id: Uuid = lab.parse()?;
-    let members: Vec<String> = console.h.members(lab_id).await?.into_iter().map(|(d, _)| d).collect();
+    let members: Vec<String> = console
+        .h
+        .members(lab_id)
+        .await?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect();
     assert_eq!(members, ["dev-01", "dev-02", "dev-04"]);
     console.shot("group-static").await?;
-    c.find(Locator::Id("device-ids")).await?.send_keys("dev-02").await?;
+    c.find(Locator::Id("device-ids"))
+        .await?
+        .send_keys("dev-02")
+        .await?;
     c.find(Locator::Id("remove-members")).await?.click().await?;
-    console.wait_text("#notice", "Removed 1 device, 0 skipped; 2 members now").await?;
+    console
+        .wait_text("#notice", "Removed 1 device, 0 skipped; 2 members now")
+        .await?;
     // An identifier no device reports refuses the batch, saying which.
-    c.find(Locator::Id("identifiers")).await?.send_keys("imei:999").await?;
+    c.find(Locator::Id("identifiers"))
+        .await?
+        .send_keys("imei:999")
+        .await?;
     c.find(Locator::Id("add-members")).await?.click().await?;
     let problem = console.text("#problem").await?;
     assert!(problem.contains("not found"), "{problem}");
@@ -220,31 +313,50 @@ async fn a_release_is_made_from_its_confirmation_screen_and_emits_its_rollout_ev
     // A cap below the release's impact: the confirmation carries the dry run's token.
     let api = Api::new(console.addr, Some(&console.key));
     let capped = api
-        .patch(&format!("/api/v1/orgs/{ORG}/settings"), json!({"retargetCap": 1}))
+        .patch(
+            &format!("/api/v1/orgs/{ORG}/settings"),
+            json!({"retargetCap": 1}),
+        )
         .await?;
     assert_eq!(capped.status, 200, "{capped:?}");
 
     console.sign_in().await?;
     console.goto("/console/releases/new").await?;
     let c = console.c();
-    c.find(Locator::Id("target")).await?.select_by_value(&group.to_string()).await?;
-    c.find(Locator::Id("version")).await?.send_keys("2.0.0").await?;
+    c.find(Locator::Id("target"))
+        .await?
+        .select_by_value(&group.to_string())
+        .await?;
+    c.find(Locator::Id("version"))
+        .await?
+        .send_keys("2.0.0")
+        .await?;
     console.shot("release-new").await?;
     c.find(Locator::Id("dry-run")).await?.click().await?;
     console.wait_text("#confirm-version", "2.0.0").await?;
     console.wait_text("#confirm-target", "linux").await?;
-    console.wait_text("#changed", &linux.len().to_string()).await?;
-    console.wait_text("#impacted", &linux.len().to_string()).await?;
+    console
+        .wait_text("#changed", &linux.len().to_string())
+        .await?;
+    console
+        .wait_text("#impacted", &linux.len().to_string())
+        .await?;
     let token = c
         .find(Locator::Css("#confirm-form input[name=token]"))
         .await?
         .attr("value")
         .await?
         .unwrap_or_default();
-    assert!(!token.is_empty(), "over the cap, the dry run answers a token");
+    assert!(
+        !token.is_empty(),
+        "over the cap, the dry run answers a token"
+    );
     let sample = c.find_all(Locator::Css("#sample tbody tr")).await?;
     assert_eq!(sample.len(), linux.len());
-    assert!(rollouts(&console).await?.is_empty(), "a dry run emits nothing");
+    assert!(
+        rollouts(&console).await?.is_empty(),
+        "a dry run emits nothing"
+    );
     console.shot("release-confirm").await?;
     c.find(Locator::Id("confirm")).await?.click().await?;
     console.wait_text("#done", "Released").await?;
@@ -261,22 +373,35 @@ async fn a_release_is_made_from_its_confirmation_screen_and_emits_its_rollout_ev
     let mut devices: Vec<String> = events.iter().map(|(d, _)| d.clone()).collect();
     devices.sort();
     assert_eq!(devices, linux);
-    assert!(events.iter().all(|(_, v)| v.as_deref() == Some("2.0.0")), "{events:?}");
+    assert!(
+        events.iter().all(|(_, v)| v.as_deref() == Some("2.0.0")),
+        "{events:?}"
+    );
 
     console.goto("/console/releases").await?;
-    console.wait_text("#release-list td.version", "2.0.0").await?;
-    console.wait_text("#release-list td.percentage", "100%").await?;
+    console
+        .wait_text("#release-list td.version", "2.0.0")
+        .await?;
+    console
+        .wait_text("#release-list td.percentage", "100%")
+        .await?;
     console.shot("releases").await?;
     // A device's page shows its new target and the release that decided it.
     console
-        .reload_until(&format!("/console/devices/{}", linux[0]), "#target-version", "2.0.0")
+        .reload_until(
+            &format!("/console/devices/{}", linux[0]),
+            "#target-version",
+            "2.0.0",
+        )
         .await?;
     console.wait_text("#target-reason", "group").await?;
 
     // Withdrawn the same way: the confirmation screen, then every device back to no target.
     console.goto("/console/releases").await?;
     c.find(Locator::Css("a.withdraw")).await?.click().await?;
-    console.wait_text("#changed", &linux.len().to_string()).await?;
+    console
+        .wait_text("#changed", &linux.len().to_string())
+        .await?;
     console.shot("withdraw-confirm").await?;
     c.find(Locator::Id("confirm")).await?.click().await?;
     console.wait_text("#done", "Withdrawn").await?;

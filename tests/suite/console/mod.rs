@@ -71,7 +71,9 @@ impl Browser {
                 .process_group(0)
                 .spawn()
                 .with_context(|| {
-                    format!("failed to start {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
+                    format!(
+                        "failed to start {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+                    )
                 })?,
         );
         eventually(LIMIT, "chromedriver listens", || async move {
@@ -146,7 +148,11 @@ impl Console {
     /// Signs in with `key` through the sign-in form.
     pub async fn sign_in_with(&self, key: &str) -> anyhow::Result<()> {
         self.goto("/console/sign-in").await?;
-        self.c().find(Locator::Id("key")).await?.send_keys(key).await?;
+        self.c()
+            .find(Locator::Id("key"))
+            .await?
+            .send_keys(key)
+            .await?;
         self.c().find(Locator::Id("sign-in")).await?.click().await?;
         Ok(())
     }

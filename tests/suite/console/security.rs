@@ -15,9 +15,15 @@ async fn a_wrong_key_or_a_system_key_opens_no_session() -> anyhow::Result<()> {
     console
         .sign_in_with("cohort_000000000000_not-a-key")
         .await?;
-    console.wait_text("#problem", "Invalid or revoked API key").await?;
+    console
+        .wait_text("#problem", "Invalid or revoked API key")
+        .await?;
     console.shot("sign-in-refused").await?;
-    assert!(console.c().get_named_cookie("cohort_console").await.is_err());
+    assert!(console
+        .c()
+        .get_named_cookie("cohort_console")
+        .await
+        .is_err());
     // Every page still sends the browser to the sign-in form.
     console.goto("/console/groups").await?;
     console.wait_text("h1", "Sign in").await?;
@@ -60,7 +66,10 @@ async fn another_orgs_ids_answer_not_found() -> anyhow::Result<()> {
         "sequence": 1, "attributes": {"osType": "linux"}});
     console.h.produce("globex-dev", event.to_string()).await?;
     console.h.applied("globex-dev", 1).await?;
-    console.h.send("own-dev", json!({"osType": "linux"})).await?;
+    console
+        .h
+        .send("own-dev", json!({"osType": "linux"}))
+        .await?;
 
     console.sign_in().await?;
     let cookie = console.session_cookie().await?;
@@ -68,7 +77,10 @@ async fn another_orgs_ids_answer_not_found() -> anyhow::Result<()> {
     let addr = console.addr;
     let page = plain(addr, Method::GET, "/console/groups", cookie, None, &[]).await?;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(!page.body.contains("theirs"), "another org's group is listed");
+    assert!(
+        !page.body.contains("theirs"),
+        "another org's group is listed"
+    );
     let csrf = csrf_in(&page.body).expect("the page carries the session's token");
     for path in [
         format!("/console/groups/{theirs}"),
@@ -76,7 +88,12 @@ async fn another_orgs_ids_answer_not_found() -> anyhow::Result<()> {
         "/console/devices/globex-dev".to_string(),
     ] {
         let answer = plain(addr, Method::GET, &path, cookie, None, &[]).await?;
-        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}: {}", answer.body);
+        assert_eq!(
+            answer.status,
+            StatusCode::NOT_FOUND,
+            "{path}: {}",
+            answer.body
+        );
         assert!(!answer.body.contains("globex"), "{path}: {}", answer.body);
     }
     let pin = plain(
@@ -108,11 +125,18 @@ async fn every_answer_carries_the_security_headers_and_a_change_needs_the_csrf_t
     let console = Console::start().await?;
     let addr = console.addr;
     let group = console.h.static_group("picked").await?;
-    console.h.send_with_sequence("dev-a", 1, json!({"osType": "linux"})).await?;
+    console
+        .h
+        .send_with_sequence("dev-a", 1, json!({"osType": "linux"}))
+        .await?;
     console.h.applied("dev-a", 1).await?;
 
     // Signed out: the sign-in page and the assets carry the headers too.
-    for path in ["/console/sign-in", "/console/assets/console.js", "/console/nowhere"] {
+    for path in [
+        "/console/sign-in",
+        "/console/assets/console.js",
+        "/console/nowhere",
+    ] {
         let answer = plain(addr, Method::GET, path, None, None, &[]).await?;
         let h = &answer.headers;
         assert_eq!(
@@ -133,11 +157,23 @@ async fn every_answer_carries_the_security_headers_and_a_change_needs_the_csrf_t
     assert!(!sign_in.body.contains("<script>") && !sign_in.body.contains("style="));
 
     // The session cookie as the brief of the console says: browser session only, HttpOnly, Strict.
-    let form_cookie = sign_in.headers["set-cookie"].to_str()?.split(';').next().unwrap().to_string();
+    let form_cookie = sign_in.headers["set-cookie"]
+        .to_str()?
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     let token = csrf_in(&sign_in.body).unwrap();
     let body = format!("csrf={token}&key={}", console.key);
-    let without_form_cookie =
-        plain(addr, Method::POST, "/console/sign-in", None, Some((FORM, body.clone())), &[]).await?;
+    let without_form_cookie = plain(
+        addr,
+        Method::POST,
+        "/console/sign-in",
+        None,
+        Some((FORM, body.clone())),
+        &[],
+    )
+    .await?;
     assert_eq!(without_form_cookie.status, StatusCode::FORBIDDEN);
     let signed = plain(
         addr,
@@ -172,14 +208,35 @@ async fn every_answer_carries_the_security_headers_and_a_change_needs_the_csrf_t
     assert_eq!(stored, 1);
 
     let cookie = Some(cookie.as_str());
-    let page = plain(addr, Method::GET, &format!("/console/groups/{group}"), cookie, None, &[]).await?;
+    let page = plain(
+        addr,
+        Method::GET,
+        &format!("/console/groups/{group}"),
+        cookie,
+        None,
+        &[],
+    )
+    .await?;
     assert_eq!(page.status, StatusCode::OK);
     let csrf = csrf_in(&page.body).unwrap();
     let path = format!("/console/groups/{group}/members");
     let add = |csrf: &str| format!("csrf={csrf}&action=add&device_ids=dev-a");
     for refused in [String::new(), add(""), add("wrong")] {
-        let answer = plain(addr, Method::POST, &path, cookie, Some((FORM, refused.clone())), &[]).await?;
-        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{refused}: {}", answer.body);
+        let answer = plain(
+            addr,
+            Method::POST,
+            &path,
+            cookie,
+            Some((FORM, refused.clone())),
+            &[],
+        )
+        .await?;
+        assert_eq!(
+            answer.status,
+            StatusCode::FORBIDDEN,
+            "{refused}: {}",
+            answer.body
+        );
     }
     assert!(console.h.members(group).await?.is_empty());
     let preview = plain(
@@ -187,21 +244,52 @@ async fn every_answer_carries_the_security_headers_and_a_change_needs_the_csrf_t
         Method::POST,
         "/console/preview",
         cookie,
-        Some(("application/json", json!({"filterConditions": {"operator": "AND", "conditions": [
-            {"field": "osType", "operator": "equals", "value": "linux"}]}}).to_string())),
+        Some((
+            "application/json",
+            json!({"filterConditions": {"operator": "AND", "conditions": [
+            {"field": "osType", "operator": "equals", "value": "linux"}]}})
+            .to_string(),
+        )),
         &[],
     )
     .await?;
     assert_eq!(preview.status, StatusCode::FORBIDDEN, "{}", preview.body);
     // With the token, the same request is made.
-    let done = plain(addr, Method::POST, &path, cookie, Some((FORM, add(&csrf))), &[]).await?;
+    let done = plain(
+        addr,
+        Method::POST,
+        &path,
+        cookie,
+        Some((FORM, add(&csrf))),
+        &[],
+    )
+    .await?;
     assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.body);
-    assert_eq!(console.h.members(group).await?, [("dev-a".to_string(), false)]);
+    assert_eq!(
+        console.h.members(group).await?,
+        [("dev-a".to_string(), false)]
+    );
 
     // Signing out needs the token too, and ends the session for good.
-    let out = plain(addr, Method::POST, "/console/sign-out", cookie, Some((FORM, "csrf=".into())), &[]).await?;
+    let out = plain(
+        addr,
+        Method::POST,
+        "/console/sign-out",
+        cookie,
+        Some((FORM, "csrf=".into())),
+        &[],
+    )
+    .await?;
     assert_eq!(out.status, StatusCode::FORBIDDEN);
-    let out = plain(addr, Method::POST, "/console/sign-out", cookie, Some((FORM, format!("csrf={csrf}"))), &[]).await?;
+    let out = plain(
+        addr,
+        Method::POST,
+        "/console/sign-out",
+        cookie,
+        Some((FORM, format!("csrf={csrf}"))),
+        &[],
+    )
+    .await?;
     assert_eq!(out.status, StatusCode::SEE_OTHER);
     let after = plain(addr, Method::GET, "/console/groups", cookie, None, &[]).await?;
     assert_eq!(after.status, StatusCode::SEE_OTHER);
