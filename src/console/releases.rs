@@ -56,28 +56,51 @@ fn target_name(names: &HashMap<Uuid, String>, group: Option<Uuid>) -> String {
     }
 }
 
-/// The org's releases, newest first, withdrawn ones included.
-pub async fn list(State(state): State<ApiState>, signed: Signed) -> Result<Response, Failure> {
-    let Json(listed) = api_releases::list(
+/// Releases shown on the page.
+const RELEASES_SHOWN: usize = 200;
+
+/// Whether the list includes withdrawn releases.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    withdrawn: bool,
+}
+
+/// The org's releases, newest first: the live ones, or (`?withdrawn=true`) all, the first
+/// [`RELEASES_SHOWN`] of them.
+pub async fn list(
+    State(state): State<ApiState>,
+    signed: Signed,
+    q: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Failure> {
+    let q = super::groups::query(q)?;
+    let Json(mut listed) = api_releases::list(
         State(state.clone()),
         Extension(signed.caller.clone()),
         Query(ListParams {
             org_id: None,
-            include_withdrawn: true,
+            include_withdrawn: q.withdrawn,
         }),
     )
     .await?;
+    let total = listed.releases.len();
+    listed.releases.truncate(RELEASES_SHOWN);
     let names: HashMap<Uuid, String> = group_names(&state, &signed).await?.into_iter().collect();
     let body = html! {
         div.bar {
             h1 { "Releases" }
             a.button #new-release href="/console/releases/new" { "New release" }
         }
+        p.muted {
+            @if q.withdrawn { "Live and withdrawn releases. " a #live-only href="/console/releases" { "Live only" } }
+            @else { "Live releases. " a #with-withdrawn href="/console/releases?withdrawn=true" { "Include withdrawn" } }
+        }
         table #release-list {
             thead { tr { th { "Version" } th { "Target" } th { "Stage" } th { "Percentage" } th { "Created" }
                 th { "State" } th {} } }
             tbody { @for r in &listed.releases { (release_row(&names, r)) } }
         }
+        @if total > RELEASES_SHOWN { p.muted { "The newest " (RELEASES_SHOWN) " of " (total) " are shown." } }
     };
     Ok(layout::page("Releases", &signed, body))
 }

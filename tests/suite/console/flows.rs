@@ -412,6 +412,17 @@ async fn a_release_is_made_from_its_confirmation_screen_and_emits_its_rollout_ev
     .await?;
     let events = rollouts(&console).await?;
     assert!(events[n..].iter().all(|(_, v)| v.is_none()), "{events:?}");
+    // The list shows live releases, and withdrawn ones when asked.
+    console.goto("/console/releases").await?;
+    assert!(c
+        .find_all(Locator::Css("#release-list tbody tr"))
+        .await?
+        .is_empty());
+    c.find(Locator::Id("with-withdrawn")).await?.click().await?;
+    let state = console
+        .text("#release-list tbody tr td:nth-child(6)")
+        .await?;
+    assert!(state.starts_with("withdrawn"), "{state}");
 
     console.finish().await
 }
