@@ -12,6 +12,8 @@
   var NUMBER = /^-?\d+(\.\d+)?([eE][+-]?\d+)?$/;
   var INSTANT = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|z|[+-]\d{2}:\d{2})$/;
   var SPAN = /^(\d+)\s*(minutes|hours|days|weeks|months)(\s+(ago|from now))?$/;
+  var CUSTOM_KEY = /^[A-Za-z0-9_.-]{1,128}$/;
+  var NEW_CUSTOM = 'custom:new'; // no field name holds a colon
 
   function el(tag, attrs, children) {
     var node = document.createElement(tag);
@@ -43,13 +45,17 @@
     catalogue.fields.forEach(function (f) { fields[f.name] = f; });
     var names = catalogue.fields.map(function (f) { return f.name; });
 
+    // A field the catalogue does not list (an undeclared custom.<key>) is a string.
     function field(name) {
+      return fields[name] || { name: name, type: 'string', values: [], operators: catalogue.customOperators };
+    }
+
+    // Lists a saved filter's undeclared custom field beside the catalogue's.
+    function known(name) {
       if (!fields[name]) {
-        // A field the catalogue does not list (custom.<key>): a string.
-        fields[name] = { name: name, type: 'string', values: [], operators: catalogue.customOperators };
+        fields[name] = field(name);
         names.push(name);
       }
-      return fields[name];
     }
 
     // The tree being edited: groups {operator, children} and conditions {field, operator, a, b, unit}
@@ -61,7 +67,7 @@
       }
       var c = { group: false, field: String(node.field || names[0]), operator: String(node.operator || ''),
                 a: '', b: '', unit: 'days' };
-      field(c.field);
+      known(c.field);
       var v = node.value;
       if (v && typeof v === 'object' && !Array.isArray(v)) {
         if ('from' in v) { c.a = String(v.from); c.b = String(v.to); }
@@ -150,6 +156,9 @@
       var out = { field: node.field, operator: node.operator };
       node.problem = '';
       try {
+        if (node.custom && !CUSTOM_KEY.test(node.key)) {
+          throw 'the custom key must be 1 to 128 letters, digits, _, - or .';
+        }
         var v = value(node);
         if (v !== undefined) { out.value = v; }
       } catch (e) {
@@ -232,11 +241,26 @@
       if (f.operators.indexOf(c.operator) < 0) { c.operator = f.operators[0]; }
       var row = el('div', { 'class': 'bcond' });
       row.condition = c;
-      var fieldSel = select('field', names.map(function (n) { return [n, n + ' (' + field(n).type + ')']; }), c.field);
-      fieldSel.addEventListener('change', function () { c.field = fieldSel.value; c.a = ''; c.b = ''; render(); });
+      var options = names.map(function (n) { return [n, n + ' (' + field(n).type + ')']; });
+      options.push([NEW_CUSTOM, 'custom.<key> (string)']);
+      var fieldSel = select('field', options, c.custom ? NEW_CUSTOM : c.field);
+      fieldSel.addEventListener('change', function () {
+        c.custom = fieldSel.value === NEW_CUSTOM;
+        c.key = '';
+        c.field = c.custom ? 'custom.' : fieldSel.value;
+        c.a = '';
+        c.b = '';
+        render();
+      });
       var opSel = select('operator', f.operators.map(function (o) { return [o, o]; }), c.operator);
       opSel.addEventListener('change', function () { c.operator = opSel.value; render(); });
       row.appendChild(fieldSel);
+      if (c.custom) {
+        var key = el('input', { type: 'text', 'class': 'custom-key', placeholder: 'key' });
+        key.value = c.key;
+        key.addEventListener('input', function () { c.key = key.value.trim(); c.field = 'custom.' + c.key; changed(); });
+        row.appendChild(key);
+      }
       row.appendChild(opSel);
       var op = c.operator;
       function input(key, placeholder) {

@@ -22,7 +22,8 @@ async fn fleet(console: &mut Console, n: usize) -> anyhow::Result<Vec<String>> {
         }
         let attributes = json!({"osType": os, "hostname": format!("host-{i:02}"), "status": "online",
             "uptimeSeconds": 1000 * i, "firmwareVersion": "1.0.0", "tags": ["edge"],
-            "imei": format!("3548000000000{i:02}")});
+            "imei": format!("3548000000000{i:02}"),
+            "custom.region": if i % 2 == 0 { "eu" } else { "us" }});
         let seq = console.h.send(&device, attributes).await?;
         last.push((device, seq));
     }
@@ -184,6 +185,47 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
         .wait_text("#preview-count", &expected.to_string())
         .await?;
 
+    // A condition on a custom field the catalogue does not declare: a string, keyed as typed.
+    c.find(Locator::Id("add-condition")).await?.click().await?;
+    second()
+        .await?
+        .find(Locator::Css("select.field"))
+        .await?
+        .select_by_value("custom:new")
+        .await?;
+    second()
+        .await?
+        .find(Locator::Css("input.custom-key"))
+        .await?
+        .send_keys("region")
+        .await?;
+    second()
+        .await?
+        .find(Locator::Css("input.value-a"))
+        .await?
+        .send_keys("eu")
+        .await?;
+    let regional = json!({"operator": "AND", "conditions": [
+        {"field": "osType", "operator": "equals", "value": "linux"},
+        {"field": "custom.region", "operator": "equals", "value": "eu"}]});
+    let preview = api
+        .post(
+            "/api/v1/groups/preview",
+            json!({"filterConditions": regional}),
+        )
+        .await?;
+    assert_eq!(preview.body["data"]["totalCount"], 2, "{preview:?}");
+    console.wait_text("#preview-count", "2").await?;
+    second()
+        .await?
+        .find(Locator::Css("button.remove"))
+        .await?
+        .click()
+        .await?;
+    console
+        .wait_text("#preview-count", &expected.to_string())
+        .await?;
+
     // Saved, it fills as the worker evaluates it.
     c.find(Locator::Id("save-group")).await?.click().await?;
     console.wait_text("#group-name", "linux fleet").await?;
@@ -216,6 +258,29 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
     console
         .reload_until(&path, "#device-count", &(expected + 1).to_string())
         .await?;
+    console.shot("group-pinned").await?;
+    c.find(Locator::Css("tr[data-device='dev-01'] button"))
+        .await?
+        .click()
+        .await?;
+    console
+        .wait_text(
+            "#notice",
+            "Unpinned dev-01: the worker applies it in order with the device's events",
+        )
+        .await?;
+    console
+        .reload_until(&path, "#device-count", &expected.to_string())
+        .await?;
+    let log: Vec<(String, String, String)> = console.h.log(group).await?;
+    assert!(
+        log.contains(&("dev-01".into(), "added".into(), "pinned".into())),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&("dev-01".into(), "removed".into(), "unpinned".into())),
+        "{log:?}"
+    );
 
     // Edited, the builder starts from the saved filter and previews it.
     c.find(Locator::Id("edit-group")).await?.click().await?;

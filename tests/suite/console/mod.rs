@@ -163,8 +163,19 @@ impl Console {
         self.wait_text("#org", ORG).await
     }
 
+    /// The text of the element `css`, once the page has one (a click's navigation ends after it returns).
     pub async fn text(&self, css: &str) -> anyhow::Result<String> {
-        Ok(self.c().find(Locator::Css(css)).await?.text().await?)
+        let c = self.c().clone();
+        eventually(LIMIT, &format!("the page has {css}"), || {
+            let c = c.clone();
+            async move {
+                Ok(match c.find(Locator::Css(css)).await {
+                    Ok(e) => e.text().await.ok(),
+                    Err(_) => None,
+                })
+            }
+        })
+        .await
     }
 
     /// Waits until the element `css` exists and its text is `expected`, reloading nothing.
@@ -176,15 +187,17 @@ impl Console {
             let c = c.clone();
             let last = &last;
             async move {
-                Ok(match c.find(Locator::Css(css)).await {
-                    Ok(e) => {
-                        let text = e.text().await?.trim().to_string();
-                        let done = text == expected;
-                        *last.lock().unwrap() = Some(text);
-                        done.then_some(())
-                    }
+                // An element of the page being left goes stale under the read: read again.
+                let text = match c.find(Locator::Css(css)).await {
+                    Ok(e) => e.text().await.ok(),
                     Err(_) => None,
-                })
+                };
+                Ok(text.and_then(|text| {
+                    let text = text.trim().to_string();
+                    let done = text == expected;
+                    *last.lock().unwrap() = Some(text);
+                    done.then_some(())
+                }))
             }
         })
         .await;
@@ -201,7 +214,12 @@ impl Console {
             async move {
                 c.goto(&url).await?;
                 Ok(match c.find(Locator::Css(css)).await {
-                    Ok(e) => (e.text().await?.trim() == expected).then_some(()),
+                    Ok(e) => e
+                        .text()
+                        .await
+                        .ok()
+                        .filter(|t| t.trim() == expected)
+                        .map(|_| ()),
                     Err(_) => None,
                 })
             }
