@@ -26,6 +26,8 @@
 //! - [`release_watch`]: advances staged releases whose soak time ran out, and publishes release progress
 //!   as metrics (every worker process runs it).
 //! - [`api`]: the REST API (groups, members, pins, previews, the log, devices, releases, keys, OpenAPI).
+//! - [`console`]: the web console at `/console` — server-rendered pages over the API's handlers, signed
+//!   in with an org's key (sessions in PostgreSQL, CSRF tokens, a strict Content-Security-Policy).
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`]: `Application::build(config)` then `run_until_stopped(shutdown)`.
 //! - [`synthetic`]: the synthetic fleet the demo and the benchmark run — the generator, its seeding into
@@ -41,6 +43,7 @@ pub mod backoff;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod demo;
 pub mod event;
 pub mod firmware;

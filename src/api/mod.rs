@@ -163,6 +163,7 @@ pub fn router(state: ApiState) -> Router {
     authenticated
         .nest("/api/m2m/v1/groups", thingspace)
         .route("/api/v1/openapi.json", get(openapi::serve))
+        .merge(crate::console::routes())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.max_body_bytes))

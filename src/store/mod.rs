@@ -11,6 +11,7 @@
 //! - [`outbox`]: the transactional outbox — the batch's inserts, and the relay's reads, marks, retention
 //!   and publishing lease.
 //! - [`api_keys`]: the REST API's keys (hashed, compared in constant time).
+//! - [`console_sessions`]: the web console's sign-in sessions (only their tokens' digests stored).
 //! - [`counts`]: group member counts maintained by triggers — the reads, the fold, the check and repair.
 //! - [`api`]: the REST API's queries (group listings, members, the membership log, previews).
 //! - [`live_workers`]: the worker processes running now, where their peers reach them (previews).
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod api_keys;
 pub mod batch;
+pub mod console_sessions;
 pub mod control;
 pub mod counts;
 pub mod firmware;

@@ -220,7 +220,7 @@ pub async fn prepare(pool: &PgPool, reset: bool) -> anyhow::Result<()> {
         "TRUNCATE group_membership_log, device_group_memberships, group_member_counts, release_progress, \
          firmware_releases, \
          devices, device_groups, control_log, partition_positions, outbox, api_keys, device_identifiers, \
-         device_firmware_versions, org_settings, orgs \
+         device_firmware_versions, org_settings, console_sessions, orgs \
          RESTART IDENTITY",
     )
     .execute(pool)

@@ -13,6 +13,7 @@
 //!   the end-to-end flows with a worker, `cohort demo` and the schemathesis probe.
 //! - [`bench`]: `cohort bench` on a small fleet, its group-changes phase included.
 //! - [`cli`]: the `cohort` binary as an operator uses it (`cohort eval`, `cohort fields`).
+//! - [`console`]: the web console in a real headless Chromium through WebDriver, with screenshots.
 //! - [`crash`]: the real `cohort worker` and `cohort relay` processes SIGKILLed hundreds of times during a
 //!   stream, ending exactly as computed from scratch.
 //! - [`deploy`]: the deployment files and documents checked against the code.
@@ -29,6 +30,7 @@
 mod api;
 mod bench;
 mod cli;
+mod console;
 mod crash;
 mod deploy;
 mod event_contract;

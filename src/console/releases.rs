@@ -1,0 +1,395 @@
+//! Releases: the org's releases with their stage and percentage, and releasing or withdrawing through a
+//! confirmation screen — the API's dry run (version, target, the devices whose target changes by
+//! transition, what they will download, a sample), then the change itself, carrying the dry run's
+//! confirmation token as `Cohort-Confirm` when the org's retarget cap asks for one.
+
+use std::collections::HashMap;
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Extension, Form, Path as AxumPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use maud::{html, Markup};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::groups::form;
+use super::layout::{self, seg, when, Failure};
+use super::session::Signed;
+use crate::api::error::{Json, Path, Query};
+use crate::api::groups::{self as api_groups, ListParams as GroupParams};
+use crate::api::releases::{
+    self as api_releases, CreateRelease, ListParams, ReleaseOutcome, ReleaseView, WithdrawParams,
+};
+use crate::api::retarget_cap::CONFIRM_HEADER;
+use crate::api::ApiState;
+use crate::store::firmware::Impact;
+
+/// Groups offered as a release's target.
+const TARGET_CHOICES: i64 = 1000;
+
+/// The org's group names by id (the first [`TARGET_CHOICES`] by name), for targets.
+async fn group_names(state: &ApiState, signed: &Signed) -> Result<Vec<(Uuid, String)>, Failure> {
+    let params = GroupParams {
+        limit: Some(TARGET_CHOICES),
+        offset: None,
+        kind: None,
+        site_id: None,
+        parent_id: None,
+        tags: None,
+        search: None,
+        org_id: None,
+    };
+    let Json(listed) = api_groups::list(
+        State(state.clone()),
+        Extension(signed.caller.clone()),
+        Query(params),
+    )
+    .await?;
+    Ok(listed.groups.into_iter().map(|g| (g.id, g.name)).collect())
+}
+
+fn target_name(names: &HashMap<Uuid, String>, group: Option<Uuid>) -> String {
+    match group {
+        None => "org default".to_string(),
+        Some(g) => names.get(&g).cloned().unwrap_or_else(|| g.to_string()),
+    }
+}
+
+/// Releases shown on the page.
+const RELEASES_SHOWN: usize = 200;
+
+/// Whether the list includes withdrawn releases.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    withdrawn: bool,
+}
+
+/// The org's releases, newest first: the live ones, or (`?withdrawn=true`) all, the first
+/// [`RELEASES_SHOWN`] of them.
+pub async fn list(
+    State(state): State<ApiState>,
+    signed: Signed,
+    q: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, Failure> {
+    let q = super::groups::query(q)?;
+    let Json(mut listed) = api_releases::list(
+        State(state.clone()),
+        Extension(signed.caller.clone()),
+        Query(ListParams {
+            org_id: None,
+            include_withdrawn: q.withdrawn,
+        }),
+    )
+    .await?;
+    let total = listed.releases.len();
+    listed.releases.truncate(RELEASES_SHOWN);
+    let names: HashMap<Uuid, String> = group_names(&state, &signed).await?.into_iter().collect();
+    let body = html! {
+        div.bar {
+            h1 { "Releases" }
+            a.button #new-release href="/console/releases/new" { "New release" }
+        }
+        p.muted {
+            @if q.withdrawn { "Live and withdrawn releases. " a #live-only href="/console/releases" { "Live only" } }
+            @else { "Live releases. " a #with-withdrawn href="/console/releases?withdrawn=true" { "Include withdrawn" } }
+        }
+        table #release-list {
+            thead { tr { th { "Version" } th { "Target" } th { "Stage" } th { "Percentage" } th { "Created" }
+                th { "State" } th {} } }
+            tbody { @for r in &listed.releases { (release_row(&names, r)) } }
+        }
+        @if total > RELEASES_SHOWN { p.muted { "The newest " (RELEASES_SHOWN) " of " (total) " are shown." } }
+    };
+    Ok(layout::page("Releases", &signed, body))
+}
+
+fn release_row(names: &HashMap<Uuid, String>, r: &ReleaseView) -> Markup {
+    html! {
+        tr data-release=(r.id) {
+            td.version { (r.version) }
+            td { @match r.group_id {
+                Some(g) => { a href=(format!("/console/groups/{g}")) { (target_name(names, Some(g))) } },
+                None => { "org default" }
+            } }
+            td { (r.stage + 1) " of " (r.stages.len()) }
+            td.percentage { (r.percentage) "%" }
+            td { (when(&r.created_at)) br; span.muted { (r.created_by) } }
+            td { @match &r.withdrawn_at { Some(at) => { "withdrawn " (when(at)) }, None => { "live" } } }
+            td { @if r.withdrawn_at.is_none() {
+                a.withdraw href=(format!("/console/releases/{}/withdraw", r.id)) { "Withdraw…" }
+            } }
+        }
+    }
+}
+
+/// The new release form.
+pub async fn new_page(State(state): State<ApiState>, signed: Signed) -> Result<Response, Failure> {
+    let groups = group_names(&state, &signed).await?;
+    let body = html! {
+        h1 { "New release" }
+        p.muted { "Nothing is released until you confirm: the next screen shows what it would do." }
+        form #release-form method="post" action="/console/releases/dry-run" {
+            input type="hidden" name="csrf" value=(signed.csrf);
+            label for="target" { "Target" }
+            select #target name="target" {
+                @for (id, name) in &groups { option value=(id) { (name) } }
+                option value="default" { "The org's default (every device without a group release)" }
+            }
+            label for="version" { "Version (an integer or a semantic version)" }
+            input #version type="text" name="version" required maxlength="128";
+            label for="stages" { "Stages, in percent (e.g. 10, 50, 100; empty: all at once)" }
+            input #stages type="text" name="stages";
+            button #dry-run type="submit" { "Review the impact" }
+        }
+    };
+    Ok(layout::page("New release", &signed, body))
+}
+
+/// A release to review or confirm.
+#[derive(Debug, Deserialize)]
+pub struct ReleaseForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    target: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    stages: String,
+    /// The dry run's confirmation token, when the org's retarget cap asked for one.
+    #[serde(default)]
+    token: String,
+}
+
+impl ReleaseForm {
+    fn request(&self, dry_run: bool) -> Result<CreateRelease, Failure> {
+        let (group_id, default) = match self.target.as_str() {
+            "default" => (None, true),
+            raw => (Some(api_groups::group_id(raw)?), false),
+        };
+        let stages = if self.stages.trim().is_empty() {
+            None
+        } else {
+            let parsed: Result<Vec<f64>, _> = self
+                .stages
+                .split(',')
+                .map(|s| s.trim().trim_end_matches('%').parse::<f64>())
+                .collect();
+            Some(parsed.map_err(|_| {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "Stages are percentages separated by commas, e.g. 10, 50, 100",
+                )
+            })?)
+        };
+        Ok(CreateRelease {
+            org_id: None,
+            group_id,
+            default,
+            version: self.version.clone(),
+            stages,
+            percentage: None,
+            dry_run,
+        })
+    }
+}
+
+/// The headers carrying a dry run's token as `Cohort-Confirm`.
+fn confirm_headers(token: &str) -> Result<HeaderMap, Failure> {
+    let mut headers = HeaderMap::new();
+    if !token.is_empty() {
+        let value = HeaderValue::from_str(token).map_err(|_| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                "The confirmation token is not valid",
+            )
+        })?;
+        headers.insert(CONFIRM_HEADER, value);
+    }
+    Ok(headers)
+}
+
+/// What a change does: counts, transitions, downloads and a sample.
+fn impact(impact: &Impact) -> Markup {
+    html! {
+        dl.facts #impact {
+            dt { "Devices examined" } dd #examined { (impact.examined) }
+            dt { "Targets changing (one rollout event each)" } dd #changed { (impact.changed) }
+            dt { "Devices that will download firmware" } dd #impacted { (impact.impacted) }
+        }
+        @if !impact.transitions.is_empty() {
+            h3 { "Transitions" }
+            table #transitions { tbody { @for (t, n) in &impact.transitions { tr { td { (t) } td { (n) } } } } }
+        }
+        @if !impact.downloads.is_empty() {
+            h3 { "Downloads (running → target)" }
+            table #downloads { tbody { @for (t, n) in &impact.downloads { tr { td { (t) } td { (n) } } } } }
+        }
+        @if !impact.sample.is_empty() {
+            h3 { "Sample" }
+            table #sample {
+                thead { tr { th { "Device" } th { "From" } th { "To" } th { "Running" } th { "Downloads" } } }
+                tbody { @for d in &impact.sample { tr {
+                    td { a href=(format!("/console/devices/{}", seg(&d.device_id))) { (d.device_id) } }
+                    td { (d.from.version.as_deref().unwrap_or("none")) }
+                    td { (d.to.version.as_deref().unwrap_or("none")) }
+                    td { (d.running.as_deref().unwrap_or("unreported")) }
+                    td { @if d.impacted { "yes" } @else { "no" } }
+                } } }
+            }
+        }
+    }
+}
+
+/// The confirmation screen: the dry run's impact, and the form that makes the release.
+pub async fn dry_run(
+    State(state): State<ApiState>,
+    signed: Signed,
+    f: Result<Form<ReleaseForm>, FormRejection>,
+) -> Result<Response, Failure> {
+    let f = form(f)?;
+    signed.check(&f.csrf)?;
+    let (_, Json(outcome)) = api_releases::create(
+        State(state.clone()),
+        Extension(signed.caller.clone()),
+        HeaderMap::new(),
+        Json(f.request(true)?),
+    )
+    .await?;
+    let names: HashMap<Uuid, String> = group_names(&state, &signed).await?.into_iter().collect();
+    let target = f.request(true)?.group_id;
+    let body = html! {
+        h1 { "Confirm the release" }
+        dl.facts {
+            dt { "Version" } dd #confirm-version { (f.version.trim()) }
+            dt { "Target" } dd #confirm-target { (target_name(&names, target)) }
+            @if !f.stages.trim().is_empty() { dt { "Stages" } dd { (f.stages) } }
+        }
+        (impact(&outcome.impact))
+        @if outcome.confirmation_token.is_some() {
+            p.notice { "This release retargets more devices than the org's retarget cap: confirming carries \
+                        this review's token, valid for five minutes and for this impact only." }
+        }
+        form #confirm-form method="post" action="/console/releases" {
+            input type="hidden" name="csrf" value=(signed.csrf);
+            input type="hidden" name="target" value=(f.target);
+            input type="hidden" name="version" value=(f.version);
+            input type="hidden" name="stages" value=(f.stages);
+            input type="hidden" name="token" value=(outcome.confirmation_token.as_deref().unwrap_or(""));
+            button #confirm type="submit" { "Release " (f.version.trim()) }
+            " " a href="/console/releases" { "Cancel" }
+        }
+    };
+    Ok(layout::page("Confirm the release", &signed, body))
+}
+
+/// Makes the release reviewed on the confirmation screen.
+pub async fn confirm(
+    State(state): State<ApiState>,
+    signed: Signed,
+    f: Result<Form<ReleaseForm>, FormRejection>,
+) -> Result<Response, Failure> {
+    let f = form(f)?;
+    signed.check(&f.csrf)?;
+    let (_, Json(outcome)) = api_releases::create(
+        State(state.clone()),
+        Extension(signed.caller.clone()),
+        confirm_headers(&f.token)?,
+        Json(f.request(false)?),
+    )
+    .await?;
+    done(&state, &signed, "Released", outcome).await
+}
+
+/// The answer to a release or withdrawal made.
+async fn done(
+    state: &ApiState,
+    signed: &Signed,
+    title: &str,
+    outcome: ReleaseOutcome,
+) -> Result<Response, Failure> {
+    let names: HashMap<Uuid, String> = group_names(state, signed).await?.into_iter().collect();
+    let body = html! {
+        h1 #done { (title) }
+        @if let Some(r) = &outcome.release {
+            table #release-list { tbody { (release_row(&names, r)) } }
+        }
+        p { "The owning workers retarget the devices below and emit one rollout-target event per changed \
+             target." }
+        (impact(&outcome.impact))
+        p { a href="/console/releases" { "All releases" } }
+    };
+    Ok(layout::page(title, signed, body))
+}
+
+/// The withdrawal's confirmation screen: what withdrawing the release would do.
+pub async fn withdraw_page(
+    State(state): State<ApiState>,
+    signed: Signed,
+    AxumPath(id): AxumPath<String>,
+) -> Result<Response, Failure> {
+    let id = release_id(&id)?;
+    let Json(outcome) = api_releases::withdraw(
+        State(state.clone()),
+        Extension(signed.caller.clone()),
+        Path(id),
+        Query(WithdrawParams { dry_run: true }),
+        HeaderMap::new(),
+    )
+    .await?;
+    let names: HashMap<Uuid, String> = group_names(&state, &signed).await?.into_iter().collect();
+    let body = html! {
+        h1 { "Confirm the withdrawal" }
+        @if let Some(r) = &outcome.release {
+            dl.facts {
+                dt { "Version" } dd #confirm-version { (r.version) }
+                dt { "Target" } dd #confirm-target { (target_name(&names, r.group_id)) }
+            }
+        }
+        (impact(&outcome.impact))
+        form #confirm-form method="post" action=(format!("/console/releases/{id}/withdraw")) {
+            input type="hidden" name="csrf" value=(signed.csrf);
+            input type="hidden" name="token" value=(outcome.confirmation_token.as_deref().unwrap_or(""));
+            button #confirm type="submit" { "Withdraw" }
+            " " a href="/console/releases" { "Cancel" }
+        }
+    };
+    Ok(layout::page("Confirm the withdrawal", &signed, body))
+}
+
+/// A withdrawal's confirmation.
+#[derive(Debug, Deserialize)]
+pub struct WithdrawForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    token: String,
+}
+
+/// Withdraws the release reviewed on the confirmation screen.
+pub async fn withdraw(
+    State(state): State<ApiState>,
+    signed: Signed,
+    AxumPath(id): AxumPath<String>,
+    f: Result<Form<WithdrawForm>, FormRejection>,
+) -> Result<Response, Failure> {
+    let f = form(f)?;
+    signed.check(&f.csrf)?;
+    let id = release_id(&id)?;
+    let Json(outcome) = api_releases::withdraw(
+        State(state.clone()),
+        Extension(signed.caller.clone()),
+        Path(id),
+        Query(WithdrawParams { dry_run: false }),
+        confirm_headers(&f.token)?,
+    )
+    .await?;
+    done(&state, &signed, "Withdrawn", outcome).await
+}
+
+/// A release id in a path: anything else names no release (404).
+fn release_id(raw: &str) -> Result<Uuid, Failure> {
+    Uuid::parse_str(raw).map_err(|_| Failure::new(StatusCode::NOT_FOUND, "Release not found"))
+}
