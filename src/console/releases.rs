@@ -1,4 +1,5 @@
-//! Releases: the org's releases with their stage and percentage, and releasing or withdrawing through a
+//! Releases: the org's releases with their stage, percentage, state and progress (their devices by
+//! standing, from what the devices report), and releasing or withdrawing through a
 //! confirmation screen — the API's dry run (version, target, the devices whose target changes by
 //! transition, what they will download, a sample), then the change itself, carrying the dry run's
 //! confirmation token as `Cohort-Confirm` when the org's retarget cap asks for one.
@@ -96,8 +97,8 @@ pub async fn list(
             @else { "Live releases. " a #with-withdrawn href="/console/releases?withdrawn=true" { "Include withdrawn" } }
         }
         table #release-list {
-            thead { tr { th { "Version" } th { "Target" } th { "Stage" } th { "Percentage" } th { "Created" }
-                th { "State" } th {} } }
+            thead { tr { th { "Version" } th { "Target" } th { "Stage" } th { "Percentage" } th { "Progress" }
+                th { "Created" } th { "State" } th {} } }
             tbody { @for r in &listed.releases { (release_row(&names, r)) } }
         }
         @if total > RELEASES_SHOWN { p.muted { "The newest " (RELEASES_SHOWN) " of " (total) " are shown." } }
@@ -115,8 +116,25 @@ fn release_row(names: &HashMap<Uuid, String>, r: &ReleaseView) -> Markup {
             } }
             td { (r.stage + 1) " of " (r.stages.len()) }
             td.percentage { (r.percentage) "%" }
+            td.progress {
+                span.running { (r.progress.running) " of " (r.progress.targeted) " running" }
+                @if r.progress.complete { " · complete" }
+                br;
+                span.muted {
+                    (r.progress.previous) " previous · " (r.progress.failed) " failed · "
+                    (r.progress.reverted) " reverted"
+                }
+            }
             td { (when(&r.created_at)) br; span.muted { (r.created_by) } }
-            td { @match &r.withdrawn_at { Some(at) => { "withdrawn " (when(at)) }, None => { "live" } } }
+            td.state { @match &r.withdrawn_at {
+                Some(at) => { "withdrawn " (when(at)) },
+                None => {
+                    (r.state.replace('_', " "))
+                    @if let Some(by) = r.halted.as_ref().and_then(|h| h.get("by")).and_then(|b| b.as_str()) {
+                        br; span.muted { "halted by " (by.replace('_', " ")) }
+                    }
+                }
+            } }
             td { @if r.withdrawn_at.is_none() {
                 a.withdraw href=(format!("/console/releases/{}/withdraw", r.id)) { "Withdraw…" }
             } }
@@ -191,6 +209,9 @@ impl ReleaseForm {
             version: self.version.clone(),
             stages,
             percentage: None,
+            failure: None,
+            halt: None,
+            soak_seconds: None,
             dry_run,
         })
     }

@@ -387,7 +387,7 @@ async fn a_release_is_made_from_its_confirmation_screen_and_emits_its_rollout_ev
 
     console.sign_in().await?;
     console.goto("/console/releases/new").await?;
-    let c = console.c();
+    let c = console.c().clone();
     c.find(Locator::Id("target"))
         .await?
         .select_by_value(&group.to_string())
@@ -450,6 +450,30 @@ async fn a_release_is_made_from_its_confirmation_screen_and_emits_its_rollout_ev
     console
         .wait_text("#release-list td.percentage", "100%")
         .await?;
+    // Progress, from what the devices report: one of them reports running the release.
+    let n_text = format!("0 of {n} running");
+    console
+        .reload_until("/console/releases", "#release-list span.running", &n_text)
+        .await?;
+    let event = json!({"eventId": "reports-2", "orgId": ORG, "deviceId": &linux[0], "sequence": 1_000,
+        "attributes": {"firmwareVersion": "2.0.0"}});
+    let h = &console.h;
+    h.kafka
+        .produce(&h.input, &linux[0], event.to_string())
+        .await?;
+    h.applied(&linux[0], 1_000).await?;
+    let one = format!("1 of {n} running");
+    console
+        .reload_until("/console/releases", "#release-list span.running", &one)
+        .await?;
+    let listed = api.get("/api/v1/releases").await?;
+    let id = listed.body["releases"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let progress = api.get(&format!("/api/v1/releases/{id}/progress")).await?;
+    assert_eq!(progress.body["progress"]["targeted"], n);
+    assert_eq!(progress.body["progress"]["running"], 1);
     console.shot("releases").await?;
     // A device's page shows its new target and the release that decided it.
     console
@@ -484,9 +508,7 @@ async fn a_release_is_made_from_its_confirmation_screen_and_emits_its_rollout_ev
         .await?
         .is_empty());
     c.find(Locator::Id("with-withdrawn")).await?.click().await?;
-    let state = console
-        .text("#release-list tbody tr td:nth-child(6)")
-        .await?;
+    let state = console.text("#release-list tbody tr td.state").await?;
     assert!(state.starts_with("withdrawn"), "{state}");
 
     console.finish().await
