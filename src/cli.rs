@@ -61,6 +61,12 @@ pub enum Command {
     /// Run the outbox relay alone: publish committed outbox rows (dead letters, rollout-target events) to
     /// Kafka (until SIGINT/SIGTERM). Several may run; one at a time publishes.
     Relay(ConfigArgs),
+    /// Compare a fleet file (an org's groups and releases by name, YAML) with the org's live state and print
+    /// what applying it would change, with the devices each change moves in or out of groups and whose
+    /// firmware it retargets; `--out` writes the plan for `cohort apply`.
+    Plan(crate::plan::command::PlanArgs),
+    /// Apply a plan written by `cohort plan --out`, exactly: refused if the live state moved since.
+    Apply(crate::plan::command::ApplyArgs),
     /// Benchmark the worker end to end: a synthetic fleet (by default 1,000,000 devices, 1,000 dynamic
     /// groups) streamed through a Kafka-protocol broker into the worker and PostgreSQL, against the ceiling
     /// of the same writes by a minimal writer. Without --brokers, an in-process mock cluster is used.
@@ -187,6 +193,8 @@ pub fn run(cli: Cli) -> ExitCode {
                 Err(_) => ExitCode::FAILURE,
             }
         }
+        Command::Plan(args) => run_async(crate::plan::command::plan_command(args)),
+        Command::Apply(args) => run_async(crate::plan::command::apply_command(args)),
         Command::Bench(args) => run_async(crate::bench::command(args)),
     }
 }

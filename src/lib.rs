@@ -23,6 +23,8 @@
 //! - [`metrics`]: every metric name and the Prometheus recorder.
 //! - [`reconcile`]: `cohort reconcile` — recomputes memberships, targets, standings and release progress
 //!   from PostgreSQL and reports drift.
+//! - [`plan`]: `cohort plan` and `cohort apply` — an org's groups and releases kept in a file, compared
+//!   with its live state, with each change's membership and firmware impact, and applied exactly.
 //! - [`release_watch`]: advances staged releases whose soak time ran out, and publishes release progress
 //!   as metrics (every worker process runs it).
 //! - [`api`]: the REST API (groups, members, pins, previews, the log, devices, releases, keys, OpenAPI).
@@ -51,6 +53,7 @@ pub mod http;
 pub mod kafka;
 pub mod metrics;
 pub mod outbox;
+pub mod plan;
 pub mod reconcile;
 pub mod relay;
 pub mod release_watch;

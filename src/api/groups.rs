@@ -440,6 +440,7 @@ pub(crate) async fn create_group(
             None
         },
         parent_id: body.parent_id,
+        id: None,
     };
     let def = groups::create_group(&state.pool, &state.catalogue, &group).await?;
     visible_group(state, caller, def.group_id).await

@@ -16,7 +16,7 @@ use super::release_health::{act, optional_body};
 use super::releases::ReleaseOutcome;
 use super::{ApiError, ApiState};
 use crate::firmware::WHOLE_SHARE;
-use crate::store::firmware::{Proposal, MAX_STAGES};
+use crate::store::firmware::{stages_from_percents, Proposal};
 
 /// A release's stages from a request: `stages` (percentages, increasing), or `percentage` (one stage), or
 /// neither (the whole target at once). Percentages are kept to a hundredth of a percent (basis points).
@@ -32,24 +32,7 @@ pub(super) fn requested(
         (None, Some(p)) => std::slice::from_ref(p),
         (None, None) => return Ok(vec![WHOLE_SHARE]),
     };
-    if percents.is_empty() || percents.len() > MAX_STAGES {
-        return Err(ApiError::bad_request(format!(
-            "stages: 1 to {MAX_STAGES} percentages are allowed"
-        )));
-    }
-    percents.iter().map(|p| basis_points(*p)).collect()
-}
-
-/// A percentage above 0 and at most 100, to a hundredth, as basis points.
-fn basis_points(percent: f64) -> Result<u16, ApiError> {
-    let points = percent * 100.0;
-    let rounded = points.round();
-    if !(percent > 0.0 && percent <= 100.0) || (points - rounded).abs() > 1e-6 {
-        return Err(ApiError::bad_request(format!(
-            "stages: {percent} is not a percentage above 0 and at most 100, to a hundredth"
-        )));
-    }
-    Ok(rounded as u16)
+    stages_from_percents(percents).map_err(ApiError::bad_request)
 }
 
 /// Basis points as a percentage.

@@ -19,8 +19,11 @@ pub use impact::{
     batch_impact, definition_impact, Counting, DeviceImpact, Facts, HeldDevices, Impact,
     NewDefinition, ReleaseSide, Releases, ReleasesWire,
 };
-pub use live::{check_stages, live_releases, org_live_releases, LiveRelease, MAX_STAGES};
-use live::{live_stages, stage_share, LiveStages};
+pub use live::{
+    check_stages, live_releases, org_live_releases, stage_share, stages_from_percents, LiveRelease,
+    MAX_STAGES,
+};
+use live::{live_stages, LiveStages};
 use write::write;
 
 /// Why a release or withdrawal was refused.

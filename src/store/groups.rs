@@ -87,6 +87,8 @@ pub struct NewGroup {
     /// `Some` makes a dynamic group.
     pub filter: Option<Value>,
     pub parent_id: Option<Uuid>,
+    /// The id to give it (a plan names the groups it creates in advance); `None`: a new random one.
+    pub id: Option<Uuid>,
 }
 
 /// Creates an org (idempotent) and announces it.
@@ -123,7 +125,7 @@ pub async fn create_group(
             .to_vec(),
         None => Vec::new(),
     };
-    let id = Uuid::new_v4();
+    let id = group.id.unwrap_or_else(Uuid::new_v4);
     let mut tx = pool.begin().await?;
     if let Some(parent) = group.parent_id {
         check_parent(&mut tx, &group.org_id, id, parent).await?;

@@ -23,6 +23,7 @@
 //! - [`firmware`]: releases, locks and development devices, and the rollout-target events they cause.
 //! - [`fuzz_corpus`]: the committed fuzz corpus replayed through the fuzz checks.
 //! - [`infra`]: the harness itself.
+//! - [`plan`]: `cohort plan` and `cohort apply` against real PostgreSQL with the worker.
 //! - [`relay`]: the outbox relay.
 //! - [`rules_props`]: property tests of the rule language against a reference evaluator.
 //! - [`worker`]: the worker pipeline against PostgreSQL and a Kafka-protocol broker.
@@ -38,6 +39,7 @@ mod faults;
 mod firmware;
 mod fuzz_corpus;
 mod infra;
+mod plan;
 mod relay;
 mod rules_props;
 mod worker;

@@ -28,9 +28,30 @@ pub fn check_stages(stages: &[u16]) -> Result<(), ReleaseError> {
     Ok(())
 }
 
+/// Stages given as percentages of the target's devices (1 to [`MAX_STAGES`], each above 0 and at most 100,
+/// to a hundredth), as basis points; refused with what is wrong.
+pub fn stages_from_percents(percents: &[f64]) -> Result<Vec<u16>, String> {
+    if percents.is_empty() || percents.len() > MAX_STAGES {
+        return Err(format!("stages: 1 to {MAX_STAGES} percentages are allowed"));
+    }
+    percents
+        .iter()
+        .map(|percent| {
+            let points = percent * 100.0;
+            let rounded = points.round();
+            if !(*percent > 0.0 && *percent <= 100.0) || (points - rounded).abs() > 1e-6 {
+                return Err(format!(
+                    "stages: {percent} is not a percentage above 0 and at most 100, to a hundredth"
+                ));
+            }
+            Ok(rounded as u16)
+        })
+        .collect()
+}
+
 /// The share of its target a release's stage `stage` selects, in basis points (every device past the last
 /// stage, which `check_stages` and the table's constraint never let a release reach).
-pub(super) fn stage_share(stages: &[u16], stage: u16) -> u16 {
+pub fn stage_share(stages: &[u16], stage: u16) -> u16 {
     stages
         .get(usize::from(stage))
         .copied()
