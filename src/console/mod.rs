@@ -1,13 +1,13 @@
 //! The web console at `/console`: server-rendered pages over the API's own handlers and store functions,
 //! for operators who would rather click than curl (docs/console.md).
 //!
-//! - [`session`]: signing in with an org's API key, the session cookie, the per-session CSRF token, and
+//! - `session`: signing in with an org's API key, the session cookie, the per-session CSRF token, and
 //!   the security headers every console answer carries.
-//! - [`layout`]: the page shell, error pages, and small rendering helpers shared by the pages.
-//! - [`groups`]: the group hierarchy, a group's page (filter, members, log, pins, static batches).
-//! - [`builder`]: creating and editing a dynamic group with the filter builder and its live preview.
-//! - [`devices`]: a device: attributes, groups, firmware, and why it is (not) in each dynamic group.
-//! - [`releases`]: releases, and releasing or withdrawing through a dry run's confirmation screen.
+//! - `layout`: the page shell, error pages, and small rendering helpers shared by the pages.
+//! - `groups`: the group hierarchy, a group's page (filter, members, log, pins, static batches).
+//! - `builder`: creating and editing a dynamic group with the filter builder and its live preview.
+//! - `devices`: a device: attributes, groups, firmware, and why it is (not) in each dynamic group.
+//! - `releases`: releases, and releasing or withdrawing through a dry run's confirmation screen.
 //!
 //! Everything a page shows or changes goes through the API's functions, so the console and the API
 //! decide alike. The assets (one stylesheet, one script) are compiled into the binary; no page has an

@@ -271,14 +271,7 @@ pub async fn dry_run(
     f: Result<Form<ReleaseForm>, FormRejection>,
 ) -> Result<Response, Failure> {
     let f = form(f)?;
-    signed.check(&f.csrf)?;
-    let (_, Json(outcome)) = api_releases::create(
-        State(state.clone()),
-        Extension(signed.caller.clone()),
-        HeaderMap::new(),
-        Json(f.request(true)?),
-    )
-    .await?;
+    let outcome = create(&state, &signed, &f, true).await?;
     let names: HashMap<Uuid, String> = group_names(&state, &signed).await?.into_iter().collect();
     let target = f.request(true)?.group_id;
     let body = html! {
@@ -313,15 +306,32 @@ pub async fn confirm(
     f: Result<Form<ReleaseForm>, FormRejection>,
 ) -> Result<Response, Failure> {
     let f = form(f)?;
+    let outcome = create(&state, &signed, &f, false).await?;
+    done(&state, &signed, "Released", outcome).await
+}
+
+/// The API's release of the form's version (`dry_run`: only its impact), the form's CSRF token checked
+/// and, for the release itself, its confirmation token sent as `Cohort-Confirm`.
+async fn create(
+    state: &ApiState,
+    signed: &Signed,
+    f: &ReleaseForm,
+    dry_run: bool,
+) -> Result<ReleaseOutcome, Failure> {
     signed.check(&f.csrf)?;
+    let headers = if dry_run {
+        HeaderMap::new()
+    } else {
+        confirm_headers(&f.token)?
+    };
     let (_, Json(outcome)) = api_releases::create(
         State(state.clone()),
         Extension(signed.caller.clone()),
-        confirm_headers(&f.token)?,
-        Json(f.request(false)?),
+        headers,
+        Json(f.request(dry_run)?),
     )
     .await?;
-    done(&state, &signed, "Released", outcome).await
+    Ok(outcome)
 }
 
 /// The answer to a release or withdrawal made.

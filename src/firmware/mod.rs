@@ -263,6 +263,20 @@ impl GroupRelease {
         }
     }
 
+    /// A release not yet written, as a dry run or a plan counts it: no id yet, active at its first stage,
+    /// which selects `share` basis points of the target.
+    pub fn proposed(group: Uuid, version: Version, label: Arc<str>, share: u16) -> Self {
+        Self {
+            group,
+            version,
+            label,
+            staging: Staging {
+                share,
+                ..Staging::WHOLE
+            },
+        }
+    }
+
     /// Whether the release selects the device: an active release, when its current stage does (see
     /// [`stage_bucket`]); a paused one, only when it already targets the device; one rolled back, never.
     pub fn selects(&self, facts: &DeviceFacts<'_>) -> bool {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::diff::Change;
 use super::live::{self, Live, LiveDevice};
-use crate::firmware::{resolve, DeviceFacts, GroupRelease, ReleaseState, Staging, Version};
+use crate::firmware::{resolve, DeviceFacts, GroupRelease, Staging, Version};
 use crate::rules::{compile, AttrValue, Attributes, Catalogue, CompiledFilter};
 use crate::store::firmware::stage_share;
 use crate::store::StoreError;
@@ -107,17 +107,12 @@ pub async fn impact(
                     },
                     None => None,
                 };
-                let release = GroupRelease {
-                    group: target.unwrap_or(Uuid::nil()),
-                    version: parsed,
-                    label: version.as_str().into(),
-                    staging: Staging {
-                        release: Uuid::nil(),
-                        stage: 0,
-                        share: stage_share(stages, 0),
-                        state: ReleaseState::Active,
-                    },
-                };
+                let release = GroupRelease::proposed(
+                    target.unwrap_or(Uuid::nil()),
+                    parsed,
+                    version.as_str().into(),
+                    stage_share(stages, 0),
+                );
                 match target {
                     Some(id) => {
                         after_groups.insert(id, release);

@@ -1,4 +1,4 @@
-//! `cohort plan` and `cohort apply`: an org's groups and releases kept in a file ([`file`]), compared with
+//! `cohort plan` and `cohort apply`: an org's groups and releases kept in a file ([`file`](mod@file)), compared with
 //! its live state ([`live`]) into the changes that would make it so ([`diff`]), each with its membership
 //! and firmware impact ([`impact`]: which devices join and leave each group, whose resolved version
 //! changes); then applied exactly as planned ([`apply`]).

@@ -361,17 +361,12 @@ pub(super) async fn compute(
             parsed,
             stages,
             ..
-        } => Some(GroupRelease {
+        } => Some(GroupRelease::proposed(
             group,
-            version: parsed.clone(),
-            label: version.as_str().into(),
-            staging: Staging {
-                release: Uuid::nil(),
-                stage: 0,
-                share: stage_share(stages, 0),
-                state: ReleaseState::Active,
-            },
-        }),
+            parsed.clone(),
+            version.as_str().into(),
+            stage_share(stages, 0),
+        )),
         Change::Withdraw { .. } => None,
         Change::Advance { live, parsed, to } => Some(GroupRelease {
             group,

@@ -4,6 +4,7 @@
 use cohort_testkit::app::{LIMIT, ORG};
 use cohort_testkit::eventually;
 use cohort_testkit::http::Client as Api;
+use fantoccini::elements::Element;
 use fantoccini::Locator;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -133,24 +134,9 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
         );
         anyhow::Ok(rows[1].clone())
     };
-    second()
-        .await?
-        .find(Locator::Css("select.field"))
-        .await?
-        .select_by_value("uptimeSeconds")
-        .await?;
-    second()
-        .await?
-        .find(Locator::Css("select.operator"))
-        .await?
-        .select_by_value("greaterThan")
-        .await?;
-    second()
-        .await?
-        .find(Locator::Css("input.value-a"))
-        .await?
-        .send_keys("abc")
-        .await?;
+    pick(&second().await?, "select.field", "uptimeSeconds").await?;
+    pick(&second().await?, "select.operator", "greaterThan").await?;
+    type_in(&second().await?, "input.value-a", "abc").await?;
     console
         .wait_text(
             "#builder .bcond + .bcond .problem",
@@ -165,15 +151,7 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
     let narrower = json!({"operator": "AND", "conditions": [
         {"field": "osType", "operator": "equals", "value": "linux"},
         {"field": "uptimeSeconds", "operator": "greaterThan", "value": 5000}]});
-    let preview = api
-        .post(
-            "/api/v1/groups/preview",
-            json!({"filterConditions": narrower}),
-        )
-        .await?;
-    let narrower_count = preview.body["data"]["totalCount"].as_u64().unwrap();
-    assert_eq!(narrower_count, 2, "{preview:?}");
-    console.wait_text("#preview-count", "2").await?;
+    assert_eq!(preview_agrees(&api, &console, narrower).await?, 2);
     console.shot("builder").await?;
     second()
         .await?
@@ -187,35 +165,13 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
 
     // A condition on a custom field the catalogue does not declare: a string, keyed as typed.
     c.find(Locator::Id("add-condition")).await?.click().await?;
-    second()
-        .await?
-        .find(Locator::Css("select.field"))
-        .await?
-        .select_by_value("custom:new")
-        .await?;
-    second()
-        .await?
-        .find(Locator::Css("input.custom-key"))
-        .await?
-        .send_keys("region")
-        .await?;
-    second()
-        .await?
-        .find(Locator::Css("input.value-a"))
-        .await?
-        .send_keys("eu")
-        .await?;
+    pick(&second().await?, "select.field", "custom:new").await?;
+    type_in(&second().await?, "input.custom-key", "region").await?;
+    type_in(&second().await?, "input.value-a", "eu").await?;
     let regional = json!({"operator": "AND", "conditions": [
         {"field": "osType", "operator": "equals", "value": "linux"},
         {"field": "custom.region", "operator": "equals", "value": "eu"}]});
-    let preview = api
-        .post(
-            "/api/v1/groups/preview",
-            json!({"filterConditions": regional}),
-        )
-        .await?;
-    assert_eq!(preview.body["data"]["totalCount"], 2, "{preview:?}");
-    console.wait_text("#preview-count", "2").await?;
+    assert_eq!(preview_agrees(&api, &console, regional).await?, 2);
     second()
         .await?
         .find(Locator::Css("button.remove"))
@@ -512,4 +468,41 @@ async fn a_release_is_made_from_its_confirmation_screen_and_emits_its_rollout_ev
     assert!(state.starts_with("withdrawn"), "{state}");
 
     console.finish().await
+}
+
+/// Chooses `value` in the select `css` within `element`.
+async fn pick(element: &Element, css: &str, value: &str) -> anyhow::Result<()> {
+    element
+        .find(Locator::Css(css))
+        .await?
+        .select_by_value(value)
+        .await?;
+    Ok(())
+}
+
+/// Types `text` into the input `css` within `element`.
+async fn type_in(element: &Element, css: &str, text: &str) -> anyhow::Result<()> {
+    element
+        .find(Locator::Css(css))
+        .await?
+        .send_keys(text)
+        .await?;
+    Ok(())
+}
+
+/// The API's preview count of `filter`, once the builder's live preview shows the same.
+async fn preview_agrees(api: &Api, console: &Console, filter: Value) -> anyhow::Result<u64> {
+    let preview = api
+        .post(
+            "/api/v1/groups/preview",
+            json!({"filterConditions": filter}),
+        )
+        .await?;
+    let count = preview.body["data"]["totalCount"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no count: {preview:?}"))?;
+    console
+        .wait_text("#preview-count", &count.to_string())
+        .await?;
+    Ok(count)
 }
