@@ -1,7 +1,8 @@
 //! Applying a plan: the plan is made again from its file against the live state, with the same ids for
 //! the groups it creates; when its digest differs the live state moved, and nothing is applied. Otherwise
 //! each change is made, in order, through the same store functions the API uses (the membership log's
-//! cause names the actor; releases go through the one release decision, retarget cap included).
+//! cause names the actor; releases go through the one release decision). The plan is the confirmation an
+//! org's retarget cap asks for: its review showed the retargets, and its digest binds them.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,7 @@ use crate::rules::Catalogue;
 use crate::store::firmware::{self, Health, Mode, Proposal, ReleaseTarget};
 use crate::store::groups::{self, GroupKind, GroupPatch, NewGroup};
 use crate::store::members;
+use crate::store::retarget_cap::Confirmation;
 
 /// Applies `saved` if the live state is still the one it was made against. Returns the changes made.
 pub async fn apply(
@@ -119,9 +121,28 @@ pub async fn apply(
                         soak_seconds: *soak_seconds,
                     },
                 };
-                firmware::apply(pool, org, &proposal, actor, 0, Mode::Write)
+                let refused = |e: firmware::ReleaseError| {
+                    PlanError::Refused(format!("release {version}: {e}"))
+                };
+                // The plan is the confirmation the org's retarget cap asks for: its review showed these
+                // retargets, and its digest, checked above, binds them. The dry run's token carries that
+                // into the release's own decision, which still refuses anything else.
+                let dry = firmware::apply(pool, org, &proposal, actor, 0, Mode::DryRun)
                     .await
-                    .map_err(|e| PlanError::Refused(format!("release {version}: {e}")))?;
+                    .map_err(refused)?;
+                let confirmation = Confirmation::with(dry.confirmation_token);
+                firmware::apply_counting(
+                    pool,
+                    org,
+                    &proposal,
+                    actor,
+                    0,
+                    Mode::Write,
+                    None,
+                    &confirmation,
+                )
+                .await
+                .map_err(refused)?;
             }
         }
     }

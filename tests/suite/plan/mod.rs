@@ -158,6 +158,19 @@ async fn a_plan_lists_exact_moves_and_retargets_and_apply_yields_exactly_them() 
     let outbox_before: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM outbox")
         .fetch_one(h.pool())
         .await?;
+    // A cap below the plan's retargets: the plan, reviewed and unchanged, confirms them.
+    cohort::store::retarget_cap::set_retarget_cap(h.pool(), ORG, Some(1), "ops").await?;
+    let over = firmware::Proposal::Release {
+        target: ReleaseTarget::Group(pilot),
+        version: "3".into(),
+        stages: vec![10_000],
+        health: Default::default(),
+    };
+    let unconfirmed = firmware::apply(h.pool(), ORG, &over, "ops", 0, firmware::Mode::Write).await;
+    assert!(
+        matches!(unconfirmed, Err(firmware::ReleaseError::CapExceeded(_))),
+        "without the plan, the cap refuses: {unconfirmed:?}"
+    );
     let applied = plan::apply::apply(h.pool(), &h.catalogue, &planned, "test").await?;
     assert_eq!(applied, planned.changes.len());
     h.control_applied().await?;
