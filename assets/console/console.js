@@ -182,6 +182,10 @@
       problems.textContent = '';
       if (errors.length > 0) {
         hidden.value = '';
+        // A preview still waiting to be asked, or asked and not yet answered, is of an earlier filter:
+        // neither may overwrite this state.
+        clearTimeout(timer);
+        asked++;
         setPreview('—', '—', [], 'fix the filter to preview it');
         if (model.children.length === 0) { problems.appendChild(el('li', { text: 'Add a condition' })); }
         return;

@@ -7,7 +7,8 @@
 //! - `groups`: the group hierarchy, a group's page (filter, members, log, pins, static batches).
 //! - `builder`: creating and editing a dynamic group with the filter builder and its live preview.
 //! - `devices`: a device: attributes, groups, firmware, and why it is (not) in each dynamic group.
-//! - `releases`: releases, and releasing or withdrawing through a dry run's confirmation screen.
+//! - `releases`: releases with their progress, and releasing, withdrawing, pausing or resuming through a
+//!   dry run's confirmation screen.
 //!
 //! Everything a page shows or changes goes through the API's functions, so the console and the API
 //! decide alike. The assets (one stylesheet, one script) are compiled into the binary; no page has an
@@ -67,8 +68,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/console/releases/new", get(releases::new_page))
         .route("/console/releases/dry-run", post(releases::dry_run))
         .route(
-            "/console/releases/{id}/withdraw",
-            get(releases::withdraw_page).post(releases::withdraw),
+            "/console/releases/{id}/{action}",
+            get(releases::action_page).post(releases::action),
         )
         .route("/console/{*rest}", any(not_found))
         // Set here, before the API's own (which only fills fallbacks not yet set), so a console page's

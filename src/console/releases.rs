@@ -19,6 +19,7 @@ use super::layout::{self, seg, when, Failure};
 use super::session::Signed;
 use crate::api::error::{Json, Path, Query};
 use crate::api::groups::{self as api_groups, ListParams as GroupParams};
+use crate::api::release_health;
 use crate::api::releases::{
     self as api_releases, CreateRelease, ListParams, ReleaseOutcome, ReleaseView, WithdrawParams,
 };
@@ -136,6 +137,11 @@ fn release_row(names: &HashMap<Uuid, String>, r: &ReleaseView) -> Markup {
                 }
             } }
             td { @if r.withdrawn_at.is_none() {
+                @if r.state == "active" {
+                    a.pause href=(format!("/console/releases/{}/pause", r.id)) { "Pause…" } br;
+                } @else {
+                    a.resume href=(format!("/console/releases/{}/resume", r.id)) { "Resume…" } br;
+                }
                 a.withdraw href=(format!("/console/releases/{}/withdraw", r.id)) { "Withdraw…" }
             } }
         }
@@ -355,69 +361,121 @@ async fn done(
     Ok(layout::page(title, signed, body))
 }
 
-/// The withdrawal's confirmation screen: what withdrawing the release would do.
-pub async fn withdraw_page(
+/// What an operator does to a live release from the list, each through a confirmation screen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Action {
+    Withdraw,
+    Pause,
+    Resume,
+}
+
+impl Action {
+    /// The action a path's last segment names; anything else names no page (404).
+    fn parse(raw: &str) -> Result<Action, Failure> {
+        match raw {
+            "withdraw" => Ok(Action::Withdraw),
+            "pause" => Ok(Action::Pause),
+            "resume" => Ok(Action::Resume),
+            _ => Err(Failure::new(StatusCode::NOT_FOUND, "No such page")),
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Action::Withdraw => "withdraw",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+        }
+    }
+
+    /// The button, the confirmation's title and the answer's.
+    fn words(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Action::Withdraw => ("Withdraw", "Confirm the withdrawal", "Withdrawn"),
+            Action::Pause => ("Pause", "Confirm the pause", "Paused"),
+            Action::Resume => ("Resume", "Confirm the resume", "Resumed"),
+        }
+    }
+}
+
+/// Decides `action` on release `id` through the API (`dry_run`: only its impact), carrying a dry run's
+/// `token` as `Cohort-Confirm`.
+async fn act(
+    state: &ApiState,
+    signed: &Signed,
+    id: Uuid,
+    action: Action,
+    dry_run: bool,
+    token: &str,
+) -> Result<ReleaseOutcome, Failure> {
+    let headers = confirm_headers(token)?;
+    let (state, caller) = (State(state.clone()), Extension(signed.caller.clone()));
+    let body = axum::body::Bytes::from(serde_json::json!({ "dryRun": dry_run }).to_string());
+    let Json(outcome) = match action {
+        Action::Withdraw => {
+            let params = Query(WithdrawParams { dry_run });
+            api_releases::withdraw(state, caller, Path(id), params, headers).await?
+        }
+        Action::Pause => release_health::pause(state, caller, Path(id), headers, body).await?,
+        Action::Resume => release_health::resume(state, caller, Path(id), headers, body).await?,
+    };
+    Ok(outcome)
+}
+
+/// An action's confirmation screen: what withdrawing, pausing or resuming the release would do.
+pub async fn action_page(
     State(state): State<ApiState>,
     signed: Signed,
-    AxumPath(id): AxumPath<String>,
+    AxumPath((id, action)): AxumPath<(String, String)>,
 ) -> Result<Response, Failure> {
-    let id = release_id(&id)?;
-    let Json(outcome) = api_releases::withdraw(
-        State(state.clone()),
-        Extension(signed.caller.clone()),
-        Path(id),
-        Query(WithdrawParams { dry_run: true }),
-        HeaderMap::new(),
-    )
-    .await?;
+    let (id, action) = (release_id(&id)?, Action::parse(&action)?);
+    let outcome = act(&state, &signed, id, action, true, "").await?;
     let names: HashMap<Uuid, String> = group_names(&state, &signed).await?.into_iter().collect();
+    let (button, title, _) = action.words();
     let body = html! {
-        h1 { "Confirm the withdrawal" }
+        h1 { (title) }
         @if let Some(r) = &outcome.release {
             dl.facts {
                 dt { "Version" } dd #confirm-version { (r.version) }
                 dt { "Target" } dd #confirm-target { (target_name(&names, r.group_id)) }
+                dt { "State" } dd #confirm-state { (r.state.replace('_', " ")) }
             }
         }
+        @if action == Action::Pause {
+            p { "A paused release selects no further device; the devices it targets keep it." }
+        }
         (impact(&outcome.impact))
-        form #confirm-form method="post" action=(format!("/console/releases/{id}/withdraw")) {
+        form #confirm-form method="post" action=(format!("/console/releases/{id}/{}", action.path())) {
             input type="hidden" name="csrf" value=(signed.csrf);
             input type="hidden" name="token" value=(outcome.confirmation_token.as_deref().unwrap_or(""));
-            button #confirm type="submit" { "Withdraw" }
+            button #confirm type="submit" { (button) }
             " " a href="/console/releases" { "Cancel" }
         }
     };
-    Ok(layout::page("Confirm the withdrawal", &signed, body))
+    Ok(layout::page(title, &signed, body))
 }
 
-/// A withdrawal's confirmation.
+/// An action's confirmation.
 #[derive(Debug, Deserialize)]
-pub struct WithdrawForm {
+pub struct ActionForm {
     #[serde(default)]
     csrf: String,
     #[serde(default)]
     token: String,
 }
 
-/// Withdraws the release reviewed on the confirmation screen.
-pub async fn withdraw(
+/// Makes the action reviewed on the confirmation screen.
+pub async fn action(
     State(state): State<ApiState>,
     signed: Signed,
-    AxumPath(id): AxumPath<String>,
-    f: Result<Form<WithdrawForm>, FormRejection>,
+    AxumPath((id, action)): AxumPath<(String, String)>,
+    f: Result<Form<ActionForm>, FormRejection>,
 ) -> Result<Response, Failure> {
     let f = form(f)?;
     signed.check(&f.csrf)?;
-    let id = release_id(&id)?;
-    let Json(outcome) = api_releases::withdraw(
-        State(state.clone()),
-        Extension(signed.caller.clone()),
-        Path(id),
-        Query(WithdrawParams { dry_run: false }),
-        confirm_headers(&f.token)?,
-    )
-    .await?;
-    done(&state, &signed, "Withdrawn", outcome).await
+    let (id, action) = (release_id(&id)?, Action::parse(&action)?);
+    let outcome = act(&state, &signed, id, action, false, &f.token).await?;
+    done(&state, &signed, action.words().2, outcome).await
 }
 
 /// A release id in a path: anything else names no release (404).

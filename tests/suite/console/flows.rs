@@ -441,6 +441,30 @@ async fn a_release_is_made_from_its_confirmation_screen_and_emits_its_rollout_ev
         .await?;
     console.wait_text("#target-reason", "group").await?;
 
+    // Paused and resumed from the list, each through its confirmation screen: no device moves.
+    console.goto("/console/releases").await?;
+    c.find(Locator::Css("a.pause")).await?.click().await?;
+    console.wait_text("#changed", "0").await?;
+    console.shot("pause-confirm").await?;
+    c.find(Locator::Id("confirm")).await?.click().await?;
+    console.wait_text("#done", "Paused").await?;
+    console
+        .wait_text("#release-list td.state", "paused\nhalted by operator")
+        .await?;
+    console.goto("/console/releases").await?;
+    c.find(Locator::Css("a.resume")).await?.click().await?;
+    console.wait_text("#changed", "0").await?;
+    c.find(Locator::Id("confirm")).await?.click().await?;
+    console.wait_text("#done", "Resumed").await?;
+    console
+        .wait_text("#release-list td.state", "active")
+        .await?;
+    assert_eq!(
+        rollouts(&console).await?.len(),
+        n,
+        "pausing and resuming move no device"
+    );
+
     // Withdrawn the same way: the confirmation screen, then every device back to no target.
     console.goto("/console/releases").await?;
     c.find(Locator::Css("a.withdraw")).await?.click().await?;
