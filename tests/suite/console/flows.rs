@@ -153,15 +153,7 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
         {"field": "uptimeSeconds", "operator": "greaterThan", "value": 5000}]});
     assert_eq!(preview_agrees(&api, &console, narrower).await?, 2);
     console.shot("builder").await?;
-    second()
-        .await?
-        .find(Locator::Css("button.remove"))
-        .await?
-        .click()
-        .await?;
-    console
-        .wait_text("#preview-count", &expected.to_string())
-        .await?;
+    remove_condition(&second().await?, &console, &expected.to_string()).await?;
 
     // A condition on a custom field the catalogue does not declare: a string, keyed as typed.
     c.find(Locator::Id("add-condition")).await?.click().await?;
@@ -172,15 +164,7 @@ async fn a_group_built_in_the_console_previews_as_the_api_fills_and_explains_its
         {"field": "osType", "operator": "equals", "value": "linux"},
         {"field": "custom.region", "operator": "equals", "value": "eu"}]});
     assert_eq!(preview_agrees(&api, &console, regional).await?, 2);
-    second()
-        .await?
-        .find(Locator::Css("button.remove"))
-        .await?
-        .click()
-        .await?;
-    console
-        .wait_text("#preview-count", &expected.to_string())
-        .await?;
+    remove_condition(&second().await?, &console, &expected.to_string()).await?;
 
     // Saved, it fills as the worker evaluates it.
     c.find(Locator::Id("save-group")).await?.click().await?;
@@ -529,4 +513,13 @@ async fn preview_agrees(api: &Api, console: &Console, filter: Value) -> anyhow::
         .wait_text("#preview-count", &count.to_string())
         .await?;
     Ok(count)
+}
+
+/// Removes the builder's condition `row` and waits for the preview to count `expected` again.
+async fn remove_condition(row: &Element, console: &Console, expected: &str) -> anyhow::Result<()> {
+    row.find(Locator::Css("button.remove"))
+        .await?
+        .click()
+        .await?;
+    console.wait_text("#preview-count", expected).await
 }
