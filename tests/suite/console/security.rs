@@ -156,7 +156,7 @@ async fn every_answer_carries_the_security_headers_and_a_change_needs_the_csrf_t
     let sign_in = plain(addr, Method::GET, "/console/sign-in", None, None, &[]).await?;
     assert!(!sign_in.body.contains("<script>") && !sign_in.body.contains("style="));
 
-    // The session cookie as the brief of the console says: browser session only, HttpOnly, Strict.
+    // The session cookie as docs/console.md describes it: browser session only, HttpOnly, Strict.
     let form_cookie = sign_in.headers["set-cookie"]
         .to_str()?
         .split(';')
