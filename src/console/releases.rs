@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use maud::{html, Markup};
 use serde::Deserialize;
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::groups::form;
@@ -25,6 +26,7 @@ use crate::api::releases::{
 };
 use crate::api::retarget_cap::CONFIRM_HEADER;
 use crate::api::ApiState;
+use crate::firmware::progress::{FailureSignal, Thresholds};
 use crate::store::firmware::Impact;
 
 /// Groups offered as a release's target.
@@ -165,6 +167,20 @@ pub async fn new_page(State(state): State<ApiState>, signed: Signed) -> Result<R
             input #version type="text" name="version" required maxlength="128";
             label for="stages" { "Stages, in percent (e.g. 10, 50, 100; empty: all at once)" }
             input #stages type="text" name="stages";
+            fieldset {
+                legend { "Watch the rollout (optional)" }
+                label for="failure-attribute" { "Devices report a failed update as: attribute (e.g. custom.otaStatus)" }
+                input #failure-attribute type="text" name="failure_attribute" maxlength="255";
+                label for="failure-value" { "… with the value (e.g. failed)" }
+                input #failure-value type="text" name="failure_value" maxlength="4096";
+                label for="halt-failures" { "Halt after this many failures" }
+                input #halt-failures type="number" name="halt_failures" min="1";
+                label for="halt-revert-rate" { "Halt when this share of the targeted devices reverted, in percent" }
+                input #halt-revert-rate type="number" name="halt_revert_percent" min="0.01" max="100" step="0.01";
+                label { input #halt-rollback type="checkbox" name="halt_rollback" value="on"; " Roll the release back when it halts" }
+                label for="soak" { "Advance each stage by itself after this many seconds (empty: by hand)" }
+                input #soak type="number" name="soak_seconds" min="1";
+            }
             button #dry-run type="submit" { "Review the impact" }
         }
     };
@@ -182,6 +198,19 @@ pub struct ReleaseForm {
     version: String,
     #[serde(default)]
     stages: String,
+    /// The failure signal: an attribute and the value (as typed; JSON if it parses as JSON).
+    #[serde(default)]
+    failure_attribute: String,
+    #[serde(default)]
+    failure_value: String,
+    #[serde(default)]
+    halt_failures: String,
+    #[serde(default)]
+    halt_revert_percent: String,
+    #[serde(default)]
+    halt_rollback: String,
+    #[serde(default)]
+    soak_seconds: String,
     /// The dry run's confirmation token, when the org's retarget cap asked for one.
     #[serde(default)]
     token: String,
@@ -215,12 +244,69 @@ impl ReleaseForm {
             version: self.version.clone(),
             stages,
             percentage: None,
-            failure: None,
-            halt: None,
-            soak_seconds: None,
+            failure: self.failure(),
+            halt: self.halt()?,
+            soak_seconds: number(&self.soak_seconds, "The soak time")?,
             dry_run,
         })
     }
+
+    /// The failure signal, if an attribute is named.
+    fn failure(&self) -> Option<FailureSignal> {
+        let attribute = self.failure_attribute.trim();
+        if attribute.is_empty() {
+            return None;
+        }
+        let raw = self.failure_value.trim();
+        let value = serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+        Some(FailureSignal {
+            attribute: attribute.to_string(),
+            value,
+        })
+    }
+
+    /// The halt thresholds, if any is given.
+    fn halt(&self) -> Result<Option<Thresholds>, Failure> {
+        let failures = number::<u64>(&self.halt_failures, "The failure count")?;
+        let revert_rate =
+            number::<f64>(&self.halt_revert_percent, "The revert share")?.map(|p| p / 100.0);
+        if failures.is_none() && revert_rate.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Thresholds {
+            failures,
+            revert_rate,
+            rollback: self.halt_rollback == "on",
+            ..Thresholds::default()
+        }))
+    }
+
+    /// The form's fields that carry the release's settings to the confirmation screen.
+    fn settings(&self) -> [(&'static str, &str); 7] {
+        [
+            ("stages", &self.stages),
+            ("failure_attribute", &self.failure_attribute),
+            ("failure_value", &self.failure_value),
+            ("halt_failures", &self.halt_failures),
+            ("halt_revert_percent", &self.halt_revert_percent),
+            ("halt_rollback", &self.halt_rollback),
+            ("soak_seconds", &self.soak_seconds),
+        ]
+    }
+}
+
+/// A number typed in a form (empty: none).
+fn number<T: std::str::FromStr>(raw: &str, what: &str) -> Result<Option<T>, Failure> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse().map(Some).map_err(|_| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("{what} must be a number, not {raw:?}"),
+        )
+    })
 }
 
 /// The headers carrying a dry run's token as `Cohort-Confirm`.
@@ -286,6 +372,16 @@ pub async fn dry_run(
             dt { "Version" } dd #confirm-version { (f.version.trim()) }
             dt { "Target" } dd #confirm-target { (target_name(&names, target)) }
             @if !f.stages.trim().is_empty() { dt { "Stages" } dd { (f.stages) } }
+            @if let Some(failure) = f.failure() {
+                dt { "Failure signal" } dd #confirm-failure { (failure.attribute) " = " (failure.value) }
+            }
+            @if let Ok(Some(halt)) = f.halt() {
+                dt { "Halts" } dd #confirm-halt {
+                    @if let Some(n) = halt.failures { "after " (n) " failures " }
+                    @if let Some(r) = halt.revert_rate { "at " (r * 100.0) "% reverted " }
+                    @if halt.rollback { "(and rolls back)" } @else { "(and pauses)" }
+                }
+            }
         }
         (impact(&outcome.impact))
         @if outcome.confirmation_token.is_some() {
@@ -296,7 +392,7 @@ pub async fn dry_run(
             input type="hidden" name="csrf" value=(signed.csrf);
             input type="hidden" name="target" value=(f.target);
             input type="hidden" name="version" value=(f.version);
-            input type="hidden" name="stages" value=(f.stages);
+            @for (name, value) in f.settings() { input type="hidden" name=(name) value=(value); }
             input type="hidden" name="token" value=(outcome.confirmation_token.as_deref().unwrap_or(""));
             button #confirm type="submit" { "Release " (f.version.trim()) }
             " " a href="/console/releases" { "Cancel" }

@@ -336,8 +336,27 @@ async fn a_release_is_made_from_its_confirmation_screen_and_emits_its_rollout_ev
         .await?
         .send_keys("2.0.0")
         .await?;
+    // Watched: devices reporting custom.otaStatus = failed count as failed; three of them halt it.
+    c.find(Locator::Id("failure-attribute"))
+        .await?
+        .send_keys("custom.otaStatus")
+        .await?;
+    c.find(Locator::Id("failure-value"))
+        .await?
+        .send_keys("failed")
+        .await?;
+    c.find(Locator::Id("halt-failures"))
+        .await?
+        .send_keys("3")
+        .await?;
     console.shot("release-new").await?;
     c.find(Locator::Id("dry-run")).await?.click().await?;
+    console
+        .wait_text("#confirm-failure", "custom.otaStatus = \"failed\"")
+        .await?;
+    console
+        .wait_text("#confirm-halt", "after 3 failures (and pauses)")
+        .await?;
     console.wait_text("#confirm-version", "2.0.0").await?;
     console.wait_text("#confirm-target", "linux").await?;
     console
@@ -411,6 +430,15 @@ async fn a_release_is_made_from_its_confirmation_screen_and_emits_its_rollout_ev
         .as_str()
         .unwrap_or_default()
         .to_string();
+    let release = api.get(&format!("/api/v1/releases/{id}")).await?;
+    assert_eq!(
+        release.body["failure"],
+        json!({"attribute": "custom.otaStatus", "value": "failed"})
+    );
+    assert_eq!(
+        release.body["halt"],
+        json!({"failures": 3, "rollback": false})
+    );
     let progress = api.get(&format!("/api/v1/releases/{id}/progress")).await?;
     assert_eq!(progress.body["progress"]["targeted"], n);
     assert_eq!(progress.body["progress"]["running"], 1);
