@@ -122,6 +122,8 @@ struct OrgRules {
     default: Option<GroupRelease>,
     /// Each live release's failure signal, by release id.
     failures: HashMap<Uuid, (crate::rules::FieldId, AttrValue)>,
+    /// The field devices report their running version in (`firmwareVersion`).
+    running: Option<crate::rules::FieldId>,
 }
 
 async fn org_rules(
@@ -141,6 +143,7 @@ async fn org_rules(
         releases: HashMap::new(),
         default: None,
         failures: HashMap::new(),
+        running: catalogue.builtin("firmwareVersion"),
     };
     for (id, site, filter) in groups {
         rules.live.insert(id);
@@ -281,12 +284,10 @@ fn check_device(
     } else if let (Some(release), Some(version)) = (stored.release, stored.version.as_deref()) {
         // Where it stands in the release, from what it reports (whether it reached the target before
         // is what only the stored row can say).
-        let running = catalogue
-            .builtin("firmwareVersion")
-            .and_then(|f| match attrs.get(f) {
-                Some(AttrValue::Str(s)) => Some(s.as_str()),
-                _ => None,
-            });
+        let running = rules.running.and_then(|f| match attrs.get(f) {
+            Some(AttrValue::Str(s)) => Some(s.as_str()),
+            _ => None,
+        });
         let failed = rules
             .failures
             .get(&release)

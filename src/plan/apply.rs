@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{plan, planned_ids, Change, Plan, PlanError};
+use super::{plan_against, planned_ids, Change, Plan, PlanError};
 use crate::rules::Catalogue;
 use crate::store::firmware::{self, Health, Mode, Proposal, ReleaseTarget};
 use crate::store::groups::{self, GroupKind, GroupPatch, NewGroup};
@@ -23,13 +23,12 @@ pub async fn apply(
     saved: &Plan,
     actor: &str,
 ) -> Result<usize, PlanError> {
-    let again = plan(pool, catalogue, &saved.file, &planned_ids(saved)).await?;
+    let (again, live) = plan_against(pool, catalogue, &saved.file, &planned_ids(saved)).await?;
     if again.digest != saved.digest {
         return Err(PlanError::Stale);
     }
     let org = saved.file.org.as_str();
-    let mut ids: BTreeMap<String, Uuid> = crate::plan::live::read(pool, org)
-        .await?
+    let mut ids: BTreeMap<String, Uuid> = live
         .groups
         .into_iter()
         .map(|(name, g)| (name, g.id))

@@ -53,8 +53,8 @@ pub async fn impact(
     let mut evaluated: Vec<(Uuid, Evaluated)> = Vec::new();
     let mut adds: HashMap<Uuid, BTreeSet<&str>> = HashMap::new();
     let mut removes: HashMap<Uuid, BTreeSet<&str>> = HashMap::new();
-    let (mut after_groups, mut after_default) = releases(live);
     let (before_groups, before_default) = releases(live);
+    let (mut after_groups, mut after_default) = (before_groups.clone(), before_default.clone());
     let mut moves: BTreeMap<String, GroupMoves> = BTreeMap::new();
     let mut names: HashMap<Uuid, &str> = HashMap::new();
     for change in changes {

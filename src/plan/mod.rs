@@ -66,6 +66,16 @@ pub async fn plan(
     file: &FleetFile,
     planned: &BTreeMap<String, Uuid>,
 ) -> Result<Plan, PlanError> {
+    Ok(plan_against(pool, catalogue, file, planned).await?.0)
+}
+
+/// [`plan`], with the live state it was made against.
+async fn plan_against(
+    pool: &PgPool,
+    catalogue: &Catalogue,
+    file: &FleetFile,
+    planned: &BTreeMap<String, Uuid>,
+) -> Result<(Plan, live::Live), PlanError> {
     let problems = file.check(catalogue);
     if !problems.is_empty() {
         return Err(PlanError::Invalid(problems));
@@ -98,13 +108,14 @@ pub async fn plan(
     let changes = diff::changes(pool, file, &live, planned).await?;
     let (moves, retargets) = impact::impact(pool, &file.org, catalogue, &live, &changes).await?;
     let digest = digest(&live, &changes, &moves, &retargets);
-    Ok(Plan {
+    let plan = Plan {
         file: file.clone(),
         changes,
         moves,
         retargets,
         digest,
-    })
+    };
+    Ok((plan, live))
 }
 
 /// The ids a plan gives the groups it creates, by name.

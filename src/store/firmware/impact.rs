@@ -332,7 +332,7 @@ async fn current_releases(
 
 /// A device as the impact reads it: id, development flag, lock, reported `firmwareVersion`, groups, and
 /// the release that targets it.
-type DeviceRow = (
+pub(super) type DeviceRow = (
     String,
     bool,
     Option<String>,
@@ -340,6 +340,24 @@ type DeviceRow = (
     Vec<Uuid>,
     Option<Uuid>,
 );
+
+/// The columns of a [`DeviceRow`], of `devices d` (its memberships read as `m2`, so a query may join
+/// `device_group_memberships m`).
+pub(super) const DEVICE_COLUMNS: &str =
+    "d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
+     ARRAY(SELECT m2.group_id FROM device_group_memberships m2 WHERE m2.device_id = d.id), d.target_release";
+
+/// What the impact reads of a [`DeviceRow`] besides its groups.
+pub(super) fn facts(row: &DeviceRow) -> Facts<'_> {
+    let (id, development, lock, running, _, current) = row;
+    Facts {
+        id,
+        development: *development,
+        lock: lock.as_deref(),
+        running: running.as_deref(),
+        current: *current,
+    }
+}
 
 /// Whose resolved firmware an admitted change would change, and which of those devices would download
 /// firmware — with the same resolution code the workers use, from the devices and memberships stored in
@@ -425,13 +443,11 @@ pub(super) async fn compute(
     let devices: Vec<DeviceRow> =
         match admitted.target {
             ReleaseTarget::Group(g) => {
-                sqlx::query_as(
-                    "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
-                       ARRAY(SELECT m2.group_id FROM device_group_memberships m2 WHERE m2.device_id = d.id), \
-                       d.target_release \
+                sqlx::query_as(&format!(
+                    "SELECT {DEVICE_COLUMNS} \
                      FROM devices d JOIN device_group_memberships m ON m.device_id = d.id AND m.group_id = $2 \
-                     WHERE d.org_id = $1 AND ($3::int4[] IS NULL OR d.partition = ANY($3)) ORDER BY d.id",
-                )
+                     WHERE d.org_id = $1 AND ($3::int4[] IS NULL OR d.partition = ANY($3)) ORDER BY d.id"
+                ))
                 .bind(org_id)
                 .bind(g)
                 .bind(rest.as_deref())
@@ -439,28 +455,19 @@ pub(super) async fn compute(
                 .await?
             }
             ReleaseTarget::Default => {
-                sqlx::query_as(
-                    "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
-                       ARRAY(SELECT m2.group_id FROM device_group_memberships m2 WHERE m2.device_id = d.id), \
-                       d.target_release \
+                sqlx::query_as(&format!(
+                    "SELECT {DEVICE_COLUMNS} \
                      FROM devices d WHERE d.org_id = $1 AND ($2::int4[] IS NULL OR d.partition = ANY($2)) \
-                     ORDER BY d.id",
-                )
+                     ORDER BY d.id"
+                ))
                 .bind(org_id)
                 .bind(rest.as_deref())
                 .fetch_all(&mut *conn)
                 .await?
             }
         };
-    for (id, development, lock, running, member_of, current) in &devices {
-        let facts = Facts {
-            id,
-            development: *development,
-            lock: lock.as_deref(),
-            running: running.as_deref(),
-            current: *current,
-        };
-        releases.count(&mut impact, facts, member_of, sample);
+    for row in &devices {
+        releases.count(&mut impact, facts(row), &row.4, sample);
     }
     Ok(impact)
 }

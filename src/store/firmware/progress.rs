@@ -2,8 +2,6 @@
 //! owning workers in their batch transactions; and the halt a batch's increments can trigger, decided in
 //! the same transaction, so a halt is exactly once whatever crashes.
 
-use std::collections::BTreeMap;
-
 use serde_json::json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -66,32 +64,6 @@ pub async fn counts<'c>(
         failed,
         reverted,
     })
-}
-
-/// Every release's counts, of the releases given.
-pub async fn counts_of<'c>(
-    executor: impl PgExecutor<'c>,
-    releases: &[Uuid],
-) -> Result<BTreeMap<Uuid, Counts>, sqlx::Error> {
-    let rows: Vec<(Uuid, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT release_id, sum(targeted)::int8, sum(running)::int8, sum(failed)::int8, \
-           sum(reverted)::int8 FROM release_progress WHERE release_id = ANY($1) GROUP BY release_id",
-    )
-    .bind(releases)
-    .fetch_all(executor)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(r, targeted, running, failed, reverted)| {
-            let counts = Counts {
-                targeted,
-                running,
-                failed,
-                reverted,
-            };
-            (r, counts)
-        })
-        .collect())
 }
 
 /// A live, active release as a halt reads it, its row locked.

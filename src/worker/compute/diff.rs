@@ -19,18 +19,11 @@ pub(super) fn row_unchanged(start: &Start<'_>, current: &Device) -> bool {
     }
 }
 
-/// Whether two states of a device store the same device row (memberships aside).
+/// Whether two states of a device store the same device row (memberships aside). Only devices read for
+/// the batch (re-read or taken over) are compared so; held ones compare their saved scalars.
 fn row_equal(a: &Device, b: &Device) -> bool {
     // The scalars first: an event always moves `sequence`, so its device's attributes are not compared.
-    a.sequence == b.sequence
-        && a.development == b.development
-        && a.target_sequence == b.target_sequence
-        && a.firmware_lock == b.firmware_lock
-        && a.target == b.target
-        && a.standing == b.standing
-        && a.reached == b.reached
-        && a.org == b.org
-        && a.attrs == b.attrs
+    a.scalars().row_equal(b) && a.org == b.org && a.attrs == b.attrs
 }
 
 /// The membership rows to write: the net difference between the batch's start and end states.

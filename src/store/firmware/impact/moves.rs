@@ -8,7 +8,9 @@ use serde_json::{Map, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::{current_releases, Facts, Impact, ReleaseError, Releases};
+use super::{
+    current_releases, facts, DeviceRow, Facts, Impact, ReleaseError, Releases, DEVICE_COLUMNS,
+};
 use crate::rules::{AttrValue, Attributes, Catalogue, CompiledFilter, EpochMillis};
 
 /// A dynamic group's definition after a change, as the workers will evaluate it.
@@ -24,7 +26,7 @@ pub struct NewDefinition<'a> {
 
 /// A device as the definition's impact reads it: id, development flag, lock, reported `firmwareVersion`,
 /// groups, whether it is pinned in the group, and the attributes the filter (and site) read.
-type DeviceRow = (
+type DefinitionRow = (
     String,
     bool,
     Option<String>,
@@ -75,7 +77,7 @@ pub async fn definition_impact(
     }
     let site_field = catalogue.builtin("siteId");
     let mut impact = Impact::new(0);
-    let mut rows = sqlx::query_as::<_, DeviceRow>(
+    let mut rows = sqlx::query_as::<_, DefinitionRow>(
         "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
            ARRAY(SELECT m.group_id FROM device_group_memberships m WHERE m.device_id = d.id), \
            COALESCE((SELECT m.is_pinned FROM device_group_memberships m \
@@ -131,16 +133,6 @@ pub async fn definition_impact(
     Ok(impact)
 }
 
-/// A device as a batch's impact reads it: id, development flag, lock, reported `firmwareVersion`, groups.
-type BatchRow = (
-    String,
-    bool,
-    Option<String>,
-    Option<String>,
-    Vec<Uuid>,
-    Option<Uuid>,
-);
-
 /// Whose resolved firmware changes because `devices` were just added to (or, `removal`, removed from)
 /// `group` in `conn`'s transaction, which already holds the change: each device's groups are read as
 /// they are now, and as they were without (with) the group. None, without reading a device, when the
@@ -159,31 +151,22 @@ pub async fn batch_impact(
     let Some(releases) = unchanged_releases(conn, org_id, group).await? else {
         return Ok(Impact::new(0));
     };
-    let rows: Vec<BatchRow> = sqlx::query_as(
-        "SELECT d.id, d.is_development, d.firmware_lock, d.attributes ->> 'firmwareVersion', \
-           ARRAY(SELECT m.group_id FROM device_group_memberships m WHERE m.device_id = d.id), \
-           d.target_release \
-         FROM devices d WHERE d.org_id = $1 AND d.id = ANY($2) ORDER BY d.id",
-    )
+    let rows: Vec<DeviceRow> = sqlx::query_as(&format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.org_id = $1 AND d.id = ANY($2) ORDER BY d.id"
+    ))
     .bind(org_id)
     .bind(devices)
     .fetch_all(&mut *conn)
     .await?;
     let mut impact = Impact::new(0);
-    for (id, development, lock, running, now, current) in &rows {
+    for row in &rows {
+        let now = &row.4;
         let before: Vec<Uuid> = if removal {
             now.iter().copied().chain([group]).collect()
         } else {
             now.iter().copied().filter(|g| *g != group).collect()
         };
-        let facts = Facts {
-            id,
-            development: *development,
-            lock: lock.as_deref(),
-            running: running.as_deref(),
-            current: *current,
-        };
-        releases.count_moved(&mut impact, facts, &before, now, sample);
+        releases.count_moved(&mut impact, facts(row), &before, now, sample);
     }
     Ok(impact)
 }
